@@ -1,0 +1,67 @@
+"""fbdl_fast: fast, trustworthy text classifiers for social-media posts.
+
+A Rust tokenizer turns posts into id arrays, reference PyTorch models (Transformer,
+bidirectional LSTM, multi-kernel CNN) classify them, and fused Triton kernels (LayerNorm, focal
+loss, attention) replace the hot layers where a GPU is present.
+
+Importing the package is cheap: torch and Triton load on first use of a name that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fbdl_fast._tokenizer import __version__
+
+# The public API: name -> module that defines it. Resolved lazily by __getattr__ below.
+_PUBLIC = {
+    "Tokenizer": "fbdl_fast.tokenizer",
+    "ModelConfig": "fbdl_fast.config",
+    "create_model": "fbdl_fast.models",
+    "create_facebook_posts_model": "fbdl_fast.models",
+    "FacebookPostsTransformer": "fbdl_fast.models",
+    "FacebookPostsLSTM": "fbdl_fast.models",
+    "FacebookPostsCNN": "fbdl_fast.models",
+    "Trainer": "fbdl_fast.train",
+    "FacebookPostsTrainer": "fbdl_fast.train",
+    "History": "fbdl_fast.train",
+    "WeightInitializer": "fbdl_fast.init",
+    "NormalizationLayers": "fbdl_fast.norms",
+    "LossFunctions": "fbdl_fast.losses",
+    "OptimizerFactory": "fbdl_fast.optim",
+    "SchedulerFactory": "fbdl_fast.optim",
+    "backend": "fbdl_fast.ops._dispatch",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+if TYPE_CHECKING:
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.init import WeightInitializer
+    from fbdl_fast.losses import LossFunctions
+    from fbdl_fast.models import (
+        FacebookPostsCNN,
+        FacebookPostsLSTM,
+        FacebookPostsTransformer,
+        create_facebook_posts_model,
+        create_model,
+    )
+    from fbdl_fast.norms import NormalizationLayers
+    from fbdl_fast.ops._dispatch import backend
+    from fbdl_fast.optim import OptimizerFactory, SchedulerFactory
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import FacebookPostsTrainer, History, Trainer
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fbdl_fast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,139 @@
+"""ModelConfig: every knob of a model and its training run, checked once when it is made.
+
+The first twelve fields and their defaults are the product design's; the rest complete it. Names
+(optimizer, scheduler, loss, initialiser) are checked against the registries in optim.py,
+losses.py and init.py, so a typo fails here and not an hour into training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+MODEL_NAMES = ("transformer", "lstm", "cnn")
+AMP_DTYPES = ("auto", "float16", "bfloat16")
+
+
+@dataclass
+class ModelConfig:
+    input_dim: int = 768  # embedding width (d_model of the Transformer)
+    hidden_dim: int = 512  # feed-forward width / LSTM hidden size / CNN filters per kernel size
+    num_layers: int = 6  # Transformer blocks or LSTM layers
+    num_heads: int = 8  # attention heads; must divide input_dim
+    dropout: float = 0.1  # dropout probability, in [0, 1)
+    learning_rate: float = 1e-4  # peak learning rate
+    weight_decay: float = 1e-5  # L2 (adam) or decoupled (adamw) weight decay
+    batch_size: int = 32  # posts per training batch
+    max_epochs: int = 100  # upper bound on training epochs
+    patience: int = 10  # epochs without validation-loss improvement before early stopping
+    gradient_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    use_mixed_precision: bool = True  # AMP where it helps: fp16/bf16 on CUDA; on CPU see amp_dtype
+
+    vocab_size: int = 10_000  # token ids are in [0, vocab_size)
+    num_classes: int = 2  # output classes
+    max_seq_length: int = 512  # longest sequence (learned position table size)
+    pad_token_id: int = 0  # id used for padding; padded positions never change a model's output
+    optimizer_type: str = "adamw"  # see fbdl_fast.optim.OPTIMIZERS
+    scheduler_type: Optional[str] = "cosine"  # see fbdl_fast.optim.SCHEDULERS; None for constant LR
+    loss: str = "cross_entropy"  # see fbdl_fast.losses.LOSSES
+    use_focal_loss: bool = False  # the design's switch: True means loss="focal"
+    class_weights: Optional[list[float]] = None  # per-class loss weights, length num_classes
+    focal_gamma: float = 2.0  # focusing parameter of the focal loss, >= 0
+    focal_alpha: Optional[Union[float, list[float]]] = None  # focal balance: scalar or per class
+    label_smoothing: float = 0.0  # in [0, 1)
+    seed: int = 42  # seeds weights, data order and dropout
+    init: Optional[str] = None  # weight initialiser name (fbdl_fast.init); None: the model's own
+    kernel_sizes: tuple[int, ...] = (3, 4, 5)  # CNN convolution widths
+    fused: bool = True  # use fbdl_fast.nn fused layers; False builds the pure-PyTorch reference
+    amp_dtype: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPU (CPU only when asked: warns)
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, saved as is
+
+    def __post_init__(self) -> None:
+        self.kernel_sizes = tuple(self.kernel_sizes)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first field whose value cannot work."""
+        for name in ("input_dim", "hidden_dim", "num_layers", "num_heads", "batch_size",
+                     "max_epochs", "vocab_size", "max_seq_length"):
+            _require(name, getattr(self, name), _is_int(getattr(self, name))
+                     and getattr(self, name) >= 1, "a positive integer")
+        _require("num_classes", self.num_classes, _is_int(self.num_classes)
+                 and self.num_classes >= 2, "an integer >= 2")
+        _require("patience", self.patience, _is_int(self.patience) and self.patience >= 0,
+                 "an integer >= 0")
+        if self.input_dim % self.num_heads:
+            raise ValueError(f"input_dim={self.input_dim} is not divisible by "
+                             f"num_heads={self.num_heads}; pick input_dim a multiple of num_heads")
+        _require("dropout", self.dropout, 0.0 <= self.dropout < 1.0, "a probability in [0, 1)")
+        _require("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0,
+                 "a value in [0, 1)")
+        _require("learning_rate", self.learning_rate, self.learning_rate > 0, "a positive number")
+        for name in ("weight_decay", "gradient_clip", "focal_gamma"):
+            _require(name, getattr(self, name), getattr(self, name) >= 0, "a number >= 0")
+        _require("pad_token_id", self.pad_token_id,
+                 _is_int(self.pad_token_id) and 0 <= self.pad_token_id < self.vocab_size,
+                 f"an id in [0, vocab_size={self.vocab_size})")
+        _require("kernel_sizes", self.kernel_sizes,
+                 len(self.kernel_sizes) > 0 and all(_is_int(k) and k >= 1 for k in self.kernel_sizes),
+                 "a non-empty tuple of positive integers")
+        _require("amp_dtype", self.amp_dtype, self.amp_dtype in AMP_DTYPES, f"one of {AMP_DTYPES}")
+        self._validate_per_class("class_weights", self.class_weights)
+        if isinstance(self.focal_alpha, (list, tuple)):
+            self._validate_per_class("focal_alpha", self.focal_alpha)
+        elif self.focal_alpha is not None:
+            _require("focal_alpha", self.focal_alpha, self.focal_alpha >= 0, "a number >= 0")
+        self._validate_names()
+
+    def _validate_per_class(self, name: str, values: Optional[list[float]]) -> None:
+        if values is None:
+            return
+        _require(name, values, len(values) == self.num_classes and all(v >= 0 for v in values),
+                 f"num_classes={self.num_classes} non-negative numbers")
+
+    def _validate_names(self) -> None:
+        # Imported here: the registries import torch, and `import fbdl_fast` must stay light.
+        from fbdl_fast import init, losses, optim
+
+        _require_name("optimizer_type", self.optimizer_type, optim.OPTIMIZERS)
+        if self.scheduler_type is not None:
+            _require_name("scheduler_type", self.scheduler_type, optim.SCHEDULERS)
+        _require_name("loss", self.loss, losses.LOSSES)
+        if self.init is not None:
+            _require_name("init", self.init, init.INITIALIZERS)
+
+    @property
+    def loss_name(self) -> str:
+        """The loss the trainer uses: the design's use_focal_loss switch wins over `loss`."""
+        return "focal" if self.use_focal_loss else self.loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; fields are: {sorted(known)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
+    if not ok:
+        raise ValueError(f"ModelConfig.{name}={value!r} is invalid; expected {accepted}")
+
+
+def _require_name(name: str, value: str, registry: dict[str, Any]) -> None:
+    if value not in registry:
+        raise ValueError(f"ModelConfig.{name}={value!r} is not known; "
+                         f"accepted: {', '.join(sorted(registry))}")

@@ -1,0 +1,10 @@
+//! Tokenizer for social-media posts: the pure-Rust core. The Python bindings live in `py.rs`,
+//! compiled only with the `python` feature, so `cargo test` needs no Python.
+
+pub mod pretokenize;
+
+#[cfg(feature = "python")]
+mod py;
+
+/// The crate version, reported to Python as `fbdl_fast._tokenizer.__version__`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
