@@ -15,6 +15,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Under the interpreter `auto` would run every fused layer of every model test through numpy,
+    # which is slow. Kernel and parity tests ask for the Triton path explicitly (the `triton`
+    # fixture below); everything else runs the reference unless the caller set a backend.
+    os.environ.setdefault("FBDL_FAST_BACKEND", "torch")
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +26,12 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def triton(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the test with FBDL_FAST_BACKEND=triton: the kernels, or a BackendError."""
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "triton")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
