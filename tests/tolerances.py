@@ -27,8 +27,9 @@ def tolerance(dtype: torch.dtype) -> dict[str, float]:
     return TOLERANCES[dtype]
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None,
-                 **kwargs: Any) -> None:
+def assert_close(
+    actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype | None = None, **kwargs: Any
+) -> None:
     """torch.testing.assert_close with this project's tolerance for `dtype` (default: actual's)."""
     tol = tolerance(dtype or actual.dtype)
     torch.testing.assert_close(actual, expected.to(actual.dtype), **{**tol, **kwargs})

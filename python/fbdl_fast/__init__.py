@@ -34,7 +34,26 @@ _PUBLIC = {
     "backend": "fbdl_fast.ops._dispatch",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
+    "__version__",
+    "Tokenizer",
+    "ModelConfig",
+    "create_model",
+    "create_facebook_posts_model",
+    "FacebookPostsTransformer",
+    "FacebookPostsLSTM",
+    "FacebookPostsCNN",
+    "Trainer",
+    "FacebookPostsTrainer",
+    "History",
+    "WeightInitializer",
+    "NormalizationLayers",
+    "LossFunctions",
+    "OptimizerFactory",
+    "SchedulerFactory",
+    "backend",
+]
+assert set(__all__) == {"__version__", *_PUBLIC}, "keep __all__ and _PUBLIC in step"
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig

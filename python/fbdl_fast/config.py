@@ -56,29 +56,61 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field whose value cannot work."""
-        for name in ("input_dim", "hidden_dim", "num_layers", "num_heads", "batch_size",
-                     "max_epochs", "vocab_size", "max_seq_length"):
-            _require(name, getattr(self, name), _is_int(getattr(self, name))
-                     and getattr(self, name) >= 1, "a positive integer")
-        _require("num_classes", self.num_classes, _is_int(self.num_classes)
-                 and self.num_classes >= 2, "an integer >= 2")
-        _require("patience", self.patience, _is_int(self.patience) and self.patience >= 0,
-                 "an integer >= 0")
+        for name in (
+            "input_dim",
+            "hidden_dim",
+            "num_layers",
+            "num_heads",
+            "batch_size",
+            "max_epochs",
+            "vocab_size",
+            "max_seq_length",
+        ):
+            _require(
+                name,
+                getattr(self, name),
+                _is_int(getattr(self, name)) and getattr(self, name) >= 1,
+                "a positive integer",
+            )
+        _require(
+            "num_classes",
+            self.num_classes,
+            _is_int(self.num_classes) and self.num_classes >= 2,
+            "an integer >= 2",
+        )
+        _require(
+            "patience",
+            self.patience,
+            _is_int(self.patience) and self.patience >= 0,
+            "an integer >= 0",
+        )
         if self.input_dim % self.num_heads:
-            raise ValueError(f"input_dim={self.input_dim} is not divisible by "
-                             f"num_heads={self.num_heads}; pick input_dim a multiple of num_heads")
+            raise ValueError(
+                f"input_dim={self.input_dim} is not divisible by "
+                f"num_heads={self.num_heads}; pick input_dim a multiple of num_heads"
+            )
         _require("dropout", self.dropout, 0.0 <= self.dropout < 1.0, "a probability in [0, 1)")
-        _require("label_smoothing", self.label_smoothing, 0.0 <= self.label_smoothing < 1.0,
-                 "a value in [0, 1)")
+        _require(
+            "label_smoothing",
+            self.label_smoothing,
+            0.0 <= self.label_smoothing < 1.0,
+            "a value in [0, 1)",
+        )
         _require("learning_rate", self.learning_rate, self.learning_rate > 0, "a positive number")
         for name in ("weight_decay", "gradient_clip", "focal_gamma"):
             _require(name, getattr(self, name), getattr(self, name) >= 0, "a number >= 0")
-        _require("pad_token_id", self.pad_token_id,
-                 _is_int(self.pad_token_id) and 0 <= self.pad_token_id < self.vocab_size,
-                 f"an id in [0, vocab_size={self.vocab_size})")
-        _require("kernel_sizes", self.kernel_sizes,
-                 len(self.kernel_sizes) > 0 and all(_is_int(k) and k >= 1 for k in self.kernel_sizes),
-                 "a non-empty tuple of positive integers")
+        _require(
+            "pad_token_id",
+            self.pad_token_id,
+            _is_int(self.pad_token_id) and 0 <= self.pad_token_id < self.vocab_size,
+            f"an id in [0, vocab_size={self.vocab_size})",
+        )
+        _require(
+            "kernel_sizes",
+            self.kernel_sizes,
+            len(self.kernel_sizes) > 0 and all(_is_int(k) and k >= 1 for k in self.kernel_sizes),
+            "a non-empty tuple of positive integers",
+        )
         _require("amp_dtype", self.amp_dtype, self.amp_dtype in AMP_DTYPES, f"one of {AMP_DTYPES}")
         self._validate_per_class("class_weights", self.class_weights)
         if isinstance(self.focal_alpha, (list, tuple)):
@@ -90,8 +122,12 @@ class ModelConfig:
     def _validate_per_class(self, name: str, values: Optional[list[float]]) -> None:
         if values is None:
             return
-        _require(name, values, len(values) == self.num_classes and all(v >= 0 for v in values),
-                 f"num_classes={self.num_classes} non-negative numbers")
+        _require(
+            name,
+            values,
+            len(values) == self.num_classes and all(v >= 0 for v in values),
+            f"num_classes={self.num_classes} non-negative numbers",
+        )
 
     def _validate_names(self) -> None:
         # Imported here: the registries import torch, and `import fbdl_fast` must stay light.
@@ -135,5 +171,6 @@ def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
 
 def _require_name(name: str, value: str, registry: dict[str, Any]) -> None:
     if value not in registry:
-        raise ValueError(f"ModelConfig.{name}={value!r} is not known; "
-                         f"accepted: {', '.join(sorted(registry))}")
+        raise ValueError(
+            f"ModelConfig.{name}={value!r} is not known; accepted: {', '.join(sorted(registry))}"
+        )

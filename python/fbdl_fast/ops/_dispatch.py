@@ -50,11 +50,11 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_import_error() -> Optional[str]:
     """None when Triton imports, else the reason it does not. Imported lazily, once."""
     try:
-        import triton  # noqa: F401
+        import triton
         import triton.language  # noqa: F401
     except Exception as error:  # ImportError, or a broken install raising something else
         return f"{type(error).__name__}: {error}"
@@ -68,8 +68,10 @@ def _device_problem(tensors: tuple[torch.Tensor, ...]) -> Optional[str]:
     if devices == ["cpu"] and interpreting():
         return None
     where = " and ".join(devices) or "no device"
-    return (f"inputs are on {where}; the Triton kernels need CUDA tensors "
-            "(or CPU tensors under TRITON_INTERPRET=1)")
+    return (
+        f"inputs are on {where}; the Triton kernels need CUDA tensors "
+        "(or CPU tensors under TRITON_INTERPRET=1)"
+    )
 
 
 def decide(op: str, tensors: tuple[torch.Tensor, ...], unsupported: Optional[str]) -> Decision:
@@ -89,6 +91,8 @@ def decide(op: str, tensors: tuple[torch.Tensor, ...], unsupported: Optional[str
         where = "interpreter" if interpreting() else "cuda"
         return Decision(op, "triton", f"{ENV_VAR}={requested}, Triton {where} supports the inputs")
     if requested == "triton":
-        raise BackendError(f"{op}: {ENV_VAR}=triton but the Triton kernel cannot run: {problem}. "
-                           f"Unset {ENV_VAR} (or set it to auto) to fall back to PyTorch.")
+        raise BackendError(
+            f"{op}: {ENV_VAR}=triton but the Triton kernel cannot run: {problem}. "
+            f"Unset {ENV_VAR} (or set it to auto) to fall back to PyTorch."
+        )
     return Decision(op, "torch", problem)
