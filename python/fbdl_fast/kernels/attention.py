@@ -1,0 +1,557 @@
+"""Fused attention (FlashAttention-style): tiled, online softmax, never the L x L matrix.
+
+Shapes: q [B, H, Lq, D], k and v [B, H, Lk, D], D in {16, 32, 64, 128}, any Lq and Lk (the tail
+block is masked). Options: a key mask [B, Lk] (True where the key takes part), causal masking
+(query i sees keys j <= i, torch's top-left convention), a softmax scale and dropout on the
+attention probabilities.
+
+The maths, per (batch, head), with S = scale * Q K^T, masked entries -inf:
+    P = softmax(S)            row-wise; a row with no visible key is all zeros
+    Z = keep * P / (1 - p)    keep ~ Bernoulli(1 - p), drawn by Philox from (seed, b, h, i, j)
+    O = Z V
+Forward streams over key blocks keeping a running max m and sum l per query (online softmax) and
+saves only lse = m + log2(l) per query (base 2: the kernels use exp2 with log2(e) folded into the
+scale). Backward recomputes P = exp2(S' - lse) block by block and, with delta = rowsum(dO * O):
+    dV = Z^T dO,   dP = keep * (dO V^T) / (1 - p),   dS = P * (dP - delta)
+    dQ = scale * dS K,   dK = scale * dS^T Q
+(rowsum(dP * P) = rowsum(dO * O) holds with dropout too, so delta needs no second pass). dK/dV
+are one kernel over key blocks, dQ another over query blocks: no atomics, each output written once.
+
+Fully masked queries: running max starts at a finite -1e30 and masked scores are -inf, so
+exp2 gives exact zeros (no inf - inf); l = 0 gives O = 0 and lse = +inf, so backward's
+P = exp2(-inf - inf) = 0 and their gradients are zero.
+
+Dropout reproducibility: the keep mask is a pure function of (seed, b, h, i, j) (a 64-bit Philox
+counter), so backward regenerates exactly the forward mask without storing it.
+
+Interpreter notes (TRITON_INTERPRET=1): bf16 cannot be computed there, so the host sets
+UPCAST=True for bf16 and the kernels cast tiles to fp32 right after loading; fp32 dots use
+input_precision="ieee" (exact, like torch's fp32 matmul, not TF32).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+HEAD_DIMS = (16, 32, 64, 128)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _scores(
+    q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL: tl.constexpr, PRECISION: tl.constexpr
+):
+    """Base-2 scores of one (BLOCK_M, BLOCK_N) tile, -inf where a key may not be seen."""
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    visible = (offs_m[:, None] < Lq) & key_ok[None, :]
+    if CAUSAL:
+        visible = visible & (offs_n[None, :] <= offs_m[:, None])
+    return tl.where(visible, s, float("-inf"))
+
+
+@triton.jit
+def _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p):
+    """The dropout keep mask of a tile: a pure function of (seed, b*h, i, j)."""
+    counter = (bh.to(tl.int64) * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :]
+    return tl.rand(seed, counter) >= dropout_p
+
+
+@triton.jit
+def _attn_fwd(
+    Q,
+    K,
+    V,
+    O,
+    LSE,
+    KMASK,
+    sqb,
+    sqh,
+    sqm,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    som,
+    smb,
+    smn,
+    H,
+    Lq,
+    Lk,
+    qk_scale,
+    dropout_p,
+    seed,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+        mask=offs_m[:, None] < Lq,
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+
+    m_i = tl.full((BLOCK_M,), -1.0e30, tl.float32)  # finite: a fully masked row never sees inf-inf
+    l_i = tl.full((BLOCK_M,), 0.0, tl.float32)
+    acc = tl.full((BLOCK_M, D), 0.0, tl.float32)
+    hi = Lk
+    if CAUSAL:
+        hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)  # later keys are invisible to this block
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_range = offs_n < Lk
+        k = tl.load(K + offs_n[:, None] * skn + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        v = tl.load(V + offs_n[:, None] * svn + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        key_ok = in_range
+        if HAS_MASK:
+            key_ok = key_ok & (tl.load(KMASK + b * smb + offs_n * smn, mask=in_range, other=0) != 0)
+        s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too
+        if DROPOUT:
+            p = tl.where(_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p), p, 0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    has_keys = l_i > 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    scale_out = 1.0 / l_safe
+    if DROPOUT:
+        scale_out = scale_out / (1.0 - dropout_p)
+    out = acc * scale_out[:, None]  # acc is exactly 0 on rows without keys
+    lse = tl.where(has_keys, m_i + tl.log2(l_safe), float("inf"))
+    tl.store(
+        O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :],
+        out.to(O.dtype.element_ty),
+        mask=offs_m[:, None] < Lq,
+    )
+    tl.store(LSE + bh * Lq + offs_m, lse, mask=offs_m < Lq)
+
+
+@triton.jit
+def _attn_bwd_delta(
+    O, DO, DELTA, sob, soh, som, sdb, sdh, sdm, H, Lq, D: tl.constexpr, BLOCK_M: tl.constexpr
+):
+    """delta = rowsum(dO * O) per query, in fp32."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    rows = offs_m[:, None] < Lq
+    o = tl.load(
+        O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :], mask=rows, other=0.0
+    )
+    do = tl.load(
+        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :], mask=rows, other=0.0
+    )
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(DELTA + bh * Lq + offs_m, delta, mask=offs_m < Lq)
+
+
+@triton.jit
+def _attn_bwd_dkdv(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    KMASK,
+    DK,
+    DV,
+    sqb,
+    sqh,
+    sqm,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sdb,
+    sdh,
+    sdm,
+    smb,
+    smn,
+    H,
+    Lq,
+    Lk,
+    sm_scale,
+    qk_scale,
+    dropout_p,
+    seed,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One block of keys: dV = Z^T dO and dK = scale * dS^T Q, summed over all query blocks."""
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    in_range = offs_n < Lk
+    k = tl.load(
+        K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+        mask=in_range[:, None],
+        other=0.0,
+    )
+    v = tl.load(
+        V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
+        mask=in_range[:, None],
+        other=0.0,
+    )
+    if UPCAST:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    key_ok = in_range
+    if HAS_MASK:
+        key_ok = key_ok & (tl.load(KMASK + b * smb + offs_n * smn, mask=in_range, other=0) != 0)
+    Q += b * sqb + h * sqh
+    DO += b * sdb + h * sdh
+    LSE += bh * Lq
+    DELTA += bh * Lq
+
+    dk = tl.full((BLOCK_N, D), 0.0, tl.float32)
+    dv = tl.full((BLOCK_N, D), 0.0, tl.float32)
+    lo = 0
+    if CAUSAL:
+        lo = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # earlier queries cannot see these keys
+    for start_m in range(lo, Lq, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
+        rows = offs_m < Lq
+        q = tl.load(Q + offs_m[:, None] * sqm + offs_d[None, :], mask=rows[:, None], other=0.0)
+        do = tl.load(DO + offs_m[:, None] * sdm + offs_d[None, :], mask=rows[:, None], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+            do = do.to(tl.float32)
+        lse = tl.load(LSE + offs_m, mask=rows, other=float("inf"))
+        delta = tl.load(DELTA + offs_m, mask=rows, other=0.0)
+        s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
+        p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N), the forward's probabilities
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:
+            keep = _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            z = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        else:
+            z = p
+        dv += tl.dot(tl.trans(z.to(do.dtype)), do, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+
+    tl.store(
+        DK + bh * Lk * D + offs_n[:, None] * D + offs_d[None, :],
+        (dk * sm_scale).to(DK.dtype.element_ty),
+        mask=in_range[:, None],
+    )
+    tl.store(
+        DV + bh * Lk * D + offs_n[:, None] * D + offs_d[None, :],
+        dv.to(DV.dtype.element_ty),
+        mask=in_range[:, None],
+    )
+
+
+@triton.jit
+def _attn_bwd_dq(
+    Q,
+    K,
+    V,
+    DO,
+    LSE,
+    DELTA,
+    KMASK,
+    DQ,
+    sqb,
+    sqh,
+    sqm,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sdb,
+    sdh,
+    sdm,
+    smb,
+    smn,
+    H,
+    Lq,
+    Lk,
+    sm_scale,
+    qk_scale,
+    dropout_p,
+    seed,
+    D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One block of queries: dQ = scale * dS K, summed over all key blocks."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    rows = offs_m < Lq
+    q = tl.load(
+        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+        mask=rows[:, None],
+        other=0.0,
+    )
+    do = tl.load(
+        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :],
+        mask=rows[:, None],
+        other=0.0,
+    )
+    if UPCAST:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + bh * Lq + offs_m, mask=rows, other=float("inf"))
+    delta = tl.load(DELTA + bh * Lq + offs_m, mask=rows, other=0.0)
+    K += b * skb + h * skh
+    V += b * svb + h * svh
+
+    dq = tl.full((BLOCK_M, D), 0.0, tl.float32)
+    hi = Lk
+    if CAUSAL:
+        hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_range = offs_n < Lk
+        k = tl.load(K + offs_n[:, None] * skn + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        v = tl.load(V + offs_n[:, None] * svn + offs_d[None, :], mask=in_range[:, None], other=0.0)
+        if UPCAST:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        key_ok = in_range
+        if HAS_MASK:
+            key_ok = key_ok & (tl.load(KMASK + b * smb + offs_n * smn, mask=in_range, other=0) != 0)
+        s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
+        p = tl.exp2(s - lse[:, None])
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        if DROPOUT:
+            keep = _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
+
+    tl.store(
+        DQ + bh * Lq * D + offs_m[:, None] * D + offs_d[None, :],
+        (dq * sm_scale).to(DQ.dtype.element_ty),
+        mask=rows[:, None],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Host functions: check, pick block sizes, launch
+# ---------------------------------------------------------------------------------------------
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _launch_config(lq: int, lk: int, d: int, backward: bool) -> dict[str, int]:
+    """Block sizes and warps. The interpreter runs programs one after another through numpy, so it
+    gets the largest blocks the lengths need (at least 16, tl.dot's minimum there)."""
+    if _interpreting():
+        block = min(64, max(16, triton.next_power_of_2(max(lq, lk))))
+        return {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4, "num_stages": 1}
+    if backward:
+        block_n = 32 if d == 128 else 64
+        return {"BLOCK_M": 64, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 2}
+    return {
+        "BLOCK_M": 128 if d <= 64 else 64,
+        "BLOCK_N": 64,
+        "num_warps": 4 if d <= 64 else 8,
+        "num_stages": 3,
+    }
+
+
+def _flags(dtype: torch.dtype) -> dict[str, object]:
+    # bf16 arithmetic does not exist in the interpreter: upcast tiles after loading there.
+    upcast = dtype == torch.bfloat16 and _interpreting()
+    precision = "ieee" if dtype == torch.float32 or upcast else "tf32"
+    return {"UPCAST": upcast, "PRECISION": precision}
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _mask_args(key_mask: Optional[torch.Tensor], q: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    if key_mask is None:
+        return q, 0, 0  # any pointer: HAS_MASK=False never reads it
+    mask = key_mask.view(torch.uint8) if key_mask.dtype == torch.bool else key_mask
+    return mask, mask.stride(0), mask.stride(1)
+
+
+def attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] fp32, base 2).
+
+    key_mask: bool [B, Lk] (True: the key takes part; strides may be 0 to broadcast) or None.
+    """
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
+    lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+    mask, smb, smn = _mask_args(key_mask, q)
+    cfg = _launch_config(Lq, Lk, D, backward=False)
+    grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)
+    _attn_fwd[grid](
+        q,
+        k,
+        v,
+        out,
+        lse,
+        mask,
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *out.stride()[:3],
+        smb,
+        smn,
+        H,
+        Lq,
+        Lk,
+        scale * LOG2E,
+        dropout_p,
+        seed,
+        D=D,
+        HAS_MASK=key_mask is not None,
+        CAUSAL=causal,
+        DROPOUT=dropout_p > 0.0,
+        **_flags(q.dtype),
+        **cfg,
+    )
+    return out, lse
+
+
+def attention_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (dq, dk, dv), contiguous, in the inputs' dtype. Same seed as the forward."""
+    q, k, v, out, do = (_last_dim_contiguous(t) for t in (q, k, v, out, do))
+    B, H, Lq, D = q.shape
+    Lk = k.shape[2]
+    dq = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
+    dk = torch.empty((B, H, Lk, D), device=q.device, dtype=k.dtype)
+    dv = torch.empty((B, H, Lk, D), device=q.device, dtype=v.dtype)
+    delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
+    mask, smb, smn = _mask_args(key_mask, q)
+    cfg = _launch_config(Lq, Lk, D, backward=True)
+    flags = _flags(q.dtype)
+    _attn_bwd_delta[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
+        out,
+        do,
+        delta,
+        *out.stride()[:3],
+        *do.stride()[:3],
+        H,
+        Lq,
+        D=D,
+        BLOCK_M=cfg["BLOCK_M"],
+    )
+    common = (
+        *q.stride()[:3],
+        *k.stride()[:3],
+        *v.stride()[:3],
+        *do.stride()[:3],
+        smb,
+        smn,
+        H,
+        Lq,
+        Lk,
+        scale,
+        scale * LOG2E,
+        dropout_p,
+        seed,
+    )
+    meta = dict(
+        D=D, HAS_MASK=key_mask is not None, CAUSAL=causal, DROPOUT=dropout_p > 0.0, **flags, **cfg
+    )
+    _attn_bwd_dkdv[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
+        q, k, v, do, lse, delta, mask, dk, dv, *common, **meta
+    )
+    _attn_bwd_dq[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
+        q, k, v, do, lse, delta, mask, dq, *common, **meta
+    )
+    return dq, dk, dv
+
+
+def default_scale(head_dim: int) -> float:
+    """torch's default softmax scale, 1 / sqrt(D)."""
+    return 1.0 / math.sqrt(head_dim)
+
+
+__all__ = ["DTYPES", "HEAD_DIMS", "attention_backward", "attention_forward", "default_scale"]
