@@ -32,6 +32,8 @@ _PUBLIC = {
     "OptimizerFactory": "fbdl_fast.optim",
     "SchedulerFactory": "fbdl_fast.optim",
     "backend": "fbdl_fast.ops._dispatch",
+    "patch": "fbdl_fast.nn.patch",
+    "unpatch": "fbdl_fast.nn.patch",
 }
 
 __all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
@@ -52,6 +54,8 @@ __all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
     "OptimizerFactory",
     "SchedulerFactory",
     "backend",
+    "patch",
+    "unpatch",
 ]
 assert set(__all__) == {"__version__", *_PUBLIC}, "keep __all__ and _PUBLIC in step"
 
@@ -66,6 +70,7 @@ if TYPE_CHECKING:
         create_facebook_posts_model,
         create_model,
     )
+    from fbdl_fast.nn.patch import patch, unpatch
     from fbdl_fast.norms import NormalizationLayers
     from fbdl_fast.ops._dispatch import backend
     from fbdl_fast.optim import OptimizerFactory, SchedulerFactory
