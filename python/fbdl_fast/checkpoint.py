@@ -1,0 +1,149 @@
+"""Checkpoint files: written atomically, read back with errors that name the file.
+
+A checkpoint is a plain dict saved with torch.save and read with `weights_only=True` (no arbitrary
+pickles are executed when loading). The trainer decides what goes in it (see Trainer.state_dict);
+this module owns the file format: the `format_version` key, the atomic write, the RNG snapshot
+and the checks on load.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Union
+
+import numpy as np
+import torch
+
+FORMAT_VERSION = 1
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, truncated, corrupt, or not one of ours."""
+
+
+def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
+    """Call write(file) on a temporary file beside `path`, then rename it over `path`.
+
+    os.replace is atomic on POSIX and Windows when both names are in one directory, so a reader
+    sees the old file or the new one, never half a file, and a crash leaves the old one intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # Leave nothing behind: the temporary name is ours alone.
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
+    """Write `state` (plus format_version) to `path` atomically."""
+    payload = {"format_version": FORMAT_VERSION, **state}
+    return atomic_write(path, lambda f: torch.save(payload, f))
+
+
+def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by save_checkpoint; CheckpointError names the file on failure."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (
+        RuntimeError,
+        EOFError,
+        OSError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        ValueError,
+        KeyError,
+    ) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+            f"use another checkpoint (e.g. last.pt or best.pt of the run) or retrain"
+        ) from exc
+    if not isinstance(state, dict) or "format_version" not in state:
+        raise CheckpointError(
+            f"{str(path)!r} is not a fbdl_fast checkpoint (no 'format_version' key)"
+        )
+    version = state["format_version"]
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format_version={version!r}; this "
+            f"fbdl_fast reads format_version <= {FORMAT_VERSION}: upgrade it"
+        )
+    return state
+
+
+def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: PathLike) -> None:
+    """CheckpointError naming the file and the missing keys, if any of `keys` is absent."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; it holds {sorted(state)}")
+
+
+def rng_state() -> dict[str, Any]:
+    """Snapshot of every random generator training draws from: torch (CPU and CUDA), numpy,
+    Python's random. Stored as tensors and tuples so weights_only loading accepts it."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore a snapshot taken by rng_state()."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    cuda = state.get("cuda")
+    # A checkpoint from a GPU run resumed on another machine: restore what lines up.
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointError",
+    "atomic_write",
+    "load_checkpoint",
+    "require_keys",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+]
