@@ -1,0 +1,640 @@
+"""Posts in, batches out: loading, label maps, splits, length bucketing and dynamic padding.
+
+The pipeline, top to bottom:
+
+    posts = load_posts("posts.csv", text_column="text", label_column="label")
+    label_map = LabelMap.from_labels(posts.labels)
+    train, val = split_posts(posts, val_fraction=0.1, seed=42)
+    train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
+
+Each corpus is tokenised once, up front (`tokenize_texts`): a batch then only pads the ids it
+holds, to its own longest post (`collate`). `BucketBatchSampler` puts posts of similar length in
+the same batch, so little padding is computed at all. Its order is a pure function of
+(seed, epoch): resuming a run at epoch k replays exactly the batches an uninterrupted run sees.
+
+The embedded synthetic dataset lives in fbdl_fast.synthetic; it returns the same `Posts`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+if TYPE_CHECKING:
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.tokenizer import Tokenizer
+
+Label = Union[str, int]
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
+
+# ====================
+# Posts and loading
+# ====================
+
+
+@dataclass
+class Posts:
+    """Texts with their labels (None when the file has no label column) and source lines."""
+
+    texts: list[str]
+    labels: Optional[list[Label]]
+    lines: list[int]  # 1-based line of each post in `source`, for error messages
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if len(self.lines) != len(self.texts):
+            raise ValueError(
+                f"Posts.lines has {len(self.lines)} entries for "
+                f"{len(self.texts)} texts; expected one line per text"
+            )
+        if self.labels is not None and len(self.labels) != len(self.texts):
+            raise ValueError(
+                f"Posts.labels has {len(self.labels)} entries for "
+                f"{len(self.texts)} texts; expected one label per text"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Posts:
+        """The posts at `indices`, in that order."""
+        return Posts(
+            texts=[self.texts[i] for i in indices],
+            labels=None if self.labels is None else [self.labels[i] for i in indices],
+            lines=[self.lines[i] for i in indices],
+            source=self.source,
+        )
+
+
+def load_posts(
+    path: Union[str, os.PathLike[str]],
+    text_column: str = "text",
+    label_column: Optional[str] = "label",
+    *,
+    require_labels: bool = True,
+    format: Optional[str] = None,
+) -> Posts:
+    """Read posts from a CSV, TSV or JSON-lines file.
+
+    Args:
+        path: the file; its extension picks the format unless `format` is given.
+        text_column: column (CSV) or key (JSONL) holding the post text.
+        label_column: column or key holding the label; None to read texts only.
+        require_labels: if False, a file without the label column loads with `labels=None`
+            (prediction input); a present column must still be filled on every line.
+        format: "csv", "tsv" or "jsonl" to override the extension.
+
+    Labels are strings or integers; strings that spell an integer ("3") become that integer, so
+    the same labels load identically from CSV and JSONL.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: empty file, missing column, missing text/label value, invalid UTF-8 or JSON;
+            the message names the file, the line and what is accepted.
+    """
+    path = Path(path)
+    fmt = format or FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise ValueError(
+            f"cannot tell the format of {path}: extension {path.suffix!r} "
+            f"(format={format!r}); accepted: {', '.join(sorted(FORMATS))} "
+            "or format='csv'|'tsv'|'jsonl'"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"posts file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"posts file {path} is a directory; expected a CSV or JSONL file")
+    text = _read_utf8(path)
+    if not text.strip():
+        raise ValueError(f"posts file {path} is empty; expected a header line and posts")
+    reader = (
+        _read_jsonl
+        if fmt == "jsonl"
+        else partial(_read_csv, delimiter="," if fmt == "csv" else "\t")
+    )
+    texts: list[str] = []
+    labels: list[Label] = []
+    lines: list[int] = []
+    has_labels = label_column is not None
+    for line, record in reader(text, path):
+        if not texts:  # columns are checked once, on the first record
+            has_labels = _check_columns(
+                record, path, line, text_column, label_column, require_labels
+            )
+        texts.append(_text_value(record, text_column, path, line))
+        if has_labels:
+            assert label_column is not None
+            labels.append(_label_value(record.get(label_column), label_column, path, line))
+        lines.append(line)
+    if not texts:
+        raise ValueError(f"posts file {path} has a header but no posts")
+    return Posts(texts, labels if has_labels else None, lines, str(path))
+
+
+def _read_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(
+            f"posts file {path} is not valid UTF-8: byte 0x{data[err.start]:02x} on "
+            f"line {line} ({err.reason}); save the file as UTF-8"
+        ) from None
+
+
+def _read_csv(text: str, path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    consumed = 0  # physical lines the csv reader has pulled so far
+
+    def lines() -> Iterator[str]:
+        nonlocal consumed
+        for line in io.StringIO(text, newline=""):
+            consumed += 1
+            yield line
+
+    reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        while True:
+            start = consumed + 1  # a record starts on the line after the previous one ended
+            row = next(reader, None)
+            if row is None:
+                return
+            if not any(field.strip() for field in row):
+                continue  # blank line
+            # Short rows read as missing (None) values, which the checks below report.
+            yield start, {name: (row[i] if i < len(row) else None) for i, name in enumerate(header)}
+    except csv.Error as err:
+        raise ValueError(
+            f"posts file {path} is not valid CSV near line {consumed}: {err}"
+        ) from None
+
+
+def _read_jsonl(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"line {line} of {path} is not valid JSON ({err.msg}); expected one "
+                "JSON object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"line {line} of {path} holds a JSON {type(record).__name__}; "
+                "expected one JSON object per line"
+            )
+        yield line, record
+
+
+def _check_columns(
+    record: dict[str, Any],
+    path: Path,
+    line: int,
+    text_column: str,
+    label_column: Optional[str],
+    require_labels: bool,
+) -> bool:
+    columns = ", ".join(str(c) for c in record)
+    if text_column not in record:
+        raise ValueError(
+            f"text column {text_column!r} not found in {path} (line {line}); columns are: {columns}"
+        )
+    if label_column is None:
+        return False
+    if label_column not in record:
+        if require_labels:
+            raise ValueError(
+                f"label column {label_column!r} not found in {path} (line {line}); "
+                f"columns are: {columns}"
+            )
+        return False
+    return True
+
+
+def _text_value(record: dict[str, Any], column: str, path: Path, line: int) -> str:
+    value = record.get(column)
+    if value is None:
+        raise ValueError(f"missing text value (column {column!r}) on line {line} of {path}")
+    if not isinstance(value, str):
+        raise ValueError(
+            f"text value {value!r} (column {column!r}) on line {line} of {path} is "
+            f"a {type(value).__name__}; expected a string"
+        )
+    return value
+
+
+def _label_value(value: Any, column: str, path: Path, line: int) -> Label:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(
+            f"missing label value (column {column!r}) on line {line} of {path}; "
+            "every post needs a label"
+        )
+    try:
+        return canonical_label(value)
+    except ValueError as err:
+        raise ValueError(f"{err} (column {column!r}, line {line} of {path})") from None
+
+
+def canonical_label(value: Any) -> Label:
+    """A label as stored: ints stay ints, strings spelling an int become it, others stay str."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(
+            f"label {value!r} is a {type(value).__name__}; labels are strings or integers"
+        )
+    if isinstance(value, str):
+        value = value.strip()
+        if _INT_LABEL.fullmatch(value):
+            return int(value)
+    return value
+
+
+# ====================
+# Label map
+# ====================
+
+
+class LabelMap:
+    """Labels (strings or ints) <-> class ids 0..n-1, saved as JSON beside the model.
+
+    Ids follow the sorted labels (integers numerically), so the same label set always gets the
+    same ids whatever order the posts come in.
+    """
+
+    def __init__(self, labels: Sequence[Label]) -> None:
+        canon = [canonical_label(label) for label in labels]
+        if len(set(canon)) != len(canon):
+            raise ValueError(
+                f"LabelMap labels {list(labels)!r} contain duplicates; each label must appear once"
+            )
+        if not canon:
+            raise ValueError("LabelMap needs at least one label")
+        self._labels: list[Label] = canon
+        self._ids = {label: i for i, label in enumerate(canon)}
+
+    @classmethod
+    def from_labels(cls, labels: Sequence[Label]) -> LabelMap:
+        """The map over the distinct labels seen, in sorted order."""
+        distinct = {canonical_label(label) for label in labels}
+        # ints before strings, each sorted, so mixed label sets still have a fixed order
+        return cls(sorted(distinct, key=lambda v: (isinstance(v, str), v)))
+
+    @property
+    def labels(self) -> list[Label]:
+        return list(self._labels)
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelMap) and self._labels == other._labels
+
+    def __repr__(self) -> str:
+        return f"LabelMap({self._labels!r})"
+
+    def encode(self, label: Label) -> int:
+        """The id of `label`; ValueError naming the label and the known ones if it is new."""
+        key = canonical_label(label)
+        if key not in self._ids:
+            raise ValueError(
+                f"unknown label {label!r}; the model knows: "
+                f"{', '.join(repr(v) for v in self._labels)}"
+            )
+        return self._ids[key]
+
+    def encode_all(self, posts: Posts) -> list[int]:
+        """Ids of every post's label, with the file and line in the error for an unknown one."""
+        if posts.labels is None:
+            raise ValueError(
+                f"posts from {posts.source} have no labels; pass a file with a label column"
+            )
+        ids = []
+        for label, line in zip(posts.labels, posts.lines):
+            try:
+                ids.append(self.encode(label))
+            except ValueError as err:
+                raise ValueError(f"{err} (line {line} of {posts.source})") from None
+        return ids
+
+    def decode(self, index: int) -> Label:
+        if not 0 <= index < len(self._labels):
+            raise ValueError(f"class id {index} is out of range; expected 0..{len(self) - 1}")
+        return self._labels[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"labels": list(self._labels)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LabelMap:
+        if not isinstance(values, dict) or not isinstance(values.get("labels"), list):
+            raise ValueError(f"label map {values!r} is invalid; expected {{'labels': [...]}}")
+        return cls(values["labels"])
+
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Write the map as JSON, atomically (temporary file in the same folder, then rename)."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike[str]]) -> LabelMap:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"label map {path} does not exist")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"label map {path} is not valid JSON: {err}") from None
+        return cls.from_dict(values)
+
+
+def write_text_atomic(path: Union[str, os.PathLike[str]], text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ====================
+# Splitting
+# ====================
+
+
+def train_val_split(
+    labels: Union[int, Sequence[Label]],
+    val_fraction: float = 0.1,
+    seed: int = 42,
+    stratify: bool = True,
+) -> tuple[list[int], list[int]]:
+    """Seeded, disjoint train/validation indices, each sorted.
+
+    `labels` is the label list (stratified: each class keeps its share in both parts, and a class
+    with two or more posts has at least one in each) or just a count (plain random split).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction!r} is invalid; expected a value in (0, 1)")
+    n = labels if isinstance(labels, int) else len(labels)
+    if n < 2:
+        raise ValueError(f"cannot split {n} post(s) into train and validation; need at least 2")
+    rng = np.random.default_rng(seed)
+    if isinstance(labels, int) or not stratify:
+        perm = rng.permutation(n)
+        n_val = min(max(1, round(n * val_fraction)), n - 1)
+        return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+    groups: dict[Label, list[int]] = {}
+    for i, label in enumerate(labels):
+        groups.setdefault(label, []).append(i)
+    keys = sorted(groups, key=lambda v: (isinstance(v, str), v))  # a fixed order: seeded
+    # Largest-remainder quotas: each class gives its share, and the total is round(n * fraction).
+    shares = [len(groups[k]) * val_fraction for k in keys]
+    quotas = [math.floor(s) for s in shares]
+    by_remainder = sorted(range(len(keys)), key=lambda j: quotas[j] - shares[j])
+    for j in by_remainder[: max(0, round(n * val_fraction) - sum(quotas))]:
+        quotas[j] += 1
+    train: list[int] = []
+    val: list[int] = []
+    for key, n_val in zip(keys, quotas):
+        members = rng.permutation(groups[key]).tolist()
+        if len(members) >= 2:  # a class with two posts is seen in both parts
+            n_val = min(max(1, n_val), len(members) - 1)
+        val += members[:n_val]
+        train += members[n_val:]
+    if not val or not train:
+        raise ValueError(
+            f"val_fraction={val_fraction} leaves an empty part for {n} posts; "
+            "use more posts or another fraction"
+        )
+    return sorted(train), sorted(val)
+
+
+def split_posts(
+    posts: Posts, val_fraction: float = 0.1, seed: int = 42, stratify: bool = True
+) -> tuple[Posts, Posts]:
+    """`train_val_split` applied to `posts` (stratified by label when it has labels)."""
+    keys: Union[int, list[Label]] = len(posts) if posts.labels is None else posts.labels
+    train, val = train_val_split(keys, val_fraction, seed, stratify)
+    return posts.subset(train), posts.subset(val)
+
+
+# ====================
+# Tokenising, dataset, sampler, collate
+# ====================
+
+
+def tokenize_texts(
+    tokenizer: Tokenizer, texts: Sequence[str], max_length: int, chunk_size: int = 4096
+) -> list[np.ndarray]:
+    """Every text's ids (special tokens included, truncated to `max_length`), unpadded.
+
+    The tokenizer pads each chunk to its longest row; the attention mask says where the real
+    tokens end, so rows are cut back to their own length (padding is always on the right).
+    """
+    out: list[np.ndarray] = []
+    for start in range(0, len(texts), chunk_size):
+        enc = tokenizer.encode_batch(
+            list(texts[start : start + chunk_size]),
+            max_length=max_length,
+            padding="longest",
+            truncation=True,
+        )
+        ids = np.asarray(enc.input_ids, dtype=np.int64)
+        lengths = np.asarray(enc.attention_mask).astype(bool).sum(axis=1)
+        out.extend(ids[row, :length].copy() for row, length in enumerate(lengths))
+    return out
+
+
+class PostsDataset(Dataset):
+    """Pre-tokenised posts: item i is {"input_ids": int64 array, "label": int (if labelled)}."""
+
+    def __init__(self, input_ids: Sequence[np.ndarray], labels: Optional[Sequence[int]] = None):
+        if labels is not None and len(labels) != len(input_ids):
+            raise ValueError(
+                f"PostsDataset got {len(labels)} labels for {len(input_ids)} posts; "
+                "expected one label per post"
+            )
+        for i, ids in enumerate(input_ids):
+            if len(ids) == 0:
+                raise ValueError(f"post {i} has no tokens; every post needs at least one token")
+        self.input_ids = [np.asarray(ids, dtype=np.int64) for ids in input_ids]
+        self.labels = None if labels is None else [int(v) for v in labels]
+
+    @classmethod
+    def from_texts(
+        cls,
+        tokenizer: Tokenizer,
+        texts: Sequence[str],
+        labels: Optional[Sequence[int]] = None,
+        max_length: int = 512,
+    ) -> PostsDataset:
+        return cls(tokenize_texts(tokenizer, texts, max_length), labels)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item: dict[str, Any] = {"input_ids": self.input_ids[index]}
+        if self.labels is not None:
+            item["label"] = self.labels[index]
+        return item
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    """Batches of indices whose lengths are alike, so padding to the batch's longest is cheap.
+
+    With shuffle: the indices are permuted, cut into pools of `pool_batches` batches, each pool is
+    sorted by length and cut into batches, and the batches are shuffled. Without: one sort by
+    length, batches in order (evaluation). The generator is seeded with seed + epoch, so an
+    epoch's batches depend on nothing else: `set_epoch(k)` after a resume replays epoch k.
+
+    Every index appears exactly once per epoch; only the last batch can be short, and
+    drop_last=True drops it.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        pool_batches: int = 50,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
+        if pool_batches < 1:
+            raise ValueError(f"pool_batches={pool_batches!r} is invalid; expected >= 1")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.pool_batches = pool_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration yields."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            batches = [order[i : i + bs] for i in range(0, n, bs)]
+        else:
+            rng = np.random.default_rng(self.seed + self.epoch)
+            perm = rng.permutation(n)
+            pool = bs * self.pool_batches  # a multiple of bs: only the final batch can be short
+            batches = []
+            for start in range(0, n, pool):
+                members = perm[start : start + pool]
+                members = members[np.argsort(self.lengths[members], kind="stable")]
+                batches += [members[i : i + bs] for i in range(0, len(members), bs)]
+            if self.drop_last and batches and len(batches[-1]) < bs:
+                batches.pop()
+            rng.shuffle(batches)  # the short batch, if kept, lands anywhere
+        for batch in batches:
+            if len(batch) == bs or not self.drop_last:
+                yield batch.tolist()
+
+
+def collate(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a list of dataset items to their longest: the batch dict every model takes.
+
+    Returns input_ids (B, L) int64 padded with `pad_token_id`, attention_mask (B, L) bool, True on
+    real tokens, and labels (B,) int64 when the items carry labels.
+    """
+    if not samples:
+        raise ValueError("collate got an empty batch; expected at least one sample")
+    lengths = [len(s["input_ids"]) for s in samples]
+    input_ids = torch.full((len(samples), max(lengths)), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(samples), max(lengths)), dtype=torch.bool)
+    for row, (sample, length) in enumerate(zip(samples, lengths)):
+        input_ids[row, :length] = torch.as_tensor(sample["input_ids"], dtype=torch.long)
+        attention_mask[row, :length] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if "label" in samples[0]:
+        batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
+    return batch
+
+
+def make_loader(
+    dataset: PostsDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    pad_token_id: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader over `dataset` with a BucketBatchSampler and padding `collate`."""
+    sampler = BucketBatchSampler(
+        dataset.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+    )
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_token_id=pad_token_id)
+    )
+
+
+def build_dataloaders(
+    train: Posts, val: Posts, tokenizer: Tokenizer, label_map: LabelMap, config: ModelConfig
+) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders: tokenised once, bucketed, padded with config.pad_token_id.
+
+    The training order is seeded by config.seed (+ epoch, via set_epoch); validation runs in
+    length order, unshuffled.
+    """
+    max_length = config.max_seq_length
+    loaders = []
+    for posts, shuffle in ((train, True), (val, False)):
+        dataset = PostsDataset.from_texts(
+            tokenizer, posts.texts, label_map.encode_all(posts), max_length=max_length
+        )
+        loaders.append(
+            make_loader(
+                dataset,
+                config.batch_size,
+                shuffle=shuffle,
+                seed=config.seed,
+                pad_token_id=config.pad_token_id,
+            )
+        )
+    return loaders[0], loaders[1]
+
+
+def loader_order(loader: DataLoader) -> list[int]:
+    """The dataset indices in the order `loader` yields them (to put predictions back in order)."""
+    sampler = loader.batch_sampler
+    if sampler is None:
+        raise ValueError("loader_order needs a DataLoader built with a batch_sampler")
+    return [i for batch in sampler for i in batch]
