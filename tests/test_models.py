@@ -1,0 +1,249 @@
+"""The reference models: shapes, padding invariance, fused/reference parity, initialisation,
+create_model and the product design's usage example."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fbdl_fast
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.models import (
+    MODELS,
+    FacebookPostsCNN,
+    FacebookPostsLSTM,
+    FacebookPostsTransformer,
+    create_facebook_posts_model,
+    create_model,
+)
+from tolerances import assert_close
+
+NAMES = ["transformer", "lstm", "cnn"]
+LENGTHS = [9, 5, 2, 1]  # real tokens per row of the test batch; 1 is shorter than every kernel
+
+
+def tiny_config(**overrides: object) -> ModelConfig:
+    values = dict(
+        input_dim=32,
+        hidden_dim=32,
+        num_layers=2,
+        num_heads=4,
+        dropout=0.1,
+        vocab_size=100,
+        num_classes=3,
+        max_seq_length=32,
+    )
+    return ModelConfig(**{**values, **overrides})
+
+
+def make_batch(lengths: list[int], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded random ids (never the pad id 0 on real tokens) and their mask."""
+    width = width or max(lengths)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]  # (B, L)
+    ids = torch.randint(1, 100, (len(lengths), width)).masked_fill(~mask, 0)
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_logits_shape_and_default_mask(name: str) -> None:
+    model = create_model(name, tiny_config()).eval()
+    ids, mask = make_batch(LENGTHS)
+    with torch.no_grad():
+        logits = model(ids, mask)
+        # Without a mask, every non-pad id is a real token: the same batch, the same logits.
+        implicit = model(ids)
+    assert logits.shape == (len(LENGTHS), 3)
+    assert logits.dtype == torch.float32
+    torch.testing.assert_close(implicit, logits, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_padding_never_changes_logits(name: str) -> None:
+    model = create_model(name, tiny_config()).eval()
+    ids, mask = make_batch(LENGTHS)
+    with torch.no_grad():
+        logits = model(ids, mask)
+        # Other ids under the padding, and 6 more columns of padding.
+        noisy = torch.where(mask, ids, torch.randint(1, 100, ids.shape))
+        wider = torch.cat([noisy, torch.randint(1, 100, (len(LENGTHS), 6))], dim=1)
+        wider_mask = torch.cat([mask, torch.zeros(len(LENGTHS), 6, dtype=torch.bool)], dim=1)
+        padded_differently = model(wider, wider_mask)
+        # Each post alone, without any padding.
+        alone = torch.cat([model(ids[i : i + 1, :n]) for i, n in enumerate(LENGTHS)])
+        # The check is not vacuous: changing a real token does change the logits.
+        changed = ids.clone()
+        changed[:, 0] = (changed[:, 0] % 99) + 1
+        other = model(changed, mask)
+    torch.testing.assert_close(padded_differently, logits, atol=1e-6, rtol=0)
+    assert_close(alone, logits)  # other batch shapes may sum in another order: fp32 tolerance
+    assert (other - logits).abs().amax(dim=1).min() > 1e-4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_all_padding_row_gives_head_bias_and_finite_gradients(name: str) -> None:
+    model = create_model(name, tiny_config())
+    ids, mask = make_batch([4, 0, 3])
+    ids[1] = torch.randint(1, 100, (4,))  # whatever sits under the padding
+    model.eval()
+    with torch.no_grad():
+        logits = model(ids, mask)
+    # An empty post pools to zeros, so its logits are the head's bias.
+    torch.testing.assert_close(logits[1], model.output_projection.bias, atol=0, rtol=0)
+    assert torch.isfinite(logits).all()
+
+    model.train()
+    model(ids, mask).sum().backward()
+    for param_name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), param_name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_reach_every_parameter(name: str) -> None:
+    model = create_model(name, tiny_config()).train()
+    ids, mask = make_batch(LENGTHS)
+    loss = torch.nn.functional.cross_entropy(model(ids, mask), torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    for param_name, p in model.named_parameters():
+        assert p.grad is not None, f"{param_name} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{param_name} got an all-zero gradient"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_and_reference_models_share_weights_and_logits(name: str) -> None:
+    fused = create_model(name, tiny_config(fused=True)).eval()
+    reference = create_model(name, tiny_config(fused=False, seed=7)).eval()
+    assert list(fused.state_dict()) == list(reference.state_dict())
+    reference.load_state_dict(fused.state_dict())
+    ids, mask = make_batch(LENGTHS)
+    with torch.no_grad():
+        assert_close(fused(ids, mask), reference(ids, mask))
+
+
+def test_fused_flag_picks_the_layer_classes() -> None:
+    fused = create_model("transformer", tiny_config(fused=True))
+    reference = create_model("transformer", tiny_config(fused=False))
+    assert type(fused.blocks[0].attn) is fbdl_fast.nn.MultiheadAttention
+    assert type(fused.blocks[0].ln_1) is fbdl_fast.nn.LayerNorm
+    assert type(fused.ln_f) is fbdl_fast.nn.LayerNorm
+    assert type(reference.blocks[0].attn) is torch.nn.MultiheadAttention
+    assert type(reference.blocks[0].ln_1) is torch.nn.LayerNorm
+    assert type(reference.ln_f) is torch.nn.LayerNorm
+
+
+def test_create_model_registry_and_errors() -> None:
+    assert {
+        "transformer": FacebookPostsTransformer,
+        "lstm": FacebookPostsLSTM,
+        "cnn": FacebookPostsCNN,
+    } == MODELS
+    assert create_facebook_posts_model is create_model
+    assert fbdl_fast.create_model is create_model
+    with pytest.raises(ValueError, match=r"'gru' is not known; accepted: transformer, lstm, cnn"):
+        create_model("gru", tiny_config())
+    with pytest.raises(TypeError, match="ModelConfig, got dict"):
+        create_model("cnn", {"input_dim": 32})  # type: ignore[arg-type]
+
+
+def test_create_model_draws_weights_from_config_seed() -> None:
+    rng_before = torch.get_rng_state()
+    a = create_model("lstm", tiny_config(seed=1)).state_dict()
+    b = create_model("lstm", tiny_config(seed=1)).state_dict()
+    c = create_model("lstm", tiny_config(seed=2)).state_dict()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # global random state untouched
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["lstm.weight_hh_l0"], c["lstm.weight_hh_l0"])
+
+
+def test_design_usage_example_and_parameter_count() -> None:
+    # As written in the product design's "Usage Examples".
+    config = ModelConfig(
+        input_dim=768,
+        hidden_dim=512,
+        num_layers=6,
+        num_heads=8,
+        dropout=0.1,
+        learning_rate=1e-4,
+        vocab_size=10000,
+        num_classes=5,
+    )
+    model = fbdl_fast.create_facebook_posts_model("transformer", config)
+    assert isinstance(model, FacebookPostsTransformer)
+
+    V, D, F, N, C, T = 10000, 768, 512, 6, 5, config.max_seq_length
+    attention = 3 * D * D + 3 * D + D * D + D  # packed q/k/v projection + output projection
+    feed_forward = D * F + F + F * D + D
+    layer_norms = 2 * (2 * D)
+    expected = V * D + T * D + N * (attention + feed_forward + layer_norms) + 2 * D + D * C + C
+    assert expected == 26_997_509
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+    ids, mask = make_batch([8, 3], width=8)
+    with torch.no_grad():
+        assert model.eval()(ids, mask).shape == (2, 5)
+
+
+def test_lstm_recurrent_gate_blocks_are_orthogonal() -> None:
+    H = 32
+    model = create_model("lstm", tiny_config(hidden_dim=H))
+    eye = torch.eye(H)
+    hh = [n for n, _ in model.lstm.named_parameters() if n.startswith("weight_hh")]
+    assert len(hh) == 4  # 2 layers x 2 directions
+    for param_name, p in model.lstm.named_parameters():
+        if param_name.startswith("weight_hh"):
+            for gate in p.detach().split(H, dim=0):  # (H, H)
+                torch.testing.assert_close(gate @ gate.T, eye, atol=1e-5, rtol=0)
+        if param_name.startswith("bias"):
+            # Forget gate (the second block) starts at bias_ih + bias_hh = 1, the rest at 0.
+            expected = torch.zeros(4 * H)
+            if param_name.startswith("bias_ih"):
+                expected[H : 2 * H] = 1.0
+            torch.testing.assert_close(p.detach(), expected, atol=0, rtol=0)
+
+
+def test_cnn_convolutions_get_kaiming_std() -> None:
+    E = H = 64
+    model = create_model("cnn", tiny_config(input_dim=E, hidden_dim=H))
+    for conv, k in zip(model.conv_layers, (3, 4, 5)):
+        w = conv.weight.detach()
+        assert w.shape == (H, E, k)
+        std = math.sqrt(2.0 / (E * k))  # He et al.: gain sqrt(2) for ReLU over fan_in
+        assert abs(w.std().item() / std - 1) < 0.05  # >= 12288 samples: ~5 standard errors
+        assert abs(w.mean().item()) < 0.05 * std
+
+
+def test_config_init_replaces_the_default_initialiser() -> None:
+    E = H = 64
+    model = create_model("cnn", tiny_config(input_dim=E, hidden_dim=H, init="xavier_uniform"))
+    w = model.conv_layers[0].weight.detach()
+    bound = math.sqrt(6.0 / (E * 3 + H * 3))  # Glorot: U(-b, b) over fan_in + fan_out
+    assert w.abs().max() <= bound
+    assert abs(w.std().item() / (bound / math.sqrt(3)) - 1) < 0.05
+    # Whatever the initialiser, the padding embedding stays zero.
+    assert torch.count_nonzero(model.embedding.weight[0]) == 0
+    assert torch.count_nonzero(model.embedding.weight[1]) == E
+
+
+def test_bad_inputs_fail_with_clear_messages() -> None:
+    ids, mask = make_batch([3, 2])
+    transformer = create_model("transformer", tiny_config(max_seq_length=4))
+    with pytest.raises(AssertionError, match=r"input_ids must be \(batch, length\), got shape"):
+        transformer(ids[0])
+    with pytest.raises(AssertionError, match=r"attention_mask shape \(2, 2\) != input_ids"):
+        transformer(ids, mask[:, :2])
+    with pytest.raises(AssertionError, match="sequence length 6 exceeds"):
+        transformer(torch.ones(1, 6, dtype=torch.long))
+    left_padded = torch.tensor([[False, True, True]])
+    with pytest.raises(AssertionError, match="right-padded"):
+        create_model("lstm", tiny_config())(torch.ones(1, 3, dtype=torch.long), left_padded)
+
+
+def test_cnn_trains_on_a_batch_with_a_single_real_token() -> None:
+    # Batch statistics need two values; one real token falls back to the running statistics.
+    model = create_model("cnn", tiny_config(dropout=0.0)).train()
+    ids, mask = make_batch([1])
+    logits = model(ids, mask)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(ids, mask), atol=0, rtol=0)
