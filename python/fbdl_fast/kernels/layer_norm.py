@@ -1,0 +1,352 @@
+"""LayerNorm forward and backward as Triton kernels: tensors in, tensors out.
+
+The maths, for one row x of N values (computed in fp32 whatever the storage dtype):
+
+    mean = Σ x / N
+    var  = Σ (x − mean)² / N                 biased, as torch.nn.LayerNorm
+    rstd = 1 / sqrt(var + eps)
+    x̂    = (x − mean) · rstd
+    y    = x̂ · w + b                         w = 1 and b = 0 when absent
+
+Backward, with g = dy · w (g = dy without a weight):
+
+    dx = rstd · (g − x̂ · mean(g · x̂) − mean(g))
+    dw = Σ_rows dy · x̂                       db = Σ_rows dy
+
+The forward saves mean and rstd per row (fp32) so the backward never recomputes the row
+reductions over x. The backward runs a fixed number of programs, each owning a contiguous block of
+rows: it writes dx for its rows and sums their dw/db contributions in fp32 into its own partial row;
+the host then sums the partial rows (deterministic: no atomics, no locks).
+
+Rows up to MAX_TILE values are held whole in registers (one tile, one read of x). Longer rows are
+walked in tiles of CHUNK values: three passes in the forward (mean, variance, normalise); in the
+backward one pass per row for the two means, then a tile-major pass so each program's dw/db tile
+stays in registers while it walks its rows.
+
+bf16 is loaded and cast to fp32 before any arithmetic (the CPU interpreter holds bf16 as raw 16-bit
+integers and cannot compute in it); outputs are cast back to their tensor's dtype on store.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+MAX_TILE = 8192  # widest row held in registers; past it the backward spills (flash-attn's finding)
+CHUNK = 4096  # tile width for longer rows
+MIN_BLOCK = 16  # the interpreter and tl.arange want blocks of at least 16 lanes
+
+
+@triton.jit
+def _forward_kernel(
+    X,
+    Y,
+    W,
+    B,
+    Mean,
+    Rstd,
+    stride_xm,
+    stride_xn,
+    N,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)  # int64: row * stride may pass 2**31
+    X += row * stride_xm
+    Y += row * N  # y is contiguous (M, N)
+    if ONE_TILE:
+        cols = tl.arange(0, BLOCK_N)
+        mask = cols < N
+        x = tl.load(X + cols * stride_xn, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / N
+        xc = tl.where(mask, x - mean, 0.0)  # padded lanes must not leak into the variance
+        rstd = tl.rsqrt(tl.sum(xc * xc, axis=0) / N + eps)
+        y = xc * rstd
+        if HAS_WEIGHT:
+            y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    else:
+        acc = tl.full([BLOCK_N], 0.0, tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            acc += tl.load(X + cols * stride_xn, mask=cols < N, other=0.0).to(tl.float32)
+        mean = tl.sum(acc, axis=0) / N
+        acc = tl.full([BLOCK_N], 0.0, tl.float32)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            x = tl.load(X + cols * stride_xn, mask=mask, other=0.0).to(tl.float32)
+            xc = tl.where(mask, x - mean, 0.0)
+            acc += xc * xc
+        rstd = tl.rsqrt(tl.sum(acc, axis=0) / N + eps)
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            x = tl.load(X + cols * stride_xn, mask=mask, other=0.0).to(tl.float32)
+            y = (x - mean) * rstd
+            if HAS_WEIGHT:
+                y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+            tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Mean + row, mean)
+    tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _backward_kernel(
+    X,
+    DY,
+    DX,
+    W,
+    Mean,
+    Rstd,
+    DW,
+    DB,
+    C1,
+    C2,
+    stride_xm,
+    stride_xn,
+    stride_dym,
+    stride_dyn,
+    M,
+    N,
+    rows_per_program,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    ONE_TILE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row_start = pid.to(tl.int64) * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    if ONE_TILE:
+        cols = tl.arange(0, BLOCK_N)
+        mask = cols < N
+        if HAS_WEIGHT:
+            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        dw = tl.full([BLOCK_N], 0.0, tl.float32)
+        db = tl.full([BLOCK_N], 0.0, tl.float32)
+        for row in range(row_start, row_end):
+            x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+            dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
+            x = x.to(tl.float32)
+            dy = dy.to(tl.float32)
+            rstd = tl.load(Rstd + row)
+            xhat = tl.where(mask, (x - tl.load(Mean + row)) * rstd, 0.0)
+            g = dy * w if HAS_WEIGHT else dy
+            c1 = tl.sum(xhat * g, axis=0) / N
+            c2 = tl.sum(g, axis=0) / N
+            dx = (g - (xhat * c1 + c2)) * rstd
+            tl.store(DX + row * N + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            if COMPUTE_DW:
+                dw += dy * xhat
+            if COMPUTE_DB:
+                db += dy
+        if COMPUTE_DW:
+            tl.store(DW + pid * N + cols, dw, mask=mask)
+        if COMPUTE_DB:
+            tl.store(DB + pid * N + cols, db, mask=mask)
+    else:
+        # Pass 1, row by row: the two means of the dx formula, kept in C1/C2 scratch (fp32, (M,)).
+        for row in range(row_start, row_end):
+            mean = tl.load(Mean + row)
+            rstd = tl.load(Rstd + row)
+            acc1 = tl.full([BLOCK_N], 0.0, tl.float32)
+            acc2 = tl.full([BLOCK_N], 0.0, tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                mask = cols < N
+                x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+                dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
+                xhat = tl.where(mask, (x.to(tl.float32) - mean) * rstd, 0.0)
+                g = dy.to(tl.float32)
+                if HAS_WEIGHT:
+                    g = g * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+                acc1 += xhat * g
+                acc2 += g
+            tl.store(C1 + row, tl.sum(acc1, axis=0) / N)
+            tl.store(C2 + row, tl.sum(acc2, axis=0) / N)
+        tl.debug_barrier()  # pass 2 reads C1/C2 written by other threads of this program
+        # Pass 2, tile by tile: dx, and this program's dw/db for the tile in registers.
+        for start in range(0, N, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            mask = cols < N
+            if HAS_WEIGHT:
+                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+            dw = tl.full([BLOCK_N], 0.0, tl.float32)
+            db = tl.full([BLOCK_N], 0.0, tl.float32)
+            for row in range(row_start, row_end):
+                x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+                dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
+                rstd = tl.load(Rstd + row)
+                xhat = tl.where(mask, (x.to(tl.float32) - tl.load(Mean + row)) * rstd, 0.0)
+                dy = dy.to(tl.float32)
+                g = dy * w if HAS_WEIGHT else dy
+                dx = (g - (xhat * tl.load(C1 + row) + tl.load(C2 + row))) * rstd
+                tl.store(DX + row * N + cols, dx.to(DX.dtype.element_ty), mask=mask)
+                if COMPUTE_DW:
+                    dw += dy * xhat
+                if COMPUTE_DB:
+                    db += dy
+            if COMPUTE_DW:
+                tl.store(DW + pid * N + cols, dw, mask=mask)
+            if COMPUTE_DB:
+                tl.store(DB + pid * N + cols, db, mask=mask)
+
+
+def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
+    """`t` as an (M, n) matrix of rows: a view when the strides allow (any row and column
+    stride), a copy otherwise."""
+    return t.reshape(-1, n)
+
+
+def _block(n: int, max_tile: int) -> tuple[int, bool]:
+    """(BLOCK_N, ONE_TILE) for rows of n values."""
+    block = max(MIN_BLOCK, triton.next_power_of_2(n))
+    if block <= max_tile:
+        return block, True
+    return max(MIN_BLOCK, min(CHUNK, triton.next_power_of_2(max_tile))), False
+
+
+def _num_warps(block: int) -> int:
+    return min(max(block // 256, 1), 8)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _backward_programs(x: torch.Tensor, rows: int) -> int:
+    """How many programs share the rows: a few per SM keeps the GPU busy while the partial dw/db
+    rows stay few; on the interpreter a handful (it runs them one after another anyway)."""
+    if x.is_cuda:
+        return max(1, min(rows, 4 * _sm_count(x.device.index or 0)))
+    return max(1, min(rows, 4))
+
+
+def _flat_param(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if p is None else p.reshape(-1).contiguous()
+
+
+def forward(
+    x: torch.Tensor,
+    n: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+    max_tile: int = MAX_TILE,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalise the last dimensions of `x` (n values per row).
+
+    Returns y (x's shape and dtype, contiguous), and mean and rstd (fp32, one per row) for
+    `backward`. weight/bias hold n values each (any shape), in x's dtype or fp32.
+    """
+    x2 = _rows(x, n)
+    rows = x2.shape[0]
+    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    mean = torch.empty(rows, dtype=torch.float32, device=x.device)
+    rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
+    if rows > 0:
+        block, one_tile = _block(n, max_tile)
+        _forward_kernel[(rows,)](
+            x2,
+            y,
+            _flat_param(weight),
+            _flat_param(bias),
+            mean,
+            rstd,
+            x2.stride(0),
+            x2.stride(1),
+            n,
+            eps,
+            HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None,
+            BLOCK_N=block,
+            ONE_TILE=one_tile,
+            num_warps=_num_warps(block),
+        )
+    return y.view(x.shape), mean, rstd
+
+
+def backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    n: int,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    compute_dw: bool,
+    compute_db: bool,
+    max_tile: int = MAX_TILE,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of `forward` given dy (x's shape, any strides).
+
+    Returns dx (x's shape and dtype), dw and db (their parameter's shape and dtype; None unless
+    compute_dw / compute_db, which need the weight / bias). mean and rstd come from `forward`.
+    """
+    x2, dy2 = _rows(x, n), _rows(dy, n)
+    rows = x2.shape[0]
+    dx = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    programs = _backward_programs(x, rows)
+    rows_per_program = -(-rows // programs) if rows else 0
+    programs = -(-rows // rows_per_program) if rows else 0
+    # fp32 partial sums, one row per program; zeros so that no rows give zero gradients.
+    dw_part = torch.zeros(
+        (max(programs, 1), n) if compute_dw else (1,), dtype=torch.float32, device=x.device
+    )
+    db_part = torch.zeros(
+        (max(programs, 1), n) if compute_db else (1,), dtype=torch.float32, device=x.device
+    )
+    if rows > 0:
+        block, one_tile = _block(n, max_tile)
+        scratch = (
+            torch.empty((2, rows), dtype=torch.float32, device=x.device)
+            if not one_tile
+            else mean.new_empty((2, 1))
+        )
+        _backward_kernel[(programs,)](
+            x2,
+            dy2,
+            dx,
+            _flat_param(weight),
+            mean,
+            rstd,
+            dw_part,
+            db_part,
+            scratch[0],
+            scratch[1],
+            x2.stride(0),
+            x2.stride(1),
+            dy2.stride(0),
+            dy2.stride(1),
+            rows,
+            n,
+            rows_per_program,
+            HAS_WEIGHT=weight is not None,
+            COMPUTE_DW=compute_dw,
+            COMPUTE_DB=compute_db,
+            BLOCK_N=block,
+            ONE_TILE=one_tile,
+            num_warps=_num_warps(block),
+        )
+    dw = db = None
+    if compute_dw:
+        assert weight is not None, "dw asked for without a weight"
+        dw = dw_part.sum(0).to(weight.dtype).view(weight.shape)
+    if compute_db:
+        assert bias is not None, "db asked for without a bias"
+        db = db_part.sum(0).to(bias.dtype).view(bias.shape)
+    return dx.view(x.shape), dw, db

@@ -1,0 +1,193 @@
+"""LayerNorm: the PyTorch reference, the Triton path (an autograd.Function over
+fbdl_fast.kernels.layer_norm) and the dispatch between them.
+
+Both paths take F.layer_norm's arguments and give its results: the output in the input's dtype,
+gradients for the input, weight and bias. The Triton path computes in fp32 whatever the storage
+dtype, as torch does.
+
+Autocast: torch registers layer_norm in autocast's "float32" list on CUDA (and XPU, MPS): there
+fp16/bf16 inputs are cast to fp32 and the output is fp32. On CPU layer_norm has no autocast rule
+(checked with torch 2.15: bf16 in, bf16 out; fp32 in, fp32 out; bf16 input with fp32 weight gives
+bf16). `dispatch` applies the same rule before choosing a path, so a model patched with
+fbdl_fast.nn.LayerNorm returns the same dtypes as the torch.nn one under autocast.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from fbdl_fast.ops._dispatch import Decision, decide
+
+OP = "layer_norm"
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+# Device types whose autocast runs layer_norm in fp32 (torch's autocast "float32" list).
+AUTOCAST_FP32_DEVICES = frozenset({"cuda", "xpu", "mps"})
+
+ShapeLike = Union[int, Sequence[int], torch.Size]
+
+
+def reference(
+    x: torch.Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Plain PyTorch: what the Triton path must match."""
+    return F.layer_norm(x, _as_shape(normalized_shape), weight, bias, eps)
+
+
+class LayerNormFunction(torch.autograd.Function):
+    """The Triton path. Saves x (not the output), mean and rstd for the backward."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: torch.Tensor,
+        weight: Optional[torch.Tensor],  # type: ignore[override]
+        bias: Optional[torch.Tensor],
+        n: int,
+        eps: float,
+    ) -> torch.Tensor:
+        from fbdl_fast.kernels import layer_norm as kernels  # imports Triton: only on this path
+
+        y, mean, rstd = kernels.forward(x, n, weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.n = n
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor):  # type: ignore[override]
+        from fbdl_fast.kernels import layer_norm as kernels
+
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
+        dx, dw, db = kernels.backward(dy, x, ctx.n, weight, bias, mean, rstd, need_dw, need_db)
+        return (dx if need_dx else None), dw, db, None, None
+
+
+def _as_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
+    if isinstance(normalized_shape, int):
+        return (normalized_shape,)
+    try:
+        shape = tuple(normalized_shape)
+    except TypeError:
+        shape = None
+    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+        raise ValueError(
+            f"normalized_shape must be an int or a non-empty sequence of ints, "
+            f"got {normalized_shape!r}"
+        )
+    return shape
+
+
+def _check(
+    x: torch.Tensor,
+    shape: tuple[int, ...],
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> None:
+    """Bad arguments get the same ValueError whichever path would run."""
+    if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
+        raise ValueError(
+            f"layer_norm: input of shape {tuple(x.shape)} does not end with "
+            f"normalized_shape {shape}; accepted: inputs of shape (*, {', '.join(map(str, shape))})"
+        )
+    for name, p in (("weight", weight), ("bias", bias)):
+        if p is not None and tuple(p.shape) != shape:
+            raise ValueError(
+                f"layer_norm: {name} has shape {tuple(p.shape)}; it must have "
+                f"normalized_shape {shape}"
+            )
+
+
+def _autocast_enabled(device: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device)
+    except TypeError:  # torch < 2.4 takes no device and answers for CUDA
+        return device == "cuda" and torch.is_autocast_enabled()
+
+
+def _autocast(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Apply torch's autocast rule for layer_norm: fp16/bf16 -> fp32 where autocast lists it."""
+    device = x.device.type
+    if device not in AUTOCAST_FP32_DEVICES or not _autocast_enabled(device):
+        return x, weight, bias
+
+    def up(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return t.float() if t is not None and t.dtype in (torch.float16, torch.bfloat16) else t
+
+    return up(x), up(weight), up(bias)  # type: ignore[return-value]
+
+
+def unsupported(
+    x: torch.Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+) -> Optional[str]:
+    """Why the Triton kernel cannot run these arguments, or None when it can."""
+    if x.dtype not in SUPPORTED_DTYPES:
+        return f"input dtype {x.dtype} is not supported (float32, float16, bfloat16 are)"
+    for name, p in (("weight", weight), ("bias", bias)):
+        # Like torch: parameters in the input's dtype, or fp32 with a half-precision input.
+        if p is not None and p.dtype not in (x.dtype, torch.float32):
+            return f"{name} dtype {p.dtype} differs from the input's {x.dtype} (and is not float32)"
+    if math.prod(_as_shape(normalized_shape)) == 0:
+        return "normalized_shape has no elements"
+    return None
+
+
+def _prepare(
+    x: torch.Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    eps: float,
+):
+    shape = _as_shape(normalized_shape)
+    _check(x, shape, weight, bias)
+    x, weight, bias = _autocast(x, weight, bias)
+    tensors = tuple(t for t in (x, weight, bias) if t is not None)
+    decision = decide(OP, tensors, unsupported(x, shape, weight, bias, eps))
+    return decision, shape, x, weight, bias
+
+
+def explain(
+    x: torch.Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+) -> Decision:
+    """Which path `dispatch` would take for these arguments, and why, without running it."""
+    return _prepare(x, normalized_shape, weight, bias, eps)[0]
+
+
+def dispatch(
+    x: torch.Tensor,
+    normalized_shape: ShapeLike,
+    weight: Optional[torch.Tensor] = None,
+    bias: Optional[torch.Tensor] = None,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """F.layer_norm through the Triton kernel or the reference, by the rules in _dispatch.py."""
+    decision, shape, x, weight, bias = _prepare(x, normalized_shape, weight, bias, eps)
+    if decision.path == "torch":
+        return reference(x, shape, weight, bias, eps)
+    return LayerNormFunction.apply(x, weight, bias, math.prod(shape), float(eps))
+
+
+__all__ = ["OP", "LayerNormFunction", "dispatch", "explain", "reference", "unsupported"]
