@@ -45,9 +45,14 @@ def backend() -> str:
     return value
 
 
+# The values Triton itself reads as true for TRITON_INTERPRET (its getenv_bool).
+_TRUE = ("1", "true", "yes", "on", "y")
+
+
 def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1, where Triton kernels run on CPU tensors through numpy."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True under TRITON_INTERPRET=1 (or true/yes/on, as Triton reads it), where Triton kernels
+    run on CPU tensors through numpy."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in _TRUE
 
 
 @functools.cache
