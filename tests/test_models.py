@@ -225,6 +225,14 @@ def test_config_init_replaces_the_default_initialiser() -> None:
     assert torch.count_nonzero(model.embedding.weight[1]) == E
 
 
+def test_config_init_keeps_the_transformer_position_table() -> None:
+    # A named initialiser visits modules; the bare position table keeps its N(0, 0.02) draw.
+    model = create_model("transformer", tiny_config(init="xavier_normal", max_seq_length=512))
+    assert abs(model.position_encoding.detach().std().item() / 0.02 - 1) < 0.05
+    in_proj = model.blocks[0].attn.in_proj_weight.detach()  # (3D, D), xavier per q/k/v block
+    assert abs(in_proj.std().item() / math.sqrt(2.0 / (32 + 32)) - 1) < 0.1
+
+
 def test_bad_inputs_fail_with_clear_messages() -> None:
     ids, mask = make_batch([3, 2])
     transformer = create_model("transformer", tiny_config(max_seq_length=4))

@@ -66,7 +66,8 @@ class FacebookPostsTransformer(nn.Module):
         self.config = config
         D = config.input_dim
         self.embedding = nn.Embedding(config.vocab_size, D, padding_idx=config.pad_token_id)
-        self.position_encoding = nn.Parameter(torch.zeros(config.max_seq_length, D))
+        # Drawn here, not in _init_weights: a named initialiser (config.init) visits modules only.
+        self.position_encoding = nn.Parameter(torch.randn(config.max_seq_length, D) * 0.02)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList([TransformerBlock(config) for _ in range(config.num_layers)])
         layers = fbdl_fast.nn if config.fused else nn
