@@ -1,0 +1,207 @@
+"""Loss functions by name; `create_loss(config)` builds the trainer's criterion.
+
+LOSSES maps a name to an nn.Module class. The classification losses (CLASSIFICATION_LOSSES) are
+called as `criterion(logits, labels)` with logits (N, C) and integer labels (N,); the others keep
+torch's signatures: huber(input, target), cosine_embedding(x1, x2, y),
+triplet(anchor, positive, negative). The focal entry calls fbdl_fast.nn.functional.focal_loss at
+forward time, so it runs the fused kernel wherever that kernel runs. The seed's `LossFunctions`
+namespace is kept as thin functional wrappers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import fbdl_fast.nn.functional as fused
+
+if TYPE_CHECKING:
+    from fbdl_fast.config import ModelConfig
+
+Alpha = Optional[Union[float, Sequence[float], torch.Tensor]]
+
+
+def _as_tensor(values: Optional[Union[Sequence[float], torch.Tensor]]) -> Optional[torch.Tensor]:
+    return None if values is None else torch.as_tensor(values, dtype=torch.float32)
+
+
+class FocalCriterion(nn.Module):
+    """Multi-class focal loss FL = -alpha_y (1 - p_y)^gamma log p_y (Lin et al., 2017).
+
+    A thin module over fbdl_fast.nn.functional.focal_loss that holds the per-class tensors (alpha
+    when given per class, class weights) as buffers so `.to(device)` moves them. gamma=0 with no
+    alpha is cross-entropy.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Alpha = None,
+        weight: Optional[Union[Sequence[float], torch.Tensor]] = None,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal loss: gamma={gamma!r} is invalid; expected a number >= 0")
+        self.gamma, self.ignore_index = gamma, ignore_index
+        self.reduction, self.label_smoothing = reduction, label_smoothing
+        self.scalar_alpha = alpha if isinstance(alpha, (int, float)) else None
+        self.register_buffer("alpha", None if self.scalar_alpha is not None else _as_tensor(alpha))
+        self.register_buffer("weight", _as_tensor(weight))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        alpha = self.scalar_alpha if self.scalar_alpha is not None else self.alpha
+        return fused.focal_loss(
+            logits,
+            labels,
+            self.gamma,
+            alpha,
+            self.weight,
+            self.ignore_index,
+            self.reduction,
+            self.label_smoothing,
+        )
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, reduction={self.reduction!r}"
+
+
+class DiceLoss(nn.Module):
+    """Multi-class soft dice loss on softmax probabilities against one-hot labels.
+
+    For each class c over the batch: dice_c = (2 sum_n p_nc y_nc + smooth)
+    / (sum_n p_nc + sum_n y_nc + smooth); the loss is 1 - the (optionally weighted) mean of
+    dice_c over classes. `smooth` keeps classes absent from a batch well defined (their dice is 1
+    only when no probability goes to them). Samples labelled ignore_index are dropped.
+    """
+
+    def __init__(
+        self,
+        smooth: float = 1.0,
+        weight: Optional[Union[Sequence[float], torch.Tensor]] = None,
+        ignore_index: int = -100,
+    ) -> None:
+        super().__init__()
+        if smooth < 0:
+            raise ValueError(f"dice loss: smooth={smooth!r} is invalid; expected a number >= 0")
+        self.smooth, self.ignore_index = smooth, ignore_index
+        self.register_buffer("weight", _as_tensor(weight))
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        keep = labels != self.ignore_index
+        logits, labels = logits[keep], labels[keep]
+        probs = logits.float().softmax(dim=-1)  # (N, C)
+        onehot = F.one_hot(labels, probs.shape[-1]).to(probs.dtype)  # (N, C)
+        intersection = (probs * onehot).sum(dim=0)  # (C,)
+        cardinality = probs.sum(dim=0) + onehot.sum(dim=0)  # (C,)
+        # clamp: with smooth=0 an absent, unpredicted class would be 0/0
+        dice = (2 * intersection + self.smooth) / (cardinality + self.smooth).clamp_min(1e-7)
+        if self.weight is None:
+            return 1 - dice.mean()
+        return 1 - (self.weight * dice).sum() / self.weight.sum()
+
+    def extra_repr(self) -> str:
+        return f"smooth={self.smooth}"
+
+
+# name -> nn.Module class; kwargs of the class are the loss's options.
+LOSSES: dict[str, type[nn.Module]] = {
+    "cross_entropy": nn.CrossEntropyLoss,
+    "focal": FocalCriterion,
+    "dice": DiceLoss,
+    "huber": nn.HuberLoss,
+    "cosine_embedding": nn.CosineEmbeddingLoss,
+    "triplet": nn.TripletMarginLoss,
+}
+
+# The losses a classifier can train with: criterion(logits (N, C), labels (N,)).
+CLASSIFICATION_LOSSES = ("cross_entropy", "focal", "dice")
+
+
+def create_loss(config: ModelConfig, **kwargs: Any) -> nn.Module:
+    """The criterion(logits, labels) named by config.loss_name ("focal" when use_focal_loss).
+
+    Honours config.class_weights (all three), label_smoothing (cross-entropy, focal), focal_gamma
+    and focal_alpha. kwargs override or extend the options (e.g. ignore_index=-1, smooth=0.5).
+    """
+    name = config.loss_name
+    if name not in CLASSIFICATION_LOSSES:
+        raise ValueError(
+            f"loss {name!r} cannot train a classifier (criterion(logits, labels)); accepted: "
+            f"{', '.join(CLASSIFICATION_LOSSES)}"
+        )
+    weight = _as_tensor(config.class_weights)
+    options: dict[str, Any]
+    if name == "cross_entropy":
+        options = {"weight": weight, "label_smoothing": config.label_smoothing}
+    elif name == "focal":
+        options = {
+            "gamma": config.focal_gamma,
+            "alpha": config.focal_alpha,
+            "weight": weight,
+            "label_smoothing": config.label_smoothing,
+        }
+    else:
+        options = {"weight": weight}
+    options.update(kwargs)
+    return LOSSES[name](**options)
+
+
+class LossFunctions:
+    """The seed's namespace: functional forms, each a mean over the batch."""
+
+    @staticmethod
+    def cross_entropy_loss(
+        predictions: torch.Tensor,
+        targets: torch.Tensor,
+        weight: Optional[torch.Tensor] = None,
+        label_smoothing: float = 0.0,
+    ) -> torch.Tensor:
+        return F.cross_entropy(predictions, targets, weight=weight, label_smoothing=label_smoothing)
+
+    @staticmethod
+    def focal_loss(
+        predictions: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0
+    ) -> torch.Tensor:
+        # The seed's scalar alpha multiplies every sample's loss, so it factors out of the mean.
+        return alpha * fused.focal_loss(predictions, targets, gamma=gamma)
+
+    @staticmethod
+    def dice_loss(
+        predictions: torch.Tensor, targets: torch.Tensor, smooth: float = 1.0
+    ) -> torch.Tensor:
+        return DiceLoss(smooth=smooth)(predictions, targets)
+
+    @staticmethod
+    def huber_loss(
+        predictions: torch.Tensor, targets: torch.Tensor, delta: float = 1.0
+    ) -> torch.Tensor:
+        return F.huber_loss(predictions, targets, delta=delta)
+
+    @staticmethod
+    def cosine_embedding_loss(
+        x1: torch.Tensor, x2: torch.Tensor, y: torch.Tensor, margin: float = 0.0
+    ) -> torch.Tensor:
+        return F.cosine_embedding_loss(x1, x2, y, margin=margin)
+
+    @staticmethod
+    def triplet_loss(
+        anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float = 1.0
+    ) -> torch.Tensor:
+        return F.triplet_margin_loss(anchor, positive, negative, margin=margin)
+
+
+__all__ = [
+    "CLASSIFICATION_LOSSES",
+    "LOSSES",
+    "DiceLoss",
+    "FocalCriterion",
+    "LossFunctions",
+    "create_loss",
+]
