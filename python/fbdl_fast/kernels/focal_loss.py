@@ -1,0 +1,261 @@
+"""Fused multi-class focal loss: softmax, focal term, loss and logit gradient in one kernel.
+
+The maths, per row i with logits z (C classes), target y, class weights w (default 1), focal
+balance a (default 1), focusing parameter g >= 0 and label smoothing s in [0, 1]:
+
+    log p_c = z_c - m - log d,   m = max_c z_c,   d = sum_c exp(z_c - m)
+    q       = 1 - p_y = sum_{c != y} exp(z_c - m) / d     (no cancellation when p_y -> 1)
+    F       = q^g                                           (the focal factor)
+    S       = (1 - s) w_y (-log p_y) + (s / C) sum_c w_c (-log p_c)
+                                                            (torch's label-smoothed cross-entropy)
+    loss_i  = a_y F S
+
+With g = 0 and a = 1 this is exactly F.cross_entropy(weight=w, label_smoothing=s) row by row.
+sum_c w_c log p_c is accumulated as T + W log p_y with T = sum_c w_c (z_c - z_y) and W = sum_c w_c,
+so no large absolute logit offset enters a long sum. Using d(log p_k)/dz_c = [k = c] - p_c:
+
+    dF/dz_c = -G' ([c = y] - p_c),            G' = g q^(g - 1) p_y
+    dS/dz_c = p_c ((1 - s) w_y + s W / C) - [c = y] (1 - s) w_y - (s / C) w_c
+    dL/dz_c = a_y ( p_c K - [c = y] K_y - (s / C) F w_c )
+    K   = G + F ((1 - s) w_y + s W / C),   K_y = G + F (1 - s) w_y,   G = G' S
+
+q is clamped below at the smallest normal float (q_min): F = max(q, q_min)^g, and G = 0 where
+q < q_min (p_y rounds to 1). That keeps g < 1 finite there and matches the reference, whose
+clamp has zero gradient below q_min.
+
+One program handles BLOCK_R rows. Pass 1 runs an online softmax over C in BLOCK_C chunks
+(running max m, sums d and d minus the target's term, T, W), so any C fits; pass 2 re-reads the
+logits and writes the gradient. The backward of the loss is then only a scale of that gradient
+by the incoming gradient (and 1 / sum of counted weights for the mean): no [N, C] probability
+tensor is kept. Ignored rows (target == ignore_index) get zero loss, weight and gradient; a target
+outside [0, C) gets NaN loss and gradient (the host checks ranges where that costs no sync).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+# Chunk of classes one program holds at a time: big enough to keep the loop short, small enough
+# to stay in registers (fp32 4096 per row spread over 8 warps is 16 values per thread).
+MAX_BLOCK_C = 4096
+# Rows per program for narrow heads (C = 5 would otherwise leave most lanes idle).
+ROW_ELEMENTS = 1024
+MAX_BLOCK_R = 64
+Q_MIN = 1.1754943508222875e-38  # smallest normal fp32
+
+
+@triton.jit
+def _focal_loss_kernel(
+    z_ptr,
+    z_stride,
+    y_ptr,
+    w_ptr,
+    a_ptr,
+    a_stride,
+    loss_ptr,
+    row_weight_ptr,
+    grad_ptr,
+    grad_stride,
+    n_rows,
+    n_cols,
+    ignore_index,
+    gamma,
+    alpha_scale,
+    smoothing,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_ALPHA: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    COMPUTE_GRAD: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # int64 row offsets: N * C can pass 2**31 for vocabulary-sized heads.
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (R,)
+    row_ok = rows < n_rows
+    y = tl.load(y_ptr + rows, mask=row_ok, other=ignore_index)
+    counted = row_ok & (y != ignore_index)
+    in_range = (y >= 0) & (y < n_cols)
+    live = counted & in_range
+    y_safe = tl.where(live, y, 0)
+    z_row = z_ptr + rows * z_stride  # (R,) row start pointers
+    z_y = tl.load(z_row + y_safe, mask=live, other=0.0).to(tl.float32)
+
+    # Pass 1: online softmax statistics. Dead rows (padding, ignored) load -inf and keep m = -inf;
+    # m_use replaces -inf by 0 so no -inf - -inf appears.
+    m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    d = tl.full([BLOCK_R], 0.0, tl.float32)
+    d_other = tl.full([BLOCK_R], 0.0, tl.float32)
+    t_sum = tl.full([BLOCK_R], 0.0, tl.float32)
+    w_sum = tl.full([BLOCK_R], 0.0, tl.float32)
+    cols0 = tl.arange(0, BLOCK_C)
+    for start in range(0, n_cols, BLOCK_C):
+        cols = start + cols0
+        col_ok = cols < n_cols
+        mask = live[:, None] & col_ok[None, :]
+        z = tl.load(z_row[:, None] + cols[None, :], mask=mask, other=float("-inf"))
+        z = z.to(tl.float32)  # bf16/fp16 -> fp32 before any arithmetic
+        m_new = tl.maximum(m, tl.max(z, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        rescale = tl.exp(m - m_use)
+        e = tl.exp(z - m_use[:, None])
+        is_y = cols[None, :] == y[:, None]
+        d = d * rescale + tl.sum(e, axis=1)
+        d_other = d_other * rescale + tl.sum(tl.where(is_y, 0.0, e), axis=1)
+        m = m_new
+        if HAS_SMOOTHING:
+            diff = tl.where(mask, z - z_y[:, None], 0.0)
+            if HAS_WEIGHT:
+                w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                diff = diff * w[None, :]
+                w_sum += tl.sum(w, axis=0)
+            t_sum += tl.sum(diff, axis=1)
+
+    m_fin = tl.where(m == float("-inf"), 0.0, m)
+    d_safe = tl.where(live, d, 1.0)
+    log_d = tl.log(d_safe)
+    logp_y = tl.where(live, z_y - m_fin - log_d, 0.0)
+    p_y = tl.exp(logp_y)
+    q = tl.where(live, d_other / d_safe, 0.0)
+    if HAS_WEIGHT:
+        w_y = tl.load(w_ptr + y_safe, mask=live, other=0.0).to(tl.float32)
+    else:
+        w_y = tl.where(live, 1.0, 0.0)
+    if HAS_SMOOTHING:
+        if not HAS_WEIGHT:
+            w_sum = tl.full([BLOCK_R], 0.0, tl.float32) + n_cols
+        smooth = -(t_sum + w_sum * logp_y) / n_cols
+        S = (1.0 - smoothing) * w_y * (-logp_y) + smoothing * smooth
+    else:
+        S = w_y * (-logp_y)
+    q_c = tl.maximum(q, Q_MIN)
+    focal = tl.exp2(gamma * tl.log2(q_c))
+    a_y = tl.full([BLOCK_R], 0.0, tl.float32) + alpha_scale
+    if HAS_ALPHA:
+        a_y = a_y * tl.load(a_ptr + y_safe * a_stride, mask=live, other=0.0).to(tl.float32)
+    bad = counted & (~in_range)
+    loss = tl.where(live, a_y * focal * S, 0.0)
+    loss = tl.where(bad, float("nan"), loss)
+    tl.store(loss_ptr + rows, loss, mask=row_ok)
+    tl.store(row_weight_ptr + rows, tl.where(live, w_y, 0.0), mask=row_ok)
+
+    if COMPUTE_GRAD:
+        # Pass 2: dL/dz_c = a_y (p_c K - [c = y] K_y - (s / C) F w_c), see the module docstring.
+        G = tl.where(q >= Q_MIN, gamma * (focal / q_c) * p_y * S, 0.0)
+        k_all = a_y * (G + focal * (1.0 - smoothing) * w_y)
+        k_y = k_all
+        if HAS_SMOOTHING:
+            k_all += a_y * focal * smoothing * w_sum / n_cols
+            k_w = a_y * focal * smoothing / n_cols
+        k_all = tl.where(live, k_all, 0.0)
+        k_y = tl.where(live, k_y, 0.0)
+        g_row = grad_ptr + rows * grad_stride
+        for start in range(0, n_cols, BLOCK_C):
+            cols = start + cols0
+            col_ok = cols < n_cols
+            z = tl.load(
+                z_row[:, None] + cols[None, :],
+                mask=live[:, None] & col_ok[None, :],
+                other=float("-inf"),
+            ).to(tl.float32)
+            p = tl.exp(z - m_fin[:, None] - log_d[:, None])  # 0 on dead rows
+            is_y = cols[None, :] == y[:, None]
+            g = p * k_all[:, None] - tl.where(is_y, k_y[:, None], 0.0)
+            if HAS_SMOOTHING:
+                if HAS_WEIGHT:
+                    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                    g -= tl.where(live[:, None], k_w[:, None] * w[None, :], 0.0)
+                else:
+                    g -= tl.where(live[:, None], k_w[:, None], 0.0)
+            g = tl.where(bad[:, None], float("nan"), g)
+            tl.store(
+                g_row[:, None] + cols[None, :],
+                g.to(grad_ptr.dtype.element_ty),
+                mask=row_ok[:, None] & col_ok[None, :],
+            )
+
+
+def _blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_R, BLOCK_C, num_warps) for an (n_rows, n_cols) problem."""
+    block_c = min(triton.next_power_of_2(n_cols), MAX_BLOCK_C)
+    block_r = max(1, min(ROW_ELEMENTS // block_c, MAX_BLOCK_R, triton.next_power_of_2(n_rows)))
+    elements = block_r * block_c
+    num_warps = 4 if elements <= 1024 else (8 if elements <= 4096 else 16)
+    return block_r, block_c, num_warps
+
+
+def focal_loss_forward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    gamma: float,
+    alpha: Optional[torch.Tensor],
+    alpha_scale: float,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Per-row focal loss of `logits` (N, C) against int64 `target` (N,), in one launch.
+
+    `alpha` is None, a 0-dim tensor (one value for every class) or a (C,) tensor; `alpha_scale`
+    multiplies it (a Python-number alpha goes there, so it needs no tensor). `weight` is None
+    or (C,). Returns the loss per row (N,) fp32, the weight each row counts with in a mean
+    (w_y, 0 when ignored) (N,) fp32, and the gradient of the per-row losses with respect to the
+    logits (N, C) in the logits' dtype (None unless `compute_grad`).
+    """
+    assert logits.dim() == 2 and target.dim() == 1 and target.shape[0] == logits.shape[0], (
+        f"expected logits (N, C) and target (N,), got {tuple(logits.shape)} and "
+        f"{tuple(target.shape)}"
+    )
+    assert target.dtype == torch.int64, f"target must be int64, got {target.dtype}"
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    target = target.contiguous()
+    n_rows, n_cols = logits.shape
+    device = logits.device
+    loss = torch.empty(n_rows, dtype=torch.float32, device=device)
+    row_weight = torch.empty(n_rows, dtype=torch.float32, device=device)
+    grad = (
+        torch.empty((n_rows, n_cols), dtype=logits.dtype, device=device) if compute_grad else None
+    )
+    if n_rows == 0:
+        return loss, row_weight, grad
+    if weight is not None:
+        weight = weight.contiguous()
+    if alpha is not None:
+        alpha = alpha.contiguous()
+    block_r, block_c, num_warps = _blocks(n_rows, n_cols)
+    # Unused pointer arguments get a real tensor so every launch has the same signature kinds.
+    _focal_loss_kernel[(triton.cdiv(n_rows, block_r),)](
+        logits,
+        logits.stride(0),
+        target,
+        weight if weight is not None else loss,
+        alpha if alpha is not None else loss,
+        (alpha.stride(0) if alpha.dim() == 1 else 0) if alpha is not None else 0,
+        loss,
+        row_weight,
+        grad if grad is not None else loss,
+        grad.stride(0) if grad is not None else 0,
+        n_rows,
+        n_cols,
+        ignore_index,
+        float(gamma),
+        float(alpha_scale),
+        float(label_smoothing),
+        HAS_WEIGHT=weight is not None,
+        HAS_ALPHA=alpha is not None,
+        HAS_SMOOTHING=label_smoothing > 0,
+        COMPUTE_GRAD=compute_grad,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+    )
+    return loss, row_weight, grad
+
+
+__all__ = ["focal_loss_forward"]

@@ -1,0 +1,369 @@
+"""Focal loss: the PyTorch reference, the fused Triton path and the dispatch between them.
+
+Semantics (both paths), for logits (..., C) and class-index targets (...):
+
+    loss_i = alpha[y_i] * (1 - p_i)^gamma * S_i
+    S_i    = (1 - s) * w[y_i] * (-log p_i) + (s / C) * sum_c w[c] * (-log p_ic)
+
+p_i is the softmax probability of the target class, w the class weights (default 1), s the
+label smoothing: S_i is exactly what F.cross_entropy(weight=w, label_smoothing=s,
+reduction="none") gives, so gamma = 0 without alpha equals cross-entropy in value and gradient.
+The focal factor uses the true-class probability only; the smoothing term is not focused
+per class. alpha is a balance factor: None (1), a number (the same for every class), or one
+value per class; it is not part of the mean's denominator.
+
+Reductions: "none" (shape of target), "sum", "mean" = sum / sum of w[y_i] over counted rows, as
+F.cross_entropy does. Rows whose target is ignore_index count for nothing. When the counted
+weights sum to zero (every row ignored, or an empty batch) the mean is 0 with a zero gradient,
+where F.cross_entropy returns NaN: an all-padding batch must not poison a running loss.
+
+The class dimension is the last one (unlike F.cross_entropy's (N, C, d1, ...) layout).
+Half-precision logits are computed in fp32 (the reference upcasts, as autocast does for
+log_softmax; the kernel accumulates in fp32) and the loss is returned in the logits' dtype.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Optional, Union
+
+import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from fbdl_fast.ops._dispatch import Decision, decide
+
+OP = "focal_loss"
+REDUCTIONS = ("none", "mean", "sum")
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+Alpha = Union[None, float, Sequence[float], torch.Tensor]
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def check_args(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float,
+    alpha: Alpha,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    reduction: str,
+    label_smoothing: float,
+) -> tuple[torch.Tensor, Union[float, torch.Tensor, None]]:
+    """Validate the arguments; return (target as int64, alpha as None, a float or a tensor).
+
+    Raises ValueError/TypeError naming the argument, its value and what is accepted.
+    """
+    if not isinstance(input, torch.Tensor) or not input.is_floating_point() or input.dim() < 1:
+        what = (
+            f"a {input.dtype} tensor of shape {tuple(input.shape)}"
+            if isinstance(input, torch.Tensor)
+            else type(input).__name__
+        )
+        raise ValueError(
+            f"focal_loss: input must be floating-point logits of shape (..., C); got {what}"
+        )
+    n_classes = input.shape[-1]
+    if n_classes < 1:
+        raise ValueError(
+            f"focal_loss: input has {n_classes} classes in its last dimension; need at least 1"
+        )
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"focal_loss: target must be a tensor of class indices, got {type(target).__name__}"
+        )
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise ValueError(
+            f"focal_loss: target must hold class indices (int64), got dtype "
+            f"{target.dtype}; class-probability targets are not supported"
+        )
+    if tuple(target.shape) != tuple(input.shape[:-1]):
+        raise ValueError(
+            f"focal_loss: target shape {tuple(target.shape)} must equal the input "
+            f"shape without its class dimension, {tuple(input.shape[:-1])} "
+            f"(input {tuple(input.shape)}, classes last)"
+        )
+    if reduction not in REDUCTIONS:
+        raise ValueError(
+            f"focal_loss: reduction={reduction!r} is not accepted; use one of "
+            f"{', '.join(map(repr, REDUCTIONS))}"
+        )
+    if not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
+        raise ValueError(f"focal_loss: gamma={gamma!r} is not accepted; use a finite number >= 0")
+    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(
+            f"focal_loss: label_smoothing={label_smoothing!r} is not accepted; use "
+            "a number in [0, 1]"
+        )
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise ValueError(f"focal_loss: ignore_index={ignore_index!r} is not accepted; use an int")
+    if weight is not None:
+        _check_per_class("weight", weight, n_classes, input.device)
+    alpha = _normalize_alpha(alpha, n_classes, input.device)
+    target = target.long()
+    if target.device.type == "cpu" and target.numel() > 0:
+        # Cheap on the CPU; on a GPU it would cost a sync, so the kernel marks such rows NaN.
+        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+        if bool(bad.any()):
+            value = int(target[bad][0])
+            raise ValueError(
+                f"focal_loss: target {value} is out of range; targets must be class "
+                f"indices in [0, {n_classes}) or ignore_index={ignore_index}"
+            )
+    return target, alpha
+
+
+def _check_per_class(name: str, value: torch.Tensor, n_classes: int, device: torch.device) -> None:
+    if not isinstance(value, torch.Tensor) or value.dim() != 1 or value.shape[0] != n_classes:
+        shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(
+            f"focal_loss: {name} must be a 1-D tensor with one value per class "
+            f"({n_classes}); got {shape}"
+        )
+    if not value.is_floating_point():
+        raise ValueError(f"focal_loss: {name} must be floating-point, got {value.dtype}")
+    if value.device != device:
+        raise ValueError(
+            f"focal_loss: {name} is on {value.device} but input is on {device}; "
+            "move it there (FocalLoss keeps it as a buffer, so module.to() does)"
+        )
+
+
+def _normalize_alpha(
+    alpha: Alpha, n_classes: int, device: torch.device
+) -> Union[float, torch.Tensor, None]:
+    if alpha is None:
+        return None
+    if isinstance(alpha, numbers.Real) and not isinstance(alpha, bool):
+        if not math.isfinite(alpha) or alpha < 0:
+            raise ValueError(
+                f"focal_loss: alpha={alpha!r} is not accepted; use a number >= 0, "
+                "one value per class, or None for no balance factor"
+            )
+        return float(alpha)
+    if isinstance(alpha, (list, tuple)):
+        alpha = torch.tensor(alpha, dtype=torch.float32, device=device)
+    if not isinstance(alpha, torch.Tensor):
+        raise ValueError(
+            f"focal_loss: alpha of type {type(alpha).__name__} is not accepted; "
+            "use None, a number, or a sequence/tensor with one value per class"
+        )
+    if alpha.dim() == 0:
+        if not alpha.is_floating_point() or alpha.device != device:
+            raise ValueError(
+                f"focal_loss: alpha tensor must be floating-point on {device}; got "
+                f"{alpha.dtype} on {alpha.device}"
+            )
+        return alpha
+    _check_per_class("alpha", alpha, n_classes, device)
+    return alpha
+
+
+# --------------------------------------------------------------------------- reference
+
+
+def _reduce(
+    loss: torch.Tensor, row_weight: torch.Tensor, reduction: str, shape: torch.Size
+) -> torch.Tensor:
+    """none/sum/mean of per-row losses; the mean of zero total weight is 0 (zero gradient)."""
+    if reduction == "none":
+        return loss.reshape(shape)
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    denom = row_weight.sum()
+    nonzero = denom != 0
+    # Divide by 1 where the denominator is 0 so the unused branch has no 0/0 in its gradient.
+    return total / torch.where(nonzero, denom, torch.ones_like(denom)) * nonzero
+
+
+def reference(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: Union[float, torch.Tensor, None] = None,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Focal loss as a plain torch composition (log_softmax, gather, pow); autograd does backward.
+
+    Arguments as `dispatch` passes them after checking: target int64 of shape input.shape[:-1],
+    alpha None, a float or a 0-dim/(C,) tensor.
+    """
+    n_classes = input.shape[-1]
+    z = input.reshape(-1, n_classes)  # (N, C)
+    if z.dtype in (torch.float16, torch.bfloat16):
+        z = z.float()
+    y = target.reshape(-1)  # (N,)
+    counted = y != ignore_index
+    in_range = (y >= 0) & (y < n_classes)
+    live = counted & in_range
+    y_safe = torch.where(live, y, torch.zeros_like(y))
+    logp = F.log_softmax(z, dim=-1)  # (N, C)
+    logp_y = logp.gather(1, y_safe[:, None]).squeeze(1)  # (N,)
+    w = weight.to(z.dtype) if weight is not None else None
+    w_y = (w[y_safe] if w is not None else torch.ones_like(logp_y)) * live
+    smooth_ce = w_y * -logp_y
+    if label_smoothing > 0:
+        # torch's label-smoothed cross-entropy: (1 - s) * nll + s / C * sum_c w_c * -log p_c
+        all_classes = -(logp * w).sum(-1) if w is not None else -logp.sum(-1)
+        smooth_ce = (1 - label_smoothing) * smooth_ce + (
+            label_smoothing / n_classes * all_classes * live
+        )
+    # 1 - p_y without cancellation; clamped at the smallest normal so gamma < 1 stays finite.
+    q = (-torch.expm1(logp_y)).clamp_min(torch.finfo(z.dtype).tiny)
+    loss = q.pow(gamma) * smooth_ce
+    if isinstance(alpha, torch.Tensor):
+        a = alpha.to(z.dtype)
+        loss = loss * (a[y_safe] if a.dim() == 1 else a)
+    elif alpha is not None:
+        loss = loss * alpha
+    loss = loss * live
+    loss = torch.where(counted & ~in_range, torch.full_like(loss, float("nan")), loss)
+    return _reduce(loss, w_y, reduction, target.shape).to(input.dtype)
+
+
+# --------------------------------------------------------------------------- Triton path
+
+
+class FocalLossFunction(torch.autograd.Function):
+    """The fused kernel: forward writes the loss and the logit gradient in one launch; backward
+    scales that gradient by the incoming one. alpha and weight are constants here."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        input: torch.Tensor,
+        target: torch.Tensor,
+        gamma: float,
+        alpha: Union[float, torch.Tensor, None],
+        weight: Optional[torch.Tensor],
+        ignore_index: int,
+        reduction: str,
+        label_smoothing: float,
+    ) -> torch.Tensor:
+        from fbdl_fast.kernels.focal_loss import focal_loss_forward  # imports Triton
+
+        n_classes = input.shape[-1]
+        alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else None
+        loss, row_weight, grad = focal_loss_forward(
+            input.reshape(-1, n_classes),
+            target.reshape(-1),
+            gamma=gamma,
+            alpha=alpha_tensor,
+            alpha_scale=1.0 if alpha is None or alpha_tensor is not None else float(alpha),
+            weight=weight,
+            ignore_index=ignore_index,
+            label_smoothing=label_smoothing,
+            compute_grad=ctx.needs_input_grad[0],
+        )
+        scale = None
+        if reduction == "mean":
+            denom = row_weight.sum()
+            nonzero = denom != 0
+            scale = nonzero / torch.where(nonzero, denom, torch.ones_like(denom))  # 0-dim
+            out = loss.sum() * scale
+        elif reduction == "sum":
+            out = loss.sum()
+        else:
+            out = loss.reshape(target.shape)
+        ctx.reduction = reduction
+        ctx.input_shape = input.shape
+        ctx.save_for_backward(grad, scale)
+        return out.to(input.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        grad, scale = ctx.saved_tensors
+        if ctx.reduction == "none":
+            factor = grad_output.reshape(-1, 1)  # (N, 1), already the logits' dtype
+        elif ctx.reduction == "sum":
+            factor = grad_output.to(torch.float32)
+        else:
+            factor = grad_output.to(torch.float32) * scale
+        # One elementwise scale. A 0-dim fp32 factor does not promote a half-precision grad, so
+        # no fp32 copy of (N, C) is made.
+        grad_input = (grad * factor).reshape(ctx.input_shape)
+        return grad_input, None, None, None, None, None, None, None
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def unsupported(
+    input: torch.Tensor,
+    alpha: Union[float, torch.Tensor, None] = None,
+    weight: Optional[torch.Tensor] = None,
+) -> Optional[str]:
+    """None when the kernel handles these inputs, else why it does not."""
+    if input.dtype not in KERNEL_DTYPES:
+        return f"logits dtype {input.dtype} is not supported by the kernel (fp32, fp16, bf16)"
+    if input.numel() == 0:
+        return "the input is empty"
+    if torch.is_grad_enabled():
+        for name, value in (("alpha", alpha), ("weight", weight)):
+            if isinstance(value, torch.Tensor) and value.requires_grad:
+                return f"{name} requires grad; the kernel treats it as a constant"
+    return None
+
+
+def _decide(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    alpha: Union[float, torch.Tensor, None],
+    weight: Optional[torch.Tensor],
+) -> Decision:
+    tensors = tuple(t for t in (input, target, alpha, weight) if isinstance(t, torch.Tensor))
+    return decide(OP, tensors, unsupported(input, alpha, weight))
+
+
+def dispatch(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: Alpha = None,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Check the arguments, then run the kernel or the reference by the rules in _dispatch."""
+    target, alpha = check_args(
+        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing
+    )
+    gamma, label_smoothing = float(gamma), float(label_smoothing)
+    if _decide(input, target, alpha, weight).path == "triton":
+        return FocalLossFunction.apply(
+            input, target, gamma, alpha, weight, int(ignore_index), reduction, label_smoothing
+        )
+    return reference(
+        input, target, gamma, alpha, weight, int(ignore_index), reduction, label_smoothing
+    )
+
+
+def explain(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float = 2.0,
+    alpha: Alpha = None,
+    weight: Optional[torch.Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Decision:
+    """What `dispatch` would run on these arguments and why, without running it."""
+    target, alpha = check_args(
+        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing
+    )
+    return _decide(input, target, alpha, weight)
+
+
+__all__ = ["FocalLossFunction", "check_args", "dispatch", "explain", "reference", "unsupported"]
