@@ -1,0 +1,104 @@
+"""End-to-end training steps of the three reference models: reference vs patched, fp32 vs AMP.
+
+One step = forward, loss, backward, optimizer step, at a realistic post batch (32 posts x 128
+tokens, a quarter of each row padding on average). Every benchmark in a group records its
+`variant`; `fbdl-fast bench` divides the reference fp32 time by each variant's time measured in
+the same run. On CUDA, AMP is fp16 with a GradScaler and bf16; on a CPU it is bf16 autocast,
+reported as measured even where the CPU has no native bf16 and AMP is slower.
+
+Under --benchmark-disable (the test command's smoke run) each step runs once on a tiny batch.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from fbdl_fast import ModelConfig, create_model, patch
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+AMP_DTYPES = (torch.float16, torch.bfloat16) if DEVICE == "cuda" else (torch.bfloat16,)
+VARIANTS = [("reference", None), ("patched", None)] + [
+    (kind, dtype) for dtype in AMP_DTYPES for kind in ("reference", "patched")
+]
+
+
+def _config() -> ModelConfig:
+    return ModelConfig(
+        input_dim=256,
+        hidden_dim=512,
+        num_layers=2,
+        num_heads=4,
+        dropout=0.1,
+        vocab_size=30_522,
+        num_classes=4,
+        max_seq_length=128,
+        fused=False,
+    )
+
+
+def _batch(batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator)
+    mask = torch.arange(length)[None, :] < lengths[:, None]  # (B, L), True on real tokens
+    ids = torch.randint(1, 30_522, (batch, length), generator=generator) * mask
+    labels = torch.randint(0, 4, (batch,), generator=generator)
+    return ids.to(DEVICE), mask.to(DEVICE), labels.to(DEVICE)
+
+
+def _models(name: str) -> tuple[torch.nn.Module, torch.nn.Module]:
+    reference = create_model(name, _config()).to(DEVICE)
+    patched = copy.deepcopy(reference)
+    patch(patched)
+    return reference, patched
+
+
+def _max_logit_difference(name: str, batch: tuple[torch.Tensor, ...]) -> float:
+    reference, patched = _models(name)
+    reference.eval(), patched.eval()
+    with torch.no_grad():
+        return (reference(*batch[:2]) - patched(*batch[:2])).abs().max().item()
+
+
+@pytest.mark.parametrize("name", ["transformer", "lstm", "cnn"])
+@pytest.mark.parametrize(
+    ("kind", "amp_dtype"),
+    VARIANTS,
+    ids=[f"{k}-{str(d).removeprefix('torch.') if d else 'fp32'}" for k, d in VARIANTS],
+)
+def bench_training_step(benchmark, name: str, kind: str, amp_dtype: torch.dtype | None) -> None:
+    smoke = benchmark.disabled
+    batch = _batch(4, 16) if smoke else _batch(32, 128)
+    reference, patched = _models(name)
+    model = patched if kind == "patched" else reference
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(DEVICE, enabled=amp_dtype is torch.float16)
+    ids, mask, labels = batch
+
+    def step() -> float:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            DEVICE, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        ):
+            loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return loss.item()
+
+    benchmark.group = f"train step {name}"
+    benchmark.extra_info.update(
+        model=name,
+        variant=f"{kind} {str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}",
+        role="reference" if (kind, amp_dtype) == ("reference", None) else "candidate",
+        batch=list(ids.shape),
+        device=DEVICE,
+        max_logit_diff_patched_vs_reference=_max_logit_difference(name, batch),
+    )
+    loss = benchmark.pedantic(step, rounds=1 if smoke else 5, warmup_rounds=0 if smoke else 1)
+    assert loss == loss, "training step produced NaN"
