@@ -1,0 +1,230 @@
+"""Optimisers against torch.optim and hand-computed first steps; scheduler LR curves by hand."""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.optim import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    OptimizerFactory,
+    SchedulerFactory,
+    create_optimizer,
+    create_scheduler,
+    scheduler_interval,
+)
+
+LR, WD = 0.01, 0.05
+
+
+def _config(**overrides: Any) -> ModelConfig:
+    values: dict[str, Any] = {
+        "input_dim": 16,
+        "num_heads": 2,
+        "learning_rate": LR,
+        "weight_decay": WD,
+    }
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 2))
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int = 3) -> None:
+    data = torch.randn(8, 5, generator=torch.Generator().manual_seed(3))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(data).pow(2).mean().backward()
+        optimizer.step()
+
+
+# The torch.optim call each registry entry must equal: the design's betas/eps, our defaults.
+REFERENCE = {
+    "adam": lambda p: torch.optim.Adam(p, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WD),
+    "sgd": lambda p: torch.optim.SGD(p, lr=LR, momentum=0.9, nesterov=True, weight_decay=WD),
+    "rmsprop": lambda p: torch.optim.RMSprop(
+        p, lr=LR, alpha=0.99, eps=1e-8, momentum=0.9, weight_decay=WD
+    ),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=LR, eps=1e-10, weight_decay=WD),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_matches_torch_optim(name: str) -> None:
+    ours, theirs = _model(), None
+    theirs = copy.deepcopy(ours)
+    _train(ours, create_optimizer(ours, _config(optimizer_type=name)))
+    _train(theirs, REFERENCE[name](theirs.parameters()))
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    start = _model()
+    assert not torch.equal(next(iter(start.parameters())), next(iter(ours.parameters())))
+
+
+def test_adamw_first_step_by_hand() -> None:
+    # Step 1 of Adam: bias-corrected m / sqrt(v) = g / |g|, so p -= lr * sign(g) after the
+    # decoupled decay p *= 1 - lr * wd.
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 3.0]))
+    optimizer = create_optimizer([p], _config(optimizer_type="adamw"))
+    p.grad = torch.tensor([0.5, -0.25, 2.0])
+    optimizer.step()
+    expected = torch.tensor([1.0, -2.0, 3.0]) * (1 - LR * WD) - LR * torch.tensor([1.0, -1, 1])
+    torch.testing.assert_close(p.detach(), expected, atol=1e-7, rtol=0)
+
+
+def test_sgd_nesterov_first_step_by_hand() -> None:
+    # g' = g + wd p; buffer b = g' on step 1; nesterov update g' + momentum * b = 1.9 g'.
+    p = nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = create_optimizer([p], _config(optimizer_type="sgd"))
+    p.grad = torch.tensor([0.5, 1.0])
+    optimizer.step()
+    g = torch.tensor([0.5, 1.0]) + WD * torch.tensor([1.0, -2.0])
+    torch.testing.assert_close(p.detach(), torch.tensor([1.0, -2.0]) - LR * 1.9 * g)
+
+
+def test_optimizer_skips_frozen_parameters_and_takes_overrides() -> None:
+    model = _model()
+    model[0].weight.requires_grad_(False)
+    optimizer = OptimizerFactory.create_optimizer(model, _config(optimizer_type="sgd"))
+    params = optimizer.param_groups[0]["params"]
+    assert len(params) == 3 and all(p is not model[0].weight for p in params)
+    group = create_optimizer(
+        model, _config(optimizer_type="sgd"), momentum=0.5, nesterov=False
+    ).param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["momentum"], group["nesterov"]) == (
+        LR,
+        WD,
+        0.5,
+        False,
+    )
+    group = create_optimizer(model, _config(optimizer_type="rmsprop")).param_groups[0]
+    assert group["momentum"] == 0.9
+
+
+def test_unknown_optimizer_and_no_parameters() -> None:
+    config = _config()
+    config.optimizer_type = "lion"  # after validation, which would refuse it
+    with pytest.raises(ValueError, match=r"'lion'; accepted: adagrad, adam, adamw, rmsprop, sgd"):
+        create_optimizer(_model(), config)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        create_optimizer(nn.ReLU(), _config())
+
+
+def _lrs(
+    scheduler: Any, optimizer: torch.optim.Optimizer, steps: int, metrics: list[float] | None = None
+) -> list[float]:
+    """LR before each of `steps` scheduler steps (optimizer.step first, as in training)."""
+    lrs = []
+    for i in range(steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        if metrics is None:
+            scheduler.step()
+        else:
+            scheduler.step(metrics[i])
+    lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def _optimizer(config: ModelConfig) -> torch.optim.Optimizer:
+    return create_optimizer(nn.Linear(2, 2), config)
+
+
+def test_step_schedule() -> None:
+    config = _config(scheduler_type="step", learning_rate=0.1, max_epochs=9)
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config)
+    # step_size = max_epochs // 3 = 3, gamma 0.1
+    expected = [0.1] * 3 + [0.01] * 3 + [0.001] * 3 + [0.0001]
+    assert _lrs(scheduler, optimizer, 9) == pytest.approx(expected, rel=1e-9)
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config, step_size=1, gamma=0.5)
+    assert _lrs(scheduler, optimizer, 3) == pytest.approx([0.1, 0.05, 0.025, 0.0125])
+
+
+def test_cosine_schedule() -> None:
+    config = _config(scheduler_type="cosine", learning_rate=0.1, max_epochs=10)
+    optimizer = _optimizer(config)
+    scheduler = SchedulerFactory.create_scheduler(optimizer, config)  # the seed's two-arg call
+    expected = [0.05 * (1 + math.cos(math.pi * e / 10)) for e in range(11)]
+    assert _lrs(scheduler, optimizer, 10) == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_plateau_reduces_after_patience_epochs_without_improvement() -> None:
+    config = _config(scheduler_type="plateau", learning_rate=0.1, patience=4)  # plateau: 2
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config)
+    val_losses = [1.0, 0.9, 0.95, 0.95, 0.95, 0.5, 0.6, 0.6, 0.6]
+    lrs = _lrs(scheduler, optimizer, len(val_losses), val_losses)
+    # best 0.9 at epoch 1; the third epoch without improvement (> patience 2) cuts the LR by 10;
+    # 0.5 is a new best, then three more bad epochs cut it again.
+    expected = [0.1, 0.1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.01, 0.001]
+    assert lrs == pytest.approx(expected, rel=1e-9)
+
+
+def _anneal_cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2 * (math.cos(math.pi * pct) + 1)
+
+
+def test_one_cycle_curve_peaks_at_the_learning_rate() -> None:
+    config = _config(scheduler_type="one_cycle", learning_rate=0.1, max_epochs=2)
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config, steps_per_epoch=10)
+    lrs = _lrs(scheduler, optimizer, 19)  # 20 steps in all: LR at steps 0..19
+    # warm up for 30% of the steps from lr/25 to lr, then anneal to lr/25/1e4 (cosine both ways)
+    initial, peak, final = 0.1 / 25, 0.1, 0.1 / 25 / 1e4
+    up_end, total = 0.3 * 20 - 1, 20 - 1
+    expected = [
+        _anneal_cos(initial, peak, i / up_end)
+        if i <= up_end
+        else _anneal_cos(peak, final, (i - up_end) / (total - up_end))
+        for i in range(20)
+    ]
+    assert lrs == pytest.approx(expected, rel=1e-6)
+    assert max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 5
+    assert scheduler_interval("one_cycle") == "batch"
+
+
+def test_one_cycle_momentum_and_its_errors() -> None:
+    config = _config(scheduler_type="one_cycle", learning_rate=0.1, max_epochs=1)
+    optimizer = _optimizer(config)  # adamw: beta1 cycles 0.95 -> 0.85 at the LR peak
+    scheduler = create_scheduler(optimizer, config, steps_per_epoch=10)
+    assert optimizer.param_groups[0]["betas"][0] == pytest.approx(0.95)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["betas"][0] == pytest.approx(0.85)  # peak at step 0.3*10-1
+    with pytest.raises(ValueError, match=r"one_cycle.*steps_per_epoch=None"):
+        create_scheduler(optimizer, config)
+    # adagrad has no momentum to cycle: still a valid one-cycle schedule
+    adagrad = _optimizer(_config(optimizer_type="adagrad", scheduler_type="one_cycle"))
+    scheduler = create_scheduler(adagrad, config, steps_per_epoch=4)
+    assert adagrad.param_groups[0]["lr"] == pytest.approx(0.1 / 25)
+
+
+def test_no_scheduler_intervals_and_unknown_names() -> None:
+    config = _config(scheduler_type=None)
+    assert create_scheduler(_optimizer(config), config) is None
+    assert sorted(SCHEDULERS) == ["cosine", "one_cycle", "plateau", "step"]
+    assert [scheduler_interval(n) for n in ("step", "cosine", "plateau", "one_cycle")] == [
+        "epoch",
+        "epoch",
+        "plateau",
+        "batch",
+    ]
+    with pytest.raises(ValueError, match=r"'linear'; accepted: cosine, one_cycle, plateau, step"):
+        scheduler_interval("linear")
+    config = _config()
+    config.scheduler_type = "linear"
+    with pytest.raises(ValueError, match=r"scheduler_type 'linear'"):
+        create_scheduler(_optimizer(config), config)
