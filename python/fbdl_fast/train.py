@@ -1,0 +1,574 @@
+"""Trainer: the training loop of the reference models, with everything a long run needs.
+
+    trainer = Trainer(model, config, run_dir="runs/demo")
+    history = trainer.fit(train_loader, val_loader)          # History: per-epoch metrics
+    train_losses, val_losses, train_accs, val_accs = trainer.train(train_loader, val_loader)
+
+One epoch: train every batch (autocast, backward, unscale + clip, optimizer step, per-batch
+scheduler), evaluate on the validation loader (loss, accuracy, macro-F1), step epoch schedulers
+(ReduceLROnPlateau on the validation loss), track early stopping on the validation loss, write
+best.pt / last.pt and one line of metrics.jsonl in run_dir.
+
+Mixed precision ("where it helps"): on CUDA, fp16 autocast with a GradScaler (or bf16 without
+one when config.amp_dtype="bfloat16"). On a CPU autocast runs only when asked explicitly with
+config.amp_dtype="bfloat16", with a warning when the CPU has no native bf16 instructions (there it
+made a small Transformer's step ~23x slower than fp32); use_mixed_precision=True with
+amp_dtype="auto" on a CPU trains in fp32.
+
+Resuming continues exactly: a checkpoint holds the model, optimizer, scheduler, scaler, every RNG
+state, the epoch, the early-stopping state and the history, and the trainer calls
+`set_epoch(epoch)` on the loader's sampler / batch sampler when it has one, so data order comes
+from the epoch number and not from leftover RNG state. Epochs are counted from 1 in histories, logs
+and checkpoints (`epoch` = epochs completed); set_epoch receives the 0-based index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+
+from fbdl_fast import losses, metrics, optim
+from fbdl_fast.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    require_keys,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from fbdl_fast.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+METRICS_LOG = "metrics.jsonl"
+PathLike = Union[str, "os.PathLike[str]"]
+Batch = Mapping[str, torch.Tensor]
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of a run, index i = epoch i + 1. `train()` returns its first four lists."""
+
+    train_losses: list[float] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    train_accs: list[float] = field(default_factory=list)
+    val_accs: list[float] = field(default_factory=list)
+    val_f1s: list[float] = field(default_factory=list)  # validation macro-F1
+    learning_rates: list[float] = field(default_factory=list)  # LR at the epoch's first batch
+    epoch_times: list[float] = field(default_factory=list)  # seconds, training + validation
+    best_epoch: Optional[int] = None  # 1-based epoch with the lowest validation loss
+    best_val_loss: float = math.inf
+    stopped_early: bool = False
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_losses)
+
+    def as_tuple(self) -> tuple[list[float], list[float], list[float], list[float]]:
+        """(train_losses, val_losses, train_accs, val_accs), the product design's return value."""
+        return self.train_losses, self.val_losses, self.train_accs, self.val_accs
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> History:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU reports bf16 arithmetic instructions (AVX512-BF16 or AMX-BF16)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False  # cannot tell (not Linux): the caller warns, which is the safe side
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def _amp_plan(config: ModelConfig, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for this config on this device, or None for fp32 training."""
+    if not config.use_mixed_precision:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if config.amp_dtype == "bfloat16" else torch.float16
+    if device.type == "cpu" and config.amp_dtype == "bfloat16":
+        if not cpu_has_native_bf16():
+            warnings.warn(
+                "config.amp_dtype='bfloat16' on a CPU without native bf16 instructions "
+                "(no AVX512-BF16/AMX): bf16 autocast is emulated and can be many times slower "
+                "than fp32 (a small Transformer's step: ~23x). Set amp_dtype='auto' to train "
+                "in fp32 on this CPU.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return torch.bfloat16
+    if device.type == "cpu" and config.amp_dtype == "float16":
+        raise ValueError(
+            "ModelConfig.amp_dtype='float16' needs a CUDA device (GradScaler); "
+            "on a CPU use amp_dtype='bfloat16', 'auto' (fp32) or "
+            "use_mixed_precision=False"
+        )
+    # "auto" on a CPU (or any other device): fp32, as the design's "where it helps" asks.
+    return None
+
+
+def _interval_of(scheduler: Any) -> str:
+    """Stepping interval of a scheduler passed in by the user: plateau, batch or epoch."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        return "plateau"
+    if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR):
+        return "batch"
+    return "epoch"
+
+
+def _label_map_state(label_map: Any) -> Any:
+    """A label map as plain data for the checkpoint (LabelMap objects expose to_dict())."""
+    if label_map is None or isinstance(label_map, (str, int, float)):
+        return label_map
+    if hasattr(label_map, "to_dict"):
+        return label_map.to_dict()
+    if isinstance(label_map, Mapping):
+        return dict(label_map)
+    if isinstance(label_map, Sequence):
+        return list(label_map)
+    raise TypeError(
+        f"label_map of type {type(label_map).__name__} cannot be saved; accepted: a "
+        f"mapping, a sequence of labels, or an object with to_dict()"
+    )
+
+
+def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
+    """Tell the loader's samplers which epoch it is, so their shuffle depends on it."""
+    for name in ("batch_sampler", "sampler"):
+        sampler = getattr(loader, name, None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+
+class Trainer:
+    """Trains a classifier `model(input_ids, attention_mask) -> logits` on dict batches.
+
+    Args:
+        model: the network; moved to `device`.
+        config: the run's ModelConfig (optimizer, scheduler, loss, AMP, clipping, patience ...).
+        device: where to train; default CUDA when available, else CPU.
+        run_dir: folder for best.pt, last.pt and metrics.jsonl; None writes no files.
+        label_map: class names saved in checkpoints (mapping, sequence or LabelMap).
+        progress: tqdm bars; None shows them only when stderr is a terminal.
+        optimizer / scheduler / criterion: replace the ones built from config.
+        steps_per_epoch: build the scheduler now; otherwise fit() builds it from len(loader).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ModelConfig,
+        *,
+        device: Optional[Union[str, torch.device]] = None,
+        run_dir: Optional[PathLike] = None,
+        label_map: Any = None,
+        progress: Optional[bool] = None,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        scheduler: Any = None,
+        criterion: Optional[nn.Module] = None,
+        steps_per_epoch: Optional[int] = None,
+    ) -> None:
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a fbdl_fast.ModelConfig, got {type(config).__name__}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.config = config
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        )
+        self.model = model.to(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.label_map = label_map
+        self.progress = progress
+        self.optimizer = optimizer or optim.create_optimizer(self.model, config)
+        self.criterion = (criterion or losses.create_loss(config)).to(self.device)
+        self.amp_dtype = _amp_plan(config, self.device)
+        # Loss scaling only for fp16: bf16 has fp32's exponent range and needs none.
+        self.scaler = (
+            torch.amp.GradScaler("cuda")
+            if self.amp_dtype == torch.float16 and self.device.type == "cuda"
+            else None
+        )
+        self._pending_scheduler_state: Optional[dict[str, Any]] = None
+        if scheduler is not None:
+            self.scheduler, self.scheduler_interval = scheduler, _interval_of(scheduler)
+        else:
+            self.scheduler, self.scheduler_interval = None, None
+            if steps_per_epoch is not None:
+                self._build_scheduler(steps_per_epoch)
+        self.history = History()
+        self.epoch = 0  # epochs completed
+        self.global_step = 0  # optimizer steps taken
+        self._bad_epochs = 0  # epochs since the best validation loss
+
+    # ----------------------------------------------------------------------------- set-up
+    def _build_scheduler(self, steps_per_epoch: int) -> None:
+        if self.config.scheduler_type is None:
+            return
+        self.scheduler = optim.create_scheduler(self.optimizer, self.config, steps_per_epoch)
+        self.scheduler_interval = optim.scheduler_interval(self.config.scheduler_type)
+        if self._pending_scheduler_state is not None and self.scheduler is not None:
+            self.scheduler.load_state_dict(self._pending_scheduler_state)
+            self._pending_scheduler_state = None
+
+    def _ensure_scheduler(self, train_loader: Iterable[Any]) -> None:
+        if self.scheduler is not None or self.config.scheduler_type is None:
+            return
+        try:
+            steps = len(train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(
+                "train_loader has no len(), which the scheduler needs to know the "
+                "steps per epoch; pass steps_per_epoch= to Trainer"
+            ) from None
+        self._build_scheduler(steps)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _show_progress(self) -> bool:
+        if self.progress is not None:
+            return self.progress
+        return sys.stderr is not None and sys.stderr.isatty()
+
+    def _unpack(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """(input_ids, attention_mask, labels or None) on the trainer's device."""
+        if isinstance(batch, Mapping):
+            if "input_ids" not in batch or "attention_mask" not in batch:
+                raise ValueError(
+                    f"batch keys are {sorted(batch)}; a batch needs 'input_ids', "
+                    f"'attention_mask' and (to train or evaluate) 'labels'"
+                )
+            ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch.get("labels")
+        elif isinstance(batch, (tuple, list)) and len(batch) in (2, 3):
+            ids, mask, labels = batch[0], batch[1], batch[2] if len(batch) == 3 else None
+        else:
+            raise TypeError(
+                f"a batch must be a dict with input_ids, attention_mask, labels; got "
+                f"{type(batch).__name__}"
+            )
+        move = {"device": self.device, "non_blocking": True}
+        return ids.to(**move), mask.to(**move), None if labels is None else labels.to(**move)
+
+    def _lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ----------------------------------------------------------------------------- steps
+    def _train_step(
+        self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (loss, logits) detached."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = self.model(ids, mask)
+        # The loss in fp32: softmax/log of half-precision logits loses the small probabilities.
+        loss = self.criterion(logits.float(), labels)
+        clip = self.config.gradient_clip
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        stepped = True
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip > 0:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            # A lowered scale means inf/nan gradients: the optimizer step was skipped.
+            stepped = self.scaler.get_scale() >= scale
+        else:
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            self.optimizer.step()
+        if stepped:
+            self.global_step += 1
+            if self.scheduler is not None and self.scheduler_interval == "batch":
+                self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def _train_epoch(self, loader: Iterable[Any], epoch: int) -> tuple[float, float]:
+        """Train one epoch; returns (mean training loss, training accuracy)."""
+        self.model.train()
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        seen = 0
+        bar = self._bar(loader, f"epoch {epoch + 1}/{self.config.max_epochs}")
+        for step, batch in enumerate(bar):
+            ids, mask, labels = self._unpack(batch)
+            if labels is None:
+                raise ValueError("training batches need 'labels'")
+            loss, logits = self._train_step(ids, mask, labels)
+            total_loss += loss.double() * labels.numel()
+            correct += (logits.argmax(dim=-1) == labels).sum()
+            seen += labels.numel()
+            if step % 10 == 0 and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self._lr():.2e}")
+        if seen == 0:
+            raise ValueError("train_loader yielded no batches")
+        mean_loss = total_loss.item() / seen
+        if not math.isfinite(mean_loss) and self.scaler is None:
+            raise FloatingPointError(
+                f"training loss is {mean_loss} in epoch {epoch + 1}; lower learning_rate "
+                f"(now {self.config.learning_rate}) or set gradient_clip > 0"
+            )
+        return mean_loss, correct.item() / seen
+
+    def _bar(self, loader: Iterable[Any], desc: str) -> Iterable[Any]:
+        if not self._show_progress():
+            return loader
+        from tqdm.auto import tqdm
+
+        return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+    # ----------------------------------------------------------------------------- public API
+    @torch.no_grad()
+    def _forward_all(
+        self, loader: Iterable[Any], desc: str, need_labels: bool
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+        """(logits (N, C) fp32 on CPU, labels (N,) or None, summed loss) over a loader."""
+        was_training = self.model.training
+        self.model.eval()
+        all_logits: list[torch.Tensor] = []
+        all_labels: list[torch.Tensor] = []
+        loss_sum = 0.0
+        try:
+            for batch in self._bar(loader, desc):
+                ids, mask, labels = self._unpack(batch)
+                if labels is None and need_labels:
+                    raise ValueError(f"{desc} batches need 'labels'")
+                with self._autocast():
+                    logits = self.model(ids, mask)
+                logits = logits.float()
+                if labels is not None:
+                    loss_sum += self.criterion(logits, labels).item() * labels.numel()
+                    all_labels.append(labels.cpu())
+                all_logits.append(logits.cpu())
+        finally:
+            self.model.train(was_training)
+        if not all_logits:
+            raise ValueError(f"the {desc} loader yielded no batches")
+        labels_out = torch.cat(all_labels) if all_labels else None
+        return torch.cat(all_logits), labels_out, loss_sum
+
+    def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
+        """{"loss", "accuracy", "macro_f1", "num_samples"} of the model on a labelled loader."""
+        logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=True)
+        assert labels is not None
+        preds = logits.argmax(dim=-1)
+        return {
+            "loss": loss_sum / labels.numel(),
+            "accuracy": metrics.accuracy(preds, labels),
+            "macro_f1": metrics.macro_f1(preds, labels, self.config.num_classes),
+            "num_samples": float(labels.numel()),
+        }
+
+    def predict(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted class ids (N,) int64, class probabilities (N, C) float32), on CPU.
+
+        Batches may omit 'labels'."""
+        logits, _, _ = self._forward_all(loader, "predict", need_labels=False)
+        probs = torch.softmax(logits, dim=-1)
+        return probs.argmax(dim=-1), probs
+
+    def train(
+        self, train_loader: Iterable[Any], val_loader: Iterable[Any]
+    ) -> tuple[list[float], list[float], list[float], list[float]]:
+        """The product design's call: fit() and return (train_losses, val_losses, train_accs,
+        val_accs)."""
+        return self.fit(train_loader, val_loader).as_tuple()
+
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any],
+        resume_from: Optional[PathLike] = None,
+    ) -> History:
+        """Train until config.max_epochs or early stopping; returns the History.
+
+        resume_from: a checkpoint (e.g. run_dir/last.pt) to continue from exactly where it was
+        written. A fresh run (nothing trained yet, no resume) first seeds torch with
+        config.seed, so dropout draws are reproducible.
+        """
+        self._ensure_scheduler(train_loader)
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+        elif self.epoch == 0:
+            torch.manual_seed(self.config.seed)
+        history = self.history
+        while self.epoch < self.config.max_epochs:
+            if history.stopped_early:
+                break
+            index = self.epoch  # 0-based epoch index
+            started = time.perf_counter()
+            _set_epoch(train_loader, index)
+            lr = self._lr()
+            train_loss, train_acc = self._train_epoch(train_loader, index)
+            val = self.evaluate(val_loader)
+            if self.scheduler is not None and self.scheduler_interval == "plateau":
+                self.scheduler.step(val["loss"])
+            elif self.scheduler is not None and self.scheduler_interval == "epoch":
+                self.scheduler.step()
+            self.epoch += 1
+
+            history.train_losses.append(train_loss)
+            history.train_accs.append(train_acc)
+            history.val_losses.append(val["loss"])
+            history.val_accs.append(val["accuracy"])
+            history.val_f1s.append(val["macro_f1"])
+            history.learning_rates.append(lr)
+            history.epoch_times.append(time.perf_counter() - started)
+            improved = val["loss"] < history.best_val_loss  # NaN never improves
+            if improved:
+                history.best_val_loss, history.best_epoch = val["loss"], self.epoch
+                self._bad_epochs = 0
+            else:
+                self._bad_epochs += 1
+            # Lightning's rule: stop once `patience` epochs in a row did not improve.
+            history.stopped_early = (
+                not improved
+                and self._bad_epochs >= self.config.patience
+                and self.epoch < self.config.max_epochs
+            )
+            self._end_of_epoch(improved)
+            logger.info(
+                "epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_f1 %.4f",
+                self.epoch,
+                self.config.max_epochs,
+                train_loss,
+                val["loss"],
+                val["accuracy"],
+                val["macro_f1"],
+            )
+        return history
+
+    def _end_of_epoch(self, improved: bool) -> None:
+        """Write the checkpoints and the metrics line of the epoch just finished."""
+        if self.run_dir is None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = self.state_dict()
+        if improved:
+            save_checkpoint(state, self.run_dir / BEST_CHECKPOINT)
+        save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
+        h, i = self.history, self.epoch - 1
+        line = {
+            "epoch": self.epoch,
+            "train_loss": h.train_losses[i],
+            "train_acc": h.train_accs[i],
+            "val_loss": h.val_losses[i],
+            "val_acc": h.val_accs[i],
+            "val_f1": h.val_f1s[i],
+            "lr": h.learning_rates[i],
+            "epoch_time_s": h.epoch_times[i],
+            "best": improved,
+            "stopped_early": h.stopped_early,
+        }
+        with open(self.run_dir / METRICS_LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (see fbdl_fast.checkpoint)."""
+        return {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "model_class": type(self.model).__name__,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "rng": rng_state(),
+            "config": self.config.to_dict(),
+            "label_map": _label_map_state(self.label_map),
+            "history": self.history.to_dict(),
+            "early_stopping": {"bad_epochs": self._bad_epochs},
+        }
+
+    def save_checkpoint(self, path: PathLike) -> Path:
+        """Write state_dict() to `path` atomically (temporary file + rename)."""
+        return save_checkpoint(self.state_dict(), path)
+
+    def load_checkpoint(self, path: PathLike, *, model_only: bool = False) -> dict[str, Any]:
+        """Restore this trainer from a checkpoint and return the raw checkpoint dict.
+
+        model_only=True loads the model weights alone (to evaluate or predict); otherwise the
+        optimizer, scheduler, scaler, RNG states, epoch, history and early-stopping state too,
+        so that fit() continues the run exactly.
+        """
+        state = load_checkpoint(path, map_location=self.device)
+        require_keys(
+            state,
+            ("model",)
+            if model_only
+            else ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "history"),
+            path,
+        )
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this model "
+                f"({type(self.model).__name__}): {exc}"
+            ) from exc
+        if "label_map" in state and self.label_map is None:
+            self.label_map = state["label_map"]
+        if model_only:
+            return state
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            if self.scheduler is not None:
+                self.scheduler.load_state_dict(state["scheduler"])
+            else:  # built in fit() once the loader's length is known
+                self._pending_scheduler_state = state["scheduler"]
+        if state["scaler"] is not None and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state.get("global_step", 0))
+        self.history = History.from_dict(state["history"])
+        self._bad_epochs = int(state.get("early_stopping", {}).get("bad_epochs", 0))
+        return state
+
+
+# The product design's name.
+FacebookPostsTrainer = Trainer
+
+__all__ = [
+    "BEST_CHECKPOINT",
+    "LAST_CHECKPOINT",
+    "METRICS_LOG",
+    "CheckpointError",
+    "FacebookPostsTrainer",
+    "History",
+    "Trainer",
+    "cpu_has_native_bf16",
+]
