@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -37,7 +38,7 @@ class ModelConfig:
     pad_token_id: int = 0  # id used for padding; padded positions never change a model's output
     optimizer_type: str = "adamw"  # see fbdl_fast.optim.OPTIMIZERS
     scheduler_type: Optional[str] = "cosine"  # see fbdl_fast.optim.SCHEDULERS; None for constant LR
-    loss: str = "cross_entropy"  # see fbdl_fast.losses.LOSSES
+    loss: str = "cross_entropy"  # see fbdl_fast.losses.CLASSIFICATION_LOSSES
     use_focal_loss: bool = False  # the design's switch: True means loss="focal"
     class_weights: Optional[list[float]] = None  # per-class loss weights, length num_classes
     focal_gamma: float = 2.0  # focusing parameter of the focal loss, >= 0
@@ -136,7 +137,8 @@ class ModelConfig:
         _require_name("optimizer_type", self.optimizer_type, optim.OPTIMIZERS)
         if self.scheduler_type is not None:
             _require_name("scheduler_type", self.scheduler_type, optim.SCHEDULERS)
-        _require_name("loss", self.loss, losses.LOSSES)
+        # Only the losses a classifier can train with (criterion(logits, labels)), not all LOSSES.
+        _require_name("loss", self.loss, losses.CLASSIFICATION_LOSSES)
         if self.init is not None:
             _require_name("init", self.init, init.INITIALIZERS)
 
@@ -169,7 +171,7 @@ def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r} is invalid; expected {accepted}")
 
 
-def _require_name(name: str, value: str, registry: dict[str, Any]) -> None:
+def _require_name(name: str, value: str, registry: Collection[str]) -> None:
     if value not in registry:
         raise ValueError(
             f"ModelConfig.{name}={value!r} is not known; accepted: {', '.join(sorted(registry))}"
