@@ -1,0 +1,374 @@
+"""Focal loss: the fused kernel (under TRITON_INTERPRET=1 on CPU) against the reference composition,
+the reference against F.cross_entropy and hand-computed values, gradcheck, argument errors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fbdl_fast.kernels.focal_loss import focal_loss_forward
+from fbdl_fast.nn import FocalLoss
+from fbdl_fast.nn.functional import focal_loss
+from fbdl_fast.ops import BackendError, explain
+from fbdl_fast.ops import focal_loss as op
+from tolerances import assert_close
+
+IGNORE = -100
+
+
+def _problem(
+    n: int, c: int, dtype: torch.dtype = torch.float32, ignored: int = 1, scale: float = 3.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, c) wide enough for confident and unsure rows; the first `ignored` targets
+    are ignore_index."""
+    logits = (scale * torch.randn(n, c)).to(dtype)
+    target = torch.randint(0, c, (n,))
+    target[:ignored] = IGNORE
+    return logits, target
+
+
+def _upstream(out: torch.Tensor) -> torch.Tensor:
+    """A non-trivial incoming gradient: per-row for reduction='none', 0.7 for a scalar loss."""
+    if out.dim() == 0:
+        return torch.tensor(0.7, dtype=out.dtype)
+    return torch.rand(out.shape).to(out.dtype) + 0.5
+
+
+def _value_and_grad(
+    fn: Any,
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    upstream: Optional[torch.Tensor] = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = logits.detach().clone().requires_grad_()
+    out = fn(x, target, **kwargs)
+    if upstream is None:
+        upstream = _upstream(out)
+    (grad,) = torch.autograd.grad(out, x, upstream.to(out.dtype))
+    return out.detach(), grad, upstream
+
+
+def _as64(value: Any) -> Any:
+    return value.double() if isinstance(value, torch.Tensor) else value
+
+
+def _check_against_reference(logits: torch.Tensor, target: torch.Tensor, **kwargs: Any) -> None:
+    """Kernel (nn.functional under FBDL_FAST_BACKEND=triton) vs the float64 reference, value and
+    gradient, with the logits' dtype tolerance."""
+    out, grad, upstream = _value_and_grad(focal_loss, logits, target, **kwargs)
+    ref_kwargs = {k: _as64(v) for k, v in kwargs.items()}
+    expected, expected_grad, _ = _value_and_grad(
+        op.reference, logits.double(), target, upstream.double(), **ref_kwargs
+    )
+    assert out.dtype == logits.dtype and grad.dtype == logits.dtype
+    assert_close(out, expected)
+    assert_close(grad, expected_grad)
+
+
+# --------------------------------------------------------------------------- kernel vs reference
+
+
+@pytest.mark.parametrize(("n", "c"), [(16, 2), (16, 5), (16, 17), (6, 1000), (3, 50257)])
+def test_kernel_matches_reference_over_class_counts(triton: None, n: int, c: int) -> None:
+    logits, target = _problem(n, c)
+    weight, alpha = torch.rand(c) + 0.1, torch.rand(c)
+    _check_against_reference(
+        logits,
+        target,
+        gamma=2.0,
+        alpha=alpha,
+        weight=weight,
+        ignore_index=IGNORE,
+        label_smoothing=0.1,
+    )
+    _check_against_reference(logits, target, gamma=1.5, reduction="none")
+
+
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("alpha", [None, 0.25, "tensor", "0-dim"])
+@pytest.mark.parametrize(
+    ("weighted", "smoothing"), [(False, 0.0), (True, 0.0), (True, 0.2), (False, 0.3)]
+)
+def test_kernel_matches_reference_over_options(
+    triton: None, reduction: str, alpha: Any, weighted: bool, smoothing: float
+) -> None:
+    c = 5
+    logits, target = _problem(12, c, ignored=2)
+    if alpha == "tensor":
+        alpha = torch.rand(c)
+    elif alpha == "0-dim":
+        alpha = torch.tensor(0.4)
+    weight = torch.rand(c) + 0.1 if weighted else None
+    _check_against_reference(
+        logits,
+        target,
+        gamma=2.0,
+        alpha=alpha,
+        weight=weight,
+        reduction=reduction,
+        label_smoothing=smoothing,
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(("n", "c"), [(16, 5), (4, 1000)])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_kernel_half_precision(
+    triton: None, dtype: torch.dtype, n: int, c: int, reduction: str
+) -> None:
+    logits, target = _problem(n, c, dtype)
+    _check_against_reference(
+        logits,
+        target,
+        gamma=2.0,
+        alpha=torch.rand(c),
+        weight=torch.rand(c) + 0.1,
+        reduction=reduction,
+        label_smoothing=0.1,
+    )
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 3.0])
+def test_kernel_gamma_values(triton: None, gamma: float) -> None:
+    logits, target = _problem(10, 7)
+    _check_against_reference(logits, target, gamma=gamma, label_smoothing=0.1)
+
+
+def test_kernel_leading_dims_and_strided_logits(triton: None) -> None:
+    logits = torch.randn(7, 2, 3).permute(1, 2, 0)  # (2, 3, 7), classes not contiguous
+    target = torch.randint(0, 7, (2, 3))
+    target[0, 1] = IGNORE
+    out, grad, _ = _value_and_grad(focal_loss, logits, target, reduction="none")
+    assert out.shape == (2, 3) and grad.shape == (2, 3, 7)
+    _check_against_reference(logits, target, reduction="none", alpha=0.5)
+    _check_against_reference(logits, target, reduction="mean", weight=torch.rand(7))
+
+
+def test_kernel_confident_rows_stay_finite(triton: None) -> None:
+    # p_y rounds to 1 in fp32 (1 - p_y underflows to 0): gamma < 1 must not give inf or NaN.
+    logits = torch.tensor([[200.0, 0.0, -5.0], [0.0, 150.0, 1.0], [1.0, 2.0, 3.0]])
+    target = torch.tensor([0, 1, 2])
+    for gamma in (0.5, 2.0):
+        out, grad, _ = _value_and_grad(focal_loss, logits, target, gamma=gamma, label_smoothing=0.1)
+        assert torch.isfinite(out).all() and torch.isfinite(grad).all()
+        _check_against_reference(logits, target, gamma=gamma, label_smoothing=0.1)
+
+
+def test_kernel_large_logits_half(triton: None) -> None:
+    # fp16 logits near its range: the kernel's fp32 softmax must not overflow.
+    logits, target = _problem(8, 33, torch.float16, scale=2000.0)
+    _check_against_reference(logits, target, gamma=2.0)
+
+
+# ------------------------------------------------------------- cross-entropy, hand values
+
+
+@pytest.mark.parametrize("path", ["reference", "kernel"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_gamma_zero_is_cross_entropy(
+    monkeypatch: pytest.MonkeyPatch, path: str, reduction: str
+) -> None:
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "triton" if path == "kernel" else "torch")
+    logits, target = _problem(11, 6, ignored=3)
+    weight = torch.rand(6) + 0.1
+    for kwargs in (
+        {},
+        {"weight": weight},
+        {"weight": weight, "label_smoothing": 0.25},
+        {"label_smoothing": 0.1},
+    ):
+        kw: dict[str, Any] = {"ignore_index": IGNORE, "reduction": reduction, **kwargs}
+        out, grad, upstream = _value_and_grad(focal_loss, logits, target, gamma=0.0, **kw)
+        expected, expected_grad, _ = _value_and_grad(
+            F.cross_entropy, logits, target, upstream, **kw
+        )
+        assert_close(out, expected)
+        assert_close(grad, expected_grad)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_hand_computed_value(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    # Logits (0, ln 3): p = (1/4, 3/4). Target 1: (1 - 3/4)^2 * -ln(3/4) = ln(4/3) / 16.
+    monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
+    target = torch.tensor([1, 0])
+    out = focal_loss(logits, target, gamma=2.0, reduction="none")
+    # Target 0: p = 1/4, (3/4)^2 * ln 4.
+    expected = torch.tensor([math.log(4 / 3) / 16, 9 / 16 * math.log(4.0)])
+    assert_close(out, expected)
+    # alpha per class (0.5, 2), weights (1, 3): mean = sum(a w l) / sum(w_y) = (6 l0 + 0.5 l1) / 4
+    out = focal_loss(logits, target, gamma=2.0, alpha=[0.5, 2.0], weight=torch.tensor([1.0, 3.0]))
+    assert_close(out, (3 * 2.0 * expected[0] + 0.5 * expected[1]) / 4)
+
+
+def test_hand_computed_gradient(triton: None) -> None:
+    # gamma = 1, logits (0, ln 3), target 1: p = 3/4, q = 1/4, L = -q ln p.
+    # dL/dz_1 = dL/dp * dp/dz_1 = (ln p - q / p) * p q = (ln(3/4) - 1/3) * 3/16
+    # dL/dz_0 = -dL/dz_1 (the gradient of a softmax loss sums to zero).
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    _, grad, _ = _value_and_grad(
+        focal_loss, logits, torch.tensor([1]), torch.tensor(1.0), gamma=1.0
+    )
+    g1 = (math.log(0.75) - 1 / 3) * 3 / 16
+    assert_close(grad, torch.tensor([[-g1, g1]]))
+
+
+# --------------------------------------------------------------------------- ignored rows
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+def test_all_rows_ignored_is_zero_without_nan(
+    monkeypatch: pytest.MonkeyPatch, backend: str, reduction: str
+) -> None:
+    # Documented choice: F.cross_entropy returns NaN for a mean over nothing; we return 0.
+    monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
+    logits, target = _problem(4, 5, ignored=4)
+    out, grad, _ = _value_and_grad(
+        focal_loss, logits, target, weight=torch.rand(5), label_smoothing=0.2, reduction=reduction
+    )
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+def test_ignored_rows_count_for_nothing(triton: None) -> None:
+    logits, target = _problem(9, 4, ignored=3)
+    weight = torch.rand(4) + 0.5
+    kept = focal_loss(logits[3:], target[3:], weight=weight)
+    logits_changed = logits.clone()
+    logits_changed[:3] = 100 * torch.randn(3, 4)  # whatever ignored rows hold
+    both = focal_loss(logits_changed, target, weight=weight)
+    assert_close(both, kept)
+    _, grad, _ = _value_and_grad(focal_loss, logits, target)
+    assert torch.equal(grad[:3], torch.zeros(3, 4))
+
+
+# --------------------------------------------------------------------------- reference path
+
+
+def test_reference_gradcheck_float64() -> None:
+    logits = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    target = torch.tensor([0, 4, IGNORE, 2, 2, 1])
+    weight = torch.rand(5, dtype=torch.float64) + 0.1
+    alpha = torch.rand(5, dtype=torch.float64) + 0.1
+    for gamma, smoothing, reduction in ((2.0, 0.0, "mean"), (0.5, 0.2, "none"), (1.5, 0.1, "sum")):
+        assert torch.autograd.gradcheck(
+            lambda x, g=gamma, s=smoothing, r=reduction: op.reference(
+                x, target, g, alpha, weight, IGNORE, r, s
+            ),
+            (logits,),
+        )
+
+
+def test_kernel_forward_marks_out_of_range_targets_nan() -> None:
+    # On a GPU the range check would cost a sync, so the kernel poisons such rows instead.
+    logits = torch.randn(3, 4)
+    loss, row_weight, grad = focal_loss_forward(
+        logits,
+        torch.tensor([1, 7, -100]),
+        gamma=2.0,
+        alpha=None,
+        alpha_scale=1.0,
+        weight=None,
+        ignore_index=-100,
+        label_smoothing=0.0,
+        compute_grad=True,
+    )
+    assert grad is not None
+    assert torch.isnan(loss[1]) and torch.isnan(grad[1]).all()
+    assert torch.isfinite(loss[[0, 2]]).all() and torch.equal(grad[2], torch.zeros(4))
+    assert torch.equal(row_weight, torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_no_grad_inputs_give_the_same_loss(triton: None) -> None:
+    logits, target = _problem(8, 6)
+    with torch.no_grad():
+        out = focal_loss(logits, target, label_smoothing=0.1)
+    assert_close(out, op.reference(logits.double(), target, label_smoothing=0.1))
+
+
+# --------------------------------------------------------------------------- dispatch
+
+
+def test_dispatch_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    logits, target = _problem(4, 3)
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
+    assert explain("focal_loss", logits, target).path == "triton"  # interpreter, CPU tensors
+    decision = explain("focal_loss", logits.double(), target)
+    assert decision.path == "torch" and "float64" in decision.reason
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "triton")
+    with pytest.raises(BackendError, match="float64"):
+        focal_loss(logits.double(), target)
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "torch")
+    assert explain("focal_loss", logits, target).path == "torch"
+
+
+def test_trainable_alpha_falls_back_and_gets_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
+    logits, target = _problem(6, 3)
+    alpha = torch.rand(3, requires_grad=True)
+    decision = explain("focal_loss", logits, target, alpha=alpha)
+    assert decision.path == "torch" and "alpha requires grad" in decision.reason
+    focal_loss(logits, target, alpha=alpha).backward()
+    assert alpha.grad is not None
+    expected = op.reference(logits, target, 2.0, alpha.detach(), None, IGNORE, "mean", 0.0)
+    # The loss is linear in alpha: d(mean)/d(alpha_k) times alpha_k, summed, is the loss.
+    assert_close((alpha.grad * alpha.detach()).sum(), expected)
+
+
+# --------------------------------------------------------------------------- module and errors
+
+
+def test_module_matches_functional_and_moves_buffers(triton: None) -> None:
+    weight, alpha = torch.rand(5) + 0.1, [0.1, 0.2, 0.3, 0.4, 0.5]
+    module = FocalLoss(gamma=1.0, alpha=alpha, weight=weight, reduction="sum", label_smoothing=0.05)
+    assert set(module.state_dict()) == {"weight", "alpha"}
+    logits, target = _problem(7, 5)
+    expected = focal_loss(logits, target, 1.0, torch.tensor(alpha), weight, IGNORE, "sum", 0.05)
+    assert_close(module(logits, target), expected)
+    module64 = module.to(torch.float64)  # buffers follow .to(), like nn.CrossEntropyLoss's weight
+    assert module64.weight.dtype == torch.float64 and module64.alpha.dtype == torch.float64
+    scalar = FocalLoss(alpha=0.25)
+    assert scalar.alpha == 0.25 and set(scalar.state_dict()) == set()
+    assert_close(scalar(logits, target), 0.25 * focal_loss(logits, target))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"reduction": "avg"}, "reduction='avg'"),
+        ({"gamma": -1.0}, "gamma=-1.0"),
+        ({"alpha": [0.5, 0.5]}, r"alpha must be a 1-D tensor with one value per class \(3\)"),
+        ({"alpha": -0.25}, "alpha=-0.25"),
+        ({"weight": torch.ones(4)}, r"weight must be .* per class \(3\)"),
+        ({"label_smoothing": 1.5}, "label_smoothing=1.5"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs: dict[str, Any], message: str) -> None:
+    logits, target = _problem(4, 3, ignored=0)
+    with pytest.raises(ValueError, match=message):
+        focal_loss(logits, target, **kwargs)
+
+
+def test_bad_targets_are_named() -> None:
+    logits = torch.randn(4, 3)
+    with pytest.raises(ValueError, match=r"target 3 is out of range.*\[0, 3\)"):
+        focal_loss(logits, torch.tensor([0, 1, 3, IGNORE]))
+    with pytest.raises(ValueError, match=r"target -2 is out of range"):
+        focal_loss(logits, torch.tensor([0, -2, 1, 1]))
+    with pytest.raises(ValueError, match="class-probability targets are not supported"):
+        focal_loss(logits, torch.rand(4))
+    with pytest.raises(ValueError, match=r"target shape \(3,\) must equal .* \(4,\)"):
+        focal_loss(logits, torch.tensor([0, 1, 2]))
+
+
+def test_module_rejects_bad_config_at_construction() -> None:
+    with pytest.raises(ValueError, match="reduction='batchmean'"):
+        FocalLoss(reduction="batchmean")
+    with pytest.raises(ValueError, match=r"gamma=-0\.5"):
+        FocalLoss(gamma=-0.5)
