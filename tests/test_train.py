@@ -10,6 +10,7 @@ import contextlib
 import copy
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,12 @@ def tiny_config(**overrides: Any) -> ModelConfig:
     return ModelConfig(**values)
 
 
+def cpu_trainer(model: nn.Module, config: ModelConfig, **kwargs: Any) -> Trainer:
+    """A Trainer pinned to the CPU: these tests compare with fp32 CPU computations, and on a GPU
+    machine the default device (CUDA, fp16 autocast) would change the numbers."""
+    return Trainer(model, config, device="cpu", **kwargs)
+
+
 def scripted_validation(trainer: Trainer, val_losses: list[float]) -> None:
     """Replace trainer.evaluate by a script of validation losses (one per epoch)."""
     script = iter(val_losses)
@@ -135,7 +142,7 @@ def scripted_validation(trainer: Trainer, val_losses: list[float]) -> None:
 def test_train_returns_the_design_tuple_and_learns() -> None:
     train_loader, val_loader = loaders()
     config = tiny_config(max_epochs=4)
-    trainer = FacebookPostsTrainer(TinyClassifier(), config)
+    trainer = cpu_trainer(TinyClassifier(), config)
     # use_mixed_precision=True with amp_dtype="auto" on a CPU trains in fp32.
     assert config.use_mixed_precision and trainer.amp_dtype is None and trainer.scaler is None
     train_losses, val_losses, train_accs, val_accs = trainer.train(train_loader, val_loader)
@@ -155,7 +162,7 @@ def test_train_returns_the_design_tuple_and_learns() -> None:
 
 def test_evaluate_and_predict_match_hand_computation() -> None:
     train_loader, val_loader = loaders()
-    trainer = Trainer(TinyClassifier(dropout=0.5), tiny_config(max_epochs=1))
+    trainer = cpu_trainer(TinyClassifier(dropout=0.5), tiny_config(max_epochs=1))
     trainer.fit(train_loader, val_loader)
     ds = train_loader.dataset
     trainer.model.eval()
@@ -178,7 +185,7 @@ def test_evaluate_and_predict_match_hand_computation() -> None:
 
 def test_set_epoch_called_with_each_epoch_index() -> None:
     train_loader, val_loader = loaders()
-    Trainer(TinyClassifier(), tiny_config(max_epochs=3)).fit(train_loader, val_loader)
+    cpu_trainer(TinyClassifier(), tiny_config(max_epochs=3)).fit(train_loader, val_loader)
     assert train_loader.sampler.epochs_seen == [0, 1, 2]
 
 
@@ -187,7 +194,9 @@ def test_set_epoch_called_with_each_epoch_index() -> None:
 
 def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path: Path) -> None:
     train_loader, val_loader = loaders(n_train=16)
-    trainer = Trainer(TinyClassifier(), tiny_config(max_epochs=10, patience=2), run_dir=tmp_path)
+    trainer = cpu_trainer(
+        TinyClassifier(), tiny_config(max_epochs=10, patience=2), run_dir=tmp_path
+    )
     # Epoch 2 is worse (1 bad), 3 is the best (reset), 4 and 5 are worse: stop after epoch 5.
     scripted_validation(trainer, [1.0, 1.1, 0.9, 0.95, 0.99, 0.5, 0.4])
     history = trainer.fit(train_loader, val_loader)
@@ -200,10 +209,32 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
 
 def test_no_early_stop_when_validation_keeps_improving() -> None:
     train_loader, val_loader = loaders(n_train=16)
-    trainer = Trainer(TinyClassifier(), tiny_config(max_epochs=4, patience=1))
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=4, patience=1))
     scripted_validation(trainer, [1.0, 0.9, 0.8, 0.7])
     history = trainer.fit(train_loader, val_loader)
     assert history.epochs == 4 and not history.stopped_early and history.best_epoch == 4
+
+
+def test_nan_validation_loss_never_improves_and_logs_null(tmp_path: Path) -> None:
+    train_loader, val_loader = loaders(n_train=16)
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=5, patience=2), run_dir=tmp_path)
+    scripted_validation(trainer, [1.0, math.nan, math.nan, 0.1])
+    history = trainer.fit(train_loader, val_loader)
+    assert history.epochs == 3 and history.stopped_early and history.best_epoch == 1
+    lines = [json.loads(line) for line in (tmp_path / METRICS_LOG).read_text().splitlines()]
+    assert [line["val_loss"] for line in lines] == [1.0, None, None]  # JSON has no NaN
+
+
+class NanLoss(nn.Module):
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return logits.sum() * math.nan
+
+
+def test_diverged_training_loss_stops_with_advice() -> None:
+    train_loader, val_loader = loaders(n_train=16)
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=2), criterion=NanLoss())
+    with pytest.raises(FloatingPointError, match=r"training loss is nan in epoch 1.*learning_rate"):
+        trainer.fit(train_loader, val_loader)
 
 
 # ------------------------------------------------------------------------------- clipping
@@ -223,10 +254,10 @@ def _grad_norms_at_step(trainer: Trainer) -> list[float]:
 @pytest.mark.parametrize("clip", [1e-3, 0.05])
 def test_gradient_clipping_limits_the_total_norm(clip: float) -> None:
     train_loader, val_loader = loaders(n_train=32)
-    clipped = Trainer(TinyClassifier(), tiny_config(max_epochs=1, gradient_clip=clip))
+    clipped = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1, gradient_clip=clip))
     norms = _grad_norms_at_step(clipped)
     clipped.fit(train_loader, val_loader)
-    unclipped = Trainer(TinyClassifier(), tiny_config(max_epochs=1, gradient_clip=0.0))
+    unclipped = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1, gradient_clip=0.0))
     raw = _grad_norms_at_step(unclipped)
     unclipped.fit(train_loader, val_loader)
     assert len(norms) == len(raw) == 4
@@ -257,7 +288,7 @@ def test_plateau_scheduler_steps_on_validation_loss_once_per_epoch() -> None:
     train_loader, val_loader = loaders(n_train=16)
     config = tiny_config(max_epochs=7, scheduler_type="plateau", patience=100)
     val_losses = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
-    trainer = Trainer(TinyClassifier(), config, steps_per_epoch=len(train_loader))
+    trainer = cpu_trainer(TinyClassifier(), config, steps_per_epoch=len(train_loader))
     trainer.scheduler.patience = 1  # see the LR drop within a few epochs
     scripted_validation(trainer, val_losses)
     history = trainer.fit(train_loader, val_loader)
@@ -276,7 +307,7 @@ def test_plateau_scheduler_steps_on_validation_loss_once_per_epoch() -> None:
 def test_one_cycle_scheduler_steps_every_batch() -> None:
     train_loader, val_loader = loaders(n_train=24)
     config = tiny_config(max_epochs=2, scheduler_type="one_cycle")
-    trainer = Trainer(TinyClassifier(), config)
+    trainer = cpu_trainer(TinyClassifier(), config)
     lrs = _lr_at_each_step(trainer)
     trainer.fit(train_loader, val_loader)
     opt, sched = _reference_scheduler(config, len(train_loader))
@@ -292,7 +323,7 @@ def test_one_cycle_scheduler_steps_every_batch() -> None:
 def test_epoch_scheduler_steps_once_per_epoch() -> None:
     train_loader, val_loader = loaders(n_train=16)
     config = tiny_config(max_epochs=3, scheduler_type="cosine")
-    trainer = Trainer(TinyClassifier(), config)
+    trainer = cpu_trainer(TinyClassifier(), config)
     lrs = _lr_at_each_step(trainer)
     history = trainer.fit(train_loader, val_loader)
     opt, sched = _reference_scheduler(config, len(train_loader))
@@ -312,7 +343,7 @@ def test_checkpoints_hold_the_whole_run(tmp_path: Path) -> None:
     train_loader, val_loader = loaders()
     config = tiny_config(max_epochs=2, scheduler_type="cosine")
     label_map = {"labels": ["joy", "anger", "news"]}
-    trainer = Trainer(TinyClassifier(), config, run_dir=tmp_path, label_map=label_map)
+    trainer = cpu_trainer(TinyClassifier(), config, run_dir=tmp_path, label_map=label_map)
     history = trainer.fit(train_loader, val_loader)
     # Atomic writes leave only the finished files: no temporaries.
     assert sorted(os.listdir(tmp_path)) == sorted([BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG])
@@ -320,7 +351,7 @@ def test_checkpoints_hold_the_whole_run(tmp_path: Path) -> None:
     assert last["epoch"] == 2 and last["global_step"] == 2 * len(train_loader)
     assert last["config"] == config.to_dict()
     assert last["label_map"] == label_map
-    assert last["model_class"] == "TinyClassifier"
+    assert last["model_class"] == "TinyClassifier" and last["model_name"] is None
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(last["model"][name], tensor)
     assert last["optimizer"]["state"][0]["step"].item() == 2 * len(train_loader)
@@ -334,7 +365,7 @@ def test_checkpoints_hold_the_whole_run(tmp_path: Path) -> None:
 
 def test_metrics_log_has_one_line_per_epoch(tmp_path: Path) -> None:
     train_loader, val_loader = loaders()
-    trainer = Trainer(TinyClassifier(), tiny_config(max_epochs=3), run_dir=tmp_path)
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=3), run_dir=tmp_path)
     history = trainer.fit(train_loader, val_loader)
     lines = [json.loads(line) for line in (tmp_path / METRICS_LOG).read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2, 3]
@@ -368,16 +399,16 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         torch.manual_seed(123)
         return TinyClassifier(dropout=0.3)
 
-    whole = Trainer(fresh_model(), config)
+    whole = cpu_trainer(fresh_model(), config)
     whole_history = whole.fit(train_loader, val_loader)
 
     crashed_model = fresh_model()
     _crash_in_epoch(crashed_model, len(train_loader), epoch=2)
-    crashed = Trainer(crashed_model, config, run_dir=tmp_path / "run")
+    crashed = cpu_trainer(crashed_model, config, run_dir=tmp_path / "run")
     with pytest.raises(KeyboardInterrupt):
         crashed.fit(train_loader, val_loader)
     torch.rand(100)  # the global RNG moves on: only the checkpoint's RNG state can restore it
-    resumed = Trainer(fresh_model(), config, run_dir=tmp_path / "run")
+    resumed = cpu_trainer(fresh_model(), config, run_dir=tmp_path / "run")
     history = resumed.fit(train_loader, val_loader, resume_from=tmp_path / "run" / LAST_CHECKPOINT)
 
     timeless = {"epoch_times": []}  # wall-clock times are the only thing allowed to differ
@@ -396,13 +427,13 @@ def test_dropout_makes_the_rng_matter(tmp_path: Path) -> None:
     train_loader, val_loader = loaders()
     config = tiny_config(max_epochs=2, dropout=0.3)
     torch.manual_seed(123)
-    whole = Trainer(TinyClassifier(dropout=0.3), config)
+    whole = cpu_trainer(TinyClassifier(dropout=0.3), config)
     whole.fit(train_loader, val_loader)
     torch.manual_seed(123)
-    first = Trainer(TinyClassifier(dropout=0.3), tiny_config(max_epochs=1, dropout=0.3))
+    first = cpu_trainer(TinyClassifier(dropout=0.3), tiny_config(max_epochs=1, dropout=0.3))
     first.fit(train_loader, val_loader)
     torch.manual_seed(999)  # a continuation with other dropout draws
-    second = Trainer(first.model, config, optimizer=first.optimizer)
+    second = cpu_trainer(first.model, config, optimizer=first.optimizer)
     second.epoch = 1
     second.fit(train_loader, val_loader)
     assert not torch.equal(second.model.head.weight, whole.model.head.weight)
@@ -410,25 +441,25 @@ def test_dropout_makes_the_rng_matter(tmp_path: Path) -> None:
 
 def test_corrupt_checkpoint_error_names_the_file(tmp_path: Path) -> None:
     train_loader, val_loader = loaders(n_train=16)
-    trainer = Trainer(TinyClassifier(), tiny_config(max_epochs=1), run_dir=tmp_path)
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1), run_dir=tmp_path)
     trainer.fit(train_loader, val_loader)
     path = tmp_path / LAST_CHECKPOINT
     path.write_bytes(path.read_bytes()[:-200])  # truncated, as by a full disk
-    fresh = Trainer(TinyClassifier(), tiny_config(max_epochs=2))
+    fresh = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=2))
     with pytest.raises(CheckpointError, match=r"last\.pt.*truncated or corrupt"):
         fresh.fit(train_loader, val_loader, resume_from=path)
-    other = Trainer(TinyClassifier(dim=6), tiny_config(max_epochs=2))
+    other = cpu_trainer(TinyClassifier(dim=6), tiny_config(max_epochs=2))
     with pytest.raises(CheckpointError, match=r"best\.pt.*does not fit this model"):
         other.load_checkpoint(tmp_path / BEST_CHECKPOINT)
 
 
 def test_model_only_load_restores_weights(tmp_path: Path) -> None:
     train_loader, val_loader = loaders(n_train=16)
-    trained = Trainer(
+    trained = cpu_trainer(
         TinyClassifier(), tiny_config(max_epochs=1), run_dir=tmp_path, label_map=["a", "b", "c"]
     )
     trained.fit(train_loader, val_loader)
-    fresh = Trainer(TinyClassifier(), tiny_config())
+    fresh = cpu_trainer(TinyClassifier(), tiny_config())
     fresh.load_checkpoint(tmp_path / BEST_CHECKPOINT, model_only=True)
     assert torch.equal(fresh.model.head.weight, trained.model.head.weight)
     assert fresh.label_map == ["a", "b", "c"] and fresh.epoch == 0
@@ -478,9 +509,9 @@ def test_fp16_autocast_with_grad_scaler_on_cuda() -> None:
 
 def test_progress_bars_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     train_loader, val_loader = loaders(n_train=16)
-    Trainer(TinyClassifier(), tiny_config(max_epochs=1)).fit(train_loader, val_loader)
+    cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1)).fit(train_loader, val_loader)
     assert capsys.readouterr().err == ""  # captured stderr is not a terminal: quiet
-    Trainer(TinyClassifier(), tiny_config(max_epochs=1), progress=True).fit(
+    cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1), progress=True).fit(
         train_loader, val_loader
     )
     assert "epoch 1/1" in capsys.readouterr().err
@@ -499,6 +530,7 @@ def test_design_usage_with_focal_loss() -> None:
     ce = F.cross_entropy(logits, labels, reduction="none")
     focal = ((1 - torch.exp(-ce)) ** config.focal_gamma * ce).mean()  # the design's formula
     assert isinstance(trainer.criterion, losses.FocalCriterion)
+    assert trainer.state_dict()["model_name"] == "transformer"
     torch.testing.assert_close(trainer.criterion(logits, labels), focal)
     train_loader, val_loader = loaders(n_train=16, n_val=8)
     train_losses, val_losses, train_accs, val_accs = trainer.train(train_loader, val_loader)
@@ -509,6 +541,6 @@ def test_design_usage_with_focal_loss() -> None:
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(TypeError, match=r"config must be a fbdl_fast\.ModelConfig"):
         Trainer(TinyClassifier(), {"lr": 1})  # type: ignore[arg-type]
-    trainer = Trainer(TinyClassifier(), tiny_config())
+    trainer = cpu_trainer(TinyClassifier(), tiny_config())
     with pytest.raises(ValueError, match=r"batch keys are.*'input_ids'"):
         trainer.evaluate([{"ids": torch.zeros(1, 2, dtype=torch.long)}])

@@ -155,6 +155,18 @@ def _label_map_state(label_map: Any) -> Any:
     )
 
 
+def _model_name(model: nn.Module) -> Optional[str]:
+    """The create_model() name of a reference model ("transformer", ...), None for others."""
+    from fbdl_fast.models import MODELS
+
+    return next((name for name, cls in MODELS.items() if type(model) is cls), None)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/Infinity: a diverged loss is logged as null."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
 def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
     """Tell the loader's samplers which epoch it is, so their shuffle depends on it."""
     for name in ("batch_sampler", "sampler"):
@@ -492,7 +504,7 @@ class Trainer:
             "stopped_early": h.stopped_early,
         }
         with open(self.run_dir / METRICS_LOG, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line) + "\n")
+            f.write(json.dumps({k: _finite_or_none(v) for k, v in line.items()}) + "\n")
             f.flush()
 
     # ----------------------------------------------------------------------------- checkpoints
@@ -502,6 +514,7 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "model_class": type(self.model).__name__,
+            "model_name": _model_name(self.model),  # rebuild with create_model(name, config)
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
