@@ -189,6 +189,23 @@ def test_tiled_path_small_tiles(dtype: torch.dtype, affine: str) -> None:
             assert_close(grad, leaf.grad)
 
 
+def test_bf16_output_is_rounded_to_nearest() -> None:
+    """bf16 results are the fp32 results rounded to nearest even (torch's .to(bfloat16)), not
+    truncated as the interpreter's own cast would; ~1/256 of them round up across a binade."""
+    n = 768
+    x, w, b = (torch.randn(s, dtype=BF16) for s in ((4, n), (n,), (n,)))
+    y, _, _ = kernels.forward(x, n, w, b, 1e-5)
+    y32, _, _ = kernels.forward(x.float(), n, w.float(), b.float(), 1e-5)
+    assert torch.equal(y, y32.to(BF16))
+    dy = torch.randn(4, n, dtype=BF16)
+    _, mean, rstd = kernels.forward(x.float(), n, w.float(), b.float(), 1e-5)
+    dx, _, _ = kernels.backward(dy, x, n, w, b, mean, rstd, False, False)
+    dx32, _, _ = kernels.backward(
+        dy.float(), x.float(), n, w.float(), b.float(), mean, rstd, False, False
+    )
+    assert torch.equal(dx, dx32.to(BF16))
+
+
 def test_no_rows(triton) -> None:
     ours, _ = _modules(64, FP32, "affine")
     x = torch.randn(0, 64, requires_grad=True)

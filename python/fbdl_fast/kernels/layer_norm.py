@@ -42,6 +42,18 @@ MIN_BLOCK = 16  # the interpreter and tl.arange want blocks of at least 16 lanes
 
 
 @triton.jit
+def _to_storage(x, dtype: tl.constexpr):
+    """fp32 -> `dtype`, rounding to nearest (ties to even). bf16 is rounded by hand, in the bits:
+    the interpreter's fp32->bf16 cast truncates (a GPU's rounds). The result is then exact in
+    bf16, so the final cast cannot round again."""
+    if dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _forward_kernel(
     X,
     Y,
@@ -73,7 +85,7 @@ def _forward_kernel(
             y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_BIAS:
             y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
+        tl.store(Y + cols, _to_storage(y, Y.dtype.element_ty), mask=mask)
     else:
         acc = tl.full([BLOCK_N], 0.0, tl.float32)
         for start in range(0, N, BLOCK_N):
@@ -97,7 +109,7 @@ def _forward_kernel(
                 y = y * tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
             if HAS_BIAS:
                 y = y + tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
-            tl.store(Y + cols, y.to(Y.dtype.element_ty), mask=mask)
+            tl.store(Y + cols, _to_storage(y, Y.dtype.element_ty), mask=mask)
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
 
@@ -148,7 +160,7 @@ def _backward_kernel(
             c1 = tl.sum(xhat * g, axis=0) / N
             c2 = tl.sum(g, axis=0) / N
             dx = (g - (xhat * c1 + c2)) * rstd
-            tl.store(DX + row * N + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            tl.store(DX + row * N + cols, _to_storage(dx, DX.dtype.element_ty), mask=mask)
             if COMPUTE_DW:
                 dw += dy * xhat
             if COMPUTE_DB:
@@ -194,7 +206,7 @@ def _backward_kernel(
                 dy = dy.to(tl.float32)
                 g = dy * w if HAS_WEIGHT else dy
                 dx = (g - (xhat * tl.load(C1 + row) + tl.load(C2 + row))) * rstd
-                tl.store(DX + row * N + cols, dx.to(DX.dtype.element_ty), mask=mask)
+                tl.store(DX + row * N + cols, _to_storage(dx, DX.dtype.element_ty), mask=mask)
                 if COMPUTE_DW:
                     dw += dy * xhat
                 if COMPUTE_DB:
