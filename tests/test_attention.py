@@ -283,13 +283,15 @@ def _mha_pair(batch_first: bool, **kwargs) -> tuple[MultiheadAttention, torch.nn
     return ours, theirs
 
 
-@pytest.mark.parametrize("batch_first", [True, False])
-def test_mha_matches_torch_with_padding(triton, batch_first):
+@pytest.mark.parametrize(("batch_first", "float_mask"), [(True, False), (False, True)])
+def test_mha_matches_torch_with_padding(triton, batch_first, float_mask):
     ours, theirs = _mha_pair(batch_first, dropout=0.1)
     ours.eval(), theirs.eval()
     B, L = 3, 20
     x = torch.randn(B, L, 32) if batch_first else torch.randn(L, B, 32)
     key_padding_mask = ~padding_mask([20, 9, 1], L)  # torch's convention: True = padded
+    if float_mask:  # what torch's own encoder layers pass: 0 on real keys, -inf on padding
+        key_padding_mask = torch.zeros(B, L).masked_fill(key_padding_mask, float("-inf"))
     results = []
     for module in (ours, theirs):
         inp = x.clone().requires_grad_()
@@ -331,12 +333,13 @@ def test_mha_cross_attention_with_kdim_vdim_and_causal_hint(triton):
 
 
 def test_mha_reference_cases_equal_torch(monkeypatch):
-    # need_weights=True and float masks take torch's own forward: identical results.
+    # need_weights=True and an additive float mask take torch's own forward: identical results.
     monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
     ours, theirs = _mha_pair(True)
     x = torch.randn(2, 6, 32)
     kpm = torch.zeros(2, 6)
     kpm[1, 4:] = float("-inf")
+    kpm[0, 2] = -0.5  # a bias, not padding
     for kwargs in ({"need_weights": True}, {"need_weights": False, "key_padding_mask": kpm}):
         out, weights = ours(x, x, x, **kwargs)
         ref, ref_weights = theirs(x, x, x, **kwargs)

@@ -8,9 +8,10 @@
 - `MultiheadAttention`: a torch.nn.MultiheadAttention (same constructor, parameters and
   state_dict) whose forward runs the projections in torch and the attention in the kernel.
   Everything the kernel cannot express runs torch's own forward: need_weights=True,
-  add_bias_kv, add_zero_attn, unbatched inputs, float or non-bool masks, an attn_mask without the
-  is_causal hint, head dims outside (16, 32, 64, 128) — and everything whenever dispatch picks the
-  reference (FBDL_FAST_BACKEND=torch, CPU tensors without the interpreter).
+  add_bias_kv, add_zero_attn, unbatched inputs, float key padding masks other than 0 / -inf, an
+  attn_mask without the is_causal hint (with it, the kernel's causal masking is used, as torch
+  trusts the hint), head dims outside (16, 32, 64, 128); and so does every call for which
+  dispatch picks the reference (FBDL_FAST_BACKEND=torch, CPU tensors without the interpreter).
 
 Mask conventions differ and are converted here: torch's MHA key_padding_mask is True where the
 key is PADDED (ignored), SDPA's attn_mask and the op's key_mask are True where it takes part.
@@ -73,6 +74,25 @@ def scaled_dot_product_attention(
     return attention_op.dispatch(query, key, value, key_mask, is_causal, scale, dropout_p)
 
 
+def _padding_to_key_mask(
+    key_padding_mask: Optional[torch.Tensor],
+) -> tuple[Optional[torch.Tensor], Optional[str]]:
+    """torch's key_padding_mask (True = padded, or float and added) as (key mask, None), where
+    True = takes part; or (None, why not) when it is not a plain padding mask."""
+    if key_padding_mask is None:
+        return None, None
+    if key_padding_mask.dtype == torch.bool:
+        return ~key_padding_mask, None
+    if key_padding_mask.is_floating_point():
+        # torch's own layers turn bool masks into 0 / -inf float masks before calling attention:
+        # that is padding. Any other value is an additive bias the kernel does not take.
+        padded = key_padding_mask == float("-inf")
+        if bool((padded | (key_padding_mask == 0)).all()):  # one host sync
+            return ~padded, None
+        return None, "a float key_padding_mask with values other than 0 and -inf"
+    return None, f"key_padding_mask of dtype {key_padding_mask.dtype} (accepted: bool, float)"
+
+
 class MultiheadAttention(torch.nn.MultiheadAttention):
     """torch.nn.MultiheadAttention with the attention itself in the fused kernel.
 
@@ -83,20 +103,17 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     def _unsupported(
         self,
         query: torch.Tensor,
-        key_padding_mask: Optional[torch.Tensor],
         need_weights: bool,
         attn_mask: Optional[torch.Tensor],
         is_causal: bool,
     ) -> Optional[str]:
-        """None when the fused forward can run these arguments, else why not."""
+        """None when the fused forward can run these arguments (masks aside), else why not."""
         if need_weights:
             return "need_weights=True asks for the (L, S) weights, which the kernel never forms"
         if self.bias_k is not None or self.add_zero_attn:
             return "add_bias_kv / add_zero_attn are not in the kernel"
         if query.dim() != 3:
             return f"unbatched input (query has {query.dim()} dims)"
-        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
-            return f"key_padding_mask of dtype {key_padding_mask.dtype} (the kernel takes bool)"
         if attn_mask is not None and not is_causal:
             return "an attn_mask other than the causal hint (is_causal=True)"
         if self.head_dim not in attention_op.HEAD_DIMS:
@@ -120,29 +137,34 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                 "MultiheadAttention: is_causal=True needs attn_mask (the causal "
                 "mask it describes); pass both, or neither"
             )
-        reason = self._unsupported(query, key_padding_mask, need_weights, attn_mask, is_causal)
+        reason = self._unsupported(query, need_weights, attn_mask, is_causal)
         masks = () if key_padding_mask is None else (key_padding_mask,)
-        if decide(attention_op.OP, (query, key, value, *masks), reason).path == "torch":
-            return super().forward(
-                query,
-                key,
-                value,
-                key_padding_mask=key_padding_mask,
-                need_weights=need_weights,
-                attn_mask=attn_mask,
-                average_attn_weights=average_attn_weights,
-                is_causal=is_causal,
-            )
-        return self._fused_forward(query, key, value, key_padding_mask, is_causal), None
+        tensors = (query, key, value, *masks)
+        if decide(attention_op.OP, tensors, reason).path == "triton":
+            # Checked only now: a float mask costs a host sync, worth it only for the kernel.
+            key_mask, reason = _padding_to_key_mask(key_padding_mask)
+            if reason is None or decide(attention_op.OP, tensors, reason).path == "triton":
+                return self._fused_forward(query, key, value, key_mask, is_causal), None
+        return super().forward(
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average_attn_weights,
+            is_causal=is_causal,
+        )
 
     def _fused_forward(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        key_padding_mask: Optional[torch.Tensor],
+        key_mask: Optional[torch.Tensor],
         causal: bool,
     ) -> torch.Tensor:
+        """Projections in torch, attention by dispatch; key_mask is True where a key takes part."""
         self_attention = self._qkv_same_embed_dim and query is key and key is value
         if not self.batch_first:  # (L, B, E) -> (B, L, E)
             query, key, value = (x.transpose(0, 1) for x in (query, key, value))
@@ -162,7 +184,6 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         q = q.reshape(B, Lq, H, Dh).transpose(1, 2)  # (B, H, Lq, Dh): a view, no copy
         k = k.reshape(B, Lk, H, Dh).transpose(1, 2)  # (B, H, Lk, Dh)
         v = v.reshape(B, Lk, H, Dh).transpose(1, 2)  # (B, H, Lk, Dh)
-        key_mask = None if key_padding_mask is None else ~key_padding_mask  # True = takes part
         dropout_p = self.dropout if self.training else 0.0
         out = attention_op.dispatch(q, k, v, key_mask, causal, None, dropout_p)  # (B, H, Lq, Dh)
         out = out.transpose(1, 2).reshape(B, Lq, E)  # (B, Lq, E)
