@@ -71,6 +71,14 @@ def test_focal_with_gamma_zero_is_cross_entropy() -> None:
     assert isinstance(criterion, FocalCriterion)
     logits, labels = _batch()
     torch.testing.assert_close(criterion(logits, labels), F.cross_entropy(logits, labels))
+    # the config's class weights and label smoothing reach the focal loss as they reach CE
+    config = _config(
+        loss="focal", focal_gamma=0.0, class_weights=[1.0, 3.0, 0.5], label_smoothing=0.1
+    )
+    expected = F.cross_entropy(
+        logits, labels, weight=torch.tensor([1.0, 3.0, 0.5]), label_smoothing=0.1
+    )
+    torch.testing.assert_close(create_loss(config)(logits, labels), expected)
 
 
 def test_focal_entry_passes_the_config_to_the_fused_function(

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-TensorInit = Callable[[torch.Tensor], None]
+TensorInit = Callable[[torch.Tensor], object]  # torch.nn.init functions return the tensor
 
 # Module types whose weight is one matrix (or conv kernel) plus an optional bias.
 _DENSE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)

@@ -37,6 +37,9 @@ class FocalCriterion(nn.Module):
     alpha is cross-entropy.
     """
 
+    alpha: Optional[torch.Tensor]
+    weight: Optional[torch.Tensor]
+
     def __init__(
         self,
         gamma: float = 2.0,
@@ -51,8 +54,11 @@ class FocalCriterion(nn.Module):
             raise ValueError(f"focal loss: gamma={gamma!r} is invalid; expected a number >= 0")
         self.gamma, self.ignore_index = gamma, ignore_index
         self.reduction, self.label_smoothing = reduction, label_smoothing
-        self.scalar_alpha = alpha if isinstance(alpha, (int, float)) else None
-        self.register_buffer("alpha", None if self.scalar_alpha is not None else _as_tensor(alpha))
+        # A number alpha stays a number (the same for every class); per-class alpha is a buffer.
+        self.scalar_alpha: Optional[float] = None
+        if isinstance(alpha, (int, float)):
+            self.scalar_alpha, alpha = float(alpha), None
+        self.register_buffer("alpha", _as_tensor(alpha))
         self.register_buffer("weight", _as_tensor(weight))
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -80,6 +86,8 @@ class DiceLoss(nn.Module):
     dice_c over classes. `smooth` keeps classes absent from a batch well defined (their dice is 1
     only when no probability goes to them). Samples labelled ignore_index are dropped.
     """
+
+    weight: Optional[torch.Tensor]
 
     def __init__(
         self,
