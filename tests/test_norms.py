@@ -122,3 +122,14 @@ def test_unknown_norm_and_bad_dim() -> None:
         create_norm("rms", 8)
     with pytest.raises(ValueError, match=r"dim=0 .*positive integer"):
         create_norm("layer", 0)
+
+
+def test_adaptive_layer_norm_through_the_fused_kernel(triton: None) -> None:
+    # The unweighted LayerNorm inside runs the Triton kernel (interpreter on CPU): same result.
+    norm = AdaptiveLayerNorm(16, cond_dim=4)
+    with torch.no_grad():
+        norm.proj.weight.copy_(torch.randn(32, 4))
+    x, cond = torch.randn(2, 3, 16), torch.randn(2, 4)
+    scale, shift = norm.proj(cond).detach().chunk(2, dim=-1)
+    expected = _standardise(x, (-1,)) * (1 + scale[:, None]) + shift[:, None]
+    torch.testing.assert_close(norm(x, cond), expected, atol=1e-5, rtol=1e-5)
