@@ -372,3 +372,18 @@ def test_module_rejects_bad_config_at_construction() -> None:
         FocalLoss(reduction="batchmean")
     with pytest.raises(ValueError, match=r"gamma=-0\.5"):
         FocalLoss(gamma=-0.5)
+
+
+def test_kernel_backward_twice_is_refused(triton: None) -> None:
+    # The kernel path hands its saved gradient to .grad (scaled in place): a second backward
+    # through the same graph must fail loudly, not return a twice-scaled gradient.
+    logits, target = _problem(6, 4)
+    x = logits.clone().requires_grad_()
+    loss = focal_loss(x, target)
+    loss.backward(retain_graph=True)
+    _, expected_grad, _ = _value_and_grad(
+        op.reference, logits.double(), target, torch.tensor(1.0, dtype=torch.float64)
+    )
+    assert_close(x.grad, expected_grad)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()

@@ -276,12 +276,20 @@ class FocalLossFunction(torch.autograd.Function):
             out = loss.reshape(target.shape)
         ctx.reduction = reduction
         ctx.input_shape = input.shape
+        ctx.consumed = False
         ctx.save_for_backward(grad, scale)
         return out.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+        if ctx.consumed:
+            raise RuntimeError(
+                "focal_loss: backward ran twice through the fused kernel's graph (retain_graph="
+                "True); its saved gradient is scaled in place by the first backward. Run this "
+                "loss with FBDL_FAST_BACKEND=torch to backpropagate through it more than once."
+            )
+        ctx.consumed = True
         grad, scale = ctx.saved_tensors
         if ctx.reduction == "none":
             factor = grad_output.reshape(-1, 1)  # (N, 1), already the logits' dtype
@@ -289,10 +297,12 @@ class FocalLossFunction(torch.autograd.Function):
             factor = grad_output.to(torch.float32)
         else:
             factor = grad_output.to(torch.float32) * scale
-        # One elementwise scale. A 0-dim fp32 factor does not promote a half-precision grad, so
-        # no fp32 copy of (N, C) is made.
-        grad_input = (grad * factor).reshape(ctx.input_shape)
-        return grad_input, None, None, None, None, None, None, None
+        # Scale the saved gradient in place and hand it over: once autograd releases the saved
+        # tensors, the logits' .grad takes this buffer as is, so forward + backward holds one
+        # (N, C) tensor in all (an out-of-place product would hold two). The same buffer cannot
+        # serve a second backward, hence `consumed`.
+        grad.mul_(factor)
+        return grad.reshape(ctx.input_shape), None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- dispatch
