@@ -217,8 +217,13 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.label_map = label_map
         self.progress = progress
-        self.optimizer = optimizer or optim.create_optimizer(self.model, config)
-        self.criterion = (criterion or losses.create_loss(config)).to(self.device)
+        # `is None`, not `or`: an empty nn.Sequential criterion is falsy.
+        if optimizer is None:
+            optimizer = optim.create_optimizer(self.model, config)
+        if criterion is None:
+            criterion = losses.create_loss(config)
+        self.optimizer = optimizer
+        self.criterion = criterion.to(self.device)
         self.amp_dtype = _amp_plan(config, self.device)
         # Loss scaling only for fp16: bf16 has fp32's exponent range and needs none.
         self.scaler = (
@@ -434,10 +439,7 @@ class Trainer:
             self.load_checkpoint(resume_from)
         elif self.epoch == 0:
             torch.manual_seed(self.config.seed)
-        history = self.history
-        while self.epoch < self.config.max_epochs:
-            if history.stopped_early:
-                break
+        while self.epoch < self.config.max_epochs and not self.history.stopped_early:
             index = self.epoch  # 0-based epoch index
             started = time.perf_counter()
             _set_epoch(train_loader, index)
@@ -449,26 +451,8 @@ class Trainer:
             elif self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             self.epoch += 1
-
-            history.train_losses.append(train_loss)
-            history.train_accs.append(train_acc)
-            history.val_losses.append(val["loss"])
-            history.val_accs.append(val["accuracy"])
-            history.val_f1s.append(val["macro_f1"])
-            history.learning_rates.append(lr)
-            history.epoch_times.append(time.perf_counter() - started)
-            improved = val["loss"] < history.best_val_loss  # NaN never improves
-            if improved:
-                history.best_val_loss, history.best_epoch = val["loss"], self.epoch
-                self._bad_epochs = 0
-            else:
-                self._bad_epochs += 1
-            # Lightning's rule: stop once `patience` epochs in a row did not improve.
-            history.stopped_early = (
-                not improved
-                and self._bad_epochs >= self.config.patience
-                and self.epoch < self.config.max_epochs
-            )
+            seconds = time.perf_counter() - started
+            improved = self._record_epoch(train_loss, train_acc, val, lr, seconds)
             self._end_of_epoch(improved)
             logger.info(
                 "epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_f1 %.4f",
@@ -479,7 +463,34 @@ class Trainer:
                 val["accuracy"],
                 val["macro_f1"],
             )
-        return history
+        return self.history
+
+    def _record_epoch(
+        self, train_loss: float, train_acc: float, val: dict[str, float], lr: float, seconds: float
+    ) -> bool:
+        """Append the epoch to the history and update early stopping; True on a new best."""
+        h = self.history
+        h.train_losses.append(train_loss)
+        h.train_accs.append(train_acc)
+        h.val_losses.append(val["loss"])
+        h.val_accs.append(val["accuracy"])
+        h.val_f1s.append(val["macro_f1"])
+        h.learning_rates.append(lr)
+        h.epoch_times.append(seconds)
+        improved = val["loss"] < h.best_val_loss  # NaN never improves
+        if improved:
+            h.best_val_loss, h.best_epoch = val["loss"], self.epoch
+            self._bad_epochs = 0
+        else:
+            self._bad_epochs += 1
+        # Lightning's rule: stop once `patience` epochs in a row did not improve (patience=0:
+        # at the first epoch that does not improve).
+        h.stopped_early = (
+            not improved
+            and self._bad_epochs >= self.config.patience
+            and self.epoch < self.config.max_epochs
+        )
+        return improved
 
     def _end_of_epoch(self, improved: bool) -> None:
         """Write the checkpoints and the metrics line of the epoch just finished."""
