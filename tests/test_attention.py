@@ -259,6 +259,11 @@ def test_sdpa_key_mask_runs_the_kernel(triton):
     key_mask = padding_mask([30, 11], 30)
     out = scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
     assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :]))
+    shared = key_mask[1][None, None, None, :]  # one mask for the whole batch (stride 0)
+    assert_close(
+        scaled_dot_product_attention(q, k, v, attn_mask=shared),
+        F.scaled_dot_product_attention(q, k, v, attn_mask=shared),
+    )
     causal = scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2)
     assert_close(causal, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2))
 

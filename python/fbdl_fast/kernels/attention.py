@@ -64,7 +64,7 @@ def _scores(
 @triton.jit
 def _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p):
     """The dropout keep mask of a tile: a pure function of (seed, b*h, i, j)."""
-    counter = (bh.to(tl.int64) * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :]
+    counter = (bh * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :]
     return tl.rand(seed, counter) >= dropout_p
 
 
@@ -106,7 +106,7 @@ def _attn_fwd(
     PRECISION: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -169,7 +169,7 @@ def _attn_bwd_delta(
 ):
     """delta = rowsum(dO * O) per query, in fp32."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -228,7 +228,7 @@ def _attn_bwd_dkdv(
 ):
     """One block of keys: dV = Z^T dO and dK = scale * dS^T Q, summed over all query blocks."""
     pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
     b = bh // H
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -337,7 +337,7 @@ def _attn_bwd_dq(
 ):
     """One block of queries: dQ = scale * dS K, summed over all key blocks."""
     pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
