@@ -1,0 +1,804 @@
+"""`fbdl-fast`: the command line (demo, train, evaluate, predict, bench).
+
+    fbdl-fast demo                                   # the three reference models, compared
+    fbdl-fast train --data posts.csv --output runs/first
+    fbdl-fast evaluate --run runs/first --data test.csv [--json]
+    fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
+    fbdl-fast bench                                  # pytest benches --benchmark-only
+
+A run folder holds everything `evaluate` and `predict` need: config.json (model name, ModelConfig,
+data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.jsonl. It is built
+under a temporary name beside its final one and renamed when training is done, so a folder with
+the final name is always complete; an existing non-empty folder is replaced only with --overwrite.
+
+User errors (a missing file, a bad column, an unknown label, a bad option value) print one line on
+stderr and exit with status 2; anything else is a bug and keeps its traceback. Heavy imports
+(torch) happen inside the commands, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap, Posts
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import Trainer
+
+PROG = "fbdl-fast"
+RUN_CONFIG = "config.json"
+RUN_TOKENIZER = "tokenizer.json"
+RUN_LABELS = "label_map.json"
+MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported on stderr with exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [UsageError, ValueError, OSError]
+    if "fbdl_fast.checkpoint" in sys.modules:  # only importable errors are worth catching
+        errors.append(sys.modules["fbdl_fast.checkpoint"].CheckpointError)
+    return tuple(errors)
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    """Progress for people, on stderr (stdout carries results: tables, JSON, predictions)."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+# ====================
+# Shared pieces: model options, run folders
+# ====================
+
+# CPU-friendly defaults for the CLI (ModelConfig's own defaults are the design's large model).
+MODEL_DEFAULTS = {
+    "input_dim": 128,
+    "hidden_dim": 256,
+    "num_layers": 2,
+    "num_heads": 4,
+    "dropout": 0.1,
+    "learning_rate": 1e-3,
+    "weight_decay": 1e-5,
+    "batch_size": 32,
+    "max_length": 128,
+    "vocab_size": 8000,
+    "patience": 3,
+}
+
+
+def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    g = p.add_argument_group("model and optimisation")
+    g.add_argument(
+        "--model",
+        choices=sorted(MODEL_TITLES),
+        default="transformer",
+        help="reference architecture",
+    )
+    g.add_argument(
+        "--epochs", type=int, default=defaults.get("epochs", 5), help="maximum training epochs"
+    )
+    g.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    g.add_argument(
+        "--lr",
+        dest="learning_rate",
+        type=float,
+        default=defaults["learning_rate"],
+        help="peak learning rate",
+    )
+    g.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
+    g.add_argument(
+        "--input-dim",
+        type=int,
+        default=defaults["input_dim"],
+        help="embedding width (multiple of --num-heads)",
+    )
+    g.add_argument(
+        "--hidden-dim",
+        type=int,
+        default=defaults["hidden_dim"],
+        help="feed-forward width / LSTM hidden size / CNN filters per kernel size",
+    )
+    g.add_argument("--num-layers", type=int, default=defaults["num_layers"])
+    g.add_argument("--num-heads", type=int, default=defaults["num_heads"])
+    g.add_argument("--dropout", type=float, default=defaults["dropout"])
+    g.add_argument(
+        "--max-length",
+        type=int,
+        default=defaults["max_length"],
+        help="tokens kept per post (longer posts are truncated)",
+    )
+    g.add_argument(
+        "--vocab-size",
+        type=int,
+        default=defaults["vocab_size"],
+        help="tokenizer vocabulary size to train",
+    )
+    g.add_argument("--optimizer", default="adamw", help="adam, adamw, sgd, rmsprop, adagrad")
+    g.add_argument(
+        "--scheduler", default="cosine", help="step, cosine, plateau, one_cycle, or none"
+    )
+    g.add_argument("--loss", default="cross_entropy", help="cross_entropy or focal")
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=defaults["patience"],
+        help="early stopping: epochs without validation-loss improvement",
+    )
+    g.add_argument("--seed", type=int, default=42, help="seeds split, weights and data order")
+    g.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)",
+    )
+
+
+def _model_config(
+    args: argparse.Namespace, vocab_size: int, num_classes: int, pad_token_id: int
+) -> ModelConfig:
+    from fbdl_fast.config import ModelConfig
+
+    scheduler = None if str(args.scheduler).lower() in ("none", "") else args.scheduler
+    return ModelConfig(
+        input_dim=args.input_dim,
+        hidden_dim=args.hidden_dim,
+        num_layers=args.num_layers,
+        num_heads=args.num_heads,
+        dropout=args.dropout,
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        batch_size=args.batch_size,
+        max_epochs=args.epochs,
+        patience=args.patience,
+        vocab_size=vocab_size,
+        num_classes=num_classes,
+        max_seq_length=args.max_length,
+        pad_token_id=pad_token_id,
+        optimizer_type=args.optimizer,
+        scheduler_type=scheduler,
+        loss=args.loss,
+        seed=args.seed,
+    )
+
+
+def _train_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
+    from fbdl_fast.tokenizer import Tokenizer
+
+    return Tokenizer.train(list(texts), vocab_size=vocab_size)
+
+
+def _check_run_target(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out} exists and is not a folder; pick a new folder name")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(
+            f"run folder {out} already exists and is not empty; pass --overwrite to "
+            "replace it or choose another --output"
+        )
+
+
+def _publish_run(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished temporary run folder to its final name (replacing only if allowed)."""
+    _check_run_target(out, overwrite)  # again: something may have appeared while training
+    old = None
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass
+class Run:
+    """A trained run folder, loaded: everything evaluate and predict need."""
+
+    path: Path
+    meta: dict[str, Any]
+    config: ModelConfig
+    tokenizer: Tokenizer
+    label_map: LabelMap
+    trainer: Trainer
+    checkpoint: Path
+
+
+def load_run(path: Path, device: Optional[str] = None) -> Run:
+    """Load config, tokenizer, label map and the best checkpoint (else the last) of a run."""
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.models import create_model
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer
+
+    if not path.is_dir():
+        raise UsageError(f"run folder {path} does not exist; create one with `{PROG} train`")
+    if not (path / RUN_CONFIG).is_file():
+        raise UsageError(
+            f"{path} is not a {PROG} run folder: {RUN_CONFIG} is missing; create "
+            f"one with `{PROG} train`"
+        )
+    try:
+        meta = json.loads((path / RUN_CONFIG).read_text(encoding="utf-8"))
+        config = ModelConfig.from_dict(meta["model_config"])
+        model_name = meta["model"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise UsageError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
+    checkpoint = next(
+        (path / n for n in (BEST_CHECKPOINT, LAST_CHECKPOINT) if (path / n).is_file()), None
+    )
+    if checkpoint is None:
+        raise UsageError(
+            f"run folder {path} has no checkpoint ({BEST_CHECKPOINT} or "
+            f"{LAST_CHECKPOINT}); retrain the run"
+        )
+    tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
+    label_map = LabelMap.load(path / RUN_LABELS)
+    trainer = Trainer(
+        create_model(model_name, config), config, device=device, label_map=label_map, progress=False
+    )
+    trainer.load_checkpoint(checkpoint, model_only=True)
+    return Run(path, meta, config, tokenizer, label_map, trainer, checkpoint)
+
+
+def _loader(
+    run: Run, texts: Sequence[str], labels: Optional[list[int]], batch_size: int
+) -> DataLoader:
+    from fbdl_fast.data import PostsDataset, make_loader
+
+    dataset = PostsDataset.from_texts(
+        run.tokenizer, texts, labels, max_length=run.config.max_seq_length
+    )
+    return make_loader(dataset, batch_size, shuffle=False, pad_token_id=run.config.pad_token_id)
+
+
+def _read_posts(args: argparse.Namespace, meta: dict[str, Any], with_labels: bool) -> Posts:
+    """The --data file, with the run's column names unless the options override them."""
+    from fbdl_fast.data import load_posts
+
+    data = meta.get("data", {})
+    text_column = args.text_column or data.get("text_column", "text")
+    label_column = args.label_column or data.get("label_column", "label")
+    return load_posts(args.data, text_column, label_column if with_labels else None)
+
+
+# ====================
+# Commands
+# ====================
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from fbdl_fast import __version__
+    from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
+    from fbdl_fast.models import create_model
+    from fbdl_fast.train import Trainer
+
+    out = Path(args.output or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_run_target(out, args.overwrite)  # fail before an hour of training, not after
+    posts = load_posts(args.data, args.text_column, args.label_column)
+    assert posts.labels is not None
+    label_map = LabelMap.from_labels(posts.labels)
+    if len(label_map) < 2:
+        raise UsageError(
+            f"{args.data} has a single label ({label_map.labels[0]!r}); a "
+            "classifier needs at least 2 classes"
+        )
+    train, val = split_posts(posts, args.val_fraction, args.seed)
+    _say(
+        args,
+        f"{len(posts)} posts from {args.data}: {len(train)} train / {len(val)} validation,"
+        f" {len(label_map)} classes ({', '.join(map(str, label_map.labels))})",
+    )
+    tokenizer = _train_tokenizer(train.texts, args.vocab_size)
+    config = _model_config(args, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
+    train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the run folder gets the usual mode
+    try:
+        meta = {
+            "model": args.model,
+            "model_config": config.to_dict(),
+            "data": {
+                "source": str(args.data),
+                "text_column": args.text_column,
+                "label_column": args.label_column,
+                "val_fraction": args.val_fraction,
+                "train_posts": len(train),
+                "val_posts": len(val),
+            },
+            "fbdl_fast_version": __version__,
+        }
+        (tmp / RUN_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        tokenizer.save(str(tmp / RUN_TOKENIZER))
+        label_map.save(tmp / RUN_LABELS)
+        model = create_model(args.model, config)
+        trainer = Trainer(model, config, run_dir=tmp, label_map=label_map, device=args.device)
+        _say(
+            args,
+            f"training {MODEL_TITLES[args.model]} "
+            f"({sum(p.numel() for p in model.parameters()):,} parameters) on "
+            f"{trainer.device} for up to {config.max_epochs} epochs",
+        )
+        started = time.perf_counter()
+        history = trainer.fit(train_loader, val_loader)
+        elapsed = time.perf_counter() - started
+        _publish_run(tmp, out, args.overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless training failed
+    best = (history.best_epoch or history.epochs) - 1
+    print(
+        f"run saved to {out}: {history.epochs} epochs in {elapsed:.1f}s; best epoch "
+        f"{best + 1}: val_loss {history.val_losses[best]:.4f}, val_acc "
+        f"{history.val_accs[best]:.4f}, val_macro_f1 {history.val_f1s[best]:.4f}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    run = load_run(Path(args.run), args.device)
+    posts = _read_posts(args, run.meta, with_labels=True)
+    labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
+    batch_size = args.batch_size or run.config.batch_size
+    result = run.trainer.evaluate(_loader(run, posts.texts, labels, batch_size))
+    report = {
+        "run": str(run.path),
+        "data": str(args.data),
+        "checkpoint": run.checkpoint.name,
+        "num_samples": int(result["num_samples"]),
+        "loss": result["loss"],
+        "accuracy": result["accuracy"],
+        "macro_f1": result["macro_f1"],
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
+
+    from fbdl_fast.data import loader_order, write_text_atomic
+
+    if (args.data is None) == (not args.text):
+        raise UsageError("give either --data FILE or --text TEXT (repeatable), not both")
+    out = Path(args.output) if args.output else None
+    fmt = _output_format(out)
+    if out is not None and out.exists() and not args.overwrite:
+        raise UsageError(f"output file {out} already exists; pass --overwrite to replace it")
+    run = load_run(Path(args.run), args.device)
+    texts = args.text if args.data is None else _read_posts(args, run.meta, with_labels=False).texts
+    loader = _loader(run, texts, None, args.batch_size or run.config.batch_size)
+    _, probs = run.trainer.predict(loader)
+    ordered = torch.empty_like(probs)
+    ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
+    names = [str(label) for label in run.label_map.labels]
+    rows = []
+    for text, p in zip(texts, ordered.tolist()):
+        best = max(range(len(p)), key=p.__getitem__)
+        rows.append(
+            {
+                "text": text,
+                "label": run.label_map.decode(best),
+                "probability": round(p[best], 6),
+                "probabilities": {n: round(v, 6) for n, v in zip(names, p)},
+            }
+        )
+    rendered = _render_predictions(rows, names, fmt)
+    if out is None:
+        sys.stdout.write(rendered)
+    else:
+        write_text_atomic(out, rendered)
+        _say(args, f"{len(rows)} predictions written to {out}")
+    return 0
+
+
+def _output_format(out: Optional[Path]) -> str:
+    if out is None:
+        return "jsonl"
+    suffix = out.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise UsageError(
+        f"--output {out}: extension {suffix!r} is not supported; accepted: .csv, .jsonl, .ndjson"
+    )
+
+
+def _render_predictions(rows: list[dict[str, Any]], names: list[str], fmt: str) -> str:
+    if fmt == "jsonl":
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["text", "label", "probability", *[f"prob_{n}" for n in names]])
+    for row in rows:
+        writer.writerow(
+            [
+                row["text"],
+                row["label"],
+                row["probability"],
+                *[row["probabilities"][n] for n in names],
+            ]
+        )
+    return buffer.getvalue()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from fbdl_fast.data import LabelMap, build_dataloaders, split_posts
+    from fbdl_fast.models import create_model
+    from fbdl_fast.synthetic import generate_posts
+    from fbdl_fast.train import Trainer
+
+    started_all = time.perf_counter()
+    preset = DEMO_QUICK if args.quick else DEMO_FULL
+    samples = args.samples or preset["samples"]
+    epochs = args.epochs or preset["epochs"]
+    posts = generate_posts(samples, seed=args.seed)
+    assert posts.labels is not None
+    label_map = LabelMap.from_labels(posts.labels)
+    train, val = split_posts(posts, 0.2, seed=args.seed)
+    tokenizer = _train_tokenizer(train.texts, preset["vocab_size"])
+    options = argparse.Namespace(
+        **{
+            **preset,
+            "epochs": epochs,
+            "seed": args.seed,
+            "optimizer": "adamw",
+            "scheduler": "cosine",
+            "loss": "cross_entropy",
+            "weight_decay": 1e-5,
+            "patience": epochs,
+        }
+    )
+    config = _model_config(options, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
+    train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
+    _say(
+        args,
+        f"demo: {samples} synthetic posts ({len(label_map)} classes: "
+        f"{', '.join(map(str, label_map.labels))}), {len(train)} train / {len(val)} "
+        f"validation, tokenizer vocab {tokenizer.vocab_size}; {epochs} epoch(s) per model "
+        f"on {args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}, "
+        f"{torch.get_num_threads()} thread(s)",
+    )
+    rows = []
+    for name in args.models:
+        model = create_model(name, config)
+        trainer = Trainer(model, config, device=args.device, label_map=label_map)
+        _say(args, f"training {MODEL_TITLES[name]} ...")
+        started = time.perf_counter()
+        history = trainer.fit(train_loader, val_loader)
+        seconds = time.perf_counter() - started
+        rows.append(
+            {
+                "model": MODEL_TITLES[name],
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "training_time_s": seconds,
+                "train_acc": history.train_accs[-1],
+                "val_acc": history.val_accs[-1],
+                "train_loss": history.train_losses[-1],
+                "val_loss": history.val_losses[-1],
+                "epochs": history.epochs,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_table(rows))
+        print(
+            f"\nmeasured on this machine: {samples} posts, {epochs} epoch(s) each; training "
+            f"time = fit() wall time incl. validation; accuracy/loss of the last epoch "
+            f"(train figures averaged over the epoch, dropout on). Total wall time "
+            f"{time.perf_counter() - started_all:.1f}s."
+        )
+    return 0
+
+
+# Demo presets: small enough for a few minutes on 2 CPU cores (quick: seconds, for tests).
+DEMO_FULL = {
+    "samples": 3000,
+    "epochs": 3,
+    "vocab_size": 2000,
+    "input_dim": 64,
+    "hidden_dim": 128,
+    "num_layers": 2,
+    "num_heads": 4,
+    "dropout": 0.1,
+    "learning_rate": 2e-3,
+    "batch_size": 32,
+    "max_length": 48,
+}
+DEMO_QUICK = {
+    "samples": 240,
+    "epochs": 1,
+    "vocab_size": 300,
+    "input_dim": 16,
+    "hidden_dim": 16,
+    "num_layers": 1,
+    "num_heads": 2,
+    "dropout": 0.1,
+    "learning_rate": 2e-3,
+    "batch_size": 32,
+    "max_length": 32,
+}
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The product design's "Model Comparison Results" table, as Markdown."""
+    header = [
+        "Model",
+        "Parameters",
+        "Training Time",
+        "Train Acc",
+        "Val Acc",
+        "Train Loss",
+        "Val Loss",
+    ]
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("-" * (len(h) + 2) for h in header) + "|",
+    ]
+    for r in rows:
+        cells = [
+            r["model"],
+            f"{r['parameters']:,}",
+            f"{r['training_time_s']:.2f}s",
+            f"{r['train_acc']:.4f}",
+            f"{r['val_acc']:.4f}",
+            f"{r['train_loss']:.4f}",
+            f"{r['val_loss']:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import fbdl_fast
+
+    candidates = (
+        [Path(args.benches)]
+        if args.benches
+        else [Path.cwd() / "benches", Path(fbdl_fast.__file__).resolve().parents[2] / "benches"]
+    )
+    benches = next((p for p in candidates if p.is_dir()), None)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(benches or "benches"),
+        "--benchmark-only",
+        *args.pytest_args,
+    ]
+    if benches is None:
+        raise UsageError(
+            f"no benches/ folder found (looked in {', '.join(map(str, candidates))})"
+            "; the benchmarks ship with the source repository: from a checkout run "
+            "`pytest benches --benchmark-only`"
+        )
+    if args.dry_run:
+        print(" ".join(command))
+        return 0
+    if importlib.util.find_spec("pytest_benchmark") is None:
+        raise UsageError("pytest-benchmark is not installed; pip install 'fbdl-fast[dev]'")
+    return subprocess.call(command)
+
+
+# ====================
+# Parser and entry point
+# ====================
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep the examples' line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description="Train, evaluate and use text classifiers for social-media posts.",
+        epilog="examples:\n  fbdl-fast demo\n  fbdl-fast train --data posts.csv --output "
+        "runs/first\n  fbdl-fast evaluate --run runs/first --data test.csv\n  "
+        "fbdl-fast predict --run runs/first --text 'win a FREE phone!!!'\n\n"
+        "`fbdl-fast COMMAND --help` describes each command.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "demo",
+        formatter_class=_Formatter,
+        help="compare the three reference models",
+        description="Train the Transformer, LSTM and CNN on the embedded synthetic dataset and "
+        "print the comparison table (parameters, training time, train/validation "
+        "accuracy and loss), measured on this machine. Writes no files.",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs per model (default {DEMO_FULL['epochs']}; --quick: {DEMO_QUICK['epochs']})",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help=f"synthetic posts to generate (default {DEMO_FULL['samples']}; "
+        f"--quick: {DEMO_QUICK['samples']})",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="tiny models and data: seconds, a smoke test"
+    )
+    p.add_argument(
+        "--models",
+        nargs="+",
+        choices=list(MODEL_TITLES),
+        default=list(MODEL_TITLES),
+        help="models to compare",
+    )
+    p.add_argument("--seed", type=int, default=42, help="seeds the data, split and weights")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "train",
+        formatter_class=_Formatter,
+        help="train a model on a CSV/JSONL file",
+        description="Split the posts (seeded, stratified), train a tokenizer on the training "
+        "texts and a model on the ids, and write a run folder: config.json, "
+        "tokenizer.json, label_map.json, best.pt, last.pt, metrics.jsonl.",
+        epilog="example:\n  fbdl-fast train --data posts.csv --text-column message "
+        "--label-column sentiment --model lstm --epochs 10 --output runs/lstm",
+    )
+    p.add_argument("--data", required=True, help="posts file (.csv, .tsv, .jsonl)")
+    p.add_argument("--text-column", default="text", help="column / key holding the post text")
+    p.add_argument("--label-column", default="label", help="column / key holding the label")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of posts held out for validation"
+    )
+    p.add_argument(
+        "--output", default=None, help="run folder to create (default: runs/MODEL-YYYYmmdd-HHMMSS)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty run folder (only once training succeeds)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_model_options(p, MODEL_DEFAULTS)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        formatter_class=_Formatter,
+        help="metrics of a trained run on labelled posts",
+        description="Load a run folder and report loss, accuracy and macro-F1 on a labelled "
+        "file. Labels the run has never seen are an error.",
+    )
+    _add_run_options(p)
+    p.add_argument("--data", required=True, help="labelled posts file (.csv, .tsv, .jsonl)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "predict",
+        formatter_class=_Formatter,
+        help="label new posts with a trained run",
+        description="Predict a label and class probabilities for each post, in input order. "
+        "Output: JSON lines on stdout, or --output FILE (.csv or .jsonl).",
+    )
+    _add_run_options(p)
+    p.add_argument(
+        "--data", default=None, help="posts file (.csv, .tsv, .jsonl); a label column is not needed"
+    )
+    p.add_argument("--text", action="append", default=[], help="a post to classify (repeatable)")
+    p.add_argument("--output", default=None, help="write predictions here (.csv or .jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "bench",
+        formatter_class=_Formatter,
+        help="run the speed benchmarks (pytest-benchmark)",
+        description="Run `pytest benches --benchmark-only` on the benches/ folder of this source "
+        "tree: kernel and AMP speedups as ratios against the reference layers, "
+        "measured on this machine. Extra arguments after -- go to pytest.",
+    )
+    p.add_argument(
+        "--benches",
+        default=None,
+        help="benches folder (default: ./benches or the one beside the installed sources)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
+    p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
+    p.add_argument(
+        "--text-column",
+        default=None,
+        help="text column (default: the one the run was trained with)",
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="label column (default: the one the run was trained with)",
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+
+
+def _version() -> str:
+    from fbdl_fast import __version__
+
+    return f"{PROG} {__version__}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error, else pytest's for bench)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, usage errors: argparse's own status
+        return int(exit_.code or 0)
+    if args.command == "bench" and args.pytest_args[:1] == ["--"]:
+        args.pytest_args = args.pytest_args[1:]
+    # The trainer logs one line per epoch; show them on stderr for this command only (a global
+    # basicConfig would outlive main() when it is called in-process, e.g. from tests).
+    logger = logging.getLogger("fbdl_fast")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    level = logger.level
+    if not getattr(args, "quiet", False):
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        return int(args.func(args))
+    except _user_errors() as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
