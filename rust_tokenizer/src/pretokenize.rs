@@ -1,73 +1,93 @@
-//! Pre-tokenisation: splitting text into pieces before the vocabulary model sees them.
+//! Pre-tokenisation: splitting normalised text into words before the vocabulary model sees them.
+//!
+//! `bert` is BERT's basic tokenizer: split on whitespace (dropped) and isolate every punctuation
+//! character, where punctuation is all ASCII non-alphanumerics plus the Unicode P* categories (in
+//! the Unicode 8 tables Hugging Face uses). Symbols, emoji included, are not punctuation, so they
+//! stay glued to their neighbours, exactly as in BERT. The social pre-tokeniser lives in
+//! `social.rs` and hands the stretches between its units to this splitter.
 
-/// A piece of the input text and its character span `[start, end)`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Piece {
-    pub text: String,
-    pub start: usize,
-    pub end: usize,
+use unicode_categories::UnicodeCategories;
+
+/// A word of the normalised text: byte range `[start, end)` and character range
+/// `[char_start, char_end)` within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+    pub char_start: u32,
+    pub char_end: u32,
 }
 
-/// BERT's definition of punctuation: every ASCII non-alphanumeric printable character, plus the
-/// Unicode punctuation categories.
+/// BERT's definition of punctuation.
+#[inline]
 pub fn is_bert_punctuation(c: char) -> bool {
     if c.is_ascii() {
-        return c.is_ascii_graphic() && !c.is_ascii_alphanumeric();
+        c.is_ascii_punctuation()
+    } else {
+        c.is_punctuation()
     }
-    // Unicode general category P* without a table: the core ranges of punctuation blocks.
-    matches!(c,
-        '\u{00A1}' | '\u{00A7}' | '\u{00AB}' | '\u{00B6}' | '\u{00B7}' | '\u{00BB}' | '\u{00BF}'
-        | '\u{2010}'..='\u{2027}' | '\u{2030}'..='\u{205E}' | '\u{3001}'..='\u{3003}'
-        | '\u{3008}'..='\u{3011}')
 }
 
-/// Split on whitespace, then split every punctuation character off as its own piece.
-pub fn whitespace_punctuation(text: &str) -> Vec<Piece> {
-    let mut pieces = Vec::new();
-    let mut current = String::new();
-    let mut start = 0;
-    for (index, c) in text.chars().enumerate() {
-        if c.is_whitespace() || is_bert_punctuation(c) {
-            if !current.is_empty() {
-                pieces.push(Piece {
-                    text: std::mem::take(&mut current),
-                    start,
-                    end: index,
-                });
-            }
-            if !c.is_whitespace() {
-                pieces.push(Piece {
-                    text: c.to_string(),
-                    start: index,
-                    end: index + 1,
-                });
-            }
+/// Append the words of `text` (split on whitespace and punctuation) to `words`.
+/// `char_base` is the character index of `text[0]` in the normalised string it was cut from,
+/// `byte_base` its byte index.
+pub fn split_bert(text: &str, byte_base: u32, char_base: u32, words: &mut Vec<Span>) {
+    let mut word_start: Option<(u32, u32)> = None;
+    let mut ci = char_base;
+    for (bi, c) in text.char_indices() {
+        let bi = bi as u32 + byte_base;
+        let (is_space, is_punct) = if c.is_ascii() {
+            let b = c as u8;
+            (
+                b == b' ' || (b'\t'..=b'\r').contains(&b),
+                c.is_ascii_punctuation(),
+            )
         } else {
-            if current.is_empty() {
-                start = index;
+            let s = c.is_whitespace();
+            (s, !s && c.is_punctuation())
+        };
+        if is_space || is_punct {
+            if let Some((s, cs)) = word_start.take() {
+                words.push(Span {
+                    start: s,
+                    end: bi,
+                    char_start: cs,
+                    char_end: ci,
+                });
             }
-            current.push(c);
+            if is_punct {
+                words.push(Span {
+                    start: bi,
+                    end: bi + c.len_utf8() as u32,
+                    char_start: ci,
+                    char_end: ci + 1,
+                });
+            }
+        } else if word_start.is_none() {
+            word_start = Some((bi, ci));
         }
+        ci += 1;
     }
-    if !current.is_empty() {
-        let end = start + current.chars().count();
-        pieces.push(Piece {
-            text: current,
-            start,
-            end,
+    if let Some((s, cs)) = word_start {
+        words.push(Span {
+            start: s,
+            end: byte_base + text.len() as u32,
+            char_start: cs,
+            char_end: ci,
         });
     }
-    pieces
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn texts(text: &str) -> Vec<String> {
-        whitespace_punctuation(text)
-            .into_iter()
-            .map(|p| p.text)
+    fn texts(text: &str) -> Vec<&str> {
+        let mut words = Vec::new();
+        split_bert(text, 0, 0, &mut words);
+        words
+            .iter()
+            .map(|w| &text[w.start as usize..w.end as usize])
             .collect()
     }
 
@@ -75,11 +95,19 @@ mod tests {
     fn splits_whitespace_and_punctuation() {
         assert_eq!(texts("Hello, world!"), ["Hello", ",", "world", "!"]);
         assert_eq!(texts("  a\tb\n"), ["a", "b"]);
+        assert_eq!(
+            texts("$100 ^_^ ~z~"),
+            ["$", "100", "^", "_", "^", "~", "z", "~"]
+        );
+        assert_eq!(texts("x≤y love😍"), ["x≤y", "love😍"]); // symbols are not punctuation
+        assert_eq!(texts("a\u{3000}b「c」"), ["a", "b", "「", "c", "」"]);
     }
 
     #[test]
-    fn offsets_are_character_spans() {
-        let pieces = whitespace_punctuation("héllo wörld");
-        assert_eq!((pieces[1].start, pieces[1].end), (6, 11));
+    fn spans_count_characters() {
+        let mut words = Vec::new();
+        split_bert("héllo wörld", 0, 0, &mut words);
+        assert_eq!((words[1].char_start, words[1].char_end), (6, 11));
+        assert_eq!((words[1].start, words[1].end), (7, 13));
     }
 }

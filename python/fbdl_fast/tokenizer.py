@@ -1,0 +1,378 @@
+"""Tokenizer: the typed Python face of the Rust tokenizer (`fbdl_fast._tokenizer`).
+
+Posts go in as str, ids come out as NumPy arrays filled by Rust. The pipeline is BERT's:
+
+    special tokens matched in the raw text -> normalise (clean-up, CJK spacing, accent stripping,
+    lowercase) -> pre-tokenise ("bert": whitespace + punctuation; "social": URLs, e-mails,
+    @mentions, #hashtags, numbers, emoticons and emoji sequences kept whole) -> WordPiece or word
+    level -> [CLS] ... [SEP]
+
+With a BERT `vocab.txt` (``Tokenizer.from_bert_vocab``) or a Hugging Face BERT
+``tokenizer.json`` (``Tokenizer.from_file``) the ids are those of Hugging Face `tokenizers`.
+
+    >>> tok = Tokenizer.train(posts, vocab_size=8000)      # [PAD] is id 0
+    >>> batch = tok.encode_batch(posts[:32], max_length=64)
+    >>> batch.input_ids.shape, batch.input_ids.dtype        # ((32, L), int64)
+    >>> tok.save("tokenizer.json"); tok = Tokenizer.from_file("tokenizer.json")
+
+`encode_batch` splits the batch over threads with the GIL released; `set_num_threads(n)` sets
+how many (the ids are the same for any count).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+import numpy as np
+
+from fbdl_fast import _tokenizer
+
+__all__ = [
+    "DEFAULT_SPECIAL_TOKENS",
+    "BatchEncoding",
+    "Tokenizer",
+    "num_threads",
+    "set_num_threads",
+]
+
+#: Special tokens of a trained vocabulary, in id order: [PAD]=0, [UNK]=1, [CLS], [SEP], [MASK].
+DEFAULT_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+Padding = Union[Literal["longest", "max_length"], bool]
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads batch encoding and training use (1 = no parallelism)."""
+    _tokenizer.set_num_threads(n)
+
+
+def num_threads() -> int:
+    """The number of threads batch encoding and training use (default: the CPU count)."""
+    return _tokenizer.num_threads()
+
+
+@dataclass(frozen=True)
+class BatchEncoding:
+    """A padded batch: row i holds post i.
+
+    input_ids:      int64 (B, L), padded with the tokenizer's pad id.
+    attention_mask: int64 (B, L), 1 on real tokens (specials included), 0 on padding.
+    lengths:        int64 (B,), real tokens per row.
+    offsets:        int64 (B, L, 2) character spans [start, end) into each post, (0, 0) for
+                    [CLS]/[SEP]/padding; None unless asked for with return_offsets=True.
+    """
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    lengths: np.ndarray
+    offsets: Optional[np.ndarray] = None
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        value = getattr(self, key, None) if key in _FIELDS else None
+        if value is None:
+            raise KeyError(f"BatchEncoding has no {key!r}; it has {sorted(self.keys())}")
+        return value
+
+    def keys(self) -> list[str]:
+        return [k for k in _FIELDS if getattr(self, k) is not None]
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+_FIELDS = ("input_ids", "attention_mask", "lengths", "offsets")
+
+
+def _as_array(buffer: bytearray, shape: tuple[int, ...]) -> np.ndarray:
+    # Zero-copy, writable view of the Rust-filled buffer.
+    return np.frombuffer(buffer, dtype=np.int64).reshape(shape)
+
+
+def _check_texts(texts: object, what: str) -> None:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{what} must be a list of str, not a single {type(texts).__name__}")
+
+
+class Tokenizer:
+    """A trained or loaded tokenizer. Build one with `train`, `from_bert_vocab` or `from_file`."""
+
+    def __init__(self, core: _tokenizer.Tokenizer) -> None:
+        if not isinstance(core, _tokenizer.Tokenizer):
+            raise TypeError(
+                "Tokenizer(...) wraps a compiled tokenizer; build one with Tokenizer.train, "
+                "Tokenizer.from_bert_vocab or Tokenizer.from_file"
+            )
+        self._core = core
+
+    # -- building ---------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int = 30_000,
+        min_frequency: int = 2,
+        special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+        *,
+        model: Literal["wordpiece", "wordlevel"] = "wordpiece",
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        clean_text: bool = True,
+        handle_chinese_chars: bool = True,
+        unicode_normalization: Optional[Literal["NFC", "NFKC"]] = None,
+        pre_tokenizer: Literal["bert", "social"] = "bert",
+        replace_urls: bool = False,
+        replace_mentions: bool = False,
+        replace_numbers: bool = False,
+        shorten_elongations: bool = False,
+    ) -> Tokenizer:
+        """Learn a vocabulary from `texts` (any iterable of str), in parallel in Rust.
+
+        The special tokens come first: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4, then any
+        others in `special_tokens` (and [URL]/[USER]/[NUM] when the social replace options are
+        on). `strip_accents=None` follows `lowercase` (BERT's rule). WordPiece merges need a pair
+        to occur `min_frequency` times; word level keeps words seen `min_frequency` times.
+        """
+        _check_texts(texts, "texts")
+        kwargs = _settings(
+            lowercase=lowercase,
+            strip_accents=strip_accents,
+            clean_text=clean_text,
+            handle_chinese_chars=handle_chinese_chars,
+            unicode_normalization=unicode_normalization,
+            pre_tokenizer=pre_tokenizer,
+            replace_urls=replace_urls,
+            replace_mentions=replace_mentions,
+            replace_numbers=replace_numbers,
+            shorten_elongations=shorten_elongations,
+        )
+        _check_train_args(vocab_size, min_frequency, special_tokens)
+        items = texts if isinstance(texts, (list, tuple)) else list(texts)
+        core = _tokenizer.Tokenizer.train(
+            items,
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(special_tokens),
+            model=model,
+            **kwargs,
+        )
+        return cls(core)
+
+    @classmethod
+    def train_from_files(
+        cls,
+        paths: Iterable[PathLike],
+        vocab_size: int = 30_000,
+        min_frequency: int = 2,
+        special_tokens: Sequence[str] = DEFAULT_SPECIAL_TOKENS,
+        *,
+        model: Literal["wordpiece", "wordlevel"] = "wordpiece",
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        pre_tokenizer: Literal["bert", "social"] = "bert",
+    ) -> Tokenizer:
+        """Like `train`, reading one post per line from each UTF-8 file (read in Rust)."""
+        _check_texts(paths, "paths")
+        _check_train_args(vocab_size, min_frequency, special_tokens)
+        core = _tokenizer.Tokenizer.train(
+            [os.fspath(p) for p in paths],
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            special_tokens=list(special_tokens),
+            model=model,
+            files=True,
+            **_settings(
+                lowercase=lowercase, strip_accents=strip_accents, pre_tokenizer=pre_tokenizer
+            ),
+        )
+        return cls(core)
+
+    @classmethod
+    def from_bert_vocab(
+        cls,
+        path: PathLike,
+        *,
+        lowercase: bool = True,
+        strip_accents: Optional[bool] = None,
+        clean_text: bool = True,
+        handle_chinese_chars: bool = True,
+        unk_token: str = "[UNK]",
+    ) -> Tokenizer:
+        """BERT's tokenizer from a `vocab.txt` (one token per line, line number = id).
+
+        Same ids as Hugging Face `BertWordPieceTokenizer(vocab, lowercase=..., strip_accents=...)`.
+        """
+        return cls(
+            _tokenizer.Tokenizer.from_bert_vocab(
+                os.fspath(path),
+                lowercase=lowercase,
+                strip_accents=strip_accents,
+                clean_text=clean_text,
+                handle_chinese_chars=handle_chinese_chars,
+                unk_token=unk_token,
+            )
+        )
+
+    @classmethod
+    def from_file(cls, path: PathLike) -> Tokenizer:
+        """Load our JSON format (see `save`) or a Hugging Face BERT WordPiece `tokenizer.json`.
+
+        A Hugging Face file's own padding/truncation settings are ignored: pass them to
+        `encode_batch`.
+        """
+        return cls(_tokenizer.Tokenizer.from_file(os.fspath(path)))
+
+    @classmethod
+    def from_str(cls, json: str) -> Tokenizer:
+        """Load from the JSON text `to_str` returns (or a Hugging Face tokenizer.json's text)."""
+        return cls(_tokenizer.Tokenizer.from_str(json))
+
+    def to_str(self) -> str:
+        """Our JSON format (with a format version), as a string."""
+        return self._core.to_str()
+
+    def save(self, path: PathLike) -> None:
+        """Write our JSON format atomically (a temporary file in the same folder, then rename)."""
+        path = os.fspath(path)
+        text = self.to_str()
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    # -- encoding ---------------------------------------------------------------------------
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Ids of one text, with [CLS] ... [SEP] unless `add_special_tokens=False`."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        return self._core.encode(text, add_special_tokens)
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        max_length: Optional[int] = None,
+        padding: Padding = "longest",
+        truncation: bool = True,
+        add_special_tokens: bool = True,
+        return_offsets: bool = False,
+    ) -> BatchEncoding:
+        """Encode many texts into padded int64 arrays, in parallel, without the GIL.
+
+        padding: "longest" pads to the longest row; "max_length" to `max_length` (rows that
+        are longer, only possible with truncation=False, widen the batch); False pads nothing
+        and needs every row to have the same length. truncation=True with `max_length` cuts
+        each row to `max_length` ids, [CLS]/[SEP] included.
+        """
+        _check_texts(texts, "texts")
+        if padding is False:
+            pad = "none"
+        elif padding is True:
+            pad = "longest"
+        elif padding in ("longest", "max_length"):
+            pad = padding
+        else:
+            raise ValueError(
+                f"padding={padding!r} is not supported; use 'longest', 'max_length' or False"
+            )
+        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
+            raise ValueError(f"max_length={max_length!r} must be a positive int or None")
+        rows, cols, ids, mask, lengths, offsets = self._core.encode_batch(
+            texts, max_length, pad, truncation, add_special_tokens, return_offsets
+        )
+        return BatchEncoding(
+            input_ids=_as_array(ids, (rows, cols)),
+            attention_mask=_as_array(mask, (rows, cols)),
+            lengths=_as_array(lengths, (rows,)),
+            offsets=None if offsets is None else _as_array(offsets, (rows, cols, 2)),
+        )
+
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+        """Text from ids: WordPiece continuations glued, BERT's spacing clean-up applied."""
+        if isinstance(ids, np.ndarray):
+            ids = ids.tolist()
+        return self._core.decode(list(ids), skip_special_tokens)
+
+    def pre_tokenize(self, text: str) -> list[tuple[str, tuple[int, int]]]:
+        """The words the model sees (normalised), with [start, end) character spans in `text`."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        return self._core.pre_tokenize(text)
+
+    # -- vocabulary -------------------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self._core.vocab_size
+
+    @property
+    def pad_token_id(self) -> int:
+        """The [PAD] id (0 in a trained vocabulary); 0 if the vocabulary has no [PAD]."""
+        pad = self._core.pad_token_id
+        return 0 if pad is None else pad
+
+    @property
+    def unk_token_id(self) -> int:
+        return self._core.unk_token_id
+
+    @property
+    def cls_token_id(self) -> Optional[int]:
+        return self._core.cls_token_id
+
+    @property
+    def sep_token_id(self) -> Optional[int]:
+        return self._core.sep_token_id
+
+    @property
+    def special_tokens(self) -> list[str]:
+        """The special tokens present in the vocabulary."""
+        return self._core.special_tokens
+
+    def token_to_id(self, token: str) -> Optional[int]:
+        """The id of `token`, or None if it is not in the vocabulary."""
+        return self._core.token_to_id(token)
+
+    def id_to_token(self, id: int) -> Optional[str]:
+        """The token with id `id`, or None if out of range."""
+        return self._core.id_to_token(int(id))
+
+    def get_vocab(self) -> dict[str, int]:
+        """token -> id for the whole vocabulary."""
+        return {t: i for i, t in enumerate(self._core.get_vocab())}
+
+    def __len__(self) -> int:
+        return self.vocab_size
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._core.get_vocab())
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size})"
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        # Pickle as our JSON (DataLoader workers on spawn-based platforms need this).
+        return (Tokenizer.from_str, (self.to_str(),))
+
+
+def _settings(**kwargs: object) -> dict[str, object]:
+    return kwargs
+
+
+def _check_train_args(vocab_size: object, min_frequency: object, special: object) -> None:
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size={vocab_size!r} must be a positive int")
+    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
+        raise ValueError(f"min_frequency={min_frequency!r} must be an int >= 0")
+    if isinstance(special, str):
+        raise TypeError("special_tokens must be a list of str, not a single str")

@@ -1,0 +1,262 @@
+//! Loading and saving: BERT `vocab.txt`, Hugging Face `tokenizer.json` (BERT WordPiece only) and
+//! our own JSON format, which carries a format name and version so old files stay readable.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::model::{Model, Vocab, WordLevel, WordPiece};
+use crate::normalize::NormalizerConfig;
+use crate::tokenizer::{PreTokenizerConfig, SpecialTokens, Tokenizer};
+
+/// The `format` field of our files.
+pub const FORMAT_NAME: &str = "fbdl_fast.tokenizer";
+/// The newest format version we write; we read every version up to it.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct TokenizerFile {
+    format: String,
+    version: u32,
+    normalizer: NormalizerConfig,
+    pre_tokenizer: PreTokenizerConfig,
+    special_tokens: SpecialTokens,
+    model: ModelFile,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum ModelFile {
+    Wordpiece {
+        continuing_subword_prefix: String,
+        max_input_chars_per_word: usize,
+        /// Tokens in id order.
+        vocab: Vec<String>,
+    },
+    Wordlevel {
+        vocab: Vec<String>,
+    },
+}
+
+pub fn read_file(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+}
+
+/// Read a BERT `vocab.txt`: one token per line, the line number is the id.
+pub fn read_vocab_txt(path: &str) -> Result<Vec<String>> {
+    let text = read_file(path)?;
+    // Hugging Face trims trailing whitespace from each line; so do we.
+    let tokens: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+    if tokens.is_empty() {
+        return Err(Error::Format(format!(
+            "{path}: the vocabulary file is empty"
+        )));
+    }
+    Ok(tokens)
+}
+
+/// Our JSON for `tok`.
+pub fn to_json(tok: &Tokenizer) -> Result<String> {
+    let vocab = tok.model.vocab().tokens().to_vec();
+    let model = match &tok.model {
+        Model::WordPiece(m) => ModelFile::Wordpiece {
+            continuing_subword_prefix: m.continuing_subword_prefix.clone(),
+            max_input_chars_per_word: m.max_input_chars_per_word,
+            vocab,
+        },
+        Model::WordLevel(_) => ModelFile::Wordlevel { vocab },
+    };
+    let file = TokenizerFile {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        normalizer: tok.normalizer.clone(),
+        pre_tokenizer: tok.pre_tokenizer.clone(),
+        special_tokens: tok.special.clone(),
+        model,
+    };
+    serde_json::to_string_pretty(&file)
+        .map_err(|e| Error::Format(format!("cannot serialise the tokenizer: {e}")))
+}
+
+/// Parse our JSON or a Hugging Face `tokenizer.json`; `source` names the input in errors.
+pub fn from_json(json: &str, source: &str) -> Result<Tokenizer> {
+    let value: Value = serde_json::from_str(json)
+        .map_err(|e| Error::Format(format!("{source}: not valid JSON ({e})")))?;
+    if value.get("format").and_then(Value::as_str) == Some(FORMAT_NAME) {
+        let version = value.get("version").and_then(Value::as_u64).unwrap_or(0);
+        if version == 0 || version > FORMAT_VERSION as u64 {
+            return Err(Error::Format(format!(
+                "{source}: tokenizer format version {version} is not supported; this version \
+                 of fbdl_fast reads versions 1 to {FORMAT_VERSION}"
+            )));
+        }
+        let file: TokenizerFile = serde_json::from_value(value)
+            .map_err(|e| Error::Format(format!("{source}: malformed tokenizer file ({e})")))?;
+        let vocab =
+            Vocab::new(file.model_vocab()).map_err(|e| Error::Format(format!("{source}: {e}")))?;
+        let unk = &file.special_tokens.unk;
+        let model = match &file.model {
+            ModelFile::Wordpiece {
+                continuing_subword_prefix,
+                max_input_chars_per_word,
+                ..
+            } => Model::WordPiece(WordPiece::new(
+                vocab,
+                unk,
+                continuing_subword_prefix,
+                *max_input_chars_per_word,
+            )?),
+            ModelFile::Wordlevel { .. } => Model::WordLevel(WordLevel::new(vocab, unk)?),
+        };
+        return Tokenizer::new(
+            file.normalizer,
+            file.pre_tokenizer,
+            model,
+            file.special_tokens,
+        );
+    }
+    if value.get("model").is_some() {
+        return from_hf_json(&value, source);
+    }
+    Err(Error::Format(format!(
+        "{source}: not a tokenizer file: expected our format (\"format\": \"{FORMAT_NAME}\") or a \
+         Hugging Face tokenizer.json (with a \"model\" key)"
+    )))
+}
+
+impl TokenizerFile {
+    fn model_vocab(&self) -> Vec<String> {
+        match &self.model {
+            ModelFile::Wordpiece { vocab, .. } | ModelFile::Wordlevel { vocab } => vocab.clone(),
+        }
+    }
+}
+
+fn type_of(v: &Value) -> &str {
+    v.get("type").and_then(Value::as_str).unwrap_or("")
+}
+
+/// A Hugging Face `tokenizer.json` of a BERT WordPiece tokenizer.
+fn from_hf_json(value: &Value, source: &str) -> Result<Tokenizer> {
+    let bad = |what: String| {
+        Error::Format(format!(
+            "{source}: {what}; only BERT WordPiece tokenizer.json files (BertNormalizer, \
+             BertPreTokenizer, WordPiece) are supported"
+        ))
+    };
+    let model = &value["model"];
+    if type_of(model) != "WordPiece" {
+        return Err(bad(format!("the model type is {:?}", type_of(model))));
+    }
+    let map = model["vocab"]
+        .as_object()
+        .ok_or_else(|| bad("model.vocab is not an object of token -> id".into()))?;
+    let mut tokens = vec![None; map.len()];
+    for (token, id) in map {
+        let id = id.as_u64().map(|i| i as usize).filter(|&i| i < map.len());
+        match id {
+            Some(i) if tokens[i].is_none() => tokens[i] = Some(token.clone()),
+            _ => {
+                return Err(bad(format!(
+                    "model.vocab ids must be 0..{} with each id once; {token:?} breaks this",
+                    map.len()
+                )))
+            }
+        }
+    }
+    let tokens: Vec<String> = tokens.into_iter().map(Option::unwrap_or_default).collect();
+    let unk = model["unk_token"].as_str().unwrap_or("[UNK]").to_string();
+    let prefix = model["continuing_subword_prefix"].as_str().unwrap_or("##");
+    let max_chars = model["max_input_chars_per_word"].as_u64().unwrap_or(100) as usize;
+
+    let normalizer = match &value["normalizer"] {
+        Value::Null => NormalizerConfig {
+            clean_text: false,
+            handle_chinese_chars: false,
+            strip_accents: Some(false),
+            lowercase: false,
+            ..Default::default()
+        },
+        n if type_of(n) == "BertNormalizer" => NormalizerConfig {
+            clean_text: n["clean_text"].as_bool().unwrap_or(true),
+            handle_chinese_chars: n["handle_chinese_chars"].as_bool().unwrap_or(true),
+            strip_accents: n["strip_accents"].as_bool(),
+            lowercase: n["lowercase"].as_bool().unwrap_or(true),
+            ..Default::default()
+        },
+        n => return Err(bad(format!("the normalizer type is {:?}", type_of(n)))),
+    };
+    match type_of(&value["pre_tokenizer"]) {
+        "BertPreTokenizer" => {}
+        other => return Err(bad(format!("the pre_tokenizer type is {other:?}"))),
+    }
+
+    // Roles: [CLS]/[SEP] from the post-processor, [PAD] from padding, defaults otherwise.
+    let mut special = SpecialTokens {
+        unk: unk.clone(),
+        ..Default::default()
+    };
+    let post = &value["post_processor"];
+    match type_of(post) {
+        "BertProcessing" => {
+            if let Some(s) = post["cls"][0].as_str() {
+                special.cls = s.into();
+            }
+            if let Some(s) = post["sep"][0].as_str() {
+                special.sep = s.into();
+            }
+        }
+        "TemplateProcessing" => {
+            let single: Vec<&str> = post["single"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| p["SpecialToken"]["id"].as_str())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let [first, .., last] = single.as_slice() {
+                special.cls = first.to_string();
+                special.sep = last.to_string();
+            }
+        }
+        _ => {}
+    }
+    if let Some(p) = value["padding"]["pad_token"].as_str() {
+        special.pad = p.into();
+    }
+    if let Some(added) = value["added_tokens"].as_array() {
+        let roles = special.all();
+        for t in added {
+            if let Some(content) = t["content"].as_str() {
+                if t["special"].as_bool().unwrap_or(false) && !roles.iter().any(|r| r == content) {
+                    special.extra.push(content.into());
+                }
+            }
+        }
+    }
+    let vocab = Vocab::new(tokens).map_err(|e| Error::Format(format!("{source}: {e}")))?;
+    let model = Model::WordPiece(
+        WordPiece::new(vocab, &unk, prefix, max_chars)
+            .map_err(|e| Error::Format(format!("{source}: {e}")))?,
+    );
+    Tokenizer::new(normalizer, PreTokenizerConfig::Bert, model, special)
+}
+
+/// A BERT tokenizer from a `vocab.txt`.
+pub fn from_bert_vocab(
+    path: &str,
+    normalizer: NormalizerConfig,
+    special: SpecialTokens,
+) -> Result<Tokenizer> {
+    let vocab =
+        Vocab::new(read_vocab_txt(path)?).map_err(|e| Error::Format(format!("{path}: {e}")))?;
+    let model = WordPiece::new(vocab, &special.unk, "##", 100)
+        .map_err(|e| Error::Format(format!("{path}: {e}")))?;
+    Tokenizer::new(
+        normalizer,
+        PreTokenizerConfig::Bert,
+        Model::WordPiece(model),
+        special,
+    )
+}

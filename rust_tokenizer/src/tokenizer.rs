@@ -1,0 +1,401 @@
+//! The pipeline: special tokens matched in the raw text -> normalise -> pre-tokenise -> model ->
+//! `[CLS] ... [SEP]`. One `Tokenizer` is immutable once built, so threads share it freely.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::normalize::{Normalized, NormalizerConfig, Scratch};
+use crate::pretokenize::{split_bert, Span};
+use crate::social::{SocialConfig, SocialScanner};
+
+/// How text is cut into words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum PreTokenizerConfig {
+    /// BERT's basic tokenizer (whitespace + punctuation).
+    Bert,
+    /// URLs, e-mails, mentions, hashtags, numbers, emoticons and emoji kept whole.
+    Social(SocialConfig),
+}
+
+/// The names of the special tokens by role; a role whose token is not in the vocabulary is off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpecialTokens {
+    pub pad: String,
+    pub unk: String,
+    pub cls: String,
+    pub sep: String,
+    pub mask: String,
+    /// Further tokens matched whole in the raw text (e.g. the social placeholders).
+    pub extra: Vec<String>,
+}
+
+impl Default for SpecialTokens {
+    fn default() -> Self {
+        SpecialTokens {
+            pad: "[PAD]".into(),
+            unk: "[UNK]".into(),
+            cls: "[CLS]".into(),
+            sep: "[SEP]".into(),
+            mask: "[MASK]".into(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl SpecialTokens {
+    /// Every special token, roles first, without duplicates.
+    pub fn all(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for t in [&self.pad, &self.unk, &self.cls, &self.sep, &self.mask]
+            .into_iter()
+            .chain(self.extra.iter())
+        {
+            if !t.is_empty() && !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A token id with its character span in the caller's text (`(0, 0)` for added `[CLS]`/`[SEP]`).
+pub type Offsets = (u32, u32);
+
+/// Per-thread buffers reused across posts.
+#[derive(Debug, Default)]
+pub struct Workspace {
+    normalized: Normalized,
+    scratch: Scratch,
+    words: Vec<Span>,
+    pieces: Vec<(u32, u32, u32)>,
+    social: crate::social::Workspace,
+}
+
+/// A word ready for the model: its span in the normalised text, or a fixed token id.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Unit {
+    Word(Span),
+    Token(u32, Offsets),
+}
+
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    pub normalizer: NormalizerConfig,
+    pub pre_tokenizer: PreTokenizerConfig,
+    pub model: Model,
+    pub special: SpecialTokens,
+    /// Special tokens present in the vocabulary, longest first, matched in the raw text.
+    added: Vec<(String, u32)>,
+    pad_id: Option<u32>,
+    cls_id: Option<u32>,
+    sep_id: Option<u32>,
+    special_ids: Vec<u32>,
+    social: Option<SocialScanner>,
+}
+
+impl Tokenizer {
+    pub fn new(
+        normalizer: NormalizerConfig,
+        pre_tokenizer: PreTokenizerConfig,
+        model: Model,
+        special: SpecialTokens,
+    ) -> Result<Self> {
+        if model.unk_token() != special.unk {
+            return Err(Error::Input(format!(
+                "the model's unknown token {:?} differs from special_tokens.unk {:?}",
+                model.unk_token(),
+                special.unk
+            )));
+        }
+        let vocab = model.vocab();
+        let mut added: Vec<(String, u32)> = special
+            .all()
+            .into_iter()
+            .filter_map(|t| vocab.id(&t).map(|id| (t, id)))
+            .collect();
+        added.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        let mut special_ids: Vec<u32> = added.iter().map(|&(_, id)| id).collect();
+        special_ids.sort_unstable();
+        let social = match &pre_tokenizer {
+            PreTokenizerConfig::Social(cfg) => Some(SocialScanner::new(cfg.clone(), vocab)?),
+            PreTokenizerConfig::Bert => None,
+        };
+        Ok(Tokenizer {
+            pad_id: vocab.id(&special.pad),
+            cls_id: vocab.id(&special.cls),
+            sep_id: vocab.id(&special.sep),
+            normalizer,
+            pre_tokenizer,
+            model,
+            special,
+            added,
+            special_ids,
+            social,
+        })
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.model.vocab().len()
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.model.vocab().id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<&str> {
+        self.model.vocab().token(id)
+    }
+
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad_id
+    }
+
+    pub fn cls_id(&self) -> Option<u32> {
+        self.cls_id
+    }
+
+    pub fn sep_id(&self) -> Option<u32> {
+        self.sep_id
+    }
+
+    pub fn unk_id(&self) -> u32 {
+        self.model.unk_id()
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special_ids.binary_search(&id).is_ok()
+    }
+
+    /// How many ids `add_special_tokens` adds, or an error naming the missing token.
+    pub fn num_special_to_add(&self) -> Result<usize> {
+        match (self.cls_id, self.sep_id) {
+            (Some(_), Some(_)) => Ok(2),
+            _ => Err(Error::Input(format!(
+                "add_special_tokens=True needs {:?} and {:?} in the vocabulary; pass \
+                 add_special_tokens=False or use a vocabulary that has them",
+                self.special.cls, self.special.sep
+            ))),
+        }
+    }
+
+    /// Find the next special token in `text[from..]`: `(byte_start, byte_end, id)`.
+    fn next_added(&self, text: &str, from: usize) -> Option<(usize, usize, u32)> {
+        if self.added.is_empty() {
+            return None;
+        }
+        let bytes = text.as_bytes();
+        let mut i = from;
+        while i < bytes.len() {
+            // Every candidate starts with some special token's first byte: skip quickly to one.
+            let b = bytes[i];
+            for (t, id) in &self.added {
+                if t.as_bytes()[0] == b && bytes[i..].starts_with(t.as_bytes()) {
+                    return Some((i, i + t.len(), *id));
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// Cut `text` into model units (words of the normalised text, or fixed ids), filling
+    /// `ws.normalized` and returning units through `f`.
+    fn units(&self, text: &str, ws: &mut Workspace, mut f: impl FnMut(&Workspace, Unit)) {
+        ws.normalized.clear();
+        let mut from = 0; // byte
+        let mut char_base = 0u32;
+        loop {
+            let next = self.next_added(text, from);
+            let seg_end = next.map_or(text.len(), |(s, _, _)| s);
+            let segment = &text[from..seg_end];
+            ws.words.clear();
+            let mut fixed: Vec<(usize, u32, Offsets)> = Vec::new();
+            match &self.social {
+                None => {
+                    let byte0 = ws.normalized.text.len();
+                    let char0 = ws.normalized.origins.len() as u32;
+                    self.normalizer.normalize_into(
+                        segment,
+                        char_base,
+                        &mut ws.normalized,
+                        &mut ws.scratch,
+                    );
+                    split_bert(
+                        &ws.normalized.text[byte0..],
+                        byte0 as u32,
+                        char0,
+                        &mut ws.words,
+                    );
+                }
+                Some(social) => {
+                    social.split(
+                        segment,
+                        char_base,
+                        &self.normalizer,
+                        &mut ws.normalized,
+                        &mut ws.scratch,
+                        &mut ws.words,
+                        &mut fixed,
+                        &mut ws.social,
+                    );
+                }
+            }
+            let mut fixed = fixed.into_iter().peekable();
+            for (k, w) in ws.words.iter().enumerate() {
+                while let Some(&(at, id, off)) = fixed.peek() {
+                    if at > k {
+                        break;
+                    }
+                    f(ws, Unit::Token(id, off));
+                    fixed.next();
+                }
+                f(ws, Unit::Word(*w));
+            }
+            for (_, id, off) in fixed {
+                f(ws, Unit::Token(id, off));
+            }
+            char_base += segment.chars().count() as u32;
+            match next {
+                Some((s, e, id)) => {
+                    let n = text[s..e].chars().count() as u32;
+                    f(ws, Unit::Token(id, (char_base, char_base + n)));
+                    char_base += n;
+                    from = e;
+                }
+                None => break,
+            }
+        }
+    }
+
+    /// Encode one text, appending ids (and character offsets when asked) without specials.
+    pub fn encode_into(
+        &self,
+        text: &str,
+        ws: &mut Workspace,
+        ids: &mut Vec<u32>,
+        mut offsets: Option<&mut Vec<Offsets>>,
+    ) {
+        let mut pieces = std::mem::take(&mut ws.pieces);
+        self.units(text, ws, |ws, unit| match unit {
+            Unit::Token(id, off) => {
+                ids.push(id);
+                if let Some(o) = offsets.as_deref_mut() {
+                    o.push(off);
+                }
+            }
+            Unit::Word(w) => {
+                let word = &ws.normalized.text[w.start as usize..w.end as usize];
+                pieces.clear();
+                self.model
+                    .tokenize(word, (w.char_end - w.char_start) as usize, &mut pieces);
+                ids.extend(pieces.iter().map(|&(id, _, _)| id));
+                if let Some(o) = offsets.as_deref_mut() {
+                    let origins = &ws.normalized.origins;
+                    let mut ci = w.char_start as usize;
+                    let mut bi = 0usize;
+                    for &(_, s, e) in pieces.iter() {
+                        // Walk characters from the previous piece's end to this piece's span.
+                        ci += word[bi..s as usize].chars().count();
+                        let n = word[s as usize..e as usize].chars().count();
+                        let first = origins[ci];
+                        let last = origins[ci + n - 1];
+                        o.push((first, last + 1));
+                        ci += n;
+                        bi = e as usize;
+                    }
+                }
+            }
+        });
+        ws.pieces = pieces;
+    }
+
+    /// Encode one text to ids, with `[CLS] ... [SEP]` when `add_special_tokens`.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut ws = Workspace::default();
+        if add_special_tokens {
+            self.num_special_to_add()?;
+            ids.push(self.cls_id.unwrap_or_default());
+        }
+        self.encode_into(text, &mut ws, &mut ids, None);
+        if add_special_tokens {
+            ids.push(self.sep_id.unwrap_or_default());
+        }
+        Ok(ids)
+    }
+
+    /// The pre-tokenised pieces (normalised text) with character spans in `text`.
+    pub fn pre_tokenize(&self, text: &str) -> Vec<(String, Offsets)> {
+        let mut ws = Workspace::default();
+        let mut out = Vec::new();
+        self.units(text, &mut ws, |ws, unit| match unit {
+            Unit::Token(id, off) => {
+                out.push((self.id_to_token(id).unwrap_or_default().to_string(), off));
+            }
+            Unit::Word(w) => {
+                let word = &ws.normalized.text[w.start as usize..w.end as usize];
+                let origins = &ws.normalized.origins;
+                let first = origins[w.char_start as usize];
+                let last = origins[w.char_end as usize - 1];
+                out.push((word.to_string(), (first, last + 1)));
+            }
+        });
+        out
+    }
+
+    /// Words of `text` as strings, for training (fixed tokens are skipped).
+    pub fn words(&self, text: &str, ws: &mut Workspace, mut f: impl FnMut(&str)) {
+        self.units(text, ws, |ws, unit| {
+            if let Unit::Word(w) = unit {
+                f(&ws.normalized.text[w.start as usize..w.end as usize]);
+            }
+        });
+    }
+
+    /// Turn ids back into text: WordPiece continuations are glued, specials optionally skipped.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        let vocab = self.model.vocab();
+        let prefix = self.model.continuation_prefix().filter(|p| !p.is_empty());
+        let mut out = String::new();
+        for &id in ids {
+            let token = vocab.token(id).ok_or_else(|| {
+                Error::Input(format!(
+                    "token id {id} is out of range; the vocabulary has {} tokens (ids 0..{})",
+                    vocab.len(),
+                    vocab.len().saturating_sub(1)
+                ))
+            })?;
+            if skip_special_tokens && self.is_special(id) {
+                continue;
+            }
+            match prefix.and_then(|p| token.strip_prefix(p)) {
+                Some(rest) if !out.is_empty() => out.push_str(rest),
+                _ => {
+                    if !out.is_empty() {
+                        out.push(' ');
+                    }
+                    out.push_str(token);
+                }
+            }
+        }
+        Ok(cleanup(&out))
+    }
+}
+
+/// BERT's decoding clean-up: no space before punctuation and English contractions.
+fn cleanup(text: &str) -> String {
+    text.replace(" .", ".")
+        .replace(" ?", "?")
+        .replace(" !", "!")
+        .replace(" ,", ",")
+        .replace(" ' ", "'")
+        .replace(" n't", "n't")
+        .replace(" 'm", "'m")
+        .replace(" do not", " don't")
+        .replace(" 's", "'s")
+        .replace(" 've", "'ve")
+        .replace(" 're", "'re")
+}
