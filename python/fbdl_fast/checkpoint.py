@@ -100,12 +100,12 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: PathLike) -
 def rng_state() -> dict[str, Any]:
     """Snapshot of every random generator training draws from: torch (CPU and CUDA), numpy,
     Python's random. Stored as tensors and tuples so weights_only loading accepts it."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "numpy": {
             "kind": kind,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),

@@ -232,12 +232,13 @@ class Trainer:
             else None
         )
         self._pending_scheduler_state: Optional[dict[str, Any]] = None
+        # interval: "epoch", "batch" or "plateau" (see optim.scheduler_interval)
+        self.scheduler: Any = scheduler
+        self.scheduler_interval: Optional[str] = None
         if scheduler is not None:
-            self.scheduler, self.scheduler_interval = scheduler, _interval_of(scheduler)
-        else:
-            self.scheduler, self.scheduler_interval = None, None
-            if steps_per_epoch is not None:
-                self._build_scheduler(steps_per_epoch)
+            self.scheduler_interval = _interval_of(scheduler)
+        elif steps_per_epoch is not None:
+            self._build_scheduler(steps_per_epoch)
         self.history = History()
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
