@@ -2,7 +2,8 @@
 and the drop-in functional / MultiheadAttention against torch's.
 
 Kernel tests run through the Triton interpreter on CPU (the `triton` fixture), so shapes are
-small; bf16 tl.dot needs a GPU (marked cuda), bf16 load-and-cast is tested here.
+small; bf16 tl.dot needs a GPU (marked cuda), bf16 load-and-cast is tested here. With CUDA present
+the same tests run the compiled kernels on the GPU.
 """
 
 from __future__ import annotations
@@ -20,6 +21,17 @@ from fbdl_fast.ops import attention as attention_op
 from fbdl_fast.ops._dispatch import BackendError
 from tolerances import assert_close
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _on_device():
+    """Every tensor and module here is made on DEVICE: the interpreter on a CPU-only machine, the
+    compiled kernels where CUDA is present (the triton fixture refuses CPU tensors there)."""
+    torch.set_default_device(DEVICE)
+    yield
+    torch.set_default_device(None)
+
 
 def expected_attention(
     q: torch.Tensor,
@@ -30,12 +42,15 @@ def expected_attention(
     scale: float,
     keep: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
+    upcast: bool = True,
 ) -> torch.Tensor:
     """softmax(QK^T * scale + mask)V in float32, written out; rows with no visible key are 0.
 
     keep: an explicit dropout keep mask (B, H, Lq, Lk), applied as keep * P / (1 - p).
+    upcast=False computes in the inputs' dtype instead (the low-precision baseline).
     """
-    q, k, v = q.float(), k.float(), v.float()
+    if upcast:
+        q, k, v = q.float(), k.float(), v.float()
     Lq, Lk = q.shape[2], k.shape[2]
     scores = q @ k.transpose(-2, -1) * scale  # (B, H, Lq, Lk)
     visible = torch.ones(q.shape[0], 1, Lq, Lk, dtype=torch.bool)
@@ -144,21 +159,20 @@ def test_kernel_bf16_load_and_cast(triton):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("D", [16, 32, 64, 128])
 def test_kernel_half_precision_on_gpu(triton, dtype, D):
-    q, k, v = (t.detach().cuda().requires_grad_() for t in make_inputs(2, 3, 300, D, dtype))
-    key_mask = padding_mask([300, 111], 300).cuda()
+    q, k, v = make_inputs(2, 3, 300, D, dtype)
+    key_mask = padding_mask([300, 111], 300)
     out = attention_op.dispatch(q, k, v, key_mask, True)
     dout = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), dout)
     leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    ref = expected_attention(*[t.cpu() for t in leaves], key_mask.cpu(), True, D**-0.5)
-    ref_grads = torch.autograd.grad(ref, leaves, dout.float().cpu())
-    # FlashAttention's rule: at most twice the error of torch's own computation in this dtype.
-    low = attention_op.reference(q, k, v, key_mask, True)
+    ref = expected_attention(*leaves, key_mask, True, D**-0.5)
+    ref_grads = torch.autograd.grad(ref, leaves, dout.float())
+    # FlashAttention's rule: at most twice the error of the same formula computed in this dtype.
+    low = expected_attention(q, k, v, key_mask, True, D**-0.5, upcast=False)
     low_grads = torch.autograd.grad(low, (q, k, v), dout)
     for actual, baseline, wanted in zip((out, *grads), (low, *low_grads), (ref, *ref_grads)):
-        wanted = wanted.detach().cuda()
-        error = (actual.float() - wanted).abs().max()
-        baseline_error = (baseline.float() - wanted).abs().max()
+        error = (actual.float() - wanted.detach()).abs().max()
+        baseline_error = (baseline.float() - wanted.detach()).abs().max()
         assert error <= 2 * baseline_error + 1e-5, (error, baseline_error)
 
 
