@@ -465,6 +465,23 @@ def test_model_only_load_restores_weights(tmp_path: Path) -> None:
     assert fresh.label_map == ["a", "b", "c"] and fresh.epoch == 0
 
 
+def test_from_checkpoint_rebuilds_a_reference_model(tmp_path: Path) -> None:
+    train_loader, val_loader = loaders(n_train=16, n_val=8)
+    config = tiny_config(max_epochs=1, kernel_sizes=(2, 3), dropout=0.1)
+    model = create_facebook_posts_model("cnn", config)
+    trained = cpu_trainer(model, config, run_dir=tmp_path, label_map=["a", "b", "c"])
+    trained.fit(train_loader, val_loader)
+    loaded = Trainer.from_checkpoint(tmp_path / BEST_CHECKPOINT, device="cpu")
+    assert loaded.config == config and loaded.label_map == ["a", "b", "c"]
+    expected_preds, expected_probs = trained.predict(val_loader)
+    preds, probs = loaded.predict(val_loader)
+    assert torch.equal(preds, expected_preds) and torch.equal(probs, expected_probs)
+    custom = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1), run_dir=tmp_path / "custom")
+    custom.fit(train_loader, val_loader)
+    with pytest.raises(CheckpointError, match=r"best\.pt.*'TinyClassifier'.*model_only=True"):
+        Trainer.from_checkpoint(tmp_path / "custom" / BEST_CHECKPOINT)
+
+
 # ------------------------------------------------------------------------------- precision, UI
 
 

@@ -432,8 +432,8 @@ class Trainer:
         """Train until config.max_epochs or early stopping; returns the History.
 
         resume_from: a checkpoint (e.g. run_dir/last.pt) to continue from exactly where it was
-        written. A fresh run (nothing trained yet, no resume) first seeds torch with
-        config.seed, so dropout draws are reproducible.
+        written (a run that stopped early stays stopped). A fresh run (nothing trained yet, no
+        resume) first seeds torch with config.seed, so dropout draws are reproducible.
         """
         self._ensure_scheduler(train_loader)
         if resume_from is not None:
@@ -549,7 +549,37 @@ class Trainer:
         optimizer, scheduler, scaler, RNG states, epoch, history and early-stopping state too,
         so that fit() continues the run exactly.
         """
-        state = load_checkpoint(path, map_location=self.device)
+        # On the CPU: RNG states must be CPU tensors; load_state_dict moves the rest to the
+        # parameters' device.
+        state = load_checkpoint(path, map_location="cpu")
+        self._restore(state, path, model_only)
+        return state
+
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, **kwargs: Any) -> Trainer:
+        """A Trainer around the reference model (create_model) a checkpoint was trained with,
+        its weights loaded: for evaluate() and predict(). kwargs go to Trainer (device, ...).
+
+        To continue training instead, build the Trainer and call fit(..., resume_from=path).
+        """
+        from fbdl_fast.models import create_model
+
+        state = load_checkpoint(path, map_location="cpu")
+        require_keys(state, ("model", "config"), path)
+        name = state.get("model_name")
+        if name is None:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds a {state.get('model_class')!r}, not a model "
+                f"create_model() can build; construct it yourself and call "
+                f"Trainer(model, config).load_checkpoint(path, model_only=True)"
+            )
+        config = ModelConfig.from_dict(state["config"])
+        kwargs.setdefault("label_map", state.get("label_map"))
+        trainer = cls(create_model(name, config), config, **kwargs)
+        trainer._restore(state, path, model_only=True)
+        return trainer
+
+    def _restore(self, state: dict[str, Any], path: PathLike, model_only: bool) -> None:
         require_keys(
             state,
             ("model",)
@@ -564,10 +594,10 @@ class Trainer:
                 f"checkpoint {str(path)!r} does not fit this model "
                 f"({type(self.model).__name__}): {exc}"
             ) from exc
-        if "label_map" in state and self.label_map is None:
-            self.label_map = state["label_map"]
+        if self.label_map is None:
+            self.label_map = state.get("label_map")
         if model_only:
-            return state
+            return
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"] is not None:
             if self.scheduler is not None:
@@ -581,7 +611,6 @@ class Trainer:
         self.global_step = int(state.get("global_step", 0))
         self.history = History.from_dict(state["history"])
         self._bad_epochs = int(state.get("early_stopping", {}).get("bad_epochs", 0))
-        return state
 
 
 # The product design's name.
