@@ -323,6 +323,10 @@ def test_mha_matches_torch_with_padding(triton, batch_first, float_mask):
     assert_close(out, ref)
     for grad, ref_grad in zip(grads, ref_grads):
         assert_close(grad, ref_grad)
+    # In training the module's dropout reaches the kernel: the result changes.
+    ours.train()
+    dropped, _ = ours(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)
+    assert not torch.allclose(dropped, out)
 
 
 def test_mha_cross_attention_with_kdim_vdim_and_causal_hint(triton):

@@ -31,7 +31,6 @@ input_precision="ieee" (exact, like torch's fp32 matmul, not TF32).
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -453,6 +452,8 @@ def attention_forward(
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
+    # ops/attention.py checks these for users; this guards direct calls.
+    assert D in HEAD_DIMS and q.dtype in DTYPES, f"head dim {D} / dtype {q.dtype} not supported"
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     mask, smb, smn = _mask_args(key_mask, q)
@@ -549,9 +550,4 @@ def attention_backward(
     return dq, dk, dv
 
 
-def default_scale(head_dim: int) -> float:
-    """torch's default softmax scale, 1 / sqrt(D)."""
-    return 1.0 / math.sqrt(head_dim)
-
-
-__all__ = ["DTYPES", "HEAD_DIMS", "attention_backward", "attention_forward", "default_scale"]
+__all__ = ["DTYPES", "HEAD_DIMS", "attention_backward", "attention_forward"]
