@@ -58,7 +58,6 @@ BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 METRICS_LOG = "metrics.jsonl"
 PathLike = Union[str, "os.PathLike[str]"]
-Batch = Mapping[str, torch.Tensor]
 
 
 @dataclass
@@ -141,13 +140,13 @@ def _interval_of(scheduler: Any) -> str:
 
 def _label_map_state(label_map: Any) -> Any:
     """A label map as plain data for the checkpoint (LabelMap objects expose to_dict())."""
-    if label_map is None or isinstance(label_map, (str, int, float)):
-        return label_map
+    if label_map is None:
+        return None
     if hasattr(label_map, "to_dict"):
         return label_map.to_dict()
     if isinstance(label_map, Mapping):
         return dict(label_map)
-    if isinstance(label_map, Sequence):
+    if isinstance(label_map, Sequence) and not isinstance(label_map, str):
         return list(label_map)
     raise TypeError(
         f"label_map of type {type(label_map).__name__} cannot be saved; accepted: a "
