@@ -45,7 +45,7 @@ MAX_BLOCK_C = 4096
 # Rows per program for narrow heads (C = 5 would otherwise leave most lanes idle).
 ROW_ELEMENTS = 1024
 MAX_BLOCK_R = 64
-Q_MIN = 1.1754943508222875e-38  # smallest normal fp32
+Q_MIN = tl.constexpr(1.1754943508222875e-38)  # smallest normal fp32 (a constexpr: jit globals must be)
 
 
 @triton.jit
