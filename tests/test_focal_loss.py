@@ -4,6 +4,9 @@ the reference against F.cross_entropy and hand-computed values, gradcheck, argum
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from typing import Any, Optional
 
 import pytest
@@ -91,9 +94,7 @@ def test_kernel_matches_reference_over_class_counts(triton: None, n: int, c: int
 
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("alpha", [None, 0.25, "tensor", "0-dim"])
-@pytest.mark.parametrize(
-    ("weighted", "smoothing"), [(False, 0.0), (True, 0.0), (True, 0.2), (False, 0.3)]
-)
+@pytest.mark.parametrize(("weighted", "smoothing"), [(False, 0.0), (True, 0.0), (True, 0.2)])
 def test_kernel_matches_reference_over_options(
     triton: None, reduction: str, alpha: Any, weighted: bool, smoothing: float
 ) -> None:
@@ -387,3 +388,45 @@ def test_kernel_backward_twice_is_refused(triton: None) -> None:
     assert_close(x.grad, expected_grad)
     with pytest.raises(RuntimeError, match="backward ran twice"):
         loss.backward()
+
+
+_COMPILE_FOR_H100 = """
+import inspect
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from fbdl_fast.kernels.focal_loss import _focal_loss_kernel as kernel
+
+names = list(inspect.signature(kernel.fn).parameters)
+ok = 0
+for dtype, block_r, block_c in (("bf16", 1, 4096),):
+    signature = dict.fromkeys(names, "i32")
+    signature.update(z_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", y_ptr="*i64", w_ptr="*fp32",
+                     a_ptr="*fp32", loss_ptr="*fp32", row_weight_ptr="*fp32", z_stride="i64",
+                     grad_stride="i64", gamma="fp32", alpha_scale="fp32", smoothing="fp32")
+    constants = dict(HAS_WEIGHT=True, HAS_ALPHA=True, HAS_SMOOTHING=True, COMPUTE_GRAD=True,
+                     BLOCK_R=block_r, BLOCK_C=block_c)
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()})
+    compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    ok += ".entry _focal_loss_kernel" in compiled.asm["ptx"] and "cubin" in compiled.asm
+print("compiled", ok)
+"""
+
+
+@pytest.mark.slow
+def test_kernel_compiles_for_a_gpu(tmp_path: Any) -> None:
+    # The interpreter runs the kernel as Python and misses what only the compiler rejects (e.g.
+    # a non-constexpr global). Compile it for an H100 (sm_90) without a GPU, in a fresh process
+    # because Triton cannot compile in a process that imported it in interpreter mode.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_FOR_H100],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-2:] == ["compiled", "1"], result.stdout
