@@ -89,6 +89,8 @@ pub struct Tokenizer {
     pub special: SpecialTokens,
     /// Special tokens present in the vocabulary, longest first, matched in the raw text.
     added: Vec<(String, u32)>,
+    /// `first_byte[b]`: some special token starts with byte `b` (a quick skip while scanning).
+    first_byte: [bool; 256],
     pad_id: Option<u32>,
     cls_id: Option<u32>,
     sep_id: Option<u32>,
@@ -117,6 +119,10 @@ impl Tokenizer {
             .filter_map(|t| vocab.id(&t).map(|id| (t, id)))
             .collect();
         added.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        let mut first_byte = [false; 256];
+        for (t, _) in &added {
+            first_byte[t.as_bytes()[0] as usize] = true;
+        }
         let mut special_ids: Vec<u32> = added.iter().map(|&(_, id)| id).collect();
         special_ids.sort_unstable();
         let social = match &pre_tokenizer {
@@ -132,6 +138,7 @@ impl Tokenizer {
             model,
             special,
             added,
+            first_byte,
             special_ids,
             social,
         })
@@ -189,10 +196,13 @@ impl Tokenizer {
         let bytes = text.as_bytes();
         let mut i = from;
         while i < bytes.len() {
-            // Every candidate starts with some special token's first byte: skip quickly to one.
-            let b = bytes[i];
+            // Skip quickly to a byte that starts some special token, then try them longest first.
+            match bytes[i..].iter().position(|&b| self.first_byte[b as usize]) {
+                Some(k) => i += k,
+                None => return None,
+            }
             for (t, id) in &self.added {
-                if t.as_bytes()[0] == b && bytes[i..].starts_with(t.as_bytes()) {
+                if bytes[i..].starts_with(t.as_bytes()) {
                     return Some((i, i + t.len(), *id));
                 }
             }
