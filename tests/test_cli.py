@@ -1,0 +1,302 @@
+"""The `fbdl-fast` command line, called in-process through cli.main(argv)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fbdl_fast.cli import build_parser, format_table, main
+from fbdl_fast.synthetic import generate_posts
+
+TINY_MODEL = [
+    "--model",
+    "cnn",
+    "--input-dim",
+    "16",
+    "--hidden-dim",
+    "16",
+    "--num-layers",
+    "1",
+    "--num-heads",
+    "2",
+    "--vocab-size",
+    "200",
+    "--max-length",
+    "32",
+    "--quiet",
+]
+RUN_FILES = {
+    "config.json",
+    "tokenizer.json",
+    "label_map.json",
+    "best.pt",
+    "last.pt",
+    "metrics.jsonl",
+}
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["message", "sentiment"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(posts CSV, run folder) of a tiny CNN trained for 2 epochs through the CLI."""
+    root = tmp_path_factory.mktemp("cli")
+    posts = generate_posts(160, seed=1)
+    data = write_csv(root / "posts.csv", list(zip(posts.texts, posts.labels)))
+    run = root / "runs" / "tiny"
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--text-column",
+        "message",
+        "--label-column",
+        "sentiment",
+        "--epochs",
+        "2",
+        "--output",
+        str(run),
+        *TINY_MODEL,
+    ]
+    assert main(argv) == 0
+    return data, run
+
+
+def test_train_writes_a_complete_run_folder(trained: tuple[Path, Path]) -> None:
+    from fbdl_fast.checkpoint import load_checkpoint
+    from fbdl_fast.tokenizer import Tokenizer
+
+    _, run = trained
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert [p.name for p in run.parent.iterdir()] == ["tiny"]  # no temporary folder left behind
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["model"] == "cnn"
+    assert meta["data"]["text_column"] == "message"
+    assert meta["model_config"]["num_classes"] == 4
+    tokenizer = Tokenizer.from_file(str(run / "tokenizer.json"))
+    assert meta["model_config"]["vocab_size"] == tokenizer.vocab_size
+    labels = json.loads((run / "label_map.json").read_text())["labels"]
+    assert labels == ["negative", "neutral", "positive", "spam"]
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2]
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and last["label_map"] == {"labels": labels}
+
+
+def test_train_refuses_a_non_empty_run_folder(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = trained
+    before = (run / "last.pt").read_bytes()
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--text-column",
+        "message",
+        "--label-column",
+        "sentiment",
+        "--epochs",
+        "1",
+        "--output",
+        str(run),
+        *TINY_MODEL,
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"run folder {run} already exists and is not empty" in err and "--overwrite" in err
+    assert (run / "last.pt").read_bytes() == before
+
+
+def test_train_overwrite_replaces_the_run(tmp_path: Path) -> None:
+    posts = generate_posts(48, seed=2)
+    data = write_csv(tmp_path / "p.csv", list(zip(posts.texts, posts.labels)))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "old.txt").write_text("previous run")
+    argv = [
+        "train",
+        "--data",
+        str(data),
+        "--text-column",
+        "message",
+        "--label-column",
+        "sentiment",
+        "--epochs",
+        "1",
+        "--output",
+        str(run),
+        "--overwrite",
+        *TINY_MODEL,
+    ]
+    assert main(argv) == 0
+    assert {p.name for p in run.iterdir()} == RUN_FILES
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "run"]
+
+
+def test_evaluate_and_predict_agree(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, run = trained
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_samples"] == 160 and report["checkpoint"] == "best.pt"
+    out = tmp_path / "preds.jsonl"
+    assert (
+        main(["predict", "--run", str(run), "--data", str(data), "--output", str(out), "--quiet"])
+        == 0
+    )
+    preds = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    with open(data, newline="", encoding="utf-8") as f:
+        truth = list(csv.DictReader(f))
+    assert [p["text"] for p in preds] == [row["message"] for row in truth]  # input order kept
+    hits = sum(p["label"] == row["sentiment"] for p, row in zip(preds, truth))
+    assert hits / len(truth) == pytest.approx(report["accuracy"], abs=1e-9)
+    for p in preds:
+        probs = p["probabilities"]
+        assert math.isclose(sum(probs.values()), 1.0, abs_tol=1e-4)
+        assert p["label"] == max(probs, key=probs.__getitem__)
+        assert p["probability"] == probs[p["label"]]
+
+
+def test_predict_text_and_csv_output(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = trained
+    texts = ["win a FREE phone!!! https://bit.ly/x", "i looove this 😍"]
+    assert main(["predict", "--run", str(run), "--text", texts[0], "--text", texts[1]]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["text"] for row in lines] == texts
+    out = tmp_path / "p.csv"
+    assert main(["predict", "--run", str(run), "--text", texts[1], "--output", str(out)]) == 0
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == [
+        "text",
+        "label",
+        "probability",
+        "prob_negative",
+        "prob_neutral",
+        "prob_positive",
+        "prob_spam",
+    ]
+    assert rows[1][0] == texts[1] and rows[1][1] == lines[1]["label"]
+    assert main(["predict", "--run", str(run), "--text", "x", "--output", str(out)]) == 2
+    assert "already exists; pass --overwrite" in capsys.readouterr().err
+
+
+def test_evaluate_unknown_label_names_it_and_its_line(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, run = trained
+    data = write_csv(tmp_path / "eval.csv", [("good stuff", "positive"), ("grr", "angry")])
+    assert main(["evaluate", "--run", str(run), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown label 'angry'" in err and "line 3 of" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["train", "--data", "{tmp}/missing.csv"], "posts file {tmp}/missing.csv does not exist"),
+        (
+            ["evaluate", "--run", "{tmp}/norun", "--data", "x.csv"],
+            "run folder {tmp}/norun does not exist",
+        ),
+        (["predict", "--run", "{tmp}"], "give either --data FILE or --text TEXT"),
+        (
+            ["train", "--data", "{tmp}/p.csv", "--input-dim", "10", "--num-heads", "3"],
+            "input_dim=10 is not divisible by num_heads=3",
+        ),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
+) -> None:
+    posts = generate_posts(20, seed=0)
+    write_csv(tmp_path / "p.csv", list(zip(posts.texts, posts.labels)))
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if argv[0] == "train":
+        argv += ["--text-column", "message", "--label-column", "sentiment", "--quiet"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert needle.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def test_demo_quick_prints_the_comparison_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--quick", "--samples", "64", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == (
+        "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss |"
+    )
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:5]]
+    assert [r[0] for r in rows] == ["Transformer", "LSTM", "CNN"]
+    for _, params, seconds, *scores in rows:
+        assert re.fullmatch(r"\d{1,3}(,\d{3})+", params)
+        assert re.fullmatch(r"\d+\.\d\ds", seconds) and float(seconds[:-1]) > 0
+        train_acc, val_acc, train_loss, val_loss = map(float, scores)
+        assert 0 <= train_acc <= 1 and 0 <= val_acc <= 1
+        assert 0 < train_loss < 20 and 0 < val_loss < 20
+
+
+def test_format_table_matches_the_design_layout() -> None:
+    row = {
+        "model": "CNN",
+        "parameters": 1234567,
+        "training_time_s": 25.671,
+        "train_acc": 0.90564,
+        "val_acc": 0.8987,
+        "train_loss": 0.26781,
+        "val_loss": 0.2789,
+    }
+    assert format_table([row]).splitlines() == [
+        "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss |",
+        "|-------|------------|---------------|-----------|---------|------------|----------|",
+        "| CNN | 1,234,567 | 25.67s | 0.9056 | 0.8987 | 0.2678 | 0.2789 |",
+    ]
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["train"], ["evaluate"], ["predict"], ["bench"]])
+def test_help_exits_0_and_describes_the_command(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: fbdl-fast {' '.join(command)}".rstrip())
+    if command == ["train"]:
+        assert "--text-column" in out and "--overwrite" in out
+
+
+def test_every_subcommand_is_registered() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(sub.choices) == ["bench", "demo", "evaluate", "predict", "train"]
+
+
+def test_bench_dry_run_prints_the_pytest_command(capsys: pytest.CaptureFixture[str]) -> None:
+    benches = Path(__file__).resolve().parents[1] / "benches"
+    assert main(["bench", "--benches", str(benches), "--dry-run", "--", "-k", "layer"]) == 0
+    out = capsys.readouterr().out.split()
+    assert out[1:] == ["-m", "pytest", str(benches), "--benchmark-only", "-k", "layer"]
+
+
+def test_python_m_fbdl_fast() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "fbdl_fast", "nope"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "invalid choice: 'nope'" in result.stderr
