@@ -235,7 +235,18 @@ def reference(
 
 class FocalLossFunction(torch.autograd.Function):
     """The fused kernel: forward writes the loss and the logit gradient in one launch; backward
-    scales that gradient by the incoming one. alpha and weight are constants here."""
+    scales that gradient by the incoming one. alpha and weight are constants here.
+
+    Memory design notes. Forward keeps one (N, C) tensor, the gradient, in the logits' dtype.
+    Backward scales it in place and returns it, so the logits' .grad takes over the buffer and
+    forward + backward peak at one (N, C) tensor beyond the logits (the reference holds
+    log-probabilities, their gradient and the logits' gradient). Considered and rejected:
+    writing the gradient into the logits themselves (Liger's cross-entropy; it corrupts
+    autograd when the logits are saved by another op, Liger issues #272/#1251); an out-of-place
+    product in backward (two (N, C) tensors at the peak); returning the saved gradient only when
+    grad_output == 1 (a device sync, and never true under AMP's loss scaling). The price of the
+    in-place scale is that a second backward through the same graph is refused with an error.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
