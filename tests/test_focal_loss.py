@@ -237,13 +237,16 @@ def test_all_rows_ignored_is_zero_without_nan(
     assert torch.equal(grad, torch.zeros_like(grad))
 
 
-def test_ignored_rows_count_for_nothing(triton: None) -> None:
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_ignored_rows_count_for_nothing(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+    monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
     logits, target = _problem(9, 4, ignored=3)
     weight = torch.rand(4) + 0.5
-    kept = focal_loss(logits[3:], target[3:], weight=weight)
+    kept = focal_loss(logits[3:], target[3:], weight=weight, label_smoothing=0.1)
     logits_changed = logits.clone()
-    logits_changed[:3] = 100 * torch.randn(3, 4)  # whatever ignored rows hold
-    both = focal_loss(logits_changed, target, weight=weight)
+    logits_changed[:2] = 100 * torch.randn(2, 4)  # whatever ignored rows hold,
+    logits_changed[2] = float("nan")  # even NaN, as in F.cross_entropy
+    both = focal_loss(logits_changed, target, weight=weight, label_smoothing=0.1)
     assert_close(both, kept)
     _, grad, _ = _value_and_grad(focal_loss, logits, target)
     assert torch.equal(grad[:3], torch.zeros(3, 4))

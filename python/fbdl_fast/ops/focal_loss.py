@@ -214,9 +214,8 @@ def reference(
     if label_smoothing > 0:
         # torch's label-smoothed cross-entropy: (1 - s) * nll + s / C * sum_c w_c * -log p_c
         all_classes = -(logp * w).sum(-1) if w is not None else -logp.sum(-1)
-        smooth_ce = (1 - label_smoothing) * smooth_ce + (
-            label_smoothing / n_classes * all_classes * live
-        )
+        all_classes = torch.where(live, all_classes, torch.zeros_like(all_classes))
+        smooth_ce = (1 - label_smoothing) * smooth_ce + label_smoothing / n_classes * all_classes
     # 1 - p_y without cancellation; clamped at the smallest normal so gamma < 1 stays finite.
     q = (-torch.expm1(logp_y)).clamp_min(torch.finfo(z.dtype).tiny)
     loss = q.pow(gamma) * smooth_ce
@@ -225,7 +224,8 @@ def reference(
         loss = loss * (a[y_safe] if a.dim() == 1 else a)
     elif alpha is not None:
         loss = loss * alpha
-    loss = loss * live
+    # Ignored rows are 0 whatever their logits hold (as in F.cross_entropy); bad targets NaN.
+    loss = torch.where(live, loss, torch.zeros_like(loss))
     loss = torch.where(counted & ~in_range, torch.full_like(loss, float("nan")), loss)
     return _reduce(loss, w_y, reduction, target.shape).to(input.dtype)
 
