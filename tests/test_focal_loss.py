@@ -378,6 +378,21 @@ def test_module_rejects_bad_config_at_construction() -> None:
         FocalLoss(gamma=-0.5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_keeps_one_logit_sized_tensor_for_backward(triton: None, dtype: torch.dtype) -> None:
+    # The design's memory rule: between forward and backward only the gradient (N, C), in the
+    # logits' dtype, is kept; no probabilities. The reference keeps its log-probabilities.
+    logits, target = _problem(8, 300, dtype)
+    x = logits.clone().requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        loss = focal_loss(x, target, weight=torch.rand(300), label_smoothing=0.1)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert [(tuple(t.shape), t.dtype) for t in big] == [((8, 300), dtype)]
+    (grad,) = torch.autograd.grad(loss, x)
+    assert grad.data_ptr() == big[0].data_ptr()  # backward scaled it in place and handed it on
+
+
 def test_kernel_backward_twice_is_refused(triton: None) -> None:
     # The kernel path hands its saved gradient to .grad (scaled in place): a second backward
     # through the same graph must fail loudly, not return a twice-scaled gradient.
