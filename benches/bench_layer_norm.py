@@ -10,14 +10,15 @@ memory_ratio_vs_torch, and on every device the MiB autograd keeps for backward (
 
 Problem: M rows of hidden N, eps 1e-5, affine. On CUDA M = 16384 (e.g. 32 posts of 512 tokens),
 fp16, bf16 and fp32. On a CPU M shrinks so M·N <= 2**16, keeping the smoke run (--benchmark-disable,
-each benchmark once) quick; the interpreter is switched off there, since it is a correctness tool,
-not something to time.
+each benchmark once) quick; the interpreter is switched off there (a correctness tool, not
+something to time) and torch runs on one thread (steadier on a shared machine; recorded).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Callable, Optional
 
 import pytest
@@ -34,10 +35,18 @@ VARIANTS = ("fbdl_fast", "torch")
 
 
 @pytest.fixture(autouse=True)
-def _dispatch_as_users_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def _dispatch_as_users_get_it(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
     if not CUDA:
         monkeypatch.setenv("TRITON_INTERPRET", "0")
+        # One thread: on a shared machine a parallel region waits for its slowest thread, and
+        # descheduled workers turned medians of 0.1 ms into 60 ms.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(threads)
+    else:
+        yield
 
 
 def _rows(hidden: int) -> int:
@@ -74,14 +83,19 @@ def _step(
     return step
 
 
-def _median_seconds(step: Callable[[], None], repeats: int = 20) -> float:
-    step()  # warm-up: compiles the kernel on first use
-    times = []
+def _paired_medians(
+    step_a: Callable[[], None], step_b: Callable[[], None], repeats: int = 30
+) -> tuple[float, float]:
+    """Median seconds of each step, timed alternately so that load from other processes on the
+    machine falls on both alike."""
+    step_a(), step_b()  # warm-up: compiles the kernel on first use
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for step, bucket in ((step_a, times[0]), (step_b, times[1])):
+            start = time.perf_counter()
+            step()
+            bucket.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _peak_mib(step: Callable[[], None]) -> Optional[float]:
@@ -137,6 +151,7 @@ def bench_layer_norm(benchmark, hidden: int, dtype: torch.dtype, mode: str, vari
         role="reference" if variant == "torch" else "candidate",
         shape=list(x.shape),
         device=DEVICE,
+        threads=torch.get_num_threads(),
         path=ln_op.explain(x, (hidden,), module.weight, module.bias).path
         if variant == "fbdl_fast"
         else "torch",
@@ -145,9 +160,8 @@ def bench_layer_norm(benchmark, hidden: int, dtype: torch.dtype, mode: str, vari
     )
     if variant == "fbdl_fast" and not benchmark.disabled:
         # Ratios measured here, in the same run, so they hold whatever else the machine does.
-        ours_s = _median_seconds(step)
         torch_step = _step(modules["torch"], x, dy, backward)
-        torch_s = _median_seconds(torch_step)
+        ours_s, torch_s = _paired_medians(step, torch_step)
         torch_peak = _peak_mib(torch_step)
         ours_peak = benchmark.extra_info["peak_memory_mib"]
         benchmark.extra_info.update(

@@ -315,11 +315,13 @@ def backward(
     programs = _backward_programs(x, rows)
     rows_per_program = -(-rows // programs) if rows else 0
     programs = -(-rows // rows_per_program) if rows else 0
-    # fp32 partial sums, one row per program; zeros so that no rows give zero gradients.
-    dw_part = torch.zeros(
+    # fp32 partial sums, one row per program, each written whole by its program; zeros when
+    # there are no rows (and so no programs): the gradients of an empty batch are zero.
+    alloc = torch.empty if rows else torch.zeros
+    dw_part = alloc(
         (max(programs, 1), n) if compute_dw else (1,), dtype=torch.float32, device=x.device
     )
-    db_part = torch.zeros(
+    db_part = alloc(
         (max(programs, 1), n) if compute_db else (1,), dtype=torch.float32, device=x.device
     )
     if rows > 0:

@@ -14,7 +14,10 @@ fbdl_fast.nn.LayerNorm returns the same dtypes as the torch.nn one under autocas
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
+import operator
 from collections.abc import Sequence
 from typing import Optional, Union
 
@@ -74,18 +77,28 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 def _as_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
-    if isinstance(normalized_shape, int):
+    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
         return (normalized_shape,)
-    try:
-        shape = tuple(normalized_shape)
-    except TypeError:
-        shape = None
-    if not shape or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape):
+    shape = None
+    with contextlib.suppress(TypeError):  # not iterable, or unhashable items
+        given = normalized_shape  # a tuple already for modules' normalized_shape and Size
+        shape = _valid_shape(given if isinstance(given, tuple) else tuple(given))
+    if shape is None:
         raise ValueError(
             f"normalized_shape must be an int or a non-empty sequence of ints, "
             f"got {normalized_shape!r}"
         )
     return shape
+
+
+@functools.lru_cache(maxsize=64)  # checked once per shape, not on every call
+def _valid_shape(shape: tuple) -> Optional[tuple[int, ...]]:
+    if not shape or isinstance(shape, str) or any(isinstance(d, bool) for d in shape):
+        return None
+    try:
+        return tuple(operator.index(d) for d in shape)  # ints, numpy ints, ...
+    except TypeError:
+        return None
 
 
 def _check(
@@ -121,6 +134,8 @@ def _autocast(
     bias: Optional[torch.Tensor],
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Apply torch's autocast rule for layer_norm: fp16/bf16 -> fp32 where autocast lists it."""
+    if x.is_cpu:  # the common case, answered without building x.device
+        return x, weight, bias
     device = x.device.type
     if device not in AUTOCAST_FP32_DEVICES or not _autocast_enabled(device):
         return x, weight, bias
