@@ -77,8 +77,11 @@ class FocalLoss(torch.nn.Module):
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
         self.register_buffer("weight", _as_tensor(weight, "weight"))
-        if alpha is None or (isinstance(alpha, (int, float)) and not isinstance(alpha, bool)):
-            self.alpha = None if alpha is None else float(alpha)
+        # A number stays a number (the same for every class); per-class alpha is a buffer.
+        if alpha is None:
+            self.alpha = None
+        elif isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+            self.alpha = float(alpha)
         else:
             self.register_buffer("alpha", _as_tensor(alpha, "alpha"))
 
@@ -102,9 +105,7 @@ class FocalLoss(torch.nn.Module):
         )
 
 
-def _as_tensor(
-    value: Union[Sequence[float], torch.Tensor, None], name: str
-) -> Optional[torch.Tensor]:
+def _as_tensor(value: object, name: str) -> Optional[torch.Tensor]:
     if value is None or isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (list, tuple)):

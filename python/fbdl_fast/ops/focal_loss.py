@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,7 @@ class FocalLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx,
+        ctx: Any,  # FunctionCtx; carries the attributes set below
         input: torch.Tensor,
         target: torch.Tensor,
         gamma: float,
@@ -288,12 +288,12 @@ class FocalLossFunction(torch.autograd.Function):
         ctx.reduction = reduction
         ctx.input_shape = input.shape
         ctx.consumed = False
-        ctx.save_for_backward(grad, scale)
+        ctx.save_for_backward(grad, scale)  # either may be None
         return out.to(input.dtype)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_output: torch.Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
         if ctx.consumed:
             raise RuntimeError(
                 "focal_loss: backward ran twice through the fused kernel's graph (retain_graph="
