@@ -218,6 +218,7 @@ def test_evaluate_unknown_label_names_it_and_its_line(
             "run folder {tmp}/norun does not exist",
         ),
         (["predict", "--run", "{tmp}"], "give either --data FILE or --text TEXT"),
+        (["demo", "--threads", "0"], "argument --threads: '0' is not a positive integer"),
         (
             ["train", "--data", "{tmp}/p.csv", "--input-dim", "10", "--num-heads", "3"],
             "input_dim=10 is not divisible by num_heads=3",
@@ -238,7 +239,11 @@ def test_user_errors_exit_2_with_a_message(
 
 
 def test_demo_quick_prints_the_comparison_table(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--quick", "--samples", "64", "--quiet"]) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    assert main(["demo", "--quick", "--samples", "64", "--threads", "1", "--quiet"]) == 0
+    assert torch.get_num_threads() == threads  # --threads applies to the command only
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
         "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss |"

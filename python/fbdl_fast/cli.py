@@ -94,9 +94,17 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         help="reference architecture",
     )
     g.add_argument(
-        "--epochs", type=int, default=defaults.get("epochs", 5), help="maximum training epochs"
+        "--epochs",
+        type=_positive_int,
+        default=defaults.get("epochs", 5),
+        help="maximum training epochs",
     )
-    g.add_argument("--batch-size", type=int, default=defaults["batch_size"])
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=defaults["batch_size"],
+        help="posts per training batch",
+    )
     g.add_argument(
         "--lr",
         dest="learning_rate",
@@ -104,7 +112,12 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         default=defaults["learning_rate"],
         help="peak learning rate",
     )
-    g.add_argument("--weight-decay", type=float, default=defaults["weight_decay"])
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        default=defaults["weight_decay"],
+        help="L2 (adam) or decoupled (adamw) weight decay",
+    )
     g.add_argument(
         "--input-dim",
         type=int,
@@ -117,9 +130,14 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         default=defaults["hidden_dim"],
         help="feed-forward width / LSTM hidden size / CNN filters per kernel size",
     )
-    g.add_argument("--num-layers", type=int, default=defaults["num_layers"])
-    g.add_argument("--num-heads", type=int, default=defaults["num_heads"])
-    g.add_argument("--dropout", type=float, default=defaults["dropout"])
+    g.add_argument(
+        "--num-layers",
+        type=int,
+        default=defaults["num_layers"],
+        help="Transformer blocks or LSTM layers",
+    )
+    g.add_argument("--num-heads", type=int, default=defaults["num_heads"], help="attention heads")
+    g.add_argument("--dropout", type=float, default=defaults["dropout"], help="dropout probability")
     g.add_argument(
         "--max-length",
         type=int,
@@ -132,11 +150,18 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         default=defaults["vocab_size"],
         help="tokenizer vocabulary size to train",
     )
+    g.add_argument(
+        "--tokenizer",
+        choices=sorted(TOKENIZER_STYLES),
+        default="social",
+        help="social: hashtags/emoji kept whole, URLs -> [URL], mentions -> [USER]; "
+        "bert: BERT's pre-tokenizer",
+    )
     g.add_argument("--optimizer", default="adamw", help="adam, adamw, sgd, rmsprop, adagrad")
     g.add_argument(
         "--scheduler", default="cosine", help="step, cosine, plateau, one_cycle, or none"
     )
-    g.add_argument("--loss", default="cross_entropy", help="cross_entropy or focal")
+    g.add_argument("--loss", default="cross_entropy", help="cross_entropy, focal or dice")
     g.add_argument(
         "--patience",
         type=int,
@@ -149,6 +174,7 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         default=None,
         help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)",
     )
+    _add_threads_option(g)
 
 
 def _model_config(
@@ -179,10 +205,25 @@ def _model_config(
     )
 
 
-def _train_tokenizer(texts: Sequence[str], vocab_size: int) -> Tokenizer:
+# Tokenizer styles for `train --tokenizer`: "social" keeps #hashtags, emoji sequences and
+# emoticons whole, maps every URL to [URL] and @mention to [USER] (a link is a signal, its random
+# path is not) and shortens elongations ("soooo" and "sooooooo" become one word); "bert" is
+# BERT's plain pre-tokenizer.
+TOKENIZER_STYLES: dict[str, dict[str, Any]] = {
+    "social": {
+        "pre_tokenizer": "social",
+        "replace_urls": True,
+        "replace_mentions": True,
+        "shorten_elongations": True,
+    },
+    "bert": {"pre_tokenizer": "bert"},
+}
+
+
+def _train_tokenizer(texts: Sequence[str], vocab_size: int, style: str = "social") -> Tokenizer:
     from fbdl_fast.tokenizer import Tokenizer
 
-    return Tokenizer.train(list(texts), vocab_size=vocab_size)
+    return Tokenizer.train(list(texts), vocab_size=vocab_size, **TOKENIZER_STYLES[style])
 
 
 def _check_run_target(out: Path, overwrite: bool) -> None:
@@ -308,7 +349,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{len(posts)} posts from {args.data}: {len(train)} train / {len(val)} validation,"
         f" {len(label_map)} classes ({', '.join(map(str, label_map.labels))})",
     )
-    tokenizer = _train_tokenizer(train.texts, args.vocab_size)
+    tokenizer = _train_tokenizer(train.texts, args.vocab_size, args.tokenizer)
     config = _model_config(args, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
     train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
 
@@ -326,6 +367,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "text_column": args.text_column,
                 "label_column": args.label_column,
                 "val_fraction": args.val_fraction,
+                "tokenizer_style": args.tokenizer,
                 "train_posts": len(train),
                 "val_posts": len(val),
             },
@@ -617,8 +659,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ====================
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the examples' line breaks."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks; append a default unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -644,13 +692,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=_positive_int,
         default=None,
         help=f"epochs per model (default {DEMO_FULL['epochs']}; --quick: {DEMO_QUICK['epochs']})",
     )
     p.add_argument(
         "--samples",
-        type=int,
+        type=_positive_int,
         default=None,
         help=f"synthetic posts to generate (default {DEMO_FULL['samples']}; "
         f"--quick: {DEMO_QUICK['samples']})",
@@ -667,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=42, help="seeds the data, split and weights")
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    _add_threads_option(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=cmd_demo)
@@ -759,8 +808,31 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="label column (default: the one the run was trained with)",
     )
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=None, help="default: the run's batch size"
+    )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    _add_threads_option(p)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _add_threads_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads for torch (default: torch's choice, one per core); on a machine "
+        "shared with other jobs, 1 avoids threads waiting on each other",
+    )
 
 
 def _version() -> str:
@@ -787,6 +859,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "quiet", False):
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+    threads = getattr(args, "threads", None)
+    previous_threads = _set_threads(threads) if threads else None
     try:
         return int(args.func(args))
     except _user_errors() as err:
@@ -798,6 +872,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        if previous_threads is not None:  # main() may run in-process: leave torch as found
+            _set_threads(previous_threads)
+
+
+def _set_threads(n: int) -> int:
+    """Set torch's intra-op CPU threads; returns the previous setting."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return previous
 
 
 if __name__ == "__main__":
