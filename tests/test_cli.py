@@ -305,3 +305,17 @@ def test_python_m_fbdl_fast() -> None:
     )
     assert result.returncode == 2
     assert "invalid choice: 'nope'" in result.stderr
+
+
+def test_corrupt_checkpoint_is_a_user_error(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    data, run = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    (broken / "best.pt").write_bytes((run / "best.pt").read_bytes()[:100])  # truncated
+    assert main(["evaluate", "--run", str(broken), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "best.pt" in err and "Traceback" not in err
