@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 from typing import Callable, Optional
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -305,12 +306,26 @@ def test_module_constructor_arguments() -> None:
     assert ln.weight.dtype == torch.float64 and torch.equal(ln.weight, torch.ones(4, 6).double())
 
 
+def test_normalized_shape_forms() -> None:
+    """Whatever F.layer_norm takes as a shape; a float shape is refused, then an equal int one is
+    still accepted (no check is cached by value: 8.0 == 8)."""
+    x = torch.randn(3, 2, 4)
+    expected = F.layer_norm(x, (2, 4))
+    for shape in ((2, 4), [2, 4], torch.Size([2, 4]), range(2, 5, 2), [np.int64(2), 4]):
+        assert torch.equal(layer_norm(x, shape), expected), shape
+    assert torch.equal(layer_norm(x, np.int64(4)), F.layer_norm(x, (4,)))
+    with pytest.raises(ValueError, match=r"got \(4\.0,\)"):
+        layer_norm(x, (4.0,))
+    assert torch.equal(layer_norm(x, (4,)), F.layer_norm(x, (4,)))
+
+
 @pytest.mark.parametrize(
     "args, match",
     [
         ((torch.randn(3, 8), (7,)), r"input of shape \(3, 8\) does not end with normalized_shape"),
         ((torch.randn(8), (2, 8)), r"input of shape \(8,\) does not end"),
         ((torch.randn(3, 8), ()), r"normalized_shape must be an int or a non-empty sequence"),
+        ((torch.randn(3, 8), [8.0]), r"non-empty sequence of ints, got \[8\.0\]"),
         ((torch.randn(3, 8), (8,), torch.ones(7)), r"weight has shape \(7,\)"),
         ((torch.randn(3, 8), (8,), None, torch.ones(2, 4)), r"bias has shape \(2, 4\)"),
     ],

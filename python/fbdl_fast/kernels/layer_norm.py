@@ -24,7 +24,9 @@ backward one pass per row for the two means, then a tile-major pass so each prog
 stays in registers while it walks its rows.
 
 bf16 is loaded and cast to fp32 before any arithmetic (the CPU interpreter holds bf16 as raw 16-bit
-integers and cannot compute in it); outputs are cast back to their tensor's dtype on store.
+integers and cannot compute in it); outputs are rounded to nearest-even into their tensor's dtype
+on store. Rows may have any row and column strides (a stride of 0 too, as in expanded gradients);
+inputs whose rows cannot be viewed as an (M, N) matrix are copied first.
 """
 
 from __future__ import annotations
@@ -232,7 +234,9 @@ def _block(n: int, max_tile: int) -> tuple[int, bool]:
 
 
 def _num_warps(block: int) -> int:
-    return min(max(block // 256, 1), 8)
+    """256 values per warp, 1 to 16 warps: wide rows get more threads so that the backward's
+    five row-wide fp32 vectors fit in registers (Liger uses 16 warps from 8192)."""
+    return min(max(block // 256, 1), 16)
 
 
 @functools.cache
@@ -244,7 +248,8 @@ def _backward_programs(x: torch.Tensor, rows: int) -> int:
     """How many programs share the rows: a few per SM keeps the GPU busy while the partial dw/db
     rows stay few; on the interpreter a handful (it runs them one after another anyway)."""
     if x.is_cuda:
-        return max(1, min(rows, 4 * _sm_count(x.device.index or 0)))
+        index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+        return max(1, min(rows, 4 * _sm_count(index)))
     return max(1, min(rows, 4))
 
 

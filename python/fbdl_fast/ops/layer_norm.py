@@ -15,7 +15,6 @@ fbdl_fast.nn.LayerNorm returns the same dtypes as the torch.nn one under autocas
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import operator
 from collections.abc import Sequence
@@ -77,28 +76,26 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 def _as_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
-    if isinstance(normalized_shape, int) and not isinstance(normalized_shape, bool):
-        return (normalized_shape,)
+    given = normalized_shape
+    if type(given) is int:
+        return (given,)
+    if type(given) in (tuple, torch.Size) and given and all(type(d) is int for d in given):
+        return tuple(given)  # the common case (a module's normalized_shape), checked quickly
     shape = None
-    with contextlib.suppress(TypeError):  # not iterable, or unhashable items
-        given = normalized_shape  # a tuple already for modules' normalized_shape and Size
-        shape = _valid_shape(given if isinstance(given, tuple) else tuple(given))
-    if shape is None:
+    if isinstance(given, bool):
+        pass  # an int to Python, not a size
+    elif hasattr(type(given), "__index__"):  # numpy and other integer scalars
+        shape = (operator.index(given),)  # type: ignore[arg-type]
+    elif not isinstance(given, (str, bytes)):
+        with contextlib.suppress(TypeError):  # not iterable, or items that are not integers
+            shape = tuple(operator.index(d) for d in given)  # type: ignore[union-attr]
+            if any(isinstance(d, bool) for d in given):  # type: ignore[union-attr]
+                shape = None
+    if not shape:
         raise ValueError(
-            f"normalized_shape must be an int or a non-empty sequence of ints, "
-            f"got {normalized_shape!r}"
+            f"normalized_shape must be an int or a non-empty sequence of ints, got {given!r}"
         )
     return shape
-
-
-@functools.lru_cache(maxsize=64)  # checked once per shape, not on every call
-def _valid_shape(shape: tuple) -> Optional[tuple[int, ...]]:
-    if not shape or isinstance(shape, str) or any(isinstance(d, bool) for d in shape):
-        return None
-    try:
-        return tuple(operator.index(d) for d in shape)  # ints, numpy ints, ...
-    except TypeError:
-        return None
 
 
 def _check(
