@@ -70,7 +70,7 @@ impl Tokenizer {
             ));
         }
         if let Some(m) = opts.max_length {
-            if m < n_special.max(1) {
+            if m < n_special + 1 {
                 return Err(Error::Input(format!(
                     "max_length={m} is too small: it must be at least {} (room for the {} \
                      special tokens and one token)",
