@@ -56,7 +56,7 @@ def _check(
     assert type(y.grad_fn).__name__ == TRITON_GRAD_FN, "the Triton path did not run"
     y_ref = ref(view(base64))
     assert y.dtype == base.dtype and y.shape == y_ref.shape
-    dy = torch.randn(y.shape, dtype=y.dtype) if dy is None else dy
+    dy = torch.randn(y.shape, dtype=y.dtype, device=y.device) if dy is None else dy
     y.backward(dy)
     y_ref.backward(dy.double())
     assert_close(y, y_ref)
@@ -255,6 +255,17 @@ def test_cuda_autocast_gives_fp32(triton) -> None:
         y, y_torch = ours(x), F.layer_norm(x, (768,), ours.weight, ours.bias)
     assert y.dtype == y_torch.dtype == FP32
     assert_close(y, y_torch)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("n", [768, 1024, 4096, 8192, 12000])
+@pytest.mark.parametrize("dtype", [FP32, FP16, BF16], ids=str)
+def test_cuda_parity_at_model_sizes(triton, n: int, dtype: torch.dtype) -> None:
+    """On a GPU: the compiled kernels (not the interpreter) at the benchmarked sizes."""
+    ours, ref = _modules(n, dtype, "affine")
+    ours.cuda()
+    ref.cuda()
+    _check(ours, ref, torch.randn(4096, n, dtype=dtype, device="cuda"))
 
 
 def test_gradcheck_reference_float64() -> None:
