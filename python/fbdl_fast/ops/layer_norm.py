@@ -18,7 +18,7 @@ import contextlib
 import math
 import operator
 from collections.abc import Sequence
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,10 +49,10 @@ class LayerNormFunction(torch.autograd.Function):
     """The Triton path. Saves x (not the output), mean and rstd for the backward."""
 
     @staticmethod
-    def forward(
+    def forward(  # type: ignore[override]
         ctx,
         x: torch.Tensor,
-        weight: Optional[torch.Tensor],  # type: ignore[override]
+        weight: Optional[torch.Tensor],
         bias: Optional[torch.Tensor],
         n: int,
         eps: float,
@@ -76,20 +76,20 @@ class LayerNormFunction(torch.autograd.Function):
 
 
 def _as_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
-    given = normalized_shape
+    given: Any = normalized_shape
     if type(given) is int:
         return (given,)
     if type(given) in (tuple, torch.Size) and given and all(type(d) is int for d in given):
         return tuple(given)  # the common case (a module's normalized_shape), checked quickly
-    shape = None
+    shape: Optional[tuple[int, ...]] = None
     if isinstance(given, bool):
         pass  # an int to Python, not a size
     elif hasattr(type(given), "__index__"):  # numpy and other integer scalars
-        shape = (operator.index(given),)  # type: ignore[arg-type]
+        shape = (operator.index(given),)
     elif not isinstance(given, (str, bytes)):
         with contextlib.suppress(TypeError):  # not iterable, or items that are not integers
-            shape = tuple(operator.index(d) for d in given)  # type: ignore[union-attr]
-            if any(isinstance(d, bool) for d in given):  # type: ignore[union-attr]
+            shape = tuple(operator.index(d) for d in given)
+            if any(isinstance(d, bool) for d in given):
                 shape = None
     if not shape:
         raise ValueError(
