@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import (
     BucketBatchSampler,
     LabelMap,
@@ -287,13 +288,34 @@ def test_tokenize_texts_strips_padding_and_truncates() -> None:
     assert [x.tolist() for x in ids] == [[1, 3, 4, 2], [1, 7, 2], [1, 3, 2]]
 
 
+def test_tokenize_texts_matches_the_rust_tokenizer_one_text_at_a_time() -> None:
+    from fbdl_fast.tokenizer import Tokenizer
+
+    posts = generate_posts(50, seed=6)
+    tok = Tokenizer.train(posts.texts, vocab_size=300)
+    ids = tokenize_texts(tok, posts.texts, max_length=16, chunk_size=7)
+    for text, row in zip(posts.texts, ids):
+        alone = tok.encode_batch([text], max_length=16)  # one row: no padding at all
+        assert row.tolist() == alone.input_ids[0].tolist()
+    assert max(len(row) for row in ids) == 16  # some posts were cut to max_length
+
+
 def test_build_dataloaders_yields_contract_batches() -> None:
     posts = generate_posts(64, seed=5)
     train, val = split_posts(posts, val_fraction=0.25, seed=0)
     tok = WordTokenizer(posts.texts)
     label_map = LabelMap.from_labels(posts.labels)
-    # The ModelConfig fields build_dataloaders reads.
-    config = SimpleNamespace(batch_size=8, max_seq_length=12, seed=3, pad_token_id=0)
+    config = ModelConfig(
+        input_dim=16,
+        hidden_dim=16,
+        num_layers=1,
+        num_heads=2,
+        batch_size=8,
+        vocab_size=len(tok.vocab),
+        num_classes=4,
+        max_seq_length=12,
+        seed=3,
+    )
     train_loader, val_loader = build_dataloaders(train, val, tok, label_map, config)
     assert len(train_loader) == 6 and len(val_loader) == 2
     seen = []
