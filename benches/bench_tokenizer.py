@@ -140,7 +140,8 @@ class PythonBert:
 
 @pytest.fixture(scope="module")
 def setup(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    timed = not request.config.getoption("benchmark_disable")
+    option = request.config.getoption
+    timed = not option("benchmark_disable") or option("benchmark_enable")
     tmp = tmp_path_factory.mktemp("vocab")
     n_posts = 20_000 if timed else 500
     bert = _bert_vocab()

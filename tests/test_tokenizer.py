@@ -5,7 +5,9 @@ the property test in test_tokenizer_properties.py."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -241,3 +243,34 @@ def test_errors_are_clear(tmp_path, tiny):
         data = json.loads(tiny.to_str())
         data["pre_tokenizer"] = {"type": "social", "replace_urls": True}
         Tokenizer.from_str(json.dumps(data))
+
+
+def _encode_in_child(tok: Tokenizer, texts: list[str], queue) -> None:
+    queue.put(tok.encode_batch(texts).input_ids.tolist())
+
+
+def test_forked_child_encodes_after_parent_used_threads(trained):
+    """DataLoader workers fork: a pool inherited through fork() has no threads; must not hang."""
+    texts = POSTS * 20
+    before = num_threads()
+    set_num_threads(2)
+    try:
+        expected = trained.encode_batch(texts).input_ids.tolist()  # the parent's pool is running
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        with warnings.catch_warnings():
+            # Python >= 3.12 warns about fork() in a multi-threaded process; that is the point.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            child = ctx.Process(target=_encode_in_child, args=(trained, texts, queue))
+            child.start()
+        result = queue.get(timeout=60)
+        child.join(timeout=60)
+    finally:
+        set_num_threads(before)
+    assert child.exitcode == 0
+    assert result == expected
+
+
+def test_lone_surrogate_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
+        tiny.encode_batch(["ok", "bad \ud800"])

@@ -57,7 +57,13 @@ fn extract_texts(texts: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<PyBackedS
     for (i, item) in texts.try_iter()?.enumerate() {
         let item = item?;
         match item.cast::<PyString>() {
-            Ok(s) => out.push(s.to_owned().try_into()?),
+            Ok(s) => out.push(s.to_owned().try_into().map_err(|e: PyErr| {
+                PyValueError::new_err(format!(
+                    "{what}[{i}] is not valid Unicode text ({}); lone surrogates cannot be \
+                     encoded",
+                    e.value(item.py())
+                ))
+            })?),
             Err(_) => {
                 return Err(PyTypeError::new_err(format!(
                     "{what}[{i}] is {}, expected str",

@@ -178,6 +178,9 @@ const EMOTICONS: &[&str] = &[
     "ಠ_ಠ",
 ];
 
+/// The first characters of `EMOTICONS` (a quick reject before trying the list).
+const EMOTICON_STARTS: &str = ":;=8B<XxD(^-oOT>u@*¯ಠ)";
+
 /// Top-level domains that make a scheme-less "name.tld" a URL.
 const TLDS: &[&str] = &[
     "com", "org", "net", "edu", "gov", "io", "co", "ly", "me", "tv", "info", "biz", "app", "dev",
@@ -232,7 +235,6 @@ impl SocialScanner {
     /// Find the unit starting at byte `i` of `text`, if any: `(kind, end byte)`.
     /// `boundary` says whether the previous character ends a word.
     pub fn match_at(text: &str, i: usize, boundary: bool) -> Option<(Kind, usize)> {
-        let b = text.as_bytes();
         let c = text[i..].chars().next()?;
         if is_emoji_start(c) {
             return Some((Kind::Emoji, i + emoji_len(&text[i..])));
@@ -266,7 +268,7 @@ impl SocialScanner {
                     return Some((Kind::Email, end));
                 }
                 if c.is_ascii_digit() {
-                    if let Some(end) = number_at(b, i) {
+                    if let Some(end) = number_at(text, i) {
                         return Some((Kind::Number, end));
                     }
                 }
@@ -537,7 +539,8 @@ fn email_at(text: &str, i: usize) -> Option<usize> {
 
 /// A number at byte `i`: digits with `,` `.` or `:` separators between digit groups
 /// ("1,000,000", "3.14", "10:30"); not followed by a letter ("2nd" is a word).
-fn number_at(b: &[u8], i: usize) -> Option<usize> {
+fn number_at(text: &str, i: usize) -> Option<usize> {
+    let b = text.as_bytes();
     let mut j = i;
     while j < b.len() && b[j].is_ascii_digit() {
         j += 1;
@@ -564,6 +567,10 @@ fn number_at(b: &[u8], i: usize) -> Option<usize> {
 /// An emoticon at byte `i`, not followed by a letter or digit.
 fn emoticon_at(text: &str, i: usize) -> Option<usize> {
     let rest = &text[i..];
+    let first = rest.chars().next()?;
+    if !EMOTICON_STARTS.contains(first) {
+        return None;
+    }
     let mut best = 0;
     for e in EMOTICONS {
         if e.len() > best && rest.starts_with(e) {
