@@ -284,3 +284,83 @@ pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
         None => Ok(f()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Model, Vocab, WordPiece};
+    use crate::normalize::NormalizerConfig;
+    use crate::tokenizer::{PreTokenizerConfig, SpecialTokens};
+
+    fn tiny() -> Tokenizer {
+        let tokens = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "!",
+        ];
+        let vocab = Vocab::new(tokens.iter().map(|s| s.to_string()).collect()).unwrap();
+        Tokenizer::new(
+            NormalizerConfig::default(),
+            PreTokenizerConfig::Bert,
+            Model::WordPiece(WordPiece::new(vocab, "[UNK]", "##", 100).unwrap()),
+            SpecialTokens::default(),
+        )
+        .unwrap()
+    }
+
+    fn opts(max_length: Option<usize>, padding: Padding) -> BatchOptions {
+        BatchOptions {
+            max_length,
+            padding,
+            truncation: true,
+            add_special_tokens: true,
+            offsets: true,
+        }
+    }
+
+    #[test]
+    fn pads_truncates_and_masks() {
+        let tok = tiny();
+        let out = tok
+            .encode_batch(
+                &["hello world !", "Hello"],
+                &opts(Some(4), Padding::MaxLength),
+            )
+            .unwrap();
+        assert_eq!((out.rows, out.cols), (2, 4));
+        assert_eq!(out.input_ids, [2, 5, 6, 3, 2, 5, 3, 0]);
+        assert_eq!(out.attention_mask, [1, 1, 1, 1, 1, 1, 1, 0]);
+        assert_eq!(out.lengths, [4, 3]);
+        let offsets = out.offsets.unwrap();
+        assert_eq!(&offsets[..8], [0, 0, 0, 5, 6, 11, 0, 0]);
+    }
+
+    #[test]
+    fn identical_for_any_thread_count() {
+        let tok = tiny();
+        let texts: Vec<String> = (0..1000)
+            .map(|i| "hello world ! ".repeat(i % 9) + &"x".repeat(i % 3))
+            .collect();
+        set_num_threads(1).unwrap();
+        let one = tok
+            .encode_batch(&texts, &opts(None, Padding::Longest))
+            .unwrap();
+        set_num_threads(4).unwrap();
+        let four = tok
+            .encode_batch(&texts, &opts(None, Padding::Longest))
+            .unwrap();
+        assert_eq!(one, four);
+    }
+
+    #[test]
+    fn rejects_impossible_requests() {
+        let tok = tiny();
+        let err = tok
+            .encode_batch(&["hello"], &opts(Some(2), Padding::Longest))
+            .unwrap_err();
+        assert!(err.to_string().contains("max_length=2 is too small"));
+        let err = tok
+            .encode_batch(&["hello", "hello world"], &opts(None, Padding::None))
+            .unwrap_err();
+        assert!(err.to_string().contains("lengths range from 3 to 4"));
+        assert!(set_num_threads(0).is_err());
+    }
+}

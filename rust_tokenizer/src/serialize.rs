@@ -260,3 +260,66 @@ pub fn from_bert_vocab(
         special,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HF_JSON: &str = r###"{
+      "version": "1.0", "truncation": null, "padding": null,
+      "added_tokens": [{"id": 0, "content": "[PAD]", "special": true},
+                       {"id": 1, "content": "[UNK]", "special": true}],
+      "normalizer": {"type": "BertNormalizer", "clean_text": true,
+                     "handle_chinese_chars": true, "strip_accents": null, "lowercase": true},
+      "pre_tokenizer": {"type": "BertPreTokenizer"},
+      "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+      "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                "max_input_chars_per_word": 100,
+                "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "hi": 4, "##s": 5}}
+    }"###;
+
+    #[test]
+    fn reads_hf_tokenizer_json() {
+        let tok = from_json(HF_JSON, "test").unwrap();
+        assert_eq!(tok.encode("His [SEP]", true).unwrap(), [2, 4, 5, 3, 3]);
+        assert_eq!(tok.pad_id(), Some(0));
+    }
+
+    #[test]
+    fn our_format_round_trips() {
+        let tok = from_json(HF_JSON, "test").unwrap();
+        let json = to_json(&tok).unwrap();
+        assert!(json.contains("\"format\": \"fbdl_fast.tokenizer\""));
+        let back = from_json(&json, "saved").unwrap();
+        assert_eq!(back.model.vocab().tokens(), tok.model.vocab().tokens());
+        assert_eq!(back.normalizer, tok.normalizer);
+        assert_eq!(
+            back.encode("hi his", true).unwrap(),
+            tok.encode("hi his", true).unwrap()
+        );
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = from_json("{", "x.json").unwrap_err().to_string();
+        assert!(e.starts_with("x.json: not valid JSON"), "{e}");
+        let e = from_json(
+            &HF_JSON.replace("WordPiece\", \"unk", "BPE\", \"unk"),
+            "b.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("the model type is \"BPE\""), "{e}");
+        let e = from_json(
+            r#"{"format": "fbdl_fast.tokenizer", "version": 7}"#,
+            "v.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("format version 7 is not supported"), "{e}");
+        let e = from_json("[]", "a.json").unwrap_err().to_string();
+        assert!(e.contains("not a tokenizer file"), "{e}");
+        let e = read_file("/nonexistent/vocab.txt").unwrap_err();
+        assert!(matches!(e, Error::Io { .. }));
+    }
+}

@@ -409,3 +409,61 @@ fn cleanup(text: &str) -> String {
         .replace(" 've", "'ve")
         .replace(" 're", "'re")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Vocab, WordPiece};
+
+    fn tiny() -> Tokenizer {
+        let tokens = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "!", ",", "don", "'",
+            "t", "un", "##able",
+        ];
+        let vocab = Vocab::new(tokens.iter().map(|s| s.to_string()).collect()).unwrap();
+        Tokenizer::new(
+            NormalizerConfig::default(),
+            PreTokenizerConfig::Bert,
+            Model::WordPiece(WordPiece::new(vocab, "[UNK]", "##", 100).unwrap()),
+            SpecialTokens::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn special_tokens_match_in_raw_text_only_when_exact() {
+        let tok = tiny();
+        assert_eq!(
+            tok.encode("hello[MASK] [mask]", false).unwrap(),
+            [5, 4, 1, 1, 1]
+        );
+        let pieces = tok.pre_tokenize("Hi [SEP]!");
+        assert_eq!(pieces[1], ("[SEP]".to_string(), (3, 8)));
+    }
+
+    #[test]
+    fn offsets_follow_pieces() {
+        let tok = tiny();
+        let (mut ids, mut offs) = (Vec::new(), Vec::new());
+        tok.encode_into(
+            "ÚNABLE, world",
+            &mut Workspace::default(),
+            &mut ids,
+            Some(&mut offs),
+        );
+        assert_eq!(ids, [12, 13, 8, 6]);
+        assert_eq!(offs, [(0, 2), (2, 6), (6, 7), (8, 13)]);
+    }
+
+    #[test]
+    fn decode_glues_continuations_and_cleans_up() {
+        let tok = tiny();
+        assert_eq!(
+            tok.decode(&[2, 12, 13, 8, 6, 7, 3], true).unwrap(),
+            "unable, world!"
+        );
+        assert_eq!(tok.decode(&[9, 10, 11], true).unwrap(), "don't");
+        assert_eq!(tok.decode(&[2, 5], false).unwrap(), "[CLS] hello");
+        assert!(tok.decode(&[99], true).is_err());
+    }
+}
