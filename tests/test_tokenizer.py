@@ -274,3 +274,13 @@ def test_forked_child_encodes_after_parent_used_threads(trained):
 def test_lone_surrogate_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match=r"texts\[1\] is not valid Unicode"):
         tiny.encode_batch(["ok", "bad \ud800"])
+
+
+def test_train_from_files_takes_the_same_options(tmp_path):
+    path = tmp_path / "posts.txt"
+    path.write_text("\n".join(POSTS), encoding="utf-8")
+    options = {"pre_tokenizer": "social", "model": "wordlevel", "lowercase": False}
+    a = Tokenizer.train(POSTS, vocab_size=80, **options)
+    b = Tokenizer.train_from_files([path], vocab_size=80, **options)
+    assert a.get_vocab() == b.get_vocab()
+    assert a.token_to_id("#sale") is not None and a.token_to_id("Loving") is not None

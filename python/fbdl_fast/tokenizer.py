@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
@@ -137,31 +137,14 @@ class Tokenizer:
         others in `special_tokens` (and [URL]/[USER]/[NUM] when the social replace options are
         on). `strip_accents=None` follows `lowercase` (BERT's rule). WordPiece merges need a pair
         to occur `min_frequency` times; word level keeps words seen `min_frequency` times.
+        `pre_tokenizer="social"` keeps URLs, e-mails, @mentions, #hashtags, numbers, emoticons
+        and emoji sequences whole; the replace options turn URLs/e-mails, mentions and numbers
+        into [URL], [USER] and [NUM]; `shorten_elongations` cuts letter runs to three.
         """
         _check_texts(texts, "texts")
-        kwargs = _settings(
-            lowercase=lowercase,
-            strip_accents=strip_accents,
-            clean_text=clean_text,
-            handle_chinese_chars=handle_chinese_chars,
-            unicode_normalization=unicode_normalization,
-            pre_tokenizer=pre_tokenizer,
-            replace_urls=replace_urls,
-            replace_mentions=replace_mentions,
-            replace_numbers=replace_numbers,
-            shorten_elongations=shorten_elongations,
-        )
-        _check_train_args(vocab_size, min_frequency, special_tokens)
         items = texts if isinstance(texts, (list, tuple)) else list(texts)
-        core = _tokenizer.Tokenizer.train(
-            items,
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=list(special_tokens),
-            model=model,
-            **kwargs,
-        )
-        return cls(core)
+        # locals(): the keyword options above, by name (only _TRAIN_OPTIONS are read).
+        return cls._train(items, False, vocab_size, min_frequency, special_tokens, locals())
 
     @classmethod
     def train_from_files(
@@ -174,21 +157,47 @@ class Tokenizer:
         model: Literal["wordpiece", "wordlevel"] = "wordpiece",
         lowercase: bool = True,
         strip_accents: Optional[bool] = None,
+        clean_text: bool = True,
+        handle_chinese_chars: bool = True,
+        unicode_normalization: Optional[Literal["NFC", "NFKC"]] = None,
         pre_tokenizer: Literal["bert", "social"] = "bert",
+        replace_urls: bool = False,
+        replace_mentions: bool = False,
+        replace_numbers: bool = False,
+        shorten_elongations: bool = False,
     ) -> Tokenizer:
         """Like `train`, reading one post per line from each UTF-8 file (read in Rust)."""
         _check_texts(paths, "paths")
-        _check_train_args(vocab_size, min_frequency, special_tokens)
+        items = [os.fspath(p) for p in paths]
+        return cls._train(items, True, vocab_size, min_frequency, special_tokens, locals())
+
+    @classmethod
+    def _train(
+        cls,
+        items: Sequence[str],
+        files: bool,
+        vocab_size: int,
+        min_frequency: int,
+        special_tokens: Sequence[str],
+        options: dict[str, Any],
+    ) -> Tokenizer:
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size={vocab_size!r} must be a positive int")
+        if (
+            isinstance(min_frequency, bool)
+            or not isinstance(min_frequency, int)
+            or min_frequency < 0
+        ):
+            raise ValueError(f"min_frequency={min_frequency!r} must be an int >= 0")
+        _check_texts(special_tokens, "special_tokens")
+        settings = {k: options[k] for k in _TRAIN_OPTIONS}
         core = _tokenizer.Tokenizer.train(
-            [os.fspath(p) for p in paths],
+            items,
             vocab_size=vocab_size,
             min_frequency=min_frequency,
             special_tokens=list(special_tokens),
-            model=model,
-            files=True,
-            **_settings(
-                lowercase=lowercase, strip_accents=strip_accents, pre_tokenizer=pre_tokenizer
-            ),
+            files=files,
+            **settings,
         )
         return cls(core)
 
@@ -365,14 +374,17 @@ class Tokenizer:
         return (Tokenizer.from_str, (self.to_str(),))
 
 
-def _settings(**kwargs: object) -> dict[str, object]:
-    return kwargs
-
-
-def _check_train_args(vocab_size: object, min_frequency: object, special: object) -> None:
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ValueError(f"vocab_size={vocab_size!r} must be a positive int")
-    if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 0:
-        raise ValueError(f"min_frequency={min_frequency!r} must be an int >= 0")
-    if isinstance(special, str):
-        raise TypeError("special_tokens must be a list of str, not a single str")
+# The keyword options of `train`/`train_from_files` forwarded to the compiled trainer.
+_TRAIN_OPTIONS = (
+    "model",
+    "lowercase",
+    "strip_accents",
+    "clean_text",
+    "handle_chinese_chars",
+    "unicode_normalization",
+    "pre_tokenizer",
+    "replace_urls",
+    "replace_mentions",
+    "replace_numbers",
+    "shorten_elongations",
+)
