@@ -37,7 +37,7 @@ test: install lint  ## Every test: cargo test, lint, pytest (benchmarks run once
 
 .PHONY: bench
 bench: install  ## Time the benchmark suites (pytest-benchmark)
-	$(PY) -m pytest benches --benchmark-only
+	$(VENV)/bin/fbdl-fast bench
 
 .PHONY: format
 format: install  ## Format Python and Rust sources

@@ -296,7 +296,15 @@ def test_bench_dry_run_prints_the_pytest_command(capsys: pytest.CaptureFixture[s
     benches = Path(__file__).resolve().parents[1] / "benches"
     assert main(["bench", "--benches", str(benches), "--dry-run", "--", "-k", "layer"]) == 0
     out = capsys.readouterr().out.split()
-    assert out[1:] == ["-m", "pytest", str(benches), "--benchmark-only", "-k", "layer"]
+    assert out[1:] == [
+        "-m",
+        "pytest",
+        str(benches),
+        "--benchmark-enable",
+        "--benchmark-only",
+        "-k",
+        "layer",
+    ]
 
 
 def test_python_m_fbdl_fast() -> None:

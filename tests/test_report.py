@@ -93,3 +93,41 @@ def test_write_report_writes_three_files(tmp_path: Path) -> None:
 def test_chart_rejects_mismatched_labels() -> None:
     with pytest.raises(ValueError, match="2 labels for 1 values"):
         bar_chart_png("t", ["a", "b"], [1.0])
+
+
+FAKE_BENCHES = """
+import time
+
+
+def test_slow(benchmark):
+    benchmark.group = "sleep"
+    benchmark.extra_info.update(variant="slow", role="reference")
+    benchmark.pedantic(time.sleep, args=(0.02,), rounds=3)
+
+
+def test_fast(benchmark):
+    benchmark.group = "sleep"
+    benchmark.extra_info.update(variant="fast", role="candidate")
+    benchmark.pedantic(time.sleep, args=(0.005,), rounds=3)
+"""
+
+
+def test_bench_command_runs_the_suite_and_writes_the_report(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fbdl_fast.cli import main
+
+    benches = tmp_path / "benches"
+    benches.mkdir()
+    (benches / "test_fake.py").write_text(FAKE_BENCHES)
+    out = tmp_path / "report"
+    assert main(["bench", "--benches", str(benches), "--output", str(out), "--", "-q"]) == 0
+    document = json.loads((out / "report.json").read_text())
+    rows = {r["variant"]: r for r in document["results"]}
+    assert rows["slow"]["speedup"] is None
+    # The ratio of the two medians measured in that run (no assertion on the times themselves).
+    expected = rows["slow"]["median_s"] / rows["fast"]["median_s"]
+    assert rows["fast"]["speedup"] == pytest.approx(expected)
+    assert document["machine"]["cores"] >= 1 and document["machine"]["torch"]
+    assert "| sleep | fast |" in capsys.readouterr().out
+    assert (out / "speedups.png").read_bytes()[:4] == b"\x89PNG"

@@ -626,8 +626,11 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
+    import json
+    import tempfile
 
     import fbdl_fast
+    from fbdl_fast import report
 
     candidates = (
         [Path(args.benches)]
@@ -635,26 +638,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
         else [Path.cwd() / "benches", Path(fbdl_fast.__file__).resolve().parents[2] / "benches"]
     )
     benches = next((p for p in candidates if p.is_dir()), None)
+    if benches is None:
+        raise UsageError(
+            f"no benches/ folder found (looked in {', '.join(map(str, candidates))})"
+            "; the benchmarks ship with the source repository: run this from a checkout "
+            "or pass --benches DIR"
+        )
+    output = Path(args.output)
+    # --benchmark-enable: the project's pytest addopts disable benchmarks for the test run.
     command = [
         sys.executable,
         "-m",
         "pytest",
-        str(benches or "benches"),
+        str(benches),
+        "--benchmark-enable",
         "--benchmark-only",
         *args.pytest_args,
     ]
-    if benches is None:
-        raise UsageError(
-            f"no benches/ folder found (looked in {', '.join(map(str, candidates))})"
-            "; the benchmarks ship with the source repository: from a checkout run "
-            "`pytest benches --benchmark-only`"
-        )
     if args.dry_run:
         print(" ".join(command))
         return 0
     if importlib.util.find_spec("pytest_benchmark") is None:
         raise UsageError("pytest-benchmark is not installed; pip install 'fbdl-fast[dev]'")
-    return subprocess.call(command)
+    with tempfile.TemporaryDirectory() as scratch:
+        raw = Path(scratch) / "benchmarks.json"
+        status = subprocess.call([*command, f"--benchmark-json={raw}"])
+        if status != 0:
+            return status
+        rows = report.rows_from_pytest_benchmark(json.loads(raw.read_text()))
+    machine = report.machine_info()
+    paths = report.write_report(rows, machine, output)
+    print(report.markdown_table(rows, machine))
+    print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
 
 
 # ====================
@@ -788,12 +804,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the speed benchmarks (pytest-benchmark)",
         description="Run `pytest benches --benchmark-only` on the benches/ folder of this source "
         "tree: kernel and AMP speedups as ratios against the reference layers, "
-        "measured on this machine. Extra arguments after -- go to pytest.",
+        "measured on this machine, then write a report (markdown table, JSON with every "
+        "figure and the machine's description, PNG bar chart of the speedups). Extra "
+        "arguments after -- go to pytest, e.g. `fbdl-fast bench -- -k layer_norm`.",
     )
     p.add_argument(
         "--benches",
         default=None,
         help="benches folder (default: ./benches or the one beside the installed sources)",
+    )
+    p.add_argument(
+        "--output",
+        default="bench-report",
+        help="folder for report.md, report.json and speedups.png (default: bench-report)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the command, run nothing")
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
