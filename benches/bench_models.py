@@ -12,15 +12,17 @@ Under --benchmark-disable (the test command's smoke run) each step runs once on 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 
 from fbdl_fast import ModelConfig, create_model, patch
+from fbdl_fast.speed import amp_dtype_for, training_step
 
 VOCAB = 30_522  # a BERT-sized vocabulary
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-AMP_DTYPES = (torch.float16, torch.bfloat16) if DEVICE == "cuda" else (torch.bfloat16,)
+AMP_DTYPES = (torch.float16, torch.bfloat16) if DEVICE == "cuda" else (amp_dtype_for(DEVICE),)
 VARIANTS = [("reference", None), ("patched", None)] + [
     (kind, dtype) for dtype in AMP_DTYPES for kind in ("reference", "patched")
 ]
@@ -88,22 +90,7 @@ def bench_training_step(benchmark, name: str, kind: str, amp_dtype: torch.dtype 
     ids, mask, labels = batch
     logit_diff = _max_logit_difference(reference, patched, ids, mask)
     model = patched if kind == "patched" else reference
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler(DEVICE, enabled=amp_dtype is torch.float16)
-
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(
-            DEVICE, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-        ):
-            loss = torch.nn.functional.cross_entropy(model(ids, mask), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        return loss.item()
+    step = training_step(model, ids, mask, labels, amp_dtype=amp_dtype)
 
     benchmark.group = f"train step {name}"
     benchmark.extra_info.update(
@@ -115,4 +102,4 @@ def bench_training_step(benchmark, name: str, kind: str, amp_dtype: torch.dtype 
         max_logit_diff_patched_vs_reference=logit_diff,
     )
     loss = benchmark.pedantic(step, rounds=1 if smoke else 5, warmup_rounds=0 if smoke else 1)
-    assert loss == loss, "training step produced NaN"
+    assert math.isfinite(loss), f"training step produced a non-finite loss {loss}"

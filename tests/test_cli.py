@@ -246,11 +246,14 @@ def test_demo_quick_prints_the_comparison_table(capsys: pytest.CaptureFixture[st
     assert torch.get_num_threads() == threads  # --threads applies to the command only
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == (
-        "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss |"
+        "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss "
+        "| Patched Step | AMP Step |"
     )
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:5]]
     assert [r[0] for r in rows] == ["Transformer", "LSTM", "CNN"]
-    for _, params, seconds, *scores in rows:
+    for _, params, seconds, *scores, patched, amp in rows:
+        assert re.fullmatch(r"\d+\.\d\dx", patched) and float(patched[:-1]) > 0
+        assert re.fullmatch(r"\d+\.\d\dx b?float16", amp) and float(amp.split("x")[0]) > 0
         assert re.fullmatch(r"\d{1,3}(,\d{3})+", params)
         assert re.fullmatch(r"\d+\.\d\ds", seconds) and float(seconds[:-1]) > 0
         train_acc, val_acc, train_loss, val_loss = map(float, scores)
@@ -267,11 +270,16 @@ def test_format_table_matches_the_design_layout() -> None:
         "val_acc": 0.8987,
         "train_loss": 0.26781,
         "val_loss": 0.2789,
+        "patched_speedup": 1.0234,
+        "amp_speedup": 1.5,
+        "amp_dtype": "float16",
     }
     assert format_table([row]).splitlines() == [
-        "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss |",
-        "|-------|------------|---------------|-----------|---------|------------|----------|",
-        "| CNN | 1,234,567 | 25.67s | 0.9056 | 0.8987 | 0.2678 | 0.2789 |",
+        "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss "
+        "| Patched Step | AMP Step |",
+        "|-------|------------|---------------|-----------|---------|------------|----------"
+        "|--------------|----------|",
+        "| CNN | 1,234,567 | 25.67s | 0.9056 | 0.8987 | 0.2678 | 0.2789 | 1.02x | 1.50x float16 |",
     ]
 
 
