@@ -17,9 +17,11 @@ The embedded synthetic dataset lives in fbdl_fast.synthetic; it returns the same
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -28,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
 import numpy as np
 import torch
@@ -42,6 +44,9 @@ Label = Union[str, int]
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
+ENCODING_ERRORS = ("strict", "replace", "ignore")  # what to do with invalid UTF-8 bytes
+MAX_FIELD_CHARS = 1 << 25  # longest CSV field read (32 Mi characters)
+logger = logging.getLogger(__name__)
 
 # ====================
 # Posts and loading
@@ -82,6 +87,14 @@ class Posts:
         )
 
 
+class Post(NamedTuple):
+    """One post as read from a file: its 1-based line, text and label (None: no label column)."""
+
+    line: int
+    text: str
+    label: Optional[Label]
+
+
 def load_posts(
     path: Union[str, os.PathLike[str]],
     text_column: str = "text",
@@ -89,8 +102,9 @@ def load_posts(
     *,
     require_labels: bool = True,
     format: Optional[str] = None,
+    errors: str = "strict",
 ) -> Posts:
-    """Read posts from a CSV, TSV or JSON-lines file.
+    """Read posts from a CSV, TSV or JSON-lines file (all of it; `iter_posts` streams).
 
     Args:
         path: the file; its extension picks the format unless `format` is given.
@@ -99,14 +113,51 @@ def load_posts(
         require_labels: if False, a file without the label column loads with `labels=None`
             (prediction input); a present column must still be filled on every line.
         format: "csv", "tsv" or "jsonl" to override the extension.
+        errors: invalid UTF-8 bytes are an error naming the line ("strict"), or replaced by
+            U+FFFD ("replace") or dropped ("ignore").
 
     Labels are strings or integers; strings that spell an integer ("3") become that integer, so
-    the same labels load identically from CSV and JSONL.
+    the same labels load identically from CSV and JSONL. Empty and whitespace-only texts are kept
+    (the tokenizer turns them into [CLS] [SEP]); their count is logged at INFO level.
 
     Raises:
         FileNotFoundError: the file does not exist.
         ValueError: empty file, missing column, missing text/label value, invalid UTF-8 or JSON;
             the message names the file, the line and what is accepted.
+    """
+    texts: list[str] = []
+    labels: list[Label] = []
+    lines: list[int] = []
+    for post in iter_posts(
+        path,
+        text_column,
+        label_column,
+        require_labels=require_labels,
+        format=format,
+        errors=errors,
+    ):
+        texts.append(post.text)
+        lines.append(post.line)
+        if post.label is not None:
+            labels.append(post.label)
+    has_labels = bool(labels)  # a label column is filled on every line or absent
+    return Posts(texts, labels if has_labels else None, lines, str(path))
+
+
+def iter_posts(
+    path: Union[str, os.PathLike[str]],
+    text_column: str = "text",
+    label_column: Optional[str] = "label",
+    *,
+    require_labels: bool = True,
+    format: Optional[str] = None,
+    errors: str = "strict",
+) -> Iterator[Post]:
+    """The posts of a file one at a time, read incrementally (memory does not grow with the file).
+
+    Same arguments, checks and errors as `load_posts`; an error on line k comes after the posts
+    before it were yielded. Each line is decoded on its own, so an invalid byte is reported with
+    its line number.
     """
     path = Path(path)
     fmt = format or FORMATS.get(path.suffix.lower())
@@ -116,61 +167,102 @@ def load_posts(
             f"(format={format!r}); accepted: {', '.join(sorted(FORMATS))} "
             "or format='csv'|'tsv'|'jsonl'"
         )
+    if errors not in ENCODING_ERRORS:
+        raise ValueError(
+            f"errors={errors!r} is not supported; accepted: {', '.join(ENCODING_ERRORS)}"
+        )
     if not path.exists():
         raise FileNotFoundError(f"posts file {path} does not exist")
     if path.is_dir():
         raise ValueError(f"posts file {path} is a directory; expected a CSV or JSONL file")
-    text = _read_utf8(path)
-    if not text.strip():
-        raise ValueError(f"posts file {path} is empty; expected a header line and posts")
-    reader = (
-        _read_jsonl
-        if fmt == "jsonl"
-        else partial(_read_csv, delimiter="," if fmt == "csv" else "\t")
-    )
-    texts: list[str] = []
-    labels: list[Label] = []
-    lines: list[int] = []
-    has_labels = label_column is not None
-    for line, record in reader(text, path):
-        if not texts:  # columns are checked once, on the first record
-            has_labels = _check_columns(
-                record, path, line, text_column, label_column, require_labels
-            )
-        texts.append(_text_value(record, text_column, path, line))
-        if has_labels:
-            assert label_column is not None
-            labels.append(_label_value(record.get(label_column), label_column, path, line))
-        lines.append(line)
-    if not texts:
-        raise ValueError(f"posts file {path} has a header but no posts")
-    return Posts(texts, labels if has_labels else None, lines, str(path))
+    count = 0
+    blank: list[int] = []
+    with open(path, "rb") as f:
+        lines = _decoded_lines(f, path, errors)
+        records = (
+            _read_jsonl(lines, path)
+            if fmt == "jsonl"
+            else _read_csv(lines, path, delimiter="," if fmt == "csv" else "\t")
+        )
+        has_labels = label_column is not None
+        for line, record in records:
+            if count == 0:  # columns are checked once, on the first record
+                has_labels = _check_columns(
+                    record, path, line, text_column, label_column, require_labels
+                )
+            text = _text_value(record, text_column, path, line)
+            label = None
+            if has_labels:
+                assert label_column is not None
+                label = _label_value(record.get(label_column), label_column, path, line)
+            if not text.strip():
+                blank.append(line)
+            count += 1
+            yield Post(line, text, label)
+        if count == 0:
+            if f.tell() == 0 or _only_whitespace(path):
+                raise ValueError(f"posts file {path} is empty; expected a header line and posts")
+            raise ValueError(f"posts file {path} has a header but no posts")
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        logger.info(
+            "%s: %d of %d posts are empty or whitespace-only (line %s); they are kept and "
+            "read as empty posts ([CLS] [SEP])",
+            path,
+            len(blank),
+            count,
+            shown,
+        )
 
 
-def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise ValueError(
-            f"posts file {path} is not valid UTF-8: byte 0x{data[err.start]:02x} on "
-            f"line {line} ({err.reason}); save the file as UTF-8"
-        ) from None
+def _only_whitespace(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return all(not chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
 
 
-def _read_csv(text: str, path: Path, delimiter: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _decoded_lines(f: IO[bytes], path: Path, errors: str) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each physical line, decoded on its own.
+
+    Lines are split on b"\\n", which never occurs inside a multi-byte UTF-8 sequence, so the
+    number of a bad byte's line is exact (and JSON strings holding U+2028 stay in one line,
+    which str.splitlines would cut).
+    """
+    for number, raw in enumerate(f, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        try:
+            yield number, raw.decode("utf-8", errors)
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"posts file {path} is not valid UTF-8: byte 0x{raw[err.start]:02x} on "
+                f"line {number} ({err.reason}); save the file as UTF-8, or replace bad "
+                "bytes with U+FFFD (errors='replace', --encoding-errors replace)"
+            ) from None
+
+
+def _read_csv(
+    lines: Iterator[tuple[int, str]], path: Path, delimiter: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
     consumed = 0  # physical lines the csv reader has pulled so far
 
-    def lines() -> Iterator[str]:
+    def pieces() -> Iterator[str]:
         nonlocal consumed
-        for line in io.StringIO(text, newline=""):
-            consumed += 1
-            yield line
+        for number, line in lines:
+            consumed = number
+            if "\r" in line.rstrip("\r\n"):  # old Mac line ends: split as newline="" would
+                yield from io.StringIO(line, newline="")
+            else:
+                yield line
 
-    reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+    # A 1 MB post is one field; the csv module's default cap is 128 KiB. The cap stays finite
+    # so an unclosed quote fails with a message instead of reading the whole file as one field.
+    if csv.field_size_limit() < MAX_FIELD_CHARS:
+        csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(pieces(), delimiter=delimiter, strict=True)
     try:
         header = next(reader, None)
+        while header is not None and not any(field.strip() for field in header):
+            header = next(reader, None)  # blank lines before the header
         if header is None:
             return
         while True:
@@ -184,12 +276,17 @@ def _read_csv(text: str, path: Path, delimiter: str) -> Iterator[tuple[int, dict
             yield start, {name: (row[i] if i < len(row) else None) for i, name in enumerate(header)}
     except csv.Error as err:
         raise ValueError(
-            f"posts file {path} is not valid CSV near line {consumed}: {err}"
+            f"posts file {path} is not valid CSV near line {consumed}: {err} (fields are "
+            f"limited to {MAX_FIELD_CHARS} characters: an unclosed quote?)"
+            if "field limit" in str(err)
+            else f"posts file {path} is not valid CSV near line {consumed}: {err}"
         ) from None
 
 
-def _read_jsonl(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, raw in enumerate(text.splitlines(), start=1):
+def _read_jsonl(
+    lines: Iterator[tuple[int, str]], path: Path
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, raw in lines:
         if not raw.strip():
             continue
         try:
@@ -523,6 +620,15 @@ class BucketBatchSampler(Sampler[list[int]]):
 
     Every index appears exactly once per epoch; only the last batch can be short, and
     drop_last=True drops it.
+
+    Sharded for torch.distributed (num_replicas > 1, rank in [0, num_replicas)): the batches are
+    built exactly as a single process with batch_size * num_replicas builds them (same seed, same
+    epoch), and each is cut into num_replicas near-equal parts; rank r takes part r. So R ranks
+    with batch B see together what one process with batch R*B sees, and a test can compare them.
+    With shuffle (training) every rank yields the same number of batches, as DDP needs: a final
+    batch with fewer posts than ranks repeats its posts so no rank's part is empty. Without
+    shuffle (evaluation) nothing is repeated, every post is seen once, and a rank whose part of
+    the final batch is empty yields one batch fewer.
     """
 
     def __init__(
@@ -533,17 +639,28 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         drop_last: bool = False,
         pool_batches: int = 50,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
         if pool_batches < 1:
             raise ValueError(f"pool_batches={pool_batches!r} is invalid; expected >= 1")
+        if not isinstance(num_replicas, int) or num_replicas < 1:
+            raise ValueError(f"num_replicas={num_replicas!r} is invalid; expected an integer >= 1")
+        if not isinstance(rank, int) or not 0 <= rank < num_replicas:
+            raise ValueError(
+                f"rank={rank!r} is invalid for num_replicas={num_replicas}; expected "
+                f"0..{num_replicas - 1}"
+            )
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
         self.pool_batches = pool_batches
+        self.num_replicas = num_replicas
+        self.rank = rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -551,11 +668,26 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        n, bs = len(self.lengths), self.batch_size * self.num_replicas
+        batches = n // bs if self.drop_last else math.ceil(n / bs)
+        if not self.shuffle and not self.drop_last and n % bs and n % bs <= self.rank:
+            batches -= 1  # this rank's part of the short final batch is empty
+        return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        n, bs = len(self.lengths), self.batch_size
+        if self.num_replicas == 1:
+            yield from self._global_batches()
+            return
+        for batch in self._global_batches():
+            if self.shuffle and len(batch) < self.num_replicas:
+                batch = [batch[i % len(batch)] for i in range(self.num_replicas)]
+            part = np.array_split(np.asarray(batch, dtype=np.int64), self.num_replicas)[self.rank]
+            if len(part):
+                yield part.tolist()
+
+    def _global_batches(self) -> Iterator[list[int]]:
+        """The batches of batch_size * num_replicas posts, before the cut between ranks."""
+        n, bs = len(self.lengths), self.batch_size * self.num_replicas
         if not self.shuffle:
             order = np.argsort(self.lengths, kind="stable")
             batches = [order[i : i + bs] for i in range(0, n, bs)]
@@ -603,10 +735,20 @@ def make_loader(
     seed: int = 0,
     pad_token_id: int = 0,
     drop_last: bool = False,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> DataLoader:
-    """A DataLoader over `dataset` with a BucketBatchSampler and padding `collate`."""
+    """A DataLoader over `dataset` with a BucketBatchSampler and padding `collate`.
+
+    num_replicas / rank shard it for torch.distributed (see BucketBatchSampler)."""
     sampler = BucketBatchSampler(
-        dataset.lengths, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+        dataset.lengths,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        num_replicas=num_replicas,
+        rank=rank,
     )
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_token_id=pad_token_id)
@@ -614,12 +756,19 @@ def make_loader(
 
 
 def build_dataloaders(
-    train: Posts, val: Posts, tokenizer: Tokenizer, label_map: LabelMap, config: ModelConfig
+    train: Posts,
+    val: Posts,
+    tokenizer: Tokenizer,
+    label_map: LabelMap,
+    config: ModelConfig,
+    num_replicas: int = 1,
+    rank: int = 0,
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders: tokenised once, bucketed, padded with config.pad_token_id.
 
     The training order is seeded by config.seed (+ epoch, via set_epoch); validation runs in
-    length order, unshuffled.
+    length order, unshuffled. num_replicas / rank give this rank's shard of both
+    (config.batch_size posts per rank and batch; see BucketBatchSampler).
     """
     max_length = config.max_seq_length
     loaders = []
@@ -634,6 +783,8 @@ def build_dataloaders(
                 shuffle=shuffle,
                 seed=config.seed,
                 pad_token_id=config.pad_token_id,
+                num_replicas=num_replicas,
+                rank=rank,
             )
         )
     return loaders[0], loaders[1]
