@@ -7,10 +7,12 @@ The pipeline, top to bottom:
     train, val = split_posts(posts, val_fraction=0.1, seed=42)
     train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
 
-Each corpus is tokenised once, up front (`tokenize_texts`): a batch then only pads the ids it
-holds, to its own longest post (`collate`). `BucketBatchSampler` puts posts of similar length in
-the same batch, so little padding is computed at all. Its order is a pure function of
-(seed, epoch): resuming a run at epoch k replays exactly the batches an uninterrupted run sees.
+`iter_posts` reads the same files one post at a time (prediction on a file of any size streams
+through it). Each corpus is tokenised once, up front (`tokenize_texts`): a batch then only pads
+the ids it holds, to its own longest post (`collate`). `BucketBatchSampler` puts posts of
+similar length in the same batch, so little padding is computed at all. Its order is a pure
+function of (seed, epoch): resuming a run at epoch k replays exactly the batches an
+uninterrupted run sees.
 
 The embedded synthetic dataset lives in fbdl_fast.synthetic; it returns the same `Posts`.
 """
@@ -18,6 +20,7 @@ The embedded synthetic dataset lives in fbdl_fast.synthetic; it returns the same
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import json
@@ -465,11 +468,22 @@ class LabelMap:
 
 def write_text_atomic(path: Union[str, os.PathLike[str]], text: str) -> None:
     """Write `text` to `path` so a reader sees the old file or the new one, never half of it."""
+    with open_text_atomic(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def open_text_atomic(path: Union[str, os.PathLike[str]]) -> Iterator[IO[str]]:
+    """A UTF-8 text file to write `path` piece by piece, published only when the block succeeds.
+
+    It is a temporary file in the same folder, renamed over `path` at the end of the `with`
+    block; on an exception it is removed and `path` is left as it was.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            yield f
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
@@ -770,6 +784,14 @@ def build_dataloaders(
     length order, unshuffled. num_replicas / rank give this rank's shard of both
     (config.batch_size posts per rank and batch; see BucketBatchSampler).
     """
+    vocab_size = getattr(tokenizer, "vocab_size", None)
+    if vocab_size is not None and vocab_size > config.vocab_size:
+        # ids >= config.vocab_size would index past the model's embedding table
+        raise ValueError(
+            f"tokenizer vocab_size={vocab_size} is larger than the model's "
+            f"config.vocab_size={config.vocab_size}; build the ModelConfig with "
+            "vocab_size=tokenizer.vocab_size"
+        )
     max_length = config.max_seq_length
     loaders = []
     for posts, shuffle in ((train, True), (val, False)):
