@@ -45,7 +45,8 @@ MAX_BLOCK_C = 4096
 # Rows per program for narrow heads (C = 5 would otherwise leave most lanes idle).
 ROW_ELEMENTS = 1024
 MAX_BLOCK_R = 64
-Q_MIN = tl.constexpr(1.1754943508222875e-38)  # smallest normal fp32 (a constexpr: jit globals must be)
+# The smallest normal fp32; a constexpr because globals read inside a jit kernel must be.
+Q_MIN = tl.constexpr(1.1754943508222875e-38)
 
 
 @triton.jit
