@@ -231,9 +231,13 @@ class NanLoss(nn.Module):
 
 
 def test_diverged_training_loss_stops_with_advice() -> None:
-    train_loader, val_loader = loaders(n_train=16)
-    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=2), criterion=NanLoss())
-    with pytest.raises(FloatingPointError, match=r"training loss is nan in epoch 1.*learning_rate"):
+    train_loader, val_loader = loaders(n_train=16)  # 2 steps per epoch
+    trainer = cpu_trainer(
+        TinyClassifier(), tiny_config(max_epochs=3), criterion=NanLoss(), max_nonfinite_steps=3
+    )
+    with pytest.raises(
+        FloatingPointError, match=r"stopped in epoch 2: 3 optimizer steps in a row.*learning_rate"
+    ):
         trainer.fit(train_loader, val_loader)
 
 

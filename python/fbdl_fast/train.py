@@ -19,7 +19,29 @@ Resuming continues exactly: a checkpoint holds the model, optimizer, scheduler, 
 state, the epoch, the early-stopping state and the history, and the trainer calls
 `set_epoch(epoch)` on the loader's sampler / batch sampler when it has one, so data order comes
 from the epoch number and not from leftover RNG state. Epochs are counted from 1 in histories, logs
-and checkpoints (`epoch` = epochs completed); set_epoch receives the 0-based index.
+and checkpoints (`epoch` = epochs completed); set_epoch receives the 0-based index. Resuming
+trims metrics.jsonl back to the checkpoint's epochs, so a run killed at any point and resumed
+from last.pt ends with the same files as an uninterrupted one.
+
+Gradient accumulation (accumulate_steps=N): N loader batches make one optimizer step. Each
+micro-batch's mean loss is weighted by its share of the group's samples, so a group equals one
+batch N times larger (also the shorter last group of an epoch) for losses that average over
+samples (cross-entropy without class weights, focal); schedulers count optimizer steps.
+
+Distributed (torch.distributed initialised, e.g. by fbdl_fast.distributed.init_from_env under
+torchrun): the model is wrapped in DistributedDataParallel; the loaders must give each rank its
+own shard (data.BucketBatchSampler's num_replicas/rank). Losses are weighted by each rank's share
+of the global batch, so R ranks with batch B step exactly as one process with batch R*B; epoch
+metrics are sums and counts reduced over ranks (every rank gets the same numbers, hence the same
+early-stopping and plateau decisions); only rank 0 writes checkpoints and the metrics log.
+
+Non-finite losses: a step whose loss is NaN or infinite (on any rank) is skipped (no optimizer or
+scheduler step) and counted (History.skipped_steps, "skipped_steps" in metrics.jsonl);
+max_nonfinite_steps in a row stop training with NonFiniteLossError before any checkpoint of
+that epoch is written, so best.pt / last.pt keep the last good weights.
+
+torch.compile (compile=True, or a dict of torch.compile options) is opt-in: a compiler failure at
+the first step becomes a CompileError that says what failed and to train without compile.
 """
 
 from __future__ import annotations
@@ -41,9 +63,10 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from fbdl_fast import losses, metrics, optim
+from fbdl_fast import distributed, losses, metrics, optim
 from fbdl_fast.checkpoint import (
     CheckpointError,
+    atomic_write,
     load_checkpoint,
     require_keys,
     rng_state,
@@ -71,6 +94,7 @@ class History:
     val_f1s: list[float] = field(default_factory=list)  # validation macro-F1
     learning_rates: list[float] = field(default_factory=list)  # LR at the epoch's first batch
     epoch_times: list[float] = field(default_factory=list)  # seconds, training + validation
+    skipped_steps: list[int] = field(default_factory=list)  # steps skipped: non-finite loss
     best_epoch: Optional[int] = None  # 1-based epoch with the lowest validation loss
     best_val_loss: float = math.inf
     stopped_early: bool = False
@@ -89,7 +113,18 @@ class History:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> History:
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        history = cls(**{k: v for k, v in values.items() if k in known})
+        if "skipped_steps" not in values:  # written before steps were skipped: none were
+            history.skipped_steps = [0] * len(history.train_losses)
+        return history
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training stopped: too many optimizer steps in a row had a NaN or infinite loss."""
+
+
+class CompileError(RuntimeError):
+    """torch.compile could not compile the model on this machine."""
 
 
 def cpu_has_native_bf16() -> bool:
@@ -129,6 +164,16 @@ def _amp_plan(config: ModelConfig, device: torch.device) -> Optional[torch.dtype
     return None
 
 
+def _is_compile_failure(exc: BaseException) -> bool:
+    """True for errors raised by torch.compile's machinery (dynamo, inductor, the C++ build)."""
+    module = type(exc).__module__
+    if module.startswith(("torch._dynamo", "torch._inductor")):
+        return True
+    import subprocess
+
+    return isinstance(exc, subprocess.CalledProcessError)
+
+
 def _interval_of(scheduler: Any) -> str:
     """Stepping interval of a scheduler passed in by the user: plateau, batch or epoch."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -166,6 +211,20 @@ def _finite_or_none(value: Any) -> Any:
     return value if not isinstance(value, float) or math.isfinite(value) else None
 
 
+def _macro_f1_from_confusion(cm: torch.Tensor) -> float:
+    """metrics.macro_f1 from a (C, C) confusion matrix (row = true, column = predicted)."""
+    cm = cm.double()
+    tp = cm.diagonal()
+    f1 = 2 * tp / (2 * tp + (cm.sum(dim=0) - tp) + (cm.sum(dim=1) - tp))
+    return f1[~f1.isnan()].mean().item()
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is invalid; expected an integer >= 1")
+    return value
+
+
 def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
     """Tell the loader's samplers which epoch it is, so their shuffle depends on it."""
     for name in ("batch_sampler", "sampler"):
@@ -185,7 +244,11 @@ class Trainer:
         label_map: class names saved in checkpoints (mapping, sequence or LabelMap).
         progress: tqdm bars; None shows them only when stderr is a terminal.
         optimizer / scheduler / criterion: replace the ones built from config.
-        steps_per_epoch: build the scheduler now; otherwise fit() builds it from len(loader).
+        steps_per_epoch: optimizer steps per epoch, to build the scheduler now; otherwise fit()
+            builds it from len(loader) / accumulate_steps.
+        accumulate_steps: loader batches per optimizer step (gradient accumulation).
+        max_nonfinite_steps: steps in a row with a non-finite loss that stop training.
+        compile: torch.compile the model (True, or a dict of torch.compile keyword arguments).
     """
 
     def __init__(
@@ -201,18 +264,45 @@ class Trainer:
         scheduler: Any = None,
         criterion: Optional[nn.Module] = None,
         steps_per_epoch: Optional[int] = None,
+        accumulate_steps: int = 1,
+        max_nonfinite_steps: int = 5,
+        compile: Union[bool, Mapping[str, Any]] = False,
     ) -> None:
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a fbdl_fast.ModelConfig, got {type(config).__name__}")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.config = config
-        self.device = (
-            torch.device(device)
-            if device is not None
-            else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        )
+        self.accumulate_steps = _positive_int("accumulate_steps", accumulate_steps)
+        self.max_nonfinite_steps = _positive_int("max_nonfinite_steps", max_nonfinite_steps)
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        if device is None and torch.cuda.is_available():
+            # Under torchrun each rank owns the GPU init_from_env selected (cuda:LOCAL_RANK).
+            device = torch.device("cuda", torch.cuda.current_device())
+        self.device = torch.device(device if device is not None else "cpu")
         self.model = model.to(self.device)
+        # What runs the batches: the model, in DDP when distributed, compiled when asked.
+        # self.model stays the plain module: its state_dict has no "module."/"_orig_mod." keys.
+        self._train_model: nn.Module = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self._train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self._eval_model: nn.Module = self.model
+        self.compile_options: Optional[dict[str, Any]] = None
+        if compile is not False:
+            if not (compile is True or isinstance(compile, Mapping)):
+                raise TypeError(
+                    f"compile={compile!r} is invalid; expected True, False or a dict of "
+                    f"torch.compile keyword arguments"
+                )
+            self.compile_options = {} if compile is True else dict(compile)
+            self._train_model = torch.compile(self._train_model, **self.compile_options)
+            if self.world_size == 1:
+                self._eval_model = self._train_model
+        self._compile_checked = self.compile_options is None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.label_map = label_map
         self.progress = progress
@@ -242,6 +332,9 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
         self._bad_epochs = 0  # epochs since the best validation loss
+        self._nonfinite_streak = 0  # steps in a row skipped for a non-finite loss
+        self._last_loss = math.nan  # the latest step's loss, for the progress bar
+        self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # current step's
 
     # ----------------------------------------------------------------------------- set-up
     def _build_scheduler(self, steps_per_epoch: int) -> None:
@@ -257,13 +350,13 @@ class Trainer:
         if self.scheduler is not None or self.config.scheduler_type is None:
             return
         try:
-            steps = len(train_loader)  # type: ignore[arg-type]
+            batches = len(train_loader)  # type: ignore[arg-type]
         except TypeError:
             raise ValueError(
                 "train_loader has no len(), which the scheduler needs to know the "
                 "steps per epoch; pass steps_per_epoch= to Trainer"
             ) from None
-        self._build_scheduler(steps)
+        self._build_scheduler(math.ceil(batches / self.accumulate_steps))  # optimizer steps
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.amp_dtype is None:
@@ -298,20 +391,56 @@ class Trainer:
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ----------------------------------------------------------------------------- steps
-    def _train_step(
-        self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimizer step; returns (loss, logits) detached."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def _forward(self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """model(ids, mask) under autocast; the first compiled call turns compiler failures into
+        a CompileError that says what to do."""
         with self._autocast():
-            logits = self.model(ids, mask)
-        # The loss in fp32: softmax/log of half-precision logits loses the small probabilities.
-        loss = self.criterion(logits.float(), labels)
+            if self._compile_checked:
+                return model(ids, mask)
+            try:
+                logits = model(ids, mask)
+            except Exception as exc:
+                if not _is_compile_failure(exc):
+                    raise
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise CompileError(
+                    f"torch.compile could not compile {type(self.model).__name__} on "
+                    f"{self.device} ({type(exc).__name__}: {first[:300]}); train without "
+                    f"compile (drop --compile / compile=True). On a CPU, inductor needs a "
+                    f"working C++ compiler (set CXX)."
+                ) from exc
+            self._compile_checked = True
+            return logits
+
+    def _train_group(self, group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> bool:
+        """One optimizer step over `group` (accumulated micro-batches); returns False when the
+        step was skipped for a non-finite loss. Appends (loss, logits, labels) to self._seen."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # Weights that make the summed gradients those of one batch holding every sample of the
+        # group on every rank: DDP averages over ranks, hence the world_size factor.
+        counts = torch.tensor([sum(labels.numel() for _, _, labels in group)], device=self.device)
+        total = int(distributed.all_reduce_sum(counts).item())
+        losses_: list[torch.Tensor] = []
+        for i, (ids, mask, labels) in enumerate(group):
+            sync = i == len(group) - 1 or self.world_size == 1
+            no_sync = getattr(self._train_model, "no_sync", None)
+            with contextlib.nullcontext() if sync or no_sync is None else no_sync():
+                logits = self._forward(self._train_model, ids, mask)
+                # The loss in fp32: softmax/log of half-precision logits loses small probabilities.
+                loss = self.criterion(logits.float(), labels)
+                weight = labels.numel() * self.world_size / total
+                scaled = loss if weight == 1.0 else loss * weight
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            losses_.append(loss.detach())
+            self._seen.append((loss.detach(), logits.detach(), labels))
+        bad = torch.stack([~torch.isfinite(v) for v in losses_]).any().to(torch.int64)
+        if int(distributed.all_reduce_sum(bad.reshape(1)).item()) > 0:
+            self.optimizer.zero_grad(set_to_none=True)  # nothing of this step reaches the weights
+            return False
         clip = self.config.gradient_clip
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        params = [p for group_ in self.optimizer.param_groups for p in group_["params"]]
         stepped = True
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if clip > 0:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not scaled ones
                 torch.nn.utils.clip_grad_norm_(params, clip)
@@ -321,7 +450,6 @@ class Trainer:
             # A lowered scale means inf/nan gradients: the optimizer step was skipped.
             stepped = self.scaler.get_scale() >= scale
         else:
-            loss.backward()
             if clip > 0:
                 torch.nn.utils.clip_grad_norm_(params, clip)
             self.optimizer.step()
@@ -329,34 +457,73 @@ class Trainer:
             self.global_step += 1
             if self.scheduler is not None and self.scheduler_interval == "batch":
                 self.scheduler.step()
-        return loss.detach(), logits.detach()
+        return True
 
-    def _train_epoch(self, loader: Iterable[Any], epoch: int) -> tuple[float, float]:
-        """Train one epoch; returns (mean training loss, training accuracy)."""
-        self.model.train()
-        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        seen = 0
+    def _train_epoch(self, loader: Iterable[Any], epoch: int) -> tuple[float, float, int]:
+        """Train one epoch; returns (mean training loss, training accuracy, skipped steps).
+
+        Loss and accuracy are over the samples of the steps taken, summed over ranks."""
+        self._train_model.train()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, correct, samples
+        batches = skipped = 0
+        group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         bar = self._bar(loader, f"epoch {epoch + 1}/{self.config.max_epochs}")
         for step, batch in enumerate(bar):
             ids, mask, labels = self._unpack(batch)
             if labels is None:
                 raise ValueError("training batches need 'labels'")
-            loss, logits = self._train_step(ids, mask, labels)
-            total_loss += loss.double() * labels.numel()
-            correct += (logits.argmax(dim=-1) == labels).sum()
-            seen += labels.numel()
+            group.append((ids, mask, labels))
+            batches += 1
+            if len(group) < self.accumulate_steps:
+                continue
+            skipped += self._finish_group(group, sums, epoch)
+            group = []
             if step % 10 == 0 and hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self._lr():.2e}")
-        if seen == 0:
+                bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{self._lr():.2e}")
+        if group:  # the epoch's last, shorter group
+            skipped += self._finish_group(group, sums, epoch)
+        if distributed.all_reduce_sum(torch.tensor([batches], device=self.device)).item() == 0:
             raise ValueError("train_loader yielded no batches")
-        mean_loss = total_loss.item() / seen
-        if not math.isfinite(mean_loss) and self.scaler is None:
-            raise FloatingPointError(
-                f"training loss is {mean_loss} in epoch {epoch + 1}; lower learning_rate "
-                f"(now {self.config.learning_rate}) or set gradient_clip > 0"
+        loss_sum, correct, seen = distributed.all_reduce_sum(sums).tolist()
+        if seen == 0:  # every step skipped
+            return math.nan, math.nan, skipped
+        return loss_sum / seen, correct / seen, skipped
+
+    def _finish_group(
+        self,
+        group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        sums: torch.Tensor,
+        epoch: int,
+    ) -> int:
+        """Step on `group`, add its loss/accuracy to `sums`; 1 if the step was skipped, else 0."""
+        self._seen = []
+        if self._train_group(group):
+            self._nonfinite_streak = 0
+            for loss, logits, labels in self._seen:
+                sums[0] += loss.double() * labels.numel()
+                sums[1] += (logits.argmax(dim=-1) == labels).sum()
+                sums[2] += labels.numel()
+            self._last_loss = float(self._seen[-1][0])
+            return 0
+        self._nonfinite_streak += 1
+        value = next((float(v) for v, _, _ in self._seen if not torch.isfinite(v)), math.nan)
+        logger.warning(
+            "epoch %d step %d: non-finite loss (%s); step skipped (%d in a row)",
+            epoch + 1,
+            self.global_step + 1,
+            value,
+            self._nonfinite_streak,
+        )
+        if self._nonfinite_streak >= self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"training stopped in epoch {epoch + 1}: {self._nonfinite_streak} optimizer "
+                f"steps in a row had a non-finite loss (last: {value}; on some rank); no "
+                f"checkpoint of this epoch was written, so last.pt/best.pt keep the weights of "
+                f"epoch {self.epoch}. Lower learning_rate (now {self.config.learning_rate}), "
+                f"set gradient_clip > 0, or check the data; max_nonfinite_steps="
+                f"{self.max_nonfinite_steps} sets how many bad steps in a row are tolerated"
             )
-        return mean_loss, correct.item() / seen
+        return 1
 
     def _bar(self, loader: Iterable[Any], desc: str) -> Iterable[Any]:
         if not self._show_progress():
@@ -372,7 +539,7 @@ class Trainer:
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
         """(logits (N, C) fp32 on CPU, labels (N,) or None, summed loss) over a loader."""
         was_training = self.model.training
-        self.model.eval()
+        self._eval_model.eval()
         all_logits: list[torch.Tensor] = []
         all_labels: list[torch.Tensor] = []
         loss_sum = 0.0
@@ -381,22 +548,25 @@ class Trainer:
                 ids, mask, labels = self._unpack(batch)
                 if labels is None and need_labels:
                     raise ValueError(f"{desc} batches need 'labels'")
-                with self._autocast():
-                    logits = self.model(ids, mask)
-                logits = logits.float()
+                logits = self._forward(self._eval_model, ids, mask).float()
                 if labels is not None:
                     loss_sum += self.criterion(logits, labels).item() * labels.numel()
                     all_labels.append(labels.cpu())
                 all_logits.append(logits.cpu())
         finally:
-            self.model.train(was_training)
-        if not all_logits:
+            self._eval_model.train(was_training)
+        if not all_logits and self.world_size == 1:
             raise ValueError(f"the {desc} loader yielded no batches")
         labels_out = torch.cat(all_labels) if all_labels else None
         return torch.cat(all_logits), labels_out, loss_sum
 
     def evaluate(self, loader: Iterable[Any]) -> dict[str, float]:
-        """{"loss", "accuracy", "macro_f1", "num_samples"} of the model on a labelled loader."""
+        """{"loss", "accuracy", "macro_f1", "num_samples"} of the model on a labelled loader.
+
+        Distributed: each rank evaluates its shard; the sums and the confusion matrix are
+        reduced, so every rank returns the metrics of the whole set."""
+        if self.world_size > 1:
+            return self._evaluate_distributed(loader)
         logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=True)
         assert labels is not None
         preds = logits.argmax(dim=-1)
@@ -405,6 +575,31 @@ class Trainer:
             "accuracy": metrics.accuracy(preds, labels),
             "macro_f1": metrics.macro_f1(preds, labels, self.config.num_classes),
             "num_samples": float(labels.numel()),
+        }
+
+    def _evaluate_distributed(self, loader: Iterable[Any]) -> dict[str, float]:
+        classes = self.config.num_classes
+        sums = torch.zeros(2 + classes * classes, dtype=torch.float64)  # loss, n, confusion
+        try:
+            logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=True)
+        except ValueError as exc:  # an empty shard is fine; an empty set is not (below)
+            if "yielded no batches" not in str(exc):
+                raise
+        else:
+            assert labels is not None
+            sums[0], sums[1] = loss_sum, labels.numel()
+            cm = metrics.confusion_matrix(logits.argmax(dim=-1), labels, classes)
+            sums[2:] = cm.flatten().double()
+        sums = distributed.all_reduce_sum(sums.to(self.device)).cpu()
+        n = sums[1].item()
+        if n == 0:
+            raise ValueError("the evaluate loader yielded no batches on any rank")
+        cm = sums[2:].view(classes, classes)
+        return {
+            "loss": sums[0].item() / n,
+            "accuracy": cm.diagonal().sum().item() / n,
+            "macro_f1": _macro_f1_from_confusion(cm),
+            "num_samples": float(n),
         }
 
     def predict(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -437,22 +632,24 @@ class Trainer:
         self._ensure_scheduler(train_loader)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
+            self._trim_metrics_log()
         elif self.epoch == 0:
-            torch.manual_seed(self.config.seed)
+            # Each rank its own dropout draws; rank 0 (and a single process) uses config.seed.
+            torch.manual_seed(self.config.seed + self.rank)
         while self.epoch < self.config.max_epochs and not self.history.stopped_early:
             index = self.epoch  # 0-based epoch index
             started = time.perf_counter()
             _set_epoch(train_loader, index)
             lr = self._lr()
-            train_loss, train_acc = self._train_epoch(train_loader, index)
-            val = self.evaluate(val_loader)
+            train_loss, train_acc, skipped = self._train_epoch(train_loader, index)
+            val = self.evaluate(val_loader)  # reduced over ranks: every rank decides alike
             if self.scheduler is not None and self.scheduler_interval == "plateau":
                 self.scheduler.step(val["loss"])
             elif self.scheduler is not None and self.scheduler_interval == "epoch":
                 self.scheduler.step()
             self.epoch += 1
             seconds = time.perf_counter() - started
-            improved = self._record_epoch(train_loss, train_acc, val, lr, seconds)
+            improved = self._record_epoch(train_loss, train_acc, val, lr, seconds, skipped)
             self._end_of_epoch(improved)
             logger.info(
                 "epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_f1 %.4f",
@@ -466,10 +663,17 @@ class Trainer:
         return self.history
 
     def _record_epoch(
-        self, train_loss: float, train_acc: float, val: dict[str, float], lr: float, seconds: float
+        self,
+        train_loss: float,
+        train_acc: float,
+        val: dict[str, float],
+        lr: float,
+        seconds: float,
+        skipped: int = 0,
     ) -> bool:
         """Append the epoch to the history and update early stopping; True on a new best."""
         h = self.history
+        h.skipped_steps.append(skipped)
         h.train_losses.append(train_loss)
         h.train_accs.append(train_acc)
         h.val_losses.append(val["loss"])
@@ -493,14 +697,16 @@ class Trainer:
         return improved
 
     def _end_of_epoch(self, improved: bool) -> None:
-        """Write the checkpoints and the metrics line of the epoch just finished."""
-        if self.run_dir is None:
+        """Write the checkpoints and the metrics line of the epoch just finished (rank 0 only).
+
+        Order: best.pt, the metrics line, last.pt. A kill between any two leaves last.pt at the
+        previous epoch; resuming from it trims the log and rewrites best.pt as it was."""
+        if self.run_dir is None or self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
         if improved:
             save_checkpoint(state, self.run_dir / BEST_CHECKPOINT)
-        save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
         h, i = self.history, self.epoch - 1
         line = {
             "epoch": self.epoch,
@@ -511,12 +717,32 @@ class Trainer:
             "val_f1": h.val_f1s[i],
             "lr": h.learning_rates[i],
             "epoch_time_s": h.epoch_times[i],
+            "skipped_steps": h.skipped_steps[i],
             "best": improved,
             "stopped_early": h.stopped_early,
         }
         with open(self.run_dir / METRICS_LOG, "a", encoding="utf-8") as f:
             f.write(json.dumps({k: _finite_or_none(v) for k, v in line.items()}) + "\n")
             f.flush()
+            os.fsync(f.fileno())
+        save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
+
+    def _trim_metrics_log(self) -> None:
+        """Keep the metrics lines of the epochs the resumed checkpoint holds, drop the rest (a
+        killed run may have logged an epoch whose last.pt it never wrote, or half a line)."""
+        if self.run_dir is None or self.rank != 0 or not (self.run_dir / METRICS_LOG).is_file():
+            return
+        kept = []
+        for raw in (self.run_dir / METRICS_LOG).read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+            epoch = entry.get("epoch") if isinstance(entry, dict) else None
+            if isinstance(epoch, int) and epoch <= self.epoch:
+                kept.append(raw + "\n")
+        text = "".join(kept)
+        atomic_write(self.run_dir / METRICS_LOG, lambda f: f.write(text), mode="w")
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -535,6 +761,9 @@ class Trainer:
             "label_map": _label_map_state(self.label_map),
             "history": self.history.to_dict(),
             "early_stopping": {"bad_epochs": self._bad_epochs},
+            "nonfinite_streak": self._nonfinite_streak,
+            "accumulate_steps": self.accumulate_steps,
+            "world_size": self.world_size,
         }
 
     def save_checkpoint(self, path: PathLike) -> Path:
@@ -610,6 +839,7 @@ class Trainer:
         self.global_step = int(state.get("global_step", 0))
         self.history = History.from_dict(state["history"])
         self._bad_epochs = int(state.get("early_stopping", {}).get("bad_epochs", 0))
+        self._nonfinite_streak = int(state.get("nonfinite_streak", 0))
 
 
 # The product design's name.
@@ -620,8 +850,10 @@ __all__ = [
     "LAST_CHECKPOINT",
     "METRICS_LOG",
     "CheckpointError",
+    "CompileError",
     "FacebookPostsTrainer",
     "History",
+    "NonFiniteLossError",
     "Trainer",
     "cpu_has_native_bf16",
 ]
