@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import os
@@ -28,10 +27,10 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -324,6 +323,19 @@ def load_run(path: Path, device: Optional[str] = None) -> Run:
         )
     tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
     label_map = LabelMap.load(path / RUN_LABELS)
+    # Files from different runs would give ids the embedding never learnt (or past its end).
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UsageError(
+            f"run folder {path}: {RUN_TOKENIZER} has vocab_size {tokenizer.vocab_size} but "
+            f"the model in {RUN_CONFIG} was built for vocab_size {config.vocab_size}; the "
+            f"tokenizer belongs to another run: restore this run's {RUN_TOKENIZER} or retrain"
+        )
+    if len(label_map) != config.num_classes:
+        raise UsageError(
+            f"run folder {path}: {RUN_LABELS} has {len(label_map)} labels but the model in "
+            f"{RUN_CONFIG} has num_classes {config.num_classes}; restore this run's "
+            f"{RUN_LABELS} or retrain"
+        )
     trainer = Trainer(
         create_model(model_name, config), config, device=device, label_map=label_map, progress=False
     )
@@ -346,10 +358,21 @@ def _read_posts(args: argparse.Namespace, meta: dict[str, Any], with_labels: boo
     """The --data file, with the run's column names unless the options override them."""
     from fbdl_fast.data import load_posts
 
+    text_column, label_column = _columns(args, meta)
+    return load_posts(
+        args.data,
+        text_column,
+        label_column if with_labels else None,
+        errors=args.encoding_errors,
+    )
+
+
+def _columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
     data = meta.get("data", {})
-    text_column = args.text_column or data.get("text_column", "text")
-    label_column = args.label_column or data.get("label_column", "label")
-    return load_posts(args.data, text_column, label_column if with_labels else None)
+    return (
+        args.text_column or data.get("text_column", "text"),
+        args.label_column or data.get("label_column", "label"),
+    )
 
 
 # ====================
@@ -454,10 +477,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    import torch
+# Posts per prediction chunk: read, tokenised (one encode_batch), bucketed by length, predicted
+# and written together. Memory holds one chunk, whatever the size of the input file.
+PREDICT_CHUNK = 4096
 
-    from fbdl_fast.data import loader_order, write_text_atomic
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import contextlib
+    import itertools
+
+    from tqdm import tqdm
+
+    from fbdl_fast.data import iter_posts, open_text_atomic
 
     if (args.data is None) == (not args.text):
         raise UsageError("give either --data FILE or --text TEXT (repeatable), not both")
@@ -465,31 +496,74 @@ def cmd_predict(args: argparse.Namespace) -> int:
     fmt = _output_format(out)
     if out is not None and out.exists() and not args.overwrite:
         raise UsageError(f"output file {out} already exists; pass --overwrite to replace it")
+    if out is not None and not out.parent.is_dir():
+        raise UsageError(f"--output {out}: folder {out.parent} does not exist")
     run = load_run(Path(args.run), args.device)
-    texts = args.text if args.data is None else _read_posts(args, run.meta, with_labels=False).texts
-    loader = _loader(run, texts, None, args.batch_size or run.config.batch_size)
+    texts: Iterator[str]
+    if args.data is None:
+        texts = iter(args.text)
+    else:
+        text_column, _ = _columns(args, run.meta)
+        posts = iter_posts(args.data, text_column, None, errors=args.encoding_errors)
+        texts = (post.text for post in posts)
+    batch_size = args.batch_size or run.config.batch_size
+    names = [str(label) for label in run.label_map.labels]
+    count = 0
+    with contextlib.ExitStack() as stack:
+        # --output: a temporary file renamed at the end, so a failure leaves no half file.
+        sink = sys.stdout if out is None else stack.enter_context(open_text_atomic(out))
+        write = _prediction_writer(sink, fmt, names)
+        # disable=None: a bar only when stderr is a terminal
+        bar = stack.enter_context(
+            tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
+        )
+        while chunk := list(itertools.islice(texts, max(PREDICT_CHUNK, batch_size))):
+            for text, probs in zip(chunk, _predict_chunk(run, chunk, batch_size)):
+                best = max(range(len(probs)), key=probs.__getitem__)
+                write(text, run.label_map.decode(best), probs[best], probs)
+            count += len(chunk)
+            bar.update(len(chunk))
+    if out is not None:
+        _say(args, f"{count} predictions written to {out}")
+    return 0
+
+
+def _predict_chunk(run: Run, texts: list[str], batch_size: int) -> list[list[float]]:
+    """Class probabilities of each text, in the order of `texts`."""
+    import torch
+
+    from fbdl_fast.data import loader_order
+
+    loader = _loader(run, texts, None, batch_size)
     _, probs = run.trainer.predict(loader)
     ordered = torch.empty_like(probs)
     ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
-    names = [str(label) for label in run.label_map.labels]
-    rows = []
-    for text, p in zip(texts, ordered.tolist()):
-        best = max(range(len(p)), key=p.__getitem__)
-        rows.append(
-            {
+    return ordered.tolist()
+
+
+def _prediction_writer(
+    sink: IO[str], fmt: str, names: list[str]
+) -> Callable[[str, Any, float, list[float]], None]:
+    """A function writing one prediction row to `sink` (JSON lines, or CSV after a header)."""
+    if fmt == "jsonl":
+
+        def write_jsonl(text: str, label: Any, probability: float, probs: list[float]) -> None:
+            row = {
                 "text": text,
-                "label": run.label_map.decode(best),
-                "probability": round(p[best], 6),
-                "probabilities": {n: round(v, 6) for n, v in zip(names, p)},
+                "label": label,
+                "probability": round(probability, 6),
+                "probabilities": {n: round(v, 6) for n, v in zip(names, probs)},
             }
-        )
-    rendered = _render_predictions(rows, names, fmt)
-    if out is None:
-        sys.stdout.write(rendered)
-    else:
-        write_text_atomic(out, rendered)
-        _say(args, f"{len(rows)} predictions written to {out}")
-    return 0
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        return write_jsonl
+    writer = csv.writer(sink, lineterminator="\n")
+    writer.writerow(["text", "label", "probability", *[f"prob_{n}" for n in names]])
+
+    def write_csv(text: str, label: Any, probability: float, probs: list[float]) -> None:
+        writer.writerow([text, label, round(probability, 6), *[round(v, 6) for v in probs]])
+
+    return write_csv
 
 
 def _output_format(out: Optional[Path]) -> str:
@@ -503,24 +577,6 @@ def _output_format(out: Optional[Path]) -> str:
     raise UsageError(
         f"--output {out}: extension {suffix!r} is not supported; accepted: .csv, .jsonl, .ndjson"
     )
-
-
-def _render_predictions(rows: list[dict[str, Any]], names: list[str], fmt: str) -> str:
-    if fmt == "jsonl":
-        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["text", "label", "probability", *[f"prob_{n}" for n in names]])
-    for row in rows:
-        writer.writerow(
-            [
-                row["text"],
-                row["label"],
-                row["probability"],
-                *[row["probabilities"][n] for n in names],
-            ]
-        )
-    return buffer.getvalue()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -846,7 +902,18 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         "--batch-size", type=_positive_int, default=None, help="default: the run's batch size"
     )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    _add_encoding_option(p)
     _add_threads_option(p)
+
+
+def _add_encoding_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace", "ignore"],
+        default="strict",
+        help="invalid UTF-8 in --data: strict = error naming the line, replace = U+FFFD, "
+        "ignore = drop the bytes",
+    )
 
 
 def _positive_int(text: str) -> int:
