@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.losses import FocalCriterion, create_loss
+from fbdl_fast.losses import FocalLoss, create_loss
 
 
 def test_defaults_are_the_designs() -> None:
@@ -59,7 +59,7 @@ def test_design_usage_example() -> None:
     # "Use focal loss for class imbalance"
     config.use_focal_loss = True
     assert config.loss_name == "focal"
-    assert isinstance(create_loss(config), FocalCriterion)
+    assert isinstance(create_loss(config), FocalLoss)
 
 
 BAD: list[tuple[dict[str, Any], str]] = [

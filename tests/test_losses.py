@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import fbdl_fast.nn.functional as fused
+import fbdl_fast.nn.focal_loss as focal_module
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.losses import (
     CLASSIFICATION_LOSSES,
     LOSSES,
     DiceLoss,
-    FocalCriterion,
+    FocalLoss,
     LossFunctions,
     create_loss,
 )
@@ -68,7 +68,7 @@ def test_focal_with_gamma_zero_is_cross_entropy() -> None:
     config = _config(focal_gamma=0.0)
     config.use_focal_loss = True  # the design's switch
     criterion = create_loss(config)
-    assert isinstance(criterion, FocalCriterion)
+    assert isinstance(criterion, FocalLoss)
     logits, labels = _batch()
     torch.testing.assert_close(criterion(logits, labels), F.cross_entropy(logits, labels))
     # the config's class weights and label smoothing reach the focal loss as they reach CE
@@ -97,7 +97,7 @@ def test_focal_entry_passes_the_config_to_the_fused_function(
         )
         return input.sum() * 0
 
-    monkeypatch.setattr(fused, "focal_loss", spy)
+    monkeypatch.setattr(focal_module, "focal_loss", spy)
     config = _config(
         loss="focal",
         focal_gamma=1.5,
@@ -116,7 +116,7 @@ def test_focal_entry_passes_the_config_to_the_fused_function(
 
 def test_focal_rejects_negative_gamma() -> None:
     with pytest.raises(ValueError, match=r"gamma=-1.*>= 0"):
-        FocalCriterion(gamma=-1.0)
+        FocalLoss(gamma=-1.0)
 
 
 def test_dice_hand_computed() -> None:

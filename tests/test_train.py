@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fbdl_fast import ModelConfig, create_facebook_posts_model, losses, optim
+from fbdl_fast import ModelConfig, create_facebook_posts_model, optim
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
 from fbdl_fast.metrics import macro_f1
+from fbdl_fast.nn import FocalLoss
 from fbdl_fast.train import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
@@ -550,7 +551,7 @@ def test_design_usage_with_focal_loss() -> None:
     labels = torch.tensor([0, 1, 2, 0, 1, 2])
     ce = F.cross_entropy(logits, labels, reduction="none")
     focal = ((1 - torch.exp(-ce)) ** config.focal_gamma * ce).mean()  # the design's formula
-    assert isinstance(trainer.criterion, losses.FocalCriterion)
+    assert isinstance(trainer.criterion, FocalLoss)
     assert trainer.state_dict()["model_name"] == "transformer"
     torch.testing.assert_close(trainer.criterion(logits, labels), focal)
     train_loader, val_loader = loaders(n_train=16, n_val=8)

@@ -3,8 +3,8 @@
 LOSSES maps a name to an nn.Module class. The classification losses (CLASSIFICATION_LOSSES) are
 called as `criterion(logits, labels)` with logits (N, C) and integer labels (N,); the others keep
 torch's signatures: huber(input, target), cosine_embedding(x1, x2, y),
-triplet(anchor, positive, negative). The focal entry calls fbdl_fast.nn.functional.focal_loss at
-forward time, so it runs the fused kernel wherever that kernel runs. The seed's `LossFunctions`
+triplet(anchor, positive, negative). The focal entry is fbdl_fast.nn.FocalLoss, so it
+runs the fused kernel wherever that kernel runs. The seed's `LossFunctions`
 namespace is kept as thin functional wrappers.
 """
 
@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fbdl_fast.nn.functional as fused
+from fbdl_fast.nn import FocalLoss
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
@@ -27,55 +28,6 @@ Alpha = Optional[Union[float, Sequence[float], torch.Tensor]]
 
 def _as_tensor(values: Optional[Union[Sequence[float], torch.Tensor]]) -> Optional[torch.Tensor]:
     return None if values is None else torch.as_tensor(values, dtype=torch.float32)
-
-
-class FocalCriterion(nn.Module):
-    """Multi-class focal loss FL = -alpha_y (1 - p_y)^gamma log p_y (Lin et al., 2017).
-
-    A thin module over fbdl_fast.nn.functional.focal_loss that holds the per-class tensors (alpha
-    when given per class, class weights) as buffers so `.to(device)` moves them. gamma=0 with no
-    alpha is cross-entropy.
-    """
-
-    alpha: Optional[torch.Tensor]
-    weight: Optional[torch.Tensor]
-
-    def __init__(
-        self,
-        gamma: float = 2.0,
-        alpha: Alpha = None,
-        weight: Optional[Union[Sequence[float], torch.Tensor]] = None,
-        ignore_index: int = -100,
-        reduction: str = "mean",
-        label_smoothing: float = 0.0,
-    ) -> None:
-        super().__init__()
-        if gamma < 0:
-            raise ValueError(f"focal loss: gamma={gamma!r} is invalid; expected a number >= 0")
-        self.gamma, self.ignore_index = gamma, ignore_index
-        self.reduction, self.label_smoothing = reduction, label_smoothing
-        # A number alpha stays a number (the same for every class); per-class alpha is a buffer.
-        self.scalar_alpha: Optional[float] = None
-        if isinstance(alpha, (int, float)):
-            self.scalar_alpha, alpha = float(alpha), None
-        self.register_buffer("alpha", _as_tensor(alpha))
-        self.register_buffer("weight", _as_tensor(weight))
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        alpha = self.scalar_alpha if self.scalar_alpha is not None else self.alpha
-        return fused.focal_loss(
-            logits,
-            labels,
-            self.gamma,
-            alpha,
-            self.weight,
-            self.ignore_index,
-            self.reduction,
-            self.label_smoothing,
-        )
-
-    def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, reduction={self.reduction!r}"
 
 
 class DiceLoss(nn.Module):
@@ -121,7 +73,7 @@ class DiceLoss(nn.Module):
 # name -> nn.Module class; kwargs of the class are the loss's options.
 LOSSES: dict[str, type[nn.Module]] = {
     "cross_entropy": nn.CrossEntropyLoss,
-    "focal": FocalCriterion,
+    "focal": FocalLoss,
     "dice": DiceLoss,
     "huber": nn.HuberLoss,
     "cosine_embedding": nn.CosineEmbeddingLoss,
@@ -209,7 +161,6 @@ __all__ = [
     "CLASSIFICATION_LOSSES",
     "LOSSES",
     "DiceLoss",
-    "FocalCriterion",
     "LossFunctions",
     "create_loss",
 ]
