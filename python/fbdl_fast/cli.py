@@ -8,8 +8,16 @@
 
 A run folder holds everything `evaluate` and `predict` need: config.json (model name, ModelConfig,
 data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.jsonl. It is built
-under a temporary name beside its final one and renamed when training is done, so a folder with
-the final name is always complete; an existing non-empty folder is replaced only with --overwrite.
+under a fixed temporary name beside its final one, `.NAME.partial`, and renamed when training is
+done, so a folder with the final name is always complete; an existing non-empty folder is replaced
+only with --overwrite. Every file in it is written atomically (temporary name, then rename) and
+last.pt after each epoch, so a run killed at any moment leaves `.NAME.partial` holding the last
+finished epoch: the same command with --resume continues from its last.pt and ends with the
+weights of an uninterrupted run (--resume on a finished run continues from NAME/last.pt).
+
+`fbdl-fast train` runs unchanged under torchrun (`torchrun --nproc-per-node N -m fbdl_fast train
+...`): gloo on CPUs, nccl on GPUs, --batch-size posts per process, rank 0 alone writes the run
+folder and prints; the run folder must be on storage every process can read (for --resume).
 
 User errors (a missing file, a bad column, an unknown label, a bad option value) print one line on
 stderr and exit with status 2; anything else is a bug and keeps its traceback. Heavy imports
@@ -381,15 +389,97 @@ def _columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import tempfile
+    from fbdl_fast import distributed
 
-    from fbdl_fast import __version__
-    from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
+    ctx = distributed.init_from_env(args.device)  # single process: starts nothing
+    if not ctx.is_main:  # one voice: rank 0 prints and logs
+        args.quiet = True
+        logging.getLogger("fbdl_fast").setLevel(logging.WARNING)
+    try:
+        return _train(args, ctx)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _partial_dir(out: Path) -> Path:
+    """Where the run folder `out` is built, under a fixed name so --resume can find it."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _prepare_run_dir(args: argparse.Namespace, out: Path) -> Optional[str]:
+    """Rank 0's checks and set-up of the partial folder; returns an error message or None."""
+    from fbdl_fast.train import LAST_CHECKPOINT
+
+    partial = _partial_dir(out)
+    if args.resume:
+        if (partial / LAST_CHECKPOINT).is_file():
+            return None  # an interrupted run: continue it in place
+        if (out / LAST_CHECKPOINT).is_file():  # a finished run: continue a copy, publish it
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(out, partial)
+            return None
+        return (
+            f"--resume: no checkpoint to continue; neither {partial / LAST_CHECKPOINT} "
+            f"(an interrupted run) nor {out / LAST_CHECKPOINT} (a finished run) exists; "
+            f"train without --resume first"
+        )
+    try:
+        _check_run_target(out, args.overwrite)  # fail before an hour of training, not after
+    except UsageError as err:
+        return str(err)
+    if partial.exists():
+        if not args.overwrite:
+            return (
+                f"an interrupted run of {out} is in {partial}; pass --resume to continue it "
+                f"or --overwrite to start over"
+            )
+        shutil.rmtree(partial)
+    return None
+
+
+def _resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings (dotted names) that differ between the run's config.json and this command."""
+    diffs = []
+    for key in ("model", "training.accumulate"):
+        head, _, tail = key.partition(".")
+        a = stored.get(head, {}).get(tail) if tail else stored.get(head)
+        b = current[head][tail] if tail else current[head]
+        if a != b:
+            diffs.append(f"{key} ({a!r} in the run, {b!r} now)")
+    for section in ("model_config", "data"):
+        for name, value in current[section].items():
+            if name != "source" and stored.get(section, {}).get(name) != value:
+                diffs.append(
+                    f"{section}.{name} ({stored.get(section, {}).get(name)!r} in the run, "
+                    f"{value!r} now)"
+                )
+    return diffs
+
+
+def _train(args: argparse.Namespace, ctx: Any) -> int:
+    from fbdl_fast import __version__, distributed
+    from fbdl_fast.data import (
+        LabelMap,
+        build_dataloaders,
+        load_posts,
+        split_posts,
+        write_text_atomic,
+    )
     from fbdl_fast.models import create_model
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import LAST_CHECKPOINT, CompileError, Trainer
 
-    out = Path(args.output or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    _check_run_target(out, args.overwrite)  # fail before an hour of training, not after
+    # Under torchrun every rank must agree on the folder (the default name holds a timestamp).
+    out = Path(
+        distributed.broadcast_object(
+            args.output or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
+    )
+    partial = _partial_dir(out)
+    problem = _prepare_run_dir(args, out) if ctx.is_main else None
+    problem = distributed.broadcast_object(problem)  # every rank stops, or none
+    if problem:
+        raise UsageError(problem)
     posts = load_posts(args.data, args.text_column, args.label_column)
     assert posts.labels is not None
     label_map = LabelMap.from_labels(posts.labels)
@@ -404,53 +494,93 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"{len(posts)} posts from {args.data}: {len(train)} train / {len(val)} validation,"
         f" {len(label_map)} classes ({', '.join(map(str, label_map.labels))})",
     )
-    tokenizer = _train_tokenizer(train.texts, args.vocab_size, args.tokenizer)
+    if args.resume:  # the run's own tokenizer, not a retrained one
+        tokenizer = Tokenizer.from_file(partial / RUN_TOKENIZER)
+    else:  # rank 0 trains it, the others receive it
+        text = _train_tokenizer(train.texts, args.vocab_size, args.tokenizer).to_str()
+        tokenizer = Tokenizer.from_str(distributed.broadcast_object(text if ctx.is_main else None))
     config = _model_config(args, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
-    train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the run folder gets the usual mode
-    try:
-        meta = {
-            "model": args.model,
-            "model_config": config.to_dict(),
-            "data": {
-                "source": str(args.data),
-                "text_column": args.text_column,
-                "label_column": args.label_column,
-                "val_fraction": args.val_fraction,
-                "tokenizer_style": args.tokenizer,
-                "train_posts": len(train),
-                "val_posts": len(val),
-            },
-            "fbdl_fast_version": __version__,
-        }
-        (tmp / RUN_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tokenizer.save(str(tmp / RUN_TOKENIZER))
-        label_map.save(tmp / RUN_LABELS)
-        model = create_model(args.model, config)
-        trainer = Trainer(model, config, run_dir=tmp, label_map=label_map, device=args.device)
-        _say(
-            args,
-            f"training {MODEL_TITLES[args.model]} "
-            f"({sum(p.numel() for p in model.parameters()):,} parameters) on "
-            f"{trainer.device} for up to {config.max_epochs} epochs",
-        )
-        started = time.perf_counter()
-        history = trainer.fit(train_loader, val_loader)
-        elapsed = time.perf_counter() - started
-        _publish_run(tmp, out, args.overwrite)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless training failed
-    best = (history.best_epoch or history.epochs) - 1
-    print(
-        f"run saved to {out}: {history.epochs} epochs in {elapsed:.1f}s; best epoch "
-        f"{best + 1}: val_loss {history.val_losses[best]:.4f}, val_acc "
-        f"{history.val_accs[best]:.4f}, val_macro_f1 {history.val_f1s[best]:.4f}"
+    meta = {
+        "model": args.model,
+        "model_config": config.to_dict(),
+        "data": {
+            "source": str(args.data),
+            "text_column": args.text_column,
+            "label_column": args.label_column,
+            "val_fraction": args.val_fraction,
+            "tokenizer_style": args.tokenizer,
+            "train_posts": len(train),
+            "val_posts": len(val),
+        },
+        "training": {"accumulate": args.accumulate, "world_size": ctx.world_size},
+        "fbdl_fast_version": __version__,
+    }
+    if args.resume:
+        stored = json.loads((partial / RUN_CONFIG).read_text(encoding="utf-8"))
+        diffs = _resume_mismatch(stored, meta)
+        if diffs or LabelMap.load(partial / RUN_LABELS) != label_map:
+            raise UsageError(
+                f"--resume continues {out} as it was started, but this command differs: "
+                f"{'; '.join(diffs) or 'the labels in ' + str(args.data)}; repeat the "
+                f"original options, or train a new run"
+            )
+    elif ctx.is_main:
+        partial.mkdir(parents=True)
+        write_text_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
+        tokenizer.save(str(partial / RUN_TOKENIZER))
+        label_map.save(partial / RUN_LABELS)
+    distributed.barrier()  # the partial folder exists before any rank trains
+    train_loader, val_loader = build_dataloaders(
+        train, val, tokenizer, label_map, config, num_replicas=ctx.world_size, rank=ctx.rank
     )
+    model = create_model(args.model, config)
+    trainer = Trainer(
+        model,
+        config,
+        run_dir=partial,  # the trainer writes on rank 0 only
+        label_map=label_map,
+        device=ctx.device or args.device,
+        accumulate_steps=args.accumulate,
+        max_nonfinite_steps=args.max_nonfinite,
+        compile=args.compile,
+    )
+    resume_from = partial / LAST_CHECKPOINT if args.resume else None
+    _say(
+        args,
+        f"{'resuming' if resume_from else 'training'} {MODEL_TITLES[args.model]} "
+        f"({sum(p.numel() for p in model.parameters()):,} parameters) on {trainer.device}"
+        + (f" x {ctx.world_size} processes" if ctx.world_size > 1 else "")
+        + f" for up to {config.max_epochs} epochs",
+    )
+    started = time.perf_counter()
+    try:
+        history = trainer.fit(train_loader, val_loader, resume_from=resume_from)
+    except BaseException as exc:
+        kept = ctx.is_main and (partial / LAST_CHECKPOINT).is_file()
+        if ctx.is_main and not kept:
+            shutil.rmtree(partial, ignore_errors=True)  # nothing trained worth keeping
+        hint = (
+            f"; the run so far is kept in {partial}: repeat the command with --resume to "
+            f"continue it"
+            if kept
+            else ""
+        )
+        if isinstance(exc, (FloatingPointError, CompileError)):
+            raise UsageError(f"{exc}{hint}") from exc
+        if hint:
+            _say(args, hint.lstrip("; "))
+        raise
+    elapsed = time.perf_counter() - started
+    if ctx.is_main:
+        _publish_run(partial, out, args.overwrite or args.resume)
+        best = (history.best_epoch or history.epochs) - 1
+        skipped = sum(history.skipped_steps)
+        print(
+            f"run saved to {out}: {history.epochs} epochs in {elapsed:.1f}s; best epoch "
+            f"{best + 1}: val_loss {history.val_losses[best]:.4f}, val_acc "
+            f"{history.val_accs[best]:.4f}, val_macro_f1 {history.val_f1s[best]:.4f}"
+            + (f"; {skipped} steps skipped (non-finite loss)" if skipped else "")
+        )
     return 0
 
 
@@ -826,6 +956,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace an existing non-empty run folder (only once training succeeds)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its last.pt (an interrupted run's "
+        ".NAME.partial folder, else the finished run); repeat the original options",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=_positive_int,
+        default=1,
+        help="gradient accumulation: batches per optimizer step (as a batch N times larger)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (needs a C++ compiler on CPUs; a failure says so)",
+    )
+    p.add_argument(
+        "--max-nonfinite",
+        type=_positive_int,
+        default=5,
+        help="steps in a row with a NaN/inf loss (each skipped) that stop training",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     _add_model_options(p, MODEL_DEFAULTS)
