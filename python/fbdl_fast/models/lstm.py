@@ -78,7 +78,11 @@ class FacebookPostsLSTM(nn.Module):
         packed = pack_padded_sequence(
             x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
         )
-        _, (h_n, _) = self.lstm(packed)  # h_n: (num_layers * 2, B, H), in input order
+        # CPU autocast sends the LSTM to oneDNN in bf16, which fails to build on CPUs without
+        # native bf16 ("could not create a primitive descriptor", seen with input_dim !=
+        # hidden_dim on an AVX2-only EPYC): on a CPU the recurrent core always runs in fp32.
+        with torch.autocast("cpu", enabled=False):
+            _, (h_n, _) = self.lstm(packed)  # h_n: (num_layers * 2, B, H), in input order
         h = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (B, 2H): last layer, forward then backward
         h = torch.where((lengths > 0)[:, None], h, torch.zeros_like(h))
         return self.output_projection(self.dropout(h))  # (B, C)
