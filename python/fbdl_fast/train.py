@@ -174,6 +174,21 @@ def _is_compile_failure(exc: BaseException) -> bool:
     return isinstance(exc, subprocess.CalledProcessError)
 
 
+def _compile_cause(exc: BaseException) -> str:
+    """The innermost error behind a compile failure, in one line (with a compiler's output)."""
+    root = exc
+    while True:
+        inner = getattr(root, "inner_exception", None) or root.__cause__
+        if not isinstance(inner, BaseException) or inner is root:
+            break
+        root = inner
+    text = " ".join(str(root).split())
+    output = getattr(root, "stderr", None) or getattr(root, "output", None)
+    if output:
+        text += " " + " ".join(str(output).split())
+    return f"{type(root).__name__}: {text[:400]}"
+
+
 def _interval_of(scheduler: Any) -> str:
     """Stepping interval of a scheduler passed in by the user: plateau, batch or epoch."""
     if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -402,12 +417,11 @@ class Trainer:
             except Exception as exc:
                 if not _is_compile_failure(exc):
                     raise
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise CompileError(
                     f"torch.compile could not compile {type(self.model).__name__} on "
-                    f"{self.device} ({type(exc).__name__}: {first[:300]}); train without "
-                    f"compile (drop --compile / compile=True). On a CPU, inductor needs a "
-                    f"working C++ compiler (set CXX)."
+                    f"{self.device} ({_compile_cause(exc)}); train without compile (drop "
+                    f"--compile / compile=True). On a CPU, inductor needs a working C++ "
+                    f"compiler (set CXX)."
                 ) from exc
             self._compile_checked = True
             return logits

@@ -1,0 +1,147 @@
+"""Gradient accumulation equals a larger batch; torch.compile is opt-in and fails clearly."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fbdl_fast import ModelConfig
+from fbdl_fast.train import CompileError, Trainer
+
+CLASSES, SEQ, VOCAB = 3, 6, 20
+
+
+class Bag(nn.Module):
+    """Masked mean of embeddings -> linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 8, padding_idx=0)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).float()  # (B, L, 1)
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+class Posts(Dataset):
+    def __init__(self, n: int, seed: int = 1) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, CLASSES, (n,), generator=g)
+        self.ids = 1 + (self.labels[:, None] * 6 + torch.randint(0, 6, (n, SEQ), generator=g))
+        lengths = torch.randint(2, SEQ + 1, (n,), generator=g)
+        self.mask = torch.arange(SEQ)[None, :] < lengths[:, None]
+        self.ids = self.ids.masked_fill(~self.mask, 0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def config(**overrides: Any) -> ModelConfig:
+    values: dict[str, Any] = {
+        "input_dim": 8,
+        "hidden_dim": 8,
+        "num_layers": 1,
+        "num_heads": 2,
+        "dropout": 0.0,
+        "vocab_size": VOCAB,
+        "num_classes": CLASSES,
+        "max_seq_length": SEQ,
+        "learning_rate": 0.5,
+        "max_epochs": 2,
+        "patience": 10,
+        "optimizer_type": "sgd",  # plain SGD: a wrongly scaled gradient moves the weights
+        "scheduler_type": "one_cycle",  # per-step LR: counts optimizer steps, not batches
+        "gradient_clip": 0.0,
+        "use_mixed_precision": False,
+        "seed": 3,
+    }
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+def train(batch_size: int, accumulate: int, **kwargs: Any) -> Trainer:
+    data = Posts(38)  # 38 = 2 * 16 + 6: the last batch and the last group are short
+    torch.manual_seed(0)
+    trainer = Trainer(Bag(), config(), device="cpu", accumulate_steps=accumulate, **kwargs)
+    trainer.fit(DataLoader(data, batch_size=batch_size), DataLoader(Posts(12, seed=2), 6))
+    return trainer
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module, atol: float) -> None:
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(x, y, rtol=0, atol=atol, msg=name)
+
+
+def test_four_accumulated_batches_equal_one_four_times_larger() -> None:
+    big = train(batch_size=16, accumulate=1)
+    # Batches of 4 (last of 2): groups of 4, 4 and 2 micro-batches = batches of 16, 16 and 6.
+    accumulated = train(batch_size=4, accumulate=4)
+    assert accumulated.global_step == big.global_step == 6  # 3 optimizer steps per epoch
+    assert accumulated.scheduler.state_dict()["_step_count"] == 7  # built + 6 steps
+    assert_same_weights(accumulated.model, big.model, atol=1e-5)
+    assert accumulated.history.train_losses == pytest.approx(big.history.train_losses, abs=1e-6)
+    # Control: the same batches of 4 without accumulation train to other weights.
+    unaccumulated = train(batch_size=4, accumulate=1)
+    with pytest.raises(AssertionError):
+        assert_same_weights(unaccumulated.model, big.model, atol=1e-3)
+
+
+def test_uneven_micro_batches_are_weighted_by_their_samples() -> None:
+    """Batches of 5 in groups of 3 (15, 15, 8 posts): the last group holds 5 + 3 posts, whose
+    mean loss is (5 * mean_a + 3 * mean_b) / 8, not the mean of the two means."""
+    data = Posts(38)
+    torch.manual_seed(0)
+    accumulated = Trainer(Bag(), config(max_epochs=1), device="cpu", accumulate_steps=3)
+    accumulated.fit(DataLoader(data, batch_size=5), DataLoader(Posts(12, seed=2), 6))
+    torch.manual_seed(0)
+    big = Trainer(Bag(), config(max_epochs=1), device="cpu")
+    big.fit(DataLoader(data, batch_size=15), DataLoader(Posts(12, seed=2), 6))
+    assert_same_weights(accumulated.model, big.model, atol=1e-5)
+
+
+def test_accumulate_steps_must_be_a_positive_integer() -> None:
+    with pytest.raises(ValueError, match=r"accumulate_steps=0 is invalid; expected an integer"):
+        Trainer(Bag(), config(), device="cpu", accumulate_steps=0)
+    with pytest.raises(TypeError, match=r"compile='yes' is invalid"):
+        Trainer(Bag(), config(), device="cpu", compile="yes")  # type: ignore[arg-type]
+
+
+def test_compiled_training_matches_eager() -> None:
+    """Dynamo + AOTAutograd (backend aot_eager: no C++ build, seconds) trace the whole step;
+    the weights equal eager training's. The inductor build is the slow test below."""
+    eager = train(batch_size=8, accumulate=2)
+    compiled = train(batch_size=8, accumulate=2, compile={"backend": "aot_eager"})
+    assert compiled.compile_options == {"backend": "aot_eager"}
+    assert_same_weights(compiled.model, eager.model, atol=1e-5)
+    assert compiled.evaluate(DataLoader(Posts(12, seed=2), 6))["loss"] == pytest.approx(
+        eager.evaluate(DataLoader(Posts(12, seed=2), 6))["loss"], abs=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_on_this_cpu() -> None:
+    """The default backend: inductor generates C++ and builds it with the machine's compiler."""
+    eager = train(batch_size=16, accumulate=1)
+    compiled = train(batch_size=16, accumulate=1, compile=True)
+    assert_same_weights(compiled.model, eager.model, atol=1e-5)
+
+
+def _broken_backend(gm: Any, example_inputs: Any) -> Any:
+    raise subprocess.CalledProcessError(1, ["c++", "kernel.cpp"], "fatal error: Python.h")
+
+
+def test_a_compiler_failure_is_reported_with_what_to_do() -> None:
+    trainer = Trainer(Bag(), config(), device="cpu", compile={"backend": _broken_backend})
+    with pytest.raises(CompileError, match=r"torch.compile could not compile Bag on cpu") as err:
+        trainer.fit(DataLoader(Posts(8), 4), DataLoader(Posts(4, seed=2), 4))
+    assert "train without compile (drop --compile / compile=True)" in str(err.value)
+    assert "kernel.cpp" in str(err.value)  # the cause, named
