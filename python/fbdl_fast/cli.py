@@ -406,39 +406,42 @@ def _partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def _prepare_run_dir(args: argparse.Namespace, out: Path) -> Optional[str]:
-    """Rank 0's checks and set-up of the partial folder; returns an error message or None."""
+def _prepare_run_dir(args: argparse.Namespace, out: Path) -> tuple[Optional[str], Path]:
+    """Rank 0's checks before training: (error message or None, folder to resume from)."""
     from fbdl_fast.train import LAST_CHECKPOINT
 
     partial = _partial_dir(out)
     if args.resume:
-        if (partial / LAST_CHECKPOINT).is_file():
-            return None  # an interrupted run: continue it in place
-        if (out / LAST_CHECKPOINT).is_file():  # a finished run: continue a copy, publish it
-            shutil.rmtree(partial, ignore_errors=True)
-            shutil.copytree(out, partial)
-            return None
+        if (partial / LAST_CHECKPOINT).is_file():  # an interrupted run: continue it in place
+            for stray in partial.glob(".*.tmp"):  # a write the kill cut short (never renamed)
+                stray.unlink()
+            return None, partial
+        if (out / LAST_CHECKPOINT).is_file():  # a finished run: continued in a copy, later
+            return None, out
         return (
             f"--resume: no checkpoint to continue; neither {partial / LAST_CHECKPOINT} "
             f"(an interrupted run) nor {out / LAST_CHECKPOINT} (a finished run) exists; "
-            f"train without --resume first"
+            f"train without --resume first",
+            partial,
         )
     try:
         _check_run_target(out, args.overwrite)  # fail before an hour of training, not after
     except UsageError as err:
-        return str(err)
+        return str(err), partial
     if partial.exists():
         if not args.overwrite:
             return (
                 f"an interrupted run of {out} is in {partial}; pass --resume to continue it "
-                f"or --overwrite to start over"
+                f"or --overwrite to start over",
+                partial,
             )
         shutil.rmtree(partial)
-    return None
+    return None, partial
 
 
 def _resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The settings (dotted names) that differ between the run's config.json and this command."""
+    current = json.loads(json.dumps(current))  # as stored: tuples are lists in JSON
     diffs = []
     for key in ("model", "training.accumulate"):
         head, _, tail = key.partition(".")
@@ -476,8 +479,8 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         )
     )
     partial = _partial_dir(out)
-    problem = _prepare_run_dir(args, out) if ctx.is_main else None
-    problem = distributed.broadcast_object(problem)  # every rank stops, or none
+    problem, source = _prepare_run_dir(args, out) if ctx.is_main else (None, partial)
+    problem, source = distributed.broadcast_object((problem, source))  # all stop, or none
     if problem:
         raise UsageError(problem)
     posts = load_posts(args.data, args.text_column, args.label_column)
@@ -495,7 +498,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         f" {len(label_map)} classes ({', '.join(map(str, label_map.labels))})",
     )
     if args.resume:  # the run's own tokenizer, not a retrained one
-        tokenizer = Tokenizer.from_file(partial / RUN_TOKENIZER)
+        tokenizer = Tokenizer.from_file(source / RUN_TOKENIZER)
     else:  # rank 0 trains it, the others receive it
         text = _train_tokenizer(train.texts, args.vocab_size, args.tokenizer).to_str()
         tokenizer = Tokenizer.from_str(distributed.broadcast_object(text if ctx.is_main else None))
@@ -516,14 +519,16 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         "fbdl_fast_version": __version__,
     }
     if args.resume:
-        stored = json.loads((partial / RUN_CONFIG).read_text(encoding="utf-8"))
+        stored = json.loads((source / RUN_CONFIG).read_text(encoding="utf-8"))
         diffs = _resume_mismatch(stored, meta)
-        if diffs or LabelMap.load(partial / RUN_LABELS) != label_map:
+        if diffs or LabelMap.load(source / RUN_LABELS) != label_map:
             raise UsageError(
                 f"--resume continues {out} as it was started, but this command differs: "
                 f"{'; '.join(diffs) or 'the labels in ' + str(args.data)}; repeat the "
                 f"original options, or train a new run"
             )
+        if ctx.is_main and source != partial:  # a finished run: continue a copy, publish it
+            shutil.copytree(out, partial)
     elif ctx.is_main:
         partial.mkdir(parents=True)
         write_text_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")

@@ -1,0 +1,303 @@
+"""Faults: non-finite losses, a run SIGKILLed and resumed, broken or missing checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from fbdl_fast import ModelConfig
+from fbdl_fast.checkpoint import load_checkpoint
+from fbdl_fast.cli import main
+from fbdl_fast.synthetic import generate_posts
+from fbdl_fast.train import LAST_CHECKPOINT, METRICS_LOG, NonFiniteLossError, Trainer
+
+CLASSES, SEQ, VOCAB = 3, 6, 20
+
+# ----------------------------------------------------------------------------- non-finite losses
+
+
+class Bag(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 8, padding_idx=0)
+        self.head = nn.Linear(8, CLASSES)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).float()  # (B, L, 1)
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+class Posts(Dataset):
+    def __init__(self, n: int, seed: int = 1) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, CLASSES, (n,), generator=g)
+        self.ids = 1 + self.labels[:, None] * 6 + torch.randint(0, 6, (n, SEQ), generator=g)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ones = torch.ones(SEQ, dtype=torch.bool)
+        return {"input_ids": self.ids[i], "attention_mask": ones, "labels": self.labels[i]}
+
+
+class NanOnSteps(nn.Module):
+    """Cross-entropy, but NaN at the given training calls (0-based; validation is not counted)."""
+
+    def __init__(self, bad: set[int]) -> None:
+        super().__init__()
+        self.bad, self.calls = bad, 0
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = nn.functional.cross_entropy(logits, labels)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls - 1 in self.bad:
+                return loss * math.nan
+        return loss
+
+
+def config(**overrides: Any) -> ModelConfig:
+    values: dict[str, Any] = {
+        "input_dim": 8,
+        "hidden_dim": 8,
+        "num_layers": 1,
+        "num_heads": 2,
+        "dropout": 0.0,
+        "vocab_size": VOCAB,
+        "num_classes": CLASSES,
+        "max_seq_length": SEQ,
+        "learning_rate": 0.05,
+        "max_epochs": 2,
+        "patience": 10,
+        "scheduler_type": "one_cycle",
+        "use_mixed_precision": False,
+        "seed": 3,
+    }
+    values.update(overrides)
+    return ModelConfig(**values)
+
+
+class Batches:
+    """A fixed list of batches, re-iterable like a loader."""
+
+    def __init__(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Any:
+        return iter(self.batches)
+
+
+def test_non_finite_steps_are_skipped_counted_and_logged(tmp_path: Path) -> None:
+    """Two poisoned steps per run leave the weights of a run that never saw those batches."""
+    batches = list(DataLoader(Posts(40), batch_size=8))  # 5 steps per epoch
+    val = DataLoader(Posts(12, seed=2), batch_size=6)
+    torch.manual_seed(0)
+    # Calls 1 and 3 of epoch 1 and call 2 of epoch 2 (call 7) are NaN.
+    poisoned = Trainer(
+        Bag(), config(), device="cpu", criterion=NanOnSteps({1, 3, 7}), run_dir=tmp_path
+    )
+    history = poisoned.fit(Batches(batches), val)
+    assert history.skipped_steps == [2, 1]
+    log = [json.loads(line) for line in (tmp_path / METRICS_LOG).read_text().splitlines()]
+    assert [entry["skipped_steps"] for entry in log] == [2, 1]
+    assert all(torch.isfinite(p).all() for p in poisoned.model.parameters())
+
+    # The same run without the poisoned batches: epoch 1 lacks batches 1 and 3, epoch 2 batch 2.
+    # The scheduler is built for 5 steps per epoch in both (skipped steps do not step it).
+    class PerEpoch(Batches):
+        def __init__(self) -> None:
+            super().__init__(batches)
+            self.epoch = 0
+            self.batch_sampler = self  # the trainer calls set_epoch on it
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self) -> Any:
+            drop = {1, 3} if self.epoch == 0 else {2}
+            return iter([b for i, b in enumerate(self.batches) if i not in drop])
+
+    torch.manual_seed(0)
+    clean = Trainer(Bag(), config(), device="cpu")
+    clean_history = clean.fit(PerEpoch(), val)
+    for name, tensor in clean.model.state_dict().items():
+        assert torch.equal(poisoned.model.state_dict()[name], tensor), name
+    assert poisoned.global_step == clean.global_step == 7
+    assert history.train_losses == clean_history.train_losses  # means over the steps taken
+
+
+def test_non_finite_steps_in_a_row_stop_before_a_poisoned_checkpoint(tmp_path: Path) -> None:
+    batches = list(DataLoader(Posts(40), batch_size=8))
+    val = DataLoader(Posts(12, seed=2), batch_size=6)
+    torch.manual_seed(0)
+    # Epoch 1 is clean; from the 2nd step of epoch 2 on every loss is NaN.
+    trainer = Trainer(
+        Bag(),
+        config(max_epochs=3),
+        device="cpu",
+        criterion=NanOnSteps(set(range(6, 100))),
+        run_dir=tmp_path,
+        max_nonfinite_steps=3,
+    )
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2: 3 optimizer steps in a row") as err:
+        trainer.fit(Batches(batches), val)
+    assert "keep the weights of epoch 1" in str(err.value)
+    last = load_checkpoint(tmp_path / LAST_CHECKPOINT)
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in last["model"].values())
+    assert len((tmp_path / METRICS_LOG).read_text().splitlines()) == 1
+    # A streak is broken by a good step: 2 bad, 1 good, 2 bad never reaches 3.
+    torch.manual_seed(0)
+    survivor = Trainer(
+        Bag(),
+        config(max_epochs=1),
+        device="cpu",
+        criterion=NanOnSteps({0, 1, 3, 4}),
+        max_nonfinite_steps=3,
+    )
+    assert survivor.fit(Batches(batches), val).skipped_steps == [4]
+
+
+# ----------------------------------------------------------------------------- kill and resume
+
+TINY = [
+    "--model",
+    "cnn",
+    "--input-dim",
+    "16",
+    "--hidden-dim",
+    "16",
+    "--num-layers",
+    "1",
+    "--num-heads",
+    "2",
+    "--vocab-size",
+    "200",
+    "--max-length",
+    "24",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--quiet",
+]
+RUN_FILES = {"config.json", "tokenizer.json", "label_map.json", "best.pt", "last.pt"}
+RUN_FILES.add(METRICS_LOG)
+
+
+@pytest.fixture(scope="module")
+def posts_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    posts = generate_posts(400, seed=5)
+    path = tmp_path_factory.mktemp("faults") / "posts.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows(zip(posts.texts, posts.labels))
+    return path
+
+
+def train_argv(data: Path, out: Path, epochs: int = 5, *extra: str) -> list[str]:
+    options = ["--data", str(data), "--output", str(out), "--epochs", str(epochs)]
+    return ["train", *options, *TINY, *extra]
+
+
+def test_sigkilled_run_resumes_to_the_uninterrupted_weights(
+    posts_csv: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "killed"
+    partial = tmp_path / ".killed.partial"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    stderr = tmp_path / "stderr.txt"
+    with open(stderr, "wb") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fbdl_fast", *train_argv(posts_csv, out)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err_file,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not (partial / LAST_CHECKPOINT).exists():  # epoch 1 done: now in epoch 2
+            assert proc.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # the final name only ever holds a finished run
+    killed_at = load_checkpoint(partial / LAST_CHECKPOINT)["epoch"]
+    assert 1 <= killed_at < 5
+
+    assert main([*train_argv(posts_csv, out), "--resume"]) == 0
+    assert not partial.exists()
+    assert {p.name for p in out.iterdir()} == RUN_FILES  # no temporary file left behind
+    log = [json.loads(line) for line in (out / METRICS_LOG).read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [1, 2, 3, 4, 5]
+
+    whole = tmp_path / "whole"
+    assert main(train_argv(posts_csv, whole)) == 0
+    resumed, uninterrupted = load_checkpoint(out / "last.pt"), load_checkpoint(whole / "last.pt")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 5
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    assert resumed["history"]["val_losses"] == uninterrupted["history"]["val_losses"]
+    whole_log = [json.loads(line) for line in (whole / METRICS_LOG).read_text().splitlines()]
+    timeless = [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in log]
+    assert timeless == [{k: v for k, v in e.items() if k != "epoch_time_s"} for e in whole_log]
+
+
+def test_resume_refusals_name_the_problem(
+    posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 2
+    assert "--resume: no checkpoint to continue" in capsys.readouterr().err
+
+    assert main(train_argv(posts_csv, out, 1)) == 0
+    capsys.readouterr()
+    # Other options than the run was started with: named, nothing changed.
+    assert main([*train_argv(posts_csv, out, 1, "--lr", "0.01"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "model_config.learning_rate (0.001 in the run, 0.01 now)" in err
+
+    # An interrupted run in the way of a fresh one.
+    (tmp_path / ".other.partial").mkdir()
+    assert main(train_argv(posts_csv, tmp_path / "other", 1)) == 2
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+
+    # A truncated last.pt: a one-line error naming the file, no traceback.
+    last = out / LAST_CHECKPOINT
+    last.write_bytes(last.read_bytes()[:300])
+    assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt" in err and "truncated or corrupt" in err and "Traceback" not in err
+
+
+def test_finished_run_resumes_to_itself(posts_csv: Path, tmp_path: Path) -> None:
+    """--resume on a finished run: nothing left to train, the run is republished unchanged."""
+    out = tmp_path / "done"
+    assert main(train_argv(posts_csv, out, 1)) == 0
+    before = load_checkpoint(out / LAST_CHECKPOINT)["model"]
+    assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 0
+    after = load_checkpoint(out / LAST_CHECKPOINT)["model"]
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert len((out / METRICS_LOG).read_text().splitlines()) == 1
