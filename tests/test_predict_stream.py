@@ -59,17 +59,8 @@ def test_chunks_keep_input_order_and_match_the_model_on_each_post(
     texts[10] = " ".join(texts[:8])  # one long post, truncated to max_length
     data = write_jsonl(tmp_path / "posts.jsonl", texts)
     out = tmp_path / "preds.jsonl"
-    argv = [
-        "predict",
-        "--run",
-        str(run),
-        "--data",
-        str(data),
-        "--batch-size",
-        "3",
-        "--threads",
-        "1",
-    ]
+    argv = ["predict", "--run", str(run), "--data", str(data), "--batch-size", "3"]
+    argv += ["--threads", "1"]  # a tiny model runs fastest on one thread of a busy machine
     assert main([*argv, "--output", str(out), "--quiet"]) == 0
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["text"] for r in rows] == texts
