@@ -483,7 +483,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     problem, source = distributed.broadcast_object((problem, source))  # all stop, or none
     if problem:
         raise UsageError(problem)
-    posts = load_posts(args.data, args.text_column, args.label_column)
+    posts = load_posts(args.data, args.text_column, args.label_column, errors=args.encoding_errors)
     assert posts.labels is not None
     label_map = LabelMap.from_labels(posts.labels)
     if len(label_map) < 2:
@@ -621,7 +621,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import contextlib
     import itertools
 
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     from fbdl_fast.data import iter_posts, open_text_atomic
 
@@ -986,6 +986,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps in a row with a NaN/inf loss (each skipped) that stop training",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_encoding_option(p)
     _add_model_options(p, MODEL_DEFAULTS)
     p.set_defaults(func=cmd_train)
 
