@@ -297,3 +297,22 @@ def test_build_dataloaders_refuses_a_tokenizer_larger_than_the_model() -> None:
     loader, _ = build_dataloaders(train, val, tok, label_map, fits)
     assert int(max(batch["input_ids"].max() for batch in loader)) < tok.vocab_size
     assert torch.is_tensor(next(iter(loader))["input_ids"])
+
+
+def test_train_reports_invalid_utf8_or_replaces_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    posts = generate_posts(40, seed=6)
+    lines = [
+        f"{t.replace(',', ' ')},{label}".encode() for t, label in zip(posts.texts, posts.labels)
+    ]
+    lines[6] = b"na\xefve bad byte,neutral"
+    data = tmp_path / "train.csv"
+    data.write_bytes(b"text,label\n" + b"\n".join(lines) + b"\n")
+    argv = ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--quiet"]
+    argv += ["--model", "cnn", "--input-dim", "8", "--hidden-dim", "8", "--num-heads", "2"]
+    argv += ["--vocab-size", "100", "--max-length", "16", "--epochs", "1", "--threads", "1"]
+    err = fails(argv, capsys)
+    assert "byte 0xef on line 8" in err
+    assert main([*argv, "--encoding-errors", "replace"]) == 0
+    assert (tmp_path / "run" / "best.pt").is_file()
