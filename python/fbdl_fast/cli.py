@@ -1007,7 +1007,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         help="label new posts with a trained run",
         description="Predict a label and class probabilities for each post, in input order. "
-        "Output: JSON lines on stdout, or --output FILE (.csv or .jsonl).",
+        "Output: JSON lines on stdout, or --output FILE (.csv or .jsonl; it appears only once "
+        "complete). "
+        f"The file streams through in chunks of {PREDICT_CHUNK} posts, so memory does not "
+        "grow with its size. Empty or whitespace-only posts are classified as empty posts; "
+        "posts longer than the run's max length are truncated.",
     )
     _add_run_options(p)
     p.add_argument(
