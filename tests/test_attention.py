@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compile_check import run_compile_script
 from fbdl_fast import ops
 from fbdl_fast.nn import MultiheadAttention
 from fbdl_fast.nn.functional import scaled_dot_product_attention
@@ -377,3 +378,53 @@ def test_mha_need_weights_under_forced_triton_says_why(triton):
     x = torch.randn(2, 6, 32)
     with pytest.raises(BackendError, match="need_weights"):
         ours(x, x, x)
+
+
+# Compiles the four kernels as a GPU launch would (the host's own block sizes, warps, stages and
+# flags, read with the interpreter off), for sm_90, with tests/compile_check.py. D=64 with a key
+# mask, causal masking and dropout; D=128 (the largest tiles) with none, so every constexpr
+# branch is compiled once per dtype. Prints one line per kernel: name, dtype, D, whether a cubin
+# came out and whether its shared memory fits an H100 block.
+_COMPILE_FOR_H100 = """
+import inspect
+import torch
+from compile_check import H100_SHARED_BYTES, compile_for_gpu
+from fbdl_fast.kernels import attention as K
+
+for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
+    for d, features in ((64, True), (128, False)):
+        types = dict.fromkeys(("Q", "K", "V", "O", "DO", "DQ", "DK", "DV"), f"*{name}")
+        types.update(LSE="*fp32", DELTA="*fp32", KMASK="*u8" if features else f"*{name}",
+                     sm_scale="fp32", qk_scale="fp32", dropout_p="fp32", seed="i64")
+        flags = dict(HAS_MASK=features, CAUSAL=features, DROPOUT=features, **K._flags(dtype))
+        fwd = K._launch_config(1024, 1024, d, backward=False)
+        bwd = K._launch_config(1024, 1024, d, backward=True)
+        for kernel, cfg, constants in (
+            (K._attn_fwd, fwd, flags),
+            (K._attn_bwd_delta, {"BLOCK_M": bwd["BLOCK_M"]}, {}),
+            (K._attn_bwd_dkdv, bwd, flags),
+            (K._attn_bwd_dq, bwd, flags),
+        ):
+            params = inspect.signature(kernel.fn).parameters
+            blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
+            options = {k: v for k, v in cfg.items() if k.startswith("num_")}
+            compiled = compile_for_gpu(
+                kernel, {k: v for k, v in types.items() if k in params},
+                dict(D=d, **blocks, **constants), default="i32", **options)
+            fits = compiled.metadata.shared <= H100_SHARED_BYTES
+            print(kernel.fn.__name__, name, d, "cubin" in compiled.asm, fits)
+"""
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_h100(tmp_path):
+    """The interpreter runs the kernels as Python (and bf16 dots not at all): compiling finds what
+    only the compiler rejects, on a machine without a GPU."""
+    stdout = run_compile_script(_COMPILE_FOR_H100, tmp_path)
+    kernels = ("_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq")
+    assert stdout.splitlines() == [
+        f"{kernel} {dtype} {d} True True"
+        for dtype in ("fp16", "bf16")
+        for d in (64, 128)
+        for kernel in kernels
+    ]

@@ -4,15 +4,14 @@ the reference against F.cross_entropy and hand-computed values, gradcheck, argum
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
+from pathlib import Path
 from typing import Any, Optional
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from compile_check import run_compile_script
 from fbdl_fast.kernels.focal_loss import focal_loss_forward
 from fbdl_fast.nn import FocalLoss
 from fbdl_fast.nn.functional import focal_loss
@@ -408,43 +407,28 @@ def test_kernel_backward_twice_is_refused(triton: None) -> None:
         loss.backward()
 
 
+# Compiles the kernel as a GPU launch would, for sm_90, with tests/compile_check.py.
 _COMPILE_FOR_H100 = """
-import inspect
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource, compile
+from compile_check import compile_for_gpu
 from fbdl_fast.kernels.focal_loss import _focal_loss_kernel as kernel
 
-names = list(inspect.signature(kernel.fn).parameters)
 ok = 0
 for dtype, block_r, block_c in (("bf16", 1, 4096),):
-    signature = dict.fromkeys(names, "i32")
-    signature.update(z_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", y_ptr="*i64", w_ptr="*fp32",
-                     a_ptr="*fp32", loss_ptr="*fp32", row_weight_ptr="*fp32", z_stride="i64",
-                     grad_stride="i64", gamma="fp32", alpha_scale="fp32", smoothing="fp32")
+    types = dict(z_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", y_ptr="*i64", w_ptr="*fp32",
+                 a_ptr="*fp32", loss_ptr="*fp32", row_weight_ptr="*fp32", z_stride="i64",
+                 grad_stride="i64", gamma="fp32", alpha_scale="fp32", smoothing="fp32")
     constants = dict(HAS_WEIGHT=True, HAS_ALPHA=True, HAS_SMOOTHING=True, COMPUTE_GRAD=True,
                      BLOCK_R=block_r, BLOCK_C=block_c)
-    signature.update(dict.fromkeys(constants, "constexpr"))
-    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()})
-    compiled = compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 8})
+    compiled = compile_for_gpu(kernel, types, constants, default="i32", num_warps=8,
+                               enable_fp_fusion=True)
     ok += ".entry _focal_loss_kernel" in compiled.asm["ptx"] and "cubin" in compiled.asm
 print("compiled", ok)
 """
 
 
 @pytest.mark.slow
-def test_kernel_compiles_for_a_gpu(tmp_path: Any) -> None:
+def test_kernel_compiles_for_a_gpu(tmp_path: Path) -> None:
     # The interpreter runs the kernel as Python and misses what only the compiler rejects (e.g.
-    # a non-constexpr global). Compile it for an H100 (sm_90) without a GPU, in a fresh process
-    # because Triton cannot compile in a process that imported it in interpreter mode.
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
-    result = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FOR_H100],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split()[-2:] == ["compiled", "1"], result.stdout
+    # a non-constexpr global). Compile it for an H100 (sm_90) without a GPU.
+    stdout = run_compile_script(_COMPILE_FOR_H100, tmp_path, timeout=300)
+    assert stdout.split()[-2:] == ["compiled", "1"], stdout

@@ -12,9 +12,7 @@ and row count once rather than their full cross product.
 from __future__ import annotations
 
 import inspect
-import os
-import subprocess
-import sys
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from compile_check import run_compile_script
 from fbdl_fast.kernels import layer_norm as kernels
 from fbdl_fast.nn import LayerNorm, functional
 from fbdl_fast.nn.layer_norm import layer_norm
@@ -271,56 +270,37 @@ def test_cuda_parity_at_model_sizes(triton, n: int, dtype: torch.dtype) -> None:
     _check(ours, ref, torch.randn(4096, n, dtype=dtype, device="cuda"))
 
 
-# Compiles the kernels as a GPU launch would (contiguous rows: Triton specialises a stride of 1),
-# for sm_90, in a process without TRITON_INTERPRET (under it @triton.jit gives interpreted
-# functions). Prints one line per kernel.
+# Compiles the kernels as a GPU launch would (contiguous rows: Triton specialises a stride of 1)
+# for sm_90, with tests/compile_check.py. Prints one line per kernel.
 _COMPILE_FOR_H100 = """
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from compile_check import compile_for_gpu
 from fbdl_fast.kernels import layer_norm as K
-
-def compile(fn, signature, constexprs, block):
-    src = ASTSource(fn=fn, signature=signature,
-                    constexprs={(list(signature).index(k),): v for k, v in constexprs.items()})
-    options = {"num_warps": K._num_warps(block), "enable_fp_fusion": K.FP_FUSION}
-    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
-    print(fn.__name__, block, "cubin" in kernel.asm)
 
 for block, one_tile in ((1024, True), (4096, False)):
     flags = {"BLOCK_N": block, "ONE_TILE": one_tile}
-    compile(K._forward_kernel, {
+    options = {"num_warps": K._num_warps(block), "enable_fp_fusion": K.FP_FUSION}
+    kernel = compile_for_gpu(K._forward_kernel, {
         "X": "*bf16", "Y": "*bf16", "W": "*fp32", "B": "*fp32", "Mean": "*fp32", "Rstd": "*fp32",
-        "stride_xm": "i64", "stride_xn": "constexpr", "N": "i32", "eps": "fp32",
-        "HAS_WEIGHT": "constexpr", "HAS_BIAS": "constexpr", "BLOCK_N": "constexpr",
-        "ONE_TILE": "constexpr"}, {"stride_xn": 1, "HAS_WEIGHT": True, "HAS_BIAS": True, **flags},
-        block)
-    compile(K._backward_kernel, {
+        "stride_xm": "i64", "N": "i32", "eps": "fp32"},
+        {"stride_xn": 1, "HAS_WEIGHT": True, "HAS_BIAS": True, **flags}, **options)
+    print("_forward_kernel", block, "cubin" in kernel.asm)
+    kernel = compile_for_gpu(K._backward_kernel, {
         "X": "*bf16", "DY": "*bf16", "DX": "*bf16", "W": "*fp32", "Mean": "*fp32",
         "Rstd": "*fp32", "DW": "*fp32", "DB": "*fp32", "C1": "*fp32", "C2": "*fp32",
-        "stride_xm": "i64", "stride_xn": "constexpr", "stride_dym": "i64",
-        "stride_dyn": "constexpr", "M": "i32", "N": "i32", "rows_per_program": "i32",
-        "HAS_WEIGHT": "constexpr", "COMPUTE_DW": "constexpr", "COMPUTE_DB": "constexpr",
-        "BLOCK_N": "constexpr", "ONE_TILE": "constexpr"},
+        "stride_xm": "i64", "stride_dym": "i64", "M": "i32", "N": "i32",
+        "rows_per_program": "i32"},
         {"stride_xn": 1, "stride_dyn": 1, "HAS_WEIGHT": True, "COMPUTE_DW": True,
-         "COMPUTE_DB": True, **flags}, block)
+         "COMPUTE_DB": True, **flags}, **options)
+    print("_backward_kernel", block, "cubin" in kernel.asm)
 """
 
 
 @pytest.mark.slow
-def test_kernels_compile_for_h100() -> None:
+def test_kernels_compile_for_h100(tmp_path: Path) -> None:
     """The interpreter runs Python, not the compiler: this catches what only compiling finds
     (types, constexpr branches, the bf16 bit rounding) on a machine without a GPU."""
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    result = subprocess.run(
-        [sys.executable, "-c", _COMPILE_FOR_H100],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.splitlines() == [
+    stdout = run_compile_script(_COMPILE_FOR_H100, tmp_path)
+    assert stdout.splitlines() == [
         "_forward_kernel 1024 True",
         "_backward_kernel 1024 True",
         "_forward_kernel 4096 True",
