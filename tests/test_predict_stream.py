@@ -103,6 +103,26 @@ def test_progress_bar_only_on_a_terminal(
     assert stderr.getvalue() == ""  # --quiet: no bar, no message
 
 
+def test_a_reader_that_stops_early_ends_predict_quietly(run: Path, tmp_path: Path) -> None:
+    """`fbdl-fast predict ... | head -n 2`: exit 0, no error, though stdout closed mid-stream."""
+    texts = generate_posts(3000, seed=7).texts  # ~400 KB of rows: more than a pipe buffer
+    data = write_jsonl(tmp_path / "posts.jsonl", texts)
+    argv = ["predict", "--run", str(run), "--data", str(data), "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fbdl_fast", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = [json.loads(proc.stdout.readline()) for _ in range(2)]
+    proc.stdout.close()  # what `head` does once it has its lines
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
+    assert [row["text"] for row in first] == texts[:2]
+
+
 def _peak_rss_mib(argv: list[str]) -> float:
     """Run `python -m fbdl_fast ARGV`; its own peak resident memory in MiB (Linux: KiB units)."""
     proc = subprocess.Popen([sys.executable, "-m", "fbdl_fast", *argv], stderr=subprocess.PIPE)

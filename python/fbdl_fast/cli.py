@@ -652,12 +652,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bar = stack.enter_context(
             tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
         )
-        while chunk := list(itertools.islice(texts, max(PREDICT_CHUNK, batch_size))):
-            for text, probs in zip(chunk, _predict_chunk(run, chunk, batch_size)):
-                best = max(range(len(probs)), key=probs.__getitem__)
-                write(text, run.label_map.decode(best), probs[best], probs)
-            count += len(chunk)
-            bar.update(len(chunk))
+        try:
+            while chunk := list(itertools.islice(texts, max(PREDICT_CHUNK, batch_size))):
+                for text, probs in zip(chunk, _predict_chunk(run, chunk, batch_size)):
+                    best = max(range(len(probs)), key=probs.__getitem__)
+                    write(text, run.label_map.decode(best), probs[best], probs)
+                count += len(chunk)
+                bar.update(len(chunk))
+            sink.flush()
+        except BrokenPipeError:
+            if out is not None:
+                raise
+            # `predict ... | head`: the reader has all it wants. Stop quietly, as `cat` does;
+            # stdout goes to devnull so the interpreter's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if out is not None:
         _say(args, f"{count} predictions written to {out}")
     return 0
