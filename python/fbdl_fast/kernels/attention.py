@@ -49,6 +49,24 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
+def _load_tile(ptr, offs, offs_d, stride, n, UPCAST: tl.constexpr):
+    """Rows `offs` of an [n, D] matrix (row stride `stride`), zeros past n; fp32 if UPCAST."""
+    x = tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=offs[:, None] < n, other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _keys_taking_part(KMASK, offs_n, smn, Lk, HAS_MASK: tl.constexpr):
+    """Which keys of a block take part: in range and, with a key mask, marked True there."""
+    key_ok = offs_n < Lk
+    if HAS_MASK:
+        key_ok = key_ok & (tl.load(KMASK + offs_n * smn, mask=key_ok, other=0) != 0)
+    return key_ok
+
+
+@triton.jit
 def _scores(
     q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL: tl.constexpr, PRECISION: tl.constexpr
 ):
@@ -65,6 +83,42 @@ def _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p):
     """The dropout keep mask of a tile: a pure function of (seed, b*h, i, j)."""
     counter = (bh * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :]
     return tl.rand(seed, counter) >= dropout_p
+
+
+@triton.jit
+def _backward_tile(
+    q,
+    k,
+    v,
+    do,
+    lse,
+    delta,
+    offs_m,
+    offs_n,
+    key_ok,
+    bh,
+    Lq,
+    Lk,
+    qk_scale,
+    dropout_p,
+    seed,
+    CAUSAL: tl.constexpr,
+    DROPOUT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Both backward kernels' shared step on one (BLOCK_M, BLOCK_N) tile: recompute the forward's
+    probabilities P = exp2(S' - lse) and return (Z, dS) with Z = keep * P / (1 - p) (P without
+    dropout) and dS = P * (dP - delta), dP = keep * (dO V^T) / (1 - p)."""
+    s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
+    p = tl.exp2(s - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    if DROPOUT:
+        keep = _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+        z = tl.where(keep, p / (1.0 - dropout_p), 0.0)
+        dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
+    else:
+        z = p
+    return z, p * (dp - delta[:, None])
 
 
 @triton.jit
@@ -104,21 +158,17 @@ def _attn_fwd(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
+    """One block of queries: O and lse, streaming over the key blocks it may see."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
     b = bh // H
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-        mask=offs_m[:, None] < Lq,
-        other=0.0,
-    )
-    if UPCAST:
-        q = q.to(tl.float32)
+    q = _load_tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, Lq, UPCAST)
     K += b * skb + h * skh
     V += b * svb + h * svh
+    KMASK += b * smb
 
     m_i = tl.full((BLOCK_M,), -1.0e30, tl.float32)  # finite: a fully masked row never sees inf-inf
     l_i = tl.full((BLOCK_M,), 0.0, tl.float32)
@@ -128,15 +178,9 @@ def _attn_fwd(
         hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)  # later keys are invisible to this block
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_range = offs_n < Lk
-        k = tl.load(K + offs_n[:, None] * skn + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        v = tl.load(V + offs_n[:, None] * svn + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        key_ok = in_range
-        if HAS_MASK:
-            key_ok = key_ok & (tl.load(KMASK + b * smb + offs_n * smn, mask=in_range, other=0) != 0)
+        k = _load_tile(K, offs_n, offs_d, skn, Lk, UPCAST)
+        v = _load_tile(V, offs_n, offs_d, svn, Lk, UPCAST)
+        key_ok = _keys_taking_part(KMASK, offs_n, smn, Lk, HAS_MASK)
         s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
@@ -173,15 +217,13 @@ def _attn_bwd_delta(
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
-    rows = offs_m[:, None] < Lq
-    o = tl.load(
-        O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :], mask=rows, other=0.0
-    )
-    do = tl.load(
-        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :], mask=rows, other=0.0
-    )
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-    tl.store(DELTA + bh * Lq + offs_m, delta, mask=offs_m < Lq)
+    o = _load_tile(O + b * sob + h * soh, offs_m, offs_d, som, Lq, True)
+    do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdm, Lq, True)
+    tl.store(DELTA + bh * Lq + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
+
+
+# The two backward kernels take the same arguments: dK/dV loops over query blocks for one key
+# block, dQ over key blocks for one query block; both call _backward_tile for each tile.
 
 
 @triton.jit
@@ -232,23 +274,9 @@ def _attn_bwd_dkdv(
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    in_range = offs_n < Lk
-    k = tl.load(
-        K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
-        mask=in_range[:, None],
-        other=0.0,
-    )
-    v = tl.load(
-        V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
-        mask=in_range[:, None],
-        other=0.0,
-    )
-    if UPCAST:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    key_ok = in_range
-    if HAS_MASK:
-        key_ok = key_ok & (tl.load(KMASK + b * smb + offs_n * smn, mask=in_range, other=0) != 0)
+    k = _load_tile(K + b * skb + h * skh, offs_n, offs_d, skn, Lk, UPCAST)
+    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svn, Lk, UPCAST)
+    key_ok = _keys_taking_part(KMASK + b * smb, offs_n, smn, Lk, HAS_MASK)
     Q += b * sqb + h * sqh
     DO += b * sdb + h * sdh
     LSE += bh * Lq
@@ -262,26 +290,18 @@ def _attn_bwd_dkdv(
     for start_m in range(lo, Lq, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < Lq
-        q = tl.load(Q + offs_m[:, None] * sqm + offs_d[None, :], mask=rows[:, None], other=0.0)
-        do = tl.load(DO + offs_m[:, None] * sdm + offs_d[None, :], mask=rows[:, None], other=0.0)
-        if UPCAST:
-            q = q.to(tl.float32)
-            do = do.to(tl.float32)
+        q = _load_tile(Q, offs_m, offs_d, sqm, Lq, UPCAST)
+        do = _load_tile(DO, offs_m, offs_d, sdm, Lq, UPCAST)
         lse = tl.load(LSE + offs_m, mask=rows, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=rows, other=0.0)
-        s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
-        p = tl.exp2(s - lse[:, None])  # (BLOCK_M, BLOCK_N), the forward's probabilities
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        if DROPOUT:
-            keep = _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
-            z = tl.where(keep, p / (1.0 - dropout_p), 0.0)
-            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-        else:
-            z = p
+        z, ds = _backward_tile(
+            q, k, v, do, lse, delta, offs_m, offs_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
+            seed, CAUSAL, DROPOUT, PRECISION,
+        )  # fmt: skip
         dv += tl.dot(tl.trans(z.to(do.dtype)), do, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
 
+    in_range = offs_n < Lk
     tl.store(
         DK + bh * Lk * D + offs_n[:, None] * D + offs_d[None, :],
         (dk * sm_scale).to(DK.dtype.element_ty),
@@ -342,23 +362,13 @@ def _attn_bwd_dq(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, D)
     rows = offs_m < Lq
-    q = tl.load(
-        Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
-        mask=rows[:, None],
-        other=0.0,
-    )
-    do = tl.load(
-        DO + b * sdb + h * sdh + offs_m[:, None] * sdm + offs_d[None, :],
-        mask=rows[:, None],
-        other=0.0,
-    )
-    if UPCAST:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
+    q = _load_tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, Lq, UPCAST)
+    do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdm, Lq, UPCAST)
     lse = tl.load(LSE + bh * Lq + offs_m, mask=rows, other=float("inf"))
     delta = tl.load(DELTA + bh * Lq + offs_m, mask=rows, other=0.0)
     K += b * skb + h * skh
     V += b * svb + h * svh
+    KMASK += b * smb
 
     dq = tl.full((BLOCK_M, D), 0.0, tl.float32)
     hi = Lk
@@ -366,22 +376,13 @@ def _attn_bwd_dq(
         hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        in_range = offs_n < Lk
-        k = tl.load(K + offs_n[:, None] * skn + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        v = tl.load(V + offs_n[:, None] * svn + offs_d[None, :], mask=in_range[:, None], other=0.0)
-        if UPCAST:
-            k = k.to(tl.float32)
-            v = v.to(tl.float32)
-        key_ok = in_range
-        if HAS_MASK:
-            key_ok = key_ok & (tl.load(KMASK + b * smb + offs_n * smn, mask=in_range, other=0) != 0)
-        s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
-        p = tl.exp2(s - lse[:, None])
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        if DROPOUT:
-            keep = _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
-            dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-        ds = p * (dp - delta[:, None])
+        k = _load_tile(K, offs_n, offs_d, skn, Lk, UPCAST)
+        v = _load_tile(V, offs_n, offs_d, svn, Lk, UPCAST)
+        key_ok = _keys_taking_part(KMASK, offs_n, smn, Lk, HAS_MASK)
+        _, ds = _backward_tile(
+            q, k, v, do, lse, delta, offs_m, offs_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
+            seed, CAUSAL, DROPOUT, PRECISION,
+        )  # fmt: skip
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
     tl.store(
