@@ -316,3 +316,18 @@ def test_train_reports_invalid_utf8_or_replaces_it(
     assert "byte 0xef on line 8" in err
     assert main([*argv, "--encoding-errors", "replace"]) == 0
     assert (tmp_path / "run" / "best.pt").is_file()
+
+
+def test_jsonl_unpaired_surrogate_names_the_line_or_is_replaced(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "escapes.jsonl"  # a paired escape is an emoji; a lone one is not text
+    data.write_text('{"text": "ok \\ud83d\\ude00"}\n{"text": "half \\ud800 pair"}\n', "utf-8")
+    out = tmp_path / "x.jsonl"
+    err = fails(["predict", "--run", str(run), "--data", str(data), "--output", str(out)], capsys)
+    assert f"text on line 2 of {data} holds an unpaired surrogate (\\ud800)" in err
+    assert not out.exists()
+    rows = predict(run, data, "--encoding-errors", "replace", "--quiet")
+    assert [r["text"] for r in rows] == ["ok 😀", "half \ufffd pair"]
+    posts = load_posts(data, require_labels=False, errors="ignore")
+    assert posts.texts == ["ok 😀", "half  pair"]

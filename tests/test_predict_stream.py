@@ -21,6 +21,7 @@ import torch
 
 from fbdl_fast import cli
 from fbdl_fast.cli import load_run, main
+from fbdl_fast.data import Post, iter_posts
 from fbdl_fast.synthetic import generate_posts
 from tiny_run import MAX_LENGTH, make_run
 
@@ -165,3 +166,13 @@ def test_100k_posts_stream_with_bounded_memory(run: Path, tmp_path: Path) -> Non
     expected = alone_probs(run, [texts[i] for i in checks])
     for got, want in zip(checks.values(), expected):
         assert got == pytest.approx(want, abs=2e-6)
+
+
+def test_iter_posts_yields_before_reading_the_whole_file(tmp_path: Path) -> None:
+    data = tmp_path / "posts.csv"
+    data.write_bytes(b"text\nfirst\nsecond\n" + b"x" * 100 + b"\nbad \xff\n")
+    posts = iter_posts(data, label_column=None)
+    assert next(posts) == Post(2, "first", None)
+    assert next(posts) == Post(3, "second", None)
+    with pytest.raises(ValueError, match=r"byte 0xff on line 5"):
+        list(posts)

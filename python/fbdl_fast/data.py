@@ -48,6 +48,7 @@ Label = Union[str, int]
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
 ENCODING_ERRORS = ("strict", "replace", "ignore")  # what to do with invalid UTF-8 bytes
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only JSON escapes can put these in a str
 MAX_FIELD_CHARS = 1 << 25  # longest CSV field read (32 Mi characters)
 logger = logging.getLogger(__name__)
 
@@ -194,6 +195,8 @@ def iter_posts(
                     record, path, line, text_column, label_column, require_labels
                 )
             text = _text_value(record, text_column, path, line)
+            if fmt == "jsonl" and _SURROGATE.search(text):  # a "\ud800" escape, unpaired
+                text = _surrogates(text, errors, path, line)
             label = None
             if has_labels:
                 assert label_column is not None
@@ -216,6 +219,19 @@ def iter_posts(
             count,
             shown,
         )
+
+
+def _surrogates(text: str, errors: str, path: Path, line: int) -> str:
+    """A JSON text holding unpaired surrogates (not text: no encoding can write them)."""
+    if errors == "strict":
+        char = _SURROGATE.search(text)
+        assert char is not None
+        raise ValueError(
+            f"text on line {line} of {path} holds an unpaired surrogate "
+            f"(\\u{ord(char.group()):04x}), which is not text; fix the JSON escape, or "
+            "replace such characters with U+FFFD (errors='replace', --encoding-errors replace)"
+        )
+    return _SURROGATE.sub("\ufffd" if errors == "replace" else "", text)
 
 
 def _only_whitespace(path: Path) -> bool:
