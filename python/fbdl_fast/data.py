@@ -117,8 +117,9 @@ def load_posts(
         require_labels: if False, a file without the label column loads with `labels=None`
             (prediction input); a present column must still be filled on every line.
         format: "csv", "tsv" or "jsonl" to override the extension.
-        errors: invalid UTF-8 bytes are an error naming the line ("strict"), or replaced by
-            U+FFFD ("replace") or dropped ("ignore").
+        errors: invalid UTF-8 bytes (and, in JSONL, unpaired surrogate escapes such as
+            "\\ud800") are an error naming the line ("strict"), or replaced by U+FFFD
+            ("replace") or dropped ("ignore").
 
     Labels are strings or integers; strings that spell an integer ("3") become that integer, so
     the same labels load identically from CSV and JSONL. Empty and whitespace-only texts are kept
