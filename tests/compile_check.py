@@ -27,8 +27,10 @@ H100_SHARED_BYTES = 232448  # most shared memory one H100 block may use (227 KiB
 
 def run_compile_script(script: str, cache_dir: Path, timeout: float = 600) -> str:
     """Run `script` in a fresh Python with TRITON_INTERPRET=0 and this folder on its path; return
-    its stdout. Fails the test with the end of stderr when the script fails. `cache_dir` (a test's
-    tmp_path) keeps Triton's cache out of the home folder and makes every run really compile."""
+    its stdout. Fails the test with the end of stderr when the script fails. Warnings are errors
+    there as in the test run (a launch option left to Triton's default warns when compiled).
+    `cache_dir` (a test's tmp_path) keeps Triton's cache out of the home folder and makes every
+    run really compile."""
     path = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
     env = {
         **os.environ,
@@ -37,7 +39,7 @@ def run_compile_script(script: str, cache_dir: Path, timeout: float = 600) -> st
         "PYTHONPATH": path,
     }
     result = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-W", "error", "-c", script],
         env=env,
         capture_output=True,
         text=True,

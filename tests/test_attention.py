@@ -401,13 +401,13 @@ for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
         bwd = K._launch_config(1024, 1024, d, backward=True)
         for kernel, cfg, constants in (
             (K._attn_fwd, fwd, flags),
-            (K._attn_bwd_delta, {"BLOCK_M": bwd["BLOCK_M"]}, {}),
+            (K._attn_bwd_delta, {"BLOCK_M": bwd["BLOCK_M"], "enable_fp_fusion": K.FP_FUSION}, {}),
             (K._attn_bwd_dkdv, bwd, flags),
             (K._attn_bwd_dq, bwd, flags),
         ):
             params = inspect.signature(kernel.fn).parameters
             blocks = {k: v for k, v in cfg.items() if k.startswith("BLOCK")}
-            options = {k: v for k, v in cfg.items() if k.startswith("num_")}
+            options = {k: v for k, v in cfg.items() if k not in blocks}
             compiled = compile_for_gpu(
                 kernel, {k: v for k, v in types.items() if k in params},
                 dict(D=d, **blocks, **constants), default="i32", **options)

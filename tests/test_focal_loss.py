@@ -410,6 +410,7 @@ def test_kernel_backward_twice_is_refused(triton: None) -> None:
 # Compiles the kernel as a GPU launch would, for sm_90, with tests/compile_check.py.
 _COMPILE_FOR_H100 = """
 from compile_check import compile_for_gpu
+from fbdl_fast.kernels import focal_loss as K
 from fbdl_fast.kernels.focal_loss import _focal_loss_kernel as kernel
 
 ok = 0
@@ -420,7 +421,7 @@ for dtype, block_r, block_c in (("bf16", 1, 4096),):
     constants = dict(HAS_WEIGHT=True, HAS_ALPHA=True, HAS_SMOOTHING=True, COMPUTE_GRAD=True,
                      BLOCK_R=block_r, BLOCK_C=block_c)
     compiled = compile_for_gpu(kernel, types, constants, default="i32", num_warps=8,
-                               enable_fp_fusion=True)
+                               enable_fp_fusion=K.FP_FUSION)
     ok += ".entry _focal_loss_kernel" in compiled.asm["ptx"] and "cubin" in compiled.asm
 print("compiled", ok)
 """

@@ -41,6 +41,9 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Fused multiply-adds: Triton 3.9's default, said explicitly because a launch that leaves it
+# implicit warns (an error under pytest's warnings-as-errors) and 3.10 turns the default off.
+FP_FUSION = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -402,20 +405,22 @@ def _interpreting() -> bool:
 
 
 def _launch_config(lq: int, lk: int, d: int, backward: bool) -> dict[str, int]:
-    """Block sizes and warps. The interpreter runs programs one after another through numpy, so it
-    gets the largest blocks the lengths need (at least 16, tl.dot's minimum there)."""
+    """Block sizes and launch options. The interpreter runs programs one after another through
+    numpy, so it gets the largest blocks the lengths need (at least 16, tl.dot's minimum there)."""
     if _interpreting():
         block = min(64, max(16, triton.next_power_of_2(max(lq, lk))))
-        return {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4, "num_stages": 1}
-    if backward:
+        cfg = {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4, "num_stages": 1}
+    elif backward:
         block_n = 32 if d == 128 else 64
-        return {"BLOCK_M": 64, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 2}
-    return {
-        "BLOCK_M": 128 if d <= 64 else 64,
-        "BLOCK_N": 64,
-        "num_warps": 4 if d <= 64 else 8,
-        "num_stages": 3,
-    }
+        cfg = {"BLOCK_M": 64, "BLOCK_N": block_n, "num_warps": 4, "num_stages": 2}
+    else:
+        cfg = {
+            "BLOCK_M": 128 if d <= 64 else 64,
+            "BLOCK_N": 64,
+            "num_warps": 4 if d <= 64 else 8,
+            "num_stages": 3,
+        }
+    return {**cfg, "enable_fp_fusion": FP_FUSION}
 
 
 def _flags(dtype: torch.dtype) -> dict[str, object]:
@@ -523,6 +528,7 @@ def attention_backward(
         Lq,
         D=D,
         BLOCK_M=cfg["BLOCK_M"],
+        enable_fp_fusion=FP_FUSION,
     )
     common = (
         *q.stride()[:3],
