@@ -18,7 +18,6 @@ is the reference unless TRITON_INTERPRET=1 and a backend asks for the kernel.
 
 from __future__ import annotations
 
-import time
 from typing import Callable, Optional
 
 import pytest
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from fbdl_fast.ops import attention as attention_op
+from measure import best_seconds, peak_mib
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -75,28 +75,6 @@ def _step(fn: Callable[..., torch.Tensor], q, k, v, backward: bool) -> Callable[
     return step
 
 
-def _best_seconds(step: Callable[[], None], repeats: int = 10) -> float:
-    """Best of `repeats`: other processes only ever add time, so the minimum is the estimate."""
-    step()  # warm-up (compiles the kernel on first use)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
-def _peak_mib(step: Callable[[], None]) -> Optional[float]:
-    """Peak CUDA memory above what was allocated before the step; None on a CPU."""
-    if not CUDA:
-        return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
@@ -118,16 +96,16 @@ def bench_attention(
         shape=[B, H, L, D],
         device=DEVICE,
         path=attention_op.explain(q, k, v, key_mask).path if variant == "fused" else variant,
-        peak_memory_mib=_peak_mib(step),
+        peak_memory_mib=peak_mib(step),
     )
     if variant == "fused" and not benchmark.disabled:
         # Ratios measured here, in the same run, so they survive without the report.
-        fused_s = _best_seconds(step)
+        fused_s = best_seconds(step)
         for other in ("sdpa", "naive"):
             other_step = _step(_variant(other, key_mask), q, k, v, backward)
-            ratio = _best_seconds(other_step) / fused_s
+            ratio = best_seconds(other_step) / fused_s
             benchmark.extra_info[f"speedup_vs_{other}"] = round(ratio, 3)
-            benchmark.extra_info[f"peak_memory_mib_{other}"] = _peak_mib(other_step)
+            benchmark.extra_info[f"peak_memory_mib_{other}"] = peak_mib(other_step)
         benchmark.extra_info["tflops"] = round(flops / fused_s / 1e12, 3)
 
     rounds = 1 if benchmark.disabled else 20

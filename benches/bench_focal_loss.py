@@ -14,14 +14,14 @@ smoke run (--benchmark-disable, each benchmark once) is quick.
 
 from __future__ import annotations
 
-import statistics
-import time
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
 
 from fbdl_fast.ops import focal_loss as focal_op
+from fbdl_fast.speed import median_seconds
+from measure import peak_mib, saved_mib
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -65,43 +65,6 @@ def _step(
     return step
 
 
-def _median_seconds(step: Callable[[], None], repeats: int = 10) -> float:
-    step()  # warm-up (compiles the kernel on first use)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def _peak_mib(step: Callable[[], None]) -> Optional[float]:
-    """Peak CUDA memory above what was allocated before the step; None on a CPU."""
-    if not CUDA:
-        return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
-def _saved_mib(
-    fn: Callable[..., torch.Tensor], logits: torch.Tensor, target: torch.Tensor
-) -> float:
-    """MiB that autograd keeps between forward and backward (the input itself not counted)."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.data_ptr() != logits.data_ptr():
-            seen[t.data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(logits, target)
-    return sum(seen.values()) / 2**20
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
@@ -122,17 +85,17 @@ def bench_focal_loss(
         shape=list(logits.shape),
         device=DEVICE,
         path=focal_op.explain(logits, target, GAMMA).path if variant == "fused" else "torch",
-        peak_memory_mib=_peak_mib(step),
-        saved_mib=round(_saved_mib(fn, logits, target), 3),
+        peak_memory_mib=peak_mib(step),
+        saved_mib=round(saved_mib(lambda: fn(logits, target), exclude=[logits]), 3),
     )
     if variant == "fused" and not benchmark.disabled:
         # Ratios measured here, in the same run, so they survive without the report.
-        fused_s = _median_seconds(step)
+        fused_s = median_seconds(step, repeats=10)
         reference_step = _step(_variant("reference"), logits, target, backward)
         benchmark.extra_info["speedup_vs_reference"] = round(
-            _median_seconds(reference_step) / fused_s, 3
+            median_seconds(reference_step, repeats=10) / fused_s, 3
         )
-        reference_peak = _peak_mib(reference_step)
+        reference_peak = peak_mib(reference_step)
         benchmark.extra_info["peak_memory_mib_reference"] = reference_peak
         fused_peak = benchmark.extra_info["peak_memory_mib"]
         if reference_peak and fused_peak is not None:

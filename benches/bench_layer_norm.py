@@ -19,13 +19,14 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Iterator
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
 
 from fbdl_fast.nn import LayerNorm
 from fbdl_fast.ops import layer_norm as ln_op
+from measure import peak_mib, saved_mib
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -98,30 +99,6 @@ def _paired_medians(
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def _peak_mib(step: Callable[[], None]) -> Optional[float]:
-    """Peak CUDA memory above what was allocated before the step; None on a CPU."""
-    if not CUDA:
-        return None
-    torch.cuda.synchronize()
-    before = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
-def _saved_mib(module: torch.nn.Module, x: torch.Tensor) -> float:
-    """MiB autograd keeps between forward and backward, counting each storage once."""
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        module(x)
-    return sum(seen.values()) / 2**20
-
-
 def _max_error(module: torch.nn.Module, x: torch.Tensor, dy: torch.Tensor) -> float:
     """Largest |error| of the output and the input gradient against torch in float64."""
     x = x.detach().requires_grad_()
@@ -155,14 +132,14 @@ def bench_layer_norm(benchmark, hidden: int, dtype: torch.dtype, mode: str, vari
         path=ln_op.explain(x, (hidden,), module.weight, module.bias).path
         if variant == "fbdl_fast"
         else "torch",
-        peak_memory_mib=_peak_mib(step),
-        saved_mib=round(_saved_mib(module, x), 3),
+        peak_memory_mib=peak_mib(step),
+        saved_mib=round(saved_mib(lambda: module(x)), 3),
     )
     if variant == "fbdl_fast" and not benchmark.disabled:
         # Ratios measured here, in the same run, so they hold whatever else the machine does.
         torch_step = _step(modules["torch"], x, dy, backward)
         ours_s, torch_s = _paired_medians(step, torch_step)
-        torch_peak = _peak_mib(torch_step)
+        torch_peak = peak_mib(torch_step)
         ours_peak = benchmark.extra_info["peak_memory_mib"]
         benchmark.extra_info.update(
             speedup_vs_torch=round(torch_s / ours_s, 3),
