@@ -147,34 +147,7 @@ def _backward_kernel(
     pid = tl.program_id(0)
     row_start = pid.to(tl.int64) * rows_per_program
     row_end = tl.minimum(row_start + rows_per_program, M)
-    if ONE_TILE:
-        cols = tl.arange(0, BLOCK_N)
-        mask = cols < N
-        if HAS_WEIGHT:
-            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-        dw = tl.full([BLOCK_N], 0.0, tl.float32)
-        db = tl.full([BLOCK_N], 0.0, tl.float32)
-        for row in range(row_start, row_end):
-            x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
-            dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
-            x = x.to(tl.float32)
-            dy = dy.to(tl.float32)
-            rstd = tl.load(Rstd + row)
-            xhat = tl.where(mask, (x - tl.load(Mean + row)) * rstd, 0.0)
-            g = dy * w if HAS_WEIGHT else dy
-            c1 = tl.sum(xhat * g, axis=0) / N
-            c2 = tl.sum(g, axis=0) / N
-            dx = (g - (xhat * c1 + c2)) * rstd
-            tl.store(DX + row * N + cols, _to_storage(dx, DX.dtype.element_ty), mask=mask)
-            if COMPUTE_DW:
-                dw += dy * xhat
-            if COMPUTE_DB:
-                db += dy
-        if COMPUTE_DW:
-            tl.store(DW + pid * N + cols, dw, mask=mask)
-        if COMPUTE_DB:
-            tl.store(DB + pid * N + cols, db, mask=mask)
-    else:
+    if not ONE_TILE:
         # Pass 1, row by row: the two means of the dx formula, kept in C1/C2 scratch (fp32, (M,)).
         for row in range(row_start, row_end):
             mean = tl.load(Mean + row)
@@ -195,31 +168,42 @@ def _backward_kernel(
             tl.store(C1 + row, tl.sum(acc1, axis=0) / N)
             tl.store(C2 + row, tl.sum(acc2, axis=0) / N)
         tl.debug_barrier()  # pass 2 reads C1/C2 written by other threads of this program
-        # Pass 2, tile by tile: dx, and this program's dw/db for the tile in registers.
-        for start in range(0, N, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            mask = cols < N
-            if HAS_WEIGHT:
-                w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
-            dw = tl.full([BLOCK_N], 0.0, tl.float32)
-            db = tl.full([BLOCK_N], 0.0, tl.float32)
-            for row in range(row_start, row_end):
-                x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
-                dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
-                rstd = tl.load(Rstd + row)
-                xhat = tl.where(mask, (x.to(tl.float32) - tl.load(Mean + row)) * rstd, 0.0)
-                dy = dy.to(tl.float32)
-                g = dy * w if HAS_WEIGHT else dy
-                dx = (g - (xhat * tl.load(C1 + row) + tl.load(C2 + row))) * rstd
-                tl.store(DX + row * N + cols, _to_storage(dx, DX.dtype.element_ty), mask=mask)
-                if COMPUTE_DW:
-                    dw += dy * xhat
-                if COMPUTE_DB:
-                    db += dy
+    # Pass 2, tile by tile (one tile, a constant-trip loop, when the row fits): dx, and this
+    # program's dw/db for the tile in registers. A whole row in the tile gives the two means
+    # directly; otherwise pass 1 left them in C1/C2.
+    end = N
+    if ONE_TILE:
+        end = BLOCK_N
+    for start in range(0, end, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        mask = cols < N
+        if HAS_WEIGHT:
+            w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+        dw = tl.full([BLOCK_N], 0.0, tl.float32)
+        db = tl.full([BLOCK_N], 0.0, tl.float32)
+        for row in range(row_start, row_end):
+            x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+            dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
+            rstd = tl.load(Rstd + row)
+            xhat = tl.where(mask, (x.to(tl.float32) - tl.load(Mean + row)) * rstd, 0.0)
+            dy = dy.to(tl.float32)
+            g = dy * w if HAS_WEIGHT else dy
+            if ONE_TILE:
+                c1 = tl.sum(xhat * g, axis=0) / N
+                c2 = tl.sum(g, axis=0) / N
+            else:
+                c1 = tl.load(C1 + row)
+                c2 = tl.load(C2 + row)
+            dx = (g - (xhat * c1 + c2)) * rstd
+            tl.store(DX + row * N + cols, _to_storage(dx, DX.dtype.element_ty), mask=mask)
             if COMPUTE_DW:
-                tl.store(DW + pid * N + cols, dw, mask=mask)
+                dw += dy * xhat
             if COMPUTE_DB:
-                tl.store(DB + pid * N + cols, db, mask=mask)
+                db += dy
+        if COMPUTE_DW:
+            tl.store(DW + pid * N + cols, dw, mask=mask)
+        if COMPUTE_DB:
+            tl.store(DB + pid * N + cols, db, mask=mask)
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
