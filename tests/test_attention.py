@@ -335,24 +335,9 @@ def test_mha_cross_attention_with_kdim_vdim_and_causal_hint(triton):
     query, key, value = torch.randn(2, 12, 32), torch.randn(2, 12, 16), torch.randn(2, 12, 24)
     causal = torch.ones(12, 12, dtype=torch.bool).triu(1)  # torch MHA: True = not allowed
     kpm = ~padding_mask([12, 7], 12)
-    out, _ = ours(
-        query,
-        key,
-        value,
-        key_padding_mask=kpm,
-        need_weights=False,
-        attn_mask=causal,
-        is_causal=True,
-    )
-    ref, _ = theirs(
-        query,
-        key,
-        value,
-        key_padding_mask=kpm,
-        need_weights=False,
-        attn_mask=causal,
-        is_causal=True,
-    )
+    kwargs = dict(key_padding_mask=kpm, need_weights=False, attn_mask=causal, is_causal=True)
+    out, _ = ours(query, key, value, **kwargs)
+    ref, _ = theirs(query, key, value, **kwargs)
     assert_close(out, ref)
 
 
