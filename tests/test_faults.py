@@ -278,6 +278,8 @@ def test_resume_refusals_name_the_problem(
     assert main([*train_argv(posts_csv, out, 1, "--lr", "0.01"), "--resume"]) == 2
     err = capsys.readouterr().err
     assert "model_config.learning_rate (0.001 in the run, 0.01 now)" in err
+    assert main([*train_argv(posts_csv, out, 1, "--accumulate", "2"), "--resume"]) == 2
+    assert "training.accumulate (1 in the run, 2 now)" in capsys.readouterr().err
 
     # An interrupted run in the way of a fresh one.
     (tmp_path / ".other.partial").mkdir()

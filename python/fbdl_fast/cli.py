@@ -500,8 +500,12 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     if args.resume:  # the run's own tokenizer, not a retrained one
         tokenizer = Tokenizer.from_file(source / RUN_TOKENIZER)
     else:  # rank 0 trains it, the others receive it
-        text = _train_tokenizer(train.texts, args.vocab_size, args.tokenizer).to_str()
-        tokenizer = Tokenizer.from_str(distributed.broadcast_object(text if ctx.is_main else None))
+        text = (
+            _train_tokenizer(train.texts, args.vocab_size, args.tokenizer).to_str()
+            if ctx.is_main
+            else None
+        )
+        tokenizer = Tokenizer.from_str(distributed.broadcast_object(text))
     config = _model_config(args, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
     meta = {
         "model": args.model,

@@ -126,6 +126,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's `obj`, in rank order, on every rank ([obj] for a single process)."""
+    if world_size() <= 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     """Rank `src`'s `obj` on every rank (picklable objects; no-op for a single process)."""
     if world_size() <= 1:
@@ -137,6 +146,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 __all__ = [
     "DistContext",
+    "all_gather_object",
     "all_reduce_sum",
     "barrier",
     "broadcast_object",

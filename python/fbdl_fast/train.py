@@ -715,10 +715,14 @@ class Trainer:
 
         Order: best.pt, the metrics line, last.pt. A kill between any two leaves last.pt at the
         previous epoch; resuming from it trims the log and rewrites best.pt as it was."""
+        # Every rank's RNG state (dropout draws differ per rank), gathered by all of them.
+        rngs = distributed.all_gather_object(rng_state()) if self.world_size > 1 else None
         if self.run_dir is None or self.rank != 0:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         state = self.state_dict()
+        if rngs is not None:
+            state["rng_ranks"] = rngs
         if improved:
             save_checkpoint(state, self.run_dir / BEST_CHECKPOINT)
         h, i = self.history, self.epoch - 1
@@ -848,7 +852,11 @@ class Trainer:
                 self._pending_scheduler_state = state["scheduler"]
         if state["scaler"] is not None and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks")  # written by a distributed run: one state per rank
+        if ranks is not None and len(ranks) == self.world_size:
+            set_rng_state(ranks[self.rank])
+        else:  # a single process, or another world size: rank 0's draws (not bit-exact then)
+            set_rng_state(state["rng"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state.get("global_step", 0))
         self.history = History.from_dict(state["history"])
