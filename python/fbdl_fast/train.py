@@ -58,7 +58,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -314,7 +314,10 @@ class Trainer:
                     f"torch.compile keyword arguments"
                 )
             self.compile_options = {} if compile is True else dict(compile)
-            self._train_model = torch.compile(self._train_model, **self.compile_options)
+            # An OptimizedModule: a Module, though torch.compile is typed as returning a callable.
+            self._train_model = cast(
+                nn.Module, torch.compile(self._train_model, **self.compile_options)
+            )
             if self.world_size == 1:
                 self._eval_model = self._train_model
         self._compile_checked = self.compile_options is None
@@ -432,8 +435,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # Weights that make the summed gradients those of one batch holding every sample of the
         # group on every rank: DDP averages over ranks, hence the world_size factor.
-        counts = torch.tensor([sum(labels.numel() for _, _, labels in group)], device=self.device)
-        total = int(distributed.all_reduce_sum(counts).item())
+        total = sum(labels.numel() for _, _, labels in group)
+        if self.world_size > 1:  # the global batch: every rank's samples of this step
+            total = int(distributed.all_reduce_sum(torch.tensor([total], device=self.device)))
         losses_: list[torch.Tensor] = []
         for i, (ids, mask, labels) in enumerate(group):
             sync = i == len(group) - 1 or self.world_size == 1
@@ -482,7 +486,7 @@ class Trainer:
         batches = skipped = 0
         group: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         bar = self._bar(loader, f"epoch {epoch + 1}/{self.config.max_epochs}")
-        for step, batch in enumerate(bar):
+        for batch in bar:
             ids, mask, labels = self._unpack(batch)
             if labels is None:
                 raise ValueError("training batches need 'labels'")
@@ -492,7 +496,7 @@ class Trainer:
                 continue
             skipped += self._finish_group(group, sums, epoch)
             group = []
-            if step % 10 == 0 and hasattr(bar, "set_postfix"):
+            if self.global_step % 10 == 0 and hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{self._last_loss:.4f}", lr=f"{self._lr():.2e}")
         if group:  # the epoch's last, shorter group
             skipped += self._finish_group(group, sums, epoch)
