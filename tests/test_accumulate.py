@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import subprocess
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from fbdl_fast import ModelConfig
+from fbdl_fast.cli import main
+from fbdl_fast.synthetic import generate_posts
 from fbdl_fast.train import CompileError, Trainer
 
 CLASSES, SEQ, VOCAB = 3, 6, 20
@@ -145,3 +150,21 @@ def test_a_compiler_failure_is_reported_with_what_to_do() -> None:
         trainer.fit(DataLoader(Posts(8), 4), DataLoader(Posts(4, seed=2), 4))
     assert "train without compile (drop --compile / compile=True)" in str(err.value)
     assert "kernel.cpp" in str(err.value)  # the cause, named
+
+
+def test_cli_compile_failure_exits_2_and_leaves_no_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    posts = generate_posts(60, seed=1)
+    data = tmp_path / "posts.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("text", "label"), *zip(posts.texts, posts.labels)])
+    # The compiler of this machine, broken: as a missing or failing C++ toolchain would be.
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend=_broken_backend))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--output", str(out), "--compile", "--quiet"]
+    assert main([*argv, "--model", "cnn", "--input-dim", "8", "--hidden-dim", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "torch.compile could not compile FacebookPostsCNN" in err and "--compile" in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == [data]  # no run folder, no partial one
