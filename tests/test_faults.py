@@ -303,3 +303,11 @@ def test_finished_run_resumes_to_itself(posts_csv: Path, tmp_path: Path) -> None
     after = load_checkpoint(out / LAST_CHECKPOINT)["model"]
     assert all(torch.equal(after[k], v) for k, v in before.items())
     assert len((out / METRICS_LOG).read_text().splitlines()) == 1
+
+
+def test_history_from_an_older_checkpoint_counts_no_skipped_steps() -> None:
+    from fbdl_fast.train import History
+
+    old = {"train_losses": [1.0, 0.5], "val_losses": [1.1, 0.6], "best_epoch": 2}
+    assert History.from_dict(old).skipped_steps == [0, 0]
+    assert History.from_dict({**old, "skipped_steps": [3, 1]}).skipped_steps == [3, 1]
