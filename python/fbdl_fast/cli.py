@@ -532,6 +532,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
                 f"original options, or train a new run"
             )
         if ctx.is_main and source != partial:  # a finished run: continue a copy, publish it
+            shutil.rmtree(partial, ignore_errors=True)  # a start killed before its first epoch
             shutil.copytree(out, partial)
     elif ctx.is_main:
         partial.mkdir(parents=True)
