@@ -21,8 +21,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import statistics
-import time
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +29,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from fbdl_fast.speed import median_seconds
 from fbdl_fast.tokenizer import Tokenizer, num_threads, set_num_threads
 
 os.environ.setdefault("RAYON_NUM_THREADS", "2")  # HF's global pool, if it is not built yet
@@ -189,15 +188,6 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
         os.environ["TOKENIZERS_PARALLELISM"] = before_hf
 
 
-def _median_seconds(fn: Callable[[], object], repeat: int = 3) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 CASES = [("fbdl_fast", 1), ("hf_tokenizers", 1), ("pure_python", 1), ("fbdl_fast", 2),
          ("hf_tokenizers", 2)]  # fmt: skip
 
@@ -219,11 +209,14 @@ def test_encode_batch(benchmark, setup, variant: str, threads: int) -> None:
             "vocab": setup["vocab"],
             "threads": threads,
             "cpu_count": os.cpu_count(),
+            "variant": variant,
+            # Hugging Face `tokenizers` is the anchor each group's speedups are measured against.
+            "role": "reference" if variant == "hf_tokenizers" else "candidate",
         }
     )
     if variant == "fbdl_fast" and setup["timed"]:
-        seconds = {name: _median_seconds(fn) for name, fn in setup["runs"].items()
-                   if threads == 1 or name != "pure_python"}  # fmt: skip
+        timed = {n: fn for n, fn in setup["runs"].items() if threads == 1 or n != "pure_python"}
+        seconds = {name: median_seconds(fn, repeats=3, warmup=0) for name, fn in timed.items()}
         for name, s in seconds.items():
             benchmark.extra_info[f"{name}_posts_per_s"] = round(n / s)
             benchmark.extra_info[f"{name}_mb_per_s"] = round(mb / s, 2)
