@@ -5,8 +5,9 @@ torch.nn.MultiheadAttention -> fbdl_fast.nn.MultiheadAttention. Focal loss has n
 replace: the library's own focal criterion (the losses registry's "focal", the trainer's
 use_focal_loss) already is fbdl_fast.nn.FocalLoss and dispatches to the fused kernel by itself.
 
-The new modules take over the old ones' Parameter objects (not copies), so an optimizer built before the patch keeps training the
-same tensors, and `unpatch` puts the original modules back with whatever the training changed.
+The new modules take over the old ones' Parameter objects (not copies), so an optimizer built
+before the patch keeps training the same tensors, and `unpatch` puts the original modules back
+with whatever the training changed.
 
 torch.nn.TransformerEncoderLayer has an inference fast path (eval mode, no grad) that reads the
 weights of its attention and norms directly and never calls their forward: a patched layer would
