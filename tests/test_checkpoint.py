@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -13,7 +14,6 @@ import torch
 from fbdl_fast.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
-    atomic_write,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -34,11 +34,8 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     path = tmp_path / "c.pt"
     save_checkpoint({"epoch": 1}, path)
 
-    def explode(f: object) -> None:
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(path, explode)
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # torch.save fails half-way
+        save_checkpoint({"epoch": 2, "unpicklable": lambda: None}, path)
     assert os.listdir(tmp_path) == ["c.pt"]
     assert load_checkpoint(path)["epoch"] == 1
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import os
 import pickle
 import random
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
+
+from fbdl_fast.files import open_atomic
 
 FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
@@ -27,33 +28,12 @@ class CheckpointError(RuntimeError):
     """A checkpoint file is missing, truncated, corrupt, or not one of ours."""
 
 
-def atomic_write(path: PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call write(file) on a temporary file beside `path`, then rename it over `path`.
-
-    os.replace is atomic on POSIX and Windows when both names are in one directory, so a reader
-    sees the old file or the new one, never half a file, and a crash leaves the old one intact.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # Leave nothing behind: the temporary name is ours alone.
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
     """Write `state` (plus format_version) to `path` atomically."""
     payload = {"format_version": FORMAT_VERSION, **state}
-    return atomic_write(path, lambda f: torch.save(payload, f))
+    with open_atomic(path, "wb") as f:
+        torch.save(payload, f)
+    return Path(path)
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -140,7 +120,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 __all__ = [
     "FORMAT_VERSION",
     "CheckpointError",
-    "atomic_write",
     "load_checkpoint",
     "require_keys",
     "rng_state",

@@ -466,8 +466,8 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         build_dataloaders,
         load_posts,
         split_posts,
-        write_text_atomic,
     )
+    from fbdl_fast.files import write_atomic
     from fbdl_fast.models import create_model
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.train import LAST_CHECKPOINT, CompileError, Trainer
@@ -536,7 +536,7 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
             shutil.copytree(out, partial)
     elif ctx.is_main:
         partial.mkdir(parents=True)
-        write_text_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
+        write_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
         tokenizer.save(str(partial / RUN_TOKENIZER))
         label_map.save(partial / RUN_LABELS)
     distributed.barrier()  # the partial folder exists before any rank trains
@@ -628,7 +628,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm  # type: ignore[import-untyped]
 
-    from fbdl_fast.data import iter_posts, open_text_atomic
+    from fbdl_fast.data import iter_posts
+    from fbdl_fast.files import open_atomic
 
     if (args.data is None) == (not args.text):
         raise UsageError("give either --data FILE or --text TEXT (repeatable), not both")
@@ -651,7 +652,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     count = 0
     with contextlib.ExitStack() as stack:
         # --output: a temporary file renamed at the end, so a failure leaves no half file.
-        sink = sys.stdout if out is None else stack.enter_context(open_text_atomic(out))
+        sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
         write = _prediction_writer(sink, fmt, names)
         # disable=None: a bar only when stderr is a terminal
         bar = stack.enter_context(

@@ -20,7 +20,6 @@ The embedded synthetic dataset lives in fbdl_fast.synthetic; it returns the same
 from __future__ import annotations
 
 import codecs
-import contextlib
 import csv
 import io
 import json
@@ -28,7 +27,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +36,8 @@ from typing import IO, TYPE_CHECKING, Any, NamedTuple, Optional, Union
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fbdl_fast.files import write_atomic
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
@@ -469,7 +469,7 @@ class LabelMap:
 
     def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Write the map as JSON, atomically (temporary file in the same folder, then rename)."""
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        write_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike[str]]) -> LabelMap:
@@ -481,37 +481,6 @@ class LabelMap:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"label map {path} is not valid JSON: {err}") from None
         return cls.from_dict(values)
-
-
-def write_text_atomic(path: Union[str, os.PathLike[str]], text: str) -> None:
-    """Write `text` to `path` so a reader sees the old file or the new one, never half of it."""
-    with open_text_atomic(path) as f:
-        f.write(text)
-
-
-@contextlib.contextmanager
-def open_text_atomic(path: Union[str, os.PathLike[str]]) -> Iterator[IO[str]]:
-    """A UTF-8 text file to write `path` piece by piece, published only when the block succeeds.
-
-    It is a temporary file in the same folder, renamed over `path` at the end of the `with`
-    block; on an exception it is removed and `path` is left as it was.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            yield f
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # ====================

@@ -22,7 +22,6 @@ how many (the ids are the same for any count).
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Union
@@ -30,6 +29,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 
 from fbdl_fast import _tokenizer
+from fbdl_fast.files import write_atomic
 
 __all__ = [
     "DEFAULT_SPECIAL_TOKENS",
@@ -247,18 +247,7 @@ class Tokenizer:
 
     def save(self, path: PathLike) -> None:
         """Write our JSON format atomically (a temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
-        text = self.to_str()
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tokenizer-", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        write_atomic(path, self.to_str())
 
     # -- encoding ---------------------------------------------------------------------------
 

@@ -66,7 +66,6 @@ from torch import nn
 from fbdl_fast import distributed, losses, metrics, optim
 from fbdl_fast.checkpoint import (
     CheckpointError,
-    atomic_write,
     load_checkpoint,
     require_keys,
     rng_state,
@@ -74,6 +73,7 @@ from fbdl_fast.checkpoint import (
     set_rng_state,
 )
 from fbdl_fast.config import ModelConfig
+from fbdl_fast.files import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -764,7 +764,7 @@ class Trainer:
             if isinstance(epoch, int) and epoch <= self.epoch:
                 kept.append(raw + "\n")
         text = "".join(kept)
-        atomic_write(self.run_dir / METRICS_LOG, lambda f: f.write(text), mode="w")
+        write_atomic(self.run_dir / METRICS_LOG, text)
 
     # ----------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
