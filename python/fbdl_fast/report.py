@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from fbdl_fast.chart import bar_chart_png
-from fbdl_fast.checkpoint import atomic_write
+from fbdl_fast.files import write_atomic
 
 
 @dataclass
@@ -128,7 +128,7 @@ def write_report(rows: list[Row], machine: dict[str, Any], out_dir: Path) -> lis
         [row.speedup for row in ranked],
     )
     paths = [out_dir / "report.md", out_dir / "report.json", out_dir / "speedups.png"]
-    atomic_write(paths[0], lambda f: f.write(table), mode="w")
-    atomic_write(paths[1], lambda f: json.dump(document, f, indent=2), mode="w")
-    atomic_write(paths[2], lambda f: f.write(chart))
+    write_atomic(paths[0], table)
+    write_atomic(paths[1], json.dumps(document, indent=2))
+    write_atomic(paths[2], chart)
     return paths
