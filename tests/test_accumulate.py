@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -11,73 +10,34 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from fbdl_fast import ModelConfig
 from fbdl_fast.cli import main
-from fbdl_fast.synthetic import generate_posts
 from fbdl_fast.train import CompileError, Trainer
-
-CLASSES, SEQ, VOCAB = 3, 6, 20
-
-
-class Bag(nn.Module):
-    """Masked mean of embeddings -> linear head."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, 8, padding_idx=0)
-        self.head = nn.Linear(8, CLASSES)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).float()  # (B, L, 1)
-        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+from tiny_run import Bag, Posts, bag_config, write_posts_csv
 
 
-class Posts(Dataset):
-    def __init__(self, n: int, seed: int = 1) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.randint(0, CLASSES, (n,), generator=g)
-        self.ids = 1 + (self.labels[:, None] * 6 + torch.randint(0, 6, (n, SEQ), generator=g))
-        lengths = torch.randint(2, SEQ + 1, (n,), generator=g)
-        self.mask = torch.arange(SEQ)[None, :] < lengths[:, None]
-        self.ids = self.ids.masked_fill(~self.mask, 0)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+def posts(n: int, seed: int = 1) -> Posts:
+    """`n` posts of 2 to 6 tokens, padded: the mask matters."""
+    return Posts(n, seed, padded=True)
 
 
 def config(**overrides: Any) -> ModelConfig:
     values: dict[str, Any] = {
-        "input_dim": 8,
-        "hidden_dim": 8,
-        "num_layers": 1,
-        "num_heads": 2,
-        "dropout": 0.0,
-        "vocab_size": VOCAB,
-        "num_classes": CLASSES,
-        "max_seq_length": SEQ,
         "learning_rate": 0.5,
-        "max_epochs": 2,
-        "patience": 10,
         "optimizer_type": "sgd",  # plain SGD: a wrongly scaled gradient moves the weights
         "scheduler_type": "one_cycle",  # per-step LR: counts optimizer steps, not batches
         "gradient_clip": 0.0,
-        "use_mixed_precision": False,
-        "seed": 3,
     }
-    values.update(overrides)
-    return ModelConfig(**values)
+    return bag_config(**(values | overrides))
 
 
 def train(batch_size: int, accumulate: int, **kwargs: Any) -> Trainer:
-    data = Posts(38)  # 38 = 2 * 16 + 6: the last batch and the last group are short
+    data = posts(38)  # 38 = 2 * 16 + 6: the last batch and the last group are short
     torch.manual_seed(0)
     trainer = Trainer(Bag(), config(), device="cpu", accumulate_steps=accumulate, **kwargs)
-    trainer.fit(DataLoader(data, batch_size=batch_size), DataLoader(Posts(12, seed=2), 6))
+    trainer.fit(DataLoader(data, batch_size=batch_size), DataLoader(posts(12, seed=2), 6))
     return trainer
 
 
@@ -103,13 +63,13 @@ def test_four_accumulated_batches_equal_one_four_times_larger() -> None:
 def test_uneven_micro_batches_are_weighted_by_their_samples() -> None:
     """Batches of 5 in groups of 3 (15, 15, 8 posts): the last group holds 5 + 3 posts, whose
     mean loss is (5 * mean_a + 3 * mean_b) / 8, not the mean of the two means."""
-    data = Posts(38)
+    data = posts(38)
     torch.manual_seed(0)
     accumulated = Trainer(Bag(), config(max_epochs=1), device="cpu", accumulate_steps=3)
-    accumulated.fit(DataLoader(data, batch_size=5), DataLoader(Posts(12, seed=2), 6))
+    accumulated.fit(DataLoader(data, batch_size=5), DataLoader(posts(12, seed=2), 6))
     torch.manual_seed(0)
     big = Trainer(Bag(), config(max_epochs=1), device="cpu")
-    big.fit(DataLoader(data, batch_size=15), DataLoader(Posts(12, seed=2), 6))
+    big.fit(DataLoader(data, batch_size=15), DataLoader(posts(12, seed=2), 6))
     assert_same_weights(accumulated.model, big.model, atol=1e-5)
 
 
@@ -127,8 +87,8 @@ def test_compiled_training_matches_eager() -> None:
     compiled = train(batch_size=8, accumulate=2, compile={"backend": "aot_eager"})
     assert compiled.compile_options == {"backend": "aot_eager"}
     assert_same_weights(compiled.model, eager.model, atol=1e-5)
-    assert compiled.evaluate(DataLoader(Posts(12, seed=2), 6))["loss"] == pytest.approx(
-        eager.evaluate(DataLoader(Posts(12, seed=2), 6))["loss"], abs=1e-5
+    assert compiled.evaluate(DataLoader(posts(12, seed=2), 6))["loss"] == pytest.approx(
+        eager.evaluate(DataLoader(posts(12, seed=2), 6))["loss"], abs=1e-5
     )
 
 
@@ -147,7 +107,7 @@ def _broken_backend(gm: Any, example_inputs: Any) -> Any:
 def test_a_compiler_failure_is_reported_with_what_to_do() -> None:
     trainer = Trainer(Bag(), config(), device="cpu", compile={"backend": _broken_backend})
     with pytest.raises(CompileError, match=r"torch.compile could not compile Bag on cpu") as err:
-        trainer.fit(DataLoader(Posts(8), 4), DataLoader(Posts(4, seed=2), 4))
+        trainer.fit(DataLoader(posts(8), 4), DataLoader(posts(4, seed=2), 4))
     assert "train without compile (drop --compile / compile=True)" in str(err.value)
     assert "kernel.cpp" in str(err.value)  # the cause, named
 
@@ -155,10 +115,7 @@ def test_a_compiler_failure_is_reported_with_what_to_do() -> None:
 def test_cli_compile_failure_exits_2_and_leaves_no_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    posts = generate_posts(60, seed=1)
-    data = tmp_path / "posts.csv"
-    with open(data, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("text", "label"), *zip(posts.texts, posts.labels)])
+    data = write_posts_csv(tmp_path / "posts.csv", 60, seed=1)
     # The compiler of this machine, broken: as a missing or failing C++ toolchain would be.
     monkeypatch.setattr(torch, "compile", partial(torch.compile, backend=_broken_backend))
     out = tmp_path / "run"

@@ -7,7 +7,6 @@ the global batch, so the weights agree to float rounding (the all-reduce sums in
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import socket
@@ -18,15 +17,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from fbdl_fast import ModelConfig
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data import BucketBatchSampler, PostsDataset, make_loader
 from fbdl_fast.distributed import DistContext, all_reduce_sum, init_from_env
-from fbdl_fast.synthetic import generate_posts
 from fbdl_fast.train import METRICS_LOG, Trainer
+from tiny_run import Bag, bag_config, tiny_model_args, write_posts_csv
 
 # ----------------------------------------------------------------------------- the sampler
 
@@ -79,17 +77,6 @@ def test_single_process_context(monkeypatch: pytest.MonkeyPatch) -> None:
 CLASSES, VOCAB = 3, 26
 
 
-class Bag(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, 8, padding_idx=0)
-        self.head = nn.Linear(8, CLASSES)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).float()  # (B, L, 1)
-        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
-
-
 def _dataset(n: int, seed: int, noisy: bool = False) -> PostsDataset:
     """Class c uses tokens 1 + 8c .. 8 + 8c; noisy: the labels are then redrawn at random."""
     rng = np.random.default_rng(seed)
@@ -101,12 +88,7 @@ def _dataset(n: int, seed: int, noisy: bool = False) -> PostsDataset:
 
 
 def _config() -> ModelConfig:
-    return ModelConfig(
-        input_dim=8,
-        hidden_dim=8,
-        num_layers=1,
-        num_heads=2,
-        dropout=0.0,
+    return bag_config(
         vocab_size=VOCAB,
         num_classes=CLASSES,
         max_seq_length=8,
@@ -114,7 +96,6 @@ def _config() -> ModelConfig:
         optimizer_type="sgd",
         scheduler_type=None,
         gradient_clip=0.0,
-        use_mixed_precision=False,
         max_epochs=6,
         patience=1,
         seed=5,
@@ -128,7 +109,7 @@ def _fit(num_replicas: int, rank: int, batch_size: int) -> Trainer:
         _dataset(19, 2, noisy=True), batch_size, False, num_replicas=num_replicas, rank=rank
     )
     torch.manual_seed(0)
-    trainer = Trainer(Bag(), _config(), device="cpu")
+    trainer = Trainer(Bag(VOCAB, CLASSES), _config(), device="cpu")
     trainer.fit(train, val)
     return trainer
 
@@ -180,21 +161,9 @@ def test_two_gloo_ranks_train_and_stop_like_one_process(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the CLI, torchrun
 
+# A transformer: LayerNorm; a CNN's BatchNorm normalises per rank, as in any DDP run.
 TINY = [
-    "--model",
-    "transformer",  # LayerNorm: a CNN's BatchNorm normalises per rank, as in any DDP run
-    "--input-dim",
-    "16",
-    "--hidden-dim",
-    "16",
-    "--num-layers",
-    "1",
-    "--num-heads",
-    "2",
-    "--vocab-size",
-    "200",
-    "--max-length",
-    "24",
+    *tiny_model_args("transformer", max_length=24),
     "--dropout",
     "0",
     "--epochs",
@@ -205,10 +174,8 @@ TINY = [
 
 
 def test_cli_train_under_torchrun_matches_one_process(tmp_path: Path) -> None:
-    posts = generate_posts(201, seed=5)  # 181 train posts: the last global batch of 16 holds 5
-    data = tmp_path / "posts.csv"
-    with open(data, "w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("text", "label"), *zip(posts.texts, posts.labels)])
+    # 181 train posts: the last global batch of 16 holds 5
+    data = write_posts_csv(tmp_path / "posts.csv", 201, seed=5)
     ddp, one = tmp_path / "runs" / "ddp", tmp_path / "runs" / "one"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -16,42 +15,14 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from fbdl_fast import ModelConfig
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
-from fbdl_fast.synthetic import generate_posts
 from fbdl_fast.train import LAST_CHECKPOINT, METRICS_LOG, NonFiniteLossError, Trainer
-
-CLASSES, SEQ, VOCAB = 3, 6, 20
+from tiny_run import Bag, Posts, bag_config, tiny_model_args, write_posts_csv
 
 # ----------------------------------------------------------------------------- non-finite losses
-
-
-class Bag(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.embed = nn.Embedding(VOCAB, 8, padding_idx=0)
-        self.head = nn.Linear(8, CLASSES)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask = attention_mask.unsqueeze(-1).float()  # (B, L, 1)
-        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
-
-
-class Posts(Dataset):
-    def __init__(self, n: int, seed: int = 1) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.labels = torch.randint(0, CLASSES, (n,), generator=g)
-        self.ids = 1 + self.labels[:, None] * 6 + torch.randint(0, 6, (n, SEQ), generator=g)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ones = torch.ones(SEQ, dtype=torch.bool)
-        return {"input_ids": self.ids[i], "attention_mask": ones, "labels": self.labels[i]}
 
 
 class NanOnSteps(nn.Module):
@@ -68,27 +39,6 @@ class NanOnSteps(nn.Module):
             if self.calls - 1 in self.bad:
                 return loss * math.nan
         return loss
-
-
-def config(**overrides: Any) -> ModelConfig:
-    values: dict[str, Any] = {
-        "input_dim": 8,
-        "hidden_dim": 8,
-        "num_layers": 1,
-        "num_heads": 2,
-        "dropout": 0.0,
-        "vocab_size": VOCAB,
-        "num_classes": CLASSES,
-        "max_seq_length": SEQ,
-        "learning_rate": 0.05,
-        "max_epochs": 2,
-        "patience": 10,
-        "scheduler_type": "one_cycle",
-        "use_mixed_precision": False,
-        "seed": 3,
-    }
-    values.update(overrides)
-    return ModelConfig(**values)
 
 
 class Batches:
@@ -111,7 +61,7 @@ def test_non_finite_steps_are_skipped_counted_and_logged(tmp_path: Path) -> None
     torch.manual_seed(0)
     # Calls 1 and 3 of epoch 1 and call 2 of epoch 2 (call 7) are NaN.
     poisoned = Trainer(
-        Bag(), config(), device="cpu", criterion=NanOnSteps({1, 3, 7}), run_dir=tmp_path
+        Bag(), bag_config(), device="cpu", criterion=NanOnSteps({1, 3, 7}), run_dir=tmp_path
     )
     history = poisoned.fit(Batches(batches), val)
     assert history.skipped_steps == [2, 1]
@@ -135,7 +85,7 @@ def test_non_finite_steps_are_skipped_counted_and_logged(tmp_path: Path) -> None
             return iter([b for i, b in enumerate(self.batches) if i not in drop])
 
     torch.manual_seed(0)
-    clean = Trainer(Bag(), config(), device="cpu")
+    clean = Trainer(Bag(), bag_config(), device="cpu")
     clean_history = clean.fit(PerEpoch(), val)
     for name, tensor in clean.model.state_dict().items():
         assert torch.equal(poisoned.model.state_dict()[name], tensor), name
@@ -150,7 +100,7 @@ def test_non_finite_steps_in_a_row_stop_before_a_poisoned_checkpoint(tmp_path: P
     # Epoch 1 is clean; from the 2nd step of epoch 2 on every loss is NaN.
     trainer = Trainer(
         Bag(),
-        config(max_epochs=3),
+        bag_config(max_epochs=3),
         device="cpu",
         criterion=NanOnSteps(set(range(6, 100))),
         run_dir=tmp_path,
@@ -167,7 +117,7 @@ def test_non_finite_steps_in_a_row_stop_before_a_poisoned_checkpoint(tmp_path: P
     torch.manual_seed(0)
     survivor = Trainer(
         Bag(),
-        config(max_epochs=1),
+        bag_config(max_epochs=1),
         device="cpu",
         criterion=NanOnSteps({0, 1, 3, 4}),
         max_nonfinite_steps=3,
@@ -177,40 +127,14 @@ def test_non_finite_steps_in_a_row_stop_before_a_poisoned_checkpoint(tmp_path: P
 
 # ----------------------------------------------------------------------------- kill and resume
 
-TINY = [
-    "--model",
-    "cnn",
-    "--input-dim",
-    "16",
-    "--hidden-dim",
-    "16",
-    "--num-layers",
-    "1",
-    "--num-heads",
-    "2",
-    "--vocab-size",
-    "200",
-    "--max-length",
-    "24",
-    "--batch-size",
-    "8",
-    "--threads",
-    "1",
-    "--quiet",
-]
+TINY = [*tiny_model_args(max_length=24), "--batch-size", "8", "--threads", "1", "--quiet"]
 RUN_FILES = {"config.json", "tokenizer.json", "label_map.json", "best.pt", "last.pt"}
 RUN_FILES.add(METRICS_LOG)
 
 
 @pytest.fixture(scope="module")
 def posts_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    posts = generate_posts(400, seed=5)
-    path = tmp_path_factory.mktemp("faults") / "posts.csv"
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["text", "label"])
-        writer.writerows(zip(posts.texts, posts.labels))
-    return path
+    return write_posts_csv(tmp_path_factory.mktemp("faults") / "posts.csv", 400, seed=5)
 
 
 def train_argv(data: Path, out: Path, epochs: int = 5, *extra: str) -> list[str]:

@@ -1,14 +1,26 @@
-"""A run folder as `fbdl-fast train` writes it, built in a second from an untrained tiny CNN.
+"""Tiny runs for the tests: a run folder, the CLI options and posts CSV of a tiny model, a tiny
+bag-of-embeddings model with its posts and config for Trainer tests.
 
 Tests of evaluate/predict that check plumbing (streaming, errors, order) need a run folder, not a
 trained model: `make_run` writes config.json, tokenizer.json, label_map.json and best.pt with the
-same helpers the CLI uses, without the training.
+same helpers the CLI uses, without the training. `tiny_model_args` are the `fbdl-fast train`
+options of the same tiny model; `write_csv` / `write_posts_csv` write the posts file it reads.
+
+Trainer tests (accumulation, faults, distributed) need a model that trains in milliseconds and
+whose weights can be compared exactly: `Bag`, fed by `Posts` and configured by `bag_config`.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import LabelMap
@@ -48,3 +60,106 @@ def make_run(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
         folder / BEST_CHECKPOINT
     )
     return folder
+
+
+def tiny_model_args(model: str = "cnn", max_length: int = MAX_LENGTH) -> list[str]:
+    """`fbdl-fast train` options of the tiny model `make_run` builds (vocabulary of 200)."""
+    return [
+        "--model",
+        model,
+        "--input-dim",
+        "16",
+        "--hidden-dim",
+        "16",
+        "--num-layers",
+        "1",
+        "--num-heads",
+        "2",
+        "--vocab-size",
+        "200",
+        "--max-length",
+        str(max_length),
+    ]
+
+
+def write_csv(
+    path: Path, rows: Iterable[tuple[str, str]], header: tuple[str, str] = ("text", "label")
+) -> Path:
+    """Write a posts CSV: the header line, then one (text, label) row per post."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_posts_csv(
+    path: Path, n: int, seed: int, header: tuple[str, str] = ("text", "label")
+) -> Path:
+    """Write `n` synthetic posts (`generate_posts(n, seed)`) as a posts CSV."""
+    posts = generate_posts(n, seed=seed)
+    return write_csv(path, zip(posts.texts, posts.labels), header)
+
+
+# ----------------------------------------------------------------------------- Trainer tests
+
+BAG_CLASSES, BAG_SEQ, BAG_VOCAB = 3, 6, 20
+
+
+class Bag(nn.Module):
+    """Masked mean of embeddings -> linear head."""
+
+    def __init__(self, vocab_size: int = BAG_VOCAB, num_classes: int = BAG_CLASSES) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, 8, padding_idx=0)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).float()  # (B, L, 1)
+        return self.head((self.embed(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1))
+
+
+class Posts(Dataset):
+    """`n` posts of BAG_SEQ tokens; class c uses tokens 1 + 6c .. 6 + 6c, so `Bag` can learn it.
+
+    padded: each post keeps 2..BAG_SEQ tokens and the rest is padding (id 0, masked out);
+    otherwise every post is BAG_SEQ real tokens.
+    """
+
+    def __init__(self, n: int, seed: int = 1, padded: bool = False) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.labels = torch.randint(0, BAG_CLASSES, (n,), generator=g)
+        self.ids = 1 + self.labels[:, None] * 6 + torch.randint(0, 6, (n, BAG_SEQ), generator=g)
+        self.mask = torch.ones(n, BAG_SEQ, dtype=torch.bool)
+        if padded:  # drawn after the ids, whose tails it then pads
+            lengths = torch.randint(2, BAG_SEQ + 1, (n,), generator=g)
+            self.mask = torch.arange(BAG_SEQ)[None, :] < lengths[:, None]
+            self.ids = self.ids.masked_fill(~self.mask, 0)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+def bag_config(**overrides: Any) -> ModelConfig:
+    """The ModelConfig of `Bag` on `Posts` (2 epochs, AdamW, one_cycle, fp32), with `overrides`."""
+    values: dict[str, Any] = {
+        "input_dim": 8,
+        "hidden_dim": 8,
+        "num_layers": 1,
+        "num_heads": 2,
+        "dropout": 0.0,
+        "vocab_size": BAG_VOCAB,
+        "num_classes": BAG_CLASSES,
+        "max_seq_length": BAG_SEQ,
+        "learning_rate": 0.05,
+        "max_epochs": 2,
+        "patience": 10,
+        "scheduler_type": "one_cycle",
+        "use_mixed_precision": False,
+        "seed": 3,
+    }
+    values.update(overrides)
+    return ModelConfig(**values)
