@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from fbdl_fast import ModelConfig, create_model, patch
-from fbdl_fast.speed import amp_dtype_for, training_step
+from fbdl_fast.speed import amp_dtype_for, interleaved_medians, training_step
 
 VOCAB = 30_522  # a BERT-sized vocabulary
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -101,5 +101,12 @@ def bench_training_step(benchmark, name: str, kind: str, amp_dtype: torch.dtype 
         device=DEVICE,
         max_logit_diff_patched_vs_reference=logit_diff,
     )
+    is_reference = (kind, amp_dtype) == ("reference", None)
     loss = benchmark.pedantic(step, rounds=1 if smoke else 5, warmup_rounds=0 if smoke else 1)
     assert math.isfinite(loss), f"training step produced a non-finite loss {loss}"
+    if not (smoke or is_reference):
+        # The speedup the report shows: this step and a reference fp32 step timed in turns, so
+        # that the machine's drift between two separate benchmarks cannot pass for a speedup.
+        base = training_step(copy.deepcopy(reference), ids, mask, labels)
+        seconds = interleaved_medians({"reference": base, "candidate": step}, repeats=3)
+        benchmark.extra_info["speedup"] = seconds["reference"] / seconds["candidate"]

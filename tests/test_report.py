@@ -15,13 +15,15 @@ from fbdl_fast.report import markdown_table, rows_from_pytest_benchmark, write_r
 MACHINE = {"cpu": "Test CPU", "cores": 2, "gpu": None, "torch": "2.x", "triton": "3.x"}
 
 
-def _bench(group: str, variant: str, median: float, role: str = "candidate") -> dict:
+def _bench(
+    group: str, variant: str, median: float, role: str = "candidate", **extra: float
+) -> dict:
     return {
         "group": group,
         "name": f"bench[{variant}]",
         "param": variant,
         "stats": {"median": median},
-        "extra_info": {"variant": variant, "role": role},
+        "extra_info": {"variant": variant, "role": role, **extra},
     }
 
 
@@ -31,6 +33,8 @@ def _sample() -> dict:
             _bench("layer_norm fwd", "torch", 2.0, role="reference"),
             _bench("layer_norm fwd", "fbdl_fast", 0.5),
             _bench("train step cnn", "patched fp32", 3.0),  # no reference in its group
+            _bench("train step lstm", "reference fp32", 1.0, role="reference"),
+            _bench("train step lstm", "patched fp32", 2.0, speedup=0.9),
         ]
     }
 
@@ -60,6 +64,8 @@ def test_speedup_is_reference_median_over_candidate_median() -> None:
     assert speedups[("layer_norm fwd", "fbdl_fast")] == pytest.approx(4.0)
     assert speedups[("layer_norm fwd", "torch")] is None
     assert speedups[("train step cnn", "patched fp32")] is None
+    # A speedup the benchmark measured itself (timed in turns) wins over the ratio of medians.
+    assert speedups[("train step lstm", "patched fp32")] == pytest.approx(0.9)
 
 
 def test_markdown_names_the_machine_and_each_row() -> None:
@@ -85,7 +91,7 @@ def test_write_report_writes_three_files(tmp_path: Path) -> None:
     assert [p.name for p in paths] == ["report.md", "report.json", "speedups.png"]
     document = json.loads(paths[1].read_text())
     assert document["machine"]["cpu"] == "Test CPU"
-    assert [r["speedup"] for r in document["results"]] == [None, 4.0, None]
+    assert [r["speedup"] for r in document["results"]] == [None, 4.0, None, None, 0.9]
     assert _decode_png(paths[2].read_bytes())[0] > 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(p.name for p in paths)
 
@@ -131,3 +137,14 @@ def test_bench_command_runs_the_suite_and_writes_the_report(
     assert document["machine"]["cores"] >= 1 and document["machine"]["torch"]
     assert "| sleep | fast |" in capsys.readouterr().out
     assert (out / "speedups.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interleaved_medians_time_each_step_in_turns() -> None:
+    from fbdl_fast.speed import interleaved_medians
+
+    order: list[str] = []
+    medians = interleaved_medians(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1
+    )
+    assert order == ["a", "b"] * 4  # one warm-up turn, then three timed turns
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())

@@ -3,6 +3,8 @@
 Input is pytest-benchmark's JSON (`--benchmark-json`). Each benchmark in a group may mark itself
 `extra_info["role"] = "reference"`; every other member of the group gets a speedup, the
 reference's median time divided by its own, both measured in the same run on the same machine.
+A benchmark that measured its speedup itself (`extra_info["speedup"]`, e.g. by timing its step
+and the reference's in turns) reports that figure instead.
 """
 
 from __future__ import annotations
@@ -78,9 +80,12 @@ def rows_from_pytest_benchmark(data: dict[str, Any]) -> list[Row]:
         extra = dict(bench.get("extra_info", {}))
         median = bench["stats"]["median"]
         reference = references.get(group)
-        speedup = (
-            None if reference is None or extra.get("role") == "reference" else reference / median
-        )
+        if extra.get("role") == "reference":
+            speedup = None
+        elif "speedup" in extra:  # measured by the benchmark itself, e.g. timed in turns
+            speedup = float(extra.pop("speedup"))
+        else:
+            speedup = None if reference is None else reference / median
         variant = str(extra.pop("variant", bench.get("param") or bench["name"]))
         rows.append(Row(group, variant, median, speedup, extra))
     return rows

@@ -64,6 +64,26 @@ def median_seconds(step: Callable[[], object], repeats: int = 5, warmup: int = 1
     return statistics.median(times)
 
 
+def interleaved_medians(
+    steps: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall time of each step, timed in turns (a, b, c, a, b, c, ...).
+
+    Taking turns spreads the machine's slow and fast moments over every variant; timing one
+    variant after the other lets a drift in between pass for a speedup.
+    """
+    for _ in range(warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            started = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def step_speedups(
     reference: nn.Module,
     input_ids: torch.Tensor,
@@ -74,17 +94,22 @@ def step_speedups(
     """Speed of a patched copy and of AMP relative to `reference` (fp32), on one batch.
 
     Returns {"patched": t_ref / t_patched, "amp": t_ref / t_amp}; above 1 means faster. Each
-    variant trains its own copy of the weights, so the reference model is left untouched.
+    variant trains its own copy of the weights, so the reference model is left untouched; the
+    three steps are timed in turns.
     """
     batch = (input_ids, attention_mask, labels)
     patched = copy.deepcopy(reference)
     patch(patched)
     amp_dtype = amp_dtype_for(input_ids.device.type)
-    base = median_seconds(training_step(copy.deepcopy(reference), *batch), repeats)
+    seconds = interleaved_medians(
+        {
+            "reference": training_step(copy.deepcopy(reference), *batch),
+            "patched": training_step(patched, *batch),
+            "amp": training_step(copy.deepcopy(reference), *batch, amp_dtype=amp_dtype),
+        },
+        repeats,
+    )
     return {
-        "patched": base / median_seconds(training_step(patched, *batch), repeats),
-        "amp": base
-        / median_seconds(
-            training_step(copy.deepcopy(reference), *batch, amp_dtype=amp_dtype), repeats
-        ),
+        "patched": seconds["reference"] / seconds["patched"],
+        "amp": seconds["reference"] / seconds["amp"],
     }
