@@ -13,25 +13,9 @@ from pathlib import Path
 import pytest
 
 from fbdl_fast.cli import build_parser, format_table, main
-from fbdl_fast.synthetic import generate_posts
+from tiny_run import tiny_model_args, write_csv, write_posts_csv
 
-TINY_MODEL = [
-    "--model",
-    "cnn",
-    "--input-dim",
-    "16",
-    "--hidden-dim",
-    "16",
-    "--num-layers",
-    "1",
-    "--num-heads",
-    "2",
-    "--vocab-size",
-    "200",
-    "--max-length",
-    "32",
-    "--quiet",
-]
+TINY_MODEL = [*tiny_model_args(), "--quiet"]
 RUN_FILES = {
     "config.json",
     "tokenizer.json",
@@ -42,36 +26,24 @@ RUN_FILES = {
 }
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["message", "sentiment"])
-        writer.writerows(rows)
-    return path
+# Not the default column names (text, label): train must be told them.
+COLUMNS = ("message", "sentiment")
+
+
+def train_argv(data: Path, run: Path, epochs: int, *extra: str) -> list[str]:
+    """`fbdl-fast train` of the tiny CNN on a posts CSV with the COLUMNS header."""
+    columns = ["--text-column", COLUMNS[0], "--label-column", COLUMNS[1]]
+    options = ["--data", str(data), *columns, "--epochs", str(epochs), "--output", str(run)]
+    return ["train", *options, *extra, *TINY_MODEL]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(posts CSV, run folder) of a tiny CNN trained for 2 epochs through the CLI."""
     root = tmp_path_factory.mktemp("cli")
-    posts = generate_posts(160, seed=1)
-    data = write_csv(root / "posts.csv", list(zip(posts.texts, posts.labels)))
+    data = write_posts_csv(root / "posts.csv", 160, seed=1, header=COLUMNS)
     run = root / "runs" / "tiny"
-    argv = [
-        "train",
-        "--data",
-        str(data),
-        "--text-column",
-        "message",
-        "--label-column",
-        "sentiment",
-        "--epochs",
-        "2",
-        "--output",
-        str(run),
-        *TINY_MODEL,
-    ]
-    assert main(argv) == 0
+    assert main(train_argv(data, run, 2)) == 0
     return data, run
 
 
@@ -101,48 +73,18 @@ def test_train_refuses_a_non_empty_run_folder(
 ) -> None:
     data, run = trained
     before = (run / "last.pt").read_bytes()
-    argv = [
-        "train",
-        "--data",
-        str(data),
-        "--text-column",
-        "message",
-        "--label-column",
-        "sentiment",
-        "--epochs",
-        "1",
-        "--output",
-        str(run),
-        *TINY_MODEL,
-    ]
-    assert main(argv) == 2
+    assert main(train_argv(data, run, 1)) == 2
     err = capsys.readouterr().err
     assert f"run folder {run} already exists and is not empty" in err and "--overwrite" in err
     assert (run / "last.pt").read_bytes() == before
 
 
 def test_train_overwrite_replaces_the_run(tmp_path: Path) -> None:
-    posts = generate_posts(48, seed=2)
-    data = write_csv(tmp_path / "p.csv", list(zip(posts.texts, posts.labels)))
+    data = write_posts_csv(tmp_path / "p.csv", 48, seed=2, header=COLUMNS)
     run = tmp_path / "run"
     run.mkdir()
     (run / "old.txt").write_text("previous run")
-    argv = [
-        "train",
-        "--data",
-        str(data),
-        "--text-column",
-        "message",
-        "--label-column",
-        "sentiment",
-        "--epochs",
-        "1",
-        "--output",
-        str(run),
-        "--overwrite",
-        *TINY_MODEL,
-    ]
-    assert main(argv) == 0
+    assert main(train_argv(data, run, 1, "--overwrite")) == 0
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "run"]
@@ -203,7 +145,8 @@ def test_evaluate_unknown_label_names_it_and_its_line(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     _, run = trained
-    data = write_csv(tmp_path / "eval.csv", [("good stuff", "positive"), ("grr", "angry")])
+    rows = [("good stuff", "positive"), ("grr", "angry")]
+    data = write_csv(tmp_path / "eval.csv", rows, COLUMNS)
     assert main(["evaluate", "--run", str(run), "--data", str(data)]) == 2
     err = capsys.readouterr().err
     assert "unknown label 'angry'" in err and "line 3 of" in err and "Traceback" not in err
@@ -228,8 +171,7 @@ def test_evaluate_unknown_label_names_it_and_its_line(
 def test_user_errors_exit_2_with_a_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], needle: str
 ) -> None:
-    posts = generate_posts(20, seed=0)
-    write_csv(tmp_path / "p.csv", list(zip(posts.texts, posts.labels)))
+    write_posts_csv(tmp_path / "p.csv", 20, seed=0, header=COLUMNS)
     argv = [a.format(tmp=tmp_path) for a in argv]
     if argv[0] == "train":
         argv += ["--text-column", "message", "--label-column", "sentiment", "--quiet"]
