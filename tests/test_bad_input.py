@@ -25,11 +25,10 @@ import torch
 
 from fbdl_fast import cli
 from fbdl_fast.cli import main
-from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
 from fbdl_fast.synthetic import generate_posts
 from fbdl_fast.tokenizer import Tokenizer
-from tiny_run import MAX_LENGTH, make_run
+from tiny_run import MAX_LENGTH, make_run, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -276,24 +275,14 @@ def test_build_dataloaders_refuses_a_tokenizer_larger_than_the_model() -> None:
     tok = Tokenizer.train(posts.texts, vocab_size=120)
     train, val = split_posts(posts, 0.25, seed=0)
     label_map = LabelMap.from_labels(posts.labels)
-    small = ModelConfig(
-        input_dim=16, hidden_dim=16, num_layers=1, num_heads=2, num_classes=4, vocab_size=50
-    )
+    small = tiny_config(num_classes=4, vocab_size=50)
     with pytest.raises(
         ValueError,
         match=rf"tokenizer vocab_size={tok.vocab_size} is larger than the model's "
         r"config.vocab_size=50; build the ModelConfig with vocab_size=tokenizer.vocab_size",
     ):
         build_dataloaders(train, val, tok, label_map, small)
-    fits = ModelConfig(
-        input_dim=16,
-        hidden_dim=16,
-        num_layers=1,
-        num_heads=2,
-        num_classes=4,
-        vocab_size=tok.vocab_size,
-        max_seq_length=16,
-    )
+    fits = tiny_config(num_classes=4, vocab_size=tok.vocab_size, max_seq_length=16)
     loader, _ = build_dataloaders(train, val, tok, label_map, fits)
     assert int(max(batch["input_ids"].max() for batch in loader)) < tok.vocab_size
     assert torch.is_tensor(next(iter(loader))["input_ids"])

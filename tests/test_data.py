@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import (
     BucketBatchSampler,
     LabelMap,
@@ -26,6 +25,7 @@ from fbdl_fast.data import (
     train_val_split,
 )
 from fbdl_fast.synthetic import CLASSES, generate_posts
+from tiny_run import tiny_config
 
 # ====================
 # Loading
@@ -305,16 +305,8 @@ def test_build_dataloaders_yields_contract_batches() -> None:
     train, val = split_posts(posts, val_fraction=0.25, seed=0)
     tok = WordTokenizer(posts.texts)
     label_map = LabelMap.from_labels(posts.labels)
-    config = ModelConfig(
-        input_dim=16,
-        hidden_dim=16,
-        num_layers=1,
-        num_heads=2,
-        batch_size=8,
-        vocab_size=len(tok.vocab),
-        num_classes=4,
-        max_seq_length=12,
-        seed=3,
+    config = tiny_config(
+        batch_size=8, vocab_size=len(tok.vocab), num_classes=4, max_seq_length=12, seed=3
     )
     train_loader, val_loader = build_dataloaders(train, val, tok, label_map, config)
     assert len(train_loader) == 6 and len(val_loader) == 2

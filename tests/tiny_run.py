@@ -3,7 +3,8 @@ bag-of-embeddings model with its posts and config for Trainer tests.
 
 Tests of evaluate/predict that check plumbing (streaming, errors, order) need a run folder, not a
 trained model: `make_run` writes config.json, tokenizer.json, label_map.json and best.pt with the
-same helpers the CLI uses, without the training. `tiny_model_args` are the `fbdl-fast train`
+same helpers the CLI uses, without the training. `tiny_config` is that model's ModelConfig and
+`tiny_model_args` are the `fbdl-fast train`
 options of the same tiny model; `write_csv` / `write_posts_csv` write the posts file it reads.
 
 Trainer tests (accumulation, faults, distributed) need a model that trains in milliseconds and
@@ -32,18 +33,26 @@ from fbdl_fast.train import BEST_CHECKPOINT, Trainer
 MAX_LENGTH = 32
 
 
+def tiny_config(**overrides: Any) -> ModelConfig:
+    """The tiny model's ModelConfig (width 16, one layer, 2 heads, the synthetic posts' 4
+    classes), with `overrides`."""
+    values: dict[str, Any] = {
+        "input_dim": 16,
+        "hidden_dim": 16,
+        "num_layers": 1,
+        "num_heads": 2,
+        "num_classes": len(CLASSES),
+    }
+    return ModelConfig(**(values | overrides))
+
+
 def make_run(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
     """Write a complete run folder for a tiny untrained CNN (columns: text, label)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.train(generate_posts(300, seed=seed).texts, vocab_size=vocab_size)
-    config = ModelConfig(
-        input_dim=16,
-        hidden_dim=16,
-        num_layers=1,
-        num_heads=2,
+    config = tiny_config(
         batch_size=32,
         vocab_size=tokenizer.vocab_size,
-        num_classes=len(CLASSES),
         max_seq_length=MAX_LENGTH,
         pad_token_id=tokenizer.pad_token_id,
         seed=seed,
