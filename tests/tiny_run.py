@@ -1,11 +1,11 @@
-"""Tiny runs for the tests: a run folder, the CLI options and posts CSV of a tiny model, a tiny
-bag-of-embeddings model with its posts and config for Trainer tests.
+"""Tiny runs for the tests: a run folder, the config, CLI options and posts CSV of a tiny model,
+and a tiny bag-of-embeddings model with its posts and config for Trainer tests.
 
 Tests of evaluate/predict that check plumbing (streaming, errors, order) need a run folder, not a
 trained model: `make_run` writes config.json, tokenizer.json, label_map.json and best.pt with the
-same helpers the CLI uses, without the training. `tiny_config` is that model's ModelConfig and
-`tiny_model_args` are the `fbdl-fast train`
-options of the same tiny model; `write_csv` / `write_posts_csv` write the posts file it reads.
+same helpers the CLI uses, without the training. `tiny_config` is that model's ModelConfig,
+`tiny_model_args` its `fbdl-fast train` options; `write_csv` / `write_posts_csv` write the posts
+file the CLI reads.
 
 Trainer tests (accumulation, faults, distributed) need a model that trains in milliseconds and
 whose weights can be compared exactly: `Bag`, fed by `Posts` and configured by `bag_config`.
