@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from fbdl_fast.ops import focal_loss as focal_op
-from fbdl_fast.speed import median_seconds
+from fbdl_fast.speed import interleaved_medians
 from measure import peak_mib, saved_mib
 
 CUDA = torch.cuda.is_available()
@@ -90,11 +90,11 @@ def bench_focal_loss(
     )
     if variant == "fused" and not benchmark.disabled:
         # Ratios measured here, in the same run, so they survive without the report.
-        fused_s = median_seconds(step, repeats=10)
         reference_step = _step(_variant("reference"), logits, target, backward)
-        benchmark.extra_info["speedup_vs_reference"] = round(
-            median_seconds(reference_step, repeats=10) / fused_s, 3
-        )
+        seconds = interleaved_medians({"fused": step, "reference": reference_step}, repeats=10)
+        ratio = seconds["reference"] / seconds["fused"]
+        benchmark.extra_info["speedup"] = ratio  # timed in turns: the figure the report shows
+        benchmark.extra_info["speedup_vs_reference"] = round(ratio, 3)
         reference_peak = peak_mib(reference_step)
         benchmark.extra_info["peak_memory_mib_reference"] = reference_peak
         fused_peak = benchmark.extra_info["peak_memory_mib"]

@@ -1,29 +1,17 @@
 """What the kernel benches (bench_layer_norm, bench_focal_loss, bench_attention) measure besides
-pytest-benchmark's own timing: a best-of time, peak CUDA memory and the memory autograd keeps.
+pytest-benchmark's own timing: peak CUDA memory and the memory autograd keeps.
 
-A median time is fbdl_fast.speed.median_seconds. pytest puts this folder on sys.path when it
-imports a bench file, so they import this module as `measure`.
+Speedups are timed in turns against the reference with fbdl_fast.speed.interleaved_medians.
+pytest puts this folder on sys.path when it imports a bench file, so they import this module as
+`measure`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Callable, Optional
 
 import torch
-
-
-def best_seconds(step: Callable[[], object], repeats: int = 10) -> float:
-    """Best of `repeats` after one warm-up call (which compiles a kernel on first use): other
-    processes only ever add time, so the minimum is the estimate."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def peak_mib(step: Callable[[], object]) -> Optional[float]:
