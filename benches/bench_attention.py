@@ -1,23 +1,29 @@
-"""Fused attention vs torch's scaled_dot_product_attention vs the naive composition.
+"""Fused attention vs torch's scaled_dot_product_attention, each SDPA backend pinned, side by side.
 
-Each group is one problem (length, dtype, key padding or not, forward or forward+backward) with
-three variants: `fused` (fbdl_fast.ops.attention.dispatch: the Triton kernel on CUDA, whatever
-dispatch picks elsewhere), `sdpa` (torch, the group's reference; with a key mask torch cannot use
-its flash backend and runs mem-efficient or math), `naive` (softmax(QK^T * scale + mask) V
-written out, materialising the L x L matrix). The fused benchmark also times the other two in
-the same run and records the ratios (speedup_vs_sdpa, speedup_vs_naive) in extra_info, with its
-TFLOP/s and the peak memory of each variant.
+One benchmark per problem: B sequences of length L, H heads of size D, dense or with a key
+padding mask (lengths uniform in [L/4, L]: a padded batch of posts), dropout 0 or 0.1.
 
-FLOPs count the nominal dense work, 4 * B * H * L^2 * D forward and 2.5 times that for the
-backward (FlashAttention's convention), whether keys are padded or not.
+Before anything is timed, the output and dq, dk, dv (at dropout 0) are checked against the
+reference in fp32: our error must be at most twice SDPA's own error in the same precision
+(FlashAttention's rule), or a few ulps where that is ~0. With dropout the kernel's mask is its
+own (Philox), so the check there is that one seed gives the same output and gradients twice.
 
-On CUDA: L in 128, 512, 2048, D = 64, fp16 and bf16. On a CPU: a reduced problem (L = 64, fp32)
-so the smoke run (--benchmark-disable, each benchmark once) is quick; there the dispatched path
-is the reference unless TRITON_INTERPRET=1 and a backend asks for the kernel.
+SDPA is timed once per backend that accepts the inputs, pinned with torch.nn.attention.
+sdpa_kernel (flash, cudnn, efficient, math); each row names every backend's time and the best,
+which is what our speedup is measured against. Forward and forward+backward are timed in turns
+(measure.time_in_turns: CUDA events, L2 flushed, >= 50 calls on a GPU; host time apart).
+TFLOP/s count the nominal dense work, 4 * B * H * L^2 * D forward and 3.5 times that forward+
+backward (FlashAttention's convention), padded or not. Peak memory shows whether it grows
+linearly in L.
+
+On CUDA: bf16, D in 32, 64, 128; L in 128, 512, 2,048 with B * L = 32,768 tokens and H = 8.
+On a CPU: fp32, L = 64, B = H = 2, D in 32, 64, for the test command's smoke run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from typing import Callable, Optional
 
 import pytest
@@ -25,98 +31,181 @@ import torch
 import torch.nn.functional as F
 
 from fbdl_fast.ops import attention as attention_op
-from fbdl_fast.speed import interleaved_medians
-from measure import peak_mib
+from measure import (
+    CUDA,
+    dtype_name,
+    max_abs_error,
+    peak_mib,
+    record,
+    synchronized,
+    time_in_turns,
+    within_parity,
+)
 
-CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
+DTYPE = torch.bfloat16 if CUDA else torch.float32
 LENGTHS = (128, 512, 2048) if CUDA else (64,)
-DTYPES = (torch.float16, torch.bfloat16) if CUDA else (torch.float32,)
-B, H, D = (16, 8, 64) if CUDA else (2, 2, 64)
-VARIANTS = ("fused", "sdpa", "naive")
+HEAD_DIMS = (32, 64, 128) if CUDA else (32, 64)
+HEADS = 8 if CUDA else 2
+TOKENS = 32768 if CUDA else 128  # B * L
+DROPOUTS = (0.0, 0.1)
+GRADS = ("out", "dq", "dk", "dv")
+
+try:  # torch >= 2.3
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    SDPA_BACKENDS = {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }
+except ImportError:  # pragma: no cover - older torch: SDPA as it dispatches itself
+    SDPA_BACKENDS, sdpa_kernel = {}, None
 
 
-def _inputs(L: int, dtype: torch.dtype, padded: bool):
-    generator = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(B, H, L, D, generator=generator) for _ in range(3))
-    q, k, v = (t.to(DEVICE, dtype).requires_grad_() for t in (q, k, v))
+def _inputs(L: int, D: int, padded: bool):
+    generator = torch.Generator(DEVICE).manual_seed(0)
+    shape = (TOKENS // L, HEADS, L, D)  # (B, H, L, D)
+    q, k, v, dout = (torch.randn(shape, device=DEVICE, generator=generator) for _ in range(4))
+    q, k, v = (t.to(DTYPE).requires_grad_() for t in (q, k, v))
     key_mask = None
-    if padded:  # post lengths uniform in [L/4, L]: a padded batch of posts
-        lengths = torch.randint(L // 4, L + 1, (B,), generator=generator)
-        key_mask = (torch.arange(L)[None, :] < lengths[:, None]).to(DEVICE)  # (B, L) True = real
-    return q, k, v, key_mask
+    if padded:
+        lengths = torch.randint(L // 4, L + 1, (shape[0],), device=DEVICE, generator=generator)
+        key_mask = torch.arange(L, device=DEVICE)[None, :] < lengths[:, None]  # (B, L) True=real
+    return q, k, v, dout.to(DTYPE), key_mask
 
 
-def _naive(q, k, v, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
-    scores = q @ k.transpose(-2, -1) * D**-0.5  # (B, H, L, L)
-    if key_mask is not None:
-        scores = scores.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+def _ours(key_mask, dropout_p: float) -> Callable[..., torch.Tensor]:
+    return lambda q, k, v: attention_op.dispatch(q, k, v, key_mask, dropout_p=dropout_p)
 
 
-def _variant(name: str, key_mask: Optional[torch.Tensor]) -> Callable[..., torch.Tensor]:
-    if name == "fused":
-        return lambda q, k, v: attention_op.dispatch(q, k, v, key_mask)
-    if name == "sdpa":
-        mask = None if key_mask is None else key_mask[:, None, None, :]
-        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return lambda q, k, v: _naive(q, k, v, key_mask)
+def _sdpa(key_mask, dropout_p: float, backend: Optional[str]) -> Callable[..., torch.Tensor]:
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
+
+    def run(q, k, v):
+        pinned = sdpa_kernel(SDPA_BACKENDS[backend]) if backend else contextlib.nullcontext()
+        with pinned:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+    return run
 
 
-def _step(fn: Callable[..., torch.Tensor], q, k, v, backward: bool) -> Callable[[], None]:
-    dout = torch.randn_like(q)
-
-    def step() -> None:
-        out = fn(q, k, v)
-        if backward:
-            torch.autograd.grad(out, (q, k, v), dout)
-        if CUDA:
-            torch.cuda.synchronize()
+def _forward(fn, q, k, v) -> Callable[[], object]:
+    def step() -> object:
+        with torch.no_grad():
+            return fn(q, k, v)
 
     return step
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
+def _forward_backward(fn, q, k, v, dout) -> Callable[[], object]:
+    def step() -> object:
+        return torch.autograd.grad(fn(q, k, v), (q, k, v), dout)
+
+    return step
+
+
+def _outputs(fn, q, k, v, dout) -> list[torch.Tensor]:
+    q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v)
+    return [out, *torch.autograd.grad(out, (q, k, v), dout)]
+
+
+def _check_parity(q, k, v, dout, key_mask, dropout_p: float) -> dict[str, float]:
+    if dropout_p:  # the kernel's own dropout mask: the same seed must give the same result
+        results = []
+        for _ in range(2):
+            torch.manual_seed(1234)
+            results.append(_outputs(_ours(key_mask, dropout_p), q, k, v, dout))
+        differ = [n for n, a, b in zip(GRADS, *results) if not torch.equal(a, b)]
+        assert not differ, f"attention with dropout: one seed gave two results for {differ}"
+        return {}
+    truth = _outputs(lambda *t: attention_op.reference(*t, key_mask), *(
+        t.float() for t in (q, k, v, dout)
+    ))  # fmt: skip
+    ours = _outputs(_ours(key_mask, 0.0), q, k, v, dout)
+    sdpa = _outputs(_sdpa(key_mask, 0.0, None), q, k, v, dout)
+    errors = {name: max_abs_error(o, t) for name, o, t in zip(GRADS, ours, truth)}
+    yardstick = {name: max_abs_error(s, t) for name, s, t in zip(GRADS, sdpa, truth)}
+    floor = 8 * torch.finfo(DTYPE).eps
+    failed = {
+        name: (errors[name], yardstick[name])
+        for name in GRADS
+        if not within_parity(errors[name], yardstick[name], floor)
+    }
+    assert not failed, f"fused attention off the fp32 reference (ours, SDPA's): {failed}"
+    return {**errors, **{f"sdpa_{name}": value for name, value in yardstick.items()}}
+
+
+def _usable_backends(q, k, v, dout, key_mask, dropout_p: float) -> list[str]:
+    """The SDPA backends that accept these inputs, forward and backward."""
+    if not SDPA_BACKENDS:
+        return ["default"]
+    usable = []
+    for name in SDPA_BACKENDS:
+        try:
+            with warnings.catch_warnings():  # a refusing backend warns why, then raises
+                warnings.simplefilter("ignore")
+                _forward_backward(_sdpa(key_mask, dropout_p, name), q, k, v, dout)()
+        except RuntimeError:  # "No available kernel": unsupported mask, dtype or dropout
+            continue
+        usable.append(name)
+    assert usable, "no SDPA backend accepted these inputs"
+    return usable
+
+
+@pytest.mark.parametrize("dropout_p", DROPOUTS, ids=lambda p: f"dropout{p}")
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("D", HEAD_DIMS)
 @pytest.mark.parametrize("L", LENGTHS)
-def bench_attention(
-    benchmark, L: int, dtype: torch.dtype, padded: bool, mode: str, variant: str
-) -> None:
-    backward = mode == "forward+backward"
-    q, k, v, key_mask = _inputs(L, dtype, padded)
-    step = _step(_variant(variant, key_mask), q, k, v, backward)
-    flops = 4 * B * H * L * L * D * (3.5 if backward else 1.0)
-    dtype_name = str(dtype).removeprefix("torch.")
-
-    benchmark.group = f"attention {mode} L={L} {dtype_name} {'padded' if padded else 'dense'}"
+def bench_attention(benchmark, L: int, D: int, padded: bool, dropout_p: float) -> None:
+    q, k, v, dout, key_mask = _inputs(L, D, padded)
+    errors = _check_parity(q, k, v, dout, key_mask, dropout_p)
+    backends = _usable_backends(q, k, v, dout, key_mask, dropout_p)
+    B = q.shape[0]
+    problem = {
+        "batch": B, "heads": HEADS, "length": L, "head_dim": D, "dtype": dtype_name(DTYPE),
+        "padded": padded, "dropout": dropout_p, "device": DEVICE,
+    }  # fmt: skip
+    path = attention_op.explain(q, k, v, key_mask, dropout_p=dropout_p).path
+    benchmark.group = f"attention L={L} D={D} {'padded' if padded else 'dense'} p={dropout_p}"
     benchmark.extra_info.update(
-        variant=variant,
-        role="reference" if variant == "sdpa" else "candidate",
-        shape=[B, H, L, D],
-        device=DEVICE,
-        path=attention_op.explain(q, k, v, key_mask).path if variant == "fused" else variant,
-        peak_memory_mib=peak_mib(step),
+        **problem, role="candidate", variant="fbdl_fast", path=path, errors=errors
     )
-    if variant == "fused" and not benchmark.disabled:
-        # Ratios measured here, in the same run, so they survive without the report.
-        others = {o: _step(_variant(o, key_mask), q, k, v, backward) for o in ("sdpa", "naive")}
-        seconds = interleaved_medians({"fused": step, **others}, repeats=10)  # timed in turns
-        fused_s = seconds["fused"]
-        benchmark.extra_info["speedup"] = seconds["sdpa"] / fused_s  # the report's figure
-        for other, other_step in others.items():
-            benchmark.extra_info[f"speedup_vs_{other}"] = round(seconds[other] / fused_s, 3)
-            benchmark.extra_info[f"peak_memory_mib_{other}"] = peak_mib(other_step)
-        benchmark.extra_info["tflops"] = round(flops / fused_s / 1e12, 3)
 
-    rounds = 1 if benchmark.disabled else 20
-    benchmark.pedantic(step, rounds=rounds, warmup_rounds=0 if benchmark.disabled else 2)
+    measured = not benchmark.disabled or CUDA
+    for mode in ("forward", "forward+backward"):
+        backward = mode == "forward+backward"
+        variants = {"ours": _ours(key_mask, dropout_p)}
+        for name in backends:
+            variants[f"sdpa_{name}"] = _sdpa(
+                key_mask, dropout_p, None if name == "default" else name
+            )
+        steps = {
+            name: _forward_backward(fn, q, k, v, dout) if backward else _forward(fn, q, k, v)
+            for name, fn in variants.items()
+        }
+        timings = time_in_turns(steps, repeats=10 if measured else 1, warmup=2 if measured else 0)
+        best = min(backends, key=lambda name: timings[f"sdpa_{name}"].median_s)
+        flops = 4 * B * HEADS * L * L * D * (3.5 if backward else 1.0)
+        row = {
+            **problem,
+            "mode": mode,
+            "path": path,
+            **timings["ours"].summary("ours"),
+            "sdpa_best": best,
+            **timings[f"sdpa_{best}"].summary("sdpa"),
+            **{f"sdpa_{name}_ms": timings[f"sdpa_{name}"].median_s * 1e3 for name in backends},
+            "speedup": timings[f"sdpa_{best}"].median_s / timings["ours"].median_s,
+            "ours_tflops": flops / timings["ours"].median_s / 1e12,
+            "ours_peak_mib": peak_mib(steps["ours"]),
+            "sdpa_peak_mib": peak_mib(steps[f"sdpa_{best}"]),
+            "errors": errors,
+        }
+        record("attention", row)
+        benchmark.extra_info[mode] = row
+    benchmark.extra_info["speedup"] = benchmark.extra_info["forward+backward"]["speedup"]
 
-    # A wrong kernel must not look fast: the forward agrees with torch's SDPA.
-    with torch.no_grad():
-        out = _variant(variant, key_mask)(q, k, v).float()
-        ref = _variant("sdpa", key_mask)(q, k, v).float()
-    difference = (out - ref).abs().max().item()
-    benchmark.extra_info["max_abs_diff_vs_sdpa"] = difference
-    assert difference < (1e-4 if dtype == torch.float32 else 5e-2), difference
+    step = synchronized(_forward_backward(_ours(key_mask, dropout_p), q, k, v, dout))
+    benchmark.pedantic(step, rounds=1 if benchmark.disabled else 20, warmup_rounds=0)

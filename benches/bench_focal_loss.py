@@ -1,15 +1,23 @@
-"""Fused focal loss vs the reference composition (log_softmax, gather, pow).
+"""Fused focal loss vs the reference composition (log_softmax, gather, pow), side by side.
 
-Each group is one problem (classes C, dtype, forward or forward+backward) with two variants:
-`fused` (fbdl_fast.ops.focal_loss.dispatch: the Triton kernel on CUDA, whatever dispatch picks
-elsewhere — the reference on a plain CPU run) and `reference` (ops.focal_loss.reference, the
-group's reference). The fused benchmark also times the reference in the same run and records
-speedup_vs_reference, the peak memory of both and memory_ratio_vs_reference in extra_info, plus
-the bytes each variant keeps for backward (saved_mib; measured on any device).
+One benchmark per problem: N rows x C classes, gamma 2, mean reduction, 1 in 16 targets
+ignored, in one precision:
+- `fp32`, `bf16`: logits in that dtype, the gradient of the loss itself;
+- `fp16-scaled`: fp16 logits and the loss multiplied by 65,536 before the backward, as
+  torch.amp.GradScaler does with its initial scale. At C = 50,257 most probabilities are ~2e-5
+  and their gradient, divided by N, is far below fp16's smallest number: only a backward that
+  applies the scale before it rounds to fp16 keeps them. `underflow` counts the gradient entries
+  that are zero where the float64 gradient, scaled, is representable in fp16.
 
-Problem: gamma = 2, mean reduction, 1 in 16 targets ignored. On CUDA: N = 8192 rows, C in 5,
-1000, 32000, fp32 and bf16. On a CPU: the same C with N shrunk so N * C <= 2**18, fp32, so the
-smoke run (--benchmark-disable, each benchmark once) is quick.
+Before anything is timed, the loss and the gradient are checked against the reference in
+float64 (unscaled): our error must be at most twice the reference composition's own error in the
+same precision, or a few ulps where that is ~0. Then forward (under no_grad) and
+forward+backward are timed in turns against the reference (measure.time_in_turns: CUDA events,
+L2 flushed, >= 50 calls on a GPU; host time apart). GB/s count the fewest bytes: the logits read
+once forward, once more backward plus the gradient written. Peak memory is the CUDA allocator's.
+
+On CUDA: N = 8,192, C in 5, 1,000, 32,000 and 50,257 (unaligned). On a CPU: the same C with N
+shrunk so N * C <= 2**16, fp32 and bf16, for the test command's smoke run.
 """
 
 from __future__ import annotations
@@ -20,102 +28,139 @@ import pytest
 import torch
 
 from fbdl_fast.ops import focal_loss as focal_op
-from fbdl_fast.speed import interleaved_medians
-from measure import peak_mib, saved_mib
+from measure import (
+    CUDA,
+    max_abs_error,
+    peak_mib,
+    record,
+    saved_mib,
+    synchronized,
+    time_in_turns,
+    within_parity,
+)
 
-CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
-CLASSES = (5, 1000, 32000)
-DTYPES = (torch.float32, torch.bfloat16) if CUDA else (torch.float32,)
-VARIANTS = ("fused", "reference")
+CLASSES = (5, 1000, 32000, 50257)
+PRECISIONS = ("fp32", "bf16", "fp16-scaled") if CUDA else ("fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16-scaled": torch.float16}
+GRAD_SCALE = 65536.0  # torch.amp.GradScaler's initial scale
 GAMMA = 2.0
+VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "ours": lambda x, y: focal_op.dispatch(x, y, GAMMA),
+    "reference": lambda x, y: focal_op.reference(x, y, GAMMA),
+}
 
 
 def _rows(n_classes: int) -> int:
-    return 8192 if CUDA else max(16, min(8192, 2**18 // n_classes))
+    return 8192 if CUDA else max(16, min(8192, 2**16 // n_classes))
 
 
 def _inputs(n_classes: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(DEVICE).manual_seed(0)
     n = _rows(n_classes)
-    logits = 3 * torch.randn(n, n_classes, generator=generator)
-    target = torch.randint(0, n_classes, (n,), generator=generator)
+    logits = 3 * torch.randn(n, n_classes, device=DEVICE, generator=generator)
+    target = torch.randint(0, n_classes, (n,), device=DEVICE, generator=generator)
     target[::16] = -100
-    return logits.to(DEVICE, dtype).requires_grad_(), target.to(DEVICE)
+    return logits.to(dtype).requires_grad_(), target
 
 
-def _variant(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if name == "fused":
-        return lambda x, y: focal_op.dispatch(x, y, GAMMA)
-    return lambda x, y: focal_op.reference(x, y, GAMMA)
+def _scale(precision: str) -> float:
+    return GRAD_SCALE if precision == "fp16-scaled" else 1.0
 
 
-def _step(
-    fn: Callable[..., torch.Tensor], logits: torch.Tensor, target: torch.Tensor, backward: bool
-) -> Callable[[], None]:
-    def step() -> None:
-        if backward:
-            torch.autograd.grad(fn(logits, target), logits)
-        else:
-            with torch.no_grad():
-                fn(logits, target)
-        if CUDA:
-            torch.cuda.synchronize()
+def _forward(fn, logits, target) -> Callable[[], object]:
+    def step() -> object:
+        with torch.no_grad():
+            return fn(logits, target)
 
     return step
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("n_classes", CLASSES)
-def bench_focal_loss(
-    benchmark, n_classes: int, dtype: torch.dtype, mode: str, variant: str
-) -> None:
-    backward = mode == "forward+backward"
-    logits, target = _inputs(n_classes, dtype)
-    fn = _variant(variant)
-    step = _step(fn, logits, target, backward)
-    dtype_name = str(dtype).removeprefix("torch.")
+def _forward_backward(fn, logits, target, scale: float) -> Callable[[], object]:
+    def step() -> object:
+        return torch.autograd.grad(fn(logits, target) * scale, logits)
 
-    benchmark.group = f"focal_loss {mode} C={n_classes} {dtype_name}"
-    benchmark.extra_info.update(
-        variant=variant,
-        role="reference" if variant == "reference" else "candidate",
-        shape=list(logits.shape),
-        device=DEVICE,
-        path=focal_op.explain(logits, target, GAMMA).path if variant == "fused" else "torch",
-        peak_memory_mib=peak_mib(step),
-        saved_mib=round(saved_mib(lambda: fn(logits, target), exclude=[logits]), 3),
-    )
-    if variant == "fused" and not benchmark.disabled:
-        # Ratios measured here, in the same run, so they survive without the report.
-        reference_step = _step(_variant("reference"), logits, target, backward)
-        seconds = interleaved_medians({"fused": step, "reference": reference_step}, repeats=10)
-        ratio = seconds["reference"] / seconds["fused"]
-        benchmark.extra_info["speedup"] = ratio  # timed in turns: the figure the report shows
-        benchmark.extra_info["speedup_vs_reference"] = round(ratio, 3)
-        reference_peak = peak_mib(reference_step)
-        benchmark.extra_info["peak_memory_mib_reference"] = reference_peak
-        fused_peak = benchmark.extra_info["peak_memory_mib"]
-        if reference_peak and fused_peak is not None:
-            benchmark.extra_info["memory_ratio_vs_reference"] = round(
-                fused_peak / reference_peak, 3
-            )
+    return step
 
-    rounds = 1 if benchmark.disabled else 20
-    benchmark.pedantic(step, rounds=rounds, warmup_rounds=0 if benchmark.disabled else 2)
 
-    # A wrong kernel must not look fast: loss and gradient agree with the reference.
+def _loss_and_grad(fn, logits, target, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     x = logits.detach().requires_grad_()
-    out = fn(x, target)
-    (grad,) = torch.autograd.grad(out, x)
-    x_ref = logits.detach().double().requires_grad_()
-    ref = focal_op.reference(x_ref, target, GAMMA)
-    (grad_ref,) = torch.autograd.grad(ref, x_ref)
-    loss_diff = abs(out.item() - ref.item()) / max(1.0, abs(ref.item()))
-    grad_diff = (grad.double() - grad_ref).abs().max().item()
-    benchmark.extra_info["loss_rel_diff_vs_reference"] = loss_diff
-    benchmark.extra_info["grad_max_abs_diff_vs_reference"] = grad_diff
-    limit = 1e-4 if dtype == torch.float32 else 2e-2
-    assert loss_diff < limit and grad_diff < limit, (loss_diff, grad_diff)
+    loss = fn(x, target)
+    (grad,) = torch.autograd.grad(loss * scale, x)
+    return loss, grad
+
+
+def _check_parity(logits, target, precision: str) -> dict[str, float]:
+    scale = _scale(precision)
+    loss64, grad64 = _loss_and_grad(VARIANTS["reference"], logits.double(), target, 1.0)
+    errors = {}
+    for name, fn in VARIANTS.items():
+        loss, grad = _loss_and_grad(fn, logits, target, scale)
+        errors[name] = {
+            "loss": max_abs_error(loss, loss64) / max(1.0, abs(loss64.item())),
+            "grad": max_abs_error(grad.double() / scale, grad64),
+        }
+        if name == "ours":
+            representable = (grad64 * scale).abs() >= torch.finfo(logits.dtype).smallest_normal
+            errors[name]["underflow"] = ((grad == 0) & representable).sum().item()
+    ours, reference = errors["ours"], errors["reference"]
+    eps = torch.finfo(logits.dtype).eps
+    failed = {
+        key: (ours[key], reference[key])
+        for key in ("loss", "grad")
+        if not within_parity(ours[key], reference[key], 8 * eps)
+    }
+    assert not failed, f"fused focal loss off the float64 reference (ours, composition's): {failed}"
+    return {**ours, "reference_loss": reference["loss"], "reference_grad": reference["grad"]}
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("n_classes", CLASSES)
+def bench_focal_loss(benchmark, n_classes: int, precision: str) -> None:
+    logits, target = _inputs(n_classes, DTYPES[precision])
+    errors = _check_parity(logits, target, precision)
+    problem = {"rows": logits.shape[0], "classes": n_classes, "precision": precision}
+    path = focal_op.explain(logits, target, GAMMA).path
+    benchmark.group = f"focal_loss N={logits.shape[0]} C={n_classes} {precision}"
+    benchmark.extra_info.update(
+        **problem, device=DEVICE, role="candidate", variant="fbdl_fast", path=path, errors=errors
+    )
+
+    measured = not benchmark.disabled or CUDA
+    logit_bytes = logits.numel() * logits.element_size()
+    for mode in ("forward", "forward+backward"):
+        backward = mode == "forward+backward"
+        steps = {
+            name: _forward_backward(fn, logits, target, _scale(precision))
+            if backward
+            else _forward(fn, logits, target)
+            for name, fn in VARIANTS.items()
+        }
+        timings = time_in_turns(steps, repeats=10 if measured else 1, warmup=3 if measured else 0)
+        moved = logit_bytes * (3 if backward else 1) + target.numel() * target.element_size()
+        ours_peak, reference_peak = peak_mib(steps["ours"]), peak_mib(steps["reference"])
+        row = {
+            **problem,
+            "device": DEVICE,
+            "mode": mode,
+            "path": path,
+            **timings["ours"].summary("ours"),
+            **timings["reference"].summary("reference"),
+            "speedup": timings["reference"].median_s / timings["ours"].median_s,
+            "bytes": moved,
+            "ours_gbps": moved / timings["ours"].median_s / 1e9,
+            "ours_peak_mib": ours_peak,
+            "reference_peak_mib": reference_peak,
+            "memory_ratio": ours_peak / reference_peak if ours_peak and reference_peak else None,
+            "ours_saved_mib": saved_mib(lambda: VARIANTS["ours"](logits, target), exclude=[logits]),
+            "reference_saved_mib": saved_mib(
+                lambda: VARIANTS["reference"](logits, target), exclude=[logits]
+            ),
+            "errors": errors,
+        }
+        record("focal_loss", row)
+        benchmark.extra_info[mode] = row
+    benchmark.extra_info["speedup"] = benchmark.extra_info["forward+backward"]["speedup"]
+
+    step = synchronized(_forward_backward(VARIANTS["ours"], logits, target, _scale(precision)))
+    benchmark.pedantic(step, rounds=1 if benchmark.disabled else 20, warmup_rounds=0)
