@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fbdl_fast.cli import build_parser, format_table, main
-from tiny_run import tiny_model_args, write_csv, write_posts_csv
+from tiny_run import make_run, tiny_model_args, write_csv, write_posts_csv
 
 TINY_MODEL = [*tiny_model_args(), "--quiet"]
 RUN_FILES = {
@@ -79,15 +79,44 @@ def test_train_refuses_a_non_empty_run_folder(
     assert (run / "last.pt").read_bytes() == before
 
 
-def test_train_overwrite_replaces_the_run(tmp_path: Path) -> None:
+def test_train_overwrite_replaces_a_run(tmp_path: Path) -> None:
     data = write_posts_csv(tmp_path / "p.csv", 48, seed=2, header=COLUMNS)
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "old.txt").write_text("previous run")
+    run = make_run(tmp_path / "run")
+    (run / "notes.txt").write_text("part of the previous run")
     assert main(train_argv(data, run, 1, "--overwrite")) == 0
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "run"]
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12, case 4: --overwrite replaces a run folder or an empty one, nothing else, and
+    says so before the data is read (`--output .` used to train, then fail)."""
+    data = write_posts_csv(tmp_path / "p.csv", 48, seed=2, header=COLUMNS)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(train_argv(data, mine, 1, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite replaces only a run folder (config.json and a checkpoint) or an " in err
+    assert f"empty folder, and {mine} is neither (it holds thesis.tex)" in err
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p.csv"]
+
+    monkeypatch.chdir(tmp_path)  # --output . : the folder holding the data; not read at all
+    assert main(train_argv(tmp_path / "missing.csv", Path("."), 1, "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert f"and {tmp_path} is neither (it holds mine, p.csv)" in err and "missing" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "p.csv"]
+    beside = [p.name for p in tmp_path.parent.iterdir() if p.name.startswith(f".{tmp_path.name}")]
+    assert beside == []  # no .NAME.partial, no .NAME.lock left beside the folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(train_argv(data, empty, 1, "--overwrite")) == 0
+    assert {p.name for p in empty.iterdir()} == RUN_FILES
 
 
 def test_evaluate_and_predict_agree(

@@ -1,10 +1,13 @@
-"""Faults: non-finite losses, a run SIGKILLed and resumed, broken or missing checkpoints."""
+"""Faults: non-finite losses, a run SIGKILLed and resumed, broken or missing checkpoints, two
+writers on one run, a run killed before its first epoch, a full disk."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,8 +208,8 @@ def test_resume_refusals_name_the_problem(
     assert main([*train_argv(posts_csv, out, 1, "--accumulate", "2"), "--resume"]) == 2
     assert "training.accumulate (1 in the run, 2 now)" in capsys.readouterr().err
 
-    # An interrupted run in the way of a fresh one.
-    (tmp_path / ".other.partial").mkdir()
+    # An interrupted run (it has a last.pt) in the way of a fresh one.
+    shutil.copytree(out, tmp_path / ".other.partial")
     assert main(train_argv(posts_csv, tmp_path / "other", 1)) == 2
     assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
 
@@ -235,3 +238,119 @@ def test_history_from_an_older_checkpoint_counts_no_skipped_steps() -> None:
     old = {"train_losses": [1.0, 0.5], "val_losses": [1.1, 0.6], "best_epoch": 2}
     assert History.from_dict(old).skipped_steps == [0, 0]
     assert History.from_dict({**old, "skipped_steps": [3, 1]}).skipped_steps == [3, 1]
+
+
+# ----------------------------------------------------------------------------- one run, one writer
+
+
+def test_a_second_writer_is_refused_while_the_first_lives(
+    posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12, case 1: the run's lock names the live writer; a lock left by a killed one
+    never blocks."""
+    out = tmp_path / "run"
+    holder_code = (
+        "import sys; from pathlib import Path; from fbdl_fast.runs import locked\n"
+        "with locked(Path(sys.argv[1])):\n    print('locked', flush=True); sys.stdin.read()"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", holder_code, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as holder:
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+            assert main(train_argv(posts_csv, out, 1)) == 2
+            err = capsys.readouterr().err
+            assert f"run {out} is being written by another process (PID {holder.pid};" in err
+            assert err.count("\n") == 1 and "Traceback" not in err
+            assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock"]  # nothing else
+        finally:
+            holder.kill()  # SIGKILL: no clean-up, the lock file stays behind
+    assert (tmp_path / ".run.lock").is_file()
+    assert main(train_argv(posts_csv, out, 1)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the stale lock is gone too
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+
+
+def test_a_partial_folder_with_nothing_to_resume_is_replaced(
+    posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12, case 2: a run killed before its first epoch ended leaves a partial folder with no
+    last.pt; a plain train replaces it with a notice, --resume says there is nothing to resume."""
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    partial.mkdir()
+    (partial / "config.json").write_text("{}")
+    (partial / ".last.pt.abc.tmp").write_bytes(b"cut short")
+    assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 2
+    assert "--resume: no checkpoint to continue" in capsys.readouterr().err
+    argv = [a for a in train_argv(posts_csv, out, 1) if a != "--quiet"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"{partial} holds a run that never finished an epoch (nothing to resume)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC, as on a full disk."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def write(self, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+    def __enter__(self) -> _FullDisk:
+        return self
+
+    def __exit__(self, *exc: Any) -> Any:
+        return self._f.__exit__(*exc)
+
+
+def fill_disk(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """From now on, writing a file called `name` (or its atomic temporary) fails with ENOSPC."""
+    fdopen = os.fdopen
+
+    def full_fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        f = fdopen(fd, *args, **kwargs)
+        target = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
+        return _FullDisk(f) if target == name or target.startswith(f".{name}.") else f
+
+    monkeypatch.setattr(os, "fdopen", full_fdopen)
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc/self/fd")
+def test_resume_on_a_full_disk_leaves_the_run_resumable(
+    posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Issue 12, case 3: --resume of a finished run copies it; on a full disk the copy fails with
+    one line naming the file, leaves no half-copied partial folder, and works once space is
+    free. ENOSPC while training (torch.save of last.pt) gives the same line."""
+    out = tmp_path / "run"
+    assert main(train_argv(posts_csv, out, 1)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with monkeypatch.context() as m:
+        fill_disk(m, "tokenizer.json")
+        assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on device while writing {tmp_path / '.run.copy'}/tokenizer.json" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no partial, copy or lock
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 0  # space is free again
+    assert (out / "tokenizer.json").read_bytes() == before["tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+    fresh = tmp_path / "fresh"
+    with monkeypatch.context() as m:
+        fill_disk(m, LAST_CHECKPOINT)
+        assert main(train_argv(posts_csv, fresh, 1)) == 2
+    err = capsys.readouterr().err
+    assert f"no space left on device while writing {tmp_path / '.fresh.partial'}/last.pt" in err
+    assert "Traceback" not in err and "unexpected pos" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing to resume: removed

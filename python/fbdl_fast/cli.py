@@ -6,14 +6,10 @@
     fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
     fbdl-fast bench                                  # pytest benches --benchmark-only
 
-A run folder holds everything `evaluate` and `predict` need: config.json (model name, ModelConfig,
-data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.jsonl. It is built
-under a fixed temporary name beside its final one, `.NAME.partial`, and renamed when training is
-done, so a folder with the final name is always complete; an existing non-empty folder is replaced
-only with --overwrite. Every file in it is written atomically (temporary name, then rename) and
-last.pt after each epoch, so a run killed at any moment leaves `.NAME.partial` holding the last
-finished epoch: the same command with --resume continues from its last.pt and ends with the
-weights of an uninterrupted run (--resume on a finished run continues from NAME/last.pt).
+A run folder holds everything `evaluate` and `predict` need: config.json, tokenizer.json,
+label_map.json, best.pt / last.pt and metrics.jsonl. Its life cycle (one writer at a time, built
+under `.NAME.partial` and renamed when done, --resume, --overwrite, loading and checking it) is
+fbdl_fast.runs; this module parses options, calls it and prints.
 
 `fbdl-fast train` runs unchanged under torchrun (`torchrun --nproc-per-node N -m fbdl_fast train
 ...`): gloo on CPUs, nccl on GPUs, --batch-size posts per process, rank 0 alone writes the run
@@ -31,27 +27,23 @@ import csv
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+
+from fbdl_fast import runs
+from fbdl_fast.runs import PROG, RUN_TOKENIZER, Run, load_run
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from fbdl_fast.config import ModelConfig
-    from fbdl_fast.data import LabelMap, Posts
+    from fbdl_fast.data import Posts
     from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import Trainer
 
-PROG = "fbdl-fast"
-RUN_CONFIG = "config.json"
-RUN_TOKENIZER = "tokenizer.json"
-RUN_LABELS = "label_map.json"
 MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
 
 
@@ -265,92 +257,6 @@ def _train_tokenizer(texts: Sequence[str], vocab_size: int, style: str = "social
     return Tokenizer.train(list(texts), vocab_size=vocab_size, **TOKENIZER_STYLES[style])
 
 
-def _check_run_target(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output {out} exists and is not a folder; pick a new folder name")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(
-            f"run folder {out} already exists and is not empty; pass --overwrite to "
-            "replace it or choose another --output"
-        )
-
-
-def _publish_run(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Move the finished temporary run folder to its final name (replacing only if allowed)."""
-    _check_run_target(out, overwrite)  # again: something may have appeared while training
-    old = None
-    if out.is_dir():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@dataclass
-class Run:
-    """A trained run folder, loaded: everything evaluate and predict need."""
-
-    path: Path
-    meta: dict[str, Any]
-    config: ModelConfig
-    tokenizer: Tokenizer
-    label_map: LabelMap
-    trainer: Trainer
-    checkpoint: Path
-
-
-def load_run(path: Path, device: Optional[str] = None) -> Run:
-    """Load config, tokenizer, label map and the best checkpoint (else the last) of a run."""
-    from fbdl_fast.config import ModelConfig
-    from fbdl_fast.data import LabelMap
-    from fbdl_fast.models import create_model
-    from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer
-
-    if not path.is_dir():
-        raise UsageError(f"run folder {path} does not exist; create one with `{PROG} train`")
-    if not (path / RUN_CONFIG).is_file():
-        raise UsageError(
-            f"{path} is not a {PROG} run folder: {RUN_CONFIG} is missing; create "
-            f"one with `{PROG} train`"
-        )
-    try:
-        meta = json.loads((path / RUN_CONFIG).read_text(encoding="utf-8"))
-        config = ModelConfig.from_dict(meta["model_config"])
-        model_name = meta["model"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise UsageError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
-    checkpoint = next(
-        (path / n for n in (BEST_CHECKPOINT, LAST_CHECKPOINT) if (path / n).is_file()), None
-    )
-    if checkpoint is None:
-        raise UsageError(
-            f"run folder {path} has no checkpoint ({BEST_CHECKPOINT} or "
-            f"{LAST_CHECKPOINT}); retrain the run"
-        )
-    tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
-    label_map = LabelMap.load(path / RUN_LABELS)
-    # Files from different runs would give ids the embedding never learnt (or past its end).
-    if tokenizer.vocab_size != config.vocab_size:
-        raise UsageError(
-            f"run folder {path}: {RUN_TOKENIZER} has vocab_size {tokenizer.vocab_size} but "
-            f"the model in {RUN_CONFIG} was built for vocab_size {config.vocab_size}; the "
-            f"tokenizer belongs to another run: restore this run's {RUN_TOKENIZER} or retrain"
-        )
-    if len(label_map) != config.num_classes:
-        raise UsageError(
-            f"run folder {path}: {RUN_LABELS} has {len(label_map)} labels but the model in "
-            f"{RUN_CONFIG} has num_classes {config.num_classes}; restore this run's "
-            f"{RUN_LABELS} or retrain"
-        )
-    trainer = Trainer(
-        create_model(model_name, config), config, device=device, label_map=label_map, progress=False
-    )
-    trainer.load_checkpoint(checkpoint, model_only=True)
-    return Run(path, meta, config, tokenizer, label_map, trainer, checkpoint)
-
-
 def _loader(
     run: Run, texts: Sequence[str], labels: Optional[list[int]], batch_size: int
 ) -> DataLoader:
@@ -401,88 +307,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.teardown(ctx)
 
 
-def _partial_dir(out: Path) -> Path:
-    """Where the run folder `out` is built, under a fixed name so --resume can find it."""
-    return out.parent / f".{out.name}.partial"
-
-
-def _prepare_run_dir(args: argparse.Namespace, out: Path) -> tuple[Optional[str], Path]:
-    """Rank 0's checks before training: (error message or None, folder to resume from)."""
-    from fbdl_fast.train import LAST_CHECKPOINT
-
-    partial = _partial_dir(out)
-    if args.resume:
-        if (partial / LAST_CHECKPOINT).is_file():  # an interrupted run: continue it in place
-            for stray in partial.glob(".*.tmp"):  # a write the kill cut short (never renamed)
-                stray.unlink()
-            return None, partial
-        if (out / LAST_CHECKPOINT).is_file():  # a finished run: continued in a copy, later
-            return None, out
-        return (
-            f"--resume: no checkpoint to continue; neither {partial / LAST_CHECKPOINT} "
-            f"(an interrupted run) nor {out / LAST_CHECKPOINT} (a finished run) exists; "
-            f"train without --resume first",
-            partial,
-        )
-    try:
-        _check_run_target(out, args.overwrite)  # fail before an hour of training, not after
-    except UsageError as err:
-        return str(err), partial
-    if partial.exists():
-        if not args.overwrite:
-            return (
-                f"an interrupted run of {out} is in {partial}; pass --resume to continue it "
-                f"or --overwrite to start over",
-                partial,
-            )
-        shutil.rmtree(partial)
-    return None, partial
-
-
-def _resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """The settings (dotted names) that differ between the run's config.json and this command."""
-    current = json.loads(json.dumps(current))  # as stored: tuples are lists in JSON
-    diffs = []
-    for key in ("model", "training.accumulate"):
-        head, _, tail = key.partition(".")
-        a = stored.get(head, {}).get(tail) if tail else stored.get(head)
-        b = current[head][tail] if tail else current[head]
-        if a != b:
-            diffs.append(f"{key} ({a!r} in the run, {b!r} now)")
-    for section in ("model_config", "data"):
-        for name, value in current[section].items():
-            if name != "source" and stored.get(section, {}).get(name) != value:
-                diffs.append(
-                    f"{section}.{name} ({stored.get(section, {}).get(name)!r} in the run, "
-                    f"{value!r} now)"
-                )
-    return diffs
-
-
 def _train(args: argparse.Namespace, ctx: Any) -> int:
-    from fbdl_fast import __version__, distributed
-    from fbdl_fast.data import (
-        LabelMap,
-        build_dataloaders,
-        load_posts,
-        split_posts,
-    )
-    from fbdl_fast.files import write_atomic
-    from fbdl_fast.models import create_model
-    from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import LAST_CHECKPOINT, CompileError, Trainer
+    import contextlib
 
+    from fbdl_fast import distributed
+
+    started_all = time.perf_counter()
     # Under torchrun every rank must agree on the folder (the default name holds a timestamp).
     out = Path(
         distributed.broadcast_object(
             args.output or f"runs/{args.model}-{time.strftime('%Y%m%d-%H%M%S')}"
         )
     )
-    partial = _partial_dir(out)
-    problem, source = _prepare_run_dir(args, out) if ctx.is_main else (None, partial)
-    problem, source = distributed.broadcast_object((problem, source))  # all stop, or none
-    if problem:
-        raise UsageError(problem)
+    with contextlib.ExitStack() as stack:
+        # Rank 0 locks the run and checks the folders; every rank stops, or none.
+        problem, source, notices = None, runs.partial_dir(out), []
+        if ctx.is_main:
+            try:
+                out = runs.resolve_output(out)
+                stack.enter_context(runs.locked(out))
+                source, notices = runs.prepare(out, args.resume, args.overwrite)
+            except runs.RunError as err:
+                problem = str(err)
+        problem, out, source = distributed.broadcast_object((problem, out, source))
+        if problem:
+            raise UsageError(problem)
+        for notice in notices:
+            _say(args, notice)
+        return _train_run(args, ctx, out, source, started_all)
+
+
+def _train_run(
+    args: argparse.Namespace, ctx: Any, out: Path, source: Path, started_all: float
+) -> int:
+    """Train the run `out` (locked and checked by rank 0), continuing `source` with --resume."""
+    from fbdl_fast import __version__, distributed
+    from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
+    from fbdl_fast.models import create_model
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import CompileError, Trainer
+
+    partial = runs.partial_dir(out)
     posts = load_posts(args.data, args.text_column, args.label_column, errors=args.encoding_errors)
     assert posts.labels is not None
     label_map = LabelMap.from_labels(posts.labels)
@@ -523,22 +388,17 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         "fbdl_fast_version": __version__,
     }
     if args.resume:
-        stored = json.loads((source / RUN_CONFIG).read_text(encoding="utf-8"))
-        diffs = _resume_mismatch(stored, meta)
-        if diffs or LabelMap.load(source / RUN_LABELS) != label_map:
+        diffs = runs.resume_mismatch(runs.read_config(source), meta)
+        if diffs or LabelMap.load(source / runs.RUN_LABELS) != label_map:
             raise UsageError(
                 f"--resume continues {out} as it was started, but this command differs: "
                 f"{'; '.join(diffs) or 'the labels in ' + str(args.data)}; repeat the "
                 f"original options, or train a new run"
             )
         if ctx.is_main and source != partial:  # a finished run: continue a copy, publish it
-            shutil.rmtree(partial, ignore_errors=True)  # a start killed before its first epoch
-            shutil.copytree(out, partial)
+            runs.continue_finished(out)
     elif ctx.is_main:
-        partial.mkdir(parents=True)
-        write_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
-        tokenizer.save(str(partial / RUN_TOKENIZER))
-        label_map.save(partial / RUN_LABELS)
+        runs.create(partial, meta, tokenizer, label_map)
     distributed.barrier()  # the partial folder exists before any rank trains
     train_loader, val_loader = build_dataloaders(
         train, val, tokenizer, label_map, config, num_replicas=ctx.world_size, rank=ctx.rank
@@ -554,21 +414,19 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         max_nonfinite_steps=args.max_nonfinite,
         compile=args.compile,
     )
-    resume_from = partial / LAST_CHECKPOINT if args.resume else None
+    resume_from = partial / runs.LAST_CHECKPOINT if args.resume else None
     _say(
         args,
         f"{'resuming' if resume_from else 'training'} {MODEL_TITLES[args.model]} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) on {trainer.device}"
         + (f" x {ctx.world_size} processes" if ctx.world_size > 1 else "")
-        + f" for up to {config.max_epochs} epochs",
+        + f" for up to {_plural(config.max_epochs, 'epoch')}",
     )
     started = time.perf_counter()
     try:
         history = trainer.fit(train_loader, val_loader, resume_from=resume_from)
     except BaseException as exc:
-        kept = ctx.is_main and (partial / LAST_CHECKPOINT).is_file()
-        if ctx.is_main and not kept:
-            shutil.rmtree(partial, ignore_errors=True)  # nothing trained worth keeping
+        kept = ctx.is_main and runs.discard(partial)  # nothing trained is worth keeping
         hint = (
             f"; the run so far is kept in {partial}: repeat the command with --resume to "
             f"continue it"
@@ -582,16 +440,21 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
         raise
     elapsed = time.perf_counter() - started
     if ctx.is_main:
-        _publish_run(partial, out, args.overwrite or args.resume)
+        runs.publish(partial, out, args.overwrite or args.resume)
         best = (history.best_epoch or history.epochs) - 1
         skipped = sum(history.skipped_steps)
         print(
-            f"run saved to {out}: {history.epochs} epochs in {elapsed:.1f}s; best epoch "
+            f"run saved to {out}: {_plural(history.epochs, 'epoch')}, training "
+            f"{elapsed:.1f}s, total {time.perf_counter() - started_all:.1f}s; best epoch "
             f"{best + 1}: val_loss {history.val_losses[best]:.4f}, val_acc "
             f"{history.val_accs[best]:.4f}, val_macro_f1 {history.val_f1s[best]:.4f}"
             + (f"; {skipped} steps skipped (non-finite loss)" if skipped else "")
         )
     return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -5,18 +5,47 @@ permissions, then renamed over the target. os.replace is atomic on POSIX and Win
 folder, so a reader sees the old file or the new one, never half of one, and a crash or an
 exception leaves the old file as it was and no temporary file behind. Torch-free: the tokenizer,
 the data layer, the trainer and the CLI all use it.
+
+A full disk is reported the same way wherever it happens: DiskFullError ("no space left on
+device while writing FILE"), also when the writer (torch.save) wrapped the OSError in its own
+exception. Appending (`append_line`) and copying (`copy_file`) never follow a symlink at the
+target, so a link planted in a run folder cannot make fbdl_fast write outside it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Union
+from typing import IO, Any, Optional, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+
+
+class DiskFullError(OSError):
+    """No space left on the device while writing a file (errno ENOSPC), naming the file."""
+
+    def __init__(self, path: PathLike) -> None:
+        super().__init__(errno.ENOSPC, "No space left on device", str(path))
+
+    def __str__(self) -> str:
+        return f"no space left on device while writing {self.filename}; free some space and retry"
+
+
+def disk_full(exc: BaseException) -> Optional[OSError]:
+    """The ENOSPC error behind `exc` (itself, or its cause/context), else None."""
+    seen: set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @contextlib.contextmanager
@@ -38,8 +67,10 @@ def open_atomic(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(path) from exc  # torch.save: a RuntimeError around the OSError
         raise
 
 
@@ -48,6 +79,43 @@ def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
     with open_atomic(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     return Path(path)
+
+
+def append_line(path: PathLike, line: str) -> None:
+    """Append `line` (UTF-8) to `path` and flush it to disk; a symlink at `path` is an error."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OSError(
+                errno.ELOOP, f"{path} is a symlink; fbdl_fast does not write through links"
+            ) from None
+        raise
+    try:
+        with os.fdopen(fd, "a", encoding="utf-8", newline="") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(path) from err
+        raise
+
+
+def copy_file(source: PathLike, target: PathLike) -> None:
+    """Copy a file's bytes and times to `target` (which must not exist); DiskFullError on ENOSPC."""
+    try:
+        with open(source, "rb") as src:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+            with os.fdopen(fd, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+        shutil.copystat(source, target)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise DiskFullError(target) from err
+        raise
 
 
 def _umask() -> int:

@@ -73,13 +73,11 @@ from fbdl_fast.checkpoint import (
     set_rng_state,
 )
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.files import write_atomic
+from fbdl_fast.files import append_line, write_atomic
+from fbdl_fast.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG
 
 logger = logging.getLogger(__name__)
 
-BEST_CHECKPOINT = "best.pt"
-LAST_CHECKPOINT = "last.pt"
-METRICS_LOG = "metrics.jsonl"
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -743,10 +741,8 @@ class Trainer:
             "best": improved,
             "stopped_early": h.stopped_early,
         }
-        with open(self.run_dir / METRICS_LOG, "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _finite_or_none(v) for k, v in line.items()}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        entry = {k: _finite_or_none(v) for k, v in line.items()}
+        append_line(self.run_dir / METRICS_LOG, json.dumps(entry) + "\n")  # no symlink followed
         save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
 
     def _trim_metrics_log(self) -> None:

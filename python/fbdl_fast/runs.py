@@ -1,0 +1,367 @@
+"""The run folder as one unit: create, lock, publish, load, verify, resume.
+
+A run folder holds everything `evaluate` and `predict` need: config.json (model name, ModelConfig,
+data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.jsonl. Its life:
+
+- lock: one writer per run. `locked(out)` holds `.NAME.lock` beside the run with fcntl.flock; the
+  OS drops the lock when its process ends however it ends, so a lock file left by a killed run
+  never blocks, and a second writer is told the live one's PID.
+- create: the run is built under a fixed temporary name beside its final one, `.NAME.partial`,
+  so a folder with the final name is always complete. A partial folder with no last.pt (a run
+  killed before its first epoch ended) holds nothing to resume: a plain train replaces it.
+- resume: an interrupted run continues in its partial folder; a finished one in a copy, made
+  under a scratch name and renamed into place, so a failed copy (a full disk) never leaves a
+  partial folder that looks resumable.
+- publish: the partial folder is renamed to the final name. An existing folder is replaced only
+  with --overwrite, and only when it is a run (config.json and a checkpoint) or empty.
+- load: config.json, tokenizer.json, label_map.json and a checkpoint, checked against each other.
+
+Every error here is a RunError (a ValueError): the CLI prints it as one line with exit status 2.
+Torch-free at import time (the CLI imports this module for --help).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from fbdl_fast.files import copy_file, write_atomic
+
+if TYPE_CHECKING:
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import Trainer
+
+PROG = "fbdl-fast"
+RUN_CONFIG = "config.json"
+RUN_TOKENIZER = "tokenizer.json"
+RUN_LABELS = "label_map.json"
+BEST_CHECKPOINT = "best.pt"  # written by fbdl_fast.train.Trainer
+LAST_CHECKPOINT = "last.pt"
+METRICS_LOG = "metrics.jsonl"
+CHECKPOINT_CHOICES = ("best", "last")  # --checkpoint: one of these, or a path
+
+
+class RunError(ValueError):
+    """A run folder cannot be created, resumed, replaced or loaded as asked."""
+
+
+def resolve_output(out: Path) -> Path:
+    """`out` with a real last component: `.` and `..` name the folder, so `.NAME.partial` and
+    `.NAME.lock` land beside it and not inside it."""
+    if out.name in ("", ".", ".."):
+        out = Path(os.path.abspath(out))
+    if out.name == "":
+        raise RunError(f"--output {out} is the filesystem root; pick a folder for the run")
+    return out
+
+
+def partial_dir(out: Path) -> Path:
+    """Where the run folder `out` is built, under a fixed name so --resume can find it."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _copy_dir(out: Path) -> Path:
+    """Scratch name of a finished run being copied to continue it (renamed to partial_dir)."""
+    return out.parent / f".{out.name}.copy"
+
+
+def lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+# ====================
+# Lock
+# ====================
+
+
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold the exclusive lock of run `out` for the `with` block; RunError naming the live
+    writer's PID if another process holds it. The lock file goes when the block ends."""
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunError(
+                f"run {out} is being written by another process (PID {holder}; lock "
+                f"{path}); wait for it to finish, stop it, or choose another --output"
+            ) from None
+        # The previous holder may have unlinked the file between our open and our lock: then
+        # we hold a lock nobody else can see. Lock the file that is there now instead.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiter then re-opens a new file
+        os.close(fd)
+
+
+# ====================
+# Create, resume, publish
+# ====================
+
+
+def is_run(folder: Path) -> bool:
+    """A run folder: config.json and at least one checkpoint."""
+    return (folder / RUN_CONFIG).is_file() and any(
+        (folder / name).is_file() for name in (BEST_CHECKPOINT, LAST_CHECKPOINT)
+    )
+
+
+def check_target(out: Path, overwrite: bool) -> None:
+    """RunError unless the run may be published at `out`: a new name, an empty folder, or (with
+    --overwrite) a run folder. Anything else is the user's and is never deleted."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--output {out} exists and is not a folder; pick a new folder name")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise RunError(
+            f"run folder {out} already exists and is not empty; pass --overwrite to "
+            "replace it or choose another --output"
+        )
+    if not is_run(out):
+        shown = sorted(p.name for p in out.iterdir())
+        listing = ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "")
+        raise RunError(
+            f"--overwrite replaces only a run folder ({RUN_CONFIG} and a checkpoint) or an "
+            f"empty folder, and {out} is neither (it holds {listing}); choose another "
+            "--output, or remove the folder yourself"
+        )
+
+
+def prepare(out: Path, resume: bool, overwrite: bool) -> tuple[Path, list[str]]:
+    """Rank 0's checks before training, under the run's lock: (folder to resume from, notices).
+
+    Without --resume: the folder to build is cleared (a partial folder with nothing to resume
+    goes with a notice); with it: the interrupted run's partial folder, else the finished run.
+    """
+    partial = partial_dir(out)
+    notices: list[str] = []
+    shutil.rmtree(_copy_dir(out), ignore_errors=True)  # a copy that failed (we hold the lock)
+    if resume:
+        if (partial / LAST_CHECKPOINT).is_file():  # an interrupted run: continue it in place
+            for stray in partial.glob(".*.tmp"):  # a write the kill cut short (never renamed)
+                stray.unlink()
+            return partial, notices
+        if (out / LAST_CHECKPOINT).is_file():  # a finished run: continued in a copy, later
+            return out, notices
+        raise RunError(
+            f"--resume: no checkpoint to continue; neither {partial / LAST_CHECKPOINT} "
+            f"(an interrupted run) nor {out / LAST_CHECKPOINT} (a finished run) exists; "
+            f"train without --resume first"
+        )
+    check_target(out, overwrite)  # fail before an hour of training, not after
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        raise RunError(f"{partial} is in the way of the run and is not a folder; remove it")
+    if partial.exists():
+        if (partial / LAST_CHECKPOINT).is_file() and not overwrite:
+            raise RunError(
+                f"an interrupted run of {out} is in {partial}; pass --resume to continue it "
+                f"or --overwrite to start over"
+            )
+        if not (partial / LAST_CHECKPOINT).is_file():
+            notices.append(
+                f"{partial} holds a run that never finished an epoch (nothing to resume); "
+                "starting over"
+            )
+        shutil.rmtree(partial)
+    return partial, notices
+
+
+def continue_finished(out: Path) -> Path:
+    """Copy the finished run `out` to its partial folder, to train on; all or nothing."""
+    partial, scratch = partial_dir(out), _copy_dir(out)
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        scratch.mkdir()
+        for source in out.iterdir():  # a run folder is flat
+            if source.is_file() and not source.is_symlink():
+                copy_file(source, scratch / source.name)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    shutil.rmtree(partial, ignore_errors=True)  # a start killed before its first epoch
+    os.replace(scratch, partial)
+    return partial
+
+
+def create(partial: Path, meta: dict[str, Any], tokenizer: Tokenizer, label_map: LabelMap) -> None:
+    """Start a new run in its partial folder: config.json, tokenizer.json, label_map.json."""
+    partial.mkdir(parents=True)
+    write_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
+    tokenizer.save(str(partial / RUN_TOKENIZER))
+    label_map.save(partial / RUN_LABELS)
+
+
+def discard(partial: Path) -> bool:
+    """After a failed training: drop the partial folder unless it holds a checkpoint to resume.
+    Returns True when it was kept."""
+    if (partial / LAST_CHECKPOINT).is_file():
+        return True
+    shutil.rmtree(partial, ignore_errors=True)
+    return False
+
+
+def publish(partial: Path, out: Path, overwrite: bool) -> None:
+    """Move the finished partial folder to its final name (replacing only if allowed)."""
+    check_target(out, overwrite)  # again: something may have appeared while training
+    old = None
+    if out.is_dir():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(partial, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """config.json of a run, as a dict; RunError naming the file if it cannot be read."""
+    path = folder / RUN_CONFIG
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RunError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
+            f"{err.start}); the file is damaged: restore it or retrain the run"
+        ) from None
+    except json.JSONDecodeError as err:
+        raise RunError(f"{path} is damaged ({err}); restore it or retrain the run") from None
+    if not isinstance(meta, dict):
+        raise RunError(f"{path} is damaged (a JSON {type(meta).__name__}, not an object)")
+    return meta
+
+
+def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings (dotted names) that differ between the run's config.json and this command."""
+    current = json.loads(json.dumps(current))  # as stored: tuples are lists in JSON
+    diffs = []
+    for key in ("model", "training.accumulate"):
+        head, _, tail = key.partition(".")
+        a = stored.get(head, {}).get(tail) if tail else stored.get(head)
+        b = current[head][tail] if tail else current[head]
+        if a != b:
+            diffs.append(f"{key} ({a!r} in the run, {b!r} now)")
+    for section in ("model_config", "data"):
+        for name, value in current[section].items():
+            if name != "source" and stored.get(section, {}).get(name) != value:
+                diffs.append(
+                    f"{section}.{name} ({stored.get(section, {}).get(name)!r} in the run, "
+                    f"{value!r} now)"
+                )
+    return diffs
+
+
+# ====================
+# Load
+# ====================
+
+
+@dataclass
+class Run:
+    """A trained run folder, loaded: everything evaluate and predict need."""
+
+    path: Path
+    meta: dict[str, Any]
+    config: ModelConfig
+    tokenizer: Tokenizer
+    label_map: LabelMap
+    trainer: Trainer
+    checkpoint: Path
+
+
+def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
+    """The checkpoint `--checkpoint which` names: best, last, a path, or None (best, else last)."""
+    if which is None:
+        found = next(
+            (folder / n for n in (BEST_CHECKPOINT, LAST_CHECKPOINT) if (folder / n).is_file()),
+            None,
+        )
+        if found is None:
+            raise RunError(
+                f"run folder {folder} has no checkpoint ({BEST_CHECKPOINT} or "
+                f"{LAST_CHECKPOINT}); retrain the run"
+            )
+        return found
+    path = folder / f"{which}.pt" if which in CHECKPOINT_CHOICES else Path(which)
+    if not path.is_file():
+        raise RunError(
+            f"--checkpoint {which}: {path} does not exist; accepted: best, last or the path "
+            "of a checkpoint file"
+        )
+    return path
+
+
+def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str] = None) -> Run:
+    """Load config, tokenizer, label map and a checkpoint (default: best, else last) of a run."""
+    from fbdl_fast.checkpoint import CheckpointError
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.models import create_model
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import Trainer
+
+    if not path.is_dir():
+        raise RunError(f"run folder {path} does not exist; create one with `{PROG} train`")
+    if not (path / RUN_CONFIG).is_file():
+        raise RunError(
+            f"{path} is not a {PROG} run folder: {RUN_CONFIG} is missing; create "
+            f"one with `{PROG} train`"
+        )
+    meta = read_config(path)
+    try:
+        config = ModelConfig.from_dict(meta["model_config"])
+        model_name = meta["model"]
+    except (KeyError, TypeError) as err:
+        raise RunError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
+    chosen = checkpoint_path(path, checkpoint)
+    tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
+    label_map = LabelMap.load(path / RUN_LABELS)
+    # Files from different runs would give ids the embedding never learnt (or past its end).
+    if tokenizer.vocab_size != config.vocab_size:
+        raise RunError(
+            f"run folder {path}: {RUN_TOKENIZER} has vocab_size {tokenizer.vocab_size} but "
+            f"the model in {RUN_CONFIG} was built for vocab_size {config.vocab_size}; the "
+            f"tokenizer belongs to another run: restore this run's {RUN_TOKENIZER} or retrain"
+        )
+    if len(label_map) != config.num_classes:
+        raise RunError(
+            f"run folder {path}: {RUN_LABELS} has {len(label_map)} labels but the model in "
+            f"{RUN_CONFIG} has num_classes {config.num_classes}; restore this run's "
+            f"{RUN_LABELS} or retrain"
+        )
+    trainer = Trainer(
+        create_model(model_name, config), config, device=device, label_map=label_map, progress=False
+    )
+    try:
+        trainer.load_checkpoint(chosen, model_only=True)
+    except CheckpointError as err:
+        other = LAST_CHECKPOINT if chosen.name == BEST_CHECKPOINT else BEST_CHECKPOINT
+        if chosen.parent == path and (path / other).is_file():
+            raise CheckpointError(
+                f"{err}; this run also has {other}: pass --checkpoint {other.removesuffix('.pt')}"
+            ) from None
+        raise
+    return Run(path, meta, config, tokenizer, label_map, trainer, chosen)
