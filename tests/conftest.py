@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,6 +27,37 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+class _Refreshing(pytest.MonkeyPatch):
+    """pytest's MonkeyPatch that makes fbdl_fast re-read the environment after each change (it
+    reads FBDL_FAST_BACKEND and TRITON_INTERPRET once; fbdl_fast.ops.refresh() re-reads them)."""
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        _refresh()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        _refresh()
+
+    def undo(self) -> None:
+        super().undo()
+        _refresh()
+
+
+def _refresh() -> None:
+    from fbdl_fast.ops import refresh
+
+    refresh()
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    """pytest's own fixture, with fbdl_fast's settings kept in step with the environment."""
+    patcher = _Refreshing()
+    yield patcher
+    patcher.undo()
 
 
 @pytest.fixture
