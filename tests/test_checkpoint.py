@@ -69,13 +69,24 @@ def test_truncated_file_error_names_the_file(tmp_path: Path) -> None:
 
 def test_garbage_missing_and_foreign_files(tmp_path: Path) -> None:
     (tmp_path / "text.pt").write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"text\.pt.*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match=r"text\.pt.*not an fbdl_fast checkpoint"):
         load_checkpoint(tmp_path / "text.pt")
     with pytest.raises(CheckpointError, match=r"nope\.pt.*does not exist"):
         load_checkpoint(tmp_path / "nope.pt")
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    with pytest.raises(CheckpointError, match=r"foreign\.pt.*not a fbdl_fast checkpoint"):
+    with pytest.raises(CheckpointError, match=r"foreign\.pt.*not an fbdl_fast checkpoint"):
         load_checkpoint(tmp_path / "foreign.pt")
     torch.save({"format_version": FORMAT_VERSION + 1}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match=rf"future\.pt.*format_version={FORMAT_VERSION + 1}"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+class NotTensors:
+    """A pickled object weights_only refuses (its unpickling could run any code)."""
+
+
+def test_a_pickle_of_other_objects_is_refused_without_torchs_hint(tmp_path: Path) -> None:
+    torch.save({"format_version": FORMAT_VERSION, "x": NotTensors()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"evil\.pt.*not an fbdl_fast checkpoint") as err:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert "weights_only" not in str(err.value)

@@ -296,6 +296,9 @@ def test_python_m_fbdl_fast() -> None:
 def test_corrupt_checkpoint_is_a_user_error(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Issue 12, case 8: a truncated best.pt is named and --checkpoint last offered (and works);
+    a file that is no checkpoint says so without torch's weights_only hint; a config.json that
+    is not UTF-8 is named."""
     import shutil
 
     data, run = trained
@@ -304,4 +307,26 @@ def test_corrupt_checkpoint_is_a_user_error(
     (broken / "best.pt").write_bytes((run / "best.pt").read_bytes()[:100])  # truncated
     assert main(["evaluate", "--run", str(broken), "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "best.pt" in err and "Traceback" not in err
+    assert f"checkpoint '{broken / 'best.pt'}' is truncated or corrupt" in err
+    assert err.rstrip().endswith("this run also has last.pt: pass --checkpoint last")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    argv = ["evaluate", "--run", str(broken), "--data", str(data), "--json"]
+    assert main([*argv, "--checkpoint", "last"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == "last.pt"
+    assert main([*argv, "--checkpoint", str(run / "best.pt")]) == 0  # a path
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == "best.pt"
+    assert main([*argv, "--checkpoint", "first"]) == 2
+    assert "--checkpoint first: first does not exist; accepted: best, last" in (
+        capsys.readouterr().err
+    )
+
+    (broken / "best.pt").write_text("my notes, not weights")
+    assert main(["predict", "--run", str(broken), "--text", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"'{broken / 'best.pt'}' is not an fbdl_fast checkpoint" in err
+    assert "weights_only" not in err
+
+    (broken / "config.json").write_bytes(b'{"model": "cnn\xff"}')
+    assert main(["predict", "--run", str(broken), "--text", "hi"]) == 2
+    err = capsys.readouterr().err
+    assert f"{broken / 'config.json'} is not UTF-8 text (byte 0xff at offset 14)" in err

@@ -36,30 +36,40 @@ def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
     return Path(path)
 
 
+# torch.save writes a zip archive; anything else (text, a legacy pickle, random bytes) is not ours.
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by save_checkpoint; CheckpointError names the file on failure."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP_MAGIC))
+    if not head:
+        raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): truncated")
+    if head != _ZIP_MAGIC:
+        raise CheckpointError(
+            f"{str(path)!r} is not an fbdl_fast checkpoint (not a torch.save archive)"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        pickle.UnpicklingError,
-        zipfile.BadZipFile,
-        ValueError,
-        KeyError,
-    ) as exc:
+    except pickle.UnpicklingError:
+        # weights_only refused an object that is not a tensor or plain data. torch's message
+        # suggests weights_only=False, i.e. running the file's code: not advice to pass on.
+        raise CheckpointError(
+            f"{str(path)!r} is not an fbdl_fast checkpoint: it holds Python objects other "
+            "than tensors and plain data, which are not loaded (they could run code)"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"use another checkpoint (e.g. last.pt or best.pt of the run) or retrain"
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
         ) from exc
     if not isinstance(state, dict) or "format_version" not in state:
         raise CheckpointError(
-            f"{str(path)!r} is not a fbdl_fast checkpoint (no 'format_version' key)"
+            f"{str(path)!r} is not an fbdl_fast checkpoint (no 'format_version' key)"
         )
     version = state["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION:

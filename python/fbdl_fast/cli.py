@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 from fbdl_fast import runs
+from fbdl_fast.files import disk_full
 from fbdl_fast.runs import PROG, RUN_TOKENIZER, Run, load_run
 
 if TYPE_CHECKING:
@@ -458,7 +459,7 @@ def _plural(count: int, noun: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    run = load_run(Path(args.run), args.device)
+    run = load_run(Path(args.run), args.device, args.checkpoint)
     posts = _read_posts(args, run.meta, with_labels=True)
     labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
     batch_size = args.batch_size or run.config.batch_size
@@ -502,7 +503,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"output file {out} already exists; pass --overwrite to replace it")
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"--output {out}: folder {out.parent} does not exist")
-    run = load_run(Path(args.run), args.device)
+    run = load_run(Path(args.run), args.device, args.checkpoint)
     texts: Iterator[str]
     if args.data is None:
         texts = iter(args.text)
@@ -942,6 +943,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size", type=_positive_int, default=None, help="default: the run's batch size"
     )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="best|last|PATH",
+        help="weights to use: best.pt or last.pt of the run, or a checkpoint file "
+        "(default: best, else last)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     _add_encoding_option(p)
     _add_threads_option(p)
@@ -1014,6 +1022,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a full disk under another name (torch wraps the OSError)
+        full = disk_full(err)
+        if full is None:
+            raise
+        print(
+            f"{PROG} {args.command}: error: no space left on device while writing "
+            f"{full.filename or 'a file'}",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
