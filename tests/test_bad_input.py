@@ -320,3 +320,39 @@ def test_jsonl_unpaired_surrogate_names_the_line_or_is_replaced(
     assert [r["text"] for r in rows] == ["ok 😀", "half \ufffd pair"]
     posts = load_posts(data, require_labels=False, errors="ignore")
     assert posts.texts == ["ok 😀", "half  pair"]
+
+
+# ====================
+# Issue 12: input that must never silently turn into wrong results
+# ====================
+
+
+def train_fails(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """`fbdl-fast train` on `data` must fail (status 2, one line) and write no run folder."""
+    out = tmp_path / "run"
+    err = fails(["train", "--data", str(data), "--output", str(out), "--quiet"], capsys)
+    assert not out.exists() and not (tmp_path / ".run.partial").exists()
+    return err
+
+
+def test_csv_row_with_more_fields_than_the_header(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Case 9: "hello, world,spam" used to train a class named "world"."""
+    data = tmp_path / "posts.csv"
+    data.write_text("text,label\ngood day,positive\nhello, world,spam\n", "utf-8")
+    err = train_fails(data, tmp_path, capsys)
+    assert f"line 3 of {data} has 3 fields but the header has 2 (text, label)" in err
+    assert 'an unquoted comma in the text? Quote the field ("hello, world")' in err
+    assert "--text-column/--label-column" in err
+    tsv = tmp_path / "posts.tsv"
+    tsv.write_text("text\tlabel\nok\tpositive\nok\tpositive\nhello\tworld\tspam\n", "utf-8")
+    err = train_fails(tsv, tmp_path, capsys)
+    assert f"line 4 of {tsv} has 3 fields but the header has 2" in err and "unquoted tab" in err
+
+
+def test_csv_duplicate_header_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = tmp_path / "posts.csv"
+    data.write_text("text,label,text\na,positive,b\n", "utf-8")
+    err = train_fails(data, tmp_path, capsys)
+    assert f"posts file {data}: column name 'text' appears twice in the header (line 1" in err

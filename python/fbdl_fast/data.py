@@ -285,6 +285,7 @@ def _read_csv(
             header = next(reader, None)  # blank lines before the header
         if header is None:
             return
+        _check_header(header, path, consumed)
         while True:
             start = consumed + 1  # a record starts on the line after the previous one ended
             row = next(reader, None)
@@ -292,6 +293,14 @@ def _read_csv(
                 return
             if not any(field.strip() for field in row):
                 continue  # blank line
+            if len(row) > len(header):  # the overflow would silently become the next column
+                sep = "comma" if delimiter == "," else "tab"
+                raise ValueError(
+                    f"line {start} of {path} has {len(row)} fields but the header has "
+                    f"{len(header)} ({', '.join(header)}): an unquoted {sep} in the text? "
+                    f'Quote the field ("hello{delimiter} world"), and check that '
+                    "--text-column/--label-column name the columns you mean"
+                )
             # Short rows read as missing (None) values, which the checks below report.
             yield start, {name: (row[i] if i < len(row) else None) for i, name in enumerate(header)}
     except csv.Error as err:
@@ -301,6 +310,17 @@ def _read_csv(
             if "field limit" in str(err)
             else f"posts file {path} is not valid CSV near line {consumed}: {err}"
         ) from None
+
+
+def _check_header(header: list[str], path: Path, line: int) -> None:
+    seen: set[str] = set()
+    for name in header:
+        if name.strip() and name in seen:  # unnamed columns (trailing separators) may repeat
+            raise ValueError(
+                f"posts file {path}: column name {name!r} appears twice in the header (line "
+                f"{line}: {', '.join(header)}); give each column its own name"
+            )
+        seen.add(name)
 
 
 def _read_jsonl(
