@@ -1,0 +1,361 @@
+"""The one command that proves the kernels on a lent GPU and brings back every figure.
+
+On the GPU machine, from a checkout with the wheel installed (`make gpu-wheel` builds it here):
+
+    pip install --no-deps --no-index dist/fbdl_fast-*.whl
+    python3 benches/gpu_check.py --out DIR
+
+Without a GPU, `--cpu-smoke` runs every stage on the CPU (the cuda tests skip, the benches time
+the PyTorch fallbacks on tiny shapes): that proves the pipeline and the report here.
+
+It checks the machine first (CUDA and the GPU, a C compiler and Python.h for Triton's launcher,
+the versions, FBDL_FAST_BACKEND and TRITON_INTERPRET unset), points TRITON_CACHE_DIR under DIR,
+then runs each stage in a subprocess with its own time budget. After every stage, after a
+failure or a timeout too, it rewrites DIR/results.json (every check, stage and figure) and
+DIR/report.md (the same as tables, with the goals met or missed); DIR/gpu_check.log has every
+stage's output and DIR/cuda-tests.xml the cuda tests' JUnit report.
+
+Time budget on an H200 with an empty Triton cache, in seconds (each stage is stopped at its
+budget; about 70 kernel specialisations compile in the first two stages): checks 15, cuda tests
+150, LayerNorm 75, focal loss 45, attention 120, training steps 60: 465 in all, under 8 minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import xml.etree.ElementTree as ElementTree
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))  # gpu_report, beside this file
+
+import gpu_report  # noqa: E402
+
+RESULTS_ENV = "FBDL_FAST_BENCH_RESULTS"  # measure.RESULTS_ENV: where the benches append rows
+CHECK_BUDGET_S = 15
+
+
+@dataclass
+class Stage:
+    """One subprocess: a pytest run of some tests or benches, stopped at its budget."""
+
+    name: str
+    budget_s: float
+    args: list[str]
+    status: str = "not run"  # passed | failed | timeout | not run
+    returncode: Optional[int] = None
+    elapsed_s: Optional[float] = None
+    tests: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "budget_s": self.budget_s,
+            "status": self.status,
+            "returncode": self.returncode,
+            "elapsed_s": self.elapsed_s,
+            "tests": self.tests,
+        }
+
+
+def stages(out: Path) -> list[Stage]:
+    junit = f"--junitxml={out / 'cuda-tests.xml'}"
+    bench = ["--benchmark-disable", "-p", "no:cacheprovider"]
+    return [
+        Stage("cuda tests", 150, ["-m", "cuda", "tests", junit, "-p", "no:cacheprovider"]),
+        Stage("layer_norm", 75, ["benches/bench_layer_norm.py", *bench]),
+        Stage("focal_loss", 45, ["benches/bench_focal_loss.py", *bench]),
+        Stage("attention", 120, ["benches/bench_attention.py", *bench]),
+        Stage("training steps", 60, ["benches/bench_models.py", *bench]),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+
+def machine_checks() -> dict[str, Any]:
+    """What the machine is and whether it can run the kernels. Imports torch and fbdl_fast."""
+    checks: dict[str, Any] = {"python": sys.version.split()[0], "executable": sys.executable}
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    checks["c_compiler"] = compiler
+    python_h = Path(sysconfig.get_paths()["include"]) / "Python.h"
+    checks["python_h"] = str(python_h) if python_h.is_file() else None
+    checks["environment"] = {
+        name: os.environ.get(name) for name in ("FBDL_FAST_BACKEND", "TRITON_INTERPRET")
+    }
+    for module in ("torch", "triton", "numpy", "fbdl_fast", "pytest", "pytest_benchmark"):
+        try:
+            imported = __import__(module)
+            checks[module] = getattr(imported, "__version__", "?")
+        except Exception as error:  # a missing or broken install is a finding, not a crash
+            checks[module] = f"unavailable: {type(error).__name__}: {error}"
+    try:
+        import fbdl_fast
+
+        checks["fbdl_fast_location"] = str(Path(fbdl_fast.__file__).parent)
+        import torch
+
+        checks["cuda"] = torch.cuda.is_available()
+        checks["cuda_version"] = torch.version.cuda
+        if checks["cuda"]:
+            properties = torch.cuda.get_device_properties(0)
+            checks["gpu"] = properties.name
+            checks["capability"] = f"{properties.major}.{properties.minor}"
+            checks["multiprocessors"] = properties.multi_processor_count
+            checks["memory_gib"] = round(properties.total_memory / 2**30, 1)
+        else:
+            checks["gpu"] = None
+    except Exception as error:
+        checks["cuda"] = False
+        checks["gpu"] = None
+        checks["import_error"] = f"{type(error).__name__}: {error}"
+    checks["nvidia_smi"] = _nvidia_smi()
+    return checks
+
+
+def _nvidia_smi() -> Optional[str]:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    query = "name,driver_version,clocks.sm,clocks.mem,temperature.gpu,power.draw"
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"failed: {error}"
+    return done.stdout.strip() or done.stderr.strip()
+
+
+def problems(checks: dict[str, Any], cpu_smoke: bool) -> list[str]:
+    """What stops a GPU run, in words; empty when the stages can run."""
+    found = []
+    if not cpu_smoke and not checks.get("cuda"):
+        found.append(
+            "no CUDA device: torch.cuda.is_available() is False "
+            f"({checks.get('import_error') or 'torch ' + str(checks.get('torch'))}); "
+            "run on a GPU machine, or pass --cpu-smoke to check the pipeline on a CPU"
+        )
+    if str(checks.get("fbdl_fast", "")).startswith("unavailable"):
+        found.append(f"fbdl_fast does not import: {checks['fbdl_fast']}")
+    if not cpu_smoke and checks.get("cuda"):
+        if not checks["c_compiler"]:
+            found.append("no C compiler (cc/gcc/$CC): Triton cannot build its launcher")
+        if not checks["python_h"]:
+            found.append("no Python.h: Triton cannot build its launcher")
+    return found
+
+
+def ceilings() -> dict[str, float]:
+    """The machine's two ceilings, measured: device copy bandwidth and bf16 matmul rate."""
+    import torch
+
+    def seconds(step, repeats: int = 10) -> float:
+        step()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeats):
+            step()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3 / repeats
+
+    source = torch.randn(2**28, device="cuda")  # 1 GiB
+    target = torch.empty_like(source)
+    copy_s = seconds(lambda: target.copy_(source))
+    a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    matmul_s = seconds(lambda: a @ b)
+    return {
+        "copy_gbps": 2 * 2**30 / copy_s / 1e9,  # bytes read + bytes written
+        "bf16_matmul_tflops": 2 * 8192**3 / matmul_s / 1e12,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------
+
+
+def run_stage(stage: Stage, env: dict[str, str], log: Path, rows_file: Path) -> None:
+    """Run one stage's pytest in its own process group; stop it at its budget."""
+    command = [sys.executable, "-m", "pytest", "-q", *stage.args]
+    started = time.monotonic()
+    with log.open("a", encoding="utf-8") as sink:
+        sink.write(f"\n===== {stage.name} (budget {stage.budget_s:.0f} s): {' '.join(command)}\n")
+        sink.flush()
+        process = subprocess.Popen(
+            command, cwd=REPO, env={**env, RESULTS_ENV: str(rows_file)},
+            stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            stage.returncode = process.wait(timeout=stage.budget_s)
+            stage.status = "passed" if stage.returncode == 0 else "failed"
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            stage.status = "timeout"
+            sink.write(f"\n===== {stage.name}: stopped at its budget of {stage.budget_s} s\n")
+    stage.elapsed_s = round(time.monotonic() - started, 1)
+    stage.tests = _test_counts(log, stage.name)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+_COUNT = re.compile(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xpassed)")
+
+
+def _test_counts(log: Path, name: str) -> dict[str, int]:
+    """pytest's closing counts for the stage `name`, read from the last line that has them."""
+    text = log.read_text(encoding="utf-8", errors="replace")
+    section = text.rsplit(f"===== {name} (budget", 1)[-1].split("\n===== ", 1)[0]
+    for line in reversed(section.splitlines()):
+        counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n)
+                  for n, kind in _COUNT.findall(line)}  # fmt: skip
+        if counts:
+            return counts
+    return {}
+
+
+def junit_counts(path: Path) -> Optional[dict[str, int]]:
+    """Tests, failures, errors and skips from a JUnit XML file; None if there is none."""
+    if not path.is_file():
+        return None
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError:
+        return None
+    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
+    keys = ("tests", "failures", "errors", "skipped")
+    return {key: sum(int(suite.get(key, 0)) for suite in suites) for key in keys}
+
+
+def read_rows(rows_file: Path) -> list[dict[str, Any]]:
+    if not rows_file.is_file():
+        return []
+    rows = []
+    for line in rows_file.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by a stopped stage
+            continue
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="folder for the report")
+    parser.add_argument(
+        "--cpu-smoke", action="store_true", help="run every stage on the CPU, tiny shapes"
+    )
+    parser.add_argument(
+        "--triton-cache",
+        type=Path,
+        help="TRITON_CACHE_DIR for the stages (default: OUT/triton-cache, removed at the end)",
+    )
+    parser.add_argument(
+        "--only", nargs="+", metavar="STAGE", help="run only these stages (by name)"
+    )
+    args = parser.parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "gpu_check.log"
+    log.write_text("", encoding="utf-8")
+    results: dict[str, Any] = {
+        "mode": "cpu-smoke" if args.cpu_smoke else "gpu",
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "checks": {},
+        "problems": [],
+        "stages": [],
+        "rows": {},
+    }
+    all_stages = stages(out)
+    if args.only:
+        unknown = set(args.only) - {stage.name for stage in all_stages}
+        if unknown:
+            parser.error(f"unknown stage(s) {sorted(unknown)}; stages: "
+                         f"{', '.join(s.name for s in all_stages)}")  # fmt: skip
+        all_stages = [stage for stage in all_stages if stage.name in args.only]
+    results["stages"] = [stage.summary() for stage in all_stages]
+
+    def save() -> None:
+        results["finished"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        )
+        gpu_report.write(out, results)
+
+    started = time.monotonic()
+    results["checks"] = checks = machine_checks()
+    results["problems"] = problems(checks, args.cpu_smoke)
+    if results["problems"]:
+        save()
+        print("\n".join(["gpu_check: cannot run:", *results["problems"]]), file=sys.stderr)
+        return 2
+    if checks.get("cuda") and not args.cpu_smoke:
+        try:
+            checks["ceilings"] = ceilings()
+            import torch
+
+            torch.cuda.empty_cache()  # give the stages the memory the ceilings took
+        except Exception as error:  # a finding to report, not a reason to stop
+            checks["ceilings"] = {"error": f"{type(error).__name__}: {error}"}
+    checks["elapsed_s"] = round(time.monotonic() - started, 1)
+    save()
+
+    cache = args.triton_cache or out / "triton-cache"
+    env = {key: value for key, value in os.environ.items() if key not in checks["environment"]}
+    env.update(TRITON_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
+    rows_file = out / "rows.jsonl"
+    for stage in all_stages:
+        rows_file.unlink(missing_ok=True)
+        run_stage(stage, env, log, rows_file)
+        for row in read_rows(rows_file):
+            results["rows"].setdefault(row.pop("op"), []).append(row)
+        if stage.name == "cuda tests":
+            stage.tests["junit"] = junit_counts(out / "cuda-tests.xml")  # type: ignore[assignment]
+        results["stages"] = [s.summary() for s in all_stages]
+        results["compiled_kernels"] = len(list(cache.rglob("*.cubin"))) if cache.is_dir() else 0
+        save()
+        print(f"gpu_check: {stage.name}: {stage.status} in {stage.elapsed_s} s {stage.tests}",
+              file=sys.stderr)  # fmt: skip
+    rows_file.unlink(missing_ok=True)
+    if args.triton_cache is None:
+        shutil.rmtree(cache, ignore_errors=True)  # keep OUT small: it travels back
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    save()
+    print((out / "report.md").read_text(encoding="utf-8"))
+    return 0 if all(stage.status == "passed" for stage in all_stages) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,431 @@
+"""The report of benches/gpu_check.py: results.json as given, report.md as tables.
+
+report.md: the machine and its checks, the stages, the goals (met, missed or not measured), then
+one side-by-side table per op (ours against the reference, ratios from the same run) and one for
+the training steps. It depends on nothing but the standard library, so a failed install of the
+package under test still gets its report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+Row = dict[str, Any]
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    """Write results.json and report.md into `out`, each atomically."""
+    _write_atomic(out / "results.json", json.dumps(results, indent=1, default=str))
+    _write_atomic(out / "report.md", markdown(results))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Not fbdl_fast.files: the report is written even when the package under test is broken.
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(text, encoding="utf-8")
+    os.replace(scratch, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Goals (issue 13's, on an H200): each is a test over the rows of one op
+# ---------------------------------------------------------------------------------------------
+
+
+def _select(items: list[Row], **wanted: Any) -> list[Row]:
+    """The rows whose fields equal `wanted` (a tuple value: any of its members)."""
+
+    def matches(row: Row) -> bool:
+        return all(
+            row.get(key) in value if isinstance(value, tuple) else row.get(key) == value
+            for key, value in wanted.items()
+        )
+
+    return [row for row in items if matches(row)]
+
+
+def _dropout_cost(rows: list[Row]) -> list[float]:
+    """ours(dropout 0.1) / ours(dropout 0) for each problem measured both ways."""
+    plain = {
+        (r["length"], r["head_dim"], r["padded"], r["mode"]): r["ours_ms"]
+        for r in rows
+        if r["dropout"] == 0
+    }
+    return [
+        r["ours_ms"] / plain[key]
+        for r in rows
+        if r["dropout"] and (key := (r["length"], r["head_dim"], r["padded"], r["mode"])) in plain
+    ]
+
+
+GOALS: list[tuple[str, str, Callable[[list[Row]], list[float]], str, float]] = [
+    # (goal, op, the measured values, "min >=" or "max <=", threshold)
+    (
+        "LayerNorm fwd+bwd vs torch, bf16 autocast, N 768/1024",
+        "layer_norm",
+        lambda rows: [
+            r["speedup"]
+            for r in _select(
+                rows, mode="forward+backward", precision="bf16-autocast", hidden=(768, 1024)
+            )
+        ],
+        ">=",
+        1.5,
+    ),
+    (
+        "LayerNorm fwd+bwd vs torch, bf16 autocast, N 4096/8192",
+        "layer_norm",
+        lambda rows: [
+            r["speedup"]
+            for r in _select(
+                rows, mode="forward+backward", precision="bf16-autocast", hidden=(4096, 8192)
+            )
+        ],
+        ">=",
+        1.2,
+    ),
+    (
+        "LayerNorm forward, % of the device copy's GB/s (M 16384/65536)",
+        "layer_norm",
+        lambda rows: [
+            r["ours_pct_of_copy"]
+            for r in _select(rows, mode="forward", rows=(16384, 65536))
+            if "ours_pct_of_copy" in r
+        ],
+        ">=",
+        85.0,
+    ),
+    (
+        "Focal loss fwd+bwd vs the composition, C 32000/50257",
+        "focal_loss",
+        lambda rows: [
+            r["speedup"] for r in _select(rows, mode="forward+backward", classes=(32000, 50257))
+        ],
+        ">=",
+        2.5,
+    ),
+    (
+        "Focal loss fwd+bwd peak memory / the composition's, C 32000/50257",
+        "focal_loss",
+        lambda rows: [
+            r["memory_ratio"]
+            for r in _select(rows, mode="forward+backward", classes=(32000, 50257))
+            if r.get("memory_ratio") is not None
+        ],
+        "<=",
+        0.25,
+    ),
+    (
+        "Focal loss fp16 x GradScaler: gradient entries lost to underflow",
+        "focal_loss",
+        lambda rows: [
+            r["errors"]["underflow"]
+            for r in _select(rows, precision="fp16-scaled", mode="forward+backward")
+        ],
+        "<=",
+        0,
+    ),
+    (
+        "Attention fwd+bwd vs SDPA's best, padded, L 512/2048, D 64/128",
+        "attention",
+        lambda rows: [
+            r["speedup"]
+            for r in _select(
+                rows,
+                mode="forward+backward",
+                padded=True,
+                dropout=0.0,
+                length=(512, 2048),
+                head_dim=(64, 128),
+            )
+        ],
+        ">=",
+        1.3,
+    ),
+    (
+        "Attention fwd+bwd vs SDPA's best, dense",
+        "attention",
+        lambda rows: [
+            r["speedup"] for r in _select(rows, mode="forward+backward", padded=False, dropout=0.0)
+        ],
+        ">=",
+        1.0,
+    ),
+    (
+        "Attention: time with dropout 0.1 / without",
+        "attention",
+        _dropout_cost,
+        "<=",
+        1.2,
+    ),
+]
+
+
+def goals(results: dict[str, Any]) -> list[Row]:
+    """Each goal with the worst measured value and whether it is met."""
+    verdicts = []
+    for goal, op, values_of, sense, threshold in GOALS:
+        try:
+            values = values_of(results.get("rows", {}).get(op, []))
+        except (KeyError, TypeError) as error:  # a row without a figure: say so, keep the report
+            verdicts.append({"goal": goal, "worst": None, "verdict": f"error: {error!r}"})
+            continue
+        if not values:
+            verdicts.append({"goal": goal, "worst": None, "verdict": "not measured"})
+            continue
+        worst = min(values) if sense == ">=" else max(values)
+        met = worst >= threshold if sense == ">=" else worst <= threshold
+        verdicts.append(
+            {
+                "goal": f"{goal} {sense} {threshold:g}",
+                "worst": worst,
+                "count": len(values),
+                "verdict": "met" if met else "missed",
+            }
+        )
+    return verdicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _table(headers: list[str], lines: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(_fmt(cell) for cell in line) + " |" for line in lines]
+    return [*out, ""]
+
+
+def _pair(row: Row, a: str, b: str, digits: int = 3) -> str:
+    return f"{_fmt(row.get(a), digits)} / {_fmt(row.get(b), digits)}"
+
+
+def _max_error(errors: Optional[dict[str, Any]], names: tuple[str, ...]) -> Optional[float]:
+    values = [errors[name] for name in names if errors and errors.get(name) is not None]
+    return max(values) if values else None
+
+
+def _machine(results: dict[str, Any]) -> list[str]:
+    c = results.get("checks", {})
+    ceilings = c.get("ceilings") or {}
+    lines = [
+        "# fbdl_fast GPU check",
+        "",
+        f"Mode **{results.get('mode')}**, started {results.get('started')}, "
+        f"finished {results.get('finished')}, {_fmt(results.get('elapsed_s'))} s in all.",
+        "",
+        f"- GPU: {c.get('gpu') or 'none'} (capability {c.get('capability')}, "
+        f"{c.get('multiprocessors')} SMs, {c.get('memory_gib')} GiB); CUDA {c.get('cuda_version')}",
+        f"- nvidia-smi: {c.get('nvidia_smi')}",
+        f"- measured ceilings: device copy {_fmt(ceilings.get('copy_gbps'), 4)} GB/s, "
+        f"bf16 matmul {_fmt(ceilings.get('bf16_matmul_tflops'), 4)} TFLOP/s"
+        + (f" ({ceilings['error']})" if "error" in ceilings else ""),
+        f"- Python {c.get('python')}, torch {c.get('torch')}, triton {c.get('triton')}, "
+        f"numpy {c.get('numpy')}, fbdl_fast {c.get('fbdl_fast')} "
+        f"from {c.get('fbdl_fast_location')}",
+        f"- C compiler {c.get('c_compiler')}, Python.h {c.get('python_h')}, "
+        f"environment {c.get('environment')}",
+        f"- Triton kernels compiled: {results.get('compiled_kernels', '-')}",
+        "",
+    ]
+    if results.get("mode") == "cpu-smoke":
+        lines += [
+            "CPU smoke run: the cuda tests skip and each bench times PyTorch's fallbacks once on "
+            "tiny shapes. Its figures prove the pipeline and the report, not any speed.",
+            "",
+        ]
+    for problem in results.get("problems", []):
+        lines.append(f"**Cannot run:** {problem}")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = _machine(results)
+    lines += ["## Stages", ""]
+    lines += _table(
+        ["stage", "status", "seconds (budget)", "tests"],
+        [
+            [
+                s["name"],
+                s["status"],
+                f"{_fmt(s['elapsed_s'])} ({s['budget_s']:g})",
+                ", ".join(f"{n} {k}" for k, n in s.get("tests", {}).items() if k != "junit"),
+            ]
+            for s in results.get("stages", [])
+        ],
+    )
+    lines += ["## Goals", ""]
+    lines += _table(
+        ["goal", "worst measured", "rows", "verdict"],
+        [[g["goal"], g["worst"], g.get("count"), g["verdict"]] for g in goals(results)],
+    )
+    rows = results.get("rows", {})
+    lines += _layer_norm(rows.get("layer_norm", []))
+    lines += _focal_loss(rows.get("focal_loss", []))
+    lines += _attention(rows.get("attention", []))
+    lines += _models(rows.get("models", []))
+    return "\n".join(lines) + "\n"
+
+
+def _layer_norm(rows: list[Row]) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "## LayerNorm: fbdl_fast vs torch.nn.LayerNorm",
+        "",
+        *_table(
+            [
+                "M",
+                "N",
+                "precision",
+                "pass",
+                "ms ours / torch",
+                "speedup",
+                "GB/s ours / torch",
+                "% of copy",
+                "host us ours / torch",
+                "peak MiB ours / torch",
+                "max err (y,dx,dw,db)",
+            ],
+            [
+                [
+                    r["rows"],
+                    r["hidden"],
+                    r["precision"],
+                    r["mode"],
+                    _pair(r, "ours_ms", "torch_ms"),
+                    f"{r['speedup']:.2f}x",
+                    _pair(r, "ours_gbps", "torch_gbps", 4),
+                    r.get("ours_pct_of_copy"),
+                    _pair(r, "ours_host_us", "torch_host_us"),
+                    _pair(r, "ours_peak_mib", "torch_peak_mib", 4),
+                    _max_error(r.get("max_abs_error"), ("y", "dx", "dw", "db")),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
+def _focal_loss(rows: list[Row]) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "## Focal loss: fused vs the torch composition",
+        "",
+        *_table(
+            [
+                "N",
+                "C",
+                "precision",
+                "pass",
+                "ms ours / ref",
+                "speedup",
+                "GB/s ours",
+                "host us ours / ref",
+                "peak MiB ours / ref",
+                "loss err",
+                "grad err",
+                "underflow",
+            ],
+            [
+                [
+                    r["rows"],
+                    r["classes"],
+                    r["precision"],
+                    r["mode"],
+                    _pair(r, "ours_ms", "reference_ms"),
+                    f"{r['speedup']:.2f}x",
+                    r.get("ours_gbps"),
+                    _pair(r, "ours_host_us", "reference_host_us"),
+                    _pair(r, "ours_peak_mib", "reference_peak_mib", 4),
+                    r["errors"].get("loss"),
+                    r["errors"].get("grad"),
+                    r["errors"].get("underflow"),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
+def _attention(rows: list[Row]) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "## Attention: fused vs SDPA (best pinned backend)",
+        "",
+        "TFLOP/s count the nominal dense work (4·B·H·L²·D forward, 3.5x that forward+backward).",
+        "",
+        *_table(
+            [
+                "B",
+                "L",
+                "D",
+                "mask",
+                "dropout",
+                "pass",
+                "ms ours / SDPA",
+                "SDPA backend",
+                "speedup",
+                "TFLOP/s ours",
+                "host us ours / SDPA",
+                "peak MiB ours / SDPA",
+                "max err (out,dq,dk,dv)",
+            ],
+            [
+                [
+                    r["batch"],
+                    r["length"],
+                    r["head_dim"],
+                    "padded" if r["padded"] else "dense",
+                    r["dropout"],
+                    r["mode"],
+                    _pair(r, "ours_ms", "sdpa_ms"),
+                    r["sdpa_best"],
+                    f"{r['speedup']:.2f}x",
+                    r.get("ours_tflops"),
+                    _pair(r, "ours_host_us", "sdpa_host_us"),
+                    _pair(r, "ours_peak_mib", "sdpa_peak_mib", 4),
+                    _max_error(r.get("errors"), ("out", "dq", "dk", "dv")),
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
+def _models(rows: list[Row]) -> list[str]:
+    if not rows:
+        return []
+    return [
+        "## Training steps (forward, loss, backward, AdamW), vs the reference fp32 step",
+        "",
+        *_table(
+            ["model", "variant", "batch", "step ms (p20-p80)", "speedup", "patched logit diff"],
+            [
+                [
+                    r["model"],
+                    r["variant"],
+                    "x".join(map(str, r["batch"])),
+                    f"{r['step_ms']:.3g} ({r['step_p20_ms']:.3g}-{r['step_p80_ms']:.3g})",
+                    f"{r['speedup']:.2f}x",
+                    r["max_logit_diff_patched_vs_reference"],
+                ]
+                for r in rows
+            ],
+        ),
+    ]

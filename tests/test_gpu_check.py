@@ -1,0 +1,132 @@
+"""benches/gpu_check.py, the one command for a lent GPU: its report is always written (no CUDA,
+a stage past its budget), its goals are judged from the rows, and the CPU smoke run measures."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHES = Path(__file__).resolve().parents[1] / "benches"
+sys.path.insert(0, str(BENCHES))
+
+import gpu_check  # noqa: E402
+import gpu_report  # noqa: E402
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHES / "gpu_check.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer on a machine without CUDA")
+def test_without_cuda_it_exits_non_zero_after_writing_the_reason(tmp_path: Path) -> None:
+    done = _run("--out", str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["checks"]["cuda"] is False
+    assert "no CUDA device" in results["problems"][0]
+    assert results["stages"][0]["status"] == "not run"
+    assert "Cannot run:** no CUDA device" in (tmp_path / "report.md").read_text()
+    assert "--cpu-smoke" in done.stderr
+
+
+def test_a_stage_past_its_budget_is_stopped_and_counted(tmp_path: Path) -> None:
+    slow = tmp_path / "test_sleeps.py"
+    slow.write_text(
+        textwrap.dedent(
+            """
+            import time
+
+            def test_quick():
+                pass
+
+            def test_sleeps():
+                time.sleep(60)
+            """
+        )
+    )
+    stage = gpu_check.Stage("sleepy", 8, [str(slow), "-p", "no:cacheprovider"])
+    log = tmp_path / "log"
+    gpu_check.run_stage(stage, dict(__import__("os").environ), log, tmp_path / "rows.jsonl")
+    assert stage.status == "timeout"
+    assert stage.elapsed_s is not None and stage.elapsed_s < 30
+    assert "stopped at its budget of 8 s" in log.read_text()
+
+
+def test_pytest_closing_counts_are_read_from_the_stage_log(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text(
+        "===== a (budget 5 s): pytest\n3 passed in 1s\n"
+        "===== b (budget 5 s): pytest\n.F\n1 failed, 4 passed, 2 skipped, 1 error in 2.0s\n"
+    )
+    assert gpu_check._test_counts(log, "a") == {"passed": 3}
+    assert gpu_check._test_counts(log, "b") == {"failed": 1, "passed": 4, "skipped": 2, "error": 1}
+
+
+def _ln_row(hidden: int, speedup: float, mode: str = "forward+backward", **extra) -> dict:
+    return {"rows": 16384, "hidden": hidden, "precision": "bf16-autocast", "mode": mode,
+            "speedup": speedup, "ours_ms": 1.0, "torch_ms": speedup, **extra}  # fmt: skip
+
+
+def test_goals_take_the_worst_row_and_say_met_missed_or_not_measured() -> None:
+    results = {
+        "rows": {
+            "layer_norm": [
+                _ln_row(768, 1.7),
+                _ln_row(1024, 1.4),  # the worst of the two: the 1.5x goal is missed
+                _ln_row(4096, 1.3),
+                _ln_row(8192, 1.25),
+                _ln_row(768, 2.0, mode="forward", ours_pct_of_copy=91.0),
+            ]
+        }
+    }
+    verdicts = {g["goal"].split(" >=")[0].split(" <=")[0]: g for g in gpu_report.goals(results)}
+    small = verdicts["LayerNorm fwd+bwd vs torch, bf16 autocast, N 768/1024"]
+    assert (small["worst"], small["count"], small["verdict"]) == (1.4, 2, "missed")
+    large = verdicts["LayerNorm fwd+bwd vs torch, bf16 autocast, N 4096/8192"]
+    assert (large["worst"], large["verdict"]) == (1.25, "met")
+    copy = verdicts["LayerNorm forward, % of the device copy's GB/s (M 16384/65536)"]
+    assert (copy["worst"], copy["verdict"]) == (91.0, "met")
+    assert verdicts["Attention: time with dropout 0.1 / without"]["verdict"] == "not measured"
+
+
+def test_dropout_cost_pairs_each_problem_with_its_no_dropout_twin() -> None:
+    def row(dropout: float, ms: float, length: int = 512) -> dict:
+        return {"length": length, "head_dim": 64, "padded": True, "mode": "forward",
+                "dropout": dropout, "ours_ms": ms}  # fmt: skip
+
+    rows = [row(0.0, 2.0), row(0.1, 2.6), row(0.0, 1.0, 128), row(0.1, 1.1, 128)]
+    assert gpu_report._dropout_cost(rows) == pytest.approx([1.3, 1.1])
+
+
+def test_cpu_smoke_of_one_stage_measures_and_reports_every_problem(tmp_path: Path) -> None:
+    done = _run("--cpu-smoke", "--only", "layer_norm", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [s["status"] for s in results["stages"]] == ["passed"]
+    rows = results["rows"]["layer_norm"]
+    problems = {(r["hidden"], r["precision"], r["mode"]) for r in rows}
+    assert len(problems) == len(rows) == 2 * 4 * 2  # hidden x precision x pass
+    assert all(r["ours_ms"] > 0 and r["torch_ms"] > 0 and r["speedup"] > 0 for r in rows)
+    report = (tmp_path / "report.md").read_text()
+    assert "## LayerNorm: fbdl_fast vs torch.nn.LayerNorm" in report
+    assert "| 64 | 4096 | bf16-autocast | forward+backward |" in report
+    assert not (tmp_path / "triton-cache").exists() and not (tmp_path / "rows.jsonl").exists()
+
+
+def test_a_goal_over_malformed_rows_reports_the_error_instead_of_not_measured() -> None:
+    results = {"rows": {"focal_loss": [{"mode": "forward+backward", "classes": 32000}]}}
+    verdicts = {g["goal"].split(" >=")[0]: g for g in gpu_report.goals(results)}
+    assert verdicts["Focal loss fwd+bwd vs the composition, C 32000/50257"]["verdict"] == (
+        "error: KeyError('speedup')"
+    )
