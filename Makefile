@@ -42,6 +42,11 @@ test: install lint  ## Every test: cargo test, lint, pytest (benchmarks run once
 bench: install  ## Time the benchmark suites (pytest-benchmark)
 	$(VENV)/bin/fbdl-fast bench
 
+.PHONY: gpu-wheel
+gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (see README)
+	rm -rf dist
+	$(VENV)/bin/maturin build --release --quiet --out dist
+
 .PHONY: format
 format: install  ## Format Python and Rust sources
 	$(VENV)/bin/ruff format python tests benches
