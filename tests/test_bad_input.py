@@ -28,7 +28,7 @@ from fbdl_fast.cli import main
 from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
 from fbdl_fast.synthetic import generate_posts
 from fbdl_fast.tokenizer import Tokenizer
-from tiny_run import MAX_LENGTH, make_run, tiny_config
+from tiny_run import MAX_LENGTH, make_run, tiny_config, tiny_model_args, write_csv
 
 
 @pytest.fixture(scope="module")
@@ -356,3 +356,38 @@ def test_csv_duplicate_header_name(tmp_path: Path, capsys: pytest.CaptureFixture
     data.write_text("text,label,text\na,positive,b\n", "utf-8")
     err = train_fails(data, tmp_path, capsys)
     assert f"posts file {data}: column name 'text' appears twice in the header (line 1" in err
+
+
+def test_label_warnings_at_train(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Case 10: labels differing only by case are kept apart, surrounding spaces are dropped
+    (merged), rare classes and classes only in validation are named; all with a warning."""
+    rows = [(f"ham post {i}", "ham") for i in range(9)] + [("ham post 9", " ham ")]
+    rows += [(f"spam post {i}", "Spam") for i in range(10)]
+    rows += [("a spam post", "spam"), ("a lonely post", "lonely")]
+    data = write_csv(tmp_path / "posts.csv", rows)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--output", str(out), "--val-fraction", "0.3"]
+    assert main([*argv, "--epochs", "1", *tiny_model_args()]) == 0
+    err = capsys.readouterr().err
+    assert "labels are read without surrounding spaces, so these are merged with the label " in err
+    assert "they spell: ' ham ' -> 'ham' (line 11)" in err
+    assert "labels 'Spam' and 'spam' differ only by case; they are kept apart" in err
+    assert (
+        "2 class(es) have fewer than 2 posts, too few to learn and to validate: lonely, spam" in err
+    )
+    assert "1 class(es) are only in the validation posts, never trained on: lonely" in err
+    labels = json.loads((out / "label_map.json").read_text())["labels"]
+    assert labels == ["Spam", "ham", "lonely", "spam"]
+
+
+def test_a_thousand_classes_keep_the_progress_line_short(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [(f"post number {i}", f"class{i:05d}") for i in range(1000)]  # one post each
+    data = write_csv(tmp_path / "posts.csv", rows)
+    argv = ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--epochs", "1"]
+    assert main([*argv, *tiny_model_args()]) == 0
+    err = capsys.readouterr().err
+    assert "1000 classes (class00000, class00001, " in err and "class00019 and 980 more)" in err
+    assert "100 class(es) are only in the validation posts" in err
+    assert max(len(line) for line in err.splitlines()) < 500

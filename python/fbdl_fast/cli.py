@@ -343,7 +343,14 @@ def _train_run(
 ) -> int:
     """Train the run `out` (locked and checked by rank 0), continuing `source` with --resume."""
     from fbdl_fast import __version__, distributed
-    from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
+    from fbdl_fast.data import (
+        LabelMap,
+        build_dataloaders,
+        describe_labels,
+        label_warnings,
+        load_posts,
+        split_posts,
+    )
     from fbdl_fast.models import create_model
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.train import CompileError, Trainer
@@ -361,8 +368,11 @@ def _train_run(
     _say(
         args,
         f"{len(posts)} posts from {args.data}: {len(train)} train / {len(val)} validation,"
-        f" {len(label_map)} classes ({', '.join(map(str, label_map.labels))})",
+        f" {len(label_map)} classes ({describe_labels(label_map.labels)})",
     )
+    if ctx.is_main:
+        for warning in label_warnings(train, val):  # shown even with --quiet
+            print(f"{PROG} train: warning: {args.data}: {warning}", file=sys.stderr)
     if args.resume:  # the run's own tokenizer, not a retrained one
         tokenizer = Tokenizer.from_file(source / RUN_TOKENIZER)
     else:  # rank 0 trains it, the others receive it

@@ -122,7 +122,9 @@ def load_posts(
             ("replace") or dropped ("ignore").
 
     Labels are strings or integers; strings that spell an integer ("3") become that integer, so
-    the same labels load identically from CSV and JSONL. Empty and whitespace-only texts are kept
+    the same labels load identically from CSV and JSONL. Surrounding spaces are dropped (" spam"
+    is "spam", with a warning naming the merge); case is kept ("Spam" and "spam" are two classes;
+    `label_warnings` says so). Empty and whitespace-only texts are kept
     (the tokenizer turns them into [CLS] [SEP]); their count is logged at INFO level.
 
     Raises:
@@ -182,6 +184,7 @@ def iter_posts(
         raise ValueError(f"posts file {path} is a directory; expected a CSV or JSONL file")
     count = 0
     blank: list[int] = []
+    spaced: dict[str, int] = {}  # labels written with surrounding spaces -> first line
     with open(path, "rb") as f:
         lines = _decoded_lines(f, path, errors)
         records = (
@@ -202,6 +205,9 @@ def iter_posts(
             if has_labels:
                 assert label_column is not None
                 label = _label_value(record.get(label_column), label_column, path, line)
+                raw = record.get(label_column)
+                if isinstance(raw, str) and raw != raw.strip() and len(spaced) < 100:
+                    spaced.setdefault(raw, line)
             if not text.strip():
                 blank.append(line)
             count += 1
@@ -210,6 +216,13 @@ def iter_posts(
             if f.tell() == 0 or _only_whitespace(path):
                 raise ValueError(f"posts file {path} is empty; expected a header line and posts")
             raise ValueError(f"posts file {path} has a header but no posts")
+    if spaced:
+        logger.warning(
+            "%s: labels are read without surrounding spaces, so these are merged with the "
+            "label they spell: %s",
+            path,
+            ", ".join(f"{raw!r} -> {raw.strip()!r} (line {n})" for raw, n in spaced.items()),
+        )
     if blank:
         shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
         logger.info(
@@ -501,6 +514,46 @@ class LabelMap:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"label map {path} is not valid JSON: {err}") from None
         return cls.from_dict(values)
+
+
+def label_warnings(train: Posts, val: Posts) -> list[str]:
+    """What looks wrong in a split's labels: labels that differ only by case (kept apart as
+    different classes), classes with fewer than 2 posts, classes found only in validation."""
+    assert train.labels is not None and val.labels is not None
+    counts: dict[Label, int] = {}
+    for label in [*train.labels, *val.labels]:
+        counts[label] = counts.get(label, 0) + 1
+    warnings = []
+    by_case: dict[str, list[Label]] = {}
+    for label in counts:
+        if isinstance(label, str):
+            by_case.setdefault(label.casefold(), []).append(label)
+    for group in by_case.values():
+        if len(group) > 1:
+            warnings.append(
+                f"labels {' and '.join(repr(v) for v in sorted(group))} differ only by case; "
+                "they are kept apart as different classes (edit the file to merge them)"
+            )
+    rare = sorted((k for k, n in counts.items() if n < 2), key=lambda v: (isinstance(v, str), v))
+    if rare:
+        warnings.append(
+            f"{len(rare)} class(es) have fewer than 2 posts, too few to learn and to "
+            f"validate: {describe_labels(rare)}"
+        )
+    unseen = set(val.labels) - set(train.labels)
+    if unseen:
+        ordered = sorted(unseen, key=lambda v: (isinstance(v, str), v))
+        warnings.append(
+            f"{len(unseen)} class(es) are only in the validation posts, never trained on: "
+            f"{describe_labels(ordered)}"
+        )
+    return warnings
+
+
+def describe_labels(labels: Sequence[Label], limit: int = 20) -> str:
+    """The labels, comma-separated, at most `limit` of them and a count of the rest."""
+    shown = ", ".join(map(str, labels[:limit]))
+    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
 
 # ====================
