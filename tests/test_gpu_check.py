@@ -130,3 +130,15 @@ def test_a_goal_over_malformed_rows_reports_the_error_instead_of_not_measured() 
     assert verdicts["Focal loss fwd+bwd vs the composition, C 32000/50257"]["verdict"] == (
         "error: KeyError('speedup')"
     )
+
+
+def test_the_readme_device_command_installs_the_wheel_and_runs_this_script() -> None:
+    readme = (BENCHES.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Proving the kernels on a GPU\n", 1)[1].split("\n## ", 1)[0]
+    command = next(line for line in section.splitlines() if "gpu_check.py" in line)
+    assert "pip install -q --no-deps --no-index dist/fbdl_fast-*.whl &&" in command
+    script_args = command.split("python3 benches/gpu_check.py", 1)[1].split()
+    assert (BENCHES / "gpu_check.py").is_file()
+    assert script_args == ["--out", '"$OUT/gpu"']
+    makefile = (BENCHES.parent / "Makefile").read_text()
+    assert "gpu-wheel:" in makefile and "--out dist" in makefile
