@@ -31,12 +31,13 @@ input_precision="ieee" (exact, like torch's fp32 matmul, not TF32).
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
+
+from fbdl_fast.kernels import interpreting
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -400,14 +401,10 @@ def _attn_bwd_dq(
 # ---------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _launch_config(lq: int, lk: int, d: int, backward: bool) -> dict[str, int]:
     """Block sizes and launch options. The interpreter runs programs one after another through
     numpy, so it gets the largest blocks the lengths need (at least 16, tl.dot's minimum there)."""
-    if _interpreting():
+    if interpreting():
         block = min(64, max(16, triton.next_power_of_2(max(lq, lk))))
         cfg = {"BLOCK_M": block, "BLOCK_N": block, "num_warps": 4, "num_stages": 1}
     elif backward:
@@ -425,7 +422,7 @@ def _launch_config(lq: int, lk: int, d: int, backward: bool) -> dict[str, int]:
 
 def _flags(dtype: torch.dtype) -> dict[str, object]:
     # bf16 arithmetic does not exist in the interpreter: upcast tiles after loading there.
-    upcast = dtype == torch.bfloat16 and _interpreting()
+    upcast = dtype == torch.bfloat16 and interpreting()
     precision = "ieee" if dtype == torch.float32 or upcast else "tf32"
     return {"UPCAST": upcast, "PRECISION": precision}
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fbdl_fast.ops import attention as attention_op
-from fbdl_fast.ops._dispatch import decide
+from fbdl_fast.ops._dispatch import decide, reference_at_once
 
 
 def _key_mask(attn_mask: torch.Tensor, batch: int, keys: int) -> Optional[torch.Tensor]:
@@ -137,14 +137,16 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
                 "MultiheadAttention: is_causal=True needs attn_mask (the causal "
                 "mask it describes); pass both, or neither"
             )
-        reason = self._unsupported(query, need_weights, attn_mask, is_causal)
-        masks = () if key_padding_mask is None else (key_padding_mask,)
-        tensors = (query, key, value, *masks)
-        if decide(attention_op.OP, tensors, reason).path == "triton":
-            # Checked only now: a float mask costs a host sync, worth it only for the kernel.
-            key_mask, reason = _padding_to_key_mask(key_padding_mask)
-            if reason is None or decide(attention_op.OP, tensors, reason).path == "triton":
-                return self._fused_forward(query, key, value, key_mask, is_causal), None
+        # The early exit first: CPU outside the interpreter, or backend torch, runs torch's own.
+        if not reference_at_once(query):
+            reason = self._unsupported(query, need_weights, attn_mask, is_causal)
+            masks = () if key_padding_mask is None else (key_padding_mask,)
+            tensors = (query, key, value, *masks)
+            if decide(attention_op.OP, tensors, reason).path == "triton":
+                # Checked only now: a float mask costs a host sync, worth it only for the kernel.
+                key_mask, reason = _padding_to_key_mask(key_padding_mask)
+                if reason is None or decide(attention_op.OP, tensors, reason).path == "triton":
+                    return self._fused_forward(query, key, value, key_mask, is_causal), None
         return super().forward(
             query,
             key,

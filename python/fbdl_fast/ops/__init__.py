@@ -1,16 +1,37 @@
 """Ops: each has a PyTorch `reference`, a Triton path (an autograd.Function over kernels/), and a
-`dispatch` that picks one by the rules in _dispatch.py. `explain` says what would run and why."""
+`dispatch` that picks one by the rules in _dispatch.py. `explain` says what would run and why.
+
+FBDL_FAST_BACKEND and TRITON_INTERPRET are read once, at import; `refresh()` reads them again
+after a change, `settings()` says what was read."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from fbdl_fast.ops._dispatch import BackendError, Decision, backend, interpreting
+from fbdl_fast.ops._dispatch import (
+    BackendError,
+    Decision,
+    Settings,
+    backend,
+    interpreting,
+    refresh,
+    settings,
+)
 
 OPS = ("layer_norm", "focal_loss", "attention")
 
-__all__ = ["OPS", "BackendError", "Decision", "backend", "explain", "interpreting"]
+__all__ = [
+    "OPS",
+    "BackendError",
+    "Decision",
+    "Settings",
+    "backend",
+    "explain",
+    "interpreting",
+    "refresh",
+    "settings",
+]
 
 
 def explain(op: str, *tensors: Any, **kwargs: Any) -> Decision:

@@ -6,19 +6,71 @@ FBDL_FAST_BACKEND=auto|triton|torch (default auto):
           TRITON_INTERPRET=1), Triton imports, and the op supports the shape/dtype; else the
           reference. auto never fails because of the backend.
 - triton: the Triton kernel, or a BackendError saying why it cannot run.
+
+The environment is read once, when this module is imported, so a call costs no lookups:
+`refresh()` reads FBDL_FAST_BACKEND and TRITON_INTERPRET again after a change (tests' monkeypatch
+does it for them, see tests/conftest.py). TRITON_INTERPRET is read by fbdl_fast.kernels'
+`interpreting`, the library's one rule for it (Triton's own: 1/true/yes/on/y, any case).
+
+`reference_at_once(x)` is the early exit every op takes first: True when x takes the reference
+whatever else the arguments hold (FBDL_FAST_BACKEND=torch, or a CPU tensor under auto outside the
+interpreter), so the common CPU call skips the decision below.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
+from fbdl_fast.kernels import interpreting as _read_interpret
+
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "FBDL_FAST_BACKEND"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The environment as dispatch sees it, read by `refresh`."""
+
+    backend: str  # FBDL_FAST_BACKEND stripped and lowered, "auto" when unset; may be invalid
+    interpret: bool  # TRITON_INTERPRET, by fbdl_fast.kernels.interpreting's rule
+
+
+def _read() -> Settings:
+    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    return Settings(value, _read_interpret())
+
+
+_settings = _read()
+# The early exit's two flags, kept as plain globals: reading them is the whole cost of the exit.
+_ALL_REFERENCE = _settings.backend == "torch"
+_CPU_REFERENCE = _ALL_REFERENCE or (_settings.backend == "auto" and not _settings.interpret)
+
+
+def refresh() -> Settings:
+    """Read FBDL_FAST_BACKEND and TRITON_INTERPRET again (after a test or a script changed them)
+    and return what dispatch now sees. Setting TRITON_INTERPRET after Triton compiled a kernel
+    does not change how that kernel runs; set it before the first launch."""
+    global _settings, _ALL_REFERENCE, _CPU_REFERENCE
+    _settings = _read()
+    _ALL_REFERENCE = _settings.backend == "torch"
+    _CPU_REFERENCE = _ALL_REFERENCE or (_settings.backend == "auto" and not _settings.interpret)
+    return _settings
+
+
+def settings() -> Settings:
+    """What dispatch read from the environment (at import or the last `refresh`)."""
+    return _settings
+
+
+def reference_at_once(x: torch.Tensor) -> bool:
+    """True when an op given `x` (its main input) takes the reference whatever its other
+    arguments: FBDL_FAST_BACKEND=torch, or auto with a CPU tensor outside the interpreter. Costs
+    two global reads and `is_cpu`; ops call it before anything else."""
+    return _ALL_REFERENCE or (_CPU_REFERENCE and x.is_cpu)
 
 
 class BackendError(RuntimeError):
@@ -38,32 +90,35 @@ class Decision:
 
 
 def backend() -> str:
-    """The requested backend, read from FBDL_FAST_BACKEND on every call (so tests can change it)."""
-    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    """The requested backend, from FBDL_FAST_BACKEND as last read (see `refresh`)."""
+    value = _settings.backend
     if value not in BACKENDS:
         raise ValueError(f"{ENV_VAR}={value!r} is not a backend; accepted: {', '.join(BACKENDS)}")
     return value
 
 
-# The values Triton itself reads as true for TRITON_INTERPRET (its getenv_bool).
-_TRUE = ("1", "true", "yes", "on", "y")
-
-
 def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1 (or true/yes/on, as Triton reads it), where Triton kernels
-    run on CPU tensors through numpy."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in _TRUE
+    """True under TRITON_INTERPRET=1 (any spelling Triton reads as true), as last read (see
+    `refresh`): Triton kernels then run on CPU tensors through numpy."""
+    return _settings.interpret
 
 
-@functools.cache
+_NOT_TRIED = object()
+_triton_error: object = _NOT_TRIED
+
+
 def triton_import_error() -> Optional[str]:
     """None when Triton imports, else the reason it does not. Imported lazily, once."""
-    try:
-        import triton
-        import triton.language  # noqa: F401
-    except Exception as error:  # ImportError, or a broken install raising something else
-        return f"{type(error).__name__}: {error}"
-    return None
+    global _triton_error
+    if _triton_error is _NOT_TRIED:
+        try:
+            import triton
+            import triton.language  # noqa: F401
+        except Exception as error:  # ImportError, or a broken install raising something else
+            _triton_error = f"{type(error).__name__}: {error}"
+        else:
+            _triton_error = None
+    return _triton_error  # type: ignore[return-value]
 
 
 def _device_problem(tensors: tuple[torch.Tensor, ...]) -> Optional[str]:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from fbdl_fast.ops._dispatch import Decision, decide
+from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
 
 OP = "attention"
 HEAD_DIMS = (16, 32, 64, 128)  # what the kernel's tiles support (kernels.attention.HEAD_DIMS)
@@ -190,6 +190,8 @@ def dispatch(
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
     """Attention by the Triton kernel where it can run, else by `reference`."""
+    if reference_at_once(q):  # the early exit; reference checks the arguments itself
+        return reference(q, k, v, key_mask, causal, scale, dropout_p)
     if explain(q, k, v, key_mask, causal, scale, dropout_p).path == "triton":
         return TritonAttention.apply(q, k, v, key_mask, causal, scale, dropout_p)
     return reference(q, k, v, key_mask, causal, scale, dropout_p)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fbdl_fast.ops._dispatch import Decision, decide
+from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
 
 OP = "focal_loss"
 REDUCTIONS = ("none", "mean", "sum")
@@ -108,8 +108,13 @@ def check_args(
     target = target.long()
     if target.device.type == "cpu" and target.numel() > 0:
         # Cheap on the CPU; on a GPU it would cost a sync, so the kernel marks such rows NaN.
-        bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bool(bad.any()):
+        # One pass finds the extremes; only when one is out of range (ignore_index, mostly) is
+        # the target looked at again.
+        low, high = torch.aminmax(target)
+        bad = None
+        if int(low) < 0 or int(high) >= n_classes:
+            bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+        if bad is not None and bool(bad.any()):
             value = int(target[bad][0])
             raise ValueError(
                 f"focal_loss: target {value} is out of range; targets must be class "
@@ -361,7 +366,7 @@ def dispatch(
         input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing
     )
     gamma, label_smoothing = float(gamma), float(label_smoothing)
-    if _decide(input, target, alpha, weight).path == "triton":
+    if not reference_at_once(input) and _decide(input, target, alpha, weight).path == "triton":
         return FocalLossFunction.apply(
             input, target, gamma, alpha, weight, int(ignore_index), reduction, label_smoothing
         )

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fbdl_fast.ops._dispatch import Decision, decide
+from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
 
 OP = "layer_norm"
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -196,6 +196,13 @@ def dispatch(
     eps: float = 1e-5,
 ) -> torch.Tensor:
     """F.layer_norm through the Triton kernel or the reference, by the rules in _dispatch.py."""
+    if reference_at_once(x):  # the early exit: CPU outside the interpreter, or backend torch
+        shape = _as_shape(normalized_shape)
+        try:
+            return F.layer_norm(x, shape, weight, bias, eps)
+        except RuntimeError:
+            _check(x, shape, weight, bias)  # torch's error becomes ours when it is about shapes
+            raise
     decision, shape, x, weight, bias = _prepare(x, normalized_shape, weight, bias, eps)
     if decision.path == "torch":
         return reference(x, shape, weight, bias, eps)
