@@ -391,3 +391,49 @@ def test_a_thousand_classes_keep_the_progress_line_short(
     assert "1000 classes (class00000, class00001, " in err and "class00019 and 980 more)" in err
     assert "100 class(es) are only in the validation posts" in err
     assert max(len(line) for line in err.splitlines()) < 500
+
+
+def test_unbalanced_quote_names_the_line_where_it_opened(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Case 11: the line of the opening quote, not the end of the file."""
+    data = tmp_path / "quote.csv"
+    body = "".join(f"post {i},positive\n" for i in range(50))
+    data.write_text(f'text,label\nfine,spam\n"never closed,spam\n{body}', "utf-8")
+    err = fails(["evaluate", "--run", str(run), "--data", str(data)], capsys)
+    assert f"posts file {data}: the quoted field on line 3 is never closed (the file ends " in err
+    assert "inside it, on line 53)" in err
+
+
+def test_nul_bytes_are_removed_and_reported(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "nul.csv"
+    data.write_bytes(b"text,label\nhel\x00lo,positive\nfine,spam\n")
+    rows = predict(run, data)
+    assert [r["text"] for r in rows] == ["hello", "fine"]
+    err = capsys.readouterr().err
+    assert f"{data}: 1 line(s) held NUL bytes (\\0), which were removed (line 2)" in err
+
+
+def test_a_csv_field_past_32_mi_characters_is_read_and_truncated(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Past the former 32 Mi cap (and the csv module's 128 KiB): read whole, truncated to
+    max_length tokens like a JSONL post."""
+    huge = "love it " * ((1 << 22) + 8)  # 32 Mi + 64 characters
+    data = tmp_path / "huge.csv"
+    data.write_text(f"text,label\n{huge},positive\nlove it,positive\n", "utf-8")
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_samples"] == 2
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le"])
+def test_utf16_input_is_named_without_raw_nul_bytes(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], encoding: str
+) -> None:
+    data = tmp_path / "utf16.csv"
+    data.write_bytes("text,label\nhello,positive\n".encode(encoding))
+    err = fails(["predict", "--run", str(run), "--data", str(data)], capsys)
+    assert f"posts file {data} looks like UTF-16" in err and "convert it to UTF-8" in err
+    assert "\x00" not in err

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -49,7 +50,6 @@ FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
 ENCODING_ERRORS = ("strict", "replace", "ignore")  # what to do with invalid UTF-8 bytes
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only JSON escapes can put these in a str
-MAX_FIELD_CHARS = 1 << 25  # longest CSV field read (32 Mi characters)
 logger = logging.getLogger(__name__)
 
 # ====================
@@ -186,7 +186,8 @@ def iter_posts(
     blank: list[int] = []
     spaced: dict[str, int] = {}  # labels written with surrounding spaces -> first line
     with open(path, "rb") as f:
-        lines = _decoded_lines(f, path, errors)
+        nul_lines: list[int] = []
+        lines = _decoded_lines(f, path, errors, nul_lines)
         records = (
             _read_jsonl(lines, path)
             if fmt == "jsonl"
@@ -216,6 +217,14 @@ def iter_posts(
             if f.tell() == 0 or _only_whitespace(path):
                 raise ValueError(f"posts file {path} is empty; expected a header line and posts")
             raise ValueError(f"posts file {path} has a header but no posts")
+    if nul_lines:
+        shown = ", ".join(map(str, nul_lines[:5])) + (", ..." if len(nul_lines) > 5 else "")
+        logger.warning(
+            "%s: %d line(s) held NUL bytes (\\0), which were removed (line %s)",
+            path,
+            len(nul_lines),
+            shown,
+        )
     if spaced:
         logger.warning(
             "%s: labels are read without surrounding spaces, so these are merged with the "
@@ -253,7 +262,18 @@ def _only_whitespace(path: Path) -> bool:
         return all(not chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
 
 
-def _decoded_lines(f: IO[bytes], path: Path, errors: str) -> Iterator[tuple[int, str]]:
+def _looks_utf16(first_line: bytes) -> bool:
+    """A UTF-16 byte-order mark, or text with a zero byte in every other position."""
+    if first_line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    body = first_line.rstrip(b"\r\n\0")
+    half = len(body) // 2
+    return half > 0 and max(body[0::2].count(0), body[1::2].count(0)) * 2 >= half
+
+
+def _decoded_lines(
+    f: IO[bytes], path: Path, errors: str, nul_lines: Optional[list[int]] = None
+) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) of each physical line, decoded on its own.
 
     Lines are split on b"\\n", which never occurs inside a multi-byte UTF-8 sequence, so the
@@ -263,6 +283,16 @@ def _decoded_lines(f: IO[bytes], path: Path, errors: str) -> Iterator[tuple[int,
     for number, raw in enumerate(f, start=1):
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
+        if number == 1 and _looks_utf16(raw):
+            raise ValueError(
+                f"posts file {path} looks like UTF-16 (a byte-order mark or a zero byte in every "
+                "other position); convert it to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`, or "
+                "'Save as CSV UTF-8')"
+            )
+        if b"\0" in raw:  # NUL is no text: a binary or mis-encoded line. Removed, reported.
+            raw = raw.replace(b"\0", b"")
+            if nul_lines is not None:
+                nul_lines.append(number)
         try:
             yield number, raw.decode("utf-8", errors)
         except UnicodeDecodeError as err:
@@ -287,11 +317,14 @@ def _read_csv(
             else:
                 yield line
 
-    # A 1 MB post is one field; the csv module's default cap is 128 KiB. The cap stays finite
-    # so an unclosed quote fails with a message instead of reading the whole file as one field.
-    if csv.field_size_limit() < MAX_FIELD_CHARS:
-        csv.field_size_limit(MAX_FIELD_CHARS)
+    # A post is one field, read whole whatever its size (as a JSONL line is), then truncated to
+    # max_length tokens by the tokenizer; the csv module's default cap is 128 KiB. An unclosed
+    # quote then reads to the end of the file and is reported with the line where it opened.
+    if csv.field_size_limit() < sys.maxsize:
+        csv.field_size_limit(sys.maxsize)
     reader = csv.reader(pieces(), delimiter=delimiter, strict=True)
+    header: Optional[list[str]] = None
+    start: Optional[int] = None
     try:
         header = next(reader, None)
         while header is not None and not any(field.strip() for field in header):
@@ -317,11 +350,18 @@ def _read_csv(
             # Short rows read as missing (None) values, which the checks below report.
             yield start, {name: (row[i] if i < len(row) else None) for i, name in enumerate(header)}
     except csv.Error as err:
+        if header is None or start is None:  # the header itself
+            raise ValueError(
+                f"posts file {path} is not valid CSV in its header (line {consumed}): {err}"
+            ) from None
+        if "unexpected end of data" in str(err):
+            raise ValueError(
+                f"posts file {path}: the quoted field on line {start} is never closed (the file "
+                f'ends inside it, on line {consumed}); close or escape ("") its quote'
+            ) from None
         raise ValueError(
-            f"posts file {path} is not valid CSV near line {consumed}: {err} (fields are "
-            f"limited to {MAX_FIELD_CHARS} characters: an unclosed quote?)"
-            if "field limit" in str(err)
-            else f"posts file {path} is not valid CSV near line {consumed}: {err}"
+            f"posts file {path} is not valid CSV in the record that starts on line {start} "
+            f"(read to line {consumed}): {err}; an unbalanced quote on line {start}?"
         ) from None
 
 
