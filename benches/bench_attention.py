@@ -80,12 +80,18 @@ def _ours(key_mask, dropout_p: float) -> Callable[..., torch.Tensor]:
     return lambda q, k, v: attention_op.dispatch(q, k, v, key_mask, dropout_p=dropout_p)
 
 
-def _sdpa(key_mask, dropout_p: float, backend: Optional[str]) -> Callable[..., torch.Tensor]:
+def _sdpa(
+    key_mask, dropout_p: float, backend: Optional[str], quiet: bool = False
+) -> Callable[..., torch.Tensor]:
+    """SDPA pinned to `backend` (None: as torch picks). `quiet` silences the warnings of a
+    backend that warns on every call while it works (they are errors under pytest here)."""
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, L)
 
     def run(q, k, v):
         pinned = sdpa_kernel(SDPA_BACKENDS[backend]) if backend else contextlib.nullcontext()
-        with pinned:
+        with pinned, warnings.catch_warnings():
+            if quiet:
+                warnings.simplefilter("ignore")
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
     return run
@@ -138,19 +144,20 @@ def _check_parity(q, k, v, dout, key_mask, dropout_p: float) -> dict[str, float]
     return {**errors, **{f"sdpa_{name}": value for name, value in yardstick.items()}}
 
 
-def _usable_backends(q, k, v, dout, key_mask, dropout_p: float) -> list[str]:
-    """The SDPA backends that accept these inputs, forward and backward."""
+def _usable_backends(q, k, v, dout, key_mask, dropout_p: float) -> dict[str, bool]:
+    """The SDPA backends that accept these inputs forward and backward, each with whether it
+    warned while doing so."""
     if not SDPA_BACKENDS:
-        return ["default"]
-    usable = []
+        return {"default": False}
+    usable = {}
     for name in SDPA_BACKENDS:
         try:
-            with warnings.catch_warnings():  # a refusing backend warns why, then raises
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:  # a refusing one warns why
+                warnings.simplefilter("always")
                 _forward_backward(_sdpa(key_mask, dropout_p, name), q, k, v, dout)()
-        except RuntimeError:  # "No available kernel": unsupported mask, dtype or dropout
+        except (RuntimeError, NotImplementedError, ValueError):  # "No available kernel"
             continue
-        usable.append(name)
+        usable[name] = bool(caught)
     assert usable, "no SDPA backend accepted these inputs"
     return usable
 
@@ -178,10 +185,9 @@ def bench_attention(benchmark, L: int, D: int, padded: bool, dropout_p: float) -
     for mode in ("forward", "forward+backward"):
         backward = mode == "forward+backward"
         variants = {"ours": _ours(key_mask, dropout_p)}
-        for name in backends:
-            variants[f"sdpa_{name}"] = _sdpa(
-                key_mask, dropout_p, None if name == "default" else name
-            )
+        for name, warned in backends.items():
+            backend = None if name == "default" else name
+            variants[f"sdpa_{name}"] = _sdpa(key_mask, dropout_p, backend, quiet=warned)
         steps = {
             name: _forward_backward(fn, q, k, v, dout) if backward else _forward(fn, q, k, v)
             for name, fn in variants.items()

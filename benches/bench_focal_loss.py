@@ -3,11 +3,13 @@
 One benchmark per problem: N rows x C classes, gamma 2, mean reduction, 1 in 16 targets
 ignored, in one precision:
 - `fp32`, `bf16`: logits in that dtype, the gradient of the loss itself;
-- `fp16-scaled`: fp16 logits and the loss multiplied by 65,536 before the backward, as
-  torch.amp.GradScaler does with its initial scale. At C = 50,257 most probabilities are ~2e-5
-  and their gradient, divided by N, is far below fp16's smallest number: only a backward that
-  applies the scale before it rounds to fp16 keeps them. `underflow` counts the gradient entries
-  that are zero where the float64 gradient, scaled, is representable in fp16.
+- `fp16-scaled`: fp16 logits and the loss multiplied by 32,768 before the backward, as
+  torch.amp.GradScaler does. (Its initial scale is 65,536, which fp16 cannot hold: with a loss
+  returned in fp16 its first backward overflows and the scale halves to 32,768.) At C = 50,257
+  most probabilities are ~2e-5 and their gradient, divided by N, is far below fp16's smallest
+  number: only a backward that applies the scale before it rounds to fp16 keeps them.
+  `underflow` counts the gradient entries that are zero where the float64 gradient, scaled, is
+  a normal fp16 number.
 
 Before anything is timed, the loss and the gradient are checked against the reference in
 float64 (unscaled): our error must be at most twice the reference composition's own error in the
@@ -43,7 +45,7 @@ DEVICE = "cuda" if CUDA else "cpu"
 CLASSES = (5, 1000, 32000, 50257)
 PRECISIONS = ("fp32", "bf16", "fp16-scaled") if CUDA else ("fp32", "bf16")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16-scaled": torch.float16}
-GRAD_SCALE = 65536.0  # torch.amp.GradScaler's initial scale
+GRAD_SCALE = 32768.0  # GradScaler's scale once a loss returned in fp16 has overflowed 65,536
 GAMMA = 2.0
 VARIANTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "ours": lambda x, y: focal_op.dispatch(x, y, GAMMA),
@@ -78,7 +80,7 @@ def _forward(fn, logits, target) -> Callable[[], object]:
 
 def _forward_backward(fn, logits, target, scale: float) -> Callable[[], object]:
     def step() -> object:
-        return torch.autograd.grad(fn(logits, target) * scale, logits)
+        return torch.autograd.grad(fn(logits, target).float() * scale, logits)
 
     return step
 
@@ -86,7 +88,7 @@ def _forward_backward(fn, logits, target, scale: float) -> Callable[[], object]:
 def _loss_and_grad(fn, logits, target, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     x = logits.detach().requires_grad_()
     loss = fn(x, target)
-    (grad,) = torch.autograd.grad(loss * scale, x)
+    (grad,) = torch.autograd.grad(loss.float() * scale, x)  # scaled in fp32, as GradScaler does
     return loss, grad
 
 
@@ -156,6 +158,7 @@ def bench_focal_loss(benchmark, n_classes: int, precision: str) -> None:
             "reference_saved_mib": saved_mib(
                 lambda: VARIANTS["reference"](logits, target), exclude=[logits]
             ),
+            "loss_dtype": str(VARIANTS["ours"](logits, target).dtype).removeprefix("torch."),
             "errors": errors,
         }
         record("focal_loss", row)
