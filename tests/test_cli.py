@@ -193,7 +193,7 @@ def test_evaluate_unknown_label_names_it_and_its_line(
         (["demo", "--threads", "0"], "argument --threads: '0' is not a positive integer"),
         (
             ["train", "--data", "{tmp}/p.csv", "--input-dim", "10", "--num-heads", "3"],
-            "input_dim=10 is not divisible by num_heads=3",
+            "--input-dim 10 is not divisible by --num-heads 3",
         ),
     ],
 )
@@ -207,6 +207,45 @@ def test_user_errors_exit_2_with_a_message(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert needle.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        (["--max-length", "0"], "--max-length 0 is invalid; expected a positive integer"),
+        (["--dropout", "1.5"], "--dropout 1.5 is invalid; expected a probability in [0, 1)"),
+        (["--optimizer", "adamm"], "--optimizer 'adamm' is not known; accepted: adagrad, adam,"),
+        (["--vocab-size", "3"], "--vocab-size 3 is too small"),
+        (["--val-fraction", "1"], "--val-fraction 1.0 is invalid; expected a value in (0, 1)"),
+        (["--device", "tpu"], "--device 'tpu' is not supported; accepted: cpu, cuda, cuda:N"),
+        (["--device", "cuda:99"], "--device cuda:99: "),  # no CUDA, or not 100 GPUs
+    ],
+)
+def test_option_errors_name_the_flag_before_the_data_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], needle: str
+) -> None:
+    """Issue 12, case 12: the data file does not exist, so an error about it would mean the
+    data was read first."""
+    argv = ["train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
+    assert main([*argv, *options, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "ModelConfig" not in err and "missing.csv" not in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_without_cuda_is_one_line(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _, run = trained
+    assert main(["predict", "--run", str(run), "--text", "hi", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fbdl-fast predict: error: --device cuda: CUDA is not available on ")
+    assert err.count("\n") == 1
 
 
 def test_demo_quick_prints_the_comparison_table(capsys: pytest.CaptureFixture[str]) -> None:

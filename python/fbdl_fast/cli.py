@@ -27,6 +27,7 @@ import csv
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -298,6 +299,7 @@ def _columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from fbdl_fast import distributed
 
+    _check_train_options(args)  # named by their flags, before any data is read
     ctx = distributed.init_from_env(args.device)  # single process: starts nothing
     if not ctx.is_main:  # one voice: rank 0 prints and logs
         args.quiet = True
@@ -306,6 +308,75 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, ctx)
     finally:
         distributed.teardown(ctx)
+
+
+# The train options that set a ModelConfig field, for messages in the user's terms.
+CONFIG_FLAGS = {
+    "input_dim": "--input-dim",
+    "hidden_dim": "--hidden-dim",
+    "num_layers": "--num-layers",
+    "num_heads": "--num-heads",
+    "dropout": "--dropout",
+    "learning_rate": "--lr",
+    "weight_decay": "--weight-decay",
+    "batch_size": "--batch-size",
+    "max_epochs": "--epochs",
+    "patience": "--patience",
+    "max_seq_length": "--max-length",
+    "vocab_size": "--vocab-size",
+    "optimizer_type": "--optimizer",
+    "scheduler_type": "--scheduler",
+    "loss": "--loss",
+    "seed": "--seed",
+}
+_CONFIG_NAME = re.compile(r"(?:ModelConfig\.)?\b(" + "|".join(CONFIG_FLAGS) + r")\b(=?)")
+
+
+def in_flag_terms(message: str) -> str:
+    """A ModelConfig message with its field names as train options: `ModelConfig.max_seq_length=0`
+    becomes `--max-length 0`."""
+    return _CONFIG_NAME.sub(lambda m: CONFIG_FLAGS[m[1]] + (" " if m[2] else ""), message)
+
+
+def _check_train_options(args: argparse.Namespace) -> None:
+    """UsageError naming the flag for a train option no run can use: checked before the data."""
+    from fbdl_fast.tokenizer import Tokenizer
+
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UsageError(
+            f"--val-fraction {args.val_fraction} is invalid; expected a value in (0, 1)"
+        )
+    _check_device(args.device)
+    try:
+        _model_config(args, max(args.vocab_size, 2), 2, 0)  # the data sets the real sizes
+        Tokenizer.train(["x"], vocab_size=args.vocab_size, **TOKENIZER_STYLES[args.tokenizer])
+    except ValueError as err:
+        raise UsageError(in_flag_terms(str(err))) from None
+
+
+def _check_device(name: Optional[str]) -> None:
+    """UsageError unless `--device name` is a device this machine has (None: the default)."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name!r} is not supported; accepted: cpu, cuda, cuda:N, mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}); use --device cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} GPU(s), cuda:0 first")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
 
 
 def _train(args: argparse.Namespace, ctx: Any) -> int:
@@ -469,6 +540,7 @@ def _plural(count: int, noun: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _check_device(args.device)
     run = load_run(Path(args.run), args.device, args.checkpoint)
     posts = _read_posts(args, run.meta, with_labels=True)
     labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
@@ -513,6 +585,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"output file {out} already exists; pass --overwrite to replace it")
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"--output {out}: folder {out.parent} does not exist")
+    _check_device(args.device)
     run = load_run(Path(args.run), args.device, args.checkpoint)
     texts: Iterator[str]
     if args.data is None:
