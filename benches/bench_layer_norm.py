@@ -16,14 +16,12 @@ each pass must move: forward reads x and writes y; forward+backward also reads x
 writes dx, dw, db; parameters once per pass.
 
 On CUDA: M in 4,096, 16,384, 65,536 x N in 768, 1,024, 4,096, 8,192, four precisions. On a CPU
-a small M (the smoke run of the test command, and `fbdl-fast bench` there) with torch on one
-thread; there the dispatched path is torch's own (the interpreter is switched off: a correctness
-tool, not something to time), so the ratio measures dispatch overhead.
+a small M (the smoke run of the test command, and `fbdl-fast bench` there); there the dispatched
+path is torch's own (benches/conftest.py), so the ratio measures dispatch overhead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Callable
 
 import pytest
@@ -52,21 +50,6 @@ STORAGE = {
     "bf16": (torch.bfloat16, torch.bfloat16),
     "bf16-autocast": (torch.bfloat16, torch.float32),
 }
-
-
-@pytest.fixture(autouse=True)
-def _dispatch_as_users_get_it(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
-    if CUDA:
-        yield
-        return
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    # One thread: on a shared machine a parallel region waits for its slowest thread, and
-    # descheduled workers turned medians of 0.1 ms into 60 ms.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _setup(rows: int, hidden: int, precision: str):
