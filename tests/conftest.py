@@ -2,6 +2,9 @@
 
 Without a GPU the Triton kernels are tested through the interpreter: TRITON_INTERPRET must be set
 before Triton compiles the first kernel, so it is set here, before any test imports fbdl_fast.
+With a GPU they are compiled and tested on CUDA tensors. Tests that run the kernels ask for the
+`kernel_device` fixture (or `triton`, which adds FBDL_FAST_BACKEND=triton): their tensors are then
+made on that device, and they skip, saying why, where the kernels cannot run (tests/devices.py).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +24,9 @@ if not torch.cuda.is_available():
     # which is slow. Kernel and parity tests ask for the Triton path explicitly (the `triton`
     # fixture below); everything else runs the reference unless the caller set a backend.
     os.environ.setdefault("FBDL_FAST_BACKEND", "torch")
+
+# Imported after TRITON_INTERPRET is set: it imports fbdl_fast.
+from devices import KERNEL_DEVICE, kernel_skip_reason
 
 
 @pytest.fixture(autouse=True)
@@ -61,9 +68,50 @@ def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
 
 
 @pytest.fixture
-def triton(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the test with FBDL_FAST_BACKEND=triton: the kernels, or a BackendError."""
+def on_kernel_device() -> Iterator[str]:
+    """Tensors and modules made without a device land on KERNEL_DEVICE for the test: CUDA where
+    there is one (where dispatch runs the kernels), else the CPU. Skips nothing."""
+    if KERNEL_DEVICE == "cpu":  # already the default: leave torch's factories untouched
+        yield KERNEL_DEVICE
+        return
+    torch.set_default_device(KERNEL_DEVICE)
+    try:
+        yield KERNEL_DEVICE
+    finally:
+        torch.set_default_device(None)
+
+
+@pytest.fixture
+def kernel_device(on_kernel_device: str) -> str:
+    """The device the Triton kernels run on in this test ("cuda", or "cpu" under the
+    interpreter), made the default device; skips, with the reason, where they cannot run."""
+    reason = kernel_skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    return on_kernel_device
+
+
+@pytest.fixture
+def triton(monkeypatch: pytest.MonkeyPatch, kernel_device: str) -> str:
+    """Run the test with FBDL_FAST_BACKEND=triton on the kernel device: the kernels, or a
+    BackendError."""
     monkeypatch.setenv("FBDL_FAST_BACKEND", "triton")
+    return kernel_device
+
+
+@pytest.fixture
+def set_backend(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], None]:
+    """set_backend(value) sets FBDL_FAST_BACKEND for the test; "triton" also does what the
+    `kernel_device` fixture does (call it before making the tensors)."""
+
+    def set_to(value: str) -> None:
+        if value == "triton":
+            request.getfixturevalue("kernel_device")
+        monkeypatch.setenv("FBDL_FAST_BACKEND", value)
+
+    return set_to
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,9 +1,10 @@
 """Fused attention: kernel parity with softmax(QK^T * scale)V in fp32, masks, dropout, dispatch,
 and the drop-in functional / MultiheadAttention against torch's.
 
-Kernel tests run through the Triton interpreter on CPU (the `triton` fixture), so shapes are
+Kernel tests (the `triton` fixture) run through the Triton interpreter on CPU, so shapes are
 small; bf16 tl.dot needs a GPU (marked cuda), bf16 load-and-cast is tested here. With CUDA present
-the same tests run the compiled kernels on the GPU.
+the same tests run the compiled kernels on the GPU, where half-precision results are held to
+FlashAttention's rule instead (their dots round to the input dtype there).
 """
 
 from __future__ import annotations
@@ -22,16 +23,9 @@ from fbdl_fast.ops import attention as attention_op
 from fbdl_fast.ops._dispatch import BackendError
 from tolerances import assert_close
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _on_device():
-    """Every tensor and module here is made on DEVICE: the interpreter on a CPU-only machine, the
-    compiled kernels where CUDA is present (the triton fixture refuses CPU tensors there)."""
-    torch.set_default_device(DEVICE)
-    yield
-    torch.set_default_device(None)
+# Every tensor and module here is made on the kernel device (conftest.py): the CPU, under the
+# interpreter, on a machine without CUDA; CUDA where it is present.
+pytestmark = pytest.mark.usefixtures("on_kernel_device")
 
 
 def expected_attention(
@@ -145,15 +139,37 @@ def test_fully_masked_queries_give_zeros_and_zero_gradients(triton, L):
         assert torch.equal(grad, torch.zeros_like(grad))
 
 
+def check_flash_rule(q, k, v, key_mask, causal):
+    """FlashAttention's rule for half precision on a GPU, where the kernel's dots round to the
+    input dtype: output and gradients at most twice the error (against the fp32 formula) of the
+    same formula computed in this dtype."""
+    scale = q.shape[-1] ** -0.5
+    out = attention_op.dispatch(q, k, v, key_mask, causal)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref = expected_attention(*leaves, key_mask, causal, scale)
+    ref_grads = torch.autograd.grad(ref, leaves, dout.float())
+    low = expected_attention(q, k, v, key_mask, causal, scale, upcast=False)
+    low_grads = torch.autograd.grad(low, (q, k, v), dout)
+    for actual, baseline, wanted in zip((out, *grads), (low, *low_grads), (ref, *ref_grads)):
+        error = (actual.float() - wanted.detach()).abs().max()
+        baseline_error = (baseline.float() - wanted.detach()).abs().max()
+        assert error <= 2 * baseline_error + 1e-5, (error, baseline_error)
+
+
 def test_kernel_fp16(triton):
     q, k, v = make_inputs(2, 2, 100, 64, dtype=torch.float16)
-    check_against_expected(q, k, v, padding_mask([100, 37], 100), True)
+    check = check_flash_rule if q.is_cuda else check_against_expected
+    check(q, k, v, padding_mask([100, 37], 100), True)
 
 
 def test_kernel_bf16_load_and_cast(triton):
     # In the interpreter bf16 tiles are cast to fp32 after loading; the output is rounded to bf16.
+    # On a GPU the dots run in bf16.
     q, k, v = make_inputs(2, 2, 64, 16, dtype=torch.bfloat16)
-    check_against_expected(q, k, v, padding_mask([64, 20], 64), False)
+    check = check_flash_rule if q.is_cuda else check_against_expected
+    check(q, k, v, padding_mask([64, 20], 64), False)
 
 
 @pytest.mark.cuda
@@ -161,20 +177,7 @@ def test_kernel_bf16_load_and_cast(triton):
 @pytest.mark.parametrize("D", [16, 32, 64, 128])
 def test_kernel_half_precision_on_gpu(triton, dtype, D):
     q, k, v = make_inputs(2, 3, 300, D, dtype)
-    key_mask = padding_mask([300, 111], 300)
-    out = attention_op.dispatch(q, k, v, key_mask, True)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-    ref = expected_attention(*leaves, key_mask, True, D**-0.5)
-    ref_grads = torch.autograd.grad(ref, leaves, dout.float())
-    # FlashAttention's rule: at most twice the error of the same formula computed in this dtype.
-    low = expected_attention(q, k, v, key_mask, True, D**-0.5, upcast=False)
-    low_grads = torch.autograd.grad(low, (q, k, v), dout)
-    for actual, baseline, wanted in zip((out, *grads), (low, *low_grads), (ref, *ref_grads)):
-        error = (actual.float() - wanted.detach()).abs().max()
-        baseline_error = (baseline.float() - wanted.detach()).abs().max()
-        assert error <= 2 * baseline_error + 1e-5, (error, baseline_error)
+    check_flash_rule(q, k, v, padding_mask([300, 111], 300), True)
 
 
 # --- dropout ------------------------------------------------------------------------------------
@@ -246,7 +249,7 @@ def test_dispatch_paths(monkeypatch):
     monkeypatch.setenv("FBDL_FAST_BACKEND", "torch")
     assert ops.explain("attention", q, k, v).path == "torch"
     monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
-    assert ops.explain("attention", q, k, v).path == "triton"  # CPU tensors, interpreter
+    assert ops.explain("attention", q, k, v).path == "triton"  # CUDA, or the interpreter
     odd = make_inputs(1, 1, 8, 24)  # head dim 24 has no kernel tile
     decision = ops.explain("attention", *odd)
     assert decision.path == "torch" and "24" in decision.reason

@@ -4,6 +4,9 @@ FBDL_FAST_BACKEND=torch always runs the reference; auto runs the Triton kernel w
 (CUDA tensors, or CPU tensors under TRITON_INTERPRET=1) and the reference elsewhere, never
 failing because of the backend; triton runs the kernel or raises BackendError saying why. Which
 path ran is read from the output's grad_fn: the autograd.Function's node or torch's own.
+
+Tests that run the kernel take the `kernel_device` fixture: CUDA tensors where CUDA is (the
+interpreter then stays off: Triton compiled the kernels), else CPU tensors under the interpreter.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 import fbdl_fast
 import fbdl_fast.ops
+from devices import CUDA
 from fbdl_fast.nn import LayerNorm
 from fbdl_fast.nn.layer_norm import layer_norm
 from fbdl_fast.ops import BackendError, Decision, _dispatch
@@ -28,9 +32,13 @@ def _ran(x: torch.Tensor, *args, **kwargs) -> str:
     return {TRITON_NODE: "triton", TORCH_NODE: "torch"}[type(y.grad_fn).__name__]
 
 
+# Where the kernels run, the interpreter is on without CUDA and off with it (conftest.py).
+INTERPRET = None if CUDA else "1"
+
+
 @pytest.fixture
 def backend(monkeypatch: pytest.MonkeyPatch):
-    def set_backend(value: str | None, interpret: str | None = "1") -> None:
+    def set_backend(value: str | None, interpret: str | None = INTERPRET) -> None:
         for name, v in (("FBDL_FAST_BACKEND", value), ("TRITON_INTERPRET", interpret)):
             if v is None:
                 monkeypatch.delenv(name, raising=False)
@@ -41,7 +49,7 @@ def backend(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("value", ["auto", "triton", "torch"])
-def test_under_the_interpreter(backend, value: str) -> None:
+def test_where_the_kernels_run(backend, kernel_device: str, value: str) -> None:
     backend(value)
     expected = "torch" if value == "torch" else "triton"
     x = torch.randn(2, 16)
@@ -52,7 +60,7 @@ def test_under_the_interpreter(backend, value: str) -> None:
     assert f"FBDL_FAST_BACKEND={value}" in decision.reason
 
 
-def test_auto_is_the_default(backend) -> None:
+def test_auto_is_the_default(backend, kernel_device: str) -> None:
     backend(None)
     assert fbdl_fast.backend() == "auto"
     assert _ran(torch.randn(2, 16), (16,)) == "triton"
@@ -61,7 +69,7 @@ def test_auto_is_the_default(backend) -> None:
 @pytest.mark.parametrize("interpret", [None, "0", "off"])
 def test_auto_on_cpu_without_interpreter_runs_torch(backend, interpret) -> None:
     backend("auto", interpret)
-    x = torch.randn(2, 16)
+    x = torch.randn(2, 16, device="cpu")
     decision = op.explain(x, (16,))
     assert decision.path == "torch"
     assert "inputs are on cpu" in decision.reason and "CUDA" in decision.reason
@@ -72,7 +80,7 @@ def test_auto_on_cpu_without_interpreter_runs_torch(backend, interpret) -> None:
 def test_interpreter_flag_read_as_triton_reads_it(backend, interpret: str) -> None:
     backend("auto", interpret)
     assert _dispatch.interpreting()
-    assert op.explain(torch.randn(2, 16), (16,)).path == "triton"
+    assert op.explain(torch.randn(2, 16, device="cpu"), (16,)).path == "triton"
 
 
 def test_triton_on_cpu_without_interpreter_raises(backend) -> None:
@@ -82,13 +90,13 @@ def test_triton_on_cpu_without_interpreter_raises(backend) -> None:
         match=r"layer_norm: FBDL_FAST_BACKEND=triton but the Triton "
         r"kernel cannot run: inputs are on cpu.*TRITON_INTERPRET=1.*auto",
     ):
-        layer_norm(torch.randn(2, 16), (16,))
+        layer_norm(torch.randn(2, 16, device="cpu"), (16,))
     with pytest.raises(BackendError):
-        op.explain(torch.randn(2, 16), (16,))
+        op.explain(torch.randn(2, 16, device="cpu"), (16,))
 
 
 @pytest.mark.parametrize("value", ["auto", "triton"])
-def test_unsupported_dtype(backend, value: str) -> None:
+def test_unsupported_dtype(backend, on_kernel_device: str, value: str) -> None:
     backend(value)
     x = torch.randn(2, 16, dtype=torch.float64)
     if value == "auto":
@@ -105,7 +113,7 @@ def test_unsupported_dtype(backend, value: str) -> None:
             layer_norm(x, (16,))
 
 
-def test_mismatched_parameter_dtype(backend) -> None:
+def test_mismatched_parameter_dtype(backend, on_kernel_device: str) -> None:
     """fp32 parameters with a half input run fused; half parameters with an fp32 input do not
     (torch itself rejects them)."""
     backend("auto")
@@ -115,7 +123,9 @@ def test_mismatched_parameter_dtype(backend) -> None:
     assert decision.path == "torch" and "weight dtype torch.float16 differs" in decision.reason
 
 
-def test_triton_not_importable(backend, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_triton_not_importable(
+    backend, monkeypatch: pytest.MonkeyPatch, on_kernel_device: str
+) -> None:
     monkeypatch.setattr(_dispatch, "triton_import_error", lambda: "ImportError: no triton")
     backend("auto")
     decision = op.explain(torch.randn(2, 16), (16,))
@@ -165,7 +175,7 @@ def test_decision_str() -> None:
     )
 
 
-def test_module_follows_the_backend(backend) -> None:
+def test_module_follows_the_backend(backend, kernel_device: str) -> None:
     ln = LayerNorm(16)
     x = torch.randn(3, 16)
     backend("torch")

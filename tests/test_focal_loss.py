@@ -1,11 +1,16 @@
-"""Focal loss: the fused kernel (under TRITON_INTERPRET=1 on CPU) against the reference composition,
-the reference against F.cross_entropy and hand-computed values, gradcheck, argument errors."""
+"""Focal loss: the fused kernel against the reference composition, the reference against
+F.cross_entropy and hand-computed values, gradcheck, argument errors.
+
+Tests of the kernel make their tensors on the kernel device: CUDA where there is one, else the
+CPU, where the kernel runs under TRITON_INTERPRET=1. They skip, saying why, where it cannot run
+(the `triton`, `kernel_device` and `set_backend` fixtures in conftest.py). The others stay on the
+CPU, where the targets' range is checked before the kernel runs."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 import torch
@@ -171,9 +176,9 @@ def test_kernel_large_logits_half(triton: None) -> None:
 @pytest.mark.parametrize("path", ["reference", "kernel"])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_gamma_zero_is_cross_entropy(
-    monkeypatch: pytest.MonkeyPatch, path: str, reduction: str
+    set_backend: Callable[[str], None], path: str, reduction: str
 ) -> None:
-    monkeypatch.setenv("FBDL_FAST_BACKEND", "triton" if path == "kernel" else "torch")
+    set_backend("triton" if path == "kernel" else "torch")
     logits, target = _problem(11, 6, ignored=3)
     weight = torch.rand(6) + 0.1
     for kwargs in (
@@ -192,9 +197,9 @@ def test_gamma_zero_is_cross_entropy(
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_hand_computed_value(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
+def test_hand_computed_value(set_backend: Callable[[str], None], backend: str) -> None:
     # Logits (0, ln 3): p = (1/4, 3/4). Target 1: (1 - 3/4)^2 * -ln(3/4) = ln(4/3) / 16.
-    monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
+    set_backend(backend)
     logits = torch.tensor([[0.0, math.log(3.0)], [0.0, math.log(3.0)]])
     target = torch.tensor([1, 0])
     out = focal_loss(logits, target, gamma=2.0, reduction="none")
@@ -224,10 +229,10 @@ def test_hand_computed_gradient(triton: None) -> None:
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_all_rows_ignored_is_zero_without_nan(
-    monkeypatch: pytest.MonkeyPatch, backend: str, reduction: str
+    set_backend: Callable[[str], None], backend: str, reduction: str
 ) -> None:
     # Documented choice: F.cross_entropy returns NaN for a mean over nothing; we return 0.
-    monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
+    set_backend(backend)
     logits, target = _problem(4, 5, ignored=4)
     out, grad, _ = _value_and_grad(
         focal_loss, logits, target, weight=torch.rand(5), label_smoothing=0.2, reduction=reduction
@@ -237,8 +242,8 @@ def test_all_rows_ignored_is_zero_without_nan(
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
-def test_ignored_rows_count_for_nothing(monkeypatch: pytest.MonkeyPatch, backend: str) -> None:
-    monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
+def test_ignored_rows_count_for_nothing(set_backend: Callable[[str], None], backend: str) -> None:
+    set_backend(backend)
     logits, target = _problem(9, 4, ignored=3)
     weight = torch.rand(4) + 0.5
     kept = focal_loss(logits[3:], target[3:], weight=weight, label_smoothing=0.1)
@@ -268,7 +273,7 @@ def test_reference_gradcheck_float64() -> None:
         )
 
 
-def test_kernel_forward_marks_out_of_range_targets_nan() -> None:
+def test_kernel_forward_marks_out_of_range_targets_nan(kernel_device: str) -> None:
     # On a GPU the range check would cost a sync, so the kernel poisons such rows instead.
     logits = torch.randn(3, 4)
     loss, row_weight, grad = focal_loss_forward(
@@ -298,10 +303,10 @@ def test_no_grad_inputs_give_the_same_loss(triton: None) -> None:
 # --------------------------------------------------------------------------- dispatch
 
 
-def test_dispatch_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dispatch_decisions(monkeypatch: pytest.MonkeyPatch, on_kernel_device: str) -> None:
     logits, target = _problem(4, 3)
     monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
-    assert explain("focal_loss", logits, target).path == "triton"  # interpreter, CPU tensors
+    assert explain("focal_loss", logits, target).path == "triton"  # CUDA, or the interpreter
     decision = explain("focal_loss", logits.double(), target)
     assert decision.path == "torch" and "float64" in decision.reason
     monkeypatch.setenv("FBDL_FAST_BACKEND", "triton")
@@ -311,7 +316,9 @@ def test_dispatch_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
     assert explain("focal_loss", logits, target).path == "torch"
 
 
-def test_trainable_alpha_falls_back_and_gets_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trainable_alpha_falls_back_and_gets_gradient(
+    monkeypatch: pytest.MonkeyPatch, on_kernel_device: str
+) -> None:
     monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
     logits, target = _problem(6, 3)
     alpha = torch.rand(3, requires_grad=True)

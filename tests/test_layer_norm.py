@@ -1,9 +1,11 @@
 """Fused LayerNorm against torch.nn.LayerNorm: output and the gradients of input, weight and bias.
 
-The Triton kernels run on CPU through the interpreter (TRITON_INTERPRET=1, set in conftest.py) under
-the `triton` fixture; each parity test also checks that the Triton path really ran. The reference
-is torch.nn.LayerNorm in float64 on the same values, so the tolerance (tests/tolerances.py) bounds
-our error against the exact answer; half-precision results must land within rounding of it.
+The Triton kernels run under the `triton` fixture (or `kernel_device`, for the launchers called
+directly): on CUDA tensors where CUDA is, else on CPU tensors through the interpreter
+(TRITON_INTERPRET=1, set in conftest.py); each parity test also checks that the Triton path ran.
+The reference is torch.nn.LayerNorm in float64 on the same values, so the tolerance
+(tests/tolerances.py) bounds our error against the exact answer; half-precision results must land
+within rounding of it.
 
 The interpreter costs milliseconds per row, so the cases below cover each size, dtype, affine mode
 and row count once rather than their full cross product.
@@ -168,7 +170,7 @@ def test_long_rows_take_the_tiled_path(triton) -> None:
 
 
 @pytest.mark.parametrize("dtype, affine", [(FP32, "affine"), (BF16, "no_bias"), (FP32, "none")])
-def test_tiled_path_small_tiles(dtype: torch.dtype, affine: str) -> None:
+def test_tiled_path_small_tiles(kernel_device: str, dtype: torch.dtype, affine: str) -> None:
     """The tiled path with 32-wide tiles over 100 values: partial last tile, several programs."""
     n, rows = 100, 5  # 5 rows: 3 programs of 2, 2 and 1 rows
     x = torch.randn(rows, n, dtype=dtype)
@@ -192,7 +194,7 @@ def test_tiled_path_small_tiles(dtype: torch.dtype, affine: str) -> None:
             assert_close(grad, leaf.grad)
 
 
-def test_bf16_output_is_rounded_to_nearest() -> None:
+def test_bf16_output_is_rounded_to_nearest(kernel_device: str) -> None:
     """bf16 results are the fp32 results rounded to nearest even (torch's .to(bfloat16)), not
     truncated as the interpreter's own cast would; ~1/256 of them round up across a binade."""
     n = 768
@@ -228,15 +230,16 @@ def test_no_grad_forward(triton) -> None:
     assert_close(y, ref(x.double()))
 
 
-def test_autocast_matches_torch(triton) -> None:
-    """Under CPU autocast torch leaves layer_norm alone (no autocast rule): same dtypes here."""
+def test_autocast_matches_torch(triton: str) -> None:
+    """Under autocast our output dtype is torch's: on the CPU torch leaves layer_norm alone (no
+    autocast rule), so the input's dtype; on CUDA its fp32 list gives fp32."""
     ours, ref = _modules(64, FP32, "affine")
     torch_ln = torch.nn.LayerNorm(64)
     torch_ln.load_state_dict(ours.state_dict())
     for x in (torch.randn(3, 64), torch.randn(3, 64, dtype=BF16)):
-        with torch.autocast("cpu", dtype=BF16):
+        with torch.autocast(triton, dtype=BF16):
             y, y_torch = ours(x), torch_ln(x)
-        assert y.dtype == y_torch.dtype == x.dtype
+        assert y.dtype == y_torch.dtype == (x.dtype if triton == "cpu" else FP32)
         assert type(y.grad_fn).__name__ == TRITON_GRAD_FN
         assert_close(y, ref(x.double()))
 

@@ -1,8 +1,8 @@
 """Patched reference models agree with the unpatched ones, forward and backward.
 
-The patched model runs the Triton kernels (through the interpreter on a CPU, hence the small
-sizes); the reference model is the same weights with torch's layers. Dropout is 0 so both see
-the same computation.
+The patched model runs the Triton kernels (on CUDA where there is one, else through the
+interpreter on a CPU, hence the small sizes); the reference model is the same weights with torch's
+layers. Dropout is 0 so both see the same computation.
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, function: type) -> list[int]:
     return calls
 
 
-def _logits_and_grads(model: torch.nn.Module, batch, amp: bool):
+def _logits_and_grads(model: torch.nn.Module, batch, amp: bool, device: str):
     ids, mask, labels = batch
     model.zero_grad()
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
         logits = model(ids, mask)
     torch.nn.functional.cross_entropy(logits.float(), labels).backward()
     return logits, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -66,7 +66,7 @@ def _logits_and_grads(model: torch.nn.Module, batch, amp: bool):
 @pytest.mark.parametrize("amp", [False, True], ids=["fp32", "bf16-autocast"])
 @pytest.mark.parametrize(("name", "swaps"), MODELS)
 def test_patched_model_matches_reference(
-    name: str, swaps: int, amp: bool, triton: None, monkeypatch: pytest.MonkeyPatch
+    name: str, swaps: int, amp: bool, triton: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reference = create_model(name, _config()).train()
     patched = copy.deepcopy(reference)
@@ -74,9 +74,9 @@ def test_patched_model_matches_reference(
     kernel_calls = _count_calls(monkeypatch, LayerNormFunction)
     attention_calls = _count_calls(monkeypatch, TritonAttention)
     batch = _batch()
-    expected_logits, expected_grads = _logits_and_grads(reference, batch, amp)
+    expected_logits, expected_grads = _logits_and_grads(reference, batch, amp, triton)
     assert kernel_calls == [] and attention_calls == [], "the reference ran a kernel"
-    logits, grads = _logits_and_grads(patched, batch, amp)
+    logits, grads = _logits_and_grads(patched, batch, amp, triton)
     if swaps:
         assert kernel_calls and attention_calls, "the patched model did not run the kernels"
     assert grads.keys() == expected_grads.keys()
