@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from fbdl_fast.tokenizer import Tokenizer, num_threads, set_num_threads
+hypothesis = pytest.importorskip(
+    "hypothesis", reason="hypothesis (a dev extra) is absent: pip install -e '.[dev]'"
+)
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from fbdl_fast.tokenizer import Tokenizer, num_threads, set_num_threads  # noqa: E402
 
 CORPUS = [
     "I love this 😍 so much!!", "Café naïve 中文 https://t.co/x @bob #tbt :-) 1,000",
