@@ -170,6 +170,67 @@ def test_predict_text_and_csv_output(
     assert "already exists; pass --overwrite" in capsys.readouterr().err
 
 
+def test_predict_csv_is_safe_in_spreadsheets_and_keeps_columns(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12, case 13: formula-like cells get a leading ', --keep-columns passes an id."""
+    _, run = trained
+    texts = ['=HYPERLINK("http://x")', "+1 great", "-so bad", "@you", "plain", "1+1=2"]
+    data = tmp_path / "in.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["id", "message"], *[[f"=id{i}", t] for i, t in enumerate(texts)]])
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--run", str(run), "--data", str(data), "--text-column", "message"]
+    assert main([*argv, "--keep-columns", "id", "--output", str(out), "--quiet"]) == 0
+    with open(out, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0][:3] == ["id", "text", "label"]
+    escaped = ['\'=HYPERLINK("http://x")', "'+1 great", "'-so bad", "'@you", "plain", "1+1=2"]
+    assert [r[1] for r in rows[1:]] == escaped
+    assert [r[0] for r in rows[1:]] == [f"'=id{i}" for i in range(len(texts))]
+    jsonl = tmp_path / "p.jsonl"
+    assert main([*argv, "--keep-columns", "id", "--output", str(jsonl), "--quiet"]) == 0
+    lines = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+    assert [(r["id"], r["text"]) for r in lines] == [(f"=id{i}", t) for i, t in enumerate(texts)]
+    assert [r["label"] for r in lines] == [r[2] for r in rows[1:]]
+    assert main([*argv, "--keep-columns", "user", "--output", str(tmp_path / "x.csv")]) == 2
+    assert "column(s) 'user' not found in" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_interrupted_predict_leaves_no_file(
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    how: str,
+) -> None:
+    import os
+    import signal
+
+    from fbdl_fast import cli
+
+    data, run = trained
+    real, calls = cli._predict_chunk, []
+
+    def interrupted(*args: object) -> list[list[float]]:
+        calls.append(1)
+        if len(calls) == 2:  # the first chunk is written by then
+            if how == "sigterm":
+                os.kill(os.getpid(), signal.SIGTERM)
+            raise KeyboardInterrupt
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "PREDICT_CHUNK", 64)
+    monkeypatch.setattr(cli, "_predict_chunk", interrupted)
+    out = tmp_path / "p.csv"
+    argv = ["predict", "--run", str(run), "--data", str(data), "--output", str(out), "--quiet"]
+    assert main(argv) == (143 if how == "sigterm" else 130)
+    assert capsys.readouterr().err.endswith("terminated\n" if how == "sigterm" else "interrupted\n")
+    assert list(tmp_path.iterdir()) == []  # neither p.csv nor a hidden .p.csv.*.tmp
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the handler back
+
+
 def test_evaluate_unknown_label_names_it_and_its_line(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -75,7 +75,9 @@ def test_chunks_keep_input_order_and_match_the_model_on_each_post(
     with open(out_csv, newline="", encoding="utf-8") as f:
         table = list(csv.reader(f))
     assert table[0] == ["text", "label", "probability", *[f"prob_{n}" for n in names]]
-    assert [r[0] for r in table[1:]] == texts
+    # a text that a spreadsheet would run as a formula (an @mention) starts with ' in CSV
+    assert [r[0] for r in table[1:]] == [cli._csv_cell(t) for t in texts]
+    assert any(t.startswith("@") for t in texts)
     assert [r[1] for r in table[1:]] == [r["label"] for r in rows]
     assert [float(r[2]) for r in table[1:]] == [r["probability"] for r in rows]
 

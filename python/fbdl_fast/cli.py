@@ -28,8 +28,10 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -587,29 +589,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {out}: folder {out.parent} does not exist")
     _check_device(args.device)
     run = load_run(Path(args.run), args.device, args.checkpoint)
-    texts: Iterator[str]
+    keep = [name.strip() for name in args.keep_columns.split(",")] if args.keep_columns else []
+    posts: Iterator[tuple[str, tuple[Any, ...]]]
     if args.data is None:
-        texts = iter(args.text)
+        if keep:
+            raise UsageError("--keep-columns needs --data FILE (--text posts have no columns)")
+        posts = ((text, ()) for text in args.text)
     else:
         text_column, _ = _columns(args, run.meta)
-        posts = iter_posts(args.data, text_column, None, errors=args.encoding_errors)
-        texts = (post.text for post in posts)
+        found = iter_posts(args.data, text_column, None, errors=args.encoding_errors, keep=keep)
+        posts = ((post.text, post.kept) for post in found)
     batch_size = args.batch_size or run.config.batch_size
     names = [str(label) for label in run.label_map.labels]
     count = 0
     with contextlib.ExitStack() as stack:
         # --output: a temporary file renamed at the end, so a failure leaves no half file.
         sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
-        write = _prediction_writer(sink, fmt, names)
+        write = _prediction_writer(sink, fmt, names, keep)
         # disable=None: a bar only when stderr is a terminal
         bar = stack.enter_context(
             tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
         )
         try:
-            while chunk := list(itertools.islice(texts, max(PREDICT_CHUNK, batch_size))):
-                for text, probs in zip(chunk, _predict_chunk(run, chunk, batch_size)):
+            while chunk := list(itertools.islice(posts, max(PREDICT_CHUNK, batch_size))):
+                texts = [text for text, _ in chunk]
+                for (text, kept), probs in zip(chunk, _predict_chunk(run, texts, batch_size)):
                     best = max(range(len(probs)), key=probs.__getitem__)
-                    write(text, run.label_map.decode(best), probs[best], probs)
+                    write(text, run.label_map.decode(best), probs[best], probs, kept)
                 count += len(chunk)
                 bar.update(len(chunk))
             sink.flush()
@@ -638,14 +644,30 @@ def _predict_chunk(run: Run, texts: list[str], batch_size: int) -> list[list[flo
     return ordered.tolist()
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: a leading ' where it would start a formula."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def _prediction_writer(
-    sink: IO[str], fmt: str, names: list[str]
-) -> Callable[[str, Any, float, list[float]], None]:
-    """A function writing one prediction row to `sink` (JSON lines, or CSV after a header)."""
+    sink: IO[str], fmt: str, names: list[str], keep: Sequence[str] = ()
+) -> Callable[[str, Any, float, list[float], tuple[Any, ...]], None]:
+    """A function writing one prediction row to `sink` (JSON lines, or CSV after a header).
+
+    `keep` names input columns passed through; their values come first. In CSV, text cells
+    starting with = + - @ (or a tab or carriage return) get a leading ' so that spreadsheets
+    show them instead of running them as formulas; JSON lines hold the texts unchanged."""
     if fmt == "jsonl":
 
-        def write_jsonl(text: str, label: Any, probability: float, probs: list[float]) -> None:
+        def write_jsonl(
+            text: str, label: Any, probability: float, probs: list[float], kept: tuple[Any, ...]
+        ) -> None:
             row = {
+                **dict(zip(keep, kept)),
                 "text": text,
                 "label": label,
                 "probability": round(probability, 6),
@@ -655,10 +677,16 @@ def _prediction_writer(
 
         return write_jsonl
     writer = csv.writer(sink, lineterminator="\n")
-    writer.writerow(["text", "label", "probability", *[f"prob_{n}" for n in names]])
+    header = [*keep, "text", "label", "probability", *[f"prob_{n}" for n in names]]
+    writer.writerow([_csv_cell(cell) for cell in header])
 
-    def write_csv(text: str, label: Any, probability: float, probs: list[float]) -> None:
-        writer.writerow([text, label, round(probability, 6), *[round(v, 6) for v in probs]])
+    def write_csv(
+        text: str, label: Any, probability: float, probs: list[float], kept: tuple[Any, ...]
+    ) -> None:
+        cells = [*kept, text, label]
+        writer.writerow(
+            [*map(_csv_cell, cells), round(probability, 6), *[round(v, 6) for v in probs]]
+        )
 
     return write_csv
 
@@ -980,8 +1008,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", default=None, help="posts file (.csv, .tsv, .jsonl); a label column is not needed"
     )
     p.add_argument("--text", action="append", default=[], help="a post to classify (repeatable)")
-    p.add_argument("--output", default=None, help="write predictions here (.csv or .jsonl)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="write predictions here (.csv or .jsonl); in CSV a text starting with = + - or @ "
+        "gets a leading ' so spreadsheets do not run it as a formula",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument(
+        "--keep-columns",
+        default=None,
+        metavar="COL[,COL...]",
+        help="input columns to copy into each prediction (e.g. an id), before the text",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=cmd_predict)
 
@@ -1097,6 +1136,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.setLevel(logging.INFO)
     threads = getattr(args, "threads", None)
     previous_threads = _set_threads(threads) if threads else None
+    # SIGTERM (kill, timeout, a scheduler) unwinds like Ctrl-C: temporary files are removed and
+    # an interrupted run keeps its partial folder. Signal handlers live in the main thread only.
+    previous_term = (
+        signal.signal(signal.SIGTERM, _terminate)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     try:
         return int(args.func(args))
     except _user_errors() as err:
@@ -1105,6 +1151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG} {args.command}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except Exception as err:  # a full disk under another name (torch wraps the OSError)
         full = disk_full(err)
         if full is None:
@@ -1120,6 +1169,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.setLevel(level)
         if previous_threads is not None:  # main() may run in-process: leave torch as found
             _set_threads(previous_threads)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived; a BaseException so that no `except Exception` swallows it."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def _set_threads(n: int) -> int:

@@ -92,11 +92,13 @@ class Posts:
 
 
 class Post(NamedTuple):
-    """One post as read from a file: its 1-based line, text and label (None: no label column)."""
+    """One post as read from a file: its 1-based line, text and label (None: no label column),
+    and the values of the columns asked for with `keep` (in that order)."""
 
     line: int
     text: str
     label: Optional[Label]
+    kept: tuple[Any, ...] = ()
 
 
 def load_posts(
@@ -159,12 +161,13 @@ def iter_posts(
     require_labels: bool = True,
     format: Optional[str] = None,
     errors: str = "strict",
+    keep: Sequence[str] = (),
 ) -> Iterator[Post]:
     """The posts of a file one at a time, read incrementally (memory does not grow with the file).
 
     Same arguments, checks and errors as `load_posts`; an error on line k comes after the posts
     before it were yielded. Each line is decoded on its own, so an invalid byte is reported with
-    its line number.
+    its line number. `keep` names other columns whose values each Post carries (`Post.kept`).
     """
     path = Path(path)
     fmt = format or FORMATS.get(path.suffix.lower())
@@ -199,6 +202,12 @@ def iter_posts(
                 has_labels = _check_columns(
                     record, path, line, text_column, label_column, require_labels
                 )
+                missing = [name for name in keep if name not in record]
+                if missing:
+                    raise ValueError(
+                        f"column(s) {', '.join(map(repr, missing))} not found in {path} (line "
+                        f"{line}); columns are: {', '.join(map(str, record))}"
+                    )
             text = _text_value(record, text_column, path, line)
             if fmt == "jsonl" and _SURROGATE.search(text):  # a "\ud800" escape, unpaired
                 text = _surrogates(text, errors, path, line)
@@ -212,7 +221,7 @@ def iter_posts(
             if not text.strip():
                 blank.append(line)
             count += 1
-            yield Post(line, text, label)
+            yield Post(line, text, label, tuple(record.get(name) for name in keep))
         if count == 0:
             if f.tell() == 0 or _only_whitespace(path):
                 raise ValueError(f"posts file {path} is empty; expected a header line and posts")
