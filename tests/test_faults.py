@@ -354,3 +354,48 @@ def test_resume_on_a_full_disk_leaves_the_run_resumable(
     assert f"no space left on device while writing {tmp_path / '.fresh.partial'}/last.pt" in err
     assert "Traceback" not in err and "unexpected pos" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing to resume: removed
+
+
+def interrupt_after_epoch_1(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C once epoch 1's files are written: the run stays in its partial folder."""
+    end_of_epoch = Trainer._end_of_epoch
+
+    def end_then_interrupt(self: Trainer, improved: bool) -> None:
+        end_of_epoch(self, improved)
+        if self.epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_of_epoch", end_then_interrupt)
+
+
+def test_resume_refuses_a_symlink_in_the_run_folder(
+    posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Issue 12, case 5: a dangling metrics.jsonl link in a partial folder used to make --resume
+    create the file it points to, outside the run."""
+    out, partial = tmp_path / "run", tmp_path / ".run.partial"
+    with monkeypatch.context() as m:
+        interrupt_after_epoch_1(m)
+        assert main(train_argv(posts_csv, out, 2)) == 130
+    assert load_checkpoint(partial / LAST_CHECKPOINT)["epoch"] == 1
+    outside = tmp_path / "elsewhere" / "metrics.jsonl"
+    (partial / METRICS_LOG).unlink()
+    (partial / METRICS_LOG).symlink_to(outside)
+    capsys.readouterr()
+    assert main([*train_argv(posts_csv, out, 2), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"{partial / METRICS_LOG} is a symbolic link (to {outside}); a run folder holds " in err
+    assert not outside.parent.exists() and not out.exists()
+    (partial / METRICS_LOG).unlink()  # the user removes it: the run continues
+    assert main([*train_argv(posts_csv, out, 2), "--resume"]) == 0
+    assert load_checkpoint(out / LAST_CHECKPOINT)["epoch"] == 2
+
+
+def test_metrics_log_is_not_appended_through_a_link(tmp_path: Path) -> None:
+    from fbdl_fast.files import append_line
+
+    target = tmp_path / "target.txt"
+    (tmp_path / "log.jsonl").symlink_to(target)
+    with pytest.raises(OSError, match=r"log\.jsonl is a symlink; fbdl_fast does not write"):
+        append_line(tmp_path / "log.jsonl", "{}\n")
+    assert not target.exists()

@@ -130,6 +130,18 @@ def is_run(folder: Path) -> bool:
     )
 
 
+def check_no_links(folder: Path) -> None:
+    """RunError if the folder or a file in it is a symlink: a run folder holds regular files,
+    and writing through a link (say metrics.jsonl -> elsewhere) would write outside the run."""
+    links = [p for p in [folder, *folder.iterdir()] if p.is_symlink()]
+    if links:
+        raise RunError(
+            f"{links[0]} is a symbolic link (to {os.readlink(links[0])}); a run folder holds "
+            "regular files only, and fbdl_fast does not write through links: replace the link "
+            "with the file it points to, or remove it"
+        )
+
+
 def check_target(out: Path, overwrite: bool) -> None:
     """RunError unless the run may be published at `out`: a new name, an empty folder, or (with
     --overwrite) a run folder. Anything else is the user's and is never deleted."""
@@ -163,10 +175,12 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> tuple[Path, list[str]]:
     shutil.rmtree(_copy_dir(out), ignore_errors=True)  # a copy that failed (we hold the lock)
     if resume:
         if (partial / LAST_CHECKPOINT).is_file():  # an interrupted run: continue it in place
+            check_no_links(partial)
             for stray in partial.glob(".*.tmp"):  # a write the kill cut short (never renamed)
                 stray.unlink()
             return partial, notices
         if (out / LAST_CHECKPOINT).is_file():  # a finished run: continued in a copy, later
+            check_no_links(out)
             return out, notices
         raise RunError(
             f"--resume: no checkpoint to continue; neither {partial / LAST_CHECKPOINT} "
