@@ -399,3 +399,28 @@ def test_metrics_log_is_not_appended_through_a_link(tmp_path: Path) -> None:
     with pytest.raises(OSError, match=r"log\.jsonl is a symlink; fbdl_fast does not write"):
         append_line(tmp_path / "log.jsonl", "{}\n")
     assert not target.exists()
+
+
+def test_resume_refuses_other_data_or_vocab_size(
+    posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 12, case 7: config.json records the data's SHA-256 and the asked vocabulary size."""
+    data = tmp_path / "posts.csv"
+    shutil.copy(posts_csv, data)
+    out = tmp_path / "run"
+    assert main(train_argv(data, out, 1)) == 0
+    before = (out / LAST_CHECKPOINT).read_bytes()
+    other = write_posts_csv(tmp_path / "other.csv", 400, seed=6)  # same labels, other posts
+    assert main([*train_argv(other, out, 1), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"this command differs: the data: {other} has other contents than {str(data)!r}" in err
+    data.write_text(data.read_text(encoding="utf-8") + "one more post,positive\n", "utf-8")
+    assert main([*train_argv(data, out, 1), "--resume"]) == 2  # same name, other contents
+    assert f"the data: {data} has other contents than {str(data)!r}" in capsys.readouterr().err
+    bigger = [a if a != "200" else "300" for a in train_argv(posts_csv, out, 1)]
+    assert main([*bigger, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "data.tokenizer_vocab_size (200 in the run, 300 now)" in err
+    assert "the data:" not in err  # same contents as the run's data, under another name
+    assert (out / LAST_CHECKPOINT).read_bytes() == before
+    assert main([*train_argv(posts_csv, out, 1), "--resume"]) == 0  # moved, same bytes: fine

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Optional
 
 from fbdl_fast import runs
-from fbdl_fast.files import disk_full
+from fbdl_fast.files import disk_full, sha256_of
 from fbdl_fast.runs import PROG, RUN_TOKENIZER, Run, load_run
 
 if TYPE_CHECKING:
@@ -464,7 +464,9 @@ def _train_run(
             "text_column": args.text_column,
             "label_column": args.label_column,
             "val_fraction": args.val_fraction,
+            "sha256": sha256_of(args.data),  # --resume refuses other data under the same name
             "tokenizer_style": args.tokenizer,
+            "tokenizer_vocab_size": args.vocab_size,  # asked for (the trained one may be less)
             "train_posts": len(train),
             "val_posts": len(val),
         },

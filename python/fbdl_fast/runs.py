@@ -268,6 +268,10 @@ def read_config(folder: Path) -> dict[str, Any]:
     return meta
 
 
+# config.json "data" keys newer than some runs: a run without them is not checked on them.
+ADDED_DATA_KEYS = ("sha256", "tokenizer_vocab_size")
+
+
 def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The settings (dotted names) that differ between the run's config.json and this command."""
     current = json.loads(json.dumps(current))  # as stored: tuples are lists in JSON
@@ -279,12 +283,18 @@ def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str
         if a != b:
             diffs.append(f"{key} ({a!r} in the run, {b!r} now)")
     for section in ("model_config", "data"):
+        saved = stored.get(section, {})
         for name, value in current[section].items():
-            if name != "source" and stored.get(section, {}).get(name) != value:
+            if name == "source" or (name in ADDED_DATA_KEYS and name not in saved):
+                continue  # the path may move; runs from before the key cannot be checked on it
+            if name == "sha256" and saved[name] != value:
                 diffs.append(
-                    f"{section}.{name} ({stored.get(section, {}).get(name)!r} in the run, "
-                    f"{value!r} now)"
+                    f"the data: {current['data']['source']} has other contents than "
+                    f"{saved.get('source')!r} had when the run started (SHA-256 {value[:12]}... "
+                    f"now, {str(saved[name])[:12]}... in the run)"
                 )
+            elif saved.get(name) != value:
+                diffs.append(f"{section}.{name} ({saved.get(name)!r} in the run, {value!r} now)")
     return diffs
 
 
