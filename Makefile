@@ -47,6 +47,38 @@ gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (s
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --quiet --out dist
 
+# The lent GPU machine's software (issue 11) on this CPU: its Python (3.12) and versions, our wheel
+# installed with --no-deps as it is there. Not part of `make test` (the first run downloads torch).
+STACK_VENV := .stack-venv
+STACK_PY := $(STACK_VENV)/bin/python
+STACK_PINS := torch==2.11.0 triton==3.6.0 numpy==2.5.5 tokenizers==0.23.2 'pytest-benchmark>=5,<6' \
+	pytest tqdm
+
+$(STACK_VENV)/.installed:
+	@py=$$(python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null \
+		|| ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.12*/bin/python3.12 \
+		2>/dev/null | tail -n 1); \
+	if [ -z "$$py" ]; then \
+		echo "make stack-check needs Python 3.12, the GPU machine's: none found as python3.12 on" \
+			"PATH or under pyenv (pyenv install 3.12)" >&2; exit 1; fi; \
+	echo "$(STACK_VENV): $$py"; "$$py" -m venv $(STACK_VENV)
+	$(STACK_PY) -m pip install --quiet --upgrade pip
+	$(STACK_PY) -m pip install --quiet $(STACK_PINS)
+	touch $@
+
+.PHONY: stack-check
+stack-check: install $(STACK_VENV)/.installed  ## The suite and gpu_check --cpu-smoke on the GPU machine's versions
+	rm -rf $(STACK_VENV)/wheel $(STACK_VENV)/cpu-smoke
+	$(VENV)/bin/maturin build --release --quiet --out $(STACK_VENV)/wheel
+	$(STACK_PY) -m pip install --quiet --no-deps --force-reinstall $(STACK_VENV)/wheel/fbdl_fast-*.whl
+	@# From the repository root too, fbdl_fast must come from the wheel, not from python/.
+	$(STACK_PY) -c 'import pathlib, sys, fbdl_fast; f = pathlib.Path(fbdl_fast.__file__).resolve(); \
+		sys.exit(None if pathlib.Path("$(STACK_VENV)").resolve() in f.parents \
+		else f"fbdl_fast was imported from {f}, not from the wheel in $(STACK_VENV)")'
+	$(STACK_PY) -m pytest -q -p no:cacheprovider --benchmark-disable tests benches; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+	$(STACK_PY) benches/gpu_check.py --cpu-smoke --out $(STACK_VENV)/cpu-smoke
+	@echo "stack-check passed; the --cpu-smoke report: $(STACK_VENV)/cpu-smoke/report.md"
+
 .PHONY: format
 format: install  ## Format Python and Rust sources
 	$(VENV)/bin/ruff format python tests benches
