@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -112,6 +113,18 @@ def set_backend(
         monkeypatch.setenv("FBDL_FAST_BACKEND", value)
 
     return set_to
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """Which fbdl_fast is under test (the checkout's or an installed wheel's) and where the
+    kernels run: the first thing to read in a log from another machine."""
+    import fbdl_fast
+
+    where = kernel_skip_reason() or f"on {KERNEL_DEVICE}"
+    return [
+        f"fbdl_fast {fbdl_fast.__version__} from {Path(fbdl_fast.__file__).parent}",
+        f"Triton kernels: {where}",
+    ]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

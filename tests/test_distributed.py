@@ -161,9 +161,12 @@ def test_two_gloo_ranks_train_and_stop_like_one_process(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the CLI, torchrun
 
-# A transformer: LayerNorm; a CNN's BatchNorm normalises per rank, as in any DDP run.
+# A transformer: LayerNorm; a CNN's BatchNorm normalises per rank, as in any DDP run. On the CPU
+# (gloo) even where CUDA is: two ranks on one GPU would need two GPUs.
 TINY = [
     *tiny_model_args("transformer", max_length=24),
+    "--device",
+    "cpu",
     "--dropout",
     "0",
     "--epochs",
