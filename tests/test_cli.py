@@ -393,6 +393,66 @@ def test_python_m_fbdl_fast() -> None:
     assert "invalid choice: 'nope'" in result.stderr
 
 
+def tampered(run: Path, folder: Path, name: str, change: object) -> Path:
+    """A copy of `run` whose JSON file `name` went through `change` (edits the dict in place)."""
+    import shutil
+
+    shutil.copytree(run, folder)
+    values = json.loads((folder / name).read_text(encoding="utf-8"))
+    change(values)  # type: ignore[operator]
+    (folder / name).write_text(json.dumps(values), encoding="utf-8")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "needle"),
+    [
+        (
+            "label_map.json",
+            lambda v: v["labels"].reverse(),
+            "label_map.json does not match the checkpoint best.pt: it lists ['spam', 'positive'",
+        ),
+        (
+            "tokenizer.json",  # same size, two ids swapped: another run's vocabulary
+            lambda v: v["model"]["vocab"].insert(10, v["model"]["vocab"].pop(11)),
+            "tokenizer.json is not the tokenizer the checkpoint best.pt was trained with",
+        ),
+        (
+            "config.json",
+            lambda v: v["model_config"].update(hidden_dim=32),
+            "config.json does not match the checkpoint best.pt: hidden_dim=32 (checkpoint: 16)",
+        ),
+        (
+            "config.json",
+            lambda v: v["model_config"].update(input_dim=1e7),
+            "config.json: model_config.input_dim=10000000.0 is beyond any fbdl_fast model",
+        ),
+        (
+            "config.json",
+            lambda v: v["model_config"].update(kernel_sizes=[3, 1e9]),
+            "config.json: model_config.kernel_sizes=[3, 1000000000.0] is beyond any fbdl_fast",
+        ),
+    ],
+)
+def test_a_run_folder_is_checked_as_one_unit(
+    trained: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    change: object,
+    needle: str,
+) -> None:
+    """Issue 12, case 6: files that disagree with the checkpoint used to give exit 0 and wrong
+    predictions (or a 20 GB - 4 TB allocation); now exit 2 naming the file, before the model
+    is built."""
+    data, run = trained
+    broken = tampered(run, tmp_path / "broken", name, change)
+    assert main(["evaluate", "--run", str(broken), "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert str(broken) in err and needle in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
 def test_corrupt_checkpoint_is_a_user_error(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

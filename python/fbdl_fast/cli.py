@@ -499,6 +499,7 @@ def _train_run(
         accumulate_steps=args.accumulate,
         max_nonfinite_steps=args.max_nonfinite,
         compile=args.compile,
+        tokenizer_fingerprint=runs.tokenizer_fingerprint(tokenizer),
     )
     resume_from = partial / runs.LAST_CHECKPOINT if args.resume else None
     _say(

@@ -23,6 +23,7 @@ Torch-free at import time (the CLI imports this module for --help).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -338,9 +339,43 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
     return path
 
 
+# Sizes beyond any fbdl_fast model: a config.json past them is damaged or hostile (building its
+# model would try to allocate gigabytes to terabytes before any other check could fail).
+SIZE_LIMITS = {
+    "input_dim": 1 << 16,
+    "hidden_dim": 1 << 16,
+    "num_layers": 1 << 10,
+    "num_heads": 1 << 10,
+    "vocab_size": 1 << 24,
+    "num_classes": 1 << 20,
+    "max_seq_length": 1 << 20,
+    "kernel_sizes": 1 << 12,
+}
+
+
+def check_sizes(values: dict[str, Any], path: Path) -> None:
+    """RunError naming the field of a model_config whose size is beyond SIZE_LIMITS."""
+    for name, limit in SIZE_LIMITS.items():
+        value = values.get(name)
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and v > limit:
+                raise RunError(
+                    f"{path}: model_config.{name}={value!r} is beyond any fbdl_fast model (at "
+                    f"most {limit}); the file is damaged: restore it or retrain the run"
+                )
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """SHA-256 of the vocabulary in id order: equal for the same ids, whatever the file's layout."""
+    tokens = (tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size))
+    return hashlib.sha256("\n".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()
+
+
 def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str] = None) -> Run:
-    """Load config, tokenizer, label map and a checkpoint (default: best, else last) of a run."""
-    from fbdl_fast.checkpoint import CheckpointError
+    """Load config, tokenizer, label map and a checkpoint (default: best, else last) of a run,
+    checked as one unit: config.json, label_map.json and tokenizer.json must agree with what the
+    checkpoint was trained with (RunError naming the file), checked before the model is built."""
+    from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
     from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap
     from fbdl_fast.models import create_model
@@ -356,31 +391,16 @@ def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str]
         )
     meta = read_config(path)
     try:
+        check_sizes(meta["model_config"], path / RUN_CONFIG)
         config = ModelConfig.from_dict(meta["model_config"])
         model_name = meta["model"]
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise RunError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
+    except ValueError as err:
+        raise RunError(f"{path / RUN_CONFIG} is damaged: {err}; retrain the run") from None
     chosen = checkpoint_path(path, checkpoint)
-    tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
-    label_map = LabelMap.load(path / RUN_LABELS)
-    # Files from different runs would give ids the embedding never learnt (or past its end).
-    if tokenizer.vocab_size != config.vocab_size:
-        raise RunError(
-            f"run folder {path}: {RUN_TOKENIZER} has vocab_size {tokenizer.vocab_size} but "
-            f"the model in {RUN_CONFIG} was built for vocab_size {config.vocab_size}; the "
-            f"tokenizer belongs to another run: restore this run's {RUN_TOKENIZER} or retrain"
-        )
-    if len(label_map) != config.num_classes:
-        raise RunError(
-            f"run folder {path}: {RUN_LABELS} has {len(label_map)} labels but the model in "
-            f"{RUN_CONFIG} has num_classes {config.num_classes}; restore this run's "
-            f"{RUN_LABELS} or retrain"
-        )
-    trainer = Trainer(
-        create_model(model_name, config), config, device=device, label_map=label_map, progress=False
-    )
     try:
-        trainer.load_checkpoint(chosen, model_only=True)
+        state = load_checkpoint(chosen, map_location="cpu")
     except CheckpointError as err:
         other = LAST_CHECKPOINT if chosen.name == BEST_CHECKPOINT else BEST_CHECKPOINT
         if chosen.parent == path and (path / other).is_file():
@@ -388,4 +408,67 @@ def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str]
                 f"{err}; this run also has {other}: pass --checkpoint {other.removesuffix('.pt')}"
             ) from None
         raise
+    tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
+    label_map = LabelMap.load(path / RUN_LABELS)
+    _check_unit(path, chosen, state, config, tokenizer, label_map)
+    trainer = Trainer(
+        create_model(model_name, config), config, device=device, label_map=label_map, progress=False
+    )
+    trainer.load_state(state, chosen, model_only=True)
     return Run(path, meta, config, tokenizer, label_map, trainer, chosen)
+
+
+def _check_unit(
+    path: Path,
+    chosen: Path,
+    state: dict[str, Any],
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    label_map: LabelMap,
+) -> None:
+    """RunError naming the file of the run folder that disagrees with the checkpoint `chosen`.
+
+    Checkpoints from before a key was saved are checked on what they hold."""
+    from fbdl_fast.config import ModelConfig
+
+    trained = state.get("config")
+    if isinstance(trained, dict):
+        ours = json.loads(json.dumps(config.to_dict()))  # tuples as lists, as in the file
+        theirs = json.loads(json.dumps(ModelConfig.from_dict(trained).to_dict()))
+        diffs = [
+            f"{k}={ours.get(k)!r} (checkpoint: {v!r})"
+            for k, v in theirs.items()
+            if ours.get(k) != v
+        ]
+        if diffs:
+            raise RunError(
+                f"{path / RUN_CONFIG} does not match the checkpoint {chosen.name}: "
+                f"{', '.join(diffs[:3])}{' ...' if len(diffs) > 3 else ''}; restore this run's "
+                f"{RUN_CONFIG} or retrain"
+            )
+    labels = state.get("label_map")
+    if isinstance(labels, dict) and labels.get("labels") != label_map.labels:
+        raise RunError(
+            f"{path / RUN_LABELS} does not match the checkpoint {chosen.name}: it lists "
+            f"{label_map.labels[:5]!r}{'...' if len(label_map) > 5 else ''}, the model was "
+            f"trained with {labels.get('labels', [])[:5]!r}; restore this run's {RUN_LABELS}"
+        )
+    if tokenizer.vocab_size != config.vocab_size:
+        raise RunError(
+            f"run folder {path}: {RUN_TOKENIZER} has vocab_size {tokenizer.vocab_size} but "
+            f"the model in {RUN_CONFIG} was built for vocab_size {config.vocab_size}; the "
+            f"tokenizer belongs to another run: restore this run's {RUN_TOKENIZER} or retrain"
+        )
+    fingerprint = state.get("tokenizer_fingerprint")
+    if fingerprint is not None and fingerprint != tokenizer_fingerprint(tokenizer):
+        raise RunError(
+            f"{path / RUN_TOKENIZER} is not the tokenizer the checkpoint {chosen.name} was "
+            f"trained with (its vocabulary differs); it belongs to another run: restore this "
+            f"run's {RUN_TOKENIZER} or retrain"
+        )
+    if len(label_map) != config.num_classes:
+        raise RunError(
+            f"run folder {path}: {RUN_LABELS} has {len(label_map)} labels but the model in "
+            f"{RUN_CONFIG} has num_classes {config.num_classes}; restore this run's "
+            f"{RUN_LABELS} or retrain"
+        )

@@ -262,6 +262,8 @@ class Trainer:
         accumulate_steps: loader batches per optimizer step (gradient accumulation).
         max_nonfinite_steps: steps in a row with a non-finite loss that stop training.
         compile: torch.compile the model (True, or a dict of torch.compile keyword arguments).
+        tokenizer_fingerprint: the run's tokenizer (fbdl_fast.runs.tokenizer_fingerprint), saved
+            in checkpoints so that a run folder's tokenizer.json can be checked against them.
     """
 
     def __init__(
@@ -280,6 +282,7 @@ class Trainer:
         accumulate_steps: int = 1,
         max_nonfinite_steps: int = 5,
         compile: Union[bool, Mapping[str, Any]] = False,
+        tokenizer_fingerprint: Optional[str] = None,
     ) -> None:
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a fbdl_fast.ModelConfig, got {type(config).__name__}")
@@ -321,6 +324,7 @@ class Trainer:
         self._compile_checked = self.compile_options is None
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.label_map = label_map
+        self.tokenizer_fingerprint = tokenizer_fingerprint
         self.progress = progress
         # `is None`, not `or`: an empty nn.Sequential criterion is falsy.
         if optimizer is None:
@@ -777,6 +781,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.config.to_dict(),
             "label_map": _label_map_state(self.label_map),
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
             "history": self.history.to_dict(),
             "early_stopping": {"bad_epochs": self._bad_epochs},
             "nonfinite_streak": self._nonfinite_streak,
@@ -800,6 +805,12 @@ class Trainer:
         state = load_checkpoint(path, map_location="cpu")
         self._restore(state, path, model_only)
         return state
+
+    def load_state(
+        self, state: dict[str, Any], path: PathLike = "<memory>", *, model_only: bool = False
+    ) -> None:
+        """As load_checkpoint, from a checkpoint dict already read (`path` names it in errors)."""
+        self._restore(state, path, model_only)
 
     @classmethod
     def from_checkpoint(cls, path: PathLike, **kwargs: Any) -> Trainer:
