@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-if not torch.cuda.is_available():
+if not torch.cuda.is_available():  # (devices.CUDA: the same answer, read before fbdl_fast loads)
     os.environ.setdefault("TRITON_INTERPRET", "1")
     # Under the interpreter `auto` would run every fused layer of every model test through numpy,
     # which is slow. Kernel and parity tests ask for the Triton path explicitly (the `triton`
@@ -27,7 +27,10 @@ if not torch.cuda.is_available():
     os.environ.setdefault("FBDL_FAST_BACKEND", "torch")
 
 # Imported after TRITON_INTERPRET is set: it imports fbdl_fast.
-from devices import KERNEL_DEVICE, kernel_skip_reason
+from devices import CUDA, KERNEL_DEVICE, kernel_skip_reason
+
+# Fixtures through which a test asks for the kernel device (CUDA where there is one).
+_KERNEL_FIXTURES = {"on_kernel_device", "kernel_device", "triton", "set_backend"}
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +38,47 @@ def _seed_everything() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+
+
+# Where CUDA is, tests run as on a machine without it unless they ask for it (marked `cuda`, or
+# through a kernel fixture): the trainer's, the CLI's and torchrun's default device is then the
+# CPU, in this process (torch.cuda.is_available() is False) and in those it starts
+# (CUDA_VISIBLE_DEVICES=""). Those tests compare with CPU results (fp32, exact reruns); what the
+# GPU does is tested by the tests that ask for it. Per module, so that module fixtures (a run
+# trained through the CLI) are made on the CPU too.
+_IS_AVAILABLE = torch.cuda.is_available
+_VISIBLE = os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def _show_cuda(patcher: pytest.MonkeyPatch, shown: bool) -> None:
+    patcher.setattr(torch.cuda, "is_available", _IS_AVAILABLE if shown else lambda: False)
+    if shown and _VISIBLE is None:
+        patcher.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        patcher.setenv("CUDA_VISIBLE_DEVICES", _VISIBLE if shown else "")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cpu_by_default() -> Iterator[None]:
+    if not CUDA:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patcher:
+        _show_cuda(patcher, False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _cuda_when_asked(request: pytest.FixtureRequest) -> Iterator[None]:
+    node = request.node
+    if not CUDA or not (
+        node.get_closest_marker("cuda") or _KERNEL_FIXTURES & set(node.fixturenames)
+    ):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patcher:
+        _show_cuda(patcher, True)
+        yield
 
 
 class _Refreshing(pytest.MonkeyPatch):
@@ -128,7 +172,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
+    if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
