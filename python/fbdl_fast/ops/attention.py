@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
+from fbdl_fast.ops._library import define
 
 OP = "attention"
 HEAD_DIMS = (16, 32, 64, 128)  # what the kernel's tiles support (kernels.attention.HEAD_DIMS)
@@ -74,8 +75,73 @@ def reference(
     return torch.matmul(probs.to(v.dtype), v)
 
 
+def _forward_impl(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse) from the Triton kernel."""
+    from fbdl_fast.kernels import attention as kernels  # Triton loads on first use only
+
+    seed_value = 0 if seed is None else int(seed.item())
+    return kernels.attention_forward(q, k, v, key_mask, causal, scale, dropout_p, seed_value)
+
+
+def _forward_fake(q, k, v, key_mask, causal, scale, dropout_p, seed):
+    B, H, Lq, D = q.shape
+    return q.new_empty((B, H, Lq, D)), q.new_empty((B, H, Lq), dtype=torch.float32)
+
+
+def _backward_impl(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    key_mask: Optional[torch.Tensor],
+    causal: bool,
+    scale: float,
+    dropout_p: float,
+    seed: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) from the Triton kernels."""
+    from fbdl_fast.kernels import attention as kernels
+
+    seed_value = 0 if seed is None else int(seed.item())
+    return kernels.attention_backward(
+        dout, q, k, v, out, lse, key_mask, causal, scale, dropout_p, seed_value
+    )
+
+
+def _backward_fake(dout, q, k, v, out, lse, key_mask, causal, scale, dropout_p, seed):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+_forward = define(
+    "attention_forward",
+    "(Tensor q, Tensor k, Tensor v, Tensor? key_mask, bool causal, float scale, "
+    "float dropout_p, Tensor? seed) -> (Tensor, Tensor)",
+    _forward_impl,
+    _forward_fake,
+)
+_backward = define(
+    "attention_backward",
+    "(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? key_mask, "
+    "bool causal, float scale, float dropout_p, Tensor? seed) -> (Tensor, Tensor, Tensor)",
+    _backward_impl,
+    _backward_fake,
+)
+
+
 class TritonAttention(torch.autograd.Function):
-    """Fused attention: forward saves q, k, v, out and the per-query log-sum-exp only."""
+    """Fused attention: forward saves q, k, v, out and the per-query log-sum-exp only. The
+    kernels run as the custom ops fbdl_fast::attention_forward/backward (see _library.py)."""
 
     @staticmethod
     def forward(
@@ -88,23 +154,20 @@ class TritonAttention(torch.autograd.Function):
         scale: Optional[float],
         dropout_p: float,
     ) -> torch.Tensor:
-        from fbdl_fast.kernels import attention as kernels  # Triton loads on first use only
-
         scale = _default_scale(q) if scale is None else float(scale)
-        # The seed comes from torch's generator, so torch.manual_seed fixes the dropout mask.
-        seed = int(torch.randint(0, 2**62, (1,)).item()) if dropout_p > 0.0 else 0
-        out, lse = kernels.attention_forward(q, k, v, key_mask, causal, scale, dropout_p, seed)
-        ctx.save_for_backward(q, k, v, out, lse, key_mask)
-        ctx.causal, ctx.scale, ctx.dropout_p, ctx.seed = causal, scale, dropout_p, seed
+        # The seed comes from torch's generator, so torch.manual_seed fixes the dropout mask; it
+        # stays a tensor (read inside the op) so torch.compile needs no .item() in the graph.
+        seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0.0 else None
+        out, lse = _forward(q, k, v, key_mask, causal, scale, dropout_p, seed)
+        ctx.save_for_backward(q, k, v, out, lse, key_mask, seed)
+        ctx.causal, ctx.scale, ctx.dropout_p = causal, scale, dropout_p
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
-        from fbdl_fast.kernels import attention as kernels
-
-        q, k, v, out, lse, key_mask = ctx.saved_tensors
-        dq, dk, dv = kernels.attention_backward(
-            dout, q, k, v, out, lse, key_mask, ctx.causal, ctx.scale, ctx.dropout_p, ctx.seed
+        q, k, v, out, lse, key_mask, seed = ctx.saved_tensors
+        dq, dk, dv = _backward(
+            dout, q, k, v, out, lse, key_mask, ctx.causal, ctx.scale, ctx.dropout_p, seed
         )
         return dq, dk, dv, None, None, None, None
 

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
+from fbdl_fast.ops._library import define, is_compiling, nothing
 
 OP = "focal_loss"
 REDUCTIONS = ("none", "mean", "sum")
@@ -106,8 +107,9 @@ def check_args(
         _check_per_class("weight", weight, n_classes, input.device)
     alpha = _normalize_alpha(alpha, n_classes, input.device)
     target = target.long()
-    if target.device.type == "cpu" and target.numel() > 0:
-        # Cheap on the CPU; on a GPU it would cost a sync, so the kernel marks such rows NaN.
+    if target.device.type == "cpu" and target.numel() > 0 and not is_compiling():
+        # Cheap on the CPU; on a GPU it would cost a sync, so the kernel marks such rows NaN (as
+        # the reference does), and so does a compiled graph (the check would break it).
         # One pass finds the extremes; only when one is out of range (ignore_index, mostly) is
         # the target looked at again.
         low, high = torch.aminmax(target)
@@ -238,6 +240,52 @@ def reference(
 # --------------------------------------------------------------------------- Triton path
 
 
+def _forward_impl(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    gamma: float,
+    alpha: Optional[torch.Tensor],
+    alpha_scale: float,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    compute_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss per row, weight per row, gradient or an empty tensor) from the Triton kernel."""
+    from fbdl_fast.kernels.focal_loss import focal_loss_forward  # imports Triton
+
+    loss, row_weight, grad = focal_loss_forward(
+        logits,
+        target,
+        gamma=gamma,
+        alpha=alpha,
+        alpha_scale=alpha_scale,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+        compute_grad=compute_grad,
+    )
+    return loss, row_weight, nothing(logits) if grad is None else grad
+
+
+def _forward_fake(
+    logits, target, gamma, alpha, alpha_scale, weight, ignore_index, label_smoothing, compute_grad
+):
+    rows = logits.new_empty(logits.shape[0], dtype=torch.float32)
+    grad = logits.new_empty(logits.shape) if compute_grad else nothing(logits)
+    return rows, rows.new_empty(rows.shape), grad
+
+
+_forward = define(
+    "focal_loss_forward",
+    "(Tensor logits, Tensor target, float gamma, Tensor? alpha, float alpha_scale, "
+    "Tensor? weight, int ignore_index, float label_smoothing, bool compute_grad) "
+    "-> (Tensor, Tensor, Tensor)",
+    _forward_impl,
+    _forward_fake,
+)
+
+
 class FocalLossFunction(torch.autograd.Function):
     """The fused kernel: forward writes the loss and the logit gradient in one launch; backward
     scales that gradient by the incoming one. alpha and weight are constants here.
@@ -265,21 +313,22 @@ class FocalLossFunction(torch.autograd.Function):
         reduction: str,
         label_smoothing: float,
     ) -> torch.Tensor:
-        from fbdl_fast.kernels.focal_loss import focal_loss_forward  # imports Triton
-
         n_classes = input.shape[-1]
         alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else None
-        loss, row_weight, grad = focal_loss_forward(
+        compute_grad = ctx.needs_input_grad[0]
+        loss, row_weight, grad = _forward(
             input.reshape(-1, n_classes),
             target.reshape(-1),
-            gamma=gamma,
-            alpha=alpha_tensor,
-            alpha_scale=1.0 if alpha is None or alpha_tensor is not None else float(alpha),
-            weight=weight,
-            ignore_index=ignore_index,
-            label_smoothing=label_smoothing,
-            compute_grad=ctx.needs_input_grad[0],
+            gamma,
+            alpha_tensor,
+            1.0 if alpha is None or alpha_tensor is not None else float(alpha),
+            weight,
+            ignore_index,
+            label_smoothing,
+            compute_grad,
         )
+        if not compute_grad:
+            grad = None
         scale = None
         if reduction == "mean":
             denom = row_weight.sum()

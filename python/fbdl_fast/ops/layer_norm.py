@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
+from fbdl_fast.ops._library import define, nothing
 
 OP = "layer_norm"
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -45,8 +46,67 @@ def reference(
     return F.layer_norm(x, _as_shape(normalized_shape), weight, bias, eps)
 
 
+def _forward_impl(
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    n: int,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(y, mean, rstd) from the Triton kernel."""
+    from fbdl_fast.kernels import layer_norm as kernels  # imports Triton: only on this path
+
+    return kernels.forward(x, n, weight, bias, eps)
+
+
+def _forward_fake(x, weight, bias, n, eps):
+    rows = x.numel() // n
+    stats = x.new_empty(rows, dtype=torch.float32)
+    return x.new_empty(x.shape), stats, stats.new_empty(rows)
+
+
+def _backward_impl(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    bias: Optional[torch.Tensor],
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    n: int,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dw, db) from the Triton kernel; dw/db empty when not asked for."""
+    from fbdl_fast.kernels import layer_norm as kernels
+
+    dx, dw, db = kernels.backward(dy, x, n, weight, bias, mean, rstd, need_dw, need_db)
+    return dx, nothing(x) if dw is None else dw, nothing(x) if db is None else db
+
+
+def _backward_fake(dy, x, weight, bias, mean, rstd, n, need_dw, need_db):
+    dw = weight.new_empty(weight.shape) if need_dw else nothing(x)
+    db = bias.new_empty(bias.shape) if need_db else nothing(x)
+    return x.new_empty(x.shape), dw, db
+
+
+_forward = define(
+    "layer_norm_forward",
+    "(Tensor x, Tensor? weight, Tensor? bias, int n, float eps) -> (Tensor, Tensor, Tensor)",
+    _forward_impl,
+    _forward_fake,
+)
+_backward = define(
+    "layer_norm_backward",
+    "(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, int n, "
+    "bool need_dw, bool need_db) -> (Tensor, Tensor, Tensor)",
+    _backward_impl,
+    _backward_fake,
+)
+
+
 class LayerNormFunction(torch.autograd.Function):
-    """The Triton path. Saves x (not the output), mean and rstd for the backward."""
+    """The Triton path. Saves x (not the output), mean and rstd for the backward. The kernels run
+    as the custom ops fbdl_fast::layer_norm_forward/backward (see _library.py)."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -57,9 +117,7 @@ class LayerNormFunction(torch.autograd.Function):
         n: int,
         eps: float,
     ) -> torch.Tensor:
-        from fbdl_fast.kernels import layer_norm as kernels  # imports Triton: only on this path
-
-        y, mean, rstd = kernels.forward(x, n, weight, bias, eps)
+        y, mean, rstd = _forward(x, weight, bias, n, eps)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
         ctx.n = n
         return y
@@ -67,12 +125,16 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, dy: torch.Tensor):  # type: ignore[override]
-        from fbdl_fast.kernels import layer_norm as kernels
-
         x, weight, bias, mean, rstd = ctx.saved_tensors
         need_dx, need_dw, need_db = ctx.needs_input_grad[:3]
-        dx, dw, db = kernels.backward(dy, x, ctx.n, weight, bias, mean, rstd, need_dw, need_db)
-        return (dx if need_dx else None), dw, db, None, None
+        dx, dw, db = _backward(dy, x, weight, bias, mean, rstd, ctx.n, need_dw, need_db)
+        return (
+            (dx if need_dx else None),
+            (dw if need_dw else None),
+            (db if need_db else None),
+            None,
+            None,
+        )
 
 
 def _as_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
