@@ -41,9 +41,11 @@ def _fresh_dynamo():
 
 @pytest.fixture(params=PATHS)
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """FBDL_FAST_BACKEND for the test: the kernels in the interpreter, or the reference."""
+    """FBDL_FAST_BACKEND for the test: the kernels (on the kernel device: CUDA where there is
+    one, else the interpreter; conftest.py), or the reference."""
+    if request.param == "triton":
+        request.getfixturevalue("kernel_device")
     monkeypatch.setenv("FBDL_FAST_BACKEND", request.param)
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     return request.param
 
 
@@ -113,10 +115,9 @@ def test_compiled_op_matches_eager(op: str, path: str) -> None:
         assert_close(grad, expected_grad)
 
 
-def test_compiled_attention_dropout_draws_eagers_mask(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_attention_dropout_draws_eagers_mask(triton: str) -> None:
     """The dropout seed stays a tensor (read inside the op): no .item() breaks the graph, and the
     compiled call draws the same seed from torch's generator as an eager one."""
-    monkeypatch.setenv("FBDL_FAST_BACKEND", "triton")
     q, k, v = (torch.randn(1, 2, 16, 16) for _ in range(3))
 
     def attend(q: torch.Tensor) -> torch.Tensor:
@@ -218,14 +219,13 @@ def test_patched_transformer_inductor_matches_eager(path: str) -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch.library, "opcheck"), reason="torch.library.opcheck: 2.4+")
-def test_fake_implementations_agree_with_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fake_implementations_agree_with_the_kernels(kernel_device: str) -> None:
     """opcheck runs each op for real and on fake tensors and compares schemas, shapes, dtypes
     and strides."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     x, w = torch.randn(4, 20), torch.randn(20)
     _, mean, rstd = layer_norm_op._forward(x, w, None, 20, 1e-5)
     q = torch.randn(1, 2, 13, 16)
-    mask, seed = torch.tensor([[True] * 9 + [False] * 4]), torch.tensor([7])
+    mask, seed = torch.tensor([[True] * 9 + [False] * 4]), torch.tensor([7], device="cpu")
     out, lse = attention_op._forward(q, q, q, mask, False, 0.25, 0.1, seed)
     z, t = torch.randn(5, 7), torch.tensor([1, 2, -100, 6, 0])
     calls = {

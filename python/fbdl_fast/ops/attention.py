@@ -157,7 +157,7 @@ class TritonAttention(torch.autograd.Function):
         scale = _default_scale(q) if scale is None else float(scale)
         # The seed comes from torch's generator, so torch.manual_seed fixes the dropout mask; it
         # stays a tensor (read inside the op) so torch.compile needs no .item() in the graph.
-        seed = torch.randint(0, 2**62, (1,)) if dropout_p > 0.0 else None
+        seed = torch.randint(0, 2**62, (1,), device="cpu") if dropout_p > 0.0 else None
         out, lse = _forward(q, k, v, key_mask, causal, scale, dropout_p, seed)
         ctx.save_for_backward(q, k, v, out, lse, key_mask, seed)
         ctx.causal, ctx.scale, ctx.dropout_p = causal, scale, dropout_p
