@@ -231,6 +231,40 @@ def test_interrupted_predict_leaves_no_file(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main() put the handler back
 
 
+def test_progress_lines_in_a_log_file(
+    trained: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr is not a terminal under pytest: no bar, a progress line per --progress-every."""
+    data, run = trained
+    argv = ["evaluate", "--run", str(run), "--data", str(data), "--batch-size", "40"]
+    assert main([*argv, "--progress-every", "0"]) == 0  # a line after every batch
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("evaluate:")]
+    assert [re.sub(r"[\d,.]+ posts/s|ETA \S+", "_", line) for line in lines] == [
+        f"evaluate: {40 * i} posts, _, batch {i}/4 ({25 * i}%), _" for i in range(1, 5)
+    ]
+    assert main([*argv, "--progress-every", "3600"]) == 0
+    assert "evaluate:" not in capsys.readouterr().err
+    assert main(["predict", "--run", str(run), "--data", str(data), "--progress-every", "0"]) == 0
+    assert re.search(r"^predict: 160 posts, [\d,]+ posts/s$", capsys.readouterr().err, re.M)
+
+
+def test_progress_log_rate_share_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fbdl_fast import train
+    from fbdl_fast.train import ProgressLog
+
+    now = [0.0]
+    log = ProgressLog("epoch 1/3", 30, total_batches=100, clock=lambda: now[0])
+    messages: list[str] = []
+    monkeypatch.setattr(train.logger, "info", messages.append)
+    for _ in range(10):  # 10 batches of 32 posts, 2 s each
+        now[0] += 2.0
+        log.update(32)
+    now[0] += 100.0  # a slow 11th batch: 120 s in all
+    log.update(32)
+    # the first 20 s are under 30 s: no line; then 352 posts in 120 s, 89 batches left
+    assert messages == ["epoch 1/3: 352 posts, 3 posts/s, batch 11/100 (11%), ETA 16m11s"]
+
+
 def test_evaluate_unknown_label_names_it_and_its_line(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

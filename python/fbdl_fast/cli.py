@@ -500,6 +500,7 @@ def _train_run(
         max_nonfinite_steps=args.max_nonfinite,
         compile=args.compile,
         tokenizer_fingerprint=runs.tokenizer_fingerprint(tokenizer),
+        log_every=args.progress_every,
     )
     resume_from = partial / runs.LAST_CHECKPOINT if args.resume else None
     _say(
@@ -550,6 +551,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     posts = _read_posts(args, run.meta, with_labels=True)
     labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
     batch_size = args.batch_size or run.config.batch_size
+    run.trainer.log_every = args.progress_every
     result = run.trainer.evaluate(_loader(run, posts.texts, labels, batch_size))
     report = {
         "run": str(run.path),
@@ -581,6 +583,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from fbdl_fast.data import iter_posts
     from fbdl_fast.files import open_atomic
+    from fbdl_fast.train import ProgressLog
 
     if (args.data is None) == (not args.text):
         raise UsageError("give either --data FILE or --text TEXT (repeatable), not both")
@@ -613,6 +616,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bar = stack.enter_context(
             tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
         )
+        log = (
+            None
+            if bar.disable is False or args.quiet
+            else ProgressLog("predict", args.progress_every)
+        )
         try:
             while chunk := list(itertools.islice(posts, max(PREDICT_CHUNK, batch_size))):
                 texts = [text for text, _ in chunk]
@@ -621,6 +629,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                     write(text, run.label_map.decode(best), probs[best], probs, kept)
                 count += len(chunk)
                 bar.update(len(chunk))
+                if log is not None:
+                    log.update(len(chunk))
             sink.flush()
         except BrokenPipeError:
             if out is not None:
@@ -979,6 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps in a row with a NaN/inf loss (each skipped) that stop training",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_progress_option(p)
     _add_encoding_option(p)
     _add_model_options(p, MODEL_DEFAULTS)
     p.set_defaults(func=cmd_train)
@@ -1077,7 +1088,29 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     _add_encoding_option(p)
+    _add_progress_option(p)
     _add_threads_option(p)
+
+
+def _add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress-every",
+        type=_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (a log file), a progress line (posts/s, ETA) every "
+        "SECONDS; 0: after every batch",
+    )
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
 
 
 def _add_encoding_option(p: argparse.ArgumentParser) -> None:

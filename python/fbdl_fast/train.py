@@ -55,7 +55,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union, cast
@@ -246,6 +246,50 @@ def _set_epoch(loader: Iterable[Any], epoch: int) -> None:
             sampler.set_epoch(epoch)
 
 
+class ProgressLog:
+    """Progress for logs that are not a terminal (where tqdm bars would be noise): one line every
+    `every` seconds with the posts done, posts/s and, when the number of batches is known, the
+    share done and the time left. 0 logs after every batch."""
+
+    def __init__(
+        self,
+        desc: str,
+        every: float,
+        total_batches: Optional[int] = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.desc, self.every, self.total, self.clock = desc, every, total_batches, clock
+        self.start = self.last = clock()
+        self.batches = self.posts = 0
+
+    def update(self, posts: int) -> None:
+        """One more batch of `posts` done; logs if `every` seconds passed since the last line."""
+        self.batches += 1
+        self.posts += posts
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = max(now - self.start, 1e-9)
+        line = f"{self.desc}: {self.posts:,} posts, {self.posts / elapsed:,.0f} posts/s"
+        if self.total:
+            left = elapsed / self.batches * max(self.total - self.batches, 0)
+            line += (
+                f", batch {self.batches:,}/{self.total:,} "
+                f"({100 * self.batches / self.total:.0f}%), ETA {_duration(left)}"
+            )
+        logger.info(line)
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
 class Trainer:
     """Trains a classifier `model(input_ids, attention_mask) -> logits` on dict batches.
 
@@ -262,6 +306,8 @@ class Trainer:
         accumulate_steps: loader batches per optimizer step (gradient accumulation).
         max_nonfinite_steps: steps in a row with a non-finite loss that stop training.
         compile: torch.compile the model (True, or a dict of torch.compile keyword arguments).
+        log_every: when no progress bar is shown (stderr is not a terminal, or progress=False),
+            log a progress line (batches, posts/s, ETA) every `log_every` seconds; None: never.
         tokenizer_fingerprint: the run's tokenizer (fbdl_fast.runs.tokenizer_fingerprint), saved
             in checkpoints so that a run folder's tokenizer.json can be checked against them.
     """
@@ -282,6 +328,7 @@ class Trainer:
         accumulate_steps: int = 1,
         max_nonfinite_steps: int = 5,
         compile: Union[bool, Mapping[str, Any]] = False,
+        log_every: Optional[float] = None,
         tokenizer_fingerprint: Optional[str] = None,
     ) -> None:
         if not isinstance(config, ModelConfig):
@@ -325,6 +372,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.label_map = label_map
         self.tokenizer_fingerprint = tokenizer_fingerprint
+        self.log_every = log_every
         self.progress = progress
         # `is None`, not `or`: an empty nn.Sequential criterion is falsy.
         if optimizer is None:
@@ -547,10 +595,21 @@ class Trainer:
 
     def _bar(self, loader: Iterable[Any], desc: str) -> Iterable[Any]:
         if not self._show_progress():
-            return loader
+            if self.log_every is None or self.rank != 0:
+                return loader
+            return self._logged(loader, desc, self.log_every)
         from tqdm.auto import tqdm
 
         return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+
+    def _logged(self, loader: Iterable[Any], desc: str, every: float) -> Iterator[Any]:
+        """The loader's batches, with a ProgressLog line every `every` seconds."""
+        total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        progress = ProgressLog(desc, every, total_batches=total)
+        for batch in loader:
+            yield batch
+            size = batch["input_ids"].shape[0] if isinstance(batch, dict) else len(batch[0])
+            progress.update(size * self.world_size)
 
     # ----------------------------------------------------------------------------- public API
     @torch.no_grad()
@@ -887,6 +946,7 @@ __all__ = [
     "FacebookPostsTrainer",
     "History",
     "NonFiniteLossError",
+    "ProgressLog",
     "Trainer",
     "cpu_has_native_bf16",
 ]
