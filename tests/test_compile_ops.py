@@ -228,6 +228,7 @@ def test_fake_implementations_agree_with_the_kernels(kernel_device: str) -> None
     mask, seed = torch.tensor([[True] * 9 + [False] * 4]), torch.tensor([7], device="cpu")
     out, lse = attention_op._forward(q, q, q, mask, False, 0.25, 0.1, seed)
     z, t = torch.randn(5, 7), torch.tensor([1, 2, -100, 6, 0])
+    _, _, stats = focal_op._forward(z, t, 2.0, None, 0.5, w[:7], -100, 0.1, True)
     calls = {
         layer_norm_op._forward: [(x, w, None, 20, 1e-5), (x, None, w, 20, 1e-5)],
         layer_norm_op._backward: [
@@ -244,6 +245,10 @@ def test_fake_implementations_agree_with_the_kernels(kernel_device: str) -> None
         focal_op._forward: [
             (z, t, 2.0, None, 0.5, w[:7], -100, 0.1, True),
             (z, t, 0.0, w[:7], 1.0, None, -100, 0.0, False),
+        ],
+        focal_op._backward: [
+            (z, t, stats, torch.rand(5), w[:7], -100, 0.1),
+            (z, t, stats, torch.tensor([3.0]).expand(5), None, -100, 0.0),
         ],
     }
     for call, arg_lists in calls.items():

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from compile_check import run_compile_script
-from fbdl_fast.kernels.focal_loss import focal_loss_forward
+from fbdl_fast.kernels.focal_loss import focal_loss_backward, focal_loss_forward
 from fbdl_fast.nn import FocalLoss
 from fbdl_fast.nn.functional import focal_loss
 from fbdl_fast.ops import BackendError, explain
@@ -275,19 +275,22 @@ def test_reference_gradcheck_float64() -> None:
 
 def test_kernel_forward_marks_out_of_range_targets_nan(kernel_device: str) -> None:
     # On a GPU the range check would cost a sync, so the kernel poisons such rows instead.
-    logits = torch.randn(3, 4)
-    loss, row_weight, grad = focal_loss_forward(
+    logits, target = torch.randn(3, 4), torch.tensor([1, 7, -100])
+    loss, row_weight, stats = focal_loss_forward(
         logits,
-        torch.tensor([1, 7, -100]),
+        target,
         gamma=2.0,
         alpha=None,
         alpha_scale=1.0,
         weight=None,
         ignore_index=-100,
         label_smoothing=0.0,
-        compute_grad=True,
+        save_stats=True,
     )
-    assert grad is not None
+    assert stats is not None
+    grad = focal_loss_backward(
+        logits, target, stats, torch.ones(3), weight=None, ignore_index=-100, label_smoothing=0.0
+    )
     assert torch.isnan(loss[1]) and torch.isnan(grad[1]).all()
     assert torch.isfinite(loss[[0, 2]]).all() and torch.equal(grad[2], torch.zeros(4))
     assert torch.equal(row_weight, torch.tensor([1.0, 0.0, 0.0]))
@@ -386,8 +389,8 @@ def test_module_rejects_bad_config_at_construction() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_keeps_one_logit_sized_tensor_for_backward(triton: None, dtype: torch.dtype) -> None:
-    # The design's memory rule: between forward and backward only the gradient (N, C), in the
-    # logits' dtype, is kept; no probabilities. The reference keeps its log-probabilities.
+    # The design's memory rule: between forward and backward only the logits themselves are
+    # kept; no probabilities, no gradient. The reference keeps its log-probabilities.
     logits, target = _problem(8, 300, dtype)
     x = logits.clone().requires_grad_()
     saved: list[torch.Tensor] = []
@@ -395,13 +398,14 @@ def test_kernel_keeps_one_logit_sized_tensor_for_backward(triton: None, dtype: t
         loss = focal_loss(x, target, weight=torch.rand(300), label_smoothing=0.1)
     big = [t for t in saved if t.numel() >= x.numel()]
     assert [(tuple(t.shape), t.dtype) for t in big] == [((8, 300), dtype)]
+    assert big[0].data_ptr() == x.data_ptr()  # the logits, not a copy
     (grad,) = torch.autograd.grad(loss, x)
-    assert grad.data_ptr() == big[0].data_ptr()  # backward scaled it in place and handed it on
+    assert grad.dtype == dtype and grad.data_ptr() != x.data_ptr()  # written fresh, not in place
 
 
-def test_kernel_backward_twice_is_refused(triton: None) -> None:
-    # The kernel path hands its saved gradient to .grad (scaled in place): a second backward
-    # through the same graph must fail loudly, not return a twice-scaled gradient.
+def test_kernel_backward_twice_gives_the_gradient_twice(triton: None) -> None:
+    # The backward computes the gradient from the saved logits each time (nothing is scaled in
+    # place), so a second backward through the same graph accumulates the same gradient again.
     logits, target = _problem(6, 4)
     x = logits.clone().requires_grad_()
     loss = focal_loss(x, target)
@@ -410,26 +414,31 @@ def test_kernel_backward_twice_is_refused(triton: None) -> None:
         op.reference, logits.double(), target, torch.tensor(1.0, dtype=torch.float64)
     )
     assert_close(x.grad, expected_grad)
-    with pytest.raises(RuntimeError, match="backward ran twice"):
-        loss.backward()
+    loss.backward()
+    assert_close(x.grad, 2 * expected_grad)
 
 
 # Compiles the kernel as a GPU launch would, for sm_90, with tests/compile_check.py.
 _COMPILE_FOR_H100 = """
 from compile_check import compile_for_gpu
 from fbdl_fast.kernels import focal_loss as K
-from fbdl_fast.kernels.focal_loss import _focal_loss_kernel as kernel
 
 ok = 0
 for dtype, block_r, block_c in (("bf16", 1, 4096),):
-    types = dict(z_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", y_ptr="*i64", w_ptr="*fp32",
-                 a_ptr="*fp32", loss_ptr="*fp32", row_weight_ptr="*fp32", z_stride="i64",
-                 grad_stride="i64", gamma="fp32", alpha_scale="fp32", smoothing="fp32")
-    constants = dict(HAS_WEIGHT=True, HAS_ALPHA=True, HAS_SMOOTHING=True, COMPUTE_GRAD=True,
+    types = dict(z_ptr=f"*{dtype}", y_ptr="*i64", w_ptr="*fp32", a_ptr="*fp32",
+                 loss_ptr="*fp32", row_weight_ptr="*fp32", stats_ptr="*fp32", z_stride="i64",
+                 gamma="fp32", alpha_scale="fp32", smoothing="fp32")
+    constants = dict(HAS_WEIGHT=True, HAS_ALPHA=True, HAS_SMOOTHING=True, SAVE_STATS=True,
                      BLOCK_R=block_r, BLOCK_C=block_c)
-    compiled = compile_for_gpu(kernel, types, constants, default="i32", num_warps=8,
-                               enable_fp_fusion=K.FP_FUSION)
-    ok += ".entry _focal_loss_kernel" in compiled.asm["ptx"] and "cubin" in compiled.asm
+    compiled = compile_for_gpu(K._focal_loss_forward_kernel, types, constants, default="i32",
+                               num_warps=8, enable_fp_fusion=K.FP_FUSION)
+    ok += ".entry _focal_loss_forward_kernel" in compiled.asm["ptx"] and "cubin" in compiled.asm
+    types = dict(z_ptr=f"*{dtype}", grad_ptr=f"*{dtype}", y_ptr="*i64", w_ptr="*fp32",
+                 stats_ptr="*fp32", r_ptr="*fp32", z_stride="i64", grad_stride="i64")
+    constants = dict(HAS_WEIGHT=True, HAS_SMOOTHING=True, BLOCK_R=block_r, BLOCK_C=block_c)
+    compiled = compile_for_gpu(K._focal_loss_backward_kernel, types, constants, default="i32",
+                               num_warps=8, enable_fp_fusion=K.FP_FUSION)
+    ok += ".entry _focal_loss_backward_kernel" in compiled.asm["ptx"] and "cubin" in compiled.asm
 print("compiled", ok)
 """
 
@@ -439,4 +448,4 @@ def test_kernel_compiles_for_a_gpu(tmp_path: Path) -> None:
     # The interpreter runs the kernel as Python and misses what only the compiler rejects (e.g.
     # a non-constexpr global). Compile it for an H100 (sm_90) without a GPU.
     stdout = run_compile_script(_COMPILE_FOR_H100, tmp_path, timeout=300)
-    assert stdout.split()[-2:] == ["compiled", "1"], stdout
+    assert stdout.split()[-2:] == ["compiled", "2"], stdout

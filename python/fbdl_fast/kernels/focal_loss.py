@@ -23,12 +23,20 @@ q is clamped below at the smallest normal float (q_min): F = max(q, q_min)^g, an
 q < q_min (p_y rounds to 1). That keeps g < 1 finite there and matches the reference, whose
 clamp has zero gradient below q_min.
 
-One program handles BLOCK_R rows. Pass 1 runs an online softmax over C in BLOCK_C chunks
-(running max m, sums d and d minus the target's term, T, W), so any C fits; pass 2 re-reads the
-logits and writes the gradient. The backward of the loss is then only a scale of that gradient
-by the incoming gradient (and 1 / sum of counted weights for the mean): no [N, C] probability
-tensor is kept. Ignored rows (target == ignore_index) get zero loss, weight and gradient; a target
-outside [0, C) gets NaN loss and gradient (the host checks ranges where that costs no sync).
+Two kernels, one read of the logits each. The forward runs an online softmax over C in BLOCK_C
+chunks (running max m, sums d and d minus the target's term, T, W), so any C fits, and writes the
+loss and four statistics per row: lse = m + log d and the gradient's row constants a_y K, a_y K_y
+and a_y F s / C (k_all, k_y, k_w). The backward re-reads the logits and writes, in fp32 until the
+single rounding on store,
+
+    dz_c = r_i * a_y ( p_c K - [c = y] K_y - (s / C) F w_c ),    p_c = exp(z_c - lse)
+
+with r_i the incoming gradient of row i's loss (grad_output, times 1 / sum of counted weights
+for the mean). Scaling before the rounding matters in fp16: at C = 50k most p_c are about 2e-5,
+below fp16's smallest normal number (6.1e-5), so a gradient rounded to fp16 first and scaled by
+GradScaler's factor afterwards loses their digits. No [N, C] tensor is kept between the two.
+Ignored rows (target == ignore_index) get zero loss, weight and gradient; a target outside
+[0, C) gets NaN loss and gradient (the host checks ranges where that costs no sync).
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ FP_FUSION = True
 
 
 @triton.jit
-def _focal_loss_kernel(
+def _focal_loss_forward_kernel(
     z_ptr,
     z_stride,
     y_ptr,
@@ -62,8 +70,7 @@ def _focal_loss_kernel(
     a_stride,
     loss_ptr,
     row_weight_ptr,
-    grad_ptr,
-    grad_stride,
+    stats_ptr,
     n_rows,
     n_cols,
     ignore_index,
@@ -73,7 +80,7 @@ def _focal_loss_kernel(
     HAS_WEIGHT: tl.constexpr,
     HAS_ALPHA: tl.constexpr,
     HAS_SMOOTHING: tl.constexpr,
-    COMPUTE_GRAD: tl.constexpr,
+    SAVE_STATS: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -88,7 +95,7 @@ def _focal_loss_kernel(
     z_row = z_ptr + rows * z_stride  # (R,) row start pointers
     z_y = tl.load(z_row + y_safe, mask=live, other=0.0).to(tl.float32)
 
-    # Pass 1: online softmax statistics. Dead rows (padding, ignored) load -inf and keep m = -inf;
+    # Online softmax statistics. Dead rows (padding, ignored) load -inf and keep m = -inf;
     # m_use replaces -inf by 0 so no -inf - -inf appears.
     m = tl.full([BLOCK_R], float("-inf"), tl.float32)
     d = tl.full([BLOCK_R], 0.0, tl.float32)
@@ -146,40 +153,77 @@ def _focal_loss_kernel(
     tl.store(loss_ptr + rows, loss, mask=row_ok)
     tl.store(row_weight_ptr + rows, tl.where(live, w_y, 0.0), mask=row_ok)
 
-    if COMPUTE_GRAD:
-        # Pass 2: dL/dz_c = a_y (p_c K - [c = y] K_y - (s / C) F w_c), see the module docstring.
+    if SAVE_STATS:
+        # The backward's row constants (see the module docstring); NaN in k_all poisons the
+        # gradient of a row with an out-of-range target, zeros leave dead rows at zero.
         G = tl.where(q >= Q_MIN, gamma * (focal / q_c) * p_y * S, 0.0)
         k_all = a_y * (G + focal * (1.0 - smoothing) * w_y)
         k_y = k_all
+        k_w = tl.full([BLOCK_R], 0.0, tl.float32)
         if HAS_SMOOTHING:
             k_all += a_y * focal * smoothing * w_sum / n_cols
             k_w = a_y * focal * smoothing / n_cols
-        k_all = tl.where(live, k_all, 0.0)
-        k_y = tl.where(live, k_y, 0.0)
-        g_row = grad_ptr + rows * grad_stride
-        for start in range(0, n_cols, BLOCK_C):
-            cols = start + cols0
-            col_ok = cols < n_cols
-            z = tl.load(
-                z_row[:, None] + cols[None, :],
-                mask=live[:, None] & col_ok[None, :],
-                other=float("-inf"),
-            ).to(tl.float32)
-            p = tl.exp(z - m_fin[:, None] - log_d[:, None])  # 0 on dead rows
-            is_y = cols[None, :] == y[:, None]
-            g = p * k_all[:, None] - tl.where(is_y, k_y[:, None], 0.0)
-            if HAS_SMOOTHING:
-                if HAS_WEIGHT:
-                    w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                    g -= tl.where(live[:, None], k_w[:, None] * w[None, :], 0.0)
-                else:
-                    g -= tl.where(live[:, None], k_w[:, None], 0.0)
-            g = tl.where(bad[:, None], float("nan"), g)
-            tl.store(
-                g_row[:, None] + cols[None, :],
-                g.to(grad_ptr.dtype.element_ty),
-                mask=row_ok[:, None] & col_ok[None, :],
-            )
+        k_all = tl.where(bad, float("nan"), tl.where(live, k_all, 0.0))
+        tl.store(stats_ptr + rows, m_fin + log_d, mask=row_ok)  # lse
+        tl.store(stats_ptr + n_rows + rows, k_all, mask=row_ok)
+        tl.store(stats_ptr + 2 * n_rows + rows, tl.where(live, k_y, 0.0), mask=row_ok)
+        tl.store(stats_ptr + 3 * n_rows + rows, tl.where(live, k_w, 0.0), mask=row_ok)
+
+
+@triton.jit
+def _focal_loss_backward_kernel(
+    z_ptr,
+    z_stride,
+    y_ptr,
+    w_ptr,
+    stats_ptr,
+    r_ptr,
+    r_stride,
+    grad_ptr,
+    grad_stride,
+    n_rows,
+    n_cols,
+    ignore_index,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_SMOOTHING: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # dz_c = r (p_c k_all - [c = y] k_y - k_w w_c), in fp32 until the store (module docstring).
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # (R,)
+    row_ok = rows < n_rows
+    y = tl.load(y_ptr + rows, mask=row_ok, other=ignore_index)
+    live = row_ok & (y != ignore_index) & (y >= 0) & (y < n_cols)
+    lse = tl.load(stats_ptr + rows, mask=row_ok, other=0.0)
+    r = tl.load(r_ptr + rows * r_stride, mask=row_ok, other=0.0).to(tl.float32)
+    # The incoming gradient goes into the row constants first: one product per element less.
+    k_all = r * tl.load(stats_ptr + n_rows + rows, mask=row_ok, other=0.0)
+    k_y = r * tl.load(stats_ptr + 2 * n_rows + rows, mask=row_ok, other=0.0)
+    k_w = r * tl.load(stats_ptr + 3 * n_rows + rows, mask=row_ok, other=0.0)
+    z_row = z_ptr + rows * z_stride
+    g_row = grad_ptr + rows * grad_stride
+    cols0 = tl.arange(0, BLOCK_C)
+    for start in range(0, n_cols, BLOCK_C):
+        cols = start + cols0
+        col_ok = cols < n_cols
+        z = tl.load(
+            z_row[:, None] + cols[None, :],
+            mask=live[:, None] & col_ok[None, :],
+            other=float("-inf"),
+        ).to(tl.float32)
+        p = tl.exp(z - lse[:, None])  # 0 on dead rows
+        g = p * k_all[:, None] - tl.where(cols[None, :] == y[:, None], k_y[:, None], 0.0)
+        if HAS_SMOOTHING:
+            if HAS_WEIGHT:
+                w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+                g -= k_w[:, None] * w[None, :]
+            else:
+                g -= k_w[:, None]
+        tl.store(
+            g_row[:, None] + cols[None, :],
+            g.to(grad_ptr.dtype.element_ty),
+            mask=row_ok[:, None] & col_ok[None, :],
+        )
 
 
 def _blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
@@ -201,15 +245,15 @@ def focal_loss_forward(
     weight: Optional[torch.Tensor],
     ignore_index: int,
     label_smoothing: float,
-    compute_grad: bool,
+    save_stats: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Per-row focal loss of `logits` (N, C) against int64 `target` (N,), in one launch.
+    """Per-row focal loss of `logits` (N, C) against int64 `target` (N,), one read of the logits.
 
     `alpha` is None, a 0-dim tensor (one value for every class) or a (C,) tensor; `alpha_scale`
     multiplies it (a Python-number alpha goes there, so it needs no tensor). `weight` is None
     or (C,). Returns the loss per row (N,) fp32, the weight each row counts with in a mean
-    (w_y, 0 when ignored) (N,) fp32, and the gradient of the per-row losses with respect to the
-    logits (N, C) in the logits' dtype (None unless `compute_grad`).
+    (w_y, 0 when ignored) (N,) fp32, and, when `save_stats`, the (4, N) fp32 statistics
+    `focal_loss_backward` needs (lse, k_all, k_y, k_w; see the module docstring), else None.
     """
     assert logits.dim() == 2 and target.dim() == 1 and target.shape[0] == logits.shape[0], (
         f"expected logits (N, C) and target (N,), got {tuple(logits.shape)} and "
@@ -223,18 +267,16 @@ def focal_loss_forward(
     device = logits.device
     loss = torch.empty(n_rows, dtype=torch.float32, device=device)
     row_weight = torch.empty(n_rows, dtype=torch.float32, device=device)
-    grad = (
-        torch.empty((n_rows, n_cols), dtype=logits.dtype, device=device) if compute_grad else None
-    )
+    stats = torch.empty((4, n_rows), dtype=torch.float32, device=device) if save_stats else None
     if n_rows == 0:
-        return loss, row_weight, grad
+        return loss, row_weight, stats
     if weight is not None:
         weight = weight.contiguous()
     if alpha is not None:
         alpha = alpha.contiguous()
     block_r, block_c, num_warps = _blocks(n_rows, n_cols)
     # Unused pointer arguments get a real tensor so every launch has the same signature kinds.
-    _focal_loss_kernel[(triton.cdiv(n_rows, block_r),)](
+    _focal_loss_forward_kernel[(triton.cdiv(n_rows, block_r),)](
         logits,
         logits.stride(0),
         target,
@@ -243,8 +285,7 @@ def focal_loss_forward(
         (alpha.stride(0) if alpha.dim() == 1 else 0) if alpha is not None else 0,
         loss,
         row_weight,
-        grad if grad is not None else loss,
-        grad.stride(0) if grad is not None else 0,
+        stats if stats is not None else loss,
         n_rows,
         n_cols,
         ignore_index,
@@ -254,13 +295,64 @@ def focal_loss_forward(
         HAS_WEIGHT=weight is not None,
         HAS_ALPHA=alpha is not None,
         HAS_SMOOTHING=label_smoothing > 0,
-        COMPUTE_GRAD=compute_grad,
+        SAVE_STATS=save_stats,
         BLOCK_R=block_r,
         BLOCK_C=block_c,
         num_warps=num_warps,
         enable_fp_fusion=FP_FUSION,
     )
-    return loss, row_weight, grad
+    return loss, row_weight, stats
 
 
-__all__ = ["focal_loss_forward"]
+def focal_loss_backward(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    stats: torch.Tensor,
+    row_grad: torch.Tensor,
+    *,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """The gradient (N, C), in the logits' dtype, of sum_i row_grad[i] * loss_i with respect to
+    `logits`, from `focal_loss_forward`'s statistics. `row_grad` holds N values (any float dtype,
+    any stride: a stride of 0 broadcasts one value); `weight` and `label_smoothing` as given to
+    the forward."""
+    assert stats.shape == (4, logits.shape[0]) and row_grad.shape == (logits.shape[0],), (
+        f"expected stats (4, N) and row_grad (N,) for N={logits.shape[0]}, got "
+        f"{tuple(stats.shape)} and {tuple(row_grad.shape)}"
+    )
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    target, stats = target.contiguous(), stats.contiguous()
+    n_rows, n_cols = logits.shape
+    grad = torch.empty((n_rows, n_cols), dtype=logits.dtype, device=logits.device)
+    if n_rows == 0:
+        return grad
+    if weight is not None:
+        weight = weight.contiguous()
+    block_r, block_c, num_warps = _blocks(n_rows, n_cols)
+    _focal_loss_backward_kernel[(triton.cdiv(n_rows, block_r),)](
+        logits,
+        logits.stride(0),
+        target,
+        weight if weight is not None else stats,
+        stats,
+        row_grad,
+        row_grad.stride(0),
+        grad,
+        grad.stride(0),
+        n_rows,
+        n_cols,
+        ignore_index,
+        HAS_WEIGHT=weight is not None,
+        HAS_SMOOTHING=label_smoothing > 0,
+        BLOCK_R=block_r,
+        BLOCK_C=block_c,
+        num_warps=num_warps,
+        enable_fp_fusion=FP_FUSION,
+    )
+    return grad
+
+
+__all__ = ["focal_loss_backward", "focal_loss_forward"]

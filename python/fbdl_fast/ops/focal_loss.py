@@ -249,12 +249,12 @@ def _forward_impl(
     weight: Optional[torch.Tensor],
     ignore_index: int,
     label_smoothing: float,
-    compute_grad: bool,
+    save_stats: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss per row, weight per row, gradient or an empty tensor) from the Triton kernel."""
+    """(loss per row, weight per row, statistics for the backward or an empty tensor)."""
     from fbdl_fast.kernels.focal_loss import focal_loss_forward  # imports Triton
 
-    loss, row_weight, grad = focal_loss_forward(
+    loss, row_weight, stats = focal_loss_forward(
         logits,
         target,
         gamma=gamma,
@@ -263,42 +263,77 @@ def _forward_impl(
         weight=weight,
         ignore_index=ignore_index,
         label_smoothing=label_smoothing,
-        compute_grad=compute_grad,
+        save_stats=save_stats,
     )
-    return loss, row_weight, nothing(logits) if grad is None else grad
+    return loss, row_weight, nothing(loss) if stats is None else stats
 
 
 def _forward_fake(
-    logits, target, gamma, alpha, alpha_scale, weight, ignore_index, label_smoothing, compute_grad
+    logits, target, gamma, alpha, alpha_scale, weight, ignore_index, label_smoothing, save_stats
 ):
     rows = logits.new_empty(logits.shape[0], dtype=torch.float32)
-    grad = logits.new_empty(logits.shape) if compute_grad else nothing(logits)
-    return rows, rows.new_empty(rows.shape), grad
+    stats = rows.new_empty((4, logits.shape[0])) if save_stats else nothing(rows)
+    return rows, rows.new_empty(rows.shape), stats
+
+
+def _backward_impl(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    stats: torch.Tensor,
+    row_grad: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+) -> torch.Tensor:
+    """The logits' gradient, grad_output times dL/dz, from the forward's statistics."""
+    from fbdl_fast.kernels.focal_loss import focal_loss_backward
+
+    return focal_loss_backward(
+        logits,
+        target,
+        stats,
+        row_grad,
+        weight=weight,
+        ignore_index=ignore_index,
+        label_smoothing=label_smoothing,
+    )
+
+
+def _backward_fake(logits, target, stats, row_grad, weight, ignore_index, label_smoothing):
+    return logits.new_empty(logits.shape)
 
 
 _forward = define(
     "focal_loss_forward",
     "(Tensor logits, Tensor target, float gamma, Tensor? alpha, float alpha_scale, "
-    "Tensor? weight, int ignore_index, float label_smoothing, bool compute_grad) "
+    "Tensor? weight, int ignore_index, float label_smoothing, bool save_stats) "
     "-> (Tensor, Tensor, Tensor)",
     _forward_impl,
     _forward_fake,
 )
+_backward = define(
+    "focal_loss_backward",
+    "(Tensor logits, Tensor target, Tensor stats, Tensor row_grad, Tensor? weight, "
+    "int ignore_index, float label_smoothing) -> Tensor",
+    _backward_impl,
+    _backward_fake,
+)
 
 
 class FocalLossFunction(torch.autograd.Function):
-    """The fused kernel: forward writes the loss and the logit gradient in one launch; backward
-    scales that gradient by the incoming one. alpha and weight are constants here.
+    """The fused kernels: forward reads the logits once and keeps four fp32 numbers per row;
+    backward reads them once more and writes grad_output x dL/dz. alpha and weight are
+    constants here.
 
-    Memory design notes. Forward keeps one (N, C) tensor, the gradient, in the logits' dtype.
-    Backward scales it in place and returns it, so the logits' .grad takes over the buffer and
-    forward + backward peak at one (N, C) tensor beyond the logits (the reference holds
-    log-probabilities, their gradient and the logits' gradient). Considered and rejected:
-    writing the gradient into the logits themselves (Liger's cross-entropy; it corrupts
-    autograd when the logits are saved by another op, Liger issues #272/#1251); an out-of-place
-    product in backward (two (N, C) tensors at the peak); returning the saved gradient only when
-    grad_output == 1 (a device sync, and never true under AMP's loss scaling). The price of the
-    in-place scale is that a second backward through the same graph is refused with an error.
+    Memory and precision design notes. Between forward and backward the logits themselves are
+    kept (no probabilities, no gradient), so forward + backward peak at one (N, C) tensor beyond
+    the logits, the gradient. The incoming gradient is applied in fp32 before the one rounding
+    to the logits' dtype, so fp16 with GradScaler keeps probabilities below fp16's normal range
+    (see kernels/focal_loss.py). Considered and rejected: writing the gradient in the forward and
+    scaling it in backward (the previous design: 3 more passes, an fp16 rounding before the scale,
+    work under no_grad, and a graph that could not run backward twice); writing the gradient into
+    the logits themselves (Liger's cross-entropy; it corrupts autograd when the logits are saved
+    by another op, Liger issues #272/#1251).
     """
 
     @staticmethod
@@ -312,23 +347,22 @@ class FocalLossFunction(torch.autograd.Function):
         ignore_index: int,
         reduction: str,
         label_smoothing: float,
+        needs_grad: bool,
     ) -> torch.Tensor:
         n_classes = input.shape[-1]
+        logits, rows = input.reshape(-1, n_classes), target.reshape(-1)
         alpha_tensor = alpha if isinstance(alpha, torch.Tensor) else None
-        compute_grad = ctx.needs_input_grad[0]
-        loss, row_weight, grad = _forward(
-            input.reshape(-1, n_classes),
-            target.reshape(-1),
+        loss, row_weight, stats = _forward(
+            logits,
+            rows,
             gamma,
             alpha_tensor,
             1.0 if alpha is None or alpha_tensor is not None else float(alpha),
             weight,
             ignore_index,
             label_smoothing,
-            compute_grad,
+            needs_grad,
         )
-        if not compute_grad:
-            grad = None
         scale = None
         if reduction == "mean":
             denom = row_weight.sum()
@@ -339,35 +373,29 @@ class FocalLossFunction(torch.autograd.Function):
             out = loss.sum()
         else:
             out = loss.reshape(target.shape)
-        ctx.reduction = reduction
+        if needs_grad:
+            ctx.save_for_backward(logits, rows, stats, weight, scale)
+        ctx.reduction, ctx.ignore_index, ctx.label_smoothing = (
+            reduction,
+            ignore_index,
+            label_smoothing,
+        )
         ctx.input_shape = input.shape
-        ctx.consumed = False
-        ctx.save_for_backward(grad, scale)  # either may be None
         return out.to(input.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:
-        if ctx.consumed:
-            raise RuntimeError(
-                "focal_loss: backward ran twice through the fused kernel's graph (retain_graph="
-                "True); its saved gradient is scaled in place by the first backward. Run this "
-                "loss with FBDL_FAST_BACKEND=torch to backpropagate through it more than once."
-            )
-        ctx.consumed = True
-        grad, scale = ctx.saved_tensors
-        if ctx.reduction == "none":
-            factor = grad_output.reshape(-1, 1)  # (N, 1), already the logits' dtype
-        elif ctx.reduction == "sum":
-            factor = grad_output.to(torch.float32)
-        else:
-            factor = grad_output.to(torch.float32) * scale
-        # Scale the saved gradient in place and hand it over: once autograd releases the saved
-        # tensors, the logits' .grad takes this buffer as is, so forward + backward holds one
-        # (N, C) tensor in all (an out-of-place product would hold two). The same buffer cannot
-        # serve a second backward, hence `consumed`.
-        grad.mul_(factor)
-        return grad.reshape(ctx.input_shape), None, None, None, None, None, None, None
+        logits, rows, stats, weight, scale = ctx.saved_tensors
+        # The incoming gradient of each row's loss, fp32, (N,); a stride of 0 broadcasts a scalar.
+        row_grad = grad_output.float()
+        if ctx.reduction == "mean":
+            row_grad = row_grad * scale
+        row_grad = row_grad.reshape(-1).expand(logits.shape[0])
+        grad = _backward(
+            logits, rows, stats, row_grad, weight, ctx.ignore_index, ctx.label_smoothing
+        )
+        return grad.reshape(ctx.input_shape), None, None, None, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -416,8 +444,18 @@ def dispatch(
     )
     gamma, label_smoothing = float(gamma), float(label_smoothing)
     if not reference_at_once(input) and _decide(input, target, alpha, weight).path == "triton":
+        # Read here: inside the Function's forward grad mode is always off.
+        needs_grad = input.requires_grad and torch.is_grad_enabled()
         return FocalLossFunction.apply(
-            input, target, gamma, alpha, weight, int(ignore_index), reduction, label_smoothing
+            input,
+            target,
+            gamma,
+            alpha,
+            weight,
+            int(ignore_index),
+            reduction,
+            label_smoothing,
+            needs_grad,
         )
     return reference(
         input, target, gamma, alpha, weight, int(ignore_index), reduction, label_smoothing
