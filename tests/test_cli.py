@@ -265,6 +265,28 @@ def test_progress_log_rate_share_and_eta(monkeypatch: pytest.MonkeyPatch) -> Non
     assert messages == ["epoch 1/3: 352 posts, 3 posts/s, batch 11/100 (11%), ETA 16m11s"]
 
 
+def test_commands_run_on_one_thread_unless_told(
+    trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default --threads is 1 (measured: see cli.DEFAULT_THREADS); torch is left as found."""
+    import torch
+
+    from fbdl_fast import cli
+
+    _, run = trained
+    before, seen = torch.get_num_threads(), []
+    real = cli._predict_chunk
+
+    def recording(*args: object) -> list[list[float]]:
+        seen.append(torch.get_num_threads())
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli, "_predict_chunk", recording)
+    assert main(["predict", "--run", str(run), "--text", "hi", "--quiet"]) == 0
+    assert main(["predict", "--run", str(run), "--text", "hi", "--quiet", "--threads", "3"]) == 0
+    assert seen == [1, 3] and torch.get_num_threads() == before
+
+
 def test_evaluate_unknown_label_names_it_and_its_line(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
