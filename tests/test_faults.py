@@ -330,7 +330,7 @@ def test_resume_on_a_full_disk_leaves_the_run_resumable(
 ) -> None:
     """Issue 12, case 3: --resume of a finished run copies it; on a full disk the copy fails with
     one line naming the file, leaves no half-copied partial folder, and works once space is
-    free. ENOSPC while training (torch.save of last.pt) gives the same line."""
+    free. ENOSPC while training (torch.save of last.pt) or predicting gives the same line."""
     out = tmp_path / "run"
     assert main(train_argv(posts_csv, out, 1)) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -354,6 +354,19 @@ def test_resume_on_a_full_disk_leaves_the_run_resumable(
     assert f"no space left on device while writing {tmp_path / '.fresh.partial'}/last.pt" in err
     assert "Traceback" not in err and "unexpected pos" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing to resume: removed
+
+    preds = tmp_path / "preds.csv"
+    with monkeypatch.context() as m:
+        fill_disk(m, preds.name)
+        assert (
+            main(["predict", "--run", str(out), "--data", str(posts_csv), "--output", str(preds)])
+            == 2
+        )
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"error: no space left on device while writing {preds}; free some space and retry\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no half file, no temporary
 
 
 def interrupt_after_epoch_1(monkeypatch: pytest.MonkeyPatch) -> None:
