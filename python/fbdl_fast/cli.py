@@ -16,8 +16,10 @@ fbdl_fast.runs; this module parses options, calls it and prints.
 folder and prints; the run folder must be on storage every process can read (for --resume).
 
 User errors (a missing file, a bad column, an unknown label, a bad option value) print one line on
-stderr and exit with status 2; anything else is a bug and keeps its traceback. Heavy imports
-(torch) happen inside the commands, so `--help` answers at once.
+stderr and exit with status 2, and so does a full disk ("no space left on device while writing
+FILE"); anything else is a bug and keeps its traceback. SIGTERM unwinds like Ctrl-C (status 143):
+no temporary file is left, and an interrupted run keeps its partial folder. Heavy imports (torch)
+happen inside the commands, so `--help` answers at once.
 """
 
 from __future__ import annotations
