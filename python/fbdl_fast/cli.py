@@ -397,7 +397,9 @@ def _train(args: argparse.Namespace, ctx: Any) -> int:
     )
     with contextlib.ExitStack() as stack:
         # Rank 0 locks the run and checks the folders; every rank stops, or none.
-        problem, source, notices = None, runs.partial_dir(out), []
+        problem: Optional[str] = None
+        notices: list[str] = []
+        source = runs.partial_dir(out)
         if ctx.is_main:
             try:
                 out = runs.resolve_output(out)
