@@ -79,11 +79,15 @@ def test_train_refuses_a_non_empty_run_folder(
     assert (run / "last.pt").read_bytes() == before
 
 
-def test_train_overwrite_replaces_a_run(tmp_path: Path) -> None:
+def test_train_overwrite_replaces_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_posts_csv(tmp_path / "p.csv", 48, seed=2, header=COLUMNS)
     run = make_run(tmp_path / "run")
     (run / "notes.txt").write_text("part of the previous run")
     assert main(train_argv(data, run, 1, "--overwrite")) == 0
+    summary = capsys.readouterr().out
+    assert re.match(
+        rf"run saved to {run}: 1 epoch, training \d+\.\ds, total \d+\.\ds; best ", summary
+    )
     assert {p.name for p in run.iterdir()} == RUN_FILES
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv", "run"]
