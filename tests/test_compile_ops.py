@@ -223,17 +223,22 @@ def test_fake_implementations_agree_with_the_kernels(kernel_device: str) -> None
     """opcheck runs each op for real and on fake tensors and compares schemas, shapes, dtypes
     and strides."""
     x, w = torch.randn(4, 20), torch.randn(20)
-    _, mean, rstd = layer_norm_op._forward(x, w, None, 20, 1e-5)
+    _, mean, rstd = layer_norm_op._forward(x, w, None, 20, 1e-5, False)
     q = torch.randn(1, 2, 13, 16)
     mask, seed = torch.tensor([[True] * 9 + [False] * 4]), torch.tensor([7], device="cpu")
     out, lse = attention_op._forward(q, q, q, mask, False, 0.25, 0.1, seed)
     z, t = torch.randn(5, 7), torch.tensor([1, 2, -100, 6, 0])
     _, _, stats = focal_op._forward(z, t, 2.0, None, 0.5, w[:7], -100, 0.1, True)
     calls = {
-        layer_norm_op._forward: [(x, w, None, 20, 1e-5), (x, None, w, 20, 1e-5)],
+        layer_norm_op._forward: [
+            (x, w, None, 20, 1e-5, False),
+            (x, None, w, 20, 1e-5, False),
+            (x.to(torch.bfloat16), w, w, 20, 1e-5, True),  # autocast: half in, fp32 out
+        ],
         layer_norm_op._backward: [
             (torch.randn(4, 20), x, w, None, mean, rstd, 20, True, False),
             (torch.randn(4, 20), x, None, None, mean, rstd, 20, False, False),
+            (torch.randn(4, 20), x.to(torch.bfloat16), w, w, mean, rstd, 20, True, True),
         ],
         attention_op._forward: [
             (q, q, q, mask, True, 0.25, 0.1, seed),

@@ -251,15 +251,18 @@ def forward(
     bias: Optional[torch.Tensor],
     eps: float,
     max_tile: int = MAX_TILE,
+    out_dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalise the last dimensions of `x` (n values per row).
 
-    Returns y (x's shape and dtype, contiguous), and mean and rstd (fp32, one per row) for
-    `backward`. weight/bias hold n values each (any shape), in x's dtype or fp32.
+    Returns y (x's shape, contiguous, in `out_dtype`, default x's dtype), and mean and rstd
+    (fp32, one per row) for `backward`. weight/bias hold n values each (any shape), in x's dtype
+    or fp32. A half-precision x with out_dtype=float32 is what CUDA autocast asks of layer_norm:
+    x is read as it is (2 bytes an element) and y written in fp32, with no fp32 copy of x.
     """
     x2 = _rows(x, n)
     rows = x2.shape[0]
-    y = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    y = torch.empty((rows, n), dtype=out_dtype or x.dtype, device=x.device)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
     if rows > 0:
@@ -297,7 +300,8 @@ def backward(
     compute_db: bool,
     max_tile: int = MAX_TILE,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of `forward` given dy (x's shape, any strides).
+    """Gradients of `forward` given dy (x's shape, any strides, in y's dtype: fp32 for a
+    half-precision x under autocast).
 
     Returns dx (x's shape and dtype), dw and db (their parameter's shape and dtype; None unless
     compute_dw / compute_db, which need the weight / bias). mean and rstd come from `forward`.
