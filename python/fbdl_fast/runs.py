@@ -14,7 +14,11 @@ data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.js
   partial folder that looks resumable.
 - publish: the partial folder is renamed to the final name. An existing folder is replaced only
   with --overwrite, and only when it is a run (config.json and a checkpoint) or empty.
-- load: config.json, tokenizer.json, label_map.json and a checkpoint, checked against each other.
+- verify: --resume refuses a folder holding a symlink (writing through it would write outside
+  the run) and a command whose options or data (config.json keeps the data's SHA-256) differ.
+- load: config.json, tokenizer.json, label_map.json and a checkpoint, checked as one unit before
+  the model is built: config.json's sizes within SIZE_LIMITS and equal to the checkpoint's
+  config, the label map and the tokenizer's vocabulary fingerprint equal to the checkpoint's.
 
 Every error here is a RunError (a ValueError): the CLI prints it as one line with exit status 2.
 Torch-free at import time (the CLI imports this module for --help).
@@ -22,7 +26,6 @@ Torch-free at import time (the CLI imports this module for --help).
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -88,6 +91,8 @@ def lock_path(out: Path) -> Path:
 def locked(out: Path) -> Iterator[None]:
     """Hold the exclusive lock of run `out` for the `with` block; RunError naming the live
     writer's PID if another process holds it. The lock file goes when the block ends."""
+    import fcntl  # POSIX; imported here so that the CLI's --help works everywhere
+
     path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
