@@ -139,6 +139,22 @@ def test_bench_command_runs_the_suite_and_writes_the_report(
     assert (out / "speedups.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_command_writes_the_report_of_the_benches_that_ran_when_one_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fbdl_fast.cli import main
+
+    benches = tmp_path / "benches"
+    benches.mkdir()
+    broken = "\n\ndef test_broken(benchmark):\n    benchmark(lambda: None)\n    assert False\n"
+    (benches / "test_fake.py").write_text(FAKE_BENCHES + broken)
+    out = tmp_path / "report"
+    assert main(["bench", "--benches", str(benches), "--output", str(out), "--", "-q"]) == 1
+    variants = {r["variant"] for r in json.loads((out / "report.json").read_text())["results"]}
+    assert {"slow", "fast"} <= variants
+    assert "the report holds the" in capsys.readouterr().err
+
+
 def test_interleaved_medians_time_each_step_in_turns() -> None:
     from fbdl_fast.speed import interleaved_medians
 

@@ -867,14 +867,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as scratch:
         raw = Path(scratch) / "benchmarks.json"
         status = subprocess.call([*command, f"--benchmark-json={raw}"])
-        if status != 0:
-            return status
+        if not raw.is_file():  # pytest stopped before the end of the session
+            print(f"bench: pytest exited with {status} and wrote no results", file=sys.stderr)
+            return status or 1
+        # A failed benchmark does not lose the others: the report holds every one that ran.
         rows = report.rows_from_pytest_benchmark(json.loads(raw.read_text()))
     machine = report.machine_info()
     paths = report.write_report(rows, machine, output)
     print(report.markdown_table(rows, machine))
     print("wrote " + ", ".join(str(p) for p in paths), file=sys.stderr)
-    return 0
+    if status != 0:
+        print(
+            f"bench: some benchmarks failed (pytest exit status {status}; see its output "
+            f"above); the report holds the {len(rows)} that ran",
+            file=sys.stderr,
+        )
+    return status
 
 
 # ====================
