@@ -404,7 +404,7 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         torch.manual_seed(123)
         return TinyClassifier(dropout=0.3)
 
-    whole = cpu_trainer(fresh_model(), config)
+    whole = cpu_trainer(fresh_model(), config, run_dir=tmp_path / "whole")
     whole_history = whole.fit(train_loader, val_loader)
 
     crashed_model = fresh_model()
@@ -423,8 +423,70 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
     for name, tensor in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], tensor), name
     assert resumed.scheduler.state_dict() == whole.scheduler.state_dict()
+    # Every counter, in memory and in last.pt (global_step once came back as 0 on resume).
+    assert resumed.global_step == whole.global_step == 2 * len(train_loader)
+    assert _counters(resumed) == _counters(whole)
+    assert_same_state(resumed.state_dict(), whole.state_dict())
+    assert_same_state(
+        load_checkpoint(tmp_path / "run" / LAST_CHECKPOINT),
+        load_checkpoint(tmp_path / "whole" / LAST_CHECKPOINT),
+    )
     log = (tmp_path / "run" / METRICS_LOG).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in log] == [1, 2]
+
+
+def test_resume_keeps_the_early_stopping_count(tmp_path: Path) -> None:
+    """Epoch 2 does not improve (1 bad epoch of patience 2); a run resumed after it stops after
+    epoch 3 as the whole run does, not after epoch 4 (the count restarted from 0)."""
+    train_loader, val_loader = loaders(n_train=16)
+    config = tiny_config(max_epochs=10, patience=2)
+    losses = [1.0, 1.1, 1.2, 1.3, 1.4]
+    whole = cpu_trainer(TinyClassifier(), config)
+    scripted_validation(whole, losses)
+    assert whole.fit(train_loader, val_loader).epochs == 3
+
+    first = cpu_trainer(
+        TinyClassifier(), dataclasses.replace(config, max_epochs=2), run_dir=tmp_path
+    )
+    scripted_validation(first, losses[:2])
+    first.fit(train_loader, val_loader)
+    resumed = cpu_trainer(TinyClassifier(), config, run_dir=tmp_path)
+    scripted_validation(resumed, losses[2:])
+    history = resumed.fit(train_loader, val_loader, resume_from=tmp_path / LAST_CHECKPOINT)
+    assert history.epochs == 3 and history.stopped_early
+    counts = ("epoch", "global_step", "_bad_epochs", "_nonfinite_streak")
+    assert [_counters(resumed)[c] for c in counts] == [_counters(whole)[c] for c in counts]
+
+
+def _counters(trainer: Trainer) -> dict[str, Any]:
+    """The trainer's scalar state: every int, float and bool attribute (epoch, global_step, the
+    early-stopping and non-finite streaks, the last loss, ...)."""
+    return {
+        name: value
+        for name, value in vars(trainer).items()
+        if isinstance(value, (int, float, bool)) and not isinstance(value, torch.Tensor)
+    }
+
+
+def assert_same_state(actual: Any, expected: Any, where: str = "state") -> None:
+    """Two checkpoint-like structures are equal: tensors bit for bit, everything else by ==,
+    except the history's wall-clock epoch times."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict) and actual.keys() == expected.keys(), where
+        for key, value in expected.items():
+            if key == "epoch_times":
+                continue
+            assert_same_state(actual[key], value, f"{where}[{key!r}]")
+    elif isinstance(expected, (list, tuple)):
+        assert isinstance(actual, (list, tuple)) and len(actual) == len(expected), where
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            assert_same_state(a, e, f"{where}[{i}]")
+    elif isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and torch.equal(actual, expected), where
+    elif isinstance(expected, float) and math.isnan(expected):
+        assert isinstance(actual, float) and math.isnan(actual), where
+    else:
+        assert actual == expected, f"{where}: {actual!r} != {expected!r}"
 
 
 def test_dropout_makes_the_rng_matter(tmp_path: Path) -> None:
