@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -115,9 +114,12 @@ def _fit(num_replicas: int, rank: int, batch_size: int) -> Trainer:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
+    # The store at MASTER_ADDR:MASTER_PORT is the test's own (as torchrun's agent serves its
+    # ranks): no rank binds a port, so none can find it taken.
     os.environ.update(
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(rank)}
         | {"WORLD_SIZE": "2", "LOCAL_RANK": str(rank), "GLOO_SOCKET_IFNAME": "lo"}
+        | {"TORCHELASTIC_USE_AGENT_STORE": "True"}
     )
     torch.set_num_threads(1)
     ctx = init_from_env("cpu", timeout_s=60)
@@ -132,16 +134,14 @@ def _worker(rank: int, port: int, out: str) -> None:
         teardown(ctx)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_gloo_ranks_train_and_stop_like_one_process(tmp_path: Path) -> None:
+    # Port 0: the system picks a free port and the store keeps it bound while the ranks run
+    # (a port found free, closed and passed on could be taken in between).
+    store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
     torch.multiprocessing.start_processes(
-        _worker, args=(_free_port(), str(tmp_path)), nprocs=2, start_method="spawn"
+        _worker, args=(store.port, str(tmp_path)), nprocs=2, start_method="spawn"
     )
+    del store
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     single = _fit(1, 0, 8)
     expected = single.history
