@@ -58,8 +58,8 @@ def test_kernel_half_input_fp32_output(
 
 @pytest.fixture
 def cpu_autocast_rule(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make dispatch apply CUDA's autocast rule to CPU tensors."""
-    monkeypatch.setattr(op, "AUTOCAST_FP32_DEVICES", frozenset({"cpu"}))
+    """Make dispatch apply CUDA's autocast rule as if autocast were on, to CPU tensors too."""
+    monkeypatch.setattr(op, "AUTOCAST_FP32_DEVICES", frozenset({"cpu", "cuda"}))
     monkeypatch.setattr(op, "_autocast_enabled", lambda device: True)
 
 
