@@ -36,7 +36,7 @@ lint: install  ## ruff, cargo fmt/clippy, stubtest
 .PHONY: test
 test: install lint  ## Every test: cargo test, lint, pytest (benchmarks run once, untimed)
 	cargo test $(CARGO_MANIFEST) --quiet
-	$(PY) -m pytest -q --benchmark-disable tests benches; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+	FBDL_FAST_REQUIRE_BERT_VOCAB=1 $(PY) -m pytest -q --benchmark-disable tests benches; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 .PHONY: bench
 bench: install  ## Time the benchmark suites (pytest-benchmark)
