@@ -21,6 +21,15 @@ Fully masked queries: running max starts at a finite -1e30 and masked scores are
 exp2 gives exact zeros (no inf - inf); l = 0 gives O = 0 and lse = +inf, so backward's
 P = exp2(-inf - inf) = 0 and their gradients are zero.
 
+Padded keys: with a key mask, each program first reads its sequence's mask row (Lk bytes, from
+L2 after the first program of the sequence; no extra launch) and takes the key length klen =
+last True index + 1 (0 when every key is masked). Keys at or past klen are all masked, so the
+forward's and dQ's key loops stop at klen, and a dK/dV program whose key block starts at or past
+klen runs no query block and writes zeros. Keys before klen are still masked element by
+element (a mask may have holes). Queries are not skipped: a query row past klen (a padded post's
+own padding, in self-attention) still attends to the valid keys and gets an output, as in the
+reference; only a sequence with klen = 0 gives all-zero rows, which the empty key loop gives.
+
 Dropout reproducibility: the keep mask is a pure function of (seed, b, h, i, j) (a 64-bit Philox
 counter), so backward regenerates exactly the forward mask without storing it.
 
@@ -59,6 +68,27 @@ def _load_tile(ptr, offs, offs_d, stride, n, UPCAST: tl.constexpr):
     if UPCAST:
         x = x.to(tl.float32)
     return x
+
+
+# Width of the chunks in which a program reads its sequence's key mask to find the key length:
+# 1,024 bytes is 8 per thread with 4 warps (one 8-byte load), 2 chunks at L = 2,048.
+MASK_CHUNK: tl.constexpr = tl.constexpr(1024)
+
+
+@triton.jit
+def _key_length(KMASK, smn, Lk, HAS_MASK: tl.constexpr):
+    """Keys from this one on are all masked: 1 + the last index where the key mask (one
+    sequence's row) is True, 0 if none; Lk without a mask."""
+    if HAS_MASK:
+        last = tl.zeros((MASK_CHUNK,), tl.int32)
+        for start in range(0, Lk, MASK_CHUNK):
+            offs = start + tl.arange(0, MASK_CHUNK)
+            ok = tl.load(KMASK + offs * smn, mask=offs < Lk, other=0) != 0
+            last = tl.maximum(last, tl.where(ok, offs + 1, 0))
+        n = tl.max(last, 0)
+    else:
+        n = Lk
+    return n
 
 
 @triton.jit
@@ -173,18 +203,19 @@ def _attn_fwd(
     K += b * skb + h * skh
     V += b * svb + h * svh
     KMASK += b * smb
+    klen = _key_length(KMASK, smn, Lk, HAS_MASK)  # keys from klen on are all masked: not visited
 
     m_i = tl.full((BLOCK_M,), -1.0e30, tl.float32)  # finite: a fully masked row never sees inf-inf
     l_i = tl.full((BLOCK_M,), 0.0, tl.float32)
     acc = tl.full((BLOCK_M, D), 0.0, tl.float32)
-    hi = Lk
+    hi = klen
     if CAUSAL:
-        hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)  # later keys are invisible to this block
+        hi = tl.minimum(klen, (pid_m + 1) * BLOCK_M)  # later keys are invisible to this block
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(K, offs_n, offs_d, skn, Lk, UPCAST)
-        v = _load_tile(V, offs_n, offs_d, svn, Lk, UPCAST)
-        key_ok = _keys_taking_part(KMASK, offs_n, smn, Lk, HAS_MASK)
+        k = _load_tile(K, offs_n, offs_d, skn, klen, UPCAST)
+        v = _load_tile(V, offs_n, offs_d, svn, klen, UPCAST)
+        key_ok = _keys_taking_part(KMASK, offs_n, smn, klen, HAS_MASK)
         s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.exp2(s - m_new[:, None])
@@ -278,9 +309,10 @@ def _attn_bwd_dkdv(
     h = bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D)
-    k = _load_tile(K + b * skb + h * skh, offs_n, offs_d, skn, Lk, UPCAST)
-    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svn, Lk, UPCAST)
-    key_ok = _keys_taking_part(KMASK + b * smb, offs_n, smn, Lk, HAS_MASK)
+    klen = _key_length(KMASK + b * smb, smn, Lk, HAS_MASK)
+    k = _load_tile(K + b * skb + h * skh, offs_n, offs_d, skn, klen, UPCAST)
+    v = _load_tile(V + b * svb + h * svh, offs_n, offs_d, svn, klen, UPCAST)
+    key_ok = _keys_taking_part(KMASK + b * smb, offs_n, smn, klen, HAS_MASK)
     Q += b * sqb + h * sqh
     DO += b * sdb + h * sdh
     LSE += bh * Lq
@@ -291,7 +323,10 @@ def _attn_bwd_dkdv(
     lo = 0
     if CAUSAL:
         lo = (pid_n * BLOCK_N) // BLOCK_M * BLOCK_M  # earlier queries cannot see these keys
-    for start_m in range(lo, Lq, BLOCK_M):
+    hi = Lq
+    if HAS_MASK:
+        hi = tl.where(pid_n * BLOCK_N < klen, Lq, lo)  # a block of padding: no query, zeros out
+    for start_m in range(lo, hi, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         rows = offs_m < Lq
         q = _load_tile(Q, offs_m, offs_d, sqm, Lq, UPCAST)
@@ -373,16 +408,17 @@ def _attn_bwd_dq(
     K += b * skb + h * skh
     V += b * svb + h * svh
     KMASK += b * smb
+    klen = _key_length(KMASK, smn, Lk, HAS_MASK)
 
     dq = tl.full((BLOCK_M, D), 0.0, tl.float32)
-    hi = Lk
+    hi = klen
     if CAUSAL:
-        hi = tl.minimum(Lk, (pid_m + 1) * BLOCK_M)
+        hi = tl.minimum(klen, (pid_m + 1) * BLOCK_M)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(K, offs_n, offs_d, skn, Lk, UPCAST)
-        v = _load_tile(V, offs_n, offs_d, svn, Lk, UPCAST)
-        key_ok = _keys_taking_part(KMASK, offs_n, smn, Lk, HAS_MASK)
+        k = _load_tile(K, offs_n, offs_d, skn, klen, UPCAST)
+        v = _load_tile(V, offs_n, offs_d, svn, klen, UPCAST)
+        key_ok = _keys_taking_part(KMASK, offs_n, smn, klen, HAS_MASK)
         _, ds = _backward_tile(
             q, k, v, do, lse, delta, offs_m, offs_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
             seed, CAUSAL, DROPOUT, PRECISION,
