@@ -3,6 +3,7 @@ create_model and the product design's usage example."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,6 +19,9 @@ from fbdl_fast.models import (
     create_facebook_posts_model,
     create_model,
 )
+from fbdl_fast.ops.attention import TritonAttention
+from fbdl_fast.ops.layer_norm import LayerNormFunction
+from kernel_calls import count_calls
 from tolerances import assert_close
 
 NAMES = ["transformer", "lstm", "cnn"]
@@ -119,6 +123,26 @@ def test_fused_and_reference_models_share_weights_and_logits(name: str) -> None:
     ids, mask = make_batch(LENGTHS)
     with torch.no_grad():
         assert_close(fused(ids, mask), reference(ids, mask))
+
+
+def test_fused_model_runs_the_kernels_and_shares_the_reference_logits(
+    triton: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case above on the Triton path (the interpreter on a CPU): the fused transformer's
+    5 LayerNorms and 2 attentions run the kernels, with a key mask, and match torch's layers."""
+    config = tiny_config(num_heads=2)  # head_dim 16: the kernel's smallest
+    fused = create_model("transformer", dataclasses.replace(config, fused=True)).eval()
+    reference = create_model("transformer", dataclasses.replace(config, fused=False)).eval()
+    reference.load_state_dict(fused.state_dict())
+    ids, mask = make_batch(LENGTHS)
+    norm_calls = count_calls(monkeypatch, LayerNormFunction)
+    attention_calls = count_calls(monkeypatch, TritonAttention)
+    with torch.no_grad():
+        expected = reference(ids, mask)
+        assert norm_calls == attention_calls == [], "the reference ran a kernel"
+        logits = fused(ids, mask)
+    assert (len(norm_calls), len(attention_calls)) == (5, 2)
+    assert_close(logits, expected)
 
 
 def test_fused_flag_picks_the_layer_classes() -> None:

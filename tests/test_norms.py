@@ -9,6 +9,8 @@ from torch import nn
 
 import fbdl_fast.nn as fnn
 from fbdl_fast.norms import NORMS, AdaptiveLayerNorm, NormalizationLayers, create_norm
+from fbdl_fast.ops.layer_norm import LayerNormFunction
+from kernel_calls import count_calls
 
 EPS = 1e-5
 
@@ -32,6 +34,27 @@ def test_layer_norm_is_the_fused_drop_in_and_matches_torch() -> None:
     reference = create_norm("layer", 32, fused=False)
     assert type(reference) is nn.LayerNorm
     assert reference.state_dict().keys() == norm.state_dict().keys()
+
+
+def test_layer_norm_drop_in_runs_the_kernel_and_matches_torch(
+    triton: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case above on the Triton path (the interpreter on a CPU), forward and backward."""
+    norm = create_norm("layer", 32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    calls = count_calls(monkeypatch, LayerNormFunction)
+    x = (torch.randn(4, 7, 32) * 3 + 2).requires_grad_()
+    expected = _standardise(x, (-1,)) * norm.weight + norm.bias
+    y = norm(x)
+    assert len(calls) == 1, "the Triton kernel did not run"
+    torch.testing.assert_close(y, expected, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(y)
+    grads = torch.autograd.grad(y, (x, norm.weight, norm.bias), g)
+    expected_grads = torch.autograd.grad(expected, (x, norm.weight, norm.bias), g)
+    for got, want in zip(grads, expected_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_batch_norm_normalises_each_channel_over_the_batch_and_tracks_stats() -> None:
@@ -124,8 +147,11 @@ def test_unknown_norm_and_bad_dim() -> None:
         create_norm("layer", 0)
 
 
-def test_adaptive_layer_norm_through_the_fused_kernel(triton: None) -> None:
+def test_adaptive_layer_norm_through_the_fused_kernel(
+    triton: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The unweighted LayerNorm inside runs the Triton kernel (interpreter on CPU): same result.
+    calls = count_calls(monkeypatch, LayerNormFunction)
     norm = AdaptiveLayerNorm(16, cond_dim=4)
     with torch.no_grad():
         norm.proj.weight.copy_(torch.randn(32, 4))
@@ -133,3 +159,4 @@ def test_adaptive_layer_norm_through_the_fused_kernel(triton: None) -> None:
     scale, shift = norm.proj(cond).detach().chunk(2, dim=-1)
     expected = _standardise(x, (-1,)) * (1 + scale[:, None]) + shift[:, None]
     torch.testing.assert_close(norm(x, cond), expected, atol=1e-5, rtol=1e-5)
+    assert len(calls) == 1, "the Triton kernel did not run"

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import fbdl_fast.nn as fnn
 from fbdl_fast.nn.patch import patch, unpatch
+from fbdl_fast.ops.attention import TritonAttention
+from fbdl_fast.ops.layer_norm import LayerNormFunction
+from kernel_calls import count_calls
+from tolerances import assert_close
 
 
 def _encoder(layers: int = 2) -> nn.Module:
@@ -49,6 +55,35 @@ def test_patched_model_matches_and_trains_with_an_optimizer_built_before() -> No
     weight = model[1].weight.detach().clone()
     optimizer.step()
     assert not torch.equal(model[1].weight, weight), "the optimizer must reach patched parameters"
+
+
+def test_patched_model_runs_the_kernels_and_matches(
+    triton: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The case above on the Triton path (the interpreter on a CPU): every swapped layer runs its
+    kernel, and logits and gradients match torch's layers. head_dim 16 (the kernel's smallest),
+    no dropout (the two would draw different masks)."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=32, nhead=2, dim_feedforward=32, dropout=0.0, batch_first=True
+    )
+    model = nn.Sequential(
+        nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False), nn.LayerNorm(32)
+    )
+    reference = copy.deepcopy(model)
+    assert len(patch(model)) == 7
+    norm_calls = count_calls(monkeypatch, LayerNormFunction)
+    attention_calls = count_calls(monkeypatch, TritonAttention)
+    x = torch.randn(2, 5, 32)
+    expected = reference(x)
+    assert norm_calls == attention_calls == [], "the reference ran a kernel"
+    out = model(x)
+    assert (len(norm_calls), len(attention_calls)) == (5, 2)
+    assert_close(out, expected)
+    out.square().mean().backward()
+    expected.square().mean().backward()
+    grads = dict(model.named_parameters())
+    for name, p in reference.named_parameters():
+        assert_close(grads[name].grad, p.grad, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_eval_fast_path_runs_the_patched_attention(monkeypatch: pytest.MonkeyPatch) -> None:
