@@ -109,6 +109,25 @@ def test_reference_path_under_the_rule(
     torch.testing.assert_close(y, F.layer_norm(x.float(), (16,), w), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_the_rule_reads_the_autocast_state(
+    triton: str, monkeypatch: pytest.MonkeyPatch, dtype: torch.dtype
+) -> None:
+    """The fixture above fakes the autocast state; here torch's own is read, on the kernel
+    device (CPU autocast is real autocast, only its op list differs from CUDA's): fp32 out inside
+    torch.autocast, the input's dtype outside."""
+    device = torch.empty(0).device.type
+    monkeypatch.setattr(op, "AUTOCAST_FP32_DEVICES", frozenset({device}))
+    x, w = torch.randn(3, 16).to(dtype), torch.randn(16)
+    assert not op._autocast_enabled(device)
+    assert layer_norm(x, (16,), w).dtype == dtype
+    with torch.autocast(device, dtype=dtype):
+        assert op._autocast_enabled(device)
+        y = layer_norm(x, (16,), w)
+    assert y.dtype == torch.float32
+    assert_close(y, F.layer_norm(x.float(), (16,), w))
+
+
 # Compiles the autocast combination (half x, fp32 y and dy, half dx) for sm_90 without a GPU,
 # with tests/compile_check.py: one line per kernel with whether it built and its spill count.
 _COMPILE_FOR_H100 = """
