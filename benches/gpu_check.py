@@ -13,11 +13,13 @@ the versions, FBDL_FAST_BACKEND and TRITON_INTERPRET unset), points TRITON_CACHE
 then runs each stage in a subprocess with its own time budget. After every stage, after a
 failure or a timeout too, it rewrites DIR/results.json (every check, stage and figure) and
 DIR/report.md (the same as tables, with the goals met or missed); DIR/gpu_check.log has every
-stage's output and DIR/cuda-tests.xml the cuda tests' JUnit report.
+stage's output, DIR/cuda-tests.xml and DIR/kernel-tests.xml the test stages' JUnit reports.
 
 Time budget on an H200 with an empty Triton cache, in seconds (each stage is stopped at its
-budget; about 70 kernel specialisations compile in the first two stages): checks 15, cuda tests
-150, LayerNorm 75, focal loss 45, attention 120, training steps 60: 465 in all, under 8 minutes.
+budget; the kernels compile where first used and are cached for the later stages): checks 15,
+cuda tests 90, LayerNorm bench 60, focal loss bench 40, attention bench 100, training steps 50,
+every kernel parity test on CUDA 120: 475 in all, under 8 minutes. The benches come before the
+long parity suite so that a slow compile there cannot cost the figures.
 """
 
 from __future__ import annotations
@@ -71,15 +73,22 @@ class Stage:
         }
 
 
+JUNIT = {"cuda tests": "cuda-tests.xml", "kernel tests": "kernel-tests.xml"}
+
+
 def stages(out: Path) -> list[Stage]:
-    junit = f"--junitxml={out / 'cuda-tests.xml'}"
+    def tests(name: str, marks: str) -> list[str]:
+        return ["-m", marks, "tests", f"--junitxml={out / JUNIT[name]}", "-p", "no:cacheprovider"]
+
     bench = ["--benchmark-disable", "-p", "no:cacheprovider"]
     return [
-        Stage("cuda tests", 150, ["-m", "cuda", "tests", junit, "-p", "no:cacheprovider"]),
-        Stage("layer_norm", 75, ["benches/bench_layer_norm.py", *bench]),
-        Stage("focal_loss", 45, ["benches/bench_focal_loss.py", *bench]),
-        Stage("attention", 120, ["benches/bench_attention.py", *bench]),
-        Stage("training steps", 60, ["benches/bench_models.py", *bench]),
+        Stage("cuda tests", 90, tests("cuda tests", "cuda")),
+        Stage("layer_norm", 60, ["benches/bench_layer_norm.py", *bench]),
+        Stage("focal_loss", 40, ["benches/bench_focal_loss.py", *bench]),
+        Stage("attention", 100, ["benches/bench_attention.py", *bench]),
+        Stage("training steps", 50, ["benches/bench_models.py", *bench]),
+        # Every parity test of the kernels (tests/conftest.py marks them `kernel`), on CUDA.
+        Stage("kernel tests", 120, tests("kernel tests", "kernel and not cuda")),
     ]
 
 
@@ -242,8 +251,9 @@ def _test_counts(log: Path, name: str) -> dict[str, int]:
     return {}
 
 
-def junit_counts(path: Path) -> Optional[dict[str, int]]:
-    """Tests, failures, errors and skips from a JUnit XML file; None if there is none."""
+def junit_summary(path: Path) -> Optional[dict[str, Any]]:
+    """Counts from a JUnit XML file, and each failed test with the start of its message (the
+    device's output comes back cut, this does not); None if there is no readable file."""
     if not path.is_file():
         return None
     try:
@@ -252,7 +262,17 @@ def junit_counts(path: Path) -> Optional[dict[str, int]]:
         return None
     suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
     keys = ("tests", "failures", "errors", "skipped")
-    return {key: sum(int(suite.get(key, 0)) for suite in suites) for key in keys}
+    summary: dict[str, Any] = {key: sum(int(s.get(key, 0)) for s in suites) for key in keys}
+    summary["failed"] = [
+        {
+            "test": f"{case.get('classname')}::{case.get('name')}",
+            "message": (problem.get("message") or problem.text or "")[:400],
+        }
+        for case in root.iter("testcase")
+        for problem in list(case)
+        if problem.tag in ("failure", "error")
+    ]
+    return summary
 
 
 def read_rows(rows_file: Path) -> list[dict[str, Any]]:
@@ -297,6 +317,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "checks": {},
         "problems": [],
         "stages": [],
+        "junit": {},
         "rows": {},
     }
     all_stages = stages(out)
@@ -341,8 +362,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         run_stage(stage, env, log, rows_file)
         for row in read_rows(rows_file):
             results["rows"].setdefault(row.pop("op"), []).append(row)
-        if stage.name == "cuda tests":
-            stage.tests["junit"] = junit_counts(out / "cuda-tests.xml")  # type: ignore[assignment]
+        if stage.name in JUNIT:
+            results["junit"][stage.name] = junit_summary(out / JUNIT[stage.name])
         results["stages"] = [s.summary() for s in all_stages]
         results["compiled_kernels"] = len(list(cache.rglob("*.cubin"))) if cache.is_dir() else 0
         save()

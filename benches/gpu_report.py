@@ -267,6 +267,11 @@ def markdown(results: dict[str, Any]) -> str:
             for s in results.get("stages", [])
         ],
     )
+    for stage, junit in results.get("junit", {}).items():
+        for failed in (junit or {}).get("failed", []):
+            lines.append(f"- {stage} FAILED `{failed['test']}`: {failed['message']}")
+    if any((junit or {}).get("failed") for junit in results.get("junit", {}).values()):
+        lines.append("")
     lines += ["## Goals", ""]
     lines += _table(
         ["goal", "worst measured", "rows", "verdict"],

@@ -172,6 +172,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # `-m kernel` selects every test that runs the Triton kernels (benches/gpu_check.py does).
+    for item in items:
+        if _KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.kernel)
     if CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

@@ -142,3 +142,23 @@ def test_the_readme_device_command_installs_the_wheel_and_runs_this_script() -> 
     assert script_args == ["--out", '"$OUT/gpu"']
     makefile = (BENCHES.parent / "Makefile").read_text()
     assert "gpu-wheel:" in makefile and "--out dist" in makefile
+
+
+def test_junit_summary_counts_and_names_each_failed_test(tmp_path: Path) -> None:
+    xml = tmp_path / "junit.xml"
+    xml.write_text(
+        '<testsuites><testsuite tests="3" failures="1" errors="1" skipped="0">'
+        '<testcase classname="tests.test_a" name="test_ok"/>'
+        '<testcase classname="tests.test_a" name="test_bad"><failure message="assert 1 == 2"/>'
+        '</testcase><testcase classname="tests.test_b" name="test_err">'
+        "<error>Traceback: boom</error></testcase></testsuite></testsuites>"
+    )
+    summary = gpu_check.junit_summary(xml)
+    assert (summary["tests"], summary["failures"], summary["errors"]) == (3, 1, 1)
+    assert summary["failed"] == [
+        {"test": "tests.test_a::test_bad", "message": "assert 1 == 2"},
+        {"test": "tests.test_b::test_err", "message": "Traceback: boom"},
+    ]
+    report = gpu_report.markdown({"junit": {"kernel tests": summary}})
+    assert "- kernel tests FAILED `tests.test_a::test_bad`: assert 1 == 2" in report
+    assert gpu_check.junit_summary(tmp_path / "absent.xml") is None
