@@ -21,6 +21,7 @@ from fbdl_fast.nn import MultiheadAttention
 from fbdl_fast.nn.functional import scaled_dot_product_attention
 from fbdl_fast.ops import attention as attention_op
 from fbdl_fast.ops._dispatch import BackendError
+from kernel_calls import count_calls
 from tolerances import assert_close
 
 # Every tensor and module here is made on the kernel device (conftest.py): the CPU, under the
@@ -165,8 +166,15 @@ def test_kernel_fp16(triton):
 
 
 def test_kernel_bf16_load_and_cast(triton):
-    # In the interpreter bf16 tiles are cast to fp32 after loading; the output is rounded to bf16.
-    # On a GPU the dots run in bf16.
+    """bf16 inputs, key mask, no causal mask.
+
+    In the interpreter (a CPU) this proves the bf16 plumbing only: the host sets UPCAST, so the
+    kernel loads bf16 tiles, casts them to fp32 and computes every dot, exp and sum in fp32, and
+    rounds the output to bf16 once; the result is held to the fp32 formula. It does not run a bf16
+    tl.dot (the interpreter cannot), so it says nothing about bf16 dot accuracy, bf16
+    accumulation, or the GPU's code for them: test_kernel_half_precision_on_gpu (cuda) covers
+    those, against FlashAttention's rule. Where CUDA is, this test runs the bf16 dots too.
+    """
     q, k, v = make_inputs(2, 2, 64, 16, dtype=torch.bfloat16)
     check = check_flash_rule if q.is_cuda else check_against_expected
     check(q, k, v, padding_mask([64, 20], 64), False)
@@ -272,27 +280,34 @@ def test_bad_inputs_name_the_problem():
 # --- functional SDPA ------------------------------------------------------------------------------
 
 
-def test_sdpa_key_mask_runs_the_kernel(triton):
+def test_sdpa_key_mask_runs_the_kernel(triton, monkeypatch):
+    calls = count_calls(monkeypatch, attention_op.TritonAttention)
     q, k, v = make_inputs(2, 2, 30, 32)
     key_mask = padding_mask([30, 11], 30)
     out = scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
+    assert len(calls) == 1, "a [B, 1, 1, Lk] bool mask must reach the kernel as a key mask"
     assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :]))
     shared = key_mask[1][None, None, None, :]  # one mask for the whole batch (stride 0)
-    assert_close(
-        scaled_dot_product_attention(q, k, v, attn_mask=shared),
-        F.scaled_dot_product_attention(q, k, v, attn_mask=shared),
-    )
+    for mask in (shared, key_mask[1][None]):  # [1, 1, 1, Lk] and [1, Lk]: broadcast over B
+        calls.clear()
+        out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert len(calls) == 1, f"a key mask of shape {tuple(mask.shape)} took torch's SDPA"
+        assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    calls.clear()
     causal = scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2)
+    assert len(calls) == 1
     assert_close(causal, F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.2))
 
 
-def test_sdpa_other_masks_take_torch(triton):
+def test_sdpa_other_masks_take_torch(triton, monkeypatch):
     # A per-query mask is not a key mask: torch's SDPA runs it (no BackendError even under triton).
+    calls = count_calls(monkeypatch, attention_op.TritonAttention)
     q, k, v = make_inputs(2, 2, 10, 16)
     mask = torch.rand(2, 1, 10, 10) > 0.3
     mask[..., 0] = True
     out = scaled_dot_product_attention(q, k, v, attn_mask=mask)
     assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    assert calls == []
 
 
 # --- MultiheadAttention ---------------------------------------------------------------------------
