@@ -65,6 +65,8 @@ def check_padded(
     """Kernel output and gradients (inputs NaN past each key length) vs the reference in fp32
     on the clean inputs; returns the kernel's (out, (dq, dk, dv))."""
     sequences = [(min(n, Lk), [h for h in holes if h < Lk]) for n, holes in SEQUENCES]
+    if Lk > L:  # longer keys: one sequence ending inside the last key block, with a hole
+        sequences.append((Lk - 7, [L + 1]))
     mask = key_mask(sequences, Lk)
     lengths = key_lengths(mask)
     assert lengths == [n for n, _ in sequences]
@@ -150,3 +152,20 @@ def test_padded_keys_with_dropout_same_mask_in_backward(triton):
     assert_close(out, ref.detach())
     for actual, wanted in ((dq, rq), (dk, rk), (dv, rv)):
         assert_close(actual, wanted)
+
+
+@pytest.mark.parametrize(("D", "dtype"), [(16, torch.float32), (64, torch.float16)])
+def test_gpu_tile_shapes_in_the_interpreter(triton, monkeypatch, D, dtype):
+    # The GPU's block sizes (128 x 64 forward, 64 x 64 backward) run here on the interpreter:
+    # L = 150 gives two query blocks of 128 in the forward and three key blocks of 64.
+    if torch.device(triton).type != "cpu":
+        pytest.skip("on a GPU every kernel test already runs the GPU's tile shapes")
+    from fbdl_fast.kernels import attention as kernels
+
+    def gpu_config(lq: int, lk: int, d: int, backward: bool) -> dict:
+        return {**kernels._gpu_config(backward), "enable_fp_fusion": kernels.FP_FUSION}
+
+    monkeypatch.setattr(kernels, "_launch_config", gpu_config)
+    assert gpu_config(150, 150, D, False)["BLOCK_M"] == 128
+    for causal in (False, True):
+        check_padded(dtype, causal, D=D, Lq=150, Lk=150, H=1)
