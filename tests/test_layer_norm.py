@@ -211,6 +211,59 @@ def test_bf16_output_is_rounded_to_nearest(kernel_device: str) -> None:
     assert torch.equal(dx, dx32.to(BF16))
 
 
+def _bf16_ties(pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """fp32 values exactly halfway between two bf16 neighbours (low 16 bits 0x8000), half of
+    them above a bf16 with an even last bit, half above an odd one, plus values one fp32 ulp off
+    a tie each way; magnitudes in [1/16, 16), both signs. Returns them as fp32 and, computed in
+    the integer bits (not by any cast), their round-to-nearest-even bf16 bit patterns."""
+    rng = np.random.default_rng(seed)
+    sign = rng.integers(0, 2, pairs, dtype=np.uint32) << 15
+    exponent = rng.integers(123, 131, pairs, dtype=np.uint32) << 7  # 2**-4 .. 2**3
+    mantissa = rng.integers(0, 128, pairs, dtype=np.uint32)
+    mantissa[: pairs // 2] &= ~np.uint32(1)  # even last bit: a tie stays down
+    mantissa[pairs // 2 :] |= 1  # odd: a tie goes up
+    high = sign | exponent | mantissa  # the bf16 below (in magnitude) each value
+    low = np.resize(np.array([0x8000, 0x8000, 0x8001, 0x7FFF], dtype=np.uint32), pairs)
+    bits = (high << 16) | low
+    tie, odd = low == 0x8000, (high & 1) == 1
+    up = (low == 0x8001) | (tie & odd)
+    expected = (high + up).astype(np.uint16)  # +1 in the bits: the next bf16 away from zero
+    return bits.view(np.float32), expected
+
+
+def _as_bf16(bits: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(bits.astype(np.int16)).view(BF16)
+
+
+@pytest.mark.parametrize("max_tile", [8192, 32], ids=["one-tile", "tiled"])
+def test_bf16_rounds_exact_ties_to_even(kernel_device: str, max_tile: int) -> None:
+    """Inputs built so the kernels' fp32 results are exact bf16 ties, against round-half-to-even
+    computed in the bits: random inputs almost never hold a tie, so ties-away passes them.
+    Forward: constant rows normalise to exactly 0, so y = bias, the ties. Backward (the autocast
+    combination: bf16 x, fp32 dy): x = +-2 alternating, mean 0 and rstd 0.5 given, dy = 2t in the
+    pattern t, t, -t, -t, so both row means of the dx formula are exactly 0 and dx = t."""
+    n = 64
+    ties, expected_bits = _bf16_ties(n, seed=3)
+    expected = _as_bf16(expected_bits).to(kernel_device)
+    t = torch.from_numpy(ties).to(kernel_device)
+    assert torch.equal(t.cpu().to(BF16), expected.cpu()), "the construction itself is wrong"
+
+    x = torch.full((3, n), 3.0, dtype=BF16)
+    y, mean, _ = kernels.forward(x, n, torch.ones(n), t, 1e-5, max_tile=max_tile)
+    assert torch.equal(mean, torch.full((3,), 3.0)), "constant rows must have an exact mean"
+    assert y.dtype == BF16 and torch.equal(y, expected.expand(3, n))
+
+    x = torch.tensor([2.0, -2.0] * (n // 2), dtype=BF16).expand(3, n).contiguous()
+    # Built on the CPU, then moved: ties t0, t0, -t0, -t0, t1, t1, -t1, -t1, ...
+    pick = torch.arange(n, device="cpu") // 4
+    signs = torch.tensor([1.0, 1.0, -1.0, -1.0], device="cpu").repeat(n // 4)
+    dy = (2 * torch.from_numpy(ties)[pick] * signs).expand(3, n).contiguous().to(kernel_device)
+    mean, rstd = torch.zeros(3), torch.full((3,), 0.5)
+    dx, _, _ = kernels.backward(dy, x, n, None, None, mean, rstd, False, False, max_tile=max_tile)
+    want = _as_bf16(expected_bits)[pick] * signs.to(BF16)  # a sign change is exact
+    assert dx.dtype == BF16 and torch.equal(dx.cpu(), want.expand(3, n))
+
+
 def test_no_rows(triton) -> None:
     ours, _ = _modules(64, FP32, "affine")
     x = torch.randn(0, 64, requires_grad=True)
