@@ -162,3 +162,9 @@ def test_junit_summary_counts_and_names_each_failed_test(tmp_path: Path) -> None
     report = gpu_report.markdown({"junit": {"kernel tests": summary}})
     assert "- kernel tests FAILED `tests.test_a::test_bad`: assert 1 == 2" in report
     assert gpu_check.junit_summary(tmp_path / "absent.xml") is None
+
+
+def test_a_cpu_smoke_run_does_not_judge_the_gpu_goals() -> None:
+    results = {"mode": "cpu-smoke", "rows": {"layer_norm": [_ln_row(768, 0.5)]}}
+    verdict = gpu_report.goals(results)[0]
+    assert (verdict["worst"], verdict["verdict"]) == (0.5, "not judged on a CPU")
