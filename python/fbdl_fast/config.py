@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 MODEL_NAMES = ("transformer", "lstm", "cnn")
 AMP_DTYPES = ("auto", "float16", "bfloat16")
+POOLINGS = ("mean", "cls")
 
 
 @dataclass
@@ -49,6 +50,11 @@ class ModelConfig:
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # CNN convolution widths
     fused: bool = True  # use fbdl_fast.nn fused layers; False builds the pure-PyTorch reference
     amp_dtype: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPU (CPU only when asked: warns)
+    # The BERT encoder's own (models/bert.py); a pretrained checkpoint's config.json sets the last
+    # two, and the sizes above, when create_model(..., pretrained=...) loads it.
+    pooling: str = "mean"  # bert head input: "mean" over real tokens or "cls" (first token)
+    type_vocab_size: int = 2  # bert: rows of the token type (segment) embedding
+    layer_norm_eps: float = 1e-12  # bert: LayerNorm epsilon (the other models use torch's 1e-5)
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, saved as is
 
     def __post_init__(self) -> None:
@@ -66,6 +72,7 @@ class ModelConfig:
             "max_epochs",
             "vocab_size",
             "max_seq_length",
+            "type_vocab_size",
         ):
             _require(
                 name,
@@ -113,6 +120,15 @@ class ModelConfig:
             "a non-empty tuple of positive integers",
         )
         _require("amp_dtype", self.amp_dtype, self.amp_dtype in AMP_DTYPES, f"one of {AMP_DTYPES}")
+        _require("pooling", self.pooling, self.pooling in POOLINGS, f"one of {POOLINGS}")
+        _require(
+            "layer_norm_eps",
+            self.layer_norm_eps,
+            isinstance(self.layer_norm_eps, (int, float))
+            and not isinstance(self.layer_norm_eps, bool)
+            and 0 < self.layer_norm_eps < 1,
+            "a number in (0, 1)",
+        )
         self._validate_per_class("class_weights", self.class_weights)
         if isinstance(self.focal_alpha, (list, tuple)):
             self._validate_per_class("focal_alpha", self.focal_alpha)

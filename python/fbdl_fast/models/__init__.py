@@ -1,17 +1,31 @@
-"""The three reference classifiers, by name.
+"""The three reference classifiers and the BERT encoder, by name.
 
 Every model maps a padded batch to logits: `model(input_ids, attention_mask) -> (B, num_classes)`
 with input_ids (B, L) and attention_mask (B, L) True on real tokens; padding never changes the
 output. create_model draws the initial weights from config.seed, so the same config gives the same
 model, without touching the global random state.
+
+"bert" (models/bert.py) can also start from pretrained weights: create_model("bert", config,
+pretrained="all-minilm-l6-v2" or a BERT-format folder). The checkpoint's config.json then sets the
+architecture (input_dim, hidden_dim, num_layers, num_heads, vocab_size, max_seq_length,
+pad_token_id, type_vocab_size, layer_norm_eps); everything else (num_classes, dropout, pooling,
+fused, seed for the new head) comes from `config`. The returned model's config is that merged one,
+and its extra["pretrained"] records the weights' source, file and sha256, so a run that saves its
+config says where its weights came from.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional, Union
 
 import torch
 from torch import nn
 
 from fbdl_fast.config import ModelConfig
+from fbdl_fast.models import bert
+from fbdl_fast.models.bert import BertClassifier
 from fbdl_fast.models.cnn import FacebookPostsCNN
 from fbdl_fast.models.lstm import FacebookPostsLSTM
 from fbdl_fast.models.transformer import FacebookPostsTransformer
@@ -21,23 +35,50 @@ MODELS: dict[str, type[nn.Module]] = {
     "lstm": FacebookPostsLSTM,
     "cnn": FacebookPostsCNN,
 }
+# Encoders that can load pretrained weights (create_model's `pretrained`).
+PRETRAINED_MODELS: dict[str, type[nn.Module]] = {"bert": BertClassifier}
 
 
-def create_model(name: str, config: ModelConfig) -> nn.Module:
-    """Build the model registered as `name` ("transformer", "lstm" or "cnn") from `config`."""
-    if name not in MODELS:
-        raise ValueError(f"model name {name!r} is not known; accepted: {', '.join(MODELS)}")
+def create_model(
+    name: str,
+    config: ModelConfig,
+    *,
+    pretrained: Optional[Union[str, os.PathLike[str]]] = None,
+) -> nn.Module:
+    """Build the model registered as `name` ("transformer", "lstm", "cnn" or "bert") from
+    `config`; for "bert", `pretrained` (a known name or a BERT-format folder) loads its weights."""
+    known = {**MODELS, **PRETRAINED_MODELS}
+    if name not in known:
+        raise ValueError(f"model name {name!r} is not known; accepted: {', '.join(known)}")
     if not isinstance(config, ModelConfig):
         raise TypeError(f"config must be a fbdl_fast.ModelConfig, got {type(config).__name__}")
+    if pretrained is not None and name not in PRETRAINED_MODELS:
+        raise ValueError(
+            f"model {name!r} has no pretrained weights; pretrained= is accepted for: "
+            f"{', '.join(PRETRAINED_MODELS)}"
+        )
+    weights = None
+    if pretrained is not None:
+        folder = bert.resolve_pretrained(pretrained)
+        weights = bert.weights_file(folder)
+        source = {"name": os.fspath(pretrained), "file": str(weights.resolve())}
+        source["sha256"] = bert.sha256(weights)
+        config = bert.pretrained_config(config, folder)
+        config = dataclasses.replace(config, extra={**config.extra, "pretrained": source})
     with torch.random.fork_rng(devices=[]):  # weights from config.seed; global RNG untouched
         torch.manual_seed(config.seed)
-        return MODELS[name](config)
+        model = known[name](config)
+    if weights is not None:
+        bert.load_pretrained(model, weights)  # type: ignore[arg-type]
+    return model
 
 
 create_facebook_posts_model = create_model  # the product design's name
 
 __all__ = [
     "MODELS",
+    "PRETRAINED_MODELS",
+    "BertClassifier",
     "FacebookPostsCNN",
     "FacebookPostsLSTM",
     "FacebookPostsTransformer",
