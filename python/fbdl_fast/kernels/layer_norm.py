@@ -16,7 +16,8 @@ Backward, with g = dy · w (g = dy without a weight):
 The forward saves mean and rstd per row (fp32) so the backward never recomputes the row
 reductions over x. The backward runs a fixed number of programs, each owning a contiguous block of
 rows: it writes dx for its rows and sums their dw/db contributions in fp32 into its own partial row;
-the host then sums the partial rows (deterministic: no atomics, no locks).
+a second kernel sums the partial rows column by column and writes dw and db in the parameters'
+dtypes (deterministic: no atomics, no locks; one launch for both).
 
 Rows up to MAX_TILE values are held whole in registers (one tile, one read of x). Longer rows are
 walked in tiles of CHUNK values: three passes in the forward (mean, variance, normalise); in the
@@ -41,6 +42,10 @@ import triton.language as tl
 MAX_TILE = 8192  # widest row held in registers; past it the backward spills (flash-attn's finding)
 CHUNK = 4096  # tile width for longer rows
 MIN_BLOCK = 16  # the interpreter and tl.arange want blocks of at least 16 lanes
+# The dw/db reduction's tiles: 32 fp32 columns are one 128-byte line per partial row; 64 partial
+# rows a step (the backward has up to 4 per SM, 528 on an H200).
+PARTIALS_BLOCK_N = 32
+PARTIALS_BLOCK_P = 64
 # Fused multiply-adds in the normalisation: one rounding instead of two. Said explicitly because
 # Triton 3.9 warns when the default is left implicit (and will change it in 3.10).
 FP_FUSION = True
@@ -181,7 +186,9 @@ def _backward_kernel(
             w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
         dw = tl.full([BLOCK_N], 0.0, tl.float32)
         db = tl.full([BLOCK_N], 0.0, tl.float32)
-        for row in range(row_start, row_end):
+        # Two stages: the next row's x and dy are copied to shared memory (cp.async) while this
+        # row is computed.
+        for row in tl.range(row_start, row_end, num_stages=2):
             x = tl.load(X + row * stride_xm + cols * stride_xn, mask=mask, other=0.0)
             dy = tl.load(DY + row * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
             rstd = tl.load(Rstd + row)
@@ -204,6 +211,39 @@ def _backward_kernel(
             tl.store(DW + pid * N + cols, dw, mask=mask)
         if COMPUTE_DB:
             tl.store(DB + pid * N + cols, db, mask=mask)
+
+
+@triton.jit
+def _sum_partials_kernel(
+    DW_PART,
+    DB_PART,
+    DW,
+    DB,
+    P,
+    N,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dw = Σ_p DW_PART[p, :] and db = Σ_p DB_PART[p, :] over the backward's P partial rows, for
+    BLOCK_N columns, summed in fp32 in a fixed order and stored in the parameters' dtypes."""
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    dw = tl.full([BLOCK_P, BLOCK_N], 0.0, tl.float32)
+    db = tl.full([BLOCK_P, BLOCK_N], 0.0, tl.float32)
+    for start in range(0, P, BLOCK_P):
+        parts = start + tl.arange(0, BLOCK_P)
+        mask = (parts[:, None] < P) & col_ok[None, :]
+        offs = parts[:, None].to(tl.int64) * N + cols[None, :]
+        if COMPUTE_DW:
+            dw += tl.load(DW_PART + offs, mask=mask, other=0.0)
+        if COMPUTE_DB:
+            db += tl.load(DB_PART + offs, mask=mask, other=0.0)
+    if COMPUTE_DW:
+        tl.store(DW + cols, _to_storage(tl.sum(dw, axis=0), DW.dtype.element_ty), mask=col_ok)
+    if COMPUTE_DB:
+        tl.store(DB + cols, _to_storage(tl.sum(db, axis=0), DB.dtype.element_ty), mask=col_ok)
 
 
 def _rows(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -357,8 +397,24 @@ def backward(
     dw = db = None
     if compute_dw:
         assert weight is not None, "dw asked for without a weight"
-        dw = dw_part.sum(0).to(weight.dtype).view(weight.shape)
+        dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device)
     if compute_db:
         assert bias is not None, "db asked for without a bias"
-        db = db_part.sum(0).to(bias.dtype).view(bias.shape)
+        db = torch.empty(bias.shape, dtype=bias.dtype, device=x.device)
+    if compute_dw or compute_db:
+        # One launch sums both partials' rows and casts (instead of .sum(0) and .to() for each).
+        _sum_partials_kernel[(triton.cdiv(n, PARTIALS_BLOCK_N),)](
+            dw_part,
+            db_part,
+            dw if dw is not None else dw_part,  # an unused pointer: any tensor
+            db if db is not None else db_part,
+            dw_part.shape[0] if compute_dw else db_part.shape[0],
+            n,
+            COMPUTE_DW=compute_dw,
+            COMPUTE_DB=compute_db,
+            BLOCK_P=PARTIALS_BLOCK_P,
+            BLOCK_N=PARTIALS_BLOCK_N,
+            num_warps=4,
+            enable_fp_fusion=FP_FUSION,
+        )
     return dx.view(x.shape), dw, db
