@@ -60,12 +60,16 @@ SENTENCES = [
 ]
 
 
-@pytest.fixture
-def _minilm() -> None:
+def _require_minilm() -> None:
     if not MINILM_INSTALLED:
         if REQUIRED:
             pytest.fail(f"{MISSING}; FBDL_FAST_REQUIRE_BERT_VOCAB=1 makes this a failure")
         pytest.skip(MISSING)
+
+
+@pytest.fixture
+def _minilm() -> None:
+    _require_minilm()
 
 
 needs_minilm = pytest.mark.usefixtures("_minilm")
@@ -74,6 +78,7 @@ needs_minilm = pytest.mark.usefixtures("_minilm")
 @pytest.fixture(scope="module")
 def minilm_reference() -> transformers.BertModel:
     """transformers' BertModel on the installed weights (eager attention: the plain formula)."""
+    _require_minilm()  # module fixtures are set up before _minilm could skip
     folder = bert_module.resolve_pretrained("all-minilm-l6-v2")
     with torch.device("cpu"):  # the reference stays on the CPU, whatever the kernel device
         return transformers.BertModel.from_pretrained(folder, attn_implementation="eager").eval()
