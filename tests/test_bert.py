@@ -359,3 +359,19 @@ def test_tokenizer_comes_from_the_checkpoint_folder() -> None:
     # do_lower_case is true in its tokenizer_config.json
     assert tokenizer.encode("Hello WORLD") == tokenizer.encode("hello world")
     assert tokenizer.token_to_id("hello") == 7592
+
+
+@needs_minilm
+def test_the_readme_example_runs_as_written() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Pretrained encoders (MiniLM, any BERT checkpoint)\n", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md:pretrained", "exec"), namespace)
+    model, tokenizer = namespace["model"], namespace["tokenizer"]
+    assert isinstance(model, BertClassifier)
+    assert model.config.num_classes == 3 and model.config.input_dim == 384
+    assert tokenizer.vocab_size == 30522
+    assert model.config.extra["pretrained"]["sha256"]
