@@ -213,15 +213,16 @@ def test_cp_async_only_in_pipelined_loops(facts, kernel):
     assert (facts[kernel]["cp_async"] > 0) == pipelined, facts[kernel]
 
 
-# Kernels that spill today, with the most stack bytes seen (triton 3.9 here; 3.6, the GPU
-# machine's, spills only in dK/dV at D=128 with dropout, 24 bytes). All of them draw dropout with
-# tl.rand, one Philox call per element (issue 13 point 10). The bound only stops them getting
-# worse: lower it when a change lowers the stack, and drop the entry at 0.
+# Kernels that spill today, with the most stack bytes seen with triton 3.9 (here) or 3.6 (the GPU
+# machine's, `make stack-check`): the backward's dK/dV with dropout (3.9: 24 and 152 bytes at
+# D=64 and 128; 3.6: 24 and 88) and the D=128 forward with dropout (16; 3.6: 8). Dropout draws
+# four keys per Philox call (tl.randint4x; tl.rand's one a call spilled in dQ too), and the
+# reshape of the four numbers into the score tile's layout costs registers. The bound only stops
+# them getting worse: lower it when a change lowers the stack, and drop the entry at 0.
 SPILLING = {
-    "_attn_fwd[D=128,mask,causal,dropout]": 32,
-    "_attn_bwd_dkdv[D=64,mask,causal,dropout]": 8,
-    "_attn_bwd_dkdv[D=128,mask,causal,dropout]": 168,
-    "_attn_bwd_dq[D=128,mask,causal,dropout]": 24,
+    "_attn_fwd[D=128,mask,causal,dropout]": 16,
+    "_attn_bwd_dkdv[D=64,mask,causal,dropout]": 24,
+    "_attn_bwd_dkdv[D=128,mask,causal,dropout]": 152,
 }
 
 

@@ -30,8 +30,9 @@ element (a mask may have holes). Queries are not skipped: a query row past klen 
 own padding, in self-attention) still attends to the valid keys and gets an output, as in the
 reference; only a sequence with klen = 0 gives all-zero rows, which the empty key loop gives.
 
-Dropout reproducibility: the keep mask is a pure function of (seed, b, h, i, j) (a 64-bit Philox
-counter), so backward regenerates exactly the forward mask without storing it.
+Dropout reproducibility: the keep mask is a pure function of (seed, b, h, i, j) (Philox4x32 on a
+64-bit counter, one call for four neighbouring keys: see _keep), so backward regenerates exactly
+the forward mask without storing it, whatever its tile shapes (BLOCK_N is a multiple of 4).
 
 Interpreter notes (TRITON_INTERPRET=1): bf16 cannot be computed there, so the host sets
 UPCAST=True for bf16 and the kernels cast tiles to fp32 right after loading; fp32 dots use
@@ -113,10 +114,17 @@ def _scores(
 
 
 @triton.jit
-def _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p):
-    """The dropout keep mask of a tile: a pure function of (seed, b*h, i, j)."""
-    counter = (bh * Lq + offs_m[:, None].to(tl.int64)) * Lk + offs_n[None, :]
-    return tl.rand(seed, counter) >= dropout_p
+def _keep(seed, bh, offs_m, start_n, Lq, Lk, dropout_p, BLOCK_N: tl.constexpr):
+    """The dropout keep mask of the tile of queries offs_m and keys start_n + [0, BLOCK_N): a pure
+    function of (seed, b*h, i, j). One Philox call (tl.randint4x) gives the four 32-bit numbers
+    of keys 4g .. 4g + 3 of a row, from the counter of key 4g (tl.rand used one of the four); a
+    weight is kept when its number is at least p * 2**32, so P(keep) = 1 - p."""
+    first = start_n + 4 * tl.arange(0, BLOCK_N // 4)  # the first key of each group of four
+    counter = (bh * Lq + offs_m[:, None].to(tl.int64)) * Lk + first[None, :]
+    r0, r1, r2, r3 = tl.randint4x(seed, counter)
+    # join adds a last dimension of 2: [m, g, a, b] holds r_(2a + b), that is key 4g + 2a + b.
+    r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (offs_m.shape[0], BLOCK_N))
+    return r >= tl.cast(dropout_p * 4294967296.0, tl.uint32)
 
 
 @triton.jit
@@ -128,7 +136,7 @@ def _backward_tile(
     lse,
     delta,
     offs_m,
-    offs_n,
+    start_n,
     key_ok,
     bh,
     Lq,
@@ -136,6 +144,7 @@ def _backward_tile(
     qk_scale,
     dropout_p,
     seed,
+    BLOCK_N: tl.constexpr,
     CAUSAL: tl.constexpr,
     DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr,
@@ -143,11 +152,12 @@ def _backward_tile(
     """Both backward kernels' shared step on one (BLOCK_M, BLOCK_N) tile: recompute the forward's
     probabilities P = exp2(S' - lse) and return (Z, dS) with Z = keep * P / (1 - p) (P without
     dropout) and dS = P * (dP - delta), dP = keep * (dO V^T) / (1 - p)."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
     p = tl.exp2(s - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     if DROPOUT:
-        keep = _keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p)
+        keep = _keep(seed, bh, offs_m, start_n, Lq, Lk, dropout_p, BLOCK_N)
         z = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
     else:
@@ -222,7 +232,7 @@ def _attn_fwd(
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts dropped entries too
         if DROPOUT:
-            p = tl.where(_keep(seed, bh, offs_m, offs_n, Lq, Lk, dropout_p), p, 0.0)
+            p = tl.where(_keep(seed, bh, offs_m, start_n, Lq, Lk, dropout_p, BLOCK_N), p, 0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
 
@@ -334,8 +344,8 @@ def _attn_bwd_dkdv(
         lse = tl.load(LSE + offs_m, mask=rows, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=rows, other=0.0)
         z, ds = _backward_tile(
-            q, k, v, do, lse, delta, offs_m, offs_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
-            seed, CAUSAL, DROPOUT, PRECISION,
+            q, k, v, do, lse, delta, offs_m, pid_n * BLOCK_N, key_ok, bh, Lq, Lk, qk_scale,
+            dropout_p, seed, BLOCK_N, CAUSAL, DROPOUT, PRECISION,
         )  # fmt: skip
         dv += tl.dot(tl.trans(z.to(do.dtype)), do, input_precision=PRECISION)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
@@ -420,8 +430,8 @@ def _attn_bwd_dq(
         v = _load_tile(V, offs_n, offs_d, svn, klen, UPCAST)
         key_ok = _keys_taking_part(KMASK, offs_n, smn, klen, HAS_MASK)
         _, ds = _backward_tile(
-            q, k, v, do, lse, delta, offs_m, offs_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
-            seed, CAUSAL, DROPOUT, PRECISION,
+            q, k, v, do, lse, delta, offs_m, start_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
+            seed, BLOCK_N, CAUSAL, DROPOUT, PRECISION,
         )  # fmt: skip
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
