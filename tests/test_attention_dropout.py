@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,44 @@ def test_backward_mask_with_gpu_tile_shapes(triton, monkeypatch):
     assert_close(out, ref.detach())
     for actual, wanted in ((dq, rq), (dk, rk), (dv, rv)):
         assert_close(actual, wanted)
+
+
+def philox4x32(seed: int, c0: np.ndarray, c1: np.ndarray, rounds: int = 10) -> list[np.ndarray]:
+    """Philox4x32 as Triton computes it (triton.language.random.philox_impl): counter
+    (c0, c1, 0, 0), key (seed's low and high 32 bits), 10 rounds; four uint32 outputs."""
+    mask = np.uint64(0xFFFFFFFF)
+    c = [c0.astype(np.uint64), c1.astype(np.uint64), np.zeros_like(c0, np.uint64)]
+    c.append(np.zeros_like(c0, np.uint64))
+    k0, k1 = np.uint64(seed & 0xFFFFFFFF), np.uint64(seed >> 32)
+    a, b = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+    for _ in range(rounds):
+        prod_b, prod_a = b * c[2], a * c[0]  # exact: both factors < 2**32
+        c = [
+            (prod_b >> np.uint64(32)) ^ c[1] ^ k0,
+            prod_b & mask,
+            (prod_a >> np.uint64(32)) ^ c[3] ^ k1,
+            prod_a & mask,
+        ]
+        k0 = (k0 + np.uint64(0x9E3779B9)) & mask
+        k1 = (k1 + np.uint64(0xBB67AE85)) & mask
+    return c
+
+
+def test_mask_is_the_documented_philox_function(kernel_device):
+    # keep(b*h, i, j) = r_(j mod 4) >= p * 2**32, with (r_0..r_3) = Philox4x32(seed; counter of
+    # key 4 * (j // 4)), counter = (bh * Lq + i) * Lk + 4 * (j // 4). p = 1/4 makes p * 2**32
+    # exact in fp32. On a GPU this checks the compiled kernel's join/reshape order too.
+    p, seed, batch, heads, lq = 0.25, (123456789 << 20) + 4321, 2, 3, 40
+    q = torch.randn(batch, heads, lq, LK)
+    k = torch.randn(batch, heads, LK, LK)
+    v = torch.eye(LK).expand(batch, heads, LK, LK).contiguous()
+    out, _ = kernels.attention_forward(q, k, v, None, False, LK**-0.5, p, seed)
+    bh = np.arange(batch * heads).reshape(batch, heads, 1, 1)
+    i = np.arange(lq).reshape(1, 1, lq, 1)
+    j = np.arange(LK).reshape(1, 1, 1, LK)
+    counter = ((bh * lq + i) * LK + 4 * (j // 4)).astype(np.uint64)
+    r = philox4x32(seed, counter & np.uint64(0xFFFFFFFF), counter >> np.uint64(32))
+    lane = np.broadcast_to(j % 4, counter.shape)
+    numbers = np.choose(lane, r)
+    want = torch.from_numpy(numbers >= np.uint64(int(p * 2**32)))
+    assert torch.equal((out != 0).cpu(), want)
