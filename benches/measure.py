@@ -26,6 +26,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from fbdl_fast.speed import interleaved_times
+
 RESULTS_ENV = "FBDL_FAST_BENCH_RESULTS"
 CUDA = torch.cuda.is_available()
 CUDA_REPEATS = 50  # the fewest timed calls per variant on a GPU
@@ -99,18 +101,13 @@ def time_in_turns(
     On CUDA at least CUDA_REPEATS calls are timed and, with `host`, the Python-side time per call
     too (meaningful only for steps that do not synchronise themselves).
     """
+    if not CUDA:
+        times = interleaved_times(steps, repeats, warmup)
+        return {name: _timing(values) for name, values in times.items()}
+
     for _ in range(warmup):
         for step in steps.values():
             step()
-    if not CUDA:
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(repeats):
-            for name, step in steps.items():
-                started = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - started)
-        return {name: _timing(values) for name, values in times.items()}
-
     repeats = max(repeats, CUDA_REPEATS)
     events: dict[str, list[tuple[torch.cuda.Event, torch.cuda.Event]]] = {n: [] for n in steps}
     for _ in range(repeats):

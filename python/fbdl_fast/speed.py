@@ -64,10 +64,10 @@ def median_seconds(step: Callable[[], object], repeats: int = 5, warmup: int = 1
     return statistics.median(times)
 
 
-def interleaved_medians(
+def interleaved_times(
     steps: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
-) -> dict[str, float]:
-    """Median wall time of each step, timed in turns (a, b, c, a, b, c, ...).
+) -> dict[str, list[float]]:
+    """Wall time of every call of each step, timed in turns (a, b, c, a, b, c, ...).
 
     Taking turns spreads the machine's slow and fast moments over every variant; timing one
     variant after the other lets a drift in between pass for a speedup.
@@ -81,6 +81,14 @@ def interleaved_medians(
             started = time.perf_counter()
             step()
             times[name].append(time.perf_counter() - started)
+    return times
+
+
+def interleaved_medians(
+    steps: dict[str, Callable[[], object]], repeats: int = 5, warmup: int = 1
+) -> dict[str, float]:
+    """Median wall time of each step, timed in turns (see interleaved_times)."""
+    times = interleaved_times(steps, repeats, warmup)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
