@@ -100,8 +100,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"ModelConfig\.optimizer_type='lion' is not known; accepted: adagrad, adam, adamw, rmsprop",
     ),
     (
-        {"scheduler_type": "linear"},
-        r"ModelConfig\.scheduler_type='linear' .*accepted: cosine, one_cycle, plateau, step",
+        {"scheduler_type": "warm"},
+        r"ModelConfig\.scheduler_type='warm' .*accepted: cosine, linear, one_cycle, plateau, step",
     ),
     ({"loss": "focall"}, r"ModelConfig\.loss='focall' .*accepted: cross_entropy, dice, focal$"),
     # a registered loss that cannot train a classifier (criterion(logits, labels)) is refused too

@@ -215,16 +215,109 @@ def test_one_cycle_momentum_and_its_errors() -> None:
 def test_no_scheduler_intervals_and_unknown_names() -> None:
     config = _config(scheduler_type=None)
     assert create_scheduler(_optimizer(config), config) is None
-    assert sorted(SCHEDULERS) == ["cosine", "one_cycle", "plateau", "step"]
-    assert [scheduler_interval(n) for n in ("step", "cosine", "plateau", "one_cycle")] == [
+    assert sorted(SCHEDULERS) == ["cosine", "linear", "one_cycle", "plateau", "step"]
+    names = ("step", "cosine", "plateau", "one_cycle", "linear")
+    assert [scheduler_interval(n) for n in names] == [
         "epoch",
         "epoch",
         "plateau",
         "batch",
+        "batch",
     ]
-    with pytest.raises(ValueError, match=r"'linear'; accepted: cosine, one_cycle, plateau, step"):
-        scheduler_interval("linear")
+    accepted = "cosine, linear, one_cycle, plateau, step"
+    with pytest.raises(ValueError, match=rf"'warmup'; accepted: {accepted}"):
+        scheduler_interval("warmup")
     config = _config()
-    config.scheduler_type = "linear"
-    with pytest.raises(ValueError, match=r"scheduler_type 'linear'"):
+    config.scheduler_type = "warmup"
+    with pytest.raises(ValueError, match=r"scheduler_type 'warmup'"):
         create_scheduler(_optimizer(config), config)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero() -> None:
+    """LR after k optimizer steps of 'linear' (HF's get_linear_schedule_with_warmup), by hand:
+    5 epochs x 10 steps = 50 steps, warmup ceil(0.06 * 50) = 3 steps, then (50 - k) / 47."""
+    config = _config(scheduler_type="linear", max_epochs=5)
+    assert config.warmup_fraction == 0.06  # the fine-tuning default
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config, steps_per_epoch=10)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(50):
+        optimizer.step()
+        scheduler.step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    by_hand = {0: 0.0, 1: LR / 3, 2: 2 * LR / 3, 3: LR, 4: LR * 46 / 47, 26: LR * 24 / 47, 50: 0}
+    for k, lr in by_hand.items():
+        assert lrs[k] == pytest.approx(lr, abs=1e-15), k
+    assert max(lrs) == pytest.approx(LR) and lrs.index(max(lrs)) == 3
+    assert all(a > b for a, b in zip(lrs[3:50], lrs[4:51]))  # strictly down after the peak
+
+    # No warmup: the peak LR from the first step, decaying over 4 x 2 = 8 steps.
+    config = _config(scheduler_type="linear", max_epochs=4, warmup_fraction=0.0)
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config, steps_per_epoch=2)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(LR)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(LR * 7 / 8)
+    with pytest.raises(ValueError, match=r"linear.*steps_per_epoch=None"):
+        create_scheduler(optimizer, config)
+    with pytest.raises(ValueError, match=r"warmup_fraction=1.0 is invalid"):
+        _config(warmup_fraction=1.0)
+
+
+def test_linear_schedule_state_resumes_the_curve() -> None:
+    """A checkpoint's scheduler state, loaded into a scheduler built for another length, gives
+    back the saved schedule (LambdaLR saves the LinearWarmupDecay's warmup and total)."""
+    config = _config(scheduler_type="linear", max_epochs=2)
+    optimizer = _optimizer(config)
+    scheduler = create_scheduler(optimizer, config, steps_per_epoch=50)  # 100 steps, warmup 6
+    for _ in range(10):
+        optimizer.step()
+        scheduler.step()
+    state = scheduler.state_dict()
+    assert state["lr_lambdas"] == [{"warmup": 6, "total": 100}]
+    other = _optimizer(config)
+    resumed = create_scheduler(other, config, steps_per_epoch=7)
+    resumed.load_state_dict(state)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+        other.step()
+        resumed.step()
+        assert other.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+    assert other.param_groups[0]["lr"] == pytest.approx(LR * 85 / 94)
+
+
+def test_weight_decay_spares_biases_and_norm_gains() -> None:
+    """decay_biases_and_norms=False: two AdamW groups, matrices and embeddings decayed, every
+    1-D parameter (biases, LayerNorm gains and shifts) not. With zero gradients an AdamW step
+    is the decay alone: p * (1 - lr * wd) in the first group, p unchanged in the second."""
+    model = nn.Sequential(nn.Embedding(7, 4), nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimizer = create_optimizer(model, _config(decay_biases_and_norms=False))
+    groups = [
+        (g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in optimizer.param_groups
+    ]
+    assert groups == [
+        (WD, ["0.weight", "1.weight", "3.weight"]),
+        (0.0, ["1.bias", "2.weight", "2.bias", "3.bias"]),  # 2.weight: the LayerNorm's gain
+    ]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # LayerNorm's gain/shift start at 1/0: make every value non-trivial
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    for name, p in model.named_parameters():
+        factor = 1 - LR * WD if name in groups[0][1] else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, rtol=0, atol=1e-7)
+    assert not torch.equal(model[1].weight, before["1.weight"])  # the decay did act
+
+    # The default (every other model): one group, decay on everything, as before.
+    default = create_optimizer(model, _config())
+    assert [len(g["params"]) for g in default.param_groups] == [7]
+    assert default.param_groups[0]["weight_decay"] == WD
+    # A weight_decay keyword still reaches the decayed group only.
+    override = create_optimizer(model, _config(decay_biases_and_norms=False), weight_decay=0.5)
+    assert [g["weight_decay"] for g in override.param_groups] == [0.5, 0.0]

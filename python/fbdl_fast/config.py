@@ -55,6 +55,11 @@ class ModelConfig:
     pooling: str = "mean"  # bert head input: "mean" over real tokens or "cls" (first token)
     type_vocab_size: int = 2  # bert: rows of the token type (segment) embedding
     layer_norm_eps: float = 1e-12  # bert: LayerNorm epsilon (the other models use torch's 1e-5)
+    # Fine-tuning (`fbdl-fast train --model minilm` sets both): the "linear" scheduler's warmup,
+    # as a share of all optimizer steps, and weight decay for every parameter, or (False) for
+    # matrices and embeddings only: biases and norm gains (the 1-D parameters) get none.
+    warmup_fraction: float = 0.06  # linear scheduler: steps of linear warmup / all steps, [0, 1)
+    decay_biases_and_norms: bool = True  # False: weight_decay spares 1-D parameters
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, saved as is
 
     def __post_init__(self) -> None:
@@ -128,6 +133,14 @@ class ModelConfig:
             and not isinstance(self.layer_norm_eps, bool)
             and 0 < self.layer_norm_eps < 1,
             "a number in (0, 1)",
+        )
+        _require(
+            "warmup_fraction",
+            self.warmup_fraction,
+            isinstance(self.warmup_fraction, (int, float))
+            and not isinstance(self.warmup_fraction, bool)
+            and 0 <= self.warmup_fraction < 1,
+            "a number in [0, 1)",
         )
         self._validate_per_class("class_weights", self.class_weights)
         if isinstance(self.focal_alpha, (list, tuple)):

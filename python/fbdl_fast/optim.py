@@ -1,13 +1,15 @@
 """Optimisers and learning-rate schedulers by name.
 
 `create_optimizer(model, config)` builds config.optimizer_type over the model's trainable
-parameters with config.learning_rate and config.weight_decay; `create_scheduler(optimizer, config,
-steps_per_epoch)` builds config.scheduler_type. Schedulers differ in when they are stepped, and
-`scheduler_interval(name)` says which, so the trainer needs no isinstance checks:
+parameters with config.learning_rate and config.weight_decay (with config.decay_biases_and_norms
+False, two groups: `param_groups` puts biases and norm gains in one without decay);
+`create_scheduler(optimizer, config, steps_per_epoch)` builds config.scheduler_type. Schedulers
+differ in when they are stepped, and `scheduler_interval(name)` says which, so the trainer
+needs no isinstance checks:
 
 - "epoch"   (step, cosine): `scheduler.step()` once after each epoch;
 - "plateau" (plateau):      `scheduler.step(val_loss)` once after each validation;
-- "batch"   (one_cycle):    `scheduler.step()` after every optimizer step.
+- "batch"   (one_cycle, linear): `scheduler.step()` after every optimizer step.
 
 Keyword arguments override any default below (e.g. `create_optimizer(m, c, momentum=0.5)`).
 The seed's `OptimizerFactory` / `SchedulerFactory` namespaces are thin facades.
@@ -15,6 +17,7 @@ The seed's `OptimizerFactory` / `SchedulerFactory` namespaces are thin facades.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
@@ -55,17 +58,36 @@ def _accepted(kind: str, name: Any, registry: dict[str, Any]) -> ValueError:
     return ValueError(f"unknown {kind} {name!r}; accepted: {', '.join(sorted(registry))}")
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """`model`'s trainable parameters in two groups: matrices and embeddings with
+    `weight_decay`, biases and norm gains (every 1-D parameter) with none, as BERT fine-tuning
+    does (and timm's param_groups_weight_decay: decaying a LayerNorm gain pulls it to 0, not to
+    the identity). Groups keep the parameters' order; an empty group is left out."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def create_optimizer(model: Params, config: ModelConfig, **kwargs: Any) -> torch.optim.Optimizer:
     """Optimizer config.optimizer_type over `model`'s trainable parameters.
 
     `model` may also be an iterable of parameters or of param-group dicts. lr is
-    config.learning_rate and weight_decay config.weight_decay unless kwargs say otherwise.
+    config.learning_rate and weight_decay config.weight_decay unless kwargs say otherwise; with
+    config.decay_biases_and_norms False, biases and norm gains get no decay (`param_groups`).
     """
     name = config.optimizer_type
     if name not in OPTIMIZERS:
         raise _accepted("optimizer_type", name, OPTIMIZERS)
-    if isinstance(model, nn.Module):
-        params: list[Any] = [p for p in model.parameters() if p.requires_grad]
+    if isinstance(model, nn.Module) and not config.decay_biases_and_norms:
+        params: list[Any] = param_groups(model, kwargs.get("weight_decay", config.weight_decay))
+    elif isinstance(model, nn.Module):
+        params = [p for p in model.parameters() if p.requires_grad]
     else:
         params = list(model)
     if not params:
@@ -132,15 +154,54 @@ def _one_cycle(
     return lr_scheduler.OneCycleLR(optimizer, **options)
 
 
+class LinearWarmupDecay:
+    """The LR factor at optimizer step t of a linear warmup then linear decay over `total` steps:
+    t / warmup while t < warmup, then (total - t) / (total - warmup), down to 0 at t = total
+    (Hugging Face's get_linear_schedule_with_warmup). A class, not a closure: LambdaLR saves a
+    callable object's attributes in its state_dict, so a checkpoint records the schedule."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / self.warmup
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+def _linear(
+    optimizer: torch.optim.Optimizer,
+    config: ModelConfig,
+    steps_per_epoch: Optional[int],
+    **kwargs: Any,
+) -> Scheduler:
+    if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
+        raise ValueError(
+            f"scheduler 'linear' steps every batch: steps_per_epoch={steps_per_epoch!r} is "
+            "invalid; pass the number of batches per epoch (a positive integer)"
+        )
+    total = kwargs.pop("total_steps", steps_per_epoch * config.max_epochs)
+    # Warmup rounds up (as HF's warmup_ratio does): a fraction > 0 warms up at least one step.
+    warmup = kwargs.pop("warmup_steps", math.ceil(config.warmup_fraction * total))
+    return lr_scheduler.LambdaLR(optimizer, LinearWarmupDecay(warmup, total), **kwargs)
+
+
 # name -> factory(optimizer, config, steps_per_epoch, **kwargs) -> scheduler
 SCHEDULERS: dict[str, Callable[..., Scheduler]] = {
     "step": _step,
     "cosine": _cosine,
     "plateau": _plateau,
     "one_cycle": _one_cycle,
+    "linear": _linear,  # warmup (config.warmup_fraction of all steps), then decay to 0
 }
 
-_INTERVALS = {"step": "epoch", "cosine": "epoch", "plateau": "plateau", "one_cycle": "batch"}
+_INTERVALS = {
+    "step": "epoch",
+    "cosine": "epoch",
+    "plateau": "plateau",
+    "one_cycle": "batch",
+    "linear": "batch",
+}
 
 
 def scheduler_interval(name: str) -> str:
@@ -159,7 +220,7 @@ def create_scheduler(
 ) -> Optional[Scheduler]:
     """Scheduler config.scheduler_type over `optimizer`, or None when scheduler_type is None.
 
-    steps_per_epoch (batches per epoch) is required by one_cycle only.
+    steps_per_epoch (optimizer steps per epoch) is required by one_cycle and linear.
     """
     name = config.scheduler_type
     if name is None:
@@ -185,9 +246,11 @@ class SchedulerFactory:
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
+    "LinearWarmupDecay",
     "OptimizerFactory",
     "SchedulerFactory",
     "create_optimizer",
     "create_scheduler",
+    "param_groups",
     "scheduler_interval",
 ]
