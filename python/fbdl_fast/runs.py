@@ -280,7 +280,11 @@ ADDED_DATA_KEYS = ("sha256", "tokenizer_vocab_size")
 
 def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The settings (dotted names) that differ between the run's config.json and this command."""
+    from fbdl_fast.config import ModelConfig
+
     current = json.loads(json.dumps(current))  # as stored: tuples are lists in JSON
+    # A ModelConfig field newer than the run, at its default now: the run trained with that.
+    defaults = json.loads(json.dumps(ModelConfig().to_dict()))
     diffs = []
     for key in ("model", "training.accumulate"):
         head, _, tail = key.partition(".")
@@ -293,6 +297,8 @@ def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str
         for name, value in current[section].items():
             if name == "source" or (name in ADDED_DATA_KEYS and name not in saved):
                 continue  # the path may move; runs from before the key cannot be checked on it
+            if section == "model_config" and name not in saved and value == defaults.get(name):
+                continue
             if name == "sha256" and saved[name] != value:
                 diffs.append(
                     f"the data: {current['data']['source']} has other contents than "
@@ -383,7 +389,7 @@ def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str]
     from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
     from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap
-    from fbdl_fast.models import create_model
+    from fbdl_fast.models import architecture, create_model
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.train import Trainer
 
@@ -416,9 +422,9 @@ def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str]
     tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
     label_map = LabelMap.load(path / RUN_LABELS)
     _check_unit(path, chosen, state, config, tokenizer, label_map)
-    trainer = Trainer(
-        create_model(model_name, config), config, device=device, label_map=label_map, progress=False
-    )
+    # "minilm" runs hold a "bert" whose config has the checkpoint's sizes; best.pt its weights.
+    model = create_model(architecture(model_name), config)
+    trainer = Trainer(model, config, device=device, label_map=label_map, progress=False)
     trainer.load_state(state, chosen, model_only=True)
     return Run(path, meta, config, tokenizer, label_map, trainer, chosen)
 

