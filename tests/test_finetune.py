@@ -282,3 +282,65 @@ def test_a_bert_checkpoint_is_rebuilt_by_from_checkpoint(tmp_path: Path) -> None
     with torch.no_grad():
         assert torch.equal(rebuilt(ids), model(ids))
     assert type(rebuilt).__name__ == "BertClassifier"
+
+
+def test_frozen_layers_get_no_gradient_nor_optimizer_slot() -> None:
+    """freeze_layers=1 on a random 2-block BertClassifier: the embeddings and block 0 are
+    outside the optimizer and unchanged by a training step; block 1 and the head move."""
+    from fbdl_fast.optim import create_optimizer
+
+    config = ModelConfig(
+        input_dim=16,
+        hidden_dim=32,
+        num_layers=2,
+        num_heads=2,
+        vocab_size=40,
+        max_seq_length=8,
+        num_classes=3,
+        freeze_layers=1,
+        learning_rate=0.01,
+    )
+    model = create_model("bert", config)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {
+        n for n, _ in model.named_parameters() if n.startswith(("embeddings.", "blocks.0."))
+    }
+    optimizer = create_optimizer(model, config)
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert held == {id(p) for n, p in model.named_parameters() if n not in frozen}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([[2, 5, 7, 9], [3, 9, 4, 0]])
+    torch.nn.functional.cross_entropy(model(ids), torch.tensor([0, 2])).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, before[name]) == (name in frozen), name
+    with pytest.raises(
+        ValueError, match=r"freeze_layers=3 is invalid; expected an integer in \[0, num_layers=2\]"
+    ):
+        ModelConfig(**{**config.to_dict(), "freeze_layers": 3})
+
+
+def test_layer_options_are_for_pretrained_encoders_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = write_posts_csv(tmp_path / "p.csv", 16, seed=1)
+    argv = ["train", "--data", str(data), "--output", str(tmp_path / "r"), "--model", "cnn"]
+    assert main([*argv, "--freeze-layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "--freeze-layers 1: only a pretrained encoder (--model minilm) fine-tunes by " in err
+    assert main([*argv, "--layer-decay", "0.9"]) == 2
+    assert "--layer-decay 0.9: only a pretrained encoder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+@needs_minilm
+def test_minilm_layer_options_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
+    from fbdl_fast.cli import _model_config
+
+    args = parsed("--model", "minilm", "--freeze-layers", "4", "--layer-decay", "0.8")
+    config = _model_config(args, args.vocab_size, 3, 0)
+    assert (config.freeze_layers, config.layer_decay, config.num_layers) == (4, 0.8, 6)
+    argv = ["train", "--data", "p.csv", "--model", "minilm", "--freeze-layers", "7"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--freeze-layers 7 is invalid; expected an integer in [0, --num-layers 6]" in err

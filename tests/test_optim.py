@@ -321,3 +321,41 @@ def test_weight_decay_spares_biases_and_norm_gains() -> None:
     # A weight_decay keyword still reaches the decayed group only.
     override = create_optimizer(model, _config(decay_biases_and_norms=False), weight_decay=0.5)
     assert [g["weight_decay"] for g in override.param_groups] == [0.5, 0.0]
+
+
+def test_layer_decay_gives_each_depth_its_lr() -> None:
+    """layer_decay d on a 2-block BertClassifier: head lr, block 1 lr*d, block 0 lr*d**2,
+    embeddings lr*d**3, each depth split into decayed matrices and undecayed 1-D parameters."""
+    from fbdl_fast.models import create_model
+
+    config = _config(
+        hidden_dim=32,
+        num_layers=2,
+        vocab_size=30,
+        max_seq_length=8,
+        layer_decay=0.5,
+        decay_biases_and_norms=False,
+    )
+    model = create_model("bert", config)
+    optimizer = create_optimizer(model, config)
+    got = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            got[id(p)] = (group["lr"], group["weight_decay"])
+    expected_lr = {"embeddings": LR * 0.125, "blocks.0": LR * 0.25, "blocks.1": LR * 0.5}
+    for name, p in model.named_parameters():
+        prefix = next((k for k in expected_lr if name.startswith(k + ".")), None)
+        lr = expected_lr[prefix] if prefix else LR  # the head
+        assert got[id(p)] == (pytest.approx(lr), WD if p.ndim > 1 else 0.0), name
+    assert len(optimizer.param_groups) == 8  # 4 depths x (decayed, not)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    # The linear schedule scales each group's own LR.
+    config.scheduler_type, config.max_epochs = "linear", 1
+    scheduler = create_scheduler(optimizer, config, steps_per_epoch=10)  # warmup 1 step
+    optimizer.step()
+    scheduler.step()
+    assert [g["lr"] for g in optimizer.param_groups[:2]] == pytest.approx([LR * 0.125] * 2)
+    with pytest.raises(ValueError, match=r"layer_decay=0.5 needs a model with layers"):
+        create_optimizer(_model(), _config(layer_decay=0.5))
+    with pytest.raises(ValueError, match=r"layer_decay=0 is invalid; expected a number in"):
+        _config(layer_decay=0)

@@ -234,6 +234,20 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         help="social: hashtags/emoji kept whole, URLs -> [URL], mentions -> [USER]; "
         f"bert: BERT's pre-tokenizer ({default('tokenizer')}",
     )
+    g.add_argument(
+        "--freeze-layers",
+        type=int,
+        default=0,
+        metavar="K",
+        help="minilm: keep the embeddings and the first K blocks as pretrained (not trained)",
+    )
+    g.add_argument(
+        "--layer-decay",
+        type=float,
+        default=1.0,
+        help="minilm: layer-wise LR decay; block i of N trains at lr x decay ** (N + 1 - i), "
+        "the head at lr, the embeddings at lr x decay ** (N + 1)",
+    )
     g.add_argument("--optimizer", default="adamw", help="adam, adamw, sgd, rmsprop, adagrad")
     g.add_argument(
         "--scheduler",
@@ -284,6 +298,8 @@ def _model_config(
         seed=args.seed,
         warmup_fraction=getattr(args, "warmup_fraction", 0.06),
         decay_biases_and_norms=getattr(args, "decay_biases_and_norms", True),
+        freeze_layers=getattr(args, "freeze_layers", 0),
+        layer_decay=getattr(args, "layer_decay", 1.0),
     )
 
 
@@ -292,7 +308,19 @@ def _apply_model_defaults(args: argparse.Namespace) -> None:
     fine-tuned encoder FINE_TUNE_DEFAULTS and the sizes of its checkpoint (which must be
     installed: UsageError saying how, before any data is read)."""
     values = dict(MODEL_DEFAULTS)
-    if args.model in FINE_TUNED_TITLES:
+    if args.model not in FINE_TUNED_TITLES:
+        layered = [
+            ("--freeze-layers", args.freeze_layers, 0),
+            ("--layer-decay", args.layer_decay, 1),
+        ]
+        for flag, value, default in layered:
+            if value != default:
+                raise UsageError(
+                    f"{flag} {value}: only a pretrained encoder (--model "
+                    f"{', '.join(FINE_TUNED_TITLES)}) fine-tunes by layers, not "
+                    f"--model {args.model}"
+                )
+    else:
         from fbdl_fast.models import FINE_TUNED, bert
 
         given = [flag for name, flag in CHECKPOINT_FLAGS.items() if getattr(args, name) is not None]
@@ -410,6 +438,8 @@ CONFIG_FLAGS = {
     "scheduler_type": "--scheduler",
     "loss": "--loss",
     "seed": "--seed",
+    "freeze_layers": "--freeze-layers",
+    "layer_decay": "--layer-decay",
 }
 _CONFIG_NAME = re.compile(r"(?:ModelConfig\.)?\b(" + "|".join(CONFIG_FLAGS) + r")\b(=?)")
 

@@ -60,6 +60,8 @@ class ModelConfig:
     # matrices and embeddings only: biases and norm gains (the 1-D parameters) get none.
     warmup_fraction: float = 0.06  # linear scheduler: steps of linear warmup / all steps, [0, 1)
     decay_biases_and_norms: bool = True  # False: weight_decay spares 1-D parameters
+    freeze_layers: int = 0  # bert: the embeddings and the first K blocks are not trained
+    layer_decay: float = 1.0  # bert: LR x layer_decay ** (layers above): head 1, top block x d
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, saved as is
 
     def __post_init__(self) -> None:
@@ -141,6 +143,20 @@ class ModelConfig:
             and not isinstance(self.warmup_fraction, bool)
             and 0 <= self.warmup_fraction < 1,
             "a number in [0, 1)",
+        )
+        _require(
+            "freeze_layers",
+            self.freeze_layers,
+            _is_int(self.freeze_layers) and 0 <= self.freeze_layers <= self.num_layers,
+            f"an integer in [0, num_layers={self.num_layers}]",
+        )
+        _require(
+            "layer_decay",
+            self.layer_decay,
+            isinstance(self.layer_decay, (int, float))
+            and not isinstance(self.layer_decay, bool)
+            and 0 < self.layer_decay <= 1,
+            "a number in (0, 1]",
         )
         self._validate_per_class("class_weights", self.class_weights)
         if isinstance(self.focal_alpha, (list, tuple)):

@@ -58,20 +58,42 @@ def _accepted(kind: str, name: Any, registry: dict[str, Any]) -> ValueError:
     return ValueError(f"unknown {kind} {name!r}; accepted: {', '.join(sorted(registry))}")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """`model`'s trainable parameters in two groups: matrices and embeddings with
-    `weight_decay`, biases and norm gains (every 1-D parameter) with none, as BERT fine-tuning
+def param_groups(
+    model: nn.Module,
+    weight_decay: float,
+    *,
+    decay_1d: bool = False,
+    lr: Optional[float] = None,
+    layer_decay: float = 1.0,
+) -> list[dict[str, Any]]:
+    """`model`'s trainable parameters in groups: matrices and embeddings with `weight_decay`,
+    biases and norm gains (every 1-D parameter) with none unless `decay_1d`, as BERT fine-tuning
     does (and timm's param_groups_weight_decay: decaying a LayerNorm gain pulls it to 0, not to
-    the identity). Groups keep the parameters' order; an empty group is left out."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
+    the identity).
+
+    layer_decay < 1 (layer-wise LR decay, as in ELECTRA and BEiT fine-tuning) needs a model with
+    `layer_index(name)` (BertClassifier): each depth gets its groups, with lr x layer_decay **
+    (top depth - depth), the head keeping `lr`. Groups keep the parameters' order; empty ones
+    are left out."""
+    depth_of = getattr(model, "layer_index", None)
+    if layer_decay != 1.0 and depth_of is None:
+        raise ValueError(
+            f"layer_decay={layer_decay} needs a model with layers to decay (layer_index(); "
+            f"BertClassifier has it), not a {type(model).__name__}; use layer_decay=1.0"
+        )
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    depths = [depth_of(n) if layer_decay != 1.0 and depth_of else 0 for n, _ in named]
+    top = max(depths, default=0)
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for depth in sorted(set(depths)):
+        for decayed in (True, False):
+            group: dict[str, Any] = {"params": [], "weight_decay": weight_decay if decayed else 0.0}
+            if lr is not None and layer_decay != 1.0:
+                group["lr"] = lr * layer_decay ** (top - depth)
+            groups[(depth, decayed)] = group
+    for (_, p), depth in zip(named, depths):
+        groups[(depth, decay_1d or p.ndim > 1)]["params"].append(p)
+    return [g for g in groups.values() if g["params"]]
 
 
 def create_optimizer(model: Params, config: ModelConfig, **kwargs: Any) -> torch.optim.Optimizer:
@@ -79,20 +101,28 @@ def create_optimizer(model: Params, config: ModelConfig, **kwargs: Any) -> torch
 
     `model` may also be an iterable of parameters or of param-group dicts. lr is
     config.learning_rate and weight_decay config.weight_decay unless kwargs say otherwise; with
-    config.decay_biases_and_norms False, biases and norm gains get no decay (`param_groups`).
-    """
+    config.decay_biases_and_norms False biases and norm gains get no decay, and with
+    config.layer_decay < 1 lower layers a smaller LR (`param_groups`). Frozen parameters
+    (requires_grad False: ModelConfig.freeze_layers) are left out."""
     name = config.optimizer_type
     if name not in OPTIMIZERS:
         raise _accepted("optimizer_type", name, OPTIMIZERS)
-    if isinstance(model, nn.Module) and not config.decay_biases_and_norms:
-        params: list[Any] = param_groups(model, kwargs.get("weight_decay", config.weight_decay))
+    options = {"lr": config.learning_rate, "weight_decay": config.weight_decay, **kwargs}
+    grouped = not config.decay_biases_and_norms or config.layer_decay != 1.0
+    if isinstance(model, nn.Module) and grouped:
+        params: list[Any] = param_groups(
+            model,
+            options["weight_decay"],
+            decay_1d=config.decay_biases_and_norms,
+            lr=options["lr"],
+            layer_decay=config.layer_decay,
+        )
     elif isinstance(model, nn.Module):
         params = [p for p in model.parameters() if p.requires_grad]
     else:
         params = list(model)
     if not params:
         raise ValueError(f"optimizer {name!r}: the model has no trainable parameters")
-    options = {"lr": config.learning_rate, "weight_decay": config.weight_decay, **kwargs}
     return OPTIMIZERS[name](params, **options)
 
 

@@ -115,6 +115,20 @@ class BertClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.input_dim, config.num_classes)
         apply_init(self, config.init, self._init_weights)
+        # Fine-tuning with the lower layers kept as pretrained: they get no gradient, and the
+        # optimizer (which takes trainable parameters only) never holds them.
+        if config.freeze_layers > 0:
+            for module in [self.embeddings, *self.blocks[: config.freeze_layers]]:
+                module.requires_grad_(False)
+
+    def layer_index(self, name: str) -> int:
+        """Depth of parameter `name` for layer-wise LR decay: the embeddings 0, block i i + 1,
+        the head num_layers + 1."""
+        if name.startswith("embeddings."):
+            return 0
+        if name.startswith("blocks."):
+            return int(name.split(".")[1]) + 1
+        return len(self.blocks) + 1
 
     @property
     def embedding(self) -> nn.Embedding:
