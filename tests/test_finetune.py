@@ -344,3 +344,29 @@ def test_minilm_layer_options_reach_the_config(capsys: pytest.CaptureFixture[str
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "--freeze-layers 7 is invalid; expected an integer in [0, --num-layers 6]" in err
+
+
+def test_a_run_from_before_the_fine_tuning_fields_still_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """config.json without warmup_fraction, decay_biases_and_norms, freeze_layers and
+    layer_decay (a run made before them): --resume continues it, since the command's values are
+    the defaults it trained with; a value other than the default is still refused."""
+    from tiny_run import tiny_model_args
+
+    data = write_posts_csv(tmp_path / "p.csv", 48, seed=2)
+    out = tmp_path / "old"
+    argv = ["train", "--data", str(data), "--output", str(out), "--epochs", "1"]
+    argv += [*tiny_model_args(), "--quiet"]
+    assert main(argv) == 0
+    meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    for name in ("warmup_fraction", "decay_biases_and_norms", "freeze_layers", "layer_decay"):
+        del meta["model_config"][name]
+    (out / "config.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert main([*argv, "--resume"]) == 0
+    capsys.readouterr()
+    (out / "config.json").write_text(json.dumps(meta), encoding="utf-8")
+    assert main([*argv, "--scheduler", "linear", "--resume"]) == 2
+    assert "model_config.scheduler_type ('cosine' in the run, 'linear' now)" in (
+        capsys.readouterr().err
+    )
