@@ -33,7 +33,7 @@ inputs whose rows cannot be viewed as an (M, N) matrix are copied first.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 import triton
@@ -42,6 +42,10 @@ import triton.language as tl
 MAX_TILE = 8192  # widest row held in registers; past it the backward spills (flash-attn's finding)
 CHUNK = 4096  # tile width for longer rows
 MIN_BLOCK = 16  # the interpreter and tl.arange want blocks of at least 16 lanes
+# Rows up to ROWS_MAX_N values take the several-rows forward (_forward_rows_kernel), one warp a
+# row in stretches of LANE_N columns, on a persistent grid (_rows_config says why these).
+ROWS_MAX_N = 2048
+LANE_N = 256
 # The dw/db reduction's tiles: 32 fp32 columns are one 128-byte line per partial row; 64 partial
 # rows a step (the backward has up to 4 per SM, 528 on an H200).
 PARTIALS_BLOCK_N = 32
@@ -122,6 +126,63 @@ def _forward_kernel(
             tl.store(Y + cols, _to_storage(y, Y.dtype.element_ty), mask=mask)
     tl.store(Mean + row, mean)
     tl.store(Rstd + row, rstd)
+
+
+@triton.jit
+def _forward_rows_kernel(
+    X,
+    Y,
+    W,
+    B,
+    Mean,
+    Rstd,
+    stride_xm,
+    stride_xn,
+    M,
+    N,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    SPLIT: tl.constexpr,
+    LANE_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """The forward for short rows (N <= ROWS_MAX_N): BLOCK_M rows a tile, tiles taken in turn
+    by a persistent grid (program p does tiles p, p + P, p + 2P, ...).
+
+    A tile is held as [SPLIT, BLOCK_M, LANE_N]: value (s, m, c) is column s * LANE_N + c of row m.
+    Triton lays a tensor out fastest dimension first: the lanes of a warp go along c (LANE_N /
+    16 bytes of them, at most 32), then the warps along m, and only what is left over along s, so
+    a row never spans two warps: its two reductions are in-thread sums over s and shuffles over
+    c, with no shared memory and no barrier (a [BLOCK_M, N] tile would spread each row of 1,024
+    over 4 to 8 warps). The weight and bias are read once per program, not once per row."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, SPLIT)[:, None, None] * LANE_N + tl.arange(0, LANE_N)[None, None, :]
+    col_ok = cols < N  # [SPLIT, 1, LANE_N]
+    if HAS_WEIGHT:
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+    tiles = tl.cdiv(M, BLOCK_M)
+    for tile in tl.range(pid, tiles, tl.num_programs(0), num_stages=NUM_STAGES):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        rows3 = rows.to(tl.int64)[None, :, None]  # int64: row * stride may pass 2**31
+        mask = col_ok & (rows3 < M)
+        x = tl.load(X + rows3 * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+        x = x.to(tl.float32)
+        mean = tl.sum(tl.sum(x, axis=2), axis=0) / N
+        xc = tl.where(mask, x - mean[None, :, None], 0.0)  # padded lanes stay out of the variance
+        rstd = tl.rsqrt(tl.sum(tl.sum(xc * xc, axis=2), axis=0) / N + eps)
+        y = xc * rstd[None, :, None]
+        if HAS_WEIGHT:
+            y = y * w
+        if HAS_BIAS:
+            y = y + b
+        tl.store(Y + rows3 * N + cols, _to_storage(y, Y.dtype.element_ty), mask=mask)
+        tl.store(Mean + rows, mean, mask=row_ok)
+        tl.store(Rstd + rows, rstd, mask=row_ok)
 
 
 @triton.jit
@@ -271,6 +332,66 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _device_sms(x: torch.Tensor) -> int:
+    """The SM count of x's GPU (cached per device); 1 on the interpreter, which runs the
+    programs one after another anyway."""
+    if not x.is_cuda:
+        return 1
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return _sm_count(index)
+
+
+class RowsConfig(NamedTuple):
+    """Launch shape of _forward_rows_kernel for one (N, dtype)."""
+
+    block_m: int  # rows a tile
+    split: int  # a row is held as split x lane_n values
+    lane_n: int
+    num_warps: int
+    num_stages: int  # tiles in flight per program (2: the next tile is copied while one computes)
+    programs_per_sm: int  # the persistent grid is programs_per_sm x the SM count
+
+
+@functools.cache
+def _rows_config(n: int, element_size: int) -> RowsConfig:
+    """Block sizes for rows of n <= ROWS_MAX_N values of `element_size` bytes, chosen by rule
+    rather than autotuned (no extra compiles; the bench gives the whole LayerNorm 60 s):
+
+    - Bytes a row: a 16-byte load holds vec = 16 / element_size values; a warp covers LANE_N =
+      256 columns of a row (32 lanes x 8 values: one 16-byte load per lane in bf16/fp16, two in
+      fp32), so a row of 1,024 is 4 such stretches (split) held by one warp, 32 fp32 values a
+      thread. Narrower rows share a warp: lane_n / vec lanes a row.
+    - Registers: each thread holds about 32 fp32 values of x per tile (rows_per_thread rows of
+      block_n / lanes values; 64 at 2,048), plus the weight and bias for its columns, read once
+      per program. Compiled for sm_90 that is 72-128 registers a thread up to 1,024 and 128-191
+      at 2,048 (triton 3.9 and 3.6), spill-free.
+    - Warps: 4 (128 threads). Rows go to warps, so block_m = 4 x (rows a warp's lanes hold) x
+      rows_per_thread: 4 rows of 1,024 or 2,048 values, 8 of 512, 16 of 256, up to 256 rows of 16.
+    - Persistent grid: programs_per_sm programs of 4 warps an SM, all resident at once:
+      programs x 128 threads x registers <= 65,536 (4 programs up to 1,024 at <= 128 registers,
+      2 at 2,048 at <= 256), checked from the compiled kernels by tests/test_ptx_facts.py, so
+      no program waits for a second wave. With num_stages=2 each program copies its next tile
+      (cp.async, block_m x block_n x element_size: 8 KiB in bf16 at 1,024) while it computes
+      one: about 16 warps x 2 KiB x 2 = 64 KiB in flight an SM, over the ~30 KiB that an H200's
+      4.8 TB/s x ~0.8 us latency / 132 SMs needs.
+    """
+    block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
+    lane_n = min(block_n, LANE_N)
+    vec = 16 // element_size
+    lanes = min(32, lane_n // vec)  # lanes holding one row
+    per_row = block_n // lanes  # values of a row each of those lanes holds
+    rows_per_thread = max(1, 32 // per_row)
+    num_warps = 4
+    block_m = num_warps * (32 // lanes) * rows_per_thread
+    programs_per_sm = 4 if block_n <= 1024 else 2
+    return RowsConfig(block_m, block_n // lane_n, lane_n, num_warps, 2, programs_per_sm)
+
+
+def _forward_programs(x: torch.Tensor, tiles: int, config: RowsConfig) -> int:
+    """The persistent grid: programs_per_sm per SM, never more programs than tiles."""
+    return max(1, min(tiles, config.programs_per_sm * _device_sms(x)))
+
+
 def _backward_programs(x: torch.Tensor, rows: int) -> int:
     """How many programs share the rows: a few per SM keeps the GPU busy while the partial dw/db
     rows stay few; on the interpreter a handful (it runs them one after another anyway)."""
@@ -305,8 +426,32 @@ def forward(
     y = torch.empty((rows, n), dtype=out_dtype or x.dtype, device=x.device)
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
-    if rows > 0:
-        block, one_tile = _block(n, max_tile)
+    block, one_tile = _block(n, max_tile)
+    if rows > 0 and one_tile and block <= ROWS_MAX_N:
+        config = _rows_config(n, x.element_size())
+        tiles = triton.cdiv(rows, config.block_m)
+        _forward_rows_kernel[(_forward_programs(x, tiles, config),)](
+            x2,
+            y,
+            _flat_param(weight),
+            _flat_param(bias),
+            mean,
+            rstd,
+            x2.stride(0),
+            x2.stride(1),
+            rows,
+            n,
+            eps,
+            HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None,
+            BLOCK_M=config.block_m,
+            SPLIT=config.split,
+            LANE_N=config.lane_n,
+            NUM_STAGES=config.num_stages,
+            num_warps=config.num_warps,
+            enable_fp_fusion=FP_FUSION,
+        )
+    elif rows > 0:
         _forward_kernel[(rows,)](
             x2,
             y,
