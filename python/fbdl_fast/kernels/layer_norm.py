@@ -19,10 +19,14 @@ rows: it writes dx for its rows and sums their dw/db contributions in fp32 into 
 a second kernel sums the partial rows column by column and writes dw and db in the parameters'
 dtypes (deterministic: no atomics, no locks; one launch for both).
 
-Rows up to MAX_TILE values are held whole in registers (one tile, one read of x). Longer rows are
-walked in tiles of CHUNK values: three passes in the forward (mean, variance, normalise); in the
-backward one pass per row for the two means, then a tile-major pass so each program's dw/db tile
-stays in registers while it walks its rows.
+Rows up to ROWS_MAX_N (2,048) values are normalised several to a program (_forward_rows_kernel):
+BLOCK_M rows a tile, one warp a row (or several rows a warp when they are short), tiles walked by
+a persistent grid of a few programs an SM; _rows_config gives the block sizes per (N, dtype) and
+why. Longer rows, up to MAX_TILE values, are held whole in registers (one tile, one read of x)
+one row a program (the backward does so from 1 value up). Longer still, rows are walked in
+tiles of CHUNK values: three passes in the forward (mean, variance, normalise); in the backward
+one pass per row for the two means, then a tile-major pass so each program's dw/db tile stays in
+registers while it walks its rows.
 
 bf16 is loaded and cast to fp32 before any arithmetic (the CPU interpreter holds bf16 as raw 16-bit
 integers and cannot compute in it); outputs are rounded to nearest-even into their tensor's dtype
@@ -160,10 +164,17 @@ def _forward_rows_kernel(
     pid = tl.program_id(0)
     cols = tl.arange(0, SPLIT)[:, None, None] * LANE_N + tl.arange(0, LANE_N)[None, None, :]
     col_ok = cols < N  # [SPLIT, 1, LANE_N]
+    # The weight and bias are loaded as whole tiles (each row of the tile the same): a
+    # [SPLIT, 1, LANE_N] load would get a layout of its own (warps along SPLIT), and Triton
+    # then converts every y tile to it through shared memory, in the loop.
+    tile_shape: tl.constexpr = (SPLIT, BLOCK_M, LANE_N)
+    param_ok = tl.broadcast_to(col_ok, tile_shape)
     if HAS_WEIGHT:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.load(tl.broadcast_to(W + cols, tile_shape), mask=param_ok, other=0.0)
+        w = w.to(tl.float32)
     if HAS_BIAS:
-        b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(tl.broadcast_to(B + cols, tile_shape), mask=param_ok, other=0.0)
+        b = b.to(tl.float32)
     tiles = tl.cdiv(M, BLOCK_M)
     for tile in tl.range(pid, tiles, tl.num_programs(0), num_stages=NUM_STAGES):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -353,37 +364,43 @@ class RowsConfig(NamedTuple):
 
 
 @functools.cache
-def _rows_config(n: int, element_size: int) -> RowsConfig:
-    """Block sizes for rows of n <= ROWS_MAX_N values of `element_size` bytes, chosen by rule
-    rather than autotuned (no extra compiles; the bench gives the whole LayerNorm 60 s):
+def _rows_config(n: int, x_size: int) -> RowsConfig:
+    """Block sizes for rows of n <= ROWS_MAX_N values of x_size bytes, chosen by rule rather
+    than autotuned (no extra compiles; the GPU check gives the whole LayerNorm bench 60 s):
 
-    - Bytes a row: a 16-byte load holds vec = 16 / element_size values; a warp covers LANE_N =
-      256 columns of a row (32 lanes x 8 values: one 16-byte load per lane in bf16/fp16, two in
-      fp32), so a row of 1,024 is 4 such stretches (split) held by one warp, 32 fp32 values a
-      thread. Narrower rows share a warp: lane_n / vec lanes a row.
-    - Registers: each thread holds about 32 fp32 values of x per tile (rows_per_thread rows of
-      block_n / lanes values; 64 at 2,048), plus the weight and bias for its columns, read once
-      per program. Compiled for sm_90 that is 72-128 registers a thread up to 1,024 and 128-191
-      at 2,048 (triton 3.9 and 3.6), spill-free.
-    - Warps: 4 (128 threads). Rows go to warps, so block_m = 4 x (rows a warp's lanes hold) x
-      rows_per_thread: 4 rows of 1,024 or 2,048 values, 8 of 512, 16 of 256, up to 256 rows of 16.
-    - Persistent grid: programs_per_sm programs of 4 warps an SM, all resident at once:
-      programs x 128 threads x registers <= 65,536 (4 programs up to 1,024 at <= 128 registers,
-      2 at 2,048 at <= 256), checked from the compiled kernels by tests/test_ptx_facts.py, so
-      no program waits for a second wave. With num_stages=2 each program copies its next tile
-      (cp.async, block_m x block_n x element_size: 8 KiB in bf16 at 1,024) while it computes
-      one: about 16 warps x 2 KiB x 2 = 64 KiB in flight an SM, over the ~30 KiB that an H200's
-      4.8 TB/s x ~0.8 us latency / 132 SMs needs.
+    - Layout: Triton gives each load and store a layout of 16 bytes a lane, lanes first along
+      the last dimension, then warps along the next. A stretch is lane_n = 32 lanes x 16 bytes
+      of x (256 values in bf16/fp16, 128 in fp32), so x's layout has one warp on each stretch
+      of a row and warps along rows; narrower rows share a warp (lane_n / vec lanes a row).
+      The weight and bias, loaded as whole tiles, and y get the same layout when they have x's
+      dtype: no layout conversion in the loop. With fp32 y under autocast (bf16 x), y's 16-byte
+      layout spans two warps a stretch, so y is converted through shared memory (4 KiB a
+      program) before its store: the price of reading x and writing y 16 bytes a lane.
+    - Registers: each thread holds about 32 fp32 values of x a tile (rows_per_thread rows of
+      block_n / lanes values; 64 at 2,048), and as many of the weight and of the bias, read
+      once per program. Compiled for sm_90 (tests/test_ptx_facts.py): 128-138 registers at
+      768-1,024 and 250-254 at 2,048, spill-free.
+    - Warps: 4 (128 threads), along rows: block_m = 4 x (rows that a warp's lanes hold) x
+      rows_per_thread (4 rows of 768-2,048 values, 8 of 512, 16 of 256, ... 256 rows of 16),
+      so no row is split across warps: its reductions are in-thread sums and warp shuffles.
+    - Persistent grid: programs_per_sm programs of 4 warps an SM, as many as the register
+      estimate below lets be resident at once (3 up to 1,024, 2 at 2,048; the compiled kernels
+      are checked to fit), so no program waits for a second wave. With num_stages=2 each
+      program copies its next tile (cp.async: block_m x block_n x x_size, 8 KiB in bf16 at
+      1,024) while it computes one: with 12 warps an SM that is ~50 KiB an SM in flight, over
+      the ~30 KiB that an H200's 4.8 TB/s x ~0.8 us latency / 132 SMs needs.
     """
     block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
-    lane_n = min(block_n, LANE_N)
-    vec = 16 // element_size
-    lanes = min(32, lane_n // vec)  # lanes holding one row
-    per_row = block_n // lanes  # values of a row each of those lanes holds
+    lane_n = min(block_n, 32 * (16 // x_size))
+    x_lanes = lane_n // (16 // x_size)  # lanes holding one row of x (at most 32)
+    per_row = block_n // x_lanes  # values of a row each of those lanes holds
     rows_per_thread = max(1, 32 // per_row)
     num_warps = 4
-    block_m = num_warps * (32 // lanes) * rows_per_thread
-    programs_per_sm = 4 if block_n <= 1024 else 2
+    block_m = num_warps * (32 // x_lanes) * rows_per_thread
+    # x, the weight and the bias held in fp32 (y reuses x's registers), plus addresses and
+    # loop state; rounded to ptxas's unit of 8. 3 programs of 144 or 2 of 240 at 32 and 64.
+    registers = -(-(3 * per_row * rows_per_thread + 48) // 8) * 8
+    programs_per_sm = max(1, min(4, 65536 // (registers * 32 * num_warps)))
     return RowsConfig(block_m, block_n // lane_n, lane_n, num_warps, 2, programs_per_sm)
 
 
