@@ -370,3 +370,22 @@ def test_a_run_from_before_the_fine_tuning_fields_still_resumes(
     assert "model_config.scheduler_type ('cosine' in the run, 'linear' now)" in (
         capsys.readouterr().err
     )
+
+
+@needs_minilm
+def test_a_shorter_position_table_computes_what_the_full_one_does() -> None:
+    """max_seq_length 16 keeps the checkpoint's first 16 position rows: on inputs of up to 16
+    tokens the encoder's states equal those of the 512-row model, exactly."""
+    short = create_model(
+        "bert", ModelConfig(max_seq_length=16, fused=False), pretrained="all-minilm-l6-v2"
+    )
+    full = create_model("bert", ModelConfig(fused=False), pretrained="all-minilm-l6-v2")
+    assert short.embeddings.position.weight.shape == (16, 384)
+    assert full.embeddings.position.weight.shape == (512, 384)
+    ids = torch.tensor(
+        [[101, 1045, 2293, 2023, 2173, 999, 102, 0], [101, 7592, 102, 0, 0, 0, 0, 0]]
+    )
+    short.eval()
+    full.eval()
+    with torch.no_grad():
+        assert torch.equal(short.encode(ids), full.encode(ids))
