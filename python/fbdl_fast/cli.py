@@ -257,14 +257,15 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         type=int,
         default=0,
         metavar="K",
-        help="minilm: keep the embeddings and the first K blocks as pretrained (not trained)",
+        help="minilm: keep the embeddings and the first K blocks as pretrained, untrained "
+        "(default: 0)",
     )
     g.add_argument(
         "--layer-decay",
         type=float,
         default=1.0,
-        help="minilm: layer-wise LR decay; block i of N trains at lr x decay ** (N + 1 - i), "
-        "the head at lr, the embeddings at lr x decay ** (N + 1)",
+        help="minilm: layer-wise LR decay; block i of N (0 = lowest) trains at lr x decay ** "
+        "(N - i), the head at lr, the embeddings at lr x decay ** (N + 1)",
     )
     g.add_argument("--optimizer", default="adamw", help="adam, adamw, sgd, rmsprop, adagrad")
     g.add_argument(
