@@ -1,7 +1,8 @@
 """`fbdl-fast`: the command line (demo, train, evaluate, predict, bench).
 
-    fbdl-fast demo                                   # the three reference models, compared
+    fbdl-fast demo                                   # the reference models (+ MiniLM), compared
     fbdl-fast train --data posts.csv --output runs/first
+    fbdl-fast train --model minilm --data posts.csv --output runs/m   # fine-tune all-MiniLM-L6-v2
     fbdl-fast evaluate --run runs/first --data test.csv [--json]
     fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
     fbdl-fast bench                                  # pytest benches --benchmark-only
