@@ -138,14 +138,19 @@ def test_wide_rows_keep_the_one_row_kernel(rows_kernel) -> None:
 
 @pytest.mark.parametrize("element_size", [2, 4])
 def test_rows_config_keeps_each_row_in_one_warp(element_size: int) -> None:
-    """Triton lays [SPLIT, BLOCK_M, LANE_N] out lanes along LANE_N first (16 bytes a lane), then
-    warps along BLOCK_M, and only leftover warps along SPLIT: a row stays inside one warp when
-    BLOCK_M covers every warp's lanes. The tile must also hold each column once."""
+    """The kernel's 2-D tile has SPLIT * BLOCK_M lines of LANE_N values (line i: stretch
+    i // BLOCK_M of row i % BLOCK_M); Triton lays it out 16 bytes a lane along a line, then warps
+    along lines (line i on warp (i // lines-a-warp) mod num_warps). A row stays inside one warp
+    when it is one line, or when BLOCK_M is a multiple of num_warps and a line fills a warp. The
+    tile must also hold each column once, and every warp must get lines (BLOCK_M large enough)."""
     for n in [1, 7, 16, 33, 64, 100, 128, 255, 256, 512, 768, 769, 1024, 1500, 2048]:
         c = kernels._rows_config(n, element_size)
         block_n = c.split * c.lane_n
         assert block_n >= n and block_n == max(16, 1 << (n - 1).bit_length()), (n, c)
-        lanes_per_row = min(32, c.lane_n // (16 // element_size))
-        assert c.block_m >= c.num_warps * (32 // lanes_per_row), (n, c)
+        lanes_per_line = min(32, c.lane_n // (16 // element_size))
+        lines_a_warp = 32 // lanes_per_line
+        assert c.block_m * c.split >= c.num_warps * lines_a_warp, (n, c)
+        if c.split > 1:
+            assert lines_a_warp == 1 and c.block_m % c.num_warps == 0, (n, c)
         assert c.block_m * block_n <= 2048 * 4 * c.num_warps, (n, c)  # <= 64 values a thread
         assert c.programs_per_sm * c.num_warps <= 16, (n, c)

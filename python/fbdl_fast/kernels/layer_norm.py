@@ -155,45 +155,48 @@ def _forward_rows_kernel(
     """The forward for short rows (N <= ROWS_MAX_N): BLOCK_M rows a tile, tiles taken in turn
     by a persistent grid (program p does tiles p, p + P, p + 2P, ...).
 
-    A tile is held as [SPLIT, BLOCK_M, LANE_N]: value (s, m, c) is column s * LANE_N + c of row m.
-    Triton lays a tensor out fastest dimension first: the lanes of a warp go along c (LANE_N /
-    16 bytes of them, at most 32), then the warps along m, and only what is left over along s, so
-    a row never spans two warps: its two reductions are in-thread sums over s and shuffles over
-    c, with no shared memory and no barrier (a [BLOCK_M, N] tile would spread each row of 1,024
-    over 4 to 8 warps). The weight and bias are read once per program, not once per row."""
+    A row is SPLIT stretches of LANE_N columns (32 lanes x 16 bytes of x). Memory is read and
+    written as a 2-D [SPLIT * BLOCK_M, LANE_N] tile whose line i holds stretch i // BLOCK_M of
+    row i % BLOCK_M: Triton lays it out lanes along a line and warps along lines, line i on
+    warp i mod num_warps, so with BLOCK_M a multiple of num_warps every stretch of a row lands
+    on the same warp. The maths reshapes it (no data moved) to [SPLIT, BLOCK_M, LANE_N]: a row's
+    two reductions are in-thread sums over SPLIT and shuffles over LANE_N, with no shared memory
+    and no barrier. (A 3-D load would leave the layout to the dimension order Triton picks for
+    equal contiguities, which differs between 3.6 and 3.9; a [BLOCK_M, N] tile spreads each row
+    of 1,024 over 4 to 8 warps.) The weight and bias are read once per program as whole tiles,
+    so they get x's layout."""
     pid = tl.program_id(0)
-    cols = tl.arange(0, SPLIT)[:, None, None] * LANE_N + tl.arange(0, LANE_N)[None, None, :]
-    col_ok = cols < N  # [SPLIT, 1, LANE_N]
-    # The weight and bias are loaded as whole tiles (each row of the tile the same): a
-    # [SPLIT, 1, LANE_N] load would get a layout of its own (warps along SPLIT), and Triton
-    # then converts every y tile to it through shared memory, in the loop.
-    tile_shape: tl.constexpr = (SPLIT, BLOCK_M, LANE_N)
-    param_ok = tl.broadcast_to(col_ok, tile_shape)
+    lines: tl.constexpr = SPLIT * BLOCK_M
+    line = tl.arange(0, lines)
+    cols = (line // BLOCK_M * LANE_N)[:, None] + tl.arange(0, LANE_N)[None, :]
+    col_ok = cols < N
+    shape3: tl.constexpr = (SPLIT, BLOCK_M, LANE_N)
     if HAS_WEIGHT:
-        w = tl.load(tl.broadcast_to(W + cols, tile_shape), mask=param_ok, other=0.0)
-        w = w.to(tl.float32)
+        w = tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w = tl.reshape(w, shape3)
     if HAS_BIAS:
-        b = tl.load(tl.broadcast_to(B + cols, tile_shape), mask=param_ok, other=0.0)
-        b = b.to(tl.float32)
+        b = tl.load(B + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.reshape(b, shape3)
     tiles = tl.cdiv(M, BLOCK_M)
     for tile in tl.range(pid, tiles, tl.num_programs(0), num_stages=NUM_STAGES):
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        row_ok = rows < M
-        rows3 = rows.to(tl.int64)[None, :, None]  # int64: row * stride may pass 2**31
-        mask = col_ok & (rows3 < M)
-        x = tl.load(X + rows3 * stride_xm + cols * stride_xn, mask=mask, other=0.0)
-        x = x.to(tl.float32)
+        rows = (tile * BLOCK_M + line % BLOCK_M).to(tl.int64)[:, None]  # int64: row * stride
+        mask = col_ok & (rows < M)
+        x = tl.load(X + rows * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+        x = tl.reshape(x.to(tl.float32), shape3)
+        mask3 = tl.reshape(mask, shape3)
         mean = tl.sum(tl.sum(x, axis=2), axis=0) / N
-        xc = tl.where(mask, x - mean[None, :, None], 0.0)  # padded lanes stay out of the variance
+        xc = tl.where(mask3, x - mean[None, :, None], 0.0)  # padded lanes: not in the variance
         rstd = tl.rsqrt(tl.sum(tl.sum(xc * xc, axis=2), axis=0) / N + eps)
         y = xc * rstd[None, :, None]
         if HAS_WEIGHT:
             y = y * w
         if HAS_BIAS:
             y = y + b
-        tl.store(Y + rows3 * N + cols, _to_storage(y, Y.dtype.element_ty), mask=mask)
-        tl.store(Mean + rows, mean, mask=row_ok)
-        tl.store(Rstd + rows, rstd, mask=row_ok)
+        y = tl.reshape(_to_storage(y, Y.dtype.element_ty), (lines, LANE_N))
+        tl.store(Y + rows * N + cols, y, mask=mask)
+        tile_rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        tl.store(Mean + tile_rows, mean, mask=tile_rows < M)
+        tl.store(Rstd + tile_rows, rstd, mask=tile_rows < M)
 
 
 @triton.jit
@@ -369,9 +372,10 @@ def _rows_config(n: int, x_size: int) -> RowsConfig:
     than autotuned (no extra compiles; the GPU check gives the whole LayerNorm bench 60 s):
 
     - Layout: Triton gives each load and store a layout of 16 bytes a lane, lanes first along
-      the last dimension, then warps along the next. A stretch is lane_n = 32 lanes x 16 bytes
-      of x (256 values in bf16/fp16, 128 in fp32), so x's layout has one warp on each stretch
-      of a row and warps along rows; narrower rows share a warp (lane_n / vec lanes a row).
+      the last dimension, then warps along the lines. A stretch is lane_n = 32 lanes x 16 bytes
+      of x (256 values in bf16/fp16, 128 in fp32), one line of the kernel's 2-D tile, so a
+      warp holds whole stretches and (block_m a multiple of the warps) all stretches of its
+      rows; narrower rows are one line each, lane_n / vec lanes a row, several rows a warp.
       The weight and bias, loaded as whole tiles, and y get the same layout when they have x's
       dtype: no layout conversion in the loop. With fp32 y under autocast (bf16 x), y's 16-byte
       layout spans two warps a stretch, so y is converted through shared memory (4 KiB a
