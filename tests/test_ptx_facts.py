@@ -78,6 +78,7 @@ def facts(compiled):
         "sass_local": count(r"\b(?:LDL|STL)\b", sass),
         "stack_bytes": int(re.search(r"STACK:(\d+)", usage).group(1)),
         "registers": int(re.search(r"REG:(\d+)", usage).group(1)),
+        "shared": compiled.metadata.shared,
     }
 
 
@@ -115,18 +116,20 @@ for d in (64, 128):
     out[f"_attn_bwd_delta[D={d}]"] = facts(compiled)
 
 # LayerNorm under bf16 autocast (bf16 x, fp32 weight, bias and y; fp32 dy, bf16 dx): rows of
-# 1,024 and 8,192 held whole, and 16,384 walked in chunks.
+# 1,024 and 8,192 held whole, and 16,384 walked in chunks. The forward up to 2,048 values is the
+# several-rows kernel (below).
 for n in (1024, 8192, 16384):
     block, one_tile = LN._block(n, LN.MAX_TILE)
     flags = {"BLOCK_N": block, "ONE_TILE": one_tile}
     options = {"num_warps": LN._num_warps(block), "enable_fp_fusion": LN.FP_FUSION}
-    compiled = compile_aligned(
-        LN._forward_kernel,
-        {"X": "*bf16", "Y": "*fp32", "W": "*fp32", "B": "*fp32", "Mean": "*fp32",
-         "Rstd": "*fp32", "stride_xm": "i64", "eps": "fp32"},
-        {"HAS_WEIGHT": True, "HAS_BIAS": True, **flags},
-        divisible=["stride_xm", "N"], ones=["stride_xn"], **options)
-    out[f"_forward_kernel[N={n}]"] = facts(compiled)
+    if n > LN.ROWS_MAX_N:
+        compiled = compile_aligned(
+            LN._forward_kernel,
+            {"X": "*bf16", "Y": "*fp32", "W": "*fp32", "B": "*fp32", "Mean": "*fp32",
+             "Rstd": "*fp32", "stride_xm": "i64", "eps": "fp32"},
+            {"HAS_WEIGHT": True, "HAS_BIAS": True, **flags},
+            divisible=["stride_xm", "N"], ones=["stride_xn"], **options)
+        out[f"_forward_kernel[N={n}]"] = facts(compiled)
     compiled = compile_aligned(
         LN._backward_kernel,
         {"X": "*bf16", "DY": "*fp32", "DX": "*bf16", "W": "*fp32", "Mean": "*fp32",
@@ -141,6 +144,23 @@ compiled = compile_aligned(
      "BLOCK_N": LN.PARTIALS_BLOCK_N}, divisible=["N"], ones=[], num_warps=4,
     enable_fp_fusion=LN.FP_FUSION)
 out["_sum_partials_kernel[N=1024]"] = facts(compiled)
+# The several-rows LayerNorm forward as the host launches it (its _rows_config), at the bench's
+# 768 and 1,024: bf16 x with fp32 y, weight and bias (autocast), all bf16, all fp32. M is any.
+for n in (768, 1024):
+    for x_t, y_t in (("bf16", "fp32"), ("bf16", "bf16"), ("fp32", "fp32")):
+        size = {"bf16": 2, "fp32": 4}[x_t]
+        c = LN._rows_config(n, size)
+        compiled = compile_aligned(
+            LN._forward_rows_kernel,
+            {"X": f"*{x_t}", "Y": f"*{y_t}", "W": f"*{y_t}", "B": f"*{y_t}", "Mean": "*fp32",
+             "Rstd": "*fp32", "stride_xm": "i64", "eps": "fp32"},
+            {"HAS_WEIGHT": True, "HAS_BIAS": True, "BLOCK_M": c.block_m, "SPLIT": c.split,
+             "LANE_N": c.lane_n, "NUM_STAGES": c.num_stages},
+            divisible=["stride_xm", "N"], ones=["stride_xn"], num_warps=c.num_warps,
+            enable_fp_fusion=LN.FP_FUSION)
+        out[f"_forward_rows_kernel[N={n},{x_t}->{y_t}]"] = dict(
+            facts(compiled), tile_bytes=c.block_m * c.split * c.lane_n * size,
+            num_warps=c.num_warps, programs_per_sm=c.programs_per_sm)
 
 # Focal loss on bf16 logits, N = 8,192 rows of C = 32,000 classes, every option on.
 block_r, block_c, num_warps = F._blocks(8192, 32000)
@@ -171,8 +191,11 @@ ATTENTION = [
     for features in ("", ",mask,causal,dropout")
 ]
 DELTA = ["_attn_bwd_delta[D=64]", "_attn_bwd_delta[D=128]"]
-LAYER_NORM = [f"{kernel}[N={n}]" for kernel in ("_forward_kernel", "_backward_kernel") for n in
-              (1024, 8192, 16384)] + ["_sum_partials_kernel[N=1024]"]  # fmt: skip
+ROWS = [f"_forward_rows_kernel[N={n},{x}->{y}]" for n in (768, 1024)
+        for x, y in (("bf16", "fp32"), ("bf16", "bf16"), ("fp32", "fp32"))]  # fmt: skip
+LAYER_NORM = [f"_forward_kernel[N={n}]" for n in (8192, 16384)] + [
+    f"_backward_kernel[N={n}]" for n in (1024, 8192, 16384)
+] + ["_sum_partials_kernel[N=1024]"] + ROWS  # fmt: skip
 FOCAL = ["_focal_loss_forward_kernel[C=32000]", "_focal_loss_backward_kernel[C=32000]"]
 KERNELS = ATTENTION + DELTA + LAYER_NORM + FOCAL
 
@@ -209,7 +232,8 @@ def test_cp_async_only_in_pipelined_loops(facts, kernel):
     # from shared memory), and so is the LayerNorm backward's row loop (tl.range, num_stages=2).
     # The delta kernel has no loop; the LayerNorm forward's, the dw/db reduction's and the focal
     # loss's loops are not pipelined.
-    pipelined = kernel in ATTENTION or kernel.startswith("_backward_kernel")
+    # The several-rows LayerNorm forward copies its next tile ahead (tl.range, num_stages=2).
+    pipelined = kernel in ATTENTION or kernel.startswith(("_backward_kernel", "_forward_rows"))
     assert (facts[kernel]["cp_async"] > 0) == pipelined, facts[kernel]
 
 
@@ -236,3 +260,22 @@ def test_no_spills(facts, kernel):
 def test_known_spills_do_not_grow(facts, kernel):
     f = facts[kernel]
     assert f["ptx_local"] == 0 and f["stack_bytes"] <= SPILLING[kernel], f
+
+
+SM_SHARED_BYTES = 233472  # shared memory of one H100/H200 SM (228 KiB)
+
+
+@pytest.mark.parametrize("kernel", ROWS)
+def test_rows_forward_programs_fit_and_reduce_in_warps(facts, kernel):
+    f = facts[kernel]
+    # The persistent grid (programs_per_sm programs an SM) is resident in one wave: registers
+    # (ptxas allocates 8 at a time) and shared memory of all its programs fit on one SM.
+    registers = -(-f["registers"] // 8) * 8
+    assert registers * 32 * f["num_warps"] * f["programs_per_sm"] <= 65536, f
+    assert f["shared"] * f["programs_per_sm"] <= SM_SHARED_BYTES, f
+    # Shared memory holds the tile copied ahead (one stage) and the few bytes that re-lay the
+    # BLOCK_M means and rstds for their stores: no scratch for the row reductions (a reduction
+    # across warps needs some), and no tile conversion except y's under autocast (bf16 x, fp32
+    # y: 16-byte lanes of y hold 4 values, x's 8), 4 KiB.
+    conversion = 4096 if kernel.endswith("bf16->fp32]") else 0
+    assert f["shared"] <= f["tile_bytes"] + conversion + 64, f
