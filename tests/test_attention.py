@@ -383,7 +383,7 @@ def test_mha_need_weights_under_forced_triton_says_why(triton):
         ours(x, x, x)
 
 
-# Compiles the four kernels as a GPU launch would (the host's own block sizes, warps, stages and
+# Compiles the three kernels as a GPU launch would (the host's own block sizes, warps, stages and
 # flags, read with the interpreter off), for sm_90, with tests/compile_check.py. D=64 with a key
 # mask, causal masking and dropout; D=128 (the largest tiles) with none, so every constexpr
 # branch is compiled once per dtype. Prints one line per kernel: name, dtype, D, whether a cubin
@@ -404,7 +404,6 @@ for dtype, name in ((torch.float16, "fp16"), (torch.bfloat16, "bf16")):
         bwd = K._launch_config(1024, 1024, d, backward=True)
         for kernel, cfg, constants in (
             (K._attn_fwd, fwd, flags),
-            (K._attn_bwd_delta, {"BLOCK_M": bwd["BLOCK_M"], "enable_fp_fusion": K.FP_FUSION}, {}),
             (K._attn_bwd_dkdv, bwd, flags),
             (K._attn_bwd_dq, bwd, flags),
         ):
@@ -424,7 +423,7 @@ def test_kernels_compile_for_h100(tmp_path):
     """The interpreter runs the kernels as Python (and bf16 dots not at all): compiling finds what
     only the compiler rejects, on a machine without a GPU."""
     stdout = run_compile_script(_COMPILE_FOR_H100, tmp_path)
-    kernels = ("_attn_fwd", "_attn_bwd_delta", "_attn_bwd_dkdv", "_attn_bwd_dq")
+    kernels = ("_attn_fwd", "_attn_bwd_dkdv", "_attn_bwd_dq")
     assert stdout.splitlines() == [
         f"{kernel} {dtype} {d} True True"
         for dtype in ("fp16", "bf16")

@@ -14,8 +14,13 @@ saves only lse = m + log2(l) per query (base 2: the kernels use exp2 with log2(e
 scale). Backward recomputes P = exp2(S' - lse) block by block and, with delta = rowsum(dO * O):
     dV = Z^T dO,   dP = keep * (dO V^T) / (1 - p),   dS = P * (dP - delta)
     dQ = scale * dS K,   dK = scale * dS^T Q
-(rowsum(dP * P) = rowsum(dO * O) holds with dropout too, so delta needs no second pass). dK/dV
-are one kernel over key blocks, dQ another over query blocks: no atomics, each output written once.
+(rowsum(dP * P) = rowsum(dO * O) holds with dropout too, so delta needs no second pass). Two
+launches, no atomics, each output written once: dQ over query blocks, which also computes delta
+for its rows (it reads dO anyway; one more read of O) and stores it, then dK/dV over key blocks,
+which reads delta for every query block it visits (a kernel of its own for delta cost a third
+launch and a second read of dO). dK/dV works on transposed tiles, keys x queries, as the Triton
+tutorial does: S^T = K Q^T, so P^T and dS^T come out of the dots in the layout of the A operands
+of dV = Z^T dO and dK = dS^T Q, with no transpose of a score tile (it spilled with dropout).
 
 Fully masked queries: running max starts at a finite -1e30 and masked scores are -inf, so
 exp2 gives exact zeros (no inf - inf); l = 0 gives O = 0 and lse = +inf, so backward's
@@ -149,20 +154,17 @@ def _backward_tile(
     DROPOUT: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """Both backward kernels' shared step on one (BLOCK_M, BLOCK_N) tile: recompute the forward's
-    probabilities P = exp2(S' - lse) and return (Z, dS) with Z = keep * P / (1 - p) (P without
-    dropout) and dS = P * (dP - delta), dP = keep * (dO V^T) / (1 - p)."""
+    """dQ's step on one (BLOCK_M, BLOCK_N) tile: recompute the forward's probabilities
+    P = exp2(S' - lse) and return dS = P * (dP - delta), dP = keep * (dO V^T) / (1 - p). (dK/dV
+    does the same on the transposed tile, in _attn_bwd_dkdv.)"""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     s = _scores(q, k, offs_m, offs_n, key_ok, Lq, qk_scale, CAUSAL, PRECISION)
     p = tl.exp2(s - lse[:, None])
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     if DROPOUT:
         keep = _keep(seed, bh, offs_m, start_n, Lq, Lk, dropout_p, BLOCK_N)
-        z = tl.where(keep, p / (1.0 - dropout_p), 0.0)
         dp = tl.where(keep, dp / (1.0 - dropout_p), 0.0)
-    else:
-        z = p
-    return z, p * (dp - delta[:, None])
+    return p * (dp - delta[:, None])
 
 
 @triton.jit
@@ -251,24 +253,8 @@ def _attn_fwd(
     tl.store(LSE + bh * Lq + offs_m, lse, mask=offs_m < Lq)
 
 
-@triton.jit
-def _attn_bwd_delta(
-    O, DO, DELTA, sob, soh, som, sdb, sdh, sdm, H, Lq, D: tl.constexpr, BLOCK_M: tl.constexpr
-):
-    """delta = rowsum(dO * O) per query, in fp32."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
-    b = bh // H
-    h = bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
-    o = _load_tile(O + b * sob + h * soh, offs_m, offs_d, som, Lq, True)
-    do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdm, Lq, True)
-    tl.store(DELTA + bh * Lq + offs_m, tl.sum(o * do, 1), mask=offs_m < Lq)
-
-
-# The two backward kernels take the same arguments: dK/dV loops over query blocks for one key
-# block, dQ over key blocks for one query block; both call _backward_tile for each tile.
+# The two backward kernels take the same arguments (dQ also O and its strides): dK/dV loops over
+# query blocks for one key block, on transposed tiles; dQ over key blocks for one query block.
 
 
 @triton.jit
@@ -343,13 +329,29 @@ def _attn_bwd_dkdv(
         do = _load_tile(DO, offs_m, offs_d, sdm, Lq, UPCAST)
         lse = tl.load(LSE + offs_m, mask=rows, other=float("inf"))
         delta = tl.load(DELTA + offs_m, mask=rows, other=0.0)
-        z, ds = _backward_tile(
-            q, k, v, do, lse, delta, offs_m, pid_n * BLOCK_N, key_ok, bh, Lq, Lk, qk_scale,
-            dropout_p, seed, BLOCK_N, CAUSAL, DROPOUT, PRECISION,
-        )  # fmt: skip
-        dv += tl.dot(tl.trans(z.to(do.dtype)), do, input_precision=PRECISION)
-        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PRECISION)
+        # Transposed tiles (keys x queries): S^T = K Q^T, so P^T and dS^T come out of the dots
+        # in the layout dV's and dK's dots take them, with no transpose of a score tile. The
+        # keep mask is the forward's (_keep), transposed: the same numbers, bit for bit. dV's dot
+        # before dP's, so dP^T is not live across it (with dropout, D=128 spilled otherwise).
+        st = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+        visible = key_ok[:, None] & rows[None, :]
+        if CAUSAL:
+            visible = visible & (offs_n[:, None] <= offs_m[None, :])
+        pt = tl.exp2(tl.where(visible, st, float("-inf")) - lse[None, :])
+        if DROPOUT:
+            keep = tl.trans(_keep(seed, bh, offs_m, pid_n * BLOCK_N, Lq, Lk, dropout_p, BLOCK_N))
+            zt = tl.where(keep, pt, 0.0)  # dV's 1 / (1 - p) is applied once, at the end
+        else:
+            zt = pt
+        dv += tl.dot(zt.to(do.dtype), do, input_precision=PRECISION)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        if DROPOUT:
+            dpt = tl.where(keep, dpt * (1.0 / (1.0 - dropout_p)), 0.0)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(q.dtype), q, input_precision=PRECISION)
 
+    if DROPOUT:
+        dv = dv * (1.0 / (1.0 - dropout_p))
     in_range = offs_n < Lk
     tl.store(
         DK + bh * Lk * D + offs_n[:, None] * D + offs_d[None, :],
@@ -368,11 +370,15 @@ def _attn_bwd_dq(
     Q,
     K,
     V,
+    O,
     DO,
     LSE,
     DELTA,
     KMASK,
     DQ,
+    sob,
+    soh,
+    som,
     sqb,
     sqh,
     sqm,
@@ -403,7 +409,8 @@ def _attn_bwd_dq(
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """One block of queries: dQ = scale * dS K, summed over all key blocks."""
+    """One block of queries: delta = rowsum(dO * O), stored for dK/dV (launched after this
+    kernel), and dQ = scale * dS K, summed over all key blocks."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1).to(tl.int64)  # 64-bit offsets: B*H*L*D may pass 2**31
     b = bh // H
@@ -414,7 +421,9 @@ def _attn_bwd_dq(
     q = _load_tile(Q + b * sqb + h * sqh, offs_m, offs_d, sqm, Lq, UPCAST)
     do = _load_tile(DO + b * sdb + h * sdh, offs_m, offs_d, sdm, Lq, UPCAST)
     lse = tl.load(LSE + bh * Lq + offs_m, mask=rows, other=float("inf"))
-    delta = tl.load(DELTA + bh * Lq + offs_m, mask=rows, other=0.0)
+    o = _load_tile(O + b * sob + h * soh, offs_m, offs_d, som, Lq, True)
+    delta = tl.sum(o * do.to(tl.float32), 1)  # rowsum(dO * O), in fp32; dK/dV reads it
+    tl.store(DELTA + bh * Lq + offs_m, delta, mask=rows)
     K += b * skb + h * skh
     V += b * svb + h * svh
     KMASK += b * smb
@@ -429,7 +438,7 @@ def _attn_bwd_dq(
         k = _load_tile(K, offs_n, offs_d, skn, klen, UPCAST)
         v = _load_tile(V, offs_n, offs_d, svn, klen, UPCAST)
         key_ok = _keys_taking_part(KMASK, offs_n, smn, klen, HAS_MASK)
-        _, ds = _backward_tile(
+        ds = _backward_tile(
             q, k, v, do, lse, delta, offs_m, start_n, key_ok, bh, Lq, Lk, qk_scale, dropout_p,
             seed, BLOCK_N, CAUSAL, DROPOUT, PRECISION,
         )  # fmt: skip
@@ -450,7 +459,7 @@ def _attn_bwd_dq(
 def _gpu_config(backward: bool) -> dict[str, int]:
     """Block sizes, warps and stages on a GPU (Hopper). Chosen from the sm_90 compile (triton
     3.9, fp16, aligned lengths; tests/test_ptx_facts.py checks the facts): every dot is a wgmma
-    and no kernel spills, except dK/dV at D=128 with dropout (128 bytes of stack). The forward's
+    and no kernel spills, except the D=128 forward with dropout (16 bytes of stack). The forward's
     128 x 64 tiles with 8 warps keep each warpgroup on 64 whole rows (the D=64 forward with
     dropout spilled 112 bytes with 4 warps; 185 registers with 8). The backward's 64 x 64 tiles
     with 8 warps: dK/dV's dots have M = BLOCK_N, so BLOCK_N=32 (the old D=128 choice) fell back
@@ -568,18 +577,6 @@ def attention_backward(
     mask, smb, smn = _mask_args(key_mask, q)
     cfg = _launch_config(Lq, Lk, D, backward=True)
     flags = _flags(q.dtype)
-    _attn_bwd_delta[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
-        out,
-        do,
-        delta,
-        *out.stride()[:3],
-        *do.stride()[:3],
-        H,
-        Lq,
-        D=D,
-        BLOCK_M=cfg["BLOCK_M"],
-        enable_fp_fusion=FP_FUSION,
-    )
     common = (
         *q.stride()[:3],
         *k.stride()[:3],
@@ -598,11 +595,12 @@ def attention_backward(
     meta = dict(
         D=D, HAS_MASK=key_mask is not None, CAUSAL=causal, DROPOUT=dropout_p > 0.0, **flags, **cfg
     )
+    # Two launches: dQ also writes delta, which dK/dV (the second launch, same stream) reads.
+    _attn_bwd_dq[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
+        q, k, v, out, do, lse, delta, mask, dq, *out.stride()[:3], *common, **meta
+    )
     _attn_bwd_dkdv[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
         q, k, v, do, lse, delta, mask, dk, dv, *common, **meta
-    )
-    _attn_bwd_dq[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
-        q, k, v, do, lse, delta, mask, dq, *common, **meta
     )
     return dq, dk, dv
 
