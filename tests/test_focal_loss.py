@@ -9,6 +9,8 @@ CPU, where the targets' range is checked before the kernel runs."""
 from __future__ import annotations
 
 import math
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -378,6 +380,77 @@ def test_bad_targets_are_named() -> None:
         focal_loss(logits, torch.rand(4))
     with pytest.raises(ValueError, match=r"target shape \(3,\) must equal .* \(4,\)"):
         focal_loss(logits, torch.tensor([0, 1, 2]))
+
+
+def _messages(fn: Callable[[], Any]) -> str:
+    with pytest.raises(ValueError) as error:
+        fn()
+    return str(error.value)
+
+
+BAD_TARGETS = [
+    (torch.tensor([0, 1, 3, IGNORE]), {}, r"target 3 is out of range.*\[0, 3\)"),
+    (torch.tensor([0, -2, 1, 1]), {}, "target -2 is out of range"),
+    (torch.tensor([0, 1, 7, 3], dtype=torch.int32), {"ignore_index": 7}, "target 3 is out"),
+    (torch.tensor([[0, 5], [-1, 1]]), {"ignore_index": 5}, "target -1 is out of range"),
+    (torch.tensor([[0, 1], [9, 9]]), {"reduction": "none", "gamma": 0}, "target 9 is out"),
+]
+
+
+@pytest.mark.parametrize(("target", "kwargs", "message"), BAD_TARGETS)
+def test_cpu_early_exit_names_bad_targets_as_the_full_check_does(
+    monkeypatch: pytest.MonkeyPatch, target: torch.Tensor, kwargs: dict[str, Any], message: str
+) -> None:
+    """Outside the interpreter, CPU calls leave the range check to the reference's gather (free
+    for valid targets); the message must be the full check's, word for word, and the early exit
+    must really be the path taken (check_args' own range check is made to fail there)."""
+    logits = torch.randn(*target.shape, 3)
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    full = _messages(lambda: focal_loss(logits, target, **kwargs))
+    assert full == _messages(lambda: op.explain(logits, target, **kwargs))
+    monkeypatch.delenv("TRITON_INTERPRET")
+    real = op._check_target_range
+    calls: list[str] = []
+
+    def counted(*args: Any) -> None:
+        calls.append(sys._getframe(1).f_code.co_name)  # who asked: check_args or reference
+        real(*args)
+
+    monkeypatch.setattr(op, "_check_target_range", counted)
+    for run in (
+        lambda: focal_loss(logits, target, **kwargs),
+        lambda: FocalLoss(**kwargs)(logits.clone().requires_grad_(), target),
+    ):
+        calls.clear()
+        assert _messages(run) == full
+        assert calls == ["reference"]  # once, after gather refused the index, not before
+    assert re.search(message, full)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"reduction": "none", "gamma": 0.5, "label_smoothing": 0.2},
+        {"reduction": "sum", "alpha": torch.tensor([0.2, 0.3, 0.5, 1.0]), "weight": torch.rand(4)},
+        {"ignore_index": 4, "alpha": 0.25, "weight": torch.rand(4), "label_smoothing": 0.1},
+    ],
+)
+def test_cpu_early_exit_equals_the_reference_exactly(
+    monkeypatch: pytest.MonkeyPatch, kwargs: dict[str, Any]
+) -> None:
+    """check_targets=True drops the reference's range masks; with valid targets (and
+    ignore_index rows, also one past C) value and gradient are bit for bit the reference's."""
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    logits, target = _problem(6, 4, ignored=2)
+    target[:2] = kwargs.get("ignore_index", IGNORE)
+    out, grad, upstream = _value_and_grad(focal_loss, logits, target, **kwargs)
+    ref, ref_grad, _ = _value_and_grad(op.reference, logits, target, upstream, **kwargs)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(grad, ref_grad, rtol=0, atol=0)
+    assert grad[:2].abs().max() == 0 and out.isfinite().all()
 
 
 def test_module_rejects_bad_config_at_construction() -> None:

@@ -55,10 +55,13 @@ def check_args(
     ignore_index: int,
     reduction: str,
     label_smoothing: float,
+    check_range: bool = True,
 ) -> tuple[torch.Tensor, Union[float, torch.Tensor, None]]:
     """Validate the arguments; return (target as int64, alpha as None, a float or a tensor).
 
     Raises ValueError/TypeError naming the argument, its value and what is accepted.
+    check_range=False leaves the targets' range to the caller: dispatch's CPU reference path,
+    where `reference(..., check_targets=True)` finds a bad target at no cost (see there).
     """
     if not isinstance(input, torch.Tensor) or not input.is_floating_point() or input.dim() < 1:
         what = (
@@ -78,12 +81,16 @@ def check_args(
         raise TypeError(
             f"focal_loss: target must be a tensor of class indices, got {type(target).__name__}"
         )
-    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+    # Checks below test the common case (int64 target, float numbers) first: dispatch on CPU
+    # tensors costs little more than these checks, so each abstract isinstance counts.
+    if target.dtype is not torch.int64 and (
+        target.is_floating_point() or target.is_complex() or target.dtype == torch.bool
+    ):
         raise ValueError(
             f"focal_loss: target must hold class indices (int64), got dtype "
             f"{target.dtype}; class-probability targets are not supported"
         )
-    if tuple(target.shape) != tuple(input.shape[:-1]):
+    if target.shape != input.shape[:-1]:
         raise ValueError(
             f"focal_loss: target shape {tuple(target.shape)} must equal the input "
             f"shape without its class dimension, {tuple(input.shape[:-1])} "
@@ -94,35 +101,51 @@ def check_args(
             f"focal_loss: reduction={reduction!r} is not accepted; use one of "
             f"{', '.join(map(repr, REDUCTIONS))}"
         )
-    if not isinstance(gamma, numbers.Real) or not math.isfinite(gamma) or gamma < 0:
+    if (
+        not (type(gamma) is float or isinstance(gamma, numbers.Real))
+        or not math.isfinite(gamma)
+        or gamma < 0
+    ):
         raise ValueError(f"focal_loss: gamma={gamma!r} is not accepted; use a finite number >= 0")
-    if not isinstance(label_smoothing, numbers.Real) or not 0.0 <= float(label_smoothing) <= 1.0:
+    if (
+        not (type(label_smoothing) is float or isinstance(label_smoothing, numbers.Real))
+        or not 0.0 <= float(label_smoothing) <= 1.0
+    ):
         raise ValueError(
             f"focal_loss: label_smoothing={label_smoothing!r} is not accepted; use "
             "a number in [0, 1]"
         )
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+    if type(ignore_index) is not int and (
+        isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)
+    ):
         raise ValueError(f"focal_loss: ignore_index={ignore_index!r} is not accepted; use an int")
     if weight is not None:
         _check_per_class("weight", weight, n_classes, input.device)
-    alpha = _normalize_alpha(alpha, n_classes, input.device)
-    target = target.long()
-    if target.device.type == "cpu" and target.numel() > 0 and not is_compiling():
+    if alpha is not None:
+        alpha = _normalize_alpha(alpha, n_classes, input.device)
+    if target.dtype is not torch.int64:
+        target = target.long()
+    if check_range and target.is_cpu and target.numel() > 0 and not is_compiling():
         # Cheap on the CPU; on a GPU it would cost a sync, so the kernel marks such rows NaN (as
         # the reference does), and so does a compiled graph (the check would break it).
-        # One pass finds the extremes; only when one is out of range (ignore_index, mostly) is
-        # the target looked at again.
-        low, high = torch.aminmax(target)
-        bad = None
-        if int(low) < 0 or int(high) >= n_classes:
-            bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
-        if bad is not None and bool(bad.any()):
-            value = int(target[bad][0])
-            raise ValueError(
-                f"focal_loss: target {value} is out of range; targets must be class "
-                f"indices in [0, {n_classes}) or ignore_index={ignore_index}"
-            )
+        _check_target_range(target, n_classes, ignore_index)
     return target, alpha
+
+
+def _check_target_range(target: torch.Tensor, n_classes: int, ignore_index: int) -> None:
+    """ValueError naming the first target outside [0, C) that is not ignore_index (CPU)."""
+    # One pass finds the extremes; only when one is out of range (ignore_index, mostly) is the
+    # target looked at again.
+    low, high = torch.aminmax(target)
+    if int(low) >= 0 and int(high) < n_classes:
+        return
+    bad = (target != ignore_index) & ((target < 0) | (target >= n_classes))
+    if bool(bad.any()):
+        value = int(target[bad][0])
+        raise ValueError(
+            f"focal_loss: target {value} is out of range; targets must be class "
+            f"indices in [0, {n_classes}) or ignore_index={ignore_index}"
+        )
 
 
 def _check_per_class(name: str, value: torch.Tensor, n_classes: int, device: torch.device) -> None:
@@ -198,11 +221,15 @@ def reference(
     ignore_index: int = -100,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
+    *,
+    check_targets: bool = False,
 ) -> torch.Tensor:
     """Focal loss as a plain torch composition (log_softmax, gather, pow); autograd does backward.
 
     Arguments as `dispatch` passes them after checking: target int64 of shape input.shape[:-1],
-    alpha None, a float or a 0-dim/(C,) tensor.
+    alpha None, a float or a 0-dim/(C,) tensor. A target outside [0, C) that is not ignore_index
+    gives a NaN row; with check_targets=True (CPU tensors only) it raises check_args' ValueError
+    instead, found by gather's own index check: valid targets pay nothing for it.
     """
     n_classes = input.shape[-1]
     z = input.reshape(-1, n_classes)  # (N, C)
@@ -210,11 +237,20 @@ def reference(
         z = z.float()
     y = target.reshape(-1)  # (N,)
     counted = y != ignore_index
-    in_range = (y >= 0) & (y < n_classes)
-    live = counted & in_range
+    # With check_targets every counted row is in range once gather below has not raised.
+    in_range = None if check_targets else (y >= 0) & (y < n_classes)
+    live = counted if in_range is None else counted & in_range
     y_safe = torch.where(live, y, torch.zeros_like(y))
     logp = F.log_softmax(z, dim=-1)  # (N, C)
-    logp_y = logp.gather(1, y_safe[:, None]).squeeze(1)  # (N,)
+    try:
+        logp_y = logp.gather(1, y_safe[:, None]).squeeze(1)  # (N,)
+    except RuntimeError:
+        if check_targets:  # an index out of bounds: raise the message check_args gives
+            try:
+                _check_target_range(y, n_classes, ignore_index)
+            except ValueError as error:
+                raise error from None  # the user's error, not gather's traceback before it
+        raise
     w = weight.to(z.dtype) if weight is not None else None
     w_y = (w[y_safe] if w is not None else torch.ones_like(logp_y)) * live
     smooth_ce = w_y * -logp_y
@@ -233,7 +269,8 @@ def reference(
         loss = loss * alpha
     # Ignored rows are 0 whatever their logits hold (as in F.cross_entropy); bad targets NaN.
     loss = torch.where(live, loss, torch.zeros_like(loss))
-    loss = torch.where(counted & ~in_range, torch.full_like(loss, float("nan")), loss)
+    if in_range is not None:
+        loss = torch.where(counted & ~in_range, torch.full_like(loss, float("nan")), loss)
     return _reduce(loss, w_y, reduction, target.shape).to(input.dtype)
 
 
@@ -439,10 +476,40 @@ def dispatch(
     label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Check the arguments, then run the kernel or the reference by the rules in _dispatch."""
+    # CPU tensors outside the interpreter (the early exit): the reference's gather checks the
+    # targets' range for free, where check_args' own check costs 3-8 small ops and syncs.
+    cpu_reference = (
+        isinstance(input, torch.Tensor)
+        and reference_at_once(input)
+        and input.is_cpu
+        and isinstance(target, torch.Tensor)
+        and target.is_cpu
+        and not is_compiling()
+    )
     target, alpha = check_args(
-        input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing
+        input,
+        target,
+        gamma,
+        alpha,
+        weight,
+        ignore_index,
+        reduction,
+        label_smoothing,
+        check_range=not cpu_reference,
     )
     gamma, label_smoothing = float(gamma), float(label_smoothing)
+    if cpu_reference:
+        return reference(
+            input,
+            target,
+            gamma,
+            alpha,
+            weight,
+            int(ignore_index),
+            reduction,
+            label_smoothing,
+            check_targets=True,
+        )
     if not reference_at_once(input) and _decide(input, target, alpha, weight).path == "triton":
         # Read here: inside the Function's forward grad mode is always off.
         needs_grad = input.requires_grad and torch.is_grad_enabled()
