@@ -1,5 +1,6 @@
-"""LayerNorm forward with several rows per program (issue 13 point 2): rows of up to ROWS_MAX_N
-values go to kernels.layer_norm._forward_rows_kernel, BLOCK_M rows a tile on a persistent grid.
+"""LayerNorm with several rows per program (issue 13 point 2): rows of up to ROWS_MAX_N values go
+to kernels.layer_norm._forward_rows_kernel, BLOCK_M rows a tile on a persistent grid, and up to
+BACKWARD_ROWS_MAX_N values to _backward_rows_kernel, each program a block of rows a tile at a time.
 
 Against torch in float64: the output, mean and rstd, and every gradient through the module (the
 backward reads the forward's mean and rstd), in fp32, fp16, bf16 and the autocast mixture (bf16 x,
@@ -44,6 +45,13 @@ def rows_kernel(kernel_device: str, monkeypatch: pytest.MonkeyPatch) -> _Spy:
     return spy
 
 
+@pytest.fixture
+def backward_rows_kernel(kernel_device: str, monkeypatch: pytest.MonkeyPatch) -> _Spy:
+    spy = _Spy(kernels._backward_rows_kernel)
+    monkeypatch.setattr(kernels, "_backward_rows_kernel", spy)
+    return spy
+
+
 def _programs(monkeypatch: pytest.MonkeyPatch, programs: Optional[int]) -> None:
     """Fix the persistent grid's size (None: the host's rule)."""
     if programs is not None:
@@ -66,6 +74,7 @@ CASES = [
 @pytest.mark.parametrize("n, rows, dtype, p_dtype, fp32_out, affine, programs", CASES)
 def test_rows_kernel_matches_torch(
     rows_kernel: _Spy,
+    backward_rows_kernel: _Spy,
     monkeypatch: pytest.MonkeyPatch,
     n: int,
     rows: int,
@@ -98,6 +107,7 @@ def test_rows_kernel_matches_torch(
     dy = torch.randn(rows, n).to(y.dtype)
     grads = torch.autograd.grad(y, leaves, dy)
     grads_ref = torch.autograd.grad(y_ref, refs, dy.double())
+    assert len(backward_rows_kernel.launches) == (n <= kernels.BACKWARD_ROWS_MAX_N)
     for grad, leaf, want in zip(grads, leaves, grads_ref):
         assert grad.dtype == leaf.dtype
         # dy is rounded to y's dtype, x to its own: the coarser one's tolerance
@@ -154,3 +164,33 @@ def test_rows_config_keeps_each_row_in_one_warp(element_size: int) -> None:
             assert lines_a_warp == 1 and c.block_m % c.num_warps == 0, (n, c)
         assert c.block_m * block_n <= 2048 * 4 * c.num_warps, (n, c)  # <= 64 values a thread
         assert c.programs_per_sm * c.num_warps <= 16, (n, c)
+
+
+@pytest.mark.parametrize(
+    "rows, n, programs, dtype",
+    [(37, 100, 3, FP32), (300, 45, 150, BF16), (23, 769, 2, FP16), (40, 1024, 3, FP32)],
+)
+def test_backward_rows_blocks(
+    backward_rows_kernel, monkeypatch, rows: int, n: int, programs: int, dtype: torch.dtype
+):
+    """The backward's programs own contiguous blocks of rows, whole tiles when a block holds
+    one (40 rows of 1,024 in 3 programs: 14 -> 16 rows, the last 8), else fewer rows than a tile
+    (37 rows of 100 in blocks of 13 against 32-row tiles; 300 rows in 150 programs of 2); dx,
+    dw, db against float64 torch, the programs' dw/db partial rows summed."""
+    monkeypatch.setattr(kernels, "_backward_programs", lambda x, rows: programs)
+    x = torch.randn(rows, n).to(dtype)
+    w, b = torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype)
+    dy = torch.randn(rows, n).to(dtype)
+    _, mean, rstd = kernels.forward(x, n, w, b, 1e-5)
+    dx, dw, db = kernels.backward(dy, x, n, w, b, mean, rstd, True, True)
+    [(grid, flags)] = backward_rows_kernel.launches
+    config = kernels._rows_config(n, x.element_size())
+    per_program = -(-rows // programs)
+    if per_program >= config.block_m:
+        per_program = -(-per_program // config.block_m) * config.block_m
+    assert flags["BLOCK_M"] == config.block_m and grid == (-(-rows // per_program),)
+    leaves = [t.double().requires_grad_() for t in (x, w, b)]
+    F.layer_norm(leaves[0], (n,), leaves[1], leaves[2], 1e-5).backward(dy.double())
+    for grad, leaf in zip((dx, dw, db), leaves):
+        assert grad.dtype == dtype
+        assert_close(grad, leaf.grad)

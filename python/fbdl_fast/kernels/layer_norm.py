@@ -22,8 +22,9 @@ dtypes (deterministic: no atomics, no locks; one launch for both).
 Rows up to ROWS_MAX_N (2,048) values are normalised several to a program (_forward_rows_kernel):
 BLOCK_M rows a tile, one warp a row (or several rows a warp when they are short), tiles walked by
 a persistent grid of a few programs an SM; _rows_config gives the block sizes per (N, dtype) and
-why. Longer rows, up to MAX_TILE values, are held whole in registers (one tile, one read of x)
-one row a program (the backward does so from 1 value up). Longer still, rows are walked in
+why. Up to BACKWARD_ROWS_MAX_N (1,024) the backward walks its rows in the same tiles
+(_backward_rows_kernel). Longer rows, up to MAX_TILE values, are held whole in registers (one
+tile, one read of x), one row a program or a step. Longer still, rows are walked in
 tiles of CHUNK values: three passes in the forward (mean, variance, normalise); in the backward
 one pass per row for the two means, then a tile-major pass so each program's dw/db tile stays in
 registers while it walks its rows.
@@ -47,9 +48,11 @@ MAX_TILE = 8192  # widest row held in registers; past it the backward spills (fl
 CHUNK = 4096  # tile width for longer rows
 MIN_BLOCK = 16  # the interpreter and tl.arange want blocks of at least 16 lanes
 # Rows up to ROWS_MAX_N values take the several-rows forward (_forward_rows_kernel), one warp a
-# row in stretches of LANE_N columns, on a persistent grid (_rows_config says why these).
+# row, on a persistent grid (_rows_config says why these); up to BACKWARD_ROWS_MAX_N the
+# backward too (_backward_rows_kernel: it holds x, dy, w, dw and db, 221-254 registers a thread
+# at 1,024 on sm_90; 2,048 would spill).
 ROWS_MAX_N = 2048
-LANE_N = 256
+BACKWARD_ROWS_MAX_N = 1024
 # The dw/db reduction's tiles: 32 fp32 columns are one 128-byte line per partial row; 64 partial
 # rows a step (the backward has up to 4 per SM, 528 on an H200).
 PARTIALS_BLOCK_N = 32
@@ -289,6 +292,78 @@ def _backward_kernel(
 
 
 @triton.jit
+def _backward_rows_kernel(
+    X,
+    DY,
+    DX,
+    W,
+    Mean,
+    Rstd,
+    DW,
+    DB,
+    stride_xm,
+    stride_xn,
+    stride_dym,
+    stride_dyn,
+    M,
+    N,
+    rows_per_program,
+    HAS_WEIGHT: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    SPLIT: tl.constexpr,
+    LANE_N: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
+):
+    """The backward for short rows, BLOCK_M rows a step in the forward's tile layout (see
+    _forward_rows_kernel): each program walks its contiguous block of rows a tile at a time,
+    the two row means of the dx formula reduced inside each row's warp, and keeps dw/db for its
+    tiles in registers (one row of them a warp), summed over the tile's rows once at the end
+    into its partial row."""
+    pid = tl.program_id(0)
+    row_start = pid * rows_per_program
+    row_end = tl.minimum(row_start + rows_per_program, M)
+    lines: tl.constexpr = SPLIT * BLOCK_M
+    line = tl.arange(0, lines)
+    cols = (line // BLOCK_M * LANE_N)[:, None] + tl.arange(0, LANE_N)[None, :]
+    col_ok = cols < N
+    shape3: tl.constexpr = (SPLIT, BLOCK_M, LANE_N)
+    if HAS_WEIGHT:
+        w = tl.reshape(tl.load(W + cols, mask=col_ok, other=0.0).to(tl.float32), shape3)
+    dw = tl.full(shape3, 0.0, tl.float32)
+    db = tl.full(shape3, 0.0, tl.float32)
+    for start in tl.range(row_start, row_end, BLOCK_M, num_stages=NUM_STAGES):
+        rows = (start + line % BLOCK_M).to(tl.int64)[:, None]
+        mask = col_ok & (rows < row_end)
+        x = tl.load(X + rows * stride_xm + cols * stride_xn, mask=mask, other=0.0)
+        dy = tl.load(DY + rows * stride_dym + cols * stride_dyn, mask=mask, other=0.0)
+        x = tl.reshape(x.to(tl.float32), shape3)
+        dy = tl.reshape(dy.to(tl.float32), shape3)
+        mask3 = tl.reshape(mask, shape3)
+        tile_rows = start + tl.arange(0, BLOCK_M)
+        row_ok = tile_rows < row_end
+        mean = tl.load(Mean + tile_rows, mask=row_ok, other=0.0)[None, :, None]
+        rstd = tl.load(Rstd + tile_rows, mask=row_ok, other=0.0)[None, :, None]
+        xhat = tl.where(mask3, (x - mean) * rstd, 0.0)
+        g = dy * w if HAS_WEIGHT else dy
+        c1 = (tl.sum(tl.sum(xhat * g, axis=2), axis=0) / N)[None, :, None]
+        c2 = (tl.sum(tl.sum(g, axis=2), axis=0) / N)[None, :, None]
+        dx = (g - (xhat * c1 + c2)) * rstd
+        dx = tl.reshape(_to_storage(dx, DX.dtype.element_ty), (lines, LANE_N))
+        tl.store(DX + rows * N + cols, dx, mask=mask)
+        if COMPUTE_DW:
+            dw += dy * xhat
+        if COMPUTE_DB:
+            db += dy
+    part = tl.arange(0, SPLIT)[:, None] * LANE_N + tl.arange(0, LANE_N)[None, :]
+    if COMPUTE_DW:
+        tl.store(DW + pid * N + part, tl.sum(dw, axis=1), mask=part < N)
+    if COMPUTE_DB:
+        tl.store(DB + pid * N + part, tl.sum(db, axis=1), mask=part < N)
+
+
+@triton.jit
 def _sum_partials_kernel(
     DW_PART,
     DB_PART,
@@ -515,8 +590,14 @@ def backward(
     x2, dy2 = _rows(x, n), _rows(dy, n)
     rows = x2.shape[0]
     dx = torch.empty((rows, n), dtype=x.dtype, device=x.device)
+    block, one_tile = _block(n, max_tile)
+    config = None
+    if one_tile and block <= BACKWARD_ROWS_MAX_N:
+        config = _rows_config(n, x.element_size())
     programs = _backward_programs(x, rows)
     rows_per_program = -(-rows // programs) if rows else 0
+    if config is not None and rows_per_program >= config.block_m:  # whole tiles a program
+        rows_per_program = -(-rows_per_program // config.block_m) * config.block_m
     programs = -(-rows // rows_per_program) if rows else 0
     # fp32 partial sums, one row per program, each written whole by its program; zeros when
     # there are no rows (and so no programs): the gradients of an empty batch are zero.
@@ -527,8 +608,34 @@ def backward(
     db_part = alloc(
         (max(programs, 1), n) if compute_db else (1,), dtype=torch.float32, device=x.device
     )
-    if rows > 0:
-        block, one_tile = _block(n, max_tile)
+    if rows > 0 and config is not None:
+        _backward_rows_kernel[(programs,)](
+            x2,
+            dy2,
+            dx,
+            _flat_param(weight),
+            mean,
+            rstd,
+            dw_part,
+            db_part,
+            x2.stride(0),
+            x2.stride(1),
+            dy2.stride(0),
+            dy2.stride(1),
+            rows,
+            n,
+            rows_per_program,
+            HAS_WEIGHT=weight is not None,
+            COMPUTE_DW=compute_dw,
+            COMPUTE_DB=compute_db,
+            BLOCK_M=config.block_m,
+            SPLIT=config.split,
+            LANE_N=config.lane_n,
+            NUM_STAGES=config.num_stages,
+            num_warps=config.num_warps,
+            enable_fp_fusion=FP_FUSION,
+        )
+    elif rows > 0:
         scratch = (
             torch.empty((2, rows), dtype=torch.float32, device=x.device)
             if not one_tile
