@@ -18,9 +18,18 @@ scale). Backward recomputes P = exp2(S' - lse) block by block and, with delta = 
 launches, no atomics, each output written once: dQ over query blocks, which also computes delta
 for its rows (it reads dO anyway; one more read of O) and stores it, then dK/dV over key blocks,
 which reads delta for every query block it visits (a kernel of its own for delta cost a third
-launch and a second read of dO). dK/dV works on transposed tiles, keys x queries, as the Triton
-tutorial does: S^T = K Q^T, so P^T and dS^T come out of the dots in the layout of the A operands
-of dV = Z^T dO and dK = dS^T Q, with no transpose of a score tile (it spilled with dropout).
+launch and a second read of dO). In numbers, fp16, B*L = 32,768 tokens, H = 8, at every L (the
+grids are 4,096 programs whatever L is): the backward's compulsory traffic (read Q, K, V, O, dO,
+write dQ, dK, dV, lse and delta) is 272 MB at D=64 and 540 MB at D=128, against 306 and 608 MB
+with the delta kernel: 34 / 68 MB and one launch less, about 7 / 14 us at 4.8 TB/s. One launch is
+not reachable without atomics: dK/dV needs delta of every query first (the tutorial also
+launches a preprocessing kernel, then dQ and dK/dV in one), and dQ accumulated by the dK/dV
+programs (one per key block) would need atomic adds into an fp32 buffer, in a run-to-run varying
+order. Both kernels re-read the other side's tiles once per block (L/64 times: K, V for dQ; Q, dO
+for dK/dV), mostly from L2; merging the two loops into one program would not change that. dK/dV
+works on transposed tiles, keys x queries, as the Triton tutorial does: S^T = K Q^T, so P^T and
+dS^T come out of the dots in the layout of the A operands of dV = Z^T dO and dK = dS^T Q, with
+no transpose of a score tile (it spilled with dropout).
 
 Fully masked queries: running max starts at a finite -1e30 and masked scores are -inf, so
 exp2 gives exact zeros (no inf - inf); l = 0 gives O = 0 and lse = +inf, so backward's
