@@ -109,8 +109,8 @@ for d in (64, 128):
             out[name] = facts(compiled)
 
 # LayerNorm under bf16 autocast (bf16 x, fp32 weight, bias and y; fp32 dy, bf16 dx): rows of
-# 1,024 and 8,192 held whole, and 16,384 walked in chunks. The forward up to 2,048 values is the
-# several-rows kernel (below).
+# 1,024 and 8,192 held whole, and 16,384 walked in chunks. The forward up to 2,048 values and the
+# backward up to 1,024 are the several-rows kernels (below).
 for n in (1024, 8192, 16384):
     block, one_tile = LN._block(n, LN.MAX_TILE)
     flags = {"BLOCK_N": block, "ONE_TILE": one_tile}
@@ -123,14 +123,22 @@ for n in (1024, 8192, 16384):
             {"HAS_WEIGHT": True, "HAS_BIAS": True, **flags},
             divisible=["stride_xm", "N"], ones=["stride_xn"], **options)
         out[f"_forward_kernel[N={n}]"] = facts(compiled)
+    types = {"X": "*bf16", "DY": "*fp32", "DX": "*bf16", "W": "*fp32", "Mean": "*fp32",
+             "Rstd": "*fp32", "DW": "*fp32", "DB": "*fp32", "stride_xm": "i64",
+             "stride_dym": "i64"}
+    grads = {"HAS_WEIGHT": True, "COMPUTE_DW": True, "COMPUTE_DB": True}
+    if n <= LN.BACKWARD_ROWS_MAX_N:
+        kernel, c = LN._backward_rows_kernel, LN._rows_config(n, 2)
+        constants = dict(grads, BLOCK_M=c.block_m, SPLIT=c.split, LANE_N=c.lane_n,
+                         NUM_STAGES=c.num_stages)
+        options = {"num_warps": c.num_warps, "enable_fp_fusion": LN.FP_FUSION}
+    else:
+        kernel, constants = LN._backward_kernel, dict(grads, **flags)
+        types.update(C1="*fp32", C2="*fp32")
     compiled = compile_aligned(
-        LN._backward_kernel,
-        {"X": "*bf16", "DY": "*fp32", "DX": "*bf16", "W": "*fp32", "Mean": "*fp32",
-         "Rstd": "*fp32", "DW": "*fp32", "DB": "*fp32", "C1": "*fp32", "C2": "*fp32",
-         "stride_xm": "i64", "stride_dym": "i64"},
-        {"HAS_WEIGHT": True, "COMPUTE_DW": True, "COMPUTE_DB": True, **flags},
-        divisible=["stride_xm", "stride_dym", "N"], ones=["stride_xn", "stride_dyn"], **options)
-    out[f"_backward_kernel[N={n}]"] = facts(compiled)
+        kernel, types, constants, divisible=["stride_xm", "stride_dym", "N"],
+        ones=["stride_xn", "stride_dyn"], **options)
+    out[f"{kernel.fn.__name__}[N={n}]"] = facts(compiled)
 compiled = compile_aligned(
     LN._sum_partials_kernel, {"DW_PART": "*fp32", "DB_PART": "*fp32", "DW": "*fp32", "DB": "*fp32"},
     {"COMPUTE_DW": True, "COMPUTE_DB": True, "BLOCK_P": LN.PARTIALS_BLOCK_P,
@@ -186,8 +194,8 @@ ATTENTION = [
 ROWS = [f"_forward_rows_kernel[N={n},{x}->{y}]" for n in (768, 1024)
         for x, y in (("bf16", "fp32"), ("bf16", "bf16"), ("fp32", "fp32"))]  # fmt: skip
 LAYER_NORM = [f"_forward_kernel[N={n}]" for n in (8192, 16384)] + [
-    f"_backward_kernel[N={n}]" for n in (1024, 8192, 16384)
-] + ["_sum_partials_kernel[N=1024]"] + ROWS  # fmt: skip
+    f"_backward_kernel[N={n}]" for n in (8192, 16384)
+] + ["_backward_rows_kernel[N=1024]", "_sum_partials_kernel[N=1024]"] + ROWS  # fmt: skip
 FOCAL = ["_focal_loss_forward_kernel[C=32000]", "_focal_loss_backward_kernel[C=32000]"]
 KERNELS = ATTENTION + LAYER_NORM + FOCAL
 
@@ -224,7 +232,7 @@ def test_cp_async_only_in_pipelined_loops(facts, kernel):
     # from shared memory), and so is the LayerNorm backward's row loop (tl.range, num_stages=2).
     # The LayerNorm forward's, the dw/db reduction's and the focal loss's loops are not pipelined.
     # The several-rows LayerNorm forward copies its next tile ahead (tl.range, num_stages=2).
-    pipelined = kernel in ATTENTION or kernel.startswith(("_backward_kernel", "_forward_rows"))
+    pipelined = kernel in ATTENTION or kernel.startswith(("_backward", "_forward_rows"))
     assert (facts[kernel]["cp_async"] > 0) == pipelined, facts[kernel]
 
 
