@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from compile_check import run_compile_script
-from fbdl_fast.kernels.focal_loss import focal_loss_backward, focal_loss_forward
+from fbdl_fast.kernels.focal_loss import MAX_BLOCK_C, focal_loss_backward, focal_loss_forward
 from fbdl_fast.nn import FocalLoss
 from fbdl_fast.nn.functional import focal_loss
 from fbdl_fast.ops import BackendError, explain
@@ -98,6 +98,25 @@ def test_kernel_matches_reference_over_class_counts(triton: None, n: int, c: int
     _check_against_reference(logits, target, gamma=1.5, reduction="none")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_lane_sums_across_chunks(triton: None, dtype: torch.dtype) -> None:
+    """The forward keeps its sums per lane over chunks of MAX_BLOCK_C classes and rescales them
+    when a later chunk raises the row maximum: rows whose maximum is in the last chunk (rising),
+    in the first (falling), far above the rest (one class dominates), with the target in another
+    chunk than the maximum, and every chunk's lanes reduced at the end (smoothing, weight)."""
+    c = 40_000  # five chunks of 8,192, the last one partial
+    assert c > 4 * MAX_BLOCK_C
+    ramp = torch.linspace(-6.0, 6.0, c)
+    spike = torch.randn(c)
+    spike[35_000] = 40.0
+    logits = torch.stack([ramp, ramp.flip(0), spike, torch.randn(c)]).to(dtype)
+    target = torch.tensor([3, 39_999, 20_000, IGNORE])
+    _check_against_reference(
+        logits, target, gamma=2.0, weight=torch.rand(c) + 0.1, label_smoothing=0.1
+    )
+    _check_against_reference(logits, target, gamma=0.5, reduction="none")
+
+
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 @pytest.mark.parametrize("alpha", [None, 0.25, "tensor", "0-dim"])
 @pytest.mark.parametrize(("weighted", "smoothing"), [(False, 0.0), (True, 0.0), (True, 0.2)])
@@ -123,7 +142,7 @@ def test_kernel_matches_reference_over_options(
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("n", "c"), [(16, 5), (4, 1000)])
+@pytest.mark.parametrize(("n", "c"), [(16, 5), (4, 1000), (2, 50257)])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
 def test_kernel_half_precision(
     triton: None, dtype: torch.dtype, n: int, c: int, reduction: str
