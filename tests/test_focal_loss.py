@@ -98,6 +98,26 @@ def test_kernel_matches_reference_over_class_counts(triton: None, n: int, c: int
     _check_against_reference(logits, target, gamma=1.5, reduction="none")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("c", "offset", "stride"), [(1000, 3, 1003), (1000, 0, 1001), (3001, 5, 3009)]
+)
+def test_kernel_rows_off_16_byte_boundaries(
+    triton: None, dtype: torch.dtype, c: int, offset: int, stride: int
+) -> None:
+    """Each row is read as the classes before its first 16-byte boundary, an aligned body and
+    the classes after it; rows here start at every offset from a boundary (views into a wider
+    tensor, stride not a multiple of 16 bytes), including rows whose first class is aligned."""
+    base = (3.0 * torch.randn(5, stride)).to(dtype)
+    logits = base[:, offset : offset + c]
+    target = torch.randint(0, c, (5,))
+    target[0], target[1], target[4] = IGNORE, c - 1, 0
+    _check_against_reference(
+        logits, target, gamma=2.0, weight=torch.rand(c) + 0.1, label_smoothing=0.1
+    )
+    _check_against_reference(logits, target, gamma=1.5, reduction="none")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_kernel_lane_sums_across_chunks(triton: None, dtype: torch.dtype) -> None:
     """The forward keeps its sums per lane over chunks of MAX_BLOCK_C classes and rescales them

@@ -37,6 +37,12 @@ with r_i the incoming gradient of row i's loss (grad_output, times 1 / sum of co
 for the mean). Scaling before the rounding matters in fp16: at C = 50k most p_c are about 2e-5,
 below fp16's smallest normal number (6.1e-5), so a gradient rounded to fp16 first and scaled by
 GradScaler's factor afterwards loses their digits. No [N, C] tensor is kept between the two.
+Rows of one program each (C > 512) are read in 16-byte vector loads whatever C: each row is split
+at its first 16-byte boundary into h < 16 / element-size classes before it, an aligned body (a
+multiple of 16 bytes, masked only in its last chunk, by whole 16-byte groups) and the few classes
+after it; the edges go through one masked tile. Without that, C = 50,257 (rows starting at every
+offset) compiled to one scalar load per value.
+
 Ignored rows (target == ignore_index) get zero loss, weight and gradient; a target outside
 [0, C) gets NaN loss and gradient (the host checks ranges where that costs no sync).
 """
@@ -64,6 +70,56 @@ Q_MIN = tl.constexpr(1.1754943508222875e-38)
 # Fused multiply-adds: Triton 3.9's default, said explicitly because a launch that leaves it
 # implicit warns (an error under pytest's warnings-as-errors) and 3.10 turns the default off.
 FP_FUSION = True
+
+
+@triton.jit
+def _row_split(z_ptr, z_stride, n_cols, VEC: tl.constexpr, BLOCK_C: tl.constexpr):
+    # A row of C values starting anywhere (C = 50,257: every row starts differently) is read as
+    # h values up to the first 16-byte boundary, a body of n_body (a multiple of VEC) from
+    # there, whose first n_full (a multiple of BLOCK_C) need no mask, and the < VEC values
+    # after it. `body` points at the boundary: the hint lets Triton emit 16-byte loads there.
+    row_start = z_ptr + tl.program_id(0).to(tl.int64) * z_stride
+    misaligned = row_start.to(tl.int64, bitcast=True) % 16
+    h = tl.minimum((16 - misaligned) % 16 // (16 // VEC), n_cols).to(tl.int32)
+    n_body = (n_cols - h) // VEC * VEC
+    n_full = n_body // BLOCK_C * BLOCK_C
+    body = tl.multiple_of(row_start + h, 16)
+    return h, n_body, n_full, body
+
+
+@triton.jit
+def _row_edges(cols0, h, n_body, n_cols, VEC: tl.constexpr):
+    # The classes outside a row's body, in one masked tile: lanes [0, VEC) the h before it,
+    # lanes [VEC, 2 VEC) the < VEC after it.
+    before = cols0 < VEC
+    cols = tl.where(before, cols0, h + n_body + cols0 - VEC)
+    col_ok = tl.where(before, cols0 < h, (cols0 < 2 * VEC) & (cols < n_cols))
+    return cols, col_ok
+
+
+@triton.jit
+def _forward_chunk(
+    z, cols, mask, col_ok, y, z_y, m, d_lane, other_lane, t_sum, w_sum, w_ptr,
+    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr,
+):  # fmt: skip
+    # One chunk of the online softmax (see the forward's loop): z (R, BLOCK_C) fp32 with -inf
+    # where `mask` is off, cols its class indices.
+    m_new = tl.maximum(m, tl.max(z, axis=1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    rescale = tl.exp(m - m_use)[:, None]
+    e = tl.exp(z - m_use[:, None])
+    is_y = cols[None, :] == y[:, None]
+    d_lane = d_lane * rescale + e
+    other_lane = other_lane * rescale + tl.where(is_y, 0.0, e)
+    if HAS_SMOOTHING:
+        diff = tl.where(mask, z - z_y[:, None], 0.0)
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+            diff = diff * w[None, :]
+            w_sum += tl.sum(w, axis=0)
+        # Reduced per chunk: a third lane-wise tile would cost 16 registers more a thread.
+        t_sum += tl.sum(diff, axis=1)
+    return m_new, d_lane, other_lane, t_sum, w_sum
 
 
 @triton.jit
@@ -111,28 +167,44 @@ def _focal_loss_forward_kernel(
     t_sum = tl.full([BLOCK_R], 0.0, tl.float32)
     w_sum = tl.full([BLOCK_R], 0.0, tl.float32)
     cols0 = tl.arange(0, BLOCK_C)
-    for start in range(0, n_cols, BLOCK_C):
-        cols = start + cols0
-        col_ok = cols < n_cols
+    VEC: tl.constexpr = 128 // z_ptr.dtype.element_ty.primitive_bitwidth  # values in 16 bytes
+    if BLOCK_R == 1 and BLOCK_C >= 2 * VEC:
+        # One row: its 16-byte-aligned body in unmasked (or 16-byte-grouped) vector loads, the
+        # h < VEC classes before it and the < VEC after it apart (see _row_split).
+        h, n_body, n_full, body = _row_split(z_ptr, z_stride, n_cols, VEC, BLOCK_C)
+        for start in range(0, n_full, BLOCK_C):
+            cols = h + start + cols0
+            mask = live[:, None]  # whole rows: the load stays 16 bytes wide
+            z = tl.load(body + start + cols0[None, :], mask=mask, other=float("-inf"))
+            m, d_lane, other_lane, t_sum, w_sum = _forward_chunk(
+                z.to(tl.float32), cols, mask, cols < n_cols, y, z_y, m, d_lane, other_lane,
+                t_sum, w_sum, w_ptr, HAS_WEIGHT, HAS_SMOOTHING,
+            )  # fmt: skip
+        for start in range(n_full, n_body, BLOCK_C):  # the body's last, partial chunk
+            cols = h + start + cols0
+            mask = live[:, None] & (start + cols0 < n_body)[None, :]
+            z = tl.load(body + start + cols0[None, :], mask=mask, other=float("-inf"))
+            m, d_lane, other_lane, t_sum, w_sum = _forward_chunk(
+                z.to(tl.float32), cols, mask, start + cols0 < n_body, y, z_y, m, d_lane, other_lane,
+                t_sum, w_sum, w_ptr, HAS_WEIGHT, HAS_SMOOTHING,
+            )  # fmt: skip
+        cols, col_ok = _row_edges(cols0, h, n_body, n_cols, VEC)
         mask = live[:, None] & col_ok[None, :]
         z = tl.load(z_row[:, None] + cols[None, :], mask=mask, other=float("-inf"))
-        z = z.to(tl.float32)  # bf16/fp16 -> fp32 before any arithmetic
-        m_new = tl.maximum(m, tl.max(z, axis=1))
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        rescale = tl.exp(m - m_use)[:, None]
-        e = tl.exp(z - m_use[:, None])
-        is_y = cols[None, :] == y[:, None]
-        d_lane = d_lane * rescale + e
-        other_lane = other_lane * rescale + tl.where(is_y, 0.0, e)
-        m = m_new
-        if HAS_SMOOTHING:
-            diff = tl.where(mask, z - z_y[:, None], 0.0)
-            if HAS_WEIGHT:
-                w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                diff = diff * w[None, :]
-                w_sum += tl.sum(w, axis=0)
-            # Reduced per chunk: a third lane-wise tile would cost 16 registers more a thread.
-            t_sum += tl.sum(diff, axis=1)
+        m, d_lane, other_lane, t_sum, w_sum = _forward_chunk(
+            z.to(tl.float32), cols, mask, col_ok, y, z_y, m, d_lane, other_lane,
+            t_sum, w_sum, w_ptr, HAS_WEIGHT, HAS_SMOOTHING,
+        )  # fmt: skip
+    else:
+        for start in range(0, n_cols, BLOCK_C):
+            cols = start + cols0
+            col_ok = cols < n_cols
+            mask = live[:, None] & col_ok[None, :]
+            z = tl.load(z_row[:, None] + cols[None, :], mask=mask, other=float("-inf"))
+            m, d_lane, other_lane, t_sum, w_sum = _forward_chunk(
+                z.to(tl.float32), cols, mask, col_ok, y, z_y, m, d_lane, other_lane,
+                t_sum, w_sum, w_ptr, HAS_WEIGHT, HAS_SMOOTHING,
+            )  # fmt: skip
     d = tl.sum(d_lane, axis=1)
     d_other = tl.sum(other_lane, axis=1)
 
@@ -182,6 +254,21 @@ def _focal_loss_forward_kernel(
 
 
 @triton.jit
+def _backward_chunk(z, cols, col_ok, y, lse, k_all, k_y, k_w, w_ptr,
+                    HAS_WEIGHT: tl.constexpr, HAS_SMOOTHING: tl.constexpr):  # fmt: skip
+    # dz for one chunk, fp32: z (R, BLOCK_C) in the logits' dtype, -inf where not loaded.
+    p = tl.exp(z.to(tl.float32) - lse[:, None])  # 0 on dead rows
+    g = p * k_all[:, None] - tl.where(cols[None, :] == y[:, None], k_y[:, None], 0.0)
+    if HAS_SMOOTHING:
+        if HAS_WEIGHT:
+            w = tl.load(w_ptr + cols[None, :], mask=col_ok, other=0.0).to(tl.float32)
+            g -= k_w[:, None] * w
+        else:
+            g -= k_w[:, None]
+    return g
+
+
+@triton.jit
 def _focal_loss_backward_kernel(
     z_ptr,
     z_stride,
@@ -214,27 +301,43 @@ def _focal_loss_backward_kernel(
     z_row = z_ptr + rows * z_stride
     g_row = grad_ptr + rows * grad_stride
     cols0 = tl.arange(0, BLOCK_C)
-    for start in range(0, n_cols, BLOCK_C):
-        cols = start + cols0
-        col_ok = cols < n_cols
-        z = tl.load(
-            z_row[:, None] + cols[None, :],
-            mask=live[:, None] & col_ok[None, :],
-            other=float("-inf"),
-        ).to(tl.float32)
-        p = tl.exp(z - lse[:, None])  # 0 on dead rows
-        g = p * k_all[:, None] - tl.where(cols[None, :] == y[:, None], k_y[:, None], 0.0)
-        if HAS_SMOOTHING:
-            if HAS_WEIGHT:
-                w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-                g -= k_w[:, None] * w[None, :]
-            else:
-                g -= k_w[:, None]
-        tl.store(
-            g_row[:, None] + cols[None, :],
-            g.to(grad_ptr.dtype.element_ty),
-            mask=row_ok[:, None] & col_ok[None, :],
-        )
+    VEC: tl.constexpr = 128 // z_ptr.dtype.element_ty.primitive_bitwidth  # values in 16 bytes
+    if BLOCK_R == 1 and BLOCK_C >= 2 * VEC:
+        # As in the forward. The host gives grad rows the logits' offsets from a 16-byte
+        # boundary (focal_loss_backward), so the body is aligned in both.
+        h, n_body, n_full, body = _row_split(z_ptr, z_stride, n_cols, VEC, BLOCK_C)
+        g_body = tl.multiple_of(grad_ptr + tl.program_id(0).to(tl.int64) * grad_stride + h, 16)
+        for start in range(0, n_full, BLOCK_C):
+            z = tl.load(body + start + cols0[None, :], mask=live[:, None], other=float("-inf"))
+            g = _backward_chunk(z, h + start + cols0, True, y, lse, k_all, k_y, k_w, w_ptr,
+                                HAS_WEIGHT, HAS_SMOOTHING)  # fmt: skip
+            tl.store(g_body + start + cols0[None, :], g.to(grad_ptr.dtype.element_ty),
+                     mask=row_ok[:, None])  # fmt: skip
+        for start in range(n_full, n_body, BLOCK_C):  # the body's last, partial chunk
+            in_body = (start + cols0 < n_body)[None, :]
+            z = tl.load(body + start + cols0[None, :], mask=live[:, None] & in_body,
+                        other=float("-inf"))  # fmt: skip
+            g = _backward_chunk(z, h + start + cols0, in_body, y, lse, k_all, k_y, k_w, w_ptr,
+                                HAS_WEIGHT, HAS_SMOOTHING)  # fmt: skip
+            tl.store(g_body + start + cols0[None, :], g.to(grad_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & in_body)  # fmt: skip
+        cols, col_ok = _row_edges(cols0, h, n_body, n_cols, VEC)
+        z = tl.load(z_row[:, None] + cols[None, :], mask=live[:, None] & col_ok[None, :],
+                    other=float("-inf"))  # fmt: skip
+        g = _backward_chunk(z, cols, col_ok[None, :], y, lse, k_all, k_y, k_w, w_ptr,
+                            HAS_WEIGHT, HAS_SMOOTHING)  # fmt: skip
+        tl.store(g_row[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & col_ok[None, :])  # fmt: skip
+    else:
+        for start in range(0, n_cols, BLOCK_C):
+            cols = start + cols0
+            col_ok = cols < n_cols
+            z = tl.load(z_row[:, None] + cols[None, :], mask=live[:, None] & col_ok[None, :],
+                        other=float("-inf"))  # fmt: skip
+            g = _backward_chunk(z, cols, col_ok[None, :], y, lse, k_all, k_y, k_w, w_ptr,
+                                HAS_WEIGHT, HAS_SMOOTHING)  # fmt: skip
+            tl.store(g_row[:, None] + cols[None, :], g.to(grad_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])  # fmt: skip
 
 
 def _blocks(n_rows: int, n_cols: int) -> tuple[int, int, int]:
@@ -339,6 +442,12 @@ def focal_loss_backward(
     target, stats = target.contiguous(), stats.contiguous()
     n_rows, n_cols = logits.shape
     grad = torch.empty((n_rows, n_cols), dtype=logits.dtype, device=logits.device)
+    # The kernel reads and writes each row's 16-byte-aligned body with one offset h for both,
+    # so every grad row must start as far from a 16-byte boundary as its logits row: true for
+    # contiguous logits; a view that breaks it (rare) is copied.
+    size = logits.element_size()
+    if (logits.data_ptr() - grad.data_ptr()) % 16 or (logits.stride(0) - n_cols) * size % 16:
+        logits = logits.contiguous()
     if n_rows == 0:
         return grad
     if weight is not None:
