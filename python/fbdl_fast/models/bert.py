@@ -42,6 +42,7 @@ from torch import nn
 import fbdl_fast.nn
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.models._common import apply_init, check_inputs
+from fbdl_fast.models.transformer import FeedForward
 
 if TYPE_CHECKING:
     from fbdl_fast.tokenizer import Tokenizer
@@ -76,17 +77,6 @@ class BertEmbeddings(nn.Module):
         return self.dropout(self.ln(x))  # (B, L, D)
 
 
-class BertFeedForward(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
-        self.fc = nn.Linear(config.input_dim, config.hidden_dim)
-        self.gelu = nn.GELU()  # exact (erf), BERT's "gelu"
-        self.proj = nn.Linear(config.hidden_dim, config.input_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.gelu(self.fc(x)))
-
-
 class BertBlock(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -95,7 +85,7 @@ class BertBlock(nn.Module):
             config.input_dim, config.num_heads, dropout=config.dropout, batch_first=True
         )
         self.ln_1 = layers.LayerNorm(config.input_dim, eps=config.layer_norm_eps)
-        self.mlp = BertFeedForward(config)
+        self.mlp = FeedForward(config)  # the Transformer's: exact (erf) GELU, BERT's "gelu"
         self.ln_2 = layers.LayerNorm(config.input_dim, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
 
