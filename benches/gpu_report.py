@@ -429,18 +429,29 @@ def _models(rows: list[Row]) -> list[str]:
     return [
         "## Training steps (forward, loss, backward, AdamW), vs the reference fp32 step",
         "",
+        "Parity, checked before timing: the three models' patched logits against the reference's "
+        "(max abs difference); the BERT encoders' loss and worst gradient against float64, each "
+        "gradient's error relative to its largest entry.",
+        "",
         *_table(
-            ["model", "variant", "batch", "step ms (p20-p80)", "speedup", "patched logit diff"],
+            ["model", "variant", "batch", "step ms (p20-p80)", "posts/s", "speedup", "parity"],
             [
                 [
                     r["model"],
                     r["variant"],
                     "x".join(map(str, r["batch"])),
                     f"{r['step_ms']:.3g} ({r['step_p20_ms']:.3g}-{r['step_p80_ms']:.3g})",
+                    r.get("posts_per_s"),
                     f"{r['speedup']:.2f}x",
-                    r["max_logit_diff_patched_vs_reference"],
+                    _model_parity(r),
                 ]
                 for r in rows
             ],
         ),
     ]
+
+
+def _model_parity(row: Row) -> str:
+    if "errors" in row:  # the BERT rows: loss and gradients against float64
+        return f"loss {_fmt(row['errors'].get('loss'))}, grad {_fmt(row['errors'].get('grad'))}"
+    return f"logit diff {_fmt(row.get('max_logit_diff_patched_vs_reference'))}"

@@ -168,3 +168,26 @@ def test_a_cpu_smoke_run_does_not_judge_the_gpu_goals() -> None:
     results = {"mode": "cpu-smoke", "rows": {"layer_norm": [_ln_row(768, 0.5)]}}
     verdict = gpu_report.goals(results)[0]
     assert (verdict["worst"], verdict["verdict"]) == (0.5, "not judged on a CPU")
+
+
+def test_cpu_smoke_of_the_training_steps_reports_the_bert_rows(tmp_path: Path) -> None:
+    done = _run("--cpu-smoke", "--only", "training steps", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]["models"]
+    bert = [r for r in rows if r["model"] in ("minilm", "bert-base")]
+    variants = ["reference fp32", "patched fp32", "reference bfloat16", "patched bfloat16"]
+    assert [(r["model"], r["variant"]) for r in bert] == [
+        (model, variant) for model in ("minilm", "bert-base") for variant in variants
+    ]
+    for r in bert:
+        assert r["posts_per_s"] == pytest.approx(r["batch"][0] / r["step_ms"] * 1e3)
+        assert r["patched_layers"].startswith("patched ")  # LayerNorm and attention swapped
+        assert 0 <= r["errors"]["loss"] < 1e-2 and 0 <= r["errors"]["grad"] < 0.1
+    # Dropout off, same weights, torch's code on both sides here: the errors are the same.
+    for model in ("minilm", "bert-base"):
+        for dtype in ("fp32", "bfloat16"):
+            same = [r["errors"] for r in bert if r["model"] == model and dtype in r["variant"]]
+            assert same[0] == same[1]
+    report = (tmp_path / "report.md").read_text()
+    assert "| minilm | patched bfloat16 | 4x16 |" in report
+    assert "| transformer | patched fp32 | 4x16 |" in report and "logit diff" in report
