@@ -336,7 +336,10 @@ def test_user_errors_exit_2_with_a_message(
     [
         (["--max-length", "0"], "--max-length 0 is invalid; expected a positive integer"),
         (["--dropout", "1.5"], "--dropout 1.5 is invalid; expected a probability in [0, 1)"),
-        (["--optimizer", "adamm"], "--optimizer 'adamm' is not known; accepted: adagrad, adam,"),
+        (
+            ["--optimizer", "adamm"],
+            "--optimizer 'adamm' is not known; accepted: adabelief, adagrad,",
+        ),
         (["--vocab-size", "3"], "--vocab-size 3 is too small"),
         (["--val-fraction", "1"], "--val-fraction 1.0 is invalid; expected a value in (0, 1)"),
         (["--device", "tpu"], "--device 'tpu' is not supported; accepted: cpu, cuda, cuda:N"),

@@ -96,8 +96,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"ModelConfig\.pad_token_id=10 is invalid; expected an id in \[0, vocab",
     ),
     (
-        {"optimizer_type": "lion"},
-        r"ModelConfig\.optimizer_type='lion' is not known; accepted: adagrad, adam, adamw, rmsprop",
+        {"optimizer_type": "lamb"},
+        r"ModelConfig\.optimizer_type='lamb' is not known; accepted: adabelief, adagrad, adam, "
+        r"adamw, lion, rmsprop",
     ),
     (
         {"scheduler_type": "warm"},

@@ -1,4 +1,5 @@
-"""Optimisers against torch.optim and hand-computed first steps; scheduler LR curves by hand."""
+"""Optimisers against torch.optim, the papers' update rules (Lion, AdaBelief) and hand-computed
+first steps; scheduler LR curves by hand."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from fbdl_fast.config import ModelConfig
 from fbdl_fast.optim import (
     OPTIMIZERS,
     SCHEDULERS,
+    AdaBelief,
+    Lion,
     OptimizerFactory,
     SchedulerFactory,
     create_optimizer,
@@ -59,7 +62,11 @@ REFERENCE = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_registry_names() -> None:
+    assert sorted(OPTIMIZERS) == sorted([*REFERENCE, *PAPER_RULES])
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_optimizer_matches_torch_optim(name: str) -> None:
     ours, theirs = _model(), None
     theirs = copy.deepcopy(ours)
@@ -92,6 +99,168 @@ def test_sgd_nesterov_first_step_by_hand() -> None:
     torch.testing.assert_close(p.detach(), torch.tensor([1.0, -2.0]) - LR * 1.9 * g)
 
 
+# ----------------------------------------------------------------------------- Lion, AdaBelief
+# The papers' update rules, written out here element by element on float64 tensors, with the
+# state each keeps; the registry's optimisers must take the same steps.
+
+
+def _lion_rule(p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], group: dict[str, Any]):
+    """Chen et al. 2023, Algorithm 2 (decoupled decay: p - lr * (sign(c) + wd * p))."""
+    beta1, beta2 = group["betas"]
+    m = state.get("m", torch.zeros_like(p))
+    c = beta1 * m + (1 - beta1) * g
+    p_new = p - group["lr"] * (torch.sign(c) + group["weight_decay"] * p)
+    state["m"] = beta2 * m + (1 - beta2) * g
+    return p_new
+
+
+def _adabelief_rule(
+    p: torch.Tensor, g: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
+) -> torch.Tensor:
+    """Zhuang et al. 2020, Algorithm 2: eps inside s_t, bias-corrected m and s, eps again in the
+    denominator; decoupled decay p * (1 - lr * wd) first."""
+    beta1, beta2 = group["betas"]
+    lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+    t = state.get("t", 0) + 1
+    m = beta1 * state.get("m", torch.zeros_like(p)) + (1 - beta1) * g
+    s = beta2 * state.get("s", torch.zeros_like(p)) + (1 - beta2) * (g - m) ** 2 + eps
+    m_hat, s_hat = m / (1 - beta1**t), s / (1 - beta2**t)
+    state.update(t=t, m=m, s=s)
+    return p * (1 - lr * wd) - lr * m_hat / (torch.sqrt(s_hat) + eps)
+
+
+PAPER_RULES = {"lion": _lion_rule, "adabelief": _adabelief_rule}
+
+
+# eps None: the default (1e-16); 1e-3 makes its two places count
+@pytest.mark.parametrize(
+    ("name", "eps"), [("lion", None), ("adabelief", None), ("adabelief", 1e-3)]
+)
+def test_paper_rule_over_several_steps(name: str, eps: float | None) -> None:
+    """Six steps on a tiny tanh network in float64, with two groups (decayed matrices, undecayed
+    biases: decay_biases_and_norms=False), against the rule applied by hand to the same grads."""
+    ours = _model().double()
+    theirs = copy.deepcopy(ours)
+    config = _config(optimizer_type=name, decay_biases_and_norms=False, weight_decay=0.2)
+    optimizer = create_optimizer(ours, config, **({} if eps is None else {"eps": eps}))
+    groups = optimizer.param_groups
+    assert [g["weight_decay"] for g in groups] == [0.2, 0.0]
+    decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
+    group_of = {
+        id(q): groups[0] if decay[id(p)] else groups[1]
+        for p, q in zip(ours.parameters(), theirs.parameters())
+    }
+    states: dict[int, dict[str, Any]] = {id(q): {} for q in theirs.parameters()}
+    data = torch.randn(8, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    target = torch.randn(8, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    for _ in range(6):
+        for model in (ours, theirs):
+            model.zero_grad()
+            (model(data) - target).pow(2).mean().backward()
+        optimizer.step()
+        with torch.no_grad():
+            for q in theirs.parameters():
+                assert q.grad is not None
+                q.copy_(PAPER_RULES[name](q, q.grad, states[id(q)], group_of[id(q)]))
+        for a, b in zip(ours.parameters(), theirs.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    start = _model().double()
+    moved = [not torch.equal(a, b) for a, b in zip(start.parameters(), ours.parameters())]
+    assert all(moved)
+
+
+def test_lion_two_steps_by_hand() -> None:
+    """Lion, lr 0.01, wd 0.05, betas (0.9, 0.99). Step 1 (m = 0): p = p (1 - lr wd) - lr sign(g).
+    Step 2: c = 0.9 * m + 0.1 * g2 with m = 0.01 * g1; the first coordinate's c is
+    0.9 * 0.005 - 0.1 * 0.001 = 0.0044 > 0 although g2 < 0: the momentum decides its sign."""
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    optimizer = create_optimizer([p], _config(optimizer_type="lion"))
+    assert optimizer.param_groups[0]["betas"] == (0.9, 0.99)
+    p.grad = torch.tensor([0.5, -0.25, 2.0], dtype=torch.float64)
+    optimizer.step()
+    step1 = [1.0 * 0.9995 - 0.01, -2.0 * 0.9995 + 0.01, 3.0 * 0.9995 - 0.01]
+    assert p.tolist() == pytest.approx(step1, abs=1e-15)
+    p.grad = torch.tensor([-0.001, 1.0, -0.5], dtype=torch.float64)
+    optimizer.step()
+    # c = [0.0044, 0.09775, -0.032]: signs +, +, -
+    step2 = [step1[0] * 0.9995 - 0.01, step1[1] * 0.9995 - 0.01, step1[2] * 0.9995 + 0.01]
+    assert p.tolist() == pytest.approx(step2, abs=1e-15)
+    m = optimizer.state[p]["exp_avg"]
+    assert m.tolist() == pytest.approx([0.99 * 0.005 - 0.00001, -0.002475 + 0.01, 0.0198 - 0.005])
+
+
+def test_adabelief_first_step_by_hand() -> None:
+    """AdaBelief, lr 0.01, wd 0.05, betas (0.9, 0.999), eps 1e-3. Step 1: m = 0.1 g,
+    s = 0.001 (0.9 g)^2 + eps, so m_hat = g and s_hat = 0.81 g^2 + eps / 0.001 = 0.81 g^2 + 1:
+    p = p (1 - lr wd) - lr g / (sqrt(0.81 g^2 + 1) + 0.001). With eps outside s (Adam's
+    placement) the step would be lr g / (0.9 |g| + eps), about lr: 2 to 5 times larger here."""
+    p = nn.Parameter(torch.tensor([1.0, -2.0, 3.0], dtype=torch.float64))
+    optimizer = create_optimizer([p], _config(optimizer_type="adabelief"), eps=1e-3)
+    grads = [0.5, -0.25, 2.0]
+    p.grad = torch.tensor(grads, dtype=torch.float64)
+    optimizer.step()
+    expected = [
+        x * (1 - 0.01 * 0.05) - 0.01 * g / (math.sqrt(0.81 * g * g + 1.0) + 1e-3)
+        for x, g in zip([1.0, -2.0, 3.0], grads)
+    ]
+    assert p.tolist() == pytest.approx(expected, abs=1e-15)
+    state = optimizer.state[p]
+    assert state["step"] == 1
+    assert state["exp_avg_var"].tolist() == pytest.approx(
+        [0.001 * 0.81 * g * g + 1e-3 for g in grads], abs=1e-15
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("lion", {"lr": -0.1}, r"Lion: lr=-0.1 is invalid; expected a finite number >= 0"),
+        ("lion", {"lr": float("nan")}, r"Lion: lr=nan is invalid"),
+        ("lion", {"betas": (0.9, 1.0)}, r"Lion: betas=\(0.9, 1.0\) is invalid; expected two"),
+        ("lion", {"betas": (0.9,)}, r"Lion: betas=\(0.9,\) is invalid"),
+        ("lion", {"weight_decay": -1}, r"Lion: weight_decay=-1 is invalid; expected a finite"),
+        ("adabelief", {"eps": 0.0}, r"AdaBelief: eps=0.0 is invalid; expected a finite number > 0"),
+        ("adabelief", {"betas": (-0.1, 0.9)}, r"AdaBelief: betas=\(-0.1, 0.9\) is invalid"),
+        ("adabelief", {"lr": "0.1"}, r"AdaBelief: lr='0.1' is invalid"),
+    ],
+)
+def test_bad_hyper_parameters_name_the_optimiser(
+    name: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        create_optimizer(_model(), _config(optimizer_type=name), **options)
+    with pytest.raises(ValueError, match=r"-0.5 is invalid; expected a finite number >= 0"):
+        {"lion": Lion, "adabelief": AdaBelief}[name](_model().parameters(), lr=-0.5)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_RULES))
+def test_paper_optimisers_resume_from_their_state_dict(name: str) -> None:
+    """The state a checkpoint stores (read back with weights_only, as the trainer does) continues
+    the run exactly; sparse gradients are refused by name."""
+    import io
+
+    model = _model()
+    optimizer = create_optimizer(model, _config(optimizer_type=name))
+    _train(model, optimizer, steps=2)
+    buffer = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    _train(model, optimizer, steps=2)
+    resumed = _model()
+    resumed.load_state_dict(saved["model"])
+    other = create_optimizer(resumed, _config(optimizer_type=name))
+    other.load_state_dict(saved["optimizer"])
+    _train(resumed, other, steps=2)
+    for a, b in zip(model.parameters(), resumed.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    embedding = nn.Embedding(4, 2, sparse=True)
+    sparse = create_optimizer(embedding, _config(optimizer_type=name))
+    embedding(torch.tensor([1])).sum().backward()
+    with pytest.raises(RuntimeError, match=r"does not support sparse gradients"):
+        sparse.step()
+
+
 def test_optimizer_skips_frozen_parameters_and_takes_overrides() -> None:
     model = _model()
     model[0].weight.requires_grad_(False)
@@ -113,8 +282,9 @@ def test_optimizer_skips_frozen_parameters_and_takes_overrides() -> None:
 
 def test_unknown_optimizer_and_no_parameters() -> None:
     config = _config()
-    config.optimizer_type = "lion"  # after validation, which would refuse it
-    with pytest.raises(ValueError, match=r"'lion'; accepted: adagrad, adam, adamw, rmsprop, sgd"):
+    config.optimizer_type = "lamb"  # after validation, which would refuse it
+    accepted = "adabelief, adagrad, adam, adamw, lion, rmsprop, sgd"
+    with pytest.raises(ValueError, match=rf"'lamb'; accepted: {accepted}"):
         create_optimizer(_model(), config)
     with pytest.raises(ValueError, match="no trainable parameters"):
         create_optimizer(nn.ReLU(), _config())

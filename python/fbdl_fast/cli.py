@@ -268,7 +268,11 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         help="minilm: layer-wise LR decay; block i of N (0 = lowest) trains at lr x decay ** "
         "(N - i), the head at lr, the embeddings at lr x decay ** (N + 1)",
     )
-    g.add_argument("--optimizer", default="adamw", help="adam, adamw, sgd, rmsprop, adagrad")
+    g.add_argument(
+        "--optimizer",
+        default="adamw",
+        help="adam, adamw, sgd, rmsprop, adagrad, lion (lr 3-10x below adamw's), adabelief",
+    )
     g.add_argument(
         "--scheduler",
         default=None,

@@ -11,6 +11,9 @@ needs no isinstance checks:
 - "plateau" (plateau):      `scheduler.step(val_loss)` once after each validation;
 - "batch"   (one_cycle, linear): `scheduler.step()` after every optimizer step.
 
+Besides torch.optim's, the registry holds Lion and AdaBelief, written here from their papers
+(torch.optim has neither).
+
 Keyword arguments override any default below (e.g. `create_optimizer(m, c, momentum=0.5)`).
 The seed's `OptimizerFactory` / `SchedulerFactory` namespaces are thin facades.
 """
@@ -18,7 +21,7 @@ The seed's `OptimizerFactory` / `SchedulerFactory` namespaces are thin facades.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
@@ -43,6 +46,131 @@ def _optimizer(cls: type[torch.optim.Optimizer], **defaults: Any) -> Callable[..
     return build
 
 
+def _check_hyper(name: str, lr: float, betas: Any, eps: Optional[float], wd: float) -> None:
+    """ValueError naming the optimiser, the hyper-parameter and what is accepted."""
+
+    def real(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not (real(lr) and lr >= 0):
+        raise ValueError(f"{name}: lr={lr!r} is invalid; expected a finite number >= 0")
+    if not (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(real(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ValueError(f"{name}: betas={betas!r} is invalid; expected two numbers in [0, 1)")
+    if eps is not None and not (real(eps) and eps > 0):
+        raise ValueError(
+            f"{name}: eps={eps!r} is invalid; expected a finite number > 0 (the update divides "
+            "by sqrt(s) + eps, and s can be 0)"
+        )
+    if not (real(wd) and wd >= 0):
+        raise ValueError(f"{name}: weight_decay={wd!r} is invalid; expected a finite number >= 0")
+
+
+def _dense_grads(name: str, group: dict[str, Any]) -> Iterator[torch.Tensor]:
+    """The group's parameters that have a gradient; sparse gradients are refused."""
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients (use a dense embedding)")
+        yield p
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2):
+
+        c = beta1 * m + (1 - beta1) * g
+        p = p - lr * (sign(c) + weight_decay * p)      # decay decoupled, scaled by lr
+        m = beta2 * m + (1 - beta2) * g
+
+    No bias correction (the sign does not depend on the scale of c). Every coordinate moves by
+    lr a step, so the paper uses an lr 3-10x smaller than AdamW's and a weight decay 3-10x
+    larger, keeping lr * weight_decay about the same."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+    ) -> None:
+        _check_hyper("Lion", lr, betas, None, weight_decay)
+        super().__init__(params, {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
+            for p in _dense_grads("Lion", group):
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m = state["exp_avg"]
+                update = torch.lerp(p.grad, m, beta1).sign_()  # beta1 * m + (1 - beta1) * g
+                p.mul_(1 - lr * wd).add_(update, alpha=-lr)
+                m.lerp_(p.grad, 1 - beta2)  # beta2 * m + (1 - beta2) * g
+        return loss
+
+
+class AdaBelief(torch.optim.Optimizer):
+    """AdaBelief (Zhuang et al. 2020, "AdaBelief Optimizer: Adapting Stepsizes by the Belief in
+    Observed Gradients", Algorithm 2), with decoupled weight decay as in AdamW:
+
+        p = p * (1 - lr * weight_decay)
+        m = beta1 * m + (1 - beta1) * g
+        s = beta2 * s + (1 - beta2) * (g - m)**2 + eps     # eps inside the second moment
+        p = p - lr * (m / (1 - beta1**t)) / (sqrt(s / (1 - beta2**t)) + eps)
+
+    s estimates the variance of g around its running mean ("the belief"), not g's raw second
+    moment: steps are large where the gradient is as predicted. eps enters twice, as in the
+    paper and the authors' code, so eps_adabelief plays the part of eps_adam**2 (default 1e-16).
+    No rectification (RAdam's warmup term) and no AMSGrad: the paper's plain algorithm."""
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-16,
+        weight_decay: float = 0.0,
+    ) -> None:
+        _check_hyper("AdaBelief", lr, betas, eps, weight_decay)
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (beta1, beta2) = group["lr"], group["betas"]
+            eps, wd = group["eps"], group["weight_decay"]
+            for p in _dense_grads("AdaBelief", group):
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_var"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t, m, s, g = state["step"], state["exp_avg"], state["exp_avg_var"], p.grad
+                p.mul_(1 - lr * wd)
+                m.lerp_(g, 1 - beta1)
+                residual = g - m
+                s.mul_(beta2).addcmul_(residual, residual, value=1 - beta2).add_(eps)
+                denom = (s / (1 - beta2**t)).sqrt_().add_(eps)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1**t))
+        return loss
+
+
 # name -> factory(params, lr=..., weight_decay=..., **kwargs) -> Optimizer
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     # Adam: weight_decay is L2 added to the gradient; AdamW: decoupled decay (the design's default).
@@ -51,6 +179,9 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": _optimizer(torch.optim.SGD, momentum=0.9, nesterov=True),
     "rmsprop": _optimizer(torch.optim.RMSprop, alpha=0.99, eps=1e-8, momentum=0.9),
     "adagrad": _optimizer(torch.optim.Adagrad, eps=1e-10),
+    # The papers' defaults; with lion, pass an lr 3-10x smaller than AdamW's (see Lion).
+    "lion": _optimizer(Lion, betas=(0.9, 0.99)),
+    "adabelief": _optimizer(AdaBelief, betas=(0.9, 0.999), eps=1e-16),
 }
 
 
@@ -276,7 +407,9 @@ class SchedulerFactory:
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULERS",
+    "AdaBelief",
     "LinearWarmupDecay",
+    "Lion",
     "OptimizerFactory",
     "SchedulerFactory",
     "create_optimizer",
