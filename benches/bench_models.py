@@ -156,9 +156,9 @@ BERT_VARIANTS = [
 BERT_TINY = {"input_dim": 32, "hidden_dim": 64, "num_layers": 2, "num_heads": 2}
 
 
-def _bert_config(name: str, smoke: bool, dropout: float = 0.1) -> ModelConfig:
+def _bert_config(name: str, smoke: bool) -> ModelConfig:
     return ModelConfig(
-        **(BERT_TINY if smoke else BERT_MODELS[name]), dropout=dropout, vocab_size=VOCAB,
+        **(BERT_TINY if smoke else BERT_MODELS[name]), dropout=0.1, vocab_size=VOCAB,
         num_classes=4, max_seq_length=16 if smoke else 128, fused=False,
     )  # fmt: skip
 
