@@ -276,8 +276,8 @@ def dispatch(
     Under autocast (CUDA's fp32 rule) a half-precision x gives an fp32 output."""
     if reference_at_once(x):  # the early exit: CPU outside the interpreter, or backend torch
         shape = _as_shape(normalized_shape)
-        try:
-            return F.layer_norm(x, shape, weight, bias, eps)
+        try:  # F.layer_norm's own call, without its Python wrapper (~0.8 us of a 27 us call)
+            return torch.layer_norm(x, shape, weight, bias, eps, torch.backends.cudnn.enabled)
         except RuntimeError:
             _check(x, shape, weight, bias)  # torch's error becomes ours when it is about shapes
             raise
