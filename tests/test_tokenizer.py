@@ -145,7 +145,9 @@ def test_save_and_load_encode_identically(tmp_path, trained):
     path = tmp_path / "tok.json"
     trained.save(path)
     data = json.loads(path.read_text(encoding="utf-8"))
-    assert data["format"] == "fbdl_fast.tokenizer" and data["version"] == _tokenizer.FORMAT_VERSION
+    # Version 1: the newest format (FORMAT_VERSION) is written only for settings that need it.
+    assert data["format"] == "fbdl_fast.tokenizer" and data["version"] == 1
+    assert data["pre_tokenizer"] == {"type": "bert"} and _tokenizer.FORMAT_VERSION >= 1
     loaded = Tokenizer.from_file(path)
     a, b = trained.encode_batch(POSTS), loaded.encode_batch(POSTS)
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
@@ -284,3 +286,64 @@ def test_train_from_files_takes_the_same_options(tmp_path):
     b = Tokenizer.train_from_files([path], vocab_size=80, **options)
     assert a.get_vocab() == b.get_vocab()
     assert a.token_to_id("#sale") is not None and a.token_to_id("Loving") is not None
+
+
+# --- spell_emoji: emoji the vocabulary lacks spelled as their CLDR names ----------------------
+
+SPELLING_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "love", "it", "smiling", "face",
+                  "with", "heart", "-", "eyes", "party", "popper", "thumbs", "up", ":", "medium",
+                  "skin", "tone", "!", "♥"]  # fmt: skip
+
+
+def test_spell_emoji_spells_what_the_vocabulary_lacks(tmp_path):
+    path = vocab_file(tmp_path, SPELLING_VOCAB)
+    off = Tokenizer.from_bert_vocab(path)
+    on = Tokenizer.from_bert_vocab(path, spell_emoji=True)
+    assert (off.spell_emoji, on.spell_emoji) == (False, True)
+    text = "Love it😍! 👍🏽 ♥"
+    assert [w for w, _ in off.pre_tokenize(text)] == ["love", "it😍", "!", "👍🏽", "♥"]
+    assert on.pre_tokenize(text) == [
+        ("love", (0, 4)), ("it", (5, 7)), ("smiling", (7, 8)), ("face", (7, 8)),
+        ("with", (7, 8)), ("heart", (7, 8)), ("-", (7, 8)), ("eyes", (7, 8)), ("!", (8, 9)),
+        ("thumbs", (10, 12)), ("up", (10, 12)), (":", (11, 12)), ("medium", (10, 12)),
+        ("skin", (10, 12)), ("tone", (10, 12)), ("♥", (13, 14)),
+    ]  # fmt: skip
+    assert off.encode(text, add_special_tokens=False) == [5, 1, 21, 1, 22]
+    assert on.encode(text, add_special_tokens=False) == [5, 6, 7, 8, 9, 10, 11, 12, 21, 15,
+                                                         16, 17, 18, 19, 20, 22]  # fmt: skip
+    # Text without emoji: the same ids either way.
+    assert on.encode("love it! heart-eyes") == off.encode("love it! heart-eyes")
+
+
+def test_spell_emoji_round_trips_through_save_and_load(tmp_path):
+    on = Tokenizer.from_bert_vocab(vocab_file(tmp_path, SPELLING_VOCAB), spell_emoji=True)
+    path = tmp_path / "tok.json"
+    on.save(path)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["pre_tokenizer"] == {"type": "bert", "spell_emoji": True}
+    assert data["version"] == _tokenizer.FORMAT_VERSION == 2  # version 1 readers refuse it
+    texts = ["love it 😍🎉", "👍🏽!", "♥ heart"]
+    for loaded in (Tokenizer.from_file(path), pickle.loads(pickle.dumps(on))):
+        assert loaded.spell_emoji
+        np.testing.assert_array_equal(
+            loaded.encode_batch(texts).input_ids, on.encode_batch(texts).input_ids
+        )
+    # A file written before the option existed (version 1, no key) loads with it off.
+    data.update(version=1, pre_tokenizer={"type": "bert"})
+    old = Tokenizer.from_str(json.dumps(data))
+    assert not old.spell_emoji
+    assert old.encode("it😍", add_special_tokens=False) == [1]
+
+
+def test_spell_emoji_when_training():
+    # The social pre-tokenizer keeps emoji whole; with spell_emoji they are learnt as words.
+    options = {"pre_tokenizer": "social", "model": "wordlevel", "min_frequency": 1}
+    kept = Tokenizer.train(POSTS, vocab_size=200, **options)
+    spelled = Tokenizer.train(POSTS, vocab_size=200, spell_emoji=True, **options)
+    assert kept.token_to_id("😍") is not None and spelled.token_to_id("😍") is None
+    assert [spelled.token_to_id(w) is not None for w in ("heart", "eyes", "hot", "beverage")] == [
+        True
+    ] * 4
+    assert spelled.spell_emoji and Tokenizer.from_str(spelled.to_str()).spell_emoji
+    ids = spelled.encode_batch(POSTS).input_ids
+    assert not (ids == spelled.unk_token_id).any()

@@ -180,3 +180,62 @@ def test_decode_matches_hf(tmp_path):
     for text in random_posts(200, seed=7):
         ids = reference.encode(text).ids
         assert ours.decode(ids) == reference.decode(ids)
+
+
+# --- spell_emoji with the BERT uncased vocabulary (issue 14 point 5) ----------------------------
+
+# CLDR short names (Unicode's emoji-test.txt), written out here as the expected spelling.
+SPELLED = {
+    "😍": "smiling face with heart-eyes",
+    "🎉": "party popper",
+    "❤️": "red heart",
+    "👍🏽": "thumbs up: medium skin tone",
+    "👨\u200d👩\u200d👧": "family: man, woman, girl",
+    "🇨🇭": "flag: Switzerland",
+    "1️⃣": "keycap: 1",
+}
+
+
+@needs_bert_vocab
+def test_spell_emoji_gives_hf_ids_of_the_names():
+    """With spell_emoji each emoji is its name in words: Hugging Face's ids for the text with the
+    name written in its place, and [UNK] for none of them."""
+    vocab = str(MODEL_DIR / "vocab.txt")
+    ours = Tokenizer.from_bert_vocab(vocab, spell_emoji=True)
+    hf = tokenizers.BertWordPieceTokenizer(vocab, lowercase=True)
+    for emoji, name in SPELLED.items():
+        for text, spelled in [
+            (f"so happy{emoji}!", f"so happy {name} !"),
+            (f"{emoji}{emoji} Zürich", f"{name} {name} Zürich"),
+        ]:
+            assert ours.encode(text) == hf.encode(spelled).ids, (text, spelled)
+        assert ours.unk_token_id not in ours.encode(emoji)
+
+    # Text without emoji (no pictograph, no keycap): BERT's ids, as with the option off.
+    def has_emoji(text: str) -> bool:
+        return "\u20e3" in text or any(
+            ord(c) >= 0x1F000 or 0x2190 <= ord(c) < 0x2C00 or c in "©®‼⁉™ℹⓂ〰〽㊗㊙" for c in text
+        )
+
+    texts = [t for t in EDGE_CASES + random_posts(500, seed=8) if not has_emoji(t)]
+    assert len(texts) > 200
+    assert_same(ours, hf, texts)
+
+
+@needs_bert_vocab
+def test_spell_emoji_cuts_unknown_tokens_on_synthetic_posts():
+    """The share of [UNK] among the tokens of fbdl_fast.synthetic posts (2,000 posts, seed 0),
+    with the BERT uncased vocabulary, without and with spell_emoji (README: the two numbers)."""
+    from fbdl_fast.synthetic import generate_posts
+
+    posts = generate_posts(2000, seed=0).texts
+    vocab = str(MODEL_DIR / "vocab.txt")
+    shares = {}
+    for spell in (False, True):
+        tok = Tokenizer.from_bert_vocab(vocab, spell_emoji=spell)
+        batch = tok.encode_batch(posts, add_special_tokens=False)
+        real = batch.attention_mask.astype(bool)
+        shares[spell] = float(((batch.input_ids == tok.unk_token_id) & real).sum() / real.sum())
+    print(f"[UNK] share: {shares[False]:.2%} without spell_emoji, {shares[True]:.2%} with it")
+    assert shares[False] > 0.01, shares  # the emoji of the posts are unknown to BERT's vocabulary
+    assert shares[True] < shares[False] / 10, shares

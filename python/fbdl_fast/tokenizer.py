@@ -4,8 +4,8 @@ Posts go in as str, ids come out as NumPy arrays filled by Rust. The pipeline is
 
     special tokens matched in the raw text -> normalise (clean-up, CJK spacing, accent stripping,
     lowercase) -> pre-tokenise ("bert": whitespace + punctuation; "social": URLs, e-mails,
-    @mentions, #hashtags, numbers, emoticons and emoji sequences kept whole) -> WordPiece or word
-    level -> [CLS] ... [SEP]
+    @mentions, #hashtags, numbers, emoticons and emoji sequences kept whole; either one can
+    spell emoji out by name, `spell_emoji`) -> WordPiece or word level -> [CLS] ... [SEP]
 
 With a BERT `vocab.txt` (``Tokenizer.from_bert_vocab``) or a Hugging Face BERT
 ``tokenizer.json`` (``Tokenizer.from_file``) the ids are those of Hugging Face `tokenizers`.
@@ -130,6 +130,7 @@ class Tokenizer:
         replace_mentions: bool = False,
         replace_numbers: bool = False,
         shorten_elongations: bool = False,
+        spell_emoji: bool = False,
     ) -> Tokenizer:
         """Learn a vocabulary from `texts` (any iterable of str), in parallel in Rust.
 
@@ -139,7 +140,8 @@ class Tokenizer:
         to occur `min_frequency` times; word level keeps words seen `min_frequency` times.
         `pre_tokenizer="social"` keeps URLs, e-mails, @mentions, #hashtags, numbers, emoticons
         and emoji sequences whole; the replace options turn URLs/e-mails, mentions and numbers
-        into [URL], [USER] and [NUM]; `shorten_elongations` cuts letter runs to three.
+        into [URL], [USER] and [NUM]; `shorten_elongations` cuts letter runs to three;
+        `spell_emoji` spells emoji sequences as their CLDR names (see `from_bert_vocab`).
         """
         _check_texts(texts, "texts")
         items = texts if isinstance(texts, (list, tuple)) else list(texts)
@@ -165,6 +167,7 @@ class Tokenizer:
         replace_mentions: bool = False,
         replace_numbers: bool = False,
         shorten_elongations: bool = False,
+        spell_emoji: bool = False,
     ) -> Tokenizer:
         """Like `train`, reading one post per line from each UTF-8 file (read in Rust)."""
         _check_texts(paths, "paths")
@@ -211,10 +214,20 @@ class Tokenizer:
         clean_text: bool = True,
         handle_chinese_chars: bool = True,
         unk_token: str = "[UNK]",
+        spell_emoji: bool = False,
     ) -> Tokenizer:
         """BERT's tokenizer from a `vocab.txt` (one token per line, line number = id).
 
         Same ids as Hugging Face `BertWordPieceTokenizer(vocab, lowercase=..., strip_accents=...)`.
+
+        `spell_emoji=True`, for vocabularies without emoji (BERT's maps 😍 to [UNK]): each emoji
+        sequence the vocabulary has no token for is spelled as its CLDR short name, from
+        Unicode's emoji data ("😍" -> "smiling face with heart-eyes", "👍🏽" -> "thumbs up: medium
+        skin tone", "🇺🇸" -> "flag: United States"), then normalised and split like any text
+        ("heart", "-", "eyes"). A sequence without a name of its own is spelled from its parts
+        (cut at each ZWJ; a part without a name gives its first character's); one with nothing
+        named is left as it is. Offsets of the spelled words point at the emoji. The option is
+        saved with the tokenizer; text without emoji gets BERT's ids either way.
         """
         return cls(
             _tokenizer.Tokenizer.from_bert_vocab(
@@ -224,6 +237,7 @@ class Tokenizer:
                 clean_text=clean_text,
                 handle_chinese_chars=handle_chinese_chars,
                 unk_token=unk_token,
+                spell_emoji=spell_emoji,
             )
         )
 
@@ -311,6 +325,11 @@ class Tokenizer:
     # -- vocabulary -------------------------------------------------------------------------
 
     @property
+    def spell_emoji(self) -> bool:
+        """Whether emoji sequences the vocabulary lacks are spelled as their CLDR names."""
+        return self._core.spell_emoji
+
+    @property
     def vocab_size(self) -> int:
         return self._core.vocab_size
 
@@ -376,4 +395,5 @@ _TRAIN_OPTIONS = (
     "replace_mentions",
     "replace_numbers",
     "shorten_elongations",
+    "spell_emoji",
 )

@@ -299,7 +299,7 @@ mod tests {
         let vocab = Vocab::new(tokens.iter().map(|s| s.to_string()).collect()).unwrap();
         Tokenizer::new(
             NormalizerConfig::default(),
-            PreTokenizerConfig::Bert,
+            PreTokenizerConfig::bert(),
             Model::WordPiece(WordPiece::new(vocab, "[UNK]", "##", 100).unwrap()),
             SpecialTokens::default(),
         )

@@ -2,7 +2,8 @@
 //! compiled only with the `python` feature, so `cargo test` needs no Python.
 //!
 //! Pipeline (`tokenizer.rs`): special tokens matched in the raw text -> `normalize.rs` ->
-//! `pretokenize.rs` (BERT) or `social.rs` -> `model.rs` (WordPiece / word level) -> `[CLS] ..
+//! `pretokenize.rs` (BERT) or `social.rs` (either one optionally spelling emoji out by name,
+//! `emoji.rs`) -> `model.rs` (WordPiece / word level) -> `[CLS] ..
 //! [SEP]`; `batch.rs` runs it over many posts, `trainer.rs` learns vocabularies,
 //! `serialize.rs` reads and writes vocab.txt, Hugging Face tokenizer.json and our JSON.
 //!
@@ -38,6 +39,7 @@
 //!   merges with a lazy max-heap and per-pair word index, sequentially for determinism.
 
 pub mod batch;
+pub mod emoji;
 pub mod error;
 pub mod model;
 pub mod normalize;

@@ -13,7 +13,7 @@ use crate::batch::{self, BatchOptions, Padding};
 use crate::error::Error;
 use crate::normalize::{NormalizerConfig, UnicodeForm};
 use crate::social::SocialConfig;
-use crate::tokenizer::{PreTokenizerConfig, SpecialTokens, Tokenizer};
+use crate::tokenizer::{BertConfig, PreTokenizerConfig, SpecialTokens, Tokenizer};
 use crate::trainer::{self, ModelKind, TrainerConfig};
 use crate::{serialize, VERSION};
 
@@ -100,7 +100,8 @@ fn wrap(t: Tokenizer) -> PyTokenizer {
 impl PyTokenizer {
     /// A BERT WordPiece tokenizer from a `vocab.txt`.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lowercase=true, strip_accents=None, clean_text=true, handle_chinese_chars=true, unk_token="[UNK]"))]
+    #[pyo3(signature = (path, *, lowercase=true, strip_accents=None, clean_text=true, handle_chinese_chars=true, unk_token="[UNK]", spell_emoji=false))]
+    #[allow(clippy::too_many_arguments)]
     fn from_bert_vocab(
         py: Python<'_>,
         path: &str,
@@ -109,6 +110,7 @@ impl PyTokenizer {
         clean_text: bool,
         handle_chinese_chars: bool,
         unk_token: &str,
+        spell_emoji: bool,
     ) -> PyResult<Self> {
         let normalizer = NormalizerConfig {
             clean_text,
@@ -121,7 +123,11 @@ impl PyTokenizer {
             unk: unk_token.to_string(),
             ..Default::default()
         };
-        detached(py, || serialize::from_bert_vocab(path, normalizer, special)).map(wrap)
+        let pre_tokenizer = PreTokenizerConfig::Bert(BertConfig { spell_emoji });
+        detached(py, || {
+            serialize::from_bert_vocab(path, normalizer, pre_tokenizer, special)
+        })
+        .map(wrap)
     }
 
     /// Our JSON format or a Hugging Face BERT `tokenizer.json`; `source` names it in errors.
@@ -142,7 +148,7 @@ impl PyTokenizer {
     /// Learn a vocabulary from `texts` (a sequence of str) or, with `files=True`, from the lines
     /// of the files named in `texts`.
     #[staticmethod]
-    #[pyo3(signature = (texts, *, vocab_size, min_frequency, special_tokens, model="wordpiece", files=false, lowercase=true, strip_accents=None, clean_text=true, handle_chinese_chars=true, unicode_normalization=None, pre_tokenizer="bert", replace_urls=false, replace_mentions=false, replace_numbers=false, shorten_elongations=false))]
+    #[pyo3(signature = (texts, *, vocab_size, min_frequency, special_tokens, model="wordpiece", files=false, lowercase=true, strip_accents=None, clean_text=true, handle_chinese_chars=true, unicode_normalization=None, pre_tokenizer="bert", replace_urls=false, replace_mentions=false, replace_numbers=false, shorten_elongations=false, spell_emoji=false))]
     #[allow(clippy::too_many_arguments)]
     fn train(
         py: Python<'_>,
@@ -162,6 +168,7 @@ impl PyTokenizer {
         replace_mentions: bool,
         replace_numbers: bool,
         shorten_elongations: bool,
+        spell_emoji: bool,
     ) -> PyResult<Self> {
         let model = match model {
             "wordpiece" => ModelKind::WordPiece,
@@ -184,9 +191,10 @@ impl PyTokenizer {
             replace_mentions,
             replace_numbers,
             shorten_elongations,
+            spell_emoji,
         };
         let pre_tokenizer = match pre_tokenizer {
-            "bert" => PreTokenizerConfig::Bert,
+            "bert" => PreTokenizerConfig::Bert(BertConfig { spell_emoji }),
             "social" => PreTokenizerConfig::Social(social.clone()),
             other => {
                 return Err(PyValueError::new_err(format!(
@@ -343,6 +351,12 @@ impl PyTokenizer {
     /// Tokens in id order.
     fn get_vocab(&self) -> Vec<String> {
         self.inner.model.vocab().tokens().to_vec()
+    }
+
+    /// Whether emoji the vocabulary lacks are spelled as their CLDR names.
+    #[getter]
+    fn spell_emoji(&self) -> bool {
+        self.inner.pre_tokenizer.spell_emoji()
     }
 
     #[getter]

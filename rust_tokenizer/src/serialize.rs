@@ -11,8 +11,10 @@ use crate::tokenizer::{PreTokenizerConfig, SpecialTokens, Tokenizer};
 
 /// The `format` field of our files.
 pub const FORMAT_NAME: &str = "fbdl_fast.tokenizer";
-/// The newest format version we write; we read every version up to it.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version; we read every version up to it. A file is written with the
+/// lowest version that holds its settings, so that older readers refuse what they would
+/// tokenize differently and read the rest: 2 adds the pre-tokeniser's `spell_emoji`.
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct TokenizerFile {
@@ -68,7 +70,11 @@ pub fn to_json(tok: &Tokenizer) -> Result<String> {
     };
     let file = TokenizerFile {
         format: FORMAT_NAME.into(),
-        version: FORMAT_VERSION,
+        version: if tok.pre_tokenizer.spell_emoji() {
+            2
+        } else {
+            1
+        },
         normalizer: tok.normalizer.clone(),
         pre_tokenizer: tok.pre_tokenizer.clone(),
         special_tokens: tok.special.clone(),
@@ -240,25 +246,21 @@ fn from_hf_json(value: &Value, source: &str) -> Result<Tokenizer> {
         WordPiece::new(vocab, &unk, prefix, max_chars)
             .map_err(|e| Error::Format(format!("{source}: {e}")))?,
     );
-    Tokenizer::new(normalizer, PreTokenizerConfig::Bert, model, special)
+    Tokenizer::new(normalizer, PreTokenizerConfig::bert(), model, special)
 }
 
-/// A BERT tokenizer from a `vocab.txt`.
+/// A BERT tokenizer from a `vocab.txt`; `pre_tokenizer` is BERT's, with or without options.
 pub fn from_bert_vocab(
     path: &str,
     normalizer: NormalizerConfig,
+    pre_tokenizer: PreTokenizerConfig,
     special: SpecialTokens,
 ) -> Result<Tokenizer> {
     let vocab =
         Vocab::new(read_vocab_txt(path)?).map_err(|e| Error::Format(format!("{path}: {e}")))?;
     let model = WordPiece::new(vocab, &special.unk, "##", 100)
         .map_err(|e| Error::Format(format!("{path}: {e}")))?;
-    Tokenizer::new(
-        normalizer,
-        PreTokenizerConfig::Bert,
-        Model::WordPiece(model),
-        special,
-    )
+    Tokenizer::new(normalizer, pre_tokenizer, Model::WordPiece(model), special)
 }
 
 #[cfg(test)]
@@ -297,6 +299,47 @@ mod tests {
             back.encode("hi his", true).unwrap(),
             tok.encode("hi his", true).unwrap()
         );
+    }
+
+    #[test]
+    fn spell_emoji_round_trips_and_old_files_load() {
+        let plain = from_json(HF_JSON, "test").unwrap();
+        let json = to_json(&plain).unwrap();
+        // Off: written as before the option existed (version 1, no new key).
+        assert!(json.contains("\"version\": 1"), "{json}");
+        assert!(!json.contains("spell_emoji"), "{json}");
+        let mut value: Value = serde_json::from_str(&json).unwrap();
+        value["pre_tokenizer"]["spell_emoji"] = Value::Bool(true);
+        let on = from_json(&value.to_string(), "on").unwrap();
+        assert!(on.pre_tokenizer.spell_emoji());
+        let saved = to_json(&on).unwrap();
+        assert!(saved.contains("\"version\": 2"), "{saved}");
+        let back = from_json(&saved, "saved").unwrap();
+        assert_eq!(back.pre_tokenizer, on.pre_tokenizer);
+        assert_eq!(
+            back.pre_tokenize("hi🎉")[1].0,
+            "party",
+            "the option survives save and load"
+        );
+        // Files of the first format version, as it wrote them: the option off.
+        value["version"] = Value::from(1);
+        for old in [
+            serde_json::json!({"type": "bert"}),
+            serde_json::json!({"type": "social", "replace_urls": false,
+                "replace_mentions": false, "replace_numbers": false,
+                "shorten_elongations": false}),
+        ] {
+            value["pre_tokenizer"] = old;
+            let tok = from_json(&value.to_string(), "old").unwrap();
+            assert!(!tok.pre_tokenizer.spell_emoji());
+            assert_eq!(tok.pre_tokenize("hi 🎉")[1].0, "🎉");
+        }
+        // The social pre-tokeniser carries the option too.
+        value["pre_tokenizer"] = serde_json::json!({"type": "social", "spell_emoji": true});
+        let social = from_json(&value.to_string(), "social").unwrap();
+        assert!(social.pre_tokenizer.spell_emoji());
+        let again = from_json(&to_json(&social).unwrap(), "again").unwrap();
+        assert_eq!(again.pre_tokenizer, social.pre_tokenizer);
     }
 
     #[test]

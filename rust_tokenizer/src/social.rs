@@ -14,6 +14,7 @@
 use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
+use crate::emoji::Speller;
 use crate::error::{Error, Result};
 use crate::model::Vocab;
 use crate::normalize::{Normalized, NormalizerConfig, Scratch};
@@ -32,6 +33,10 @@ pub struct SocialConfig {
     pub replace_numbers: bool,
     /// Runs of more than three identical letters are cut to three.
     pub shorten_elongations: bool,
+    /// Emoji sequences the vocabulary lacks are spelled as their CLDR names (`emoji.rs`).
+    /// Left out of saved files when off, so files from before the option read the same.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spell_emoji: bool,
 }
 
 pub const URL_TOKEN: &str = "[URL]";
@@ -236,16 +241,8 @@ impl SocialScanner {
     /// `boundary` says whether the previous character ends a word.
     pub fn match_at(text: &str, i: usize, boundary: bool) -> Option<(Kind, usize)> {
         let c = text[i..].chars().next()?;
-        if is_emoji_start(c) {
-            return Some((Kind::Emoji, i + emoji_len(&text[i..])));
-        }
-        if matches!(c, '0'..='9' | '#' | '*') {
-            // Keycap: digit/#/* + optional VS16 + U+20E3.
-            let rest = &text[i + 1..];
-            let rest = rest.strip_prefix('\u{FE0F}').unwrap_or(rest);
-            if let Some(after) = rest.strip_prefix('\u{20E3}') {
-                return Some((Kind::Emoji, text.len() - after.len()));
-            }
+        if let Some(end) = emoji_at(text, i) {
+            return Some((Kind::Emoji, end));
         }
         if !boundary {
             return None;
@@ -278,12 +275,14 @@ impl SocialScanner {
     }
 
     /// Split one segment (no special tokens inside) into words; placeholder tokens go to
-    /// `fixed` as `(index of the word they precede, id, offsets)`.
+    /// `fixed` as `(index of the word they precede, id, offsets)`. `speller`: spell emoji out
+    /// (the `spell_emoji` option).
     #[allow(clippy::too_many_arguments)]
     pub fn split(
         &self,
         segment: &str,
         char_base: u32,
+        speller: Option<&Speller<'_>>,
         normalizer: &NormalizerConfig,
         normalized: &mut Normalized,
         scratch: &mut Scratch,
@@ -313,11 +312,13 @@ impl SocialScanner {
                     kind,
                     &segment[i..end],
                     ci,
+                    speller,
                     normalizer,
                     normalized,
                     scratch,
                     words,
                     fixed,
+                    ws,
                 );
                 ci += n;
                 i = end;
@@ -381,11 +382,13 @@ impl SocialScanner {
         kind: Kind,
         text: &str,
         char_base: u32,
+        speller: Option<&Speller<'_>>,
         normalizer: &NormalizerConfig,
         normalized: &mut Normalized,
         scratch: &mut Scratch,
         words: &mut Vec<Span>,
         fixed: &mut Vec<(usize, u32, Offsets)>,
+        ws: &mut Workspace,
     ) {
         let n = text.chars().count() as u32;
         let placeholder = match kind {
@@ -400,6 +403,23 @@ impl SocialScanner {
         }
         let byte0 = normalized.text.len();
         let char0 = normalized.origins.len();
+        if kind == Kind::Emoji {
+            // Emoji reach the model as written, so that is the form the vocabulary must know.
+            let spelled =
+                speller.and_then(|sp| Some((sp, sp.spelling(text, true, &mut ws.tmp, scratch)?)));
+            if let Some((sp, name)) = spelled {
+                sp.push(
+                    &name,
+                    char_base,
+                    char_base + n,
+                    normalized,
+                    &mut ws.tmp,
+                    scratch,
+                );
+                split_bert(&normalized.text[byte0..], byte0 as u32, char0 as u32, words);
+                return;
+            }
+        }
         match kind {
             Kind::Emoji | Kind::Emoticon => {
                 for (k, c) in text.chars().enumerate() {
@@ -419,6 +439,23 @@ impl SocialScanner {
             });
         }
     }
+}
+
+/// The end (byte) of the emoji sequence starting at byte `i` of `text`, if one starts there: a
+/// pictograph's grapheme cluster, or a keycap (digit/#/* + optional VS16 + U+20E3).
+pub fn emoji_at(text: &str, i: usize) -> Option<usize> {
+    let c = text[i..].chars().next()?;
+    if is_emoji_start(c) {
+        return Some(i + emoji_len(&text[i..]));
+    }
+    if matches!(c, '0'..='9' | '#' | '*') {
+        let rest = &text[i + 1..];
+        let rest = rest.strip_prefix('\u{FE0F}').unwrap_or(rest);
+        if let Some(after) = rest.strip_prefix('\u{20E3}') {
+            return Some(text.len() - after.len());
+        }
+    }
+    None
 }
 
 /// End of a run of word characters starting at byte `i`.
@@ -670,12 +707,46 @@ mod tests {
     }
 
     #[test]
+    fn spell_emoji_in_social_units() {
+        let cfg = SocialConfig {
+            spell_emoji: true,
+            ..Default::default()
+        };
+        // The vocabulary knows 😍 as written (a trained social vocabulary): it stays whole.
+        let special = SpecialTokens::default();
+        let mut tokens = special.all();
+        tokens.push("😍".into());
+        let tok = Tokenizer::new(
+            NormalizerConfig::default(),
+            PreTokenizerConfig::Social(cfg),
+            Model::WordLevel(WordLevel::new(Vocab::new(tokens).unwrap(), "[UNK]").unwrap()),
+            special,
+        )
+        .unwrap();
+        let text = "so fun🎉😍 @Ann 👍🏽";
+        assert_eq!(
+            pieces(&tok, text),
+            [
+                "so", "fun", "party", "popper", "😍", "@ann", "thumbs", "up", ":", "medium",
+                "skin", "tone"
+            ]
+        );
+        let spans: Vec<Offsets> = tok.pre_tokenize(text).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(&spans[2..5], [(6, 7), (6, 7), (7, 8)]);
+        assert_eq!(spans[6], (14, 16)); // "thumbs" covers 👍🏽
+                                        // Off: the same text keeps every emoji whole.
+        let off = social(SocialConfig::default());
+        assert_eq!(pieces(&off, text), ["so", "fun", "🎉", "😍", "@ann", "👍🏽"]);
+    }
+
+    #[test]
     fn replacements_and_elongation() {
         let cfg = SocialConfig {
             replace_urls: true,
             replace_mentions: true,
             replace_numbers: true,
             shorten_elongations: true,
+            ..Default::default()
         };
         let tok = social(cfg);
         assert_eq!(

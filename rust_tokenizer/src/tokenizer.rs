@@ -3,20 +3,46 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::emoji::Speller;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::normalize::{Normalized, NormalizerConfig, Scratch};
 use crate::pretokenize::{split_bert, Span};
-use crate::social::{SocialConfig, SocialScanner};
+use crate::social::{emoji_at, SocialConfig, SocialScanner};
 
 /// How text is cut into words.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum PreTokenizerConfig {
     /// BERT's basic tokenizer (whitespace + punctuation).
-    Bert,
+    Bert(BertConfig),
     /// URLs, e-mails, mentions, hashtags, numbers, emoticons and emoji kept whole.
     Social(SocialConfig),
+}
+
+/// Options of BERT's pre-tokeniser; the default is BERT's own (exact Hugging Face parity).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BertConfig {
+    /// Emoji sequences the vocabulary lacks are spelled as their CLDR names (`emoji.rs`).
+    /// Left out of saved files when off, so files from before the option read the same.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub spell_emoji: bool,
+}
+
+impl PreTokenizerConfig {
+    /// BERT's basic tokenizer, as BERT has it.
+    pub fn bert() -> Self {
+        PreTokenizerConfig::Bert(BertConfig::default())
+    }
+
+    /// Whether emoji the vocabulary lacks are spelled as their names.
+    pub fn spell_emoji(&self) -> bool {
+        match self {
+            PreTokenizerConfig::Bert(cfg) => cfg.spell_emoji,
+            PreTokenizerConfig::Social(cfg) => cfg.spell_emoji,
+        }
+    }
 }
 
 /// The names of the special tokens by role; a role whose token is not in the vocabulary is off.
@@ -72,6 +98,8 @@ pub struct Workspace {
     words: Vec<Span>,
     pieces: Vec<(u32, u32, u32)>,
     social: crate::social::Workspace,
+    /// An emoji's normalised form or name, while spelling emoji.
+    spell: Normalized,
 }
 
 /// A word ready for the model: its span in the normalised text, or a fixed token id.
@@ -127,7 +155,7 @@ impl Tokenizer {
         special_ids.sort_unstable();
         let social = match &pre_tokenizer {
             PreTokenizerConfig::Social(cfg) => Some(SocialScanner::new(cfg.clone(), vocab)?),
-            PreTokenizerConfig::Bert => None,
+            PreTokenizerConfig::Bert(_) => None,
         };
         Ok(Tokenizer {
             pad_id: vocab.id(&special.pad),
@@ -211,6 +239,64 @@ impl Tokenizer {
         None
     }
 
+    /// The speller, when the pre-tokeniser spells emoji out.
+    fn speller(&self) -> Option<Speller<'_>> {
+        self.pre_tokenizer.spell_emoji().then(|| Speller {
+            normalizer: &self.normalizer,
+            vocab: self.model.vocab(),
+        })
+    }
+
+    /// Normalise `segment` into `ws.normalized` with each emoji sequence the vocabulary lacks
+    /// spelled as its name (BERT's pre-tokeniser with `spell_emoji`). Emoji are found in the raw
+    /// text: clean-up would delete the ZWJ and variation selectors that hold a sequence together.
+    fn normalize_spelling_emoji(
+        &self,
+        speller: &Speller<'_>,
+        segment: &str,
+        char_base: u32,
+        ws: &mut Workspace,
+    ) {
+        let (mut plain, mut plain_char) = (0usize, char_base); // the text not yet normalised
+        let (mut i, mut ci) = (0usize, char_base);
+        while i < segment.len() {
+            let Some(end) = emoji_at(segment, i) else {
+                let c = segment[i..].chars().next().unwrap_or(' ');
+                i += c.len_utf8();
+                ci += 1;
+                continue;
+            };
+            let seq = &segment[i..end];
+            let n = seq.chars().count() as u32;
+            if let Some(name) = speller.spelling(seq, false, &mut ws.spell, &mut ws.scratch) {
+                self.normalizer.normalize_into(
+                    &segment[plain..i],
+                    plain_char,
+                    &mut ws.normalized,
+                    &mut ws.scratch,
+                );
+                speller.push(
+                    &name,
+                    ci,
+                    ci + n,
+                    &mut ws.normalized,
+                    &mut ws.spell,
+                    &mut ws.scratch,
+                );
+                plain = end;
+                plain_char = ci + n;
+            }
+            i = end;
+            ci += n;
+        }
+        self.normalizer.normalize_into(
+            &segment[plain..],
+            plain_char,
+            &mut ws.normalized,
+            &mut ws.scratch,
+        );
+    }
+
     /// Cut `text` into model units (words of the normalised text, or fixed ids), filling
     /// `ws.normalized` and returning units through `f`.
     fn units(&self, text: &str, ws: &mut Workspace, mut f: impl FnMut(&Workspace, Unit)) {
@@ -223,16 +309,20 @@ impl Tokenizer {
             let segment = &text[from..seg_end];
             ws.words.clear();
             let mut fixed: Vec<(usize, u32, Offsets)> = Vec::new();
+            let speller = self.speller();
             match &self.social {
                 None => {
                     let byte0 = ws.normalized.text.len();
                     let char0 = ws.normalized.origins.len() as u32;
-                    self.normalizer.normalize_into(
-                        segment,
-                        char_base,
-                        &mut ws.normalized,
-                        &mut ws.scratch,
-                    );
+                    match &speller {
+                        Some(sp) => self.normalize_spelling_emoji(sp, segment, char_base, ws),
+                        None => self.normalizer.normalize_into(
+                            segment,
+                            char_base,
+                            &mut ws.normalized,
+                            &mut ws.scratch,
+                        ),
+                    }
                     split_bert(
                         &ws.normalized.text[byte0..],
                         byte0 as u32,
@@ -244,6 +334,7 @@ impl Tokenizer {
                     social.split(
                         segment,
                         char_base,
+                        speller.as_ref(),
                         &self.normalizer,
                         &mut ws.normalized,
                         &mut ws.scratch,
@@ -423,7 +514,7 @@ mod tests {
         let vocab = Vocab::new(tokens.iter().map(|s| s.to_string()).collect()).unwrap();
         Tokenizer::new(
             NormalizerConfig::default(),
-            PreTokenizerConfig::Bert,
+            PreTokenizerConfig::bert(),
             Model::WordPiece(WordPiece::new(vocab, "[UNK]", "##", 100).unwrap()),
             SpecialTokens::default(),
         )
@@ -453,6 +544,102 @@ mod tests {
         );
         assert_eq!(ids, [12, 13, 8, 6]);
         assert_eq!(offs, [(0, 2), (2, 6), (6, 7), (8, 13)]);
+    }
+
+    /// A BERT-uncased-like vocabulary with the words of a few emoji names but no emoji except
+    /// "♥" (as MiniLM's, which has ♥ © ™ and no pictographs).
+    fn spelling(spell_emoji: bool) -> Tokenizer {
+        let tokens = [
+            "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "love", "it", "smiling", "face", "with",
+            "heart", "-", "eyes", "party", "popper", "family", ":", "man", ",", "woman", "girl",
+            "boy", "thumbs", "up", "medium", "skin", "tone", "flag", "united", "states", "red",
+            "keycap", "1", "♥", "x", "france", "cat", "pizza",
+        ];
+        let vocab = Vocab::new(tokens.iter().map(|s| s.to_string()).collect()).unwrap();
+        Tokenizer::new(
+            NormalizerConfig::default(),
+            PreTokenizerConfig::Bert(BertConfig { spell_emoji }),
+            Model::WordPiece(WordPiece::new(vocab, "[UNK]", "##", 100).unwrap()),
+            SpecialTokens::default(),
+        )
+        .unwrap()
+    }
+
+    fn words(tok: &Tokenizer, text: &str) -> Vec<String> {
+        tok.pre_tokenize(text).into_iter().map(|(w, _)| w).collect()
+    }
+
+    #[test]
+    fn spell_emoji_spells_names_in_words() {
+        let tok = spelling(true);
+        assert_eq!(
+            words(&tok, "Love it😍🎉"),
+            ["love", "it", "smiling", "face", "with", "heart", "-", "eyes", "party", "popper"]
+        );
+        let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦";
+        assert_eq!(
+            words(&tok, family),
+            ["family", ":", "man", ",", "woman", ",", "girl", ",", "boy"]
+        );
+        assert_eq!(
+            words(&tok, "👍🏽"),
+            ["thumbs", "up", ":", "medium", "skin", "tone"]
+        );
+        assert_eq!(
+            words(&tok, "🇺🇸🇫🇷"),
+            ["flag", ":", "united", "states", "flag", ":", "france"]
+        );
+        assert_eq!(words(&tok, "x1\u{fe0f}\u{20e3}"), ["x", "keycap", ":", "1"]);
+        assert_eq!(words(&tok, "❤\u{fe0f}"), ["red", "heart"]);
+        // Unnamed: the parts of a ZWJ sequence Unicode does not define.
+        assert_eq!(words(&tok, "🐱\u{200d}🍕"), ["cat", "face", "pizza"]);
+        let ids = tok.encode("love it 😍", false).unwrap();
+        assert!(!ids.contains(&tok.unk_id()), "{ids:?}");
+    }
+
+    #[test]
+    fn spell_emoji_keeps_what_the_vocabulary_has_or_cannot_name() {
+        let tok = spelling(true);
+        assert_eq!(words(&tok, "love ♥ x"), ["love", "♥", "x"]); // "♥" is a token
+                                                                 // A lone regional indicator has no name: kept as written, glued to its word as in BERT.
+        assert_eq!(words(&tok, "x🇦 it"), ["x🇦", "it"]);
+    }
+
+    #[test]
+    fn spell_emoji_off_is_bert() {
+        let (off, on) = (spelling(false), spelling(true));
+        let text = "Love it😍 👍🏽 🇺🇸 ♥, x";
+        assert_eq!(
+            words(&off, text),
+            ["love", "it😍", "👍🏽", "🇺🇸", "♥", ",", "x"]
+        );
+        assert_eq!(
+            off.encode(text, true).unwrap(),
+            [2, 5, 1, 1, 1, 33, 18, 34, 3]
+        );
+        // Text without emoji: the same ids and offsets either way.
+        let plain = "Love it, X: Heart-eyes!";
+        let run = |tok: &Tokenizer| {
+            let (mut ids, mut offs) = (Vec::new(), Vec::new());
+            tok.encode_into(plain, &mut Workspace::default(), &mut ids, Some(&mut offs));
+            (ids, offs)
+        };
+        assert_eq!(run(&on), run(&off));
+    }
+
+    #[test]
+    fn spelled_words_point_at_their_emoji() {
+        let tok = spelling(true);
+        let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦"; // 7 characters
+        let text = format!("it {family}😍");
+        let pieces = tok.pre_tokenize(&text);
+        assert_eq!(pieces[1], ("family".to_string(), (3, 10)));
+        assert_eq!(pieces[2], (":".to_string(), (9, 10)));
+        assert_eq!(pieces.last().unwrap(), &("eyes".to_string(), (10, 11)));
+        let (mut ids, mut offs) = (Vec::new(), Vec::new());
+        tok.encode_into(&text, &mut Workspace::default(), &mut ids, Some(&mut offs));
+        assert_eq!(offs[1], (3, 10));
+        assert_eq!(ids.len(), offs.len());
     }
 
     #[test]

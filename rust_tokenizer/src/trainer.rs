@@ -296,7 +296,7 @@ mod tests {
     fn train_on(texts: &[&str], cfg: &TrainerConfig) -> Tokenizer {
         train(
             NormalizerConfig::default(),
-            PreTokenizerConfig::Bert,
+            PreTokenizerConfig::bert(),
             SpecialTokens::default(),
             texts,
             cfg,
@@ -348,7 +348,7 @@ mod tests {
         crate::batch::set_num_threads(1).unwrap();
         let a = train(
             NormalizerConfig::default(),
-            PreTokenizerConfig::Bert,
+            PreTokenizerConfig::bert(),
             SpecialTokens::default(),
             &texts,
             &cfg,
@@ -357,7 +357,7 @@ mod tests {
         crate::batch::set_num_threads(3).unwrap();
         let b = train(
             NormalizerConfig::default(),
-            PreTokenizerConfig::Bert,
+            PreTokenizerConfig::bert(),
             SpecialTokens::default(),
             &texts,
             &cfg,
