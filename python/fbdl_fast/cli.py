@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import logging
+import math
 import os
 import re
 import signal
@@ -38,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, Union
 
 from fbdl_fast import runs
 from fbdl_fast.files import disk_full, sha256_of
@@ -281,6 +282,35 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
     )
     g.add_argument("--loss", default="cross_entropy", help="cross_entropy, focal or dice")
     g.add_argument(
+        "--class-weights",
+        default="none",
+        metavar="balanced|none|FILE",
+        help="per-class loss weights: balanced (n / (classes x posts of the class), from the "
+        "training posts), none, or a JSON object / CSV rows (label, weight) naming every label",
+    )
+    g.add_argument(
+        "--focal-alpha",
+        default=None,
+        metavar="class-weights|A",
+        help="--loss focal: the balance factor alpha, one number, or class-weights: alpha per "
+        "class from --class-weights (which then weight nothing else)",
+    )
+    g.add_argument(
+        "--sampler",
+        choices=["shuffle", "balanced"],
+        default="shuffle",
+        help="training order: shuffle (every post once an epoch) or balanced (posts drawn with "
+        "replacement, every class equally likely)",
+    )
+    g.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (e.g. 0.999, in (0, 1)): "
+        "validated and saved as best.pt",
+    )
+    g.add_argument(
         "--patience",
         type=int,
         default=defaults["patience"],
@@ -296,9 +326,22 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
 
 
 def _model_config(
-    args: argparse.Namespace, vocab_size: int, num_classes: int, pad_token_id: int
+    args: argparse.Namespace,
+    vocab_size: int,
+    num_classes: int,
+    pad_token_id: int,
+    class_weights: Optional[list[float]] = None,
 ) -> ModelConfig:
+    """The ModelConfig of the options; class_weights (the resolved --class-weights) become the
+    loss's weights, or with --focal-alpha class-weights the focal loss's alpha."""
     from fbdl_fast.config import ModelConfig
+
+    alpha_option = getattr(args, "focal_alpha", None)
+    focal_alpha: Optional[Union[float, list[float]]] = None
+    if alpha_option == FOCAL_ALPHA_FROM_WEIGHTS:
+        focal_alpha, class_weights = class_weights, None
+    elif alpha_option is not None:
+        focal_alpha = float(alpha_option)
 
     scheduler = None if str(args.scheduler).lower() in ("none", "") else args.scheduler
     return ModelConfig(
@@ -324,6 +367,10 @@ def _model_config(
         decay_biases_and_norms=getattr(args, "decay_biases_and_norms", True),
         freeze_layers=getattr(args, "freeze_layers", 0),
         layer_decay=getattr(args, "layer_decay", 1.0),
+        sampler=getattr(args, "sampler", "shuffle"),
+        ema_decay=getattr(args, "ema", None),
+        class_weights=class_weights,
+        focal_alpha=focal_alpha,
     )
 
 
@@ -464,6 +511,9 @@ CONFIG_FLAGS = {
     "seed": "--seed",
     "freeze_layers": "--freeze-layers",
     "layer_decay": "--layer-decay",
+    "sampler": "--sampler",
+    "ema_decay": "--ema",
+    "focal_alpha": "--focal-alpha",
 }
 _CONFIG_NAME = re.compile(r"(?:ModelConfig\.)?\b(" + "|".join(CONFIG_FLAGS) + r")\b(=?)")
 
@@ -483,6 +533,7 @@ def _check_train_options(args: argparse.Namespace) -> None:
             f"--val-fraction {args.val_fraction} is invalid; expected a value in (0, 1)"
         )
     _check_device(args.device)
+    _check_balance_options(args)
     try:
         _model_config(args, max(args.vocab_size, 2), 2, 0)  # the data sets the real sizes
         if args.tokenizer in TOKENIZER_STYLES:  # else the checkpoint's (--model minilm)
@@ -490,6 +541,60 @@ def _check_train_options(args: argparse.Namespace) -> None:
             Tokenizer.train(["x"], vocab_size=args.vocab_size, **style)
     except ValueError as err:
         raise UsageError(in_flag_terms(str(err))) from None
+
+
+# --focal-alpha's value that takes alpha from --class-weights.
+FOCAL_ALPHA_FROM_WEIGHTS = "class-weights"
+CLASS_WEIGHT_CHOICES = ("balanced", "none")
+
+
+def _check_balance_options(args: argparse.Namespace) -> None:
+    """UsageError for --class-weights / --focal-alpha values no run can use (the labels of a
+    weights file are checked once the data is read)."""
+    choice = args.class_weights
+    if choice not in CLASS_WEIGHT_CHOICES and not Path(choice).is_file():
+        raise UsageError(
+            f"--class-weights {choice!r} is neither balanced, none nor an existing file; "
+            "accepted: balanced, none, or a JSON / CSV file of label weights"
+        )
+    alpha = args.focal_alpha
+    if alpha is None:
+        return
+    if args.loss != "focal":
+        raise UsageError(f"--focal-alpha {alpha} needs --loss focal (the loss is {args.loss})")
+    if alpha == FOCAL_ALPHA_FROM_WEIGHTS:
+        if choice == "none":
+            raise UsageError(
+                "--focal-alpha class-weights takes alpha from --class-weights; pass "
+                "--class-weights balanced or FILE"
+            )
+        return
+    try:
+        value = float(alpha)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise UsageError(
+            f"--focal-alpha {alpha!r} is invalid; accepted: class-weights or a number >= 0"
+        )
+
+
+def _class_weights(
+    args: argparse.Namespace, train: Posts, label_map: LabelMap
+) -> Optional[list[float]]:
+    """--class-weights resolved against the data: None, balanced over the training posts, or
+    the file's weights in label_map's order (UsageError naming unknown or missing labels)."""
+    from fbdl_fast.data import class_counts, read_class_weights
+    from fbdl_fast.losses import balanced_class_weights
+
+    if args.class_weights == "none":
+        return None
+    if args.class_weights == "balanced":
+        return balanced_class_weights(class_counts(label_map.encode_all(train), len(label_map)))
+    try:
+        return read_class_weights(args.class_weights, label_map)
+    except ValueError as err:
+        raise UsageError(f"--class-weights: {err}") from None
 
 
 def _check_device(name: Optional[str]) -> None:
@@ -602,7 +707,13 @@ def _train_run(
             else None
         )
         tokenizer = Tokenizer.from_str(distributed.broadcast_object(text))
-    config = _model_config(args, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
+    config = _model_config(
+        args,
+        tokenizer.vocab_size,
+        len(label_map),
+        tokenizer.pad_token_id,
+        class_weights=_class_weights(args, train, label_map),
+    )
     if pretrained is not None:  # the checkpoint's sizes, and where its weights come from
         config = pretrained_model_config(config, pretrained)
     meta = {
@@ -619,7 +730,15 @@ def _train_run(
             "train_posts": len(train),
             "val_posts": len(val),
         },
-        "training": {"accumulate": args.accumulate, "world_size": ctx.world_size},
+        "training": {
+            "accumulate": args.accumulate,
+            "world_size": ctx.world_size,
+            # the options as given; model_config holds the weights, sampler and decay they gave
+            "class_weights": args.class_weights,
+            "focal_alpha": args.focal_alpha,
+            "sampler": args.sampler,
+            "ema": args.ema,
+        },
         "fbdl_fast_version": __version__,
     }
     if args.resume:

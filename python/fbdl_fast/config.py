@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -16,6 +17,9 @@ from typing import Any, Optional, Union
 MODEL_NAMES = ("transformer", "lstm", "cnn")
 AMP_DTYPES = ("auto", "float16", "bfloat16")
 POOLINGS = ("mean", "cls")
+# Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
+# replacement so that every class is equally likely (data.balanced_sample_weights).
+SAMPLERS = ("shuffle", "balanced")
 
 
 @dataclass
@@ -62,6 +66,10 @@ class ModelConfig:
     decay_biases_and_norms: bool = True  # False: weight_decay spares 1-D parameters
     freeze_layers: int = 0  # bert: the embeddings and the first K blocks are not trained
     layer_decay: float = 1.0  # bert: LR x layer_decay ** (layers above): head 1, top block x d
+    sampler: str = "shuffle"  # training order, one of SAMPLERS
+    # Exponential moving average of the weights, updated after every optimizer step with this
+    # decay, in (0, 1); validated and saved as best.pt in place of the trained weights. None: off.
+    ema_decay: Optional[float] = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form user metadata, saved as is
 
     def __post_init__(self) -> None:
@@ -158,6 +166,18 @@ class ModelConfig:
             and 0 < self.layer_decay <= 1,
             "a number in (0, 1]",
         )
+        _require("sampler", self.sampler, self.sampler in SAMPLERS, f"one of {SAMPLERS}")
+        _require(
+            "ema_decay",
+            self.ema_decay,
+            self.ema_decay is None
+            or (
+                isinstance(self.ema_decay, (int, float))
+                and not isinstance(self.ema_decay, bool)
+                and 0 < self.ema_decay < 1
+            ),
+            "None or a number in (0, 1), e.g. 0.999",
+        )
         self._validate_per_class("class_weights", self.class_weights)
         if isinstance(self.focal_alpha, (list, tuple)):
             self._validate_per_class("focal_alpha", self.focal_alpha)
@@ -171,8 +191,9 @@ class ModelConfig:
         _require(
             name,
             values,
-            len(values) == self.num_classes and all(v >= 0 for v in values),
-            f"num_classes={self.num_classes} non-negative numbers",
+            len(values) == self.num_classes
+            and all(isinstance(v, (int, float)) and 0 <= v < math.inf for v in values),
+            f"num_classes={self.num_classes} finite numbers >= 0",
         )
 
     def _validate_names(self) -> None:

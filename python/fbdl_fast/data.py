@@ -565,6 +565,101 @@ class LabelMap:
         return cls.from_dict(values)
 
 
+# ====================
+# Class balance
+# ====================
+
+
+def class_counts(label_ids: Sequence[int], num_classes: int) -> list[int]:
+    """Posts per class id, for ids in [0, num_classes)."""
+    return np.bincount(np.asarray(label_ids, dtype=np.int64), minlength=num_classes).tolist()
+
+
+def balanced_sample_weights(label_ids: Sequence[int]) -> np.ndarray:
+    """Per-post sampling weights 1 / (posts of its class): each class present is drawn equally
+    often (BucketBatchSampler(weights=...), the trainer's `--sampler balanced`)."""
+    ids = np.asarray(label_ids, dtype=np.int64)
+    if ids.size == 0:
+        raise ValueError("balanced sampling needs labelled posts; got none")
+    return 1.0 / np.bincount(ids)[ids]
+
+
+def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) -> list[float]:
+    """Per-class loss weights from a file naming labels, in label_map's class order.
+
+    JSON: an object {"label": weight, ...}. CSV/TSV: rows `label,weight`, an optional header
+    line first. Every label of the map needs a weight and every label named must be one of
+    the map's: either mistake is a ValueError naming the labels. Weights are finite and >= 0.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"class weights file {path} cannot be read: {err}") from None
+    pairs: list[tuple[Any, Any, str]] = []  # (label, weight, where)
+    if path.suffix.lower() == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"class weights file {path} is not valid JSON: {err}") from None
+        if not isinstance(values, dict):
+            raise ValueError(
+                f"class weights file {path} holds a {type(values).__name__}; expected a JSON "
+                'object {"label": weight, ...}'
+            )
+        pairs = [(k, v, f"key {k!r}") for k, v in values.items()]
+    else:
+        delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+        rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
+        for number, row in enumerate(rows, start=1):
+            if len(row) != 2:
+                raise ValueError(
+                    f"line {number} of class weights file {path} has {len(row)} fields; "
+                    "expected 2: label, weight"
+                )
+            pairs.append((row[0], row[1].strip(), f"line {number}"))
+        if pairs and not _is_number(pairs[0][1]):  # a header line
+            pairs = pairs[1:]
+    weights: dict[Label, float] = {}
+    for label, value, where in pairs:
+        key = canonical_label(label)
+        number = float(value) if _is_number(value) else math.nan
+        if not 0 <= number < math.inf:
+            raise ValueError(
+                f"class weights file {path}: the weight of label {label!r} ({where}) is "
+                f"{value!r}; expected a finite number >= 0"
+            )
+        if key in weights:
+            raise ValueError(f"class weights file {path} gives label {label!r} twice ({where})")
+        weights[key] = number
+    known = set(label_map.labels)
+    unknown = [label for label in weights if label not in known]
+    missing = [label for label in label_map.labels if label not in weights]
+    if unknown or missing:
+        problems = []
+        if unknown:
+            problems.append(f"unknown label(s) {', '.join(repr(v) for v in unknown)}")
+        if missing:
+            problems.append(f"no weight for {', '.join(repr(v) for v in missing)}")
+        raise ValueError(
+            f"class weights file {path}: {'; '.join(problems)}; the data's labels are "
+            f"{', '.join(repr(v) for v in label_map.labels)}"
+        )
+    return [weights[label] for label in label_map.labels]
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def label_warnings(train: Posts, val: Posts) -> list[str]:
     """What looks wrong in a split's labels: labels that differ only by case (kept apart as
     different classes), classes with fewer than 2 posts, classes found only in validation."""
@@ -743,6 +838,12 @@ class BucketBatchSampler(Sampler[list[int]]):
     Every index appears exactly once per epoch; only the last batch can be short, and
     drop_last=True drops it.
 
+    weights (one per post, shuffle only): the epoch's posts are len(lengths) draws with
+    replacement, post i with probability weights[i] / sum(weights), from the same seed + epoch
+    generator, in place of the permutation; pools, batches and the cut between ranks follow as
+    above. So each rank still gets its own positions of one global draw, and an epoch's draw
+    depends on (seed, epoch) alone (balanced_sample_weights: every class equally likely).
+
     Sharded for torch.distributed (num_replicas > 1, rank in [0, num_replicas)): the batches are
     built exactly as a single process with batch_size * num_replicas builds them (same seed, same
     epoch), and each is cut into num_replicas near-equal parts; rank r takes part r. So R ranks
@@ -763,6 +864,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool_batches: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
+        weights: Optional[Sequence[float]] = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
@@ -784,6 +886,19 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.num_replicas = num_replicas
         self.rank = rank
         self.epoch = 0
+        self.probabilities: Optional[np.ndarray] = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if not shuffle:
+                raise ValueError("weights= draws a training order; it needs shuffle=True")
+            if w.shape != self.lengths.shape or not np.all(np.isfinite(w)) or np.any(w < 0):
+                raise ValueError(
+                    f"weights must be {len(self.lengths)} finite numbers >= 0, one per post; "
+                    f"got shape {w.shape}"
+                )
+            if w.sum() <= 0:
+                raise ValueError("weights are all 0; at least one post must be drawable")
+            self.probabilities = w / w.sum()
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose order the next iteration yields."""
@@ -815,7 +930,10 @@ class BucketBatchSampler(Sampler[list[int]]):
             batches = [order[i : i + bs] for i in range(0, n, bs)]
         else:
             rng = np.random.default_rng(self.seed + self.epoch)
-            perm = rng.permutation(n)
+            if self.probabilities is None:
+                perm = rng.permutation(n)
+            else:
+                perm = rng.choice(n, size=n, replace=True, p=self.probabilities)
             pool = bs * self.pool_batches  # a multiple of bs: only the final batch can be short
             batches = []
             for start in range(0, n, pool):
@@ -859,10 +977,12 @@ def make_loader(
     drop_last: bool = False,
     num_replicas: int = 1,
     rank: int = 0,
+    weights: Optional[Sequence[float]] = None,
 ) -> DataLoader:
     """A DataLoader over `dataset` with a BucketBatchSampler and padding `collate`.
 
-    num_replicas / rank shard it for torch.distributed (see BucketBatchSampler)."""
+    num_replicas / rank shard it for torch.distributed; weights draw the posts with replacement
+    (see BucketBatchSampler)."""
     sampler = BucketBatchSampler(
         dataset.lengths,
         batch_size,
@@ -871,6 +991,7 @@ def make_loader(
         drop_last=drop_last,
         num_replicas=num_replicas,
         rank=rank,
+        weights=weights,
     )
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=partial(collate, pad_token_id=pad_token_id)
@@ -888,9 +1009,11 @@ def build_dataloaders(
 ) -> tuple[DataLoader, DataLoader]:
     """Train and validation loaders: tokenised once, bucketed, padded with config.pad_token_id.
 
-    The training order is seeded by config.seed (+ epoch, via set_epoch); validation runs in
-    length order, unshuffled. num_replicas / rank give this rank's shard of both
-    (config.batch_size posts per rank and batch; see BucketBatchSampler).
+    The training order is seeded by config.seed (+ epoch, via set_epoch); with
+    config.sampler="balanced" its posts are drawn with replacement, every class equally likely
+    (balanced_sample_weights). Validation runs in length order, unshuffled. num_replicas / rank
+    give this rank's shard of both (config.batch_size posts per rank and batch; see
+    BucketBatchSampler).
     """
     vocab_size = getattr(tokenizer, "vocab_size", None)
     if vocab_size is not None and vocab_size > config.vocab_size:
@@ -903,9 +1026,9 @@ def build_dataloaders(
     max_length = config.max_seq_length
     loaders = []
     for posts, shuffle in ((train, True), (val, False)):
-        dataset = PostsDataset.from_texts(
-            tokenizer, posts.texts, label_map.encode_all(posts), max_length=max_length
-        )
+        label_ids = label_map.encode_all(posts)
+        dataset = PostsDataset.from_texts(tokenizer, posts.texts, label_ids, max_length=max_length)
+        balanced = shuffle and config.sampler == "balanced"
         loaders.append(
             make_loader(
                 dataset,
@@ -915,6 +1038,7 @@ def build_dataloaders(
                 pad_token_id=config.pad_token_id,
                 num_replicas=num_replicas,
                 rank=rank,
+                weights=balanced_sample_weights(label_ids) if balanced else None,
             )
         )
     return loaders[0], loaders[1]

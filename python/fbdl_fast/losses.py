@@ -113,6 +113,25 @@ def create_loss(config: ModelConfig, **kwargs: Any) -> nn.Module:
     return LOSSES[name](**options)
 
 
+def balanced_class_weights(counts: Sequence[int]) -> list[float]:
+    """Inverse-frequency class weights from the training posts per class: w_c = n / (C * n_c).
+
+    Normalised as scikit-learn's "balanced": the mean weight over the training posts is 1, so
+    the loss keeps its scale and a balanced set gets all ones. A class with no training post
+    (seen only in validation) gets the largest weight of the others: it is the rarest.
+    """
+    if len(counts) < 1 or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in counts
+    ):
+        raise ValueError(f"class counts {list(counts)!r} are invalid; expected integers >= 0")
+    total = sum(counts)
+    if total == 0:
+        raise ValueError("class counts are all 0; balanced class weights need training posts")
+    weights = [total / (len(counts) * c) if c else 0.0 for c in counts]
+    largest = max(weights)
+    return [w if c else largest for w, c in zip(weights, counts)]
+
+
 class LossFunctions:
     """The seed's namespace: functional forms, each a mean over the batch."""
 
@@ -162,5 +181,6 @@ __all__ = [
     "LOSSES",
     "DiceLoss",
     "LossFunctions",
+    "balanced_class_weights",
     "create_loss",
 ]

@@ -40,6 +40,14 @@ scheduler step) and counted (History.skipped_steps, "skipped_steps" in metrics.j
 max_nonfinite_steps in a row stop training with NonFiniteLossError before any checkpoint of
 that epoch is written, so best.pt / last.pt keep the last good weights.
 
+EMA of the weights (config.ema_decay = d): after every optimizer step the average moves to
+ema = d * ema + (1 - d) * weights (torch.optim.swa_utils.AveragedModel with
+get_ema_multi_avg_fn; buffers such as BatchNorm statistics are copied, not averaged; the first
+step copies the weights). Validation, early stopping, the plateau scheduler, evaluate() and
+predict() use the average; best.pt holds it as its "model" ("weights": "ema"); last.pt holds the
+trained weights and the average ("ema"), so a resumed run continues both exactly. Under DDP
+every rank updates its own copy from the same weights, so the copies stay equal.
+
 torch.compile (compile=True, or a dict of torch.compile options) is opt-in: a compiler failure at
 the first step becomes a CompileError that says what failed and to train without compile.
 """
@@ -62,6 +70,7 @@ from typing import Any, Optional, Union, cast
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fbdl_fast import distributed, losses, metrics, optim
 from fbdl_fast.checkpoint import (
@@ -344,6 +353,8 @@ class Trainer:
             device = torch.device("cuda", torch.cuda.current_device())
         self.device = torch.device(device if device is not None else "cpu")
         self.model = model.to(self.device)
+        # The EMA's copy is taken before DDP or torch.compile wrap the model: a plain module.
+        self.ema: Optional[AveragedModel] = self._new_ema()
         # What runs the batches: the model, in DDP when distributed, compiled when asked.
         # self.model stays the plain module: its state_dict has no "module."/"_orig_mod." keys.
         self._train_model: nn.Module = self.model
@@ -405,6 +416,24 @@ class Trainer:
         self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # current step's
 
     # ----------------------------------------------------------------------------- set-up
+    def _new_ema(self) -> Optional[AveragedModel]:
+        """A fresh EMA of self.model's weights (nothing averaged yet), or None without one."""
+        if self.config.ema_decay is None:
+            return None
+        ema = AveragedModel(
+            self.model,
+            multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay),
+            use_buffers=False,  # buffers are copied from the model at every update
+        )
+        return ema.requires_grad_(False)
+
+    def _inference_model(self) -> nn.Module:
+        """The weights validation, evaluate() and predict() use: the EMA once it averaged a
+        step, else the model."""
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module
+        return self._eval_model
+
     def _build_scheduler(self, steps_per_epoch: int) -> None:
         if self.config.scheduler_type is None:
             return
@@ -523,6 +552,8 @@ class Trainer:
             self.optimizer.step()
         if stepped:
             self.global_step += 1
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             if self.scheduler is not None and self.scheduler_interval == "batch":
                 self.scheduler.step()
         return True
@@ -617,8 +648,9 @@ class Trainer:
         self, loader: Iterable[Any], desc: str, need_labels: bool
     ) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
         """(logits (N, C) fp32 on CPU, labels (N,) or None, summed loss) over a loader."""
-        was_training = self.model.training
-        self._eval_model.eval()
+        model = self._inference_model()
+        was_training = model.training
+        model.eval()
         all_logits: list[torch.Tensor] = []
         all_labels: list[torch.Tensor] = []
         loss_sum = 0.0
@@ -627,13 +659,13 @@ class Trainer:
                 ids, mask, labels = self._unpack(batch)
                 if labels is None and need_labels:
                     raise ValueError(f"{desc} batches need 'labels'")
-                logits = self._forward(self._eval_model, ids, mask).float()
+                logits = self._forward(model, ids, mask).float()
                 if labels is not None:
                     loss_sum += self.criterion(logits, labels).item() * labels.numel()
                     all_labels.append(labels.cpu())
                 all_logits.append(logits.cpu())
         finally:
-            self._eval_model.train(was_training)
+            model.train(was_training)
         if not all_logits and self.world_size == 1:
             raise ValueError(f"the {desc} loader yielded no batches")
         labels_out = torch.cat(all_labels) if all_labels else None
@@ -789,7 +821,7 @@ class Trainer:
         if rngs is not None:
             state["rng_ranks"] = rngs
         if improved:
-            save_checkpoint(state, self.run_dir / BEST_CHECKPOINT)
+            save_checkpoint(self._best_state(state), self.run_dir / BEST_CHECKPOINT)
         h, i = self.history, self.epoch - 1
         line = {
             "epoch": self.epoch,
@@ -846,7 +878,20 @@ class Trainer:
             "nonfinite_streak": self._nonfinite_streak,
             "accumulate_steps": self.accumulate_steps,
             "world_size": self.world_size,
+            "ema": None if self.ema is None else self._ema_state(self.ema),
         }
+
+    @staticmethod
+    def _ema_state(ema: AveragedModel) -> dict[str, Any]:
+        return {"n_averaged": int(ema.n_averaged), "model": ema.module.state_dict()}
+
+    def _best_state(self, state: dict[str, Any]) -> dict[str, Any]:
+        """best.pt: the checkpoint with the validated weights as its model (the EMA's, once
+        it averaged a step), marked by "weights"."""
+        ema = state.get("ema")
+        if ema is None or ema["n_averaged"] == 0:
+            return state
+        return {**state, "model": ema["model"], "weights": "ema"}
 
     def save_checkpoint(self, path: PathLike) -> Path:
         """Write state_dict() to `path` atomically (temporary file + rename)."""
@@ -895,6 +940,15 @@ class Trainer:
         trainer._restore(state, path, model_only=True)
         return trainer
 
+    def _load_weights(self, module: nn.Module, weights: Mapping[str, Any], path: PathLike) -> None:
+        try:
+            module.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} does not fit this model "
+                f"({type(self.model).__name__}): {exc}"
+            ) from exc
+
     def _restore(self, state: dict[str, Any], path: PathLike, model_only: bool) -> None:
         require_keys(
             state,
@@ -903,17 +957,25 @@ class Trainer:
             else ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "history"),
             path,
         )
-        try:
-            self.model.load_state_dict(state["model"])
-        except RuntimeError as exc:
-            raise CheckpointError(
-                f"checkpoint {str(path)!r} does not fit this model "
-                f"({type(self.model).__name__}): {exc}"
-            ) from exc
+        ema = state.get("ema")
+        # model_only (evaluate, predict): the validated weights, i.e. last.pt's EMA when it has
+        # one; to continue training: the trained weights, and the EMA as it was.
+        validated = model_only and ema is not None and state.get("weights") != "ema"
+        weights = ema["model"] if validated and ema["n_averaged"] > 0 else state["model"]
+        self._load_weights(self.model, weights, path)
         if self.label_map is None:
             self.label_map = state.get("label_map")
         if model_only:
+            self.ema = self._new_ema()  # averages from the loaded weights if trained further
             return
+        if self.ema is not None:
+            if ema is None:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r} has no EMA of the weights, but this run "
+                    f"keeps one (ema_decay={self.config.ema_decay}); resume it without EMA"
+                )
+            self._load_weights(self.ema.module, ema["model"], path)
+            self.ema.n_averaged.fill_(int(ema["n_averaged"]))
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"] is not None:
             if self.scheduler is not None:
