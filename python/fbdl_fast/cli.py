@@ -270,6 +270,14 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         "(N - i), the head at lr, the embeddings at lr x decay ** (N + 1)",
     )
     g.add_argument(
+        "--no-spell-emoji",
+        dest="spell_emoji",
+        action="store_false",
+        help="minilm: leave emoji to the checkpoint's tokenizer ([UNK] in BERT's vocabulary) "
+        'instead of spelling them as their CLDR names ("smiling face with heart-eyes"); the '
+        "run folder keeps the choice",
+    )
+    g.add_argument(
         "--optimizer",
         default="adamw",
         help="adam, adamw, sgd, rmsprop, adagrad, lion (lr 3-10x below adamw's), adabelief",
@@ -391,6 +399,12 @@ def _apply_model_defaults(args: argparse.Namespace) -> None:
                     f"{', '.join(FINE_TUNED_TITLES)}) fine-tunes by layers, not "
                     f"--model {args.model}"
                 )
+        if not args.spell_emoji:
+            raise UsageError(
+                f"--no-spell-emoji: emoji are spelled out only for a pretrained vocabulary "
+                f"(--model {', '.join(FINE_TUNED_TITLES)}); --model {args.model} trains its own "
+                "tokenizer, which learns emoji as tokens"
+            )
     else:
         from fbdl_fast.models import FINE_TUNED, bert
 
@@ -699,7 +713,7 @@ def _train_run(
     if args.resume:  # the run's own tokenizer, not a retrained one
         tokenizer = Tokenizer.from_file(source / RUN_TOKENIZER)
     elif pretrained is not None:  # the checkpoint's vocab.txt, read by every rank
-        tokenizer = load_tokenizer(pretrained)
+        tokenizer = load_tokenizer(pretrained, spell_emoji=args.spell_emoji)
     else:  # rank 0 trains it, the others receive it
         text = (
             _train_tokenizer(train.texts, args.vocab_size, args.tokenizer).to_str()
@@ -727,6 +741,8 @@ def _train_run(
             "sha256": sha256_of(args.data),  # --resume refuses other data under the same name
             "tokenizer_style": args.tokenizer,
             "tokenizer_vocab_size": args.vocab_size,  # asked for (the trained one may be less)
+            # As asked for (the run's tokenizer.json holds it): --resume refuses a change.
+            "spell_emoji": pretrained is not None and args.spell_emoji,
             "train_posts": len(train),
             "val_posts": len(val),
         },

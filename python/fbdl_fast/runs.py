@@ -275,7 +275,7 @@ def read_config(folder: Path) -> dict[str, Any]:
 
 
 # config.json "data" keys newer than some runs: a run without them is not checked on them.
-ADDED_DATA_KEYS = ("sha256", "tokenizer_vocab_size")
+ADDED_DATA_KEYS = ("sha256", "tokenizer_vocab_size", "spell_emoji")
 
 
 def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:

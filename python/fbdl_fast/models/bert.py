@@ -351,9 +351,13 @@ def sha256(path: PathLike) -> str:
     return digest.hexdigest()
 
 
-def load_tokenizer(name_or_path: PathLike) -> Tokenizer:
+def load_tokenizer(name_or_path: PathLike, *, spell_emoji: bool = True) -> Tokenizer:
     """The checkpoint's WordPiece tokenizer: vocab.txt through Tokenizer.from_bert_vocab, cased
-    or not as its tokenizer_config.json says (do_lower_case, strip_accents; default uncased)."""
+    or not as its tokenizer_config.json says (do_lower_case, strip_accents; default uncased).
+
+    `spell_emoji` (on by default): emoji the vocabulary has no token for are spelled as their
+    CLDR names ("😍" -> "smiling face with heart-eyes") instead of becoming [UNK], as they do in
+    BERT's vocabularies; False gives the checkpoint's own tokenization (Hugging Face's ids)."""
     from fbdl_fast.tokenizer import Tokenizer  # the Rust extension, loaded only when asked for
 
     folder = resolve_pretrained(name_or_path)
@@ -369,6 +373,7 @@ def load_tokenizer(name_or_path: PathLike) -> Tokenizer:
         lowercase=bool(settings.get("do_lower_case", True)),
         strip_accents=settings.get("strip_accents"),
         handle_chinese_chars=bool(settings.get("tokenize_chinese_chars", True)),
+        spell_emoji=spell_emoji,
     )
 
 
