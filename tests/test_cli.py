@@ -24,6 +24,8 @@ RUN_FILES = {
     "best.pt",
     "last.pt",
     "metrics.jsonl",
+    "report.md",
+    "curves.png",
 }
 
 

@@ -1,111 +1,55 @@
-"""A horizontal bar chart written as a PNG with the standard library alone.
+"""The project's pictures, drawn with matplotlib and written as PNG bytes.
 
-`fbdl-fast bench` draws its speedups with it. A plotting library would be a heavy run-time
-dependency for one picture; a PNG is a zlib stream of rows, and labels need only a 5x7 font.
+- `bar_chart_png`: the speedups of `fbdl-fast bench`.
+- `confusion_figure`: a confusion matrix as a heat map (`fbdl-fast evaluate --report`).
+- `reliability_figure`: a reliability diagram, before and after calibration (the same).
+- `curves_figure`: a run's loss, accuracy, macro-F1 and learning rate per epoch (`train`).
+
+No display is needed: figures are `matplotlib.figure.Figure` objects rendered by the Agg canvas,
+never pyplot (no global state, no backend to choose). matplotlib is imported inside the functions,
+so `import fbdl_fast` stays light. The `*_figure` functions return the Figure, which tests can
+inspect; `png` renders one.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Optional
 
-# 5x7 glyphs, one string of 7 rows of 5 bits per character; unknown characters draw as blanks.
-_FONT = {
-    "0": "01110 10001 10011 10101 11001 10001 01110",
-    "1": "00100 01100 00100 00100 00100 00100 01110",
-    "2": "01110 10001 00001 00010 00100 01000 11111",
-    "3": "11110 00001 00001 01110 00001 00001 11110",
-    "4": "00010 00110 01010 10010 11111 00010 00010",
-    "5": "11111 10000 11110 00001 00001 10001 01110",
-    "6": "00110 01000 10000 11110 10001 10001 01110",
-    "7": "11111 00001 00010 00100 01000 01000 01000",
-    "8": "01110 10001 10001 01110 10001 10001 01110",
-    "9": "01110 10001 10001 01111 00001 00010 01100",
-    "a": "00000 00000 01110 00001 01111 10001 01111",
-    "b": "10000 10000 10110 11001 10001 10001 11110",
-    "c": "00000 00000 01110 10000 10000 10001 01110",
-    "d": "00001 00001 01101 10011 10001 10001 01111",
-    "e": "00000 00000 01110 10001 11111 10000 01110",
-    "f": "00110 01001 01000 11100 01000 01000 01000",
-    "g": "00000 01111 10001 10001 01111 00001 01110",
-    "h": "10000 10000 10110 11001 10001 10001 10001",
-    "i": "00100 00000 01100 00100 00100 00100 01110",
-    "j": "00010 00000 00110 00010 00010 10010 01100",
-    "k": "10000 10000 10010 10100 11000 10100 10010",
-    "l": "01100 00100 00100 00100 00100 00100 01110",
-    "m": "00000 00000 11010 10101 10101 10001 10001",
-    "n": "00000 00000 10110 11001 10001 10001 10001",
-    "o": "00000 00000 01110 10001 10001 10001 01110",
-    "p": "00000 00000 11110 10001 11110 10000 10000",
-    "q": "00000 00000 01101 10011 01111 00001 00001",
-    "r": "00000 00000 10110 11001 10000 10000 10000",
-    "s": "00000 00000 01110 10000 01110 00001 11110",
-    "t": "01000 01000 11100 01000 01000 01001 00110",
-    "u": "00000 00000 10001 10001 10001 10011 01101",
-    "v": "00000 00000 10001 10001 10001 01010 00100",
-    "w": "00000 00000 10001 10001 10101 10101 01010",
-    "x": "00000 00000 10001 01010 00100 01010 10001",
-    "y": "00000 00000 10001 10001 01111 00001 01110",
-    "z": "00000 00000 11111 00010 00100 01000 11111",
-    ".": "00000 00000 00000 00000 00000 01100 01100",
-    ",": "00000 00000 00000 00000 01100 00100 01000",
-    "-": "00000 00000 00000 11111 00000 00000 00000",
-    "_": "00000 00000 00000 00000 00000 00000 11111",
-    "/": "00001 00010 00010 00100 01000 01000 10000",
-    ":": "00000 01100 01100 00000 01100 01100 00000",
-    "(": "00010 00100 01000 01000 01000 00100 00010",
-    ")": "01000 00100 00010 00010 00010 00100 01000",
-    "+": "00000 00100 00100 11111 00100 00100 00000",
-    "=": "00000 00000 11111 00000 11111 00000 00000",
-    "|": "00100 00100 00100 00100 00100 00100 00100",
-    " ": "00000 00000 00000 00000 00000 00000 00000",
-}
-_SCALE = 2  # pixels per font dot
-_CHAR_W, _CHAR_H = 6 * _SCALE, 8 * _SCALE
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from fbdl_fast.calibration import Reliability
+    from fbdl_fast.train import History
+
 WHITE, BLACK, GREY = (255, 255, 255), (40, 40, 40), (170, 170, 170)
 FASTER, SLOWER = (46, 125, 50), (198, 40, 40)
+DPI = 100
+TRAIN_COLOR, VAL_COLOR, BEST_COLOR = "#1f77b4", "#d62728", "#555555"
 
 
-class _Canvas:
-    def __init__(self, width: int, height: int) -> None:
-        self.width, self.height = width, height
-        self.pixels = bytearray(bytes(WHITE) * (width * height))
+def _rgb(color: tuple[int, int, int]) -> tuple[float, float, float]:
+    r, g, b = color
+    return r / 255, g / 255, b / 255
 
-    def rect(self, x0: int, y0: int, x1: int, y1: int, color: tuple[int, int, int]) -> None:
-        x0, x1 = max(0, min(x0, x1)), min(self.width, max(x0, x1))
-        y0, y1 = max(0, min(y0, y1)), min(self.height, max(y0, y1))
-        row = bytes(color) * (x1 - x0)
-        for y in range(y0, y1):
-            start = 3 * (y * self.width + x0)
-            self.pixels[start : start + len(row)] = row
 
-    def text(self, x: int, y: int, text: str, color: tuple[int, int, int] = BLACK) -> None:
-        for i, char in enumerate(text.lower()):
-            rows = _FONT.get(char, _FONT[" "]).split()
-            for dy, bits in enumerate(rows):
-                for dx, bit in enumerate(bits):
-                    if bit == "1":
-                        px, py = x + i * _CHAR_W + dx * _SCALE, y + dy * _SCALE
-                        self.rect(px, py, px + _SCALE, py + _SCALE, color)
+def _figure(width: float, height: float) -> Figure:
+    """A Figure of width x height inches on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    def png(self) -> bytes:
-        stride = 3 * self.width
-        raw = b"".join(
-            b"\x00" + bytes(self.pixels[y * stride : (y + 1) * stride]) for y in range(self.height)
-        )
+    figure = Figure(figsize=(width, height), dpi=DPI, facecolor="white")
+    FigureCanvasAgg(figure)
+    return figure
 
-        def chunk(kind: bytes, data: bytes) -> bytes:
-            body = kind + data
-            return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-        header = struct.pack(">IIBBBBB", self.width, self.height, 8, 2, 0, 0, 0)  # 8-bit RGB
-        return (
-            b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(raw, 9))
-            + chunk(b"IEND", b"")
-        )
+def png(figure: Figure) -> bytes:
+    """The figure as PNG bytes (RGBA, its size in inches x DPI)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return buffer.getvalue()
 
 
 def bar_chart_png(
@@ -113,26 +57,198 @@ def bar_chart_png(
 ) -> bytes:
     """Horizontal bars of `values` (e.g. speedups), a line at `reference`, values printed.
 
-    Bars at or above the reference are green, below it red.
-    """
+    Bars at or above the reference are green (FASTER), below it red (SLOWER)."""
     if len(labels) != len(values):
         raise ValueError(f"bar_chart_png: {len(labels)} labels for {len(values)} values")
-    label_w = _CHAR_W * max([len(label) for label in labels] + [1]) + 20
-    plot_w, bar_h, gap, top = 420, 2 * _CHAR_H, _CHAR_H // 2, 3 * _CHAR_H
-    width = label_w + plot_w + _CHAR_W * 8
-    height = top + len(values) * (bar_h + gap) + _CHAR_H
-    canvas = _Canvas(width, height)
-    canvas.text(10, _CHAR_H // 2, title)
-    longest = max([*values, reference]) or 1.0
-    scale = plot_w / longest
-    for i, (label, value) in enumerate(zip(labels, values)):
-        y = top + i * (bar_h + gap)
-        canvas.text(10, y + (bar_h - _CHAR_H) // 2 + _SCALE, label)
-        color = FASTER if value >= reference else SLOWER
-        canvas.rect(label_w, y, label_w + max(1, round(value * scale)), y + bar_h, color)
-        canvas.text(
-            label_w + round(value * scale) + 6, y + (bar_h - _CHAR_H) // 2 + _SCALE, f"{value:.2f}x"
+    figure = _figure(9.0, 1.2 + 0.4 * max(len(values), 1))
+    ax = figure.add_subplot()
+    rows = list(range(len(values)))[::-1]  # the first label on top
+    colors = [_rgb(FASTER if v >= reference else SLOWER) for v in values]
+    ax.barh(rows, values, color=colors, height=0.7, antialiased=False)
+    for row, value in zip(rows, values):
+        ax.annotate(
+            f"{value:.2f}x", (value, row), xytext=(4, 0), textcoords="offset points", va="center"
         )
-    ref_x = label_w + round(reference * scale)
-    canvas.rect(ref_x, top - 4, ref_x + 2, height - _CHAR_H // 2, GREY)
-    return canvas.png()
+    ax.axvline(reference, color=_rgb(GREY), linewidth=1.5)
+    ax.set_yticks(rows, [str(label) for label in labels])
+    ax.set_xlim(0, max([*values, reference]) * 1.15)
+    ax.set_title(title)
+    ax.spines[["top", "right"]].set_visible(False)
+    figure.tight_layout()
+    return png(figure)
+
+
+def confusion_figure(
+    counts: Sequence[Sequence[int]],
+    names: Sequence[str],
+    title: str = "Confusion matrix",
+    note: str = "",
+) -> Figure:
+    """Heat map of a confusion matrix (rows: true class, columns: predicted class), coloured by
+    the share of the row (row-normalised), each cell annotated with its count and share when the
+    matrix is small enough to read (up to 20 classes)."""
+    import numpy as np
+
+    cm = np.asarray(counts, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(names):
+        raise ValueError(
+            f"confusion_figure: counts of shape {cm.shape} for {len(names)} names; expected a "
+            "square matrix, one row per name"
+        )
+    n = len(names)
+    shares = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = min(max(4.5, 0.55 * n + 2.5), 16.0)
+    figure = _figure(side + 1.2, side)
+    ax = figure.add_subplot()
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    colorbar = figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    colorbar.set_label("share of the true class")
+    short = [name if len(name) <= 18 else name[:17] + "…" for name in names]
+    size = 10 if n <= 12 else (8 if n <= 25 else 6)
+    ax.set_xticks(range(n), short, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center")
+    ax.set_yticks(range(n), short)
+    ax.tick_params(labelsize=size)
+    if n > 40:  # tick labels would overlap
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title + (f"\n{note}" if note else ""), fontsize=11)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j] == 0 and i != j:
+                    continue
+                ax.text(
+                    j,
+                    i,
+                    f"{int(cm[i, j])}\n{shares[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=size - 1,
+                    color="white" if shares[i, j] > 0.55 else "black",
+                )
+    figure.tight_layout()
+    return figure
+
+
+def _reliability_panel(ax: Axes, rel: Reliability, title: str) -> None:
+    import numpy as np
+
+    bins = rel.bins
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    centers, width = (edges[:-1] + edges[1:]) / 2, 1.0 / bins
+    counts = np.asarray(rel.counts)
+    filled = counts > 0
+    acc = np.where(filled, rel.accuracy, 0.0)
+    conf = np.where(filled, rel.confidence, 0.0)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#888888", linewidth=1, label="perfect")
+    ax.bar(
+        centers[filled],
+        acc[filled],
+        width=width,
+        color="#4c72b0",
+        edgecolor="white",
+        label="accuracy (posts in the bin above)",
+    )
+    # the gap from each bin's accuracy to its mean confidence, hatched so that it reads over
+    # the accuracy bar too (an under-confident bin: accuracy above confidence)
+    ax.bar(
+        centers[filled],
+        conf[filled] - acc[filled],
+        bottom=acc[filled],
+        width=width,
+        color="#dd8452",
+        alpha=0.35,
+        hatch="///",
+        edgecolor="#c44e52",
+        linewidth=1,
+        label="gap to mean confidence",
+    )
+    for x, a, c, n in zip(centers[filled], acc[filled], conf[filled], counts[filled]):
+        ax.text(x, max(a, c) + 0.01, str(n), ha="center", va="bottom", fontsize=7, color="#333333")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.07)  # room for the counts above full bars
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}\nECE {rel.ece:.4f} ({bins} bins, {int(counts.sum())} posts)")
+    ax.legend(loc="upper left", fontsize=9)
+
+
+def reliability_figure(
+    before: Reliability, after: Optional[Reliability] = None, temperature: Optional[float] = None
+) -> Figure:
+    """Reliability diagram: per confidence bin, the accuracy (bars) against the diagonal, the
+    gap to the bin's mean confidence shaded. With `after`, a second panel after calibration."""
+    panels = 1 if after is None else 2
+    figure = _figure(5.2 * panels, 5.4)
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    _reliability_panel(axes[0], before, "uncalibrated" if after is not None else "reliability")
+    if after is not None:
+        _reliability_panel(axes[1], after, f"calibrated (temperature {temperature:.3g})")
+    figure.tight_layout()
+    return figure
+
+
+def curves_figure(history: History, title: str = "") -> Figure:
+    """Four panels over the epochs: train/validation loss, train/validation accuracy,
+    validation macro-F1, learning rate; the best epoch (lowest validation loss) marked."""
+    epochs = list(range(1, len(history.train_losses) + 1))
+    figure = _figure(11.0, 7.5)
+    (loss, acc), (f1, lr) = figure.subplots(2, 2, sharex=True)
+    best = history.best_epoch
+
+    def panel(ax: Axes, series: list[tuple[str, list[float], str]], name: str) -> None:
+        for label, values, color in series:
+            ax.plot(epochs, values, marker="o", markersize=4, color=color, label=label)
+            if best is not None and label.startswith("validation"):
+                ax.plot([best], [values[best - 1]], marker="*", markersize=14, color=BEST_COLOR)
+        if best is not None:
+            ax.axvline(
+                best, color=BEST_COLOR, linestyle="--", linewidth=1, label=f"best epoch {best}"
+            )
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+
+    panel(
+        loss,
+        [
+            ("train", history.train_losses, TRAIN_COLOR),
+            ("validation", history.val_losses, VAL_COLOR),
+        ],
+        "loss",
+    )
+    panel(
+        acc,
+        [
+            ("train", history.train_accs, TRAIN_COLOR),
+            ("validation", history.val_accs, VAL_COLOR),
+        ],
+        "accuracy",
+    )
+    panel(f1, [("validation", history.val_f1s, VAL_COLOR)], "macro-F1")
+    panel(lr, [("learning rate", history.learning_rates, "#2ca02c")], "learning rate (epoch start)")
+    rates = [r for r in history.learning_rates if r > 0]
+    if rates and max(rates) / min(rates) > 50:
+        lr.set_yscale("log")
+    for ax in (f1, lr):
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if title:
+        figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+__all__ = [
+    "FASTER",
+    "SLOWER",
+    "bar_chart_png",
+    "confusion_figure",
+    "curves_figure",
+    "png",
+    "reliability_figure",
+]

@@ -4,6 +4,10 @@ A checkpoint is a plain dict saved with torch.save and read with `weights_only=T
 pickles are executed when loading). The trainer decides what goes in it (see Trainer.state_dict);
 this module owns the file format: the `format_version` key, the atomic write, the RNG snapshot
 and the checks on load.
+
+A checkpoint may also hold `calibration` (written after training by `fbdl-fast train
+--calibrate`, see fbdl_fast.calibration): a dict whose "temperature" divides the logits of these
+weights before the softmax. `temperature_of` reads it; checkpoints without it have T = 1.
 """
 
 from __future__ import annotations
@@ -87,6 +91,34 @@ def require_keys(state: dict[str, Any], keys: tuple[str, ...], path: PathLike) -
         raise CheckpointError(f"checkpoint {str(path)!r} lacks {missing}; it holds {sorted(state)}")
 
 
+CALIBRATION_KEY = "calibration"
+
+
+def temperature_of(state: dict[str, Any], path: PathLike = "<memory>") -> float:
+    """The calibration temperature a checkpoint holds, 1.0 when it holds none; CheckpointError
+    naming the file if the value is not a finite positive number."""
+    calibration = state.get(CALIBRATION_KEY)
+    if calibration is None:
+        return 1.0
+    value = calibration.get("temperature") if isinstance(calibration, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e30:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has a damaged calibration ({calibration!r}); expected a "
+            "dict whose 'temperature' is a positive number: retrain with --calibrate"
+        )
+    return float(value)
+
+
+def add_calibration(path: PathLike, calibration: dict[str, Any]) -> None:
+    """Store `calibration` (its "temperature" > 0, plus what the fit measured) in the checkpoint
+    at `path`, rewritten atomically."""
+    state = load_checkpoint(path)
+    state[CALIBRATION_KEY] = dict(calibration)
+    temperature_of(state, path)  # refuse to write what could not be read back
+    state.pop("format_version")
+    save_checkpoint(state, path)
+
+
 def rng_state() -> dict[str, Any]:
     """Snapshot of every random generator training draws from: torch (CPU and CUDA), numpy,
     Python's random. Stored as tensors and tuples so weights_only loading accepts it."""
@@ -128,11 +160,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 __all__ = [
+    "CALIBRATION_KEY",
     "FORMAT_VERSION",
     "CheckpointError",
+    "add_calibration",
     "load_checkpoint",
     "require_keys",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
+    "temperature_of",
 ]

@@ -812,6 +812,7 @@ def _train_run(
         raise
     elapsed = time.perf_counter() - started
     if ctx.is_main:
+        fit = _finish_run(args, trainer, val_loader, partial, out, len(train))
         runs.publish(partial, out, args.overwrite or args.resume)
         best = (history.best_epoch or history.epochs) - 1
         skipped = sum(history.skipped_steps)
@@ -821,8 +822,56 @@ def _train_run(
             f"{best + 1}: val_loss {history.val_losses[best]:.4f}, val_acc "
             f"{history.val_accs[best]:.4f}, val_macro_f1 {history.val_f1s[best]:.4f}"
             + (f"; {skipped} steps skipped (non-finite loss)" if skipped else "")
+            + (
+                f"; calibrated: temperature {fit.temperature:.4g}, validation ECE "
+                f"{fit.ece_before:.4f} -> {fit.ece_after:.4f}"
+                if fit is not None
+                else ""
+            )
         )
     return 0
+
+
+def _finish_run(
+    args: argparse.Namespace,
+    trainer: Any,
+    val_loader: DataLoader,
+    partial: Path,
+    out: Path,
+    train_posts: int,
+) -> Optional[Any]:
+    """Rank 0, once training is done: evaluate the checkpoint evaluate and predict use by default
+    (best.pt, else last.pt) on the validation posts; with --calibrate fit its temperature there
+    and store it in that checkpoint; write report.md and curves.png. Returns the TemperatureFit
+    (None without --calibrate)."""
+    from fbdl_fast import calibration, checkpoint, report
+    from fbdl_fast.data import make_loader
+
+    config = trainer.config
+    if trainer.world_size > 1:  # each rank validated its own shard: here, all the posts
+        val_loader = make_loader(
+            val_loader.dataset, config.batch_size, shuffle=False, pad_token_id=config.pad_token_id
+        )
+    chosen = runs.checkpoint_path(partial, None)
+    trainer.load_checkpoint(chosen, model_only=True)
+    logits, labels, _ = trainer.outputs(val_loader)
+    fit = calibration.fit_temperature(logits, labels) if args.calibrate else None
+    if fit is not None:
+        checkpoint.add_calibration(chosen, fit.to_dict())
+    names = [str(label) for label in trainer.label_map.labels]
+    evaluation = report.evaluate_logits(
+        logits, labels, names, None if fit is None else fit.temperature
+    )
+    report.write_run_report(
+        partial,
+        trainer.history,
+        evaluation,
+        title=f"Run report: {out.name}",
+        description=f"{TITLES[args.model]} trained on {args.data} ({train_posts} training / "
+        f"{len(labels)} validation posts, {len(names)} classes)",
+        checkpoint=chosen.name,
+    )
+    return fit
 
 
 def _plural(count: int, noun: str) -> str:
@@ -830,27 +879,40 @@ def _plural(count: int, noun: str) -> str:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fbdl_fast import report
+
     _check_device(args.device)
     run = load_run(Path(args.run), args.device, args.checkpoint)
     posts = _read_posts(args, run.meta, with_labels=True)
     labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
     batch_size = args.batch_size or run.config.batch_size
     run.trainer.log_every = args.progress_every
-    result = run.trainer.evaluate(_loader(run, posts.texts, labels, batch_size))
-    report = {
+    logits, ids, loss = run.trainer.outputs(_loader(run, posts.texts, labels, batch_size))
+    assert ids is not None
+    names = [str(label) for label in run.label_map.labels]
+    temperature = run.trainer.temperature
+    evaluation = report.evaluate_logits(logits, ids, names, temperature)
+    summary = {
         "run": str(run.path),
         "data": str(args.data),
         "checkpoint": run.checkpoint.name,
-        "num_samples": int(result["num_samples"]),
-        "loss": result["loss"],
-        "accuracy": result["accuracy"],
-        "macro_f1": result["macro_f1"],
+        "num_samples": len(ids),
+        "loss": loss,
+        "accuracy": evaluation.accuracy,
+        "macro_f1": evaluation.macro_f1,
+        "ece": evaluation.ece,
     }
+    if args.report:
+        title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
+        written = evaluation.write(Path(args.report), title)
+        _say(args, f"report written to {args.report}: {', '.join(p.name for p in written)}")
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps({**summary, **evaluation.to_dict()}, indent=2))
     else:
-        for key, value in report.items():
+        for key, value in summary.items():
             print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+        print()
+        print(evaluation.text(), end="")
     return 0
 
 
@@ -1310,7 +1372,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a model on a CSV/JSONL file",
         description="Split the posts (seeded, stratified), train a tokenizer on the training "
         "texts and a model on the ids, and write a run folder: config.json, "
-        "tokenizer.json, label_map.json, best.pt, last.pt, metrics.jsonl.",
+        "tokenizer.json, label_map.json, best.pt, last.pt, metrics.jsonl, and report.md with "
+        "curves.png (per-epoch figures, the validation posts' per-class table).",
         epilog="example:\n  fbdl-fast train --data posts.csv --text-column message "
         "--label-column sentiment --model lstm --epochs 10 --output runs/lstm",
     )
@@ -1351,6 +1414,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=5,
         help="steps in a row with a NaN/inf loss (each skipped) that stop training",
     )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="after training, fit a temperature on the validation posts (LBFGS on the logits of "
+        "best.pt) and store it in best.pt: predict's probabilities are then calibrated",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     _add_progress_option(p)
     _add_encoding_option(p)
@@ -1361,12 +1430,23 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate",
         formatter_class=_Formatter,
         help="metrics of a trained run on labelled posts",
-        description="Load a run folder and report loss, accuracy and macro-F1 on a labelled "
-        "file. Labels the run has never seen are an error.",
+        description="Load a run folder and report on a labelled file: loss, accuracy, "
+        "macro-F1; per class precision, recall, F1 and support; the confusion matrix (counts "
+        "and row-normalised); the most confused pairs; the expected calibration error (15 "
+        "bins), before and after the temperature of a calibrated checkpoint (train "
+        "--calibrate). Labels the run has never seen are an error.",
     )
     _add_run_options(p)
     p.add_argument("--data", required=True, help="labelled posts file (.csv, .tsv, .jsonl)")
-    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument(
+        "--report",
+        default=None,
+        metavar="DIR",
+        help="also write DIR/report.md, DIR/confusion.png (heat map) and DIR/reliability.png "
+        "(reliability diagram); DIR is created, files in it replaced",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

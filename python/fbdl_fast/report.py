@@ -1,23 +1,42 @@
-"""The benchmark report of `fbdl-fast bench`: a markdown table, a JSON file, a PNG bar chart.
+"""Reports: what `fbdl-fast bench`, `evaluate` and `train` write for people to read.
 
-Input is pytest-benchmark's JSON (`--benchmark-json`). Each benchmark in a group may mark itself
-`extra_info["role"] = "reference"`; every other member of the group gets a speedup, the
+Bench: input is pytest-benchmark's JSON (`--benchmark-json`). Each benchmark in a group may mark
+itself `extra_info["role"] = "reference"`; every other member of the group gets a speedup, the
 reference's median time divided by its own, both measured in the same run on the same machine.
 A benchmark that measured its speedup itself (`extra_info["speedup"]`, e.g. by timing its step
-and the reference's in turns) reports that figure instead.
+and the reference's in turns) reports that figure instead. Written as a markdown table, a JSON
+file and a PNG bar chart.
+
+Evaluation (`evaluate_logits`): from a model's logits and the true labels, per-class precision,
+recall, F1 and support, the confusion matrix (counts and row-normalised), the most confused pairs
+and the expected calibration error, before and after the checkpoint's temperature when it has
+one. As a dict for --json, text for the terminal, markdown plus two PNGs for --report (the
+confusion heat map, the reliability diagram).
+
+Run (`write_run_report`): what `fbdl-fast train` leaves in the run folder, report.md and
+curves.png: the per-epoch figures, the best epoch, and the evaluation of the chosen checkpoint on
+the validation posts.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from fbdl_fast.chart import bar_chart_png
 from fbdl_fast.files import write_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+    from fbdl_fast.calibration import Reliability
+    from fbdl_fast.metrics import ClassScores
+    from fbdl_fast.train import History
 
 
 @dataclass
@@ -136,4 +155,421 @@ def write_report(rows: list[Row], machine: dict[str, Any], out_dir: Path) -> lis
     write_atomic(paths[0], table)
     write_atomic(paths[1], json.dumps(document, indent=2))
     write_atomic(paths[2], chart)
+    return paths
+
+
+# ====================
+# Evaluation: per-class figures, confusion, calibration
+# ====================
+
+# --json holds the dense confusion matrix up to this many classes; beyond, its non-zero cells
+# (at most one per post) as [true, predicted, count]: 10,000 classes would be 10^8 numbers.
+DENSE_CONFUSION_MAX = 100
+MATRIX_TEXT_MAX = 20  # the terminal and report.md print the matrix up to this many classes
+HEATMAP_MAX = 40  # the heat map shows every class up to this many, else the most frequent
+TOP_PAIRS = 10  # most confused pairs listed
+
+
+@dataclass
+class Evaluation:
+    """A model's predictions on labelled posts, summed up (see `evaluate_logits`)."""
+
+    names: list[str]  # class names, index = class id
+    preds: torch.Tensor  # (N,) int64 predicted class ids
+    labels: torch.Tensor  # (N,) int64 true class ids
+    scores: ClassScores
+    accuracy: float
+    macro_f1: float
+    pairs: list[tuple[int, int, int]]  # (true, predicted, count), most frequent first
+    reliability: Reliability  # of softmax(logits)
+    nll: float
+    temperature: Optional[float] = None  # the checkpoint's calibration, if any
+    calibrated: Optional[Reliability] = None  # of softmax(logits / temperature)
+    nll_calibrated: Optional[float] = None
+
+    @property
+    def ece(self) -> float:
+        """ECE of the probabilities predict writes (calibrated when there is a temperature)."""
+        return (self.calibrated or self.reliability).ece
+
+    def confusion(self, classes: Optional[list[int]] = None) -> torch.Tensor:
+        """The confusion matrix (row = true, column = predicted), over `classes` only if given."""
+        from fbdl_fast.metrics import confusion_matrix
+
+        if classes is None:
+            return confusion_matrix(self.preds, self.labels, len(self.names))
+        import torch
+
+        index = torch.full((len(self.names),), -1, dtype=torch.long)
+        index[torch.tensor(classes)] = torch.arange(len(classes))
+        true, pred = index[self.labels], index[self.preds]
+        kept = (true >= 0) & (pred >= 0)
+        k = len(classes)
+        return torch.bincount(true[kept] * k + pred[kept], minlength=k * k).view(k, k)
+
+    def averages(self) -> dict[str, dict[str, float]]:
+        """scikit-learn's classification_report rows: the macro average over the classes
+        present in labels or predictions, and the average weighted by support."""
+        s = self.scores
+        present = ~s.f1.isnan()
+        weights = s.support.double() / s.support.sum()
+        return {
+            name: {
+                "precision": reduce(s.precision),
+                "recall": reduce(s.recall),
+                "f1": reduce(s.f1.nan_to_num(0.0)),
+                "support": int(s.support.sum()),
+            }
+            for name, reduce in (
+                ("macro avg", lambda v: v[present].mean().item()),
+                ("weighted avg", lambda v: (v * weights).sum().item()),
+            )
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready (NaN as null)."""
+        from fbdl_fast.metrics import row_normalized
+
+        s, names = self.scores, self.names
+        per_class = [
+            {
+                "label": name,
+                "precision": s.precision[i].item(),
+                "recall": s.recall[i].item(),
+                "f1": _number(s.f1[i].item()),
+                "support": int(s.support[i]),
+            }
+            for i, name in enumerate(names)
+        ]
+        averages = self.averages()
+        confusion: dict[str, Any] = {"labels": names, "rows": "true", "columns": "predicted"}
+        if len(names) <= DENSE_CONFUSION_MAX:
+            cm = self.confusion()
+            confusion["counts"] = cm.tolist()
+            confusion["normalized"] = row_normalized(cm).tolist()
+        else:
+            confusion["counts"] = confusion["normalized"] = None
+            confusion["nonzero"] = _nonzero_cells(self.preds, self.labels, len(names))
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "ece": self.ece,
+            "per_class": per_class,
+            "macro_avg": averages["macro avg"],
+            "weighted_avg": averages["weighted avg"],
+            "confusion_matrix": confusion,
+            "confused_pairs": [
+                {
+                    "true": names[t],
+                    "predicted": names[p],
+                    "count": n,
+                    "share_of_true": n / int(s.support[t]),
+                }
+                for t, p, n in self.pairs
+            ],
+            "calibration": {
+                "bins": self.reliability.bins,
+                "temperature": self.temperature,
+                "ece_before": self.reliability.ece,
+                "ece_after": None if self.calibrated is None else self.calibrated.ece,
+                "nll_before": self.nll,
+                "nll_after": self.nll_calibrated,
+                "reliability_before": self.reliability.to_dict(),
+                "reliability_after": None if self.calibrated is None else self.calibrated.to_dict(),
+            },
+        }
+
+    # ------------------------------------------------------------------ text and markdown
+    def _class_rows(self) -> list[list[str]]:
+        s = self.scores
+        rows = [
+            [
+                name,
+                f"{s.precision[i].item():.4f}",
+                f"{s.recall[i].item():.4f}",
+                _fixed(s.f1[i].item()),
+                str(int(s.support[i])),
+            ]
+            for i, name in enumerate(self.names)
+        ]
+        for label, avg in self.averages().items():
+            rows.append(
+                [
+                    label,
+                    f"{avg['precision']:.4f}",
+                    f"{avg['recall']:.4f}",
+                    f"{avg['f1']:.4f}",
+                    str(avg["support"]),
+                ]
+            )
+        return rows
+
+    def _pair_lines(self) -> list[str]:
+        support = self.scores.support
+        return [
+            f"{self.names[t]} -> {self.names[p]}: {n} ({n / int(support[t]):.1%} of "
+            f"{self.names[t]})"
+            for t, p, n in self.pairs
+        ]
+
+    def _calibration_line(self) -> str:
+        bins = self.reliability.bins
+        if self.calibrated is None:
+            return f"ECE {self.reliability.ece:.4f} ({bins} bins; no temperature in the checkpoint)"
+        return (
+            f"ECE {self.reliability.ece:.4f} -> {self.calibrated.ece:.4f} with temperature "
+            f"{self.temperature:.4g} ({bins} bins; NLL {self.nll:.4f} -> {self.nll_calibrated:.4f})"
+        )
+
+    def text(self) -> str:
+        """The report for a terminal: aligned columns."""
+        header = ["class", "precision", "recall", "f1", "support"]
+        lines = [_aligned([header, *self._class_rows()])]
+        n = len(self.names)
+        if n <= MATRIX_TEXT_MAX:
+            cm = self.confusion()
+            lines.append("\nconfusion matrix (rows: true class, columns: predicted)")
+            lines.append(_aligned([["", *self.names], *_matrix_rows(self.names, cm.tolist())]))
+            lines.append("\nrow-normalised (share of each true class)")
+            shares = [[f"{v:.2f}" for v in row] for row in _normalized(cm)]
+            lines.append(_aligned([["", *self.names], *_matrix_rows(self.names, shares)]))
+        else:
+            lines.append(f"\nconfusion matrix: {n} classes, in --json and --report")
+        if self.pairs:
+            lines.append("\nmost confused (true -> predicted)")
+            lines.extend(f"  {line}" for line in self._pair_lines())
+        lines.append("\ncalibration: " + self._calibration_line())
+        return "\n".join(lines) + "\n"
+
+    def markdown(self, heading: str = "##") -> str:
+        """The report as markdown sections (per class, confusion, pairs, calibration)."""
+        out = [f"{heading} Per class", ""]
+        out += _md_table(
+            ["class", "precision", "recall", "F1", "support"],
+            self._class_rows(),
+            right=[1, 2, 3, 4],
+        )
+        n = len(self.names)
+        out += ["", f"{heading} Confusion matrix", ""]
+        if n <= MATRIX_TEXT_MAX:
+            cm = self.confusion()
+            out.append("Rows: true class; columns: predicted class; count (share of the row).")
+            out.append("")
+            cells = [
+                [f"{c} ({v:.0%})" for c, v in zip(row, shares)]
+                for row, shares in zip(cm.tolist(), _normalized(cm))
+            ]
+            out += _md_table(
+                ["true \\ predicted", *self.names],
+                _matrix_rows(self.names, cells),
+                right=list(range(1, n + 1)),
+            )
+        else:
+            out.append(f"{n} classes: see the heat map and `--json`.")
+        out += ["", f"{heading} Most confused pairs", ""]
+        out += [f"- {line}" for line in self._pair_lines()] or ["No mistakes."]
+        out += ["", f"{heading} Calibration", "", self._calibration_line() + "."]
+        return "\n".join(out) + "\n"
+
+    def heatmap_classes(self) -> Optional[list[int]]:
+        """The classes the heat map shows: None for all, else the HEATMAP_MAX most frequent."""
+        if len(self.names) <= HEATMAP_MAX:
+            return None
+        import torch
+
+        order = torch.sort(self.scores.support, descending=True, stable=True).indices
+        return sorted(order[:HEATMAP_MAX].tolist())
+
+    def write(self, out_dir: Path, title: str = "Evaluation") -> list[Path]:
+        """report.md, confusion.png and reliability.png in `out_dir` (created), each atomic."""
+        from fbdl_fast.chart import confusion_figure, png, reliability_figure
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        classes = self.heatmap_classes()
+        note = "" if classes is None else f"the {len(classes)} most frequent of {len(self.names)}"
+        names = self.names if classes is None else [self.names[i] for i in classes]
+        paths = [out_dir / "report.md", out_dir / "confusion.png", out_dir / "reliability.png"]
+        summary = (
+            f"{int(self.scores.support.sum())} posts, {len(self.names)} classes: accuracy "
+            f"{self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f}, ECE {self.ece:.4f}."
+        )
+        document = (
+            f"# {title}\n\n{summary}\n\n![confusion matrix](confusion.png)\n\n"
+            f"![reliability diagram](reliability.png)\n\n{self.markdown()}"
+        )
+        write_atomic(paths[0], document)
+        write_atomic(
+            paths[1], png(confusion_figure(self.confusion(classes).tolist(), names, note=note))
+        )
+        diagram = reliability_figure(self.reliability, self.calibrated, self.temperature)
+        write_atomic(paths[2], png(diagram))
+        return paths
+
+
+def evaluate_logits(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    names: list[str],
+    temperature: Optional[float] = None,
+    top_pairs: int = TOP_PAIRS,
+) -> Evaluation:
+    """Sum up a classifier's raw logits (N, C) against the true class ids (N,); `temperature`
+    (a checkpoint's calibration, != 1) adds the calibrated probabilities' figures."""
+    import torch
+
+    from fbdl_fast import calibration, metrics
+
+    if logits.dim() != 2 or logits.shape[1] != len(names):
+        raise ValueError(
+            f"logits of shape {tuple(logits.shape)} for {len(names)} class names; expected (N, "
+            f"{len(names)})"
+        )
+    logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
+    preds = logits.argmax(dim=1)
+    classes = len(names)
+    evaluation = Evaluation(
+        names=[str(name) for name in names],
+        preds=preds,
+        labels=labels,
+        scores=metrics.class_scores(preds, labels, classes),
+        accuracy=metrics.accuracy(preds, labels),
+        macro_f1=metrics.macro_f1(preds, labels, classes),
+        pairs=metrics.confused_pairs(preds, labels, classes, top_pairs),
+        reliability=calibration.top_label_reliability(torch.softmax(logits, dim=1), labels),
+        nll=calibration.nll(logits, labels),
+    )
+    if temperature is not None and temperature != 1.0:
+        evaluation.temperature = temperature
+        evaluation.calibrated = calibration.top_label_reliability(
+            torch.softmax(logits / temperature, dim=1), labels
+        )
+        evaluation.nll_calibrated = calibration.nll(logits, labels, temperature)
+    return evaluation
+
+
+def _number(value: float) -> Optional[float]:
+    return None if math.isnan(value) else value
+
+
+def _fixed(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.4f}"
+
+
+def _normalized(cm: torch.Tensor) -> list[list[float]]:
+    from fbdl_fast.metrics import row_normalized
+
+    return row_normalized(cm).tolist()
+
+
+def _nonzero_cells(preds: torch.Tensor, labels: torch.Tensor, classes: int) -> list[list[int]]:
+    import torch
+
+    cells, counts = torch.unique(labels * classes + preds, return_counts=True)
+    return [[int(c) // classes, int(c) % classes, int(n)] for c, n in zip(cells, counts)]
+
+
+def _matrix_rows(names: list[str], rows: list[list[Any]]) -> list[list[str]]:
+    return [[name, *map(str, row)] for name, row in zip(names, rows)]
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    """Rows as text columns: the first left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(w) if i == 0 else cell.rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        )
+        for row in rows
+    )
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _md_table(header: list[str], rows: list[list[str]], right: list[int]) -> list[str]:
+    rule = ["---:" if i in right else "---" for i in range(len(header))]
+    return ["| " + " | ".join(map(_md_cell, line)) + " |" for line in [header, rule, *rows]]
+
+
+# ====================
+# Run report: report.md and curves.png in the run folder
+# ====================
+
+RUN_REPORT, RUN_CURVES = "report.md", "curves.png"
+
+
+def run_markdown(
+    history: History,
+    evaluation: Optional[Evaluation],
+    title: str,
+    description: str,
+    checkpoint: str,
+) -> str:
+    """report.md of a run: summary, curves, the per-epoch table, the validation evaluation."""
+    best = history.best_epoch
+    stopped = ", stopped early" if history.stopped_early else ""
+    best_text = (
+        f"best epoch {best} of {history.epochs} (lowest validation loss){stopped}"
+        if best is not None
+        else f"{history.epochs} epochs, none with a finite validation loss"
+    )
+    out = [f"# {title}", "", f"{description}; {best_text}.", "", f"![curves]({RUN_CURVES})", ""]
+    out += ["## Per epoch", ""]
+    rows = []
+    for i in range(history.epochs):
+        rows.append(
+            [
+                f"{i + 1}{' (best)' if best == i + 1 else ''}",
+                f"{history.train_losses[i]:.4f}",
+                f"{history.val_losses[i]:.4f}",
+                f"{history.train_accs[i]:.4f}",
+                f"{history.val_accs[i]:.4f}",
+                f"{history.val_f1s[i]:.4f}",
+                f"{history.learning_rates[i]:.3g}",
+                f"{history.epoch_times[i]:.1f}",
+            ]
+        )
+    out += _md_table(
+        [
+            "epoch",
+            "train loss",
+            "val loss",
+            "train acc",
+            "val acc",
+            "val macro-F1",
+            "learning rate",
+            "time (s)",
+        ],
+        rows,
+        right=list(range(1, 8)),
+    )
+    if evaluation is not None:
+        out += [
+            "",
+            f"## Validation posts, {checkpoint}",
+            "",
+            f"Accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}, ECE "
+            f"{evaluation.ece:.4f}.",
+            "",
+            evaluation.markdown("###"),
+        ]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write_run_report(
+    run_dir: Path,
+    history: History,
+    evaluation: Optional[Evaluation],
+    title: str,
+    description: str,
+    checkpoint: str,
+) -> list[Path]:
+    """Write report.md and curves.png into the run folder (each atomically)."""
+    from fbdl_fast.chart import curves_figure, png
+
+    paths = [run_dir / RUN_REPORT, run_dir / RUN_CURVES]
+    write_atomic(paths[0], run_markdown(history, evaluation, title, description, checkpoint))
+    write_atomic(paths[1], png(curves_figure(history, title)))
     return paths

@@ -80,6 +80,7 @@ from fbdl_fast.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    temperature_of,
 )
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import append_line, write_atomic
@@ -414,6 +415,8 @@ class Trainer:
         self._nonfinite_streak = 0  # steps in a row skipped for a non-finite loss
         self._last_loss = math.nan  # the latest step's loss, for the progress bar
         self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # current step's
+        # predict()'s softmax(logits / T): a calibrated checkpoint's (fbdl_fast.calibration)
+        self.temperature = 1.0
 
     # ----------------------------------------------------------------------------- set-up
     def _new_ema(self) -> Optional[AveragedModel]:
@@ -716,10 +719,18 @@ class Trainer:
     def predict(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """(predicted class ids (N,) int64, class probabilities (N, C) float32), on CPU.
 
-        Batches may omit 'labels'."""
+        Batches may omit 'labels'. The probabilities are softmax(logits / self.temperature):
+        calibrated when the loaded checkpoint holds a temperature (train --calibrate)."""
         logits, _, _ = self._forward_all(loader, "predict", need_labels=False)
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(logits / self.temperature, dim=-1)
         return probs.argmax(dim=-1), probs
+
+    def outputs(self, loader: Iterable[Any]) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
+        """(raw logits (N, C) float32, labels (N,) or None, mean loss or NaN without labels),
+        on CPU, in the loader's order, from this process alone: what evaluate() and predict()
+        sum up, for per-class reports and calibration."""
+        logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=False)
+        return logits, labels, math.nan if labels is None else loss_sum / max(labels.numel(), 1)
 
     def train(
         self, train_loader: Iterable[Any], val_loader: Iterable[Any]
@@ -965,6 +976,8 @@ class Trainer:
         self._load_weights(self.model, weights, path)
         if self.label_map is None:
             self.label_map = state.get("label_map")
+        # fitted for these weights: dropped when training continues from them
+        self.temperature = temperature_of(state, path) if model_only else 1.0
         if model_only:
             self.ema = self._new_ema()  # averages from the loaded weights if trained further
             return
