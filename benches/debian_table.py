@@ -8,7 +8,8 @@ this process, then `fbdl-fast train` for the three from-scratch models and MiniL
 (each with its own defaults, one run after the other), scores each on test.csv (`fbdl-fast
 evaluate`) and writes out/results.json and out/table.md: macro-F1, accuracy, training wall time
 and process CPU time (the child's user + system time for fbdl-fast), and for the fbdl models
-the training posts per second of epoch time (validation included). `--train-per-class N` trains
+the training posts per second of epoch time (validation included), and the 1-minute load
+average when each finished (the machine may be shared). `--train-per-class N` trains
 every model on the same seeded sample of at most N posts per section (the test set stays whole).
 """
 
@@ -20,6 +21,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -116,6 +118,7 @@ def fbdl(model: str, train: Path, test: Path, out: Path, args: argparse.Namespac
     cmd += ["--overwrite", "--seed", str(args.seed), "--threads", str(args.threads)]
     if args.epochs is not None:
         cmd += ["--epochs", str(args.epochs)]
+    cmd += shlex.split(args.train_args)
     wall, cpu = timed(cmd, out / f"{model}-train.log")
     evaluate = [*cli, "evaluate", "--run", str(run), "--data", str(test), "--json"]
     evaluate += ["--threads", str(args.threads)]
@@ -152,15 +155,16 @@ def table(results: dict[str, dict], machine: str, note: str) -> str:
     lines = [
         f"Machine: {machine}. {note}",
         "",
-        "| model | macro-F1 | accuracy | training wall | training CPU | epochs | posts/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | macro-F1 | accuracy | training wall | training CPU | epochs | posts/s | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r in results.items():
         rate = f"{r['posts_per_s']:.0f}" if r.get("posts_per_s") else "-"
+        load = f"{r['load_1min']:.1f}" if "load_1min" in r else "-"
         lines.append(
             f"| {TITLES[name]} | {r['macro_f1']:.3f} | {r['accuracy']:.3f} | "
             f"{r['train_wall_s']:.0f} s | {r['train_cpu_s']:.0f} s | {r.get('epochs', '-')} | "
-            f"{rate} |"
+            f"{rate} | {load} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -174,6 +178,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--train-per-class", type=int, help="train on at most N posts per section (seeded)"
     )
     parser.add_argument("--epochs", type=int, help="override every fbdl model's default epochs")
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help='more options for every `fbdl-fast train`, one string (e.g. "--lr 1e-4")',
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--machine", default=machine(), help="how the table names the machine")
@@ -194,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Training set: at most {args.train_per_class} posts per section ({len(rows)}), "
             f"seeded; the whole test set ({len(read_rows(test))} posts)."
         )
+    if args.train_args:
+        note += f" fbdl-fast train options: {args.train_args}."
     results: dict[str, dict] = {}
     for name in args.models:
         print(f"{name} ...", file=sys.stderr, flush=True)
@@ -201,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results[name] = tfidf(train, test, args.seed)
         else:
             results[name] = fbdl(name, train, test, args.out, args)
+        results[name]["load_1min"] = os.getloadavg()[0]  # other work on the machine
         print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
         write_atomic(args.out / "results.json", json.dumps(results, indent=2) + "\n")
     write_atomic(args.out / "table.md", table(results, args.machine, note))
