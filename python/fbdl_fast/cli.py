@@ -376,6 +376,7 @@ def _model_config(
         freeze_layers=getattr(args, "freeze_layers", 0),
         layer_decay=getattr(args, "layer_decay", 1.0),
         sampler=getattr(args, "sampler", "shuffle"),
+        multi_label=getattr(args, "multi_label", False),
         ema_decay=getattr(args, "ema", None),
         class_weights=class_weights,
         focal_alpha=focal_alpha,
@@ -474,6 +475,7 @@ def _read_posts(args: argparse.Namespace, meta: dict[str, Any], with_labels: boo
         text_column,
         label_column if with_labels else None,
         errors=args.encoding_errors,
+        label_separator=meta.get("data", {}).get("label_separator"),  # multi-label runs
     )
 
 
@@ -526,6 +528,7 @@ CONFIG_FLAGS = {
     "freeze_layers": "--freeze-layers",
     "layer_decay": "--layer-decay",
     "sampler": "--sampler",
+    "multi_label": "--multi-label",
     "ema_decay": "--ema",
     "focal_alpha": "--focal-alpha",
 }
@@ -566,6 +569,12 @@ def _check_balance_options(args: argparse.Namespace) -> None:
     """UsageError for --class-weights / --focal-alpha values no run can use (the labels of a
     weights file are checked once the data is read)."""
     choice = args.class_weights
+    if args.multi_label and choice != "none":
+        raise UsageError(f"--class-weights {choice}: single-label runs only, not --multi-label")
+    if not args.multi_label and args.tune_thresholds:
+        raise UsageError("--tune-thresholds tunes --multi-label runs; add --multi-label")
+    if args.multi_label and not args.label_separator:
+        raise UsageError("--label-separator is empty; expected a character such as |")
     if choice not in CLASS_WEIGHT_CHOICES and not Path(choice).is_file():
         raise UsageError(
             f"--class-weights {choice!r} is neither balanced, none nor an existing file; "
@@ -693,21 +702,32 @@ def _train_run(
 
     partial = runs.partial_dir(out)
     pretrained = FINE_TUNED[args.model][1] if args.model in FINE_TUNED else None
-    posts = load_posts(args.data, args.text_column, args.label_column, errors=args.encoding_errors)
+    separator = args.label_separator if args.multi_label else None
+    posts = load_posts(
+        args.data,
+        args.text_column,
+        args.label_column,
+        errors=args.encoding_errors,
+        label_separator=separator,
+    )
     assert posts.labels is not None
-    label_map = LabelMap.from_labels(posts.labels)
+    if args.multi_label:
+        label_map = LabelMap.from_label_sets(posts.labels)  # type: ignore[arg-type]
+    else:
+        label_map = LabelMap.from_labels(posts.labels)
     if len(label_map) < 2:
         raise UsageError(
             f"{args.data} has a single label ({label_map.labels[0]!r}); a "
             "classifier needs at least 2 classes"
         )
-    train, val = split_posts(posts, args.val_fraction, args.seed)
+    # Multi-label posts: a random split (their label sets are too many to stratify on).
+    train, val = split_posts(posts, args.val_fraction, args.seed, stratify=not args.multi_label)
     _say(
         args,
         f"{len(posts)} posts from {args.data}: {len(train)} train / {len(val)} validation,"
         f" {len(label_map)} classes ({describe_labels(label_map.labels)})",
     )
-    if ctx.is_main:
+    if ctx.is_main and not args.multi_label:  # (the warnings speak of one label a post)
         for warning in label_warnings(train, val):  # shown even with --quiet
             print(f"{PROG} train: warning: {args.data}: {warning}", file=sys.stderr)
     if args.resume:  # the run's own tokenizer, not a retrained one
@@ -741,6 +761,7 @@ def _train_run(
             "sha256": sha256_of(args.data),  # --resume refuses other data under the same name
             "tokenizer_style": args.tokenizer,
             "tokenizer_vocab_size": args.vocab_size,  # asked for (the trained one may be less)
+            "label_separator": separator,  # multi-label runs; None: one label a post
             # As asked for (the run's tokenizer.json holds it): --resume refuses a change.
             "spell_emoji": pretrained is not None and args.spell_emoji,
             "train_posts": len(train),
@@ -811,6 +832,14 @@ def _train_run(
             _say(args, hint.lstrip("; "))
         raise
     elapsed = time.perf_counter() - started
+    if args.multi_label:  # its own ending: thresholds, and metrics of several labels a post
+        if ctx.is_main:
+            _finish_multi_label(args, trainer, val_loader, partial, out)
+            print(
+                f"run saved to {out}: {_plural(history.epochs, 'epoch')}, training "
+                f"{elapsed:.1f}s, total {time.perf_counter() - started_all:.1f}s"
+            )
+        return 0
     if ctx.is_main:
         fit = _finish_run(args, trainer, val_loader, partial, out, len(train))
         runs.publish(partial, out, args.overwrite or args.resume)
@@ -874,6 +903,48 @@ def _finish_run(
     return fit
 
 
+def _finish_multi_label(
+    args: argparse.Namespace, trainer: Any, val_loader: DataLoader, partial: Path, out: Path
+) -> None:
+    """Rank 0, after training a multi-label run: with --tune-thresholds each class's threshold
+    with the best F1 of best.pt's weights on the validation posts (all of them), stored in
+    best.pt; the validation metrics at the thresholds; the run published."""
+    import torch
+
+    from fbdl_fast.data import make_loader
+    from fbdl_fast.multilabel import (
+        multilabel_counts,
+        multilabel_metrics,
+        store_thresholds,
+        tune_thresholds,
+    )
+
+    config = trainer.config
+    if trainer.world_size > 1:  # each rank validated its own shard: here, all the posts
+        val_loader = make_loader(
+            val_loader.dataset, config.batch_size, shuffle=False, pad_token_id=config.pad_token_id
+        )
+    chosen = runs.checkpoint_path(partial, None)
+    trainer.load_checkpoint(chosen, model_only=True)
+    logits, labels, _ = trainer._forward_all(val_loader, "validation", need_labels=True)
+    probs = torch.sigmoid(logits)
+    if args.tune_thresholds:
+        trainer.thresholds = tune_thresholds(probs, labels)
+        store_thresholds(chosen, trainer.thresholds)
+        shown = ", ".join(
+            f"{label} {t:.2f}" for label, t in zip(trainer.label_map.labels, trainer.thresholds)
+        )
+        _say(args, f"thresholds tuned on the validation posts, stored in {chosen.name}: {shown}")
+    found = multilabel_metrics(multilabel_counts(probs, labels, trainer.thresholds))
+    _say(
+        args,
+        f"{chosen.name} on the validation posts: subset accuracy {found['accuracy']:.4f}, "
+        f"micro-F1 {found['micro_f1']:.4f}, macro-F1 {found['macro_f1']:.4f}, Hamming loss "
+        f"{found['hamming_loss']:.4f}",
+    )
+    runs.publish(partial, out, args.overwrite or args.resume)
+
+
 def _plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -884,6 +955,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _check_device(args.device)
     run = load_run(Path(args.run), args.device, args.checkpoint)
     posts = _read_posts(args, run.meta, with_labels=True)
+    if run.config.multi_label:
+        return _evaluate_multi_label(args, run, posts)
     labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
     batch_size = args.batch_size or run.config.batch_size
     run.trainer.log_every = args.progress_every
@@ -913,6 +986,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
         print()
         print(evaluation.text(), end="")
+    return 0
+
+
+def _evaluate_multi_label(args: argparse.Namespace, run: Run, posts: Posts) -> int:
+    """evaluate of a multi-label run: loss, subset accuracy, micro/macro-F1 and Hamming loss at
+    the checkpoint's thresholds (0.5 where none were tuned)."""
+    from fbdl_fast.multilabel import DEFAULT_THRESHOLD
+
+    targets = run.label_map.multi_hot(posts)  # unknown label: error naming it and its line
+    batch_size = args.batch_size or run.config.batch_size
+    run.trainer.log_every = args.progress_every
+    result = run.trainer.evaluate(_loader(run, posts.texts, targets, batch_size))  # type: ignore[arg-type]
+    thresholds = run.trainer.thresholds or [DEFAULT_THRESHOLD] * len(run.label_map)
+    report = {
+        "run": str(run.path),
+        "data": str(args.data),
+        "checkpoint": run.checkpoint.name,
+        "num_samples": int(result["num_samples"]),
+        "loss": result["loss"],
+        "subset_accuracy": result["accuracy"],
+        "micro_f1": result["micro_f1"],
+        "macro_f1": result["macro_f1"],
+        "hamming_loss": result["hamming_loss"],
+    }
+    if args.json:
+        names = [str(label) for label in run.label_map.labels]
+        print(json.dumps({**report, "thresholds": dict(zip(names, thresholds))}, indent=2))
+        return 0
+    for key, value in report.items():
+        print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
+    shown = ", ".join(f"{label} {t:.2f}" for label, t in zip(run.label_map.labels, thresholds))
+    print(f"{'thresholds':<16} {shown}")
     return 0
 
 
@@ -957,7 +1062,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         # --output: a temporary file renamed at the end, so a failure leaves no half file.
         sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
-        write = _prediction_writer(sink, fmt, names, keep)
+        multi_label = run.config.multi_label
+        make_writer = _multi_label_writer if multi_label else _prediction_writer
+        write = make_writer(sink, fmt, names, keep)
+        thresholds = run.trainer.thresholds or [0.5] * len(names)
         # disable=None: a bar only when stderr is a terminal
         bar = stack.enter_context(
             tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
@@ -971,6 +1079,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             while chunk := list(itertools.islice(posts, max(PREDICT_CHUNK, batch_size))):
                 texts = [text for text, _ in chunk]
                 for (text, kept), probs in zip(chunk, _predict_chunk(run, texts, batch_size)):
+                    if multi_label:  # every class at or above its threshold
+                        chosen = [i for i, p in enumerate(probs) if p >= thresholds[i]]
+                        labels = [run.label_map.decode(i) for i in chosen]
+                        write(text, labels, [probs[i] for i in chosen], probs, kept)
+                        continue
                     best = max(range(len(probs)), key=probs.__getitem__)
                     write(text, run.label_map.decode(best), probs[best], probs, kept)
                 count += len(chunk)
@@ -1046,6 +1159,40 @@ def _prediction_writer(
         writer.writerow(
             [*map(_csv_cell, cells), round(probability, 6), *[round(v, 6) for v in probs]]
         )
+
+    return write_csv
+
+
+def _multi_label_writer(
+    sink: IO[str], fmt: str, names: list[str], keep: Sequence[str] = ()
+) -> Callable[[str, list[Any], list[float], list[float], tuple[Any, ...]], None]:
+    """_prediction_writer for multi-label runs: a row's labels are those at or above their
+    threshold, with their probabilities (JSON lists; in CSV joined by |), then every class's."""
+    if fmt == "jsonl":
+
+        def write_jsonl(
+            text: str, labels: list[Any], chosen: list[float], probs: list[float], kept: Any
+        ) -> None:
+            row = {
+                **dict(zip(keep, kept)),
+                "text": text,
+                "labels": labels,
+                "label_probabilities": [round(v, 6) for v in chosen],
+                "probabilities": {n: round(v, 6) for n, v in zip(names, probs)},
+            }
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        return write_jsonl
+    writer = csv.writer(sink, lineterminator="\n")
+    header = [*keep, "text", "labels", "label_probabilities", *[f"prob_{n}" for n in names]]
+    writer.writerow([_csv_cell(cell) for cell in header])
+
+    def write_csv(
+        text: str, labels: list[Any], chosen: list[float], probs: list[float], kept: Any
+    ) -> None:
+        cells = [*kept, text, "|".join(map(str, labels))]
+        joined = "|".join(str(round(v, 6)) for v in chosen)
+        writer.writerow([*map(_csv_cell, cells), joined, *[round(v, 6) for v in probs]])
 
     return write_csv
 
@@ -1380,6 +1527,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="posts file (.csv, .tsv, .jsonl)")
     p.add_argument("--text-column", default="text", help="column / key holding the post text")
     p.add_argument("--label-column", default="label", help="column / key holding the label")
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="posts carry any number of labels (label column 'spam|negative', or a JSON list in "
+        "JSONL): one sigmoid a class, binary cross-entropy (--loss focal: focal)",
+    )
+    p.add_argument(
+        "--label-separator",
+        default="|",
+        help="--multi-label: the character between a post's labels",
+    )
+    p.add_argument(
+        "--tune-thresholds",
+        action="store_true",
+        help="--multi-label: after training, pick each class's threshold (0.05 to 0.95) with "
+        "the best F1 on the validation posts and store them in best.pt (default: 0.5)",
+    )
     p.add_argument(
         "--val-fraction", type=float, default=0.1, help="share of posts held out for validation"
     )

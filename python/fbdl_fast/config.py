@@ -67,6 +67,9 @@ class ModelConfig:
     freeze_layers: int = 0  # bert: the embeddings and the first K blocks are not trained
     layer_decay: float = 1.0  # bert: LR x layer_decay ** (layers above): head 1, top block x d
     sampler: str = "shuffle"  # training order, one of SAMPLERS
+    # Several labels a post: one sigmoid output a class, binary cross-entropy (or with
+    # loss="focal" the focal loss's binary form), per-class thresholds (fbdl_fast.multilabel).
+    multi_label: bool = False
     # Exponential moving average of the weights, updated after every optimizer step with this
     # decay, in (0, 1); validated and saved as best.pt in place of the trained weights. None: off.
     ema_decay: Optional[float] = None
@@ -178,12 +181,31 @@ class ModelConfig:
             ),
             "None or a number in (0, 1), e.g. 0.999",
         )
+        if self.multi_label:
+            self._validate_multi_label()
         self._validate_per_class("class_weights", self.class_weights)
         if isinstance(self.focal_alpha, (list, tuple)):
             self._validate_per_class("focal_alpha", self.focal_alpha)
         elif self.focal_alpha is not None:
             _require("focal_alpha", self.focal_alpha, self.focal_alpha >= 0, "a number >= 0")
         self._validate_names()
+
+    def _validate_multi_label(self) -> None:
+        """The options a multi-label run cannot use (they are defined for one class a post)."""
+        single_only = {
+            "sampler": self.sampler != "shuffle",
+            "class_weights": self.class_weights is not None,
+            "focal_alpha": self.focal_alpha is not None,
+            "label_smoothing": self.label_smoothing != 0,
+            "loss": self.loss_name not in ("cross_entropy", "focal"),
+        }
+        for name, used in single_only.items():
+            if used:
+                accepted = "'cross_entropy' or 'focal'" if name == "loss" else "its default"
+                raise ValueError(
+                    f"ModelConfig.{name}={getattr(self, name)!r} is a single-label option, "
+                    f"invalid with multi_label; expected {accepted}"
+                )
 
     def _validate_per_class(self, name: str, values: Optional[list[float]]) -> None:
         if values is None:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from fbdl_fast.tokenizer import Tokenizer
 
 Label = Union[str, int]
+LabelSet = tuple[Label, ...]  # a multi-label post's labels (iter_posts(label_separator=...))
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 _INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
@@ -109,6 +110,7 @@ def load_posts(
     require_labels: bool = True,
     format: Optional[str] = None,
     errors: str = "strict",
+    label_separator: Optional[str] = None,
 ) -> Posts:
     """Read posts from a CSV, TSV or JSON-lines file (all of it; `iter_posts` streams).
 
@@ -122,6 +124,9 @@ def load_posts(
         errors: invalid UTF-8 bytes (and, in JSONL, unpaired surrogate escapes such as
             "\\ud800") are an error naming the line ("strict"), or replaced by U+FFFD
             ("replace") or dropped ("ignore").
+        label_separator: multi-label posts: each label value is a set of labels (a LabelSet
+            tuple), written "spam|negative" with this separator, or a JSON list in JSONL;
+            an empty value is a post with no label (see `label_set`).
 
     Labels are strings or integers; strings that spell an integer ("3") become that integer, so
     the same labels load identically from CSV and JSONL. Surrounding spaces are dropped (" spam"
@@ -144,6 +149,7 @@ def load_posts(
         require_labels=require_labels,
         format=format,
         errors=errors,
+        label_separator=label_separator,
     ):
         texts.append(post.text)
         lines.append(post.line)
@@ -162,6 +168,7 @@ def iter_posts(
     format: Optional[str] = None,
     errors: str = "strict",
     keep: Sequence[str] = (),
+    label_separator: Optional[str] = None,
 ) -> Iterator[Post]:
     """The posts of a file one at a time, read incrementally (memory does not grow with the file).
 
@@ -211,8 +218,17 @@ def iter_posts(
             text = _text_value(record, text_column, path, line)
             if fmt == "jsonl" and _SURROGATE.search(text):  # a "\ud800" escape, unpaired
                 text = _surrogates(text, errors, path, line)
-            label = None
-            if has_labels:
+            label: Any = None
+            if has_labels and label_separator is not None:
+                assert label_column is not None
+                value = record.get(label_column)
+                try:
+                    label = label_set(value, label_separator)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{err} (column {label_column!r}, line {line} of {path})"
+                    ) from None
+            elif has_labels:
                 assert label_column is not None
                 label = _label_value(record.get(label_column), label_column, path, line)
                 raw = record.get(label_column)
@@ -455,6 +471,24 @@ def _label_value(value: Any, column: str, path: Path, line: int) -> Label:
         raise ValueError(f"{err} (column {column!r}, line {line} of {path})") from None
 
 
+def label_set(value: Any, separator: str = "|") -> LabelSet:
+    """A multi-label post's labels: a JSON list, or a string cut at `separator` ("spam|negative"),
+    each part a label as canonical_label reads it (spaces around it dropped), repeats dropped,
+    in the order written. An empty string or list (or None) is a post with no label."""
+    if not separator:
+        raise ValueError("the label separator is empty; expected a character such as |")
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        parts: list[Any] = value
+    elif isinstance(value, str):
+        parts = [part for part in value.split(separator) if part.strip()]
+    else:
+        parts = [value]
+    labels = [canonical_label(part) for part in parts]
+    return tuple(dict.fromkeys(labels))
+
+
 def canonical_label(value: Any) -> Label:
     """A label as stored: ints stay ints, strings spelling an int become it, others stay str."""
     if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -534,6 +568,32 @@ class LabelMap:
             except ValueError as err:
                 raise ValueError(f"{err} (line {line} of {posts.source})") from None
         return ids
+
+    @classmethod
+    def from_label_sets(cls, label_sets: Sequence[LabelSet]) -> LabelMap:
+        """The map over every label of multi-label posts, in sorted order."""
+        return cls.from_labels([label for labels in label_sets for label in labels])
+
+    def multi_hot(self, posts: Posts) -> np.ndarray:
+        """(posts, classes) float32 targets of multi-label posts: 1 where a post carries the
+        class; an unknown label is an error naming it and its line."""
+        if posts.labels is None:
+            raise ValueError(
+                f"posts from {posts.source} have no labels; pass a file with a label column"
+            )
+        out = np.zeros((len(posts), len(self)), dtype=np.float32)
+        for row, (labels, line) in enumerate(zip(posts.labels, posts.lines)):
+            if not isinstance(labels, tuple):
+                raise ValueError(
+                    f"post on line {line} of {posts.source} has the single label {labels!r}; "
+                    "multi-label posts are read with load_posts(label_separator=...)"
+                )
+            for label in labels:
+                try:
+                    out[row, self.encode(label)] = 1.0
+                except ValueError as err:
+                    raise ValueError(f"{err} (line {line} of {posts.source})") from None
+        return out
 
     def decode(self, index: int) -> Label:
         if not 0 <= index < len(self._labels):
@@ -789,9 +849,16 @@ def tokenize_texts(
 
 
 class PostsDataset(Dataset):
-    """Pre-tokenised posts: item i is {"input_ids": int64 array, "label": int (if labelled)}."""
+    """Pre-tokenised posts: item i is {"input_ids": int64 array, "label": int (if labelled)}.
 
-    def __init__(self, input_ids: Sequence[np.ndarray], labels: Optional[Sequence[int]] = None):
+    Multi-label posts: `labels` is a (posts, classes) array of 0/1 (LabelMap.multi_hot) and
+    "label" is the post's float32 row."""
+
+    def __init__(
+        self,
+        input_ids: Sequence[np.ndarray],
+        labels: Optional[Union[Sequence[int], np.ndarray]] = None,
+    ):
         if labels is not None and len(labels) != len(input_ids):
             raise ValueError(
                 f"PostsDataset got {len(labels)} labels for {len(input_ids)} posts; "
@@ -801,14 +868,18 @@ class PostsDataset(Dataset):
             if len(ids) == 0:
                 raise ValueError(f"post {i} has no tokens; every post needs at least one token")
         self.input_ids = [np.asarray(ids, dtype=np.int64) for ids in input_ids]
-        self.labels = None if labels is None else [int(v) for v in labels]
+        self.labels: Any = None
+        if isinstance(labels, np.ndarray) and labels.ndim == 2:
+            self.labels = labels.astype(np.float32)
+        elif labels is not None:
+            self.labels = [int(v) for v in labels]
 
     @classmethod
     def from_texts(
         cls,
         tokenizer: Tokenizer,
         texts: Sequence[str],
-        labels: Optional[Sequence[int]] = None,
+        labels: Optional[Union[Sequence[int], np.ndarray]] = None,
         max_length: int = 512,
     ) -> PostsDataset:
         return cls(tokenize_texts(tokenizer, texts, max_length), labels)
@@ -952,7 +1023,8 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[st
     """Pad a list of dataset items to their longest: the batch dict every model takes.
 
     Returns input_ids (B, L) int64 padded with `pad_token_id`, attention_mask (B, L) bool, True on
-    real tokens, and labels (B,) int64 when the items carry labels.
+    real tokens, and labels (B,) int64 when the items carry labels ((B, C) float32 multi-hot
+    rows for multi-label items).
     """
     if not samples:
         raise ValueError("collate got an empty batch; expected at least one sample")
@@ -963,7 +1035,9 @@ def collate(samples: Sequence[dict[str, Any]], pad_token_id: int = 0) -> dict[st
         input_ids[row, :length] = torch.as_tensor(sample["input_ids"], dtype=torch.long)
         attention_mask[row, :length] = True
     batch = {"input_ids": input_ids, "attention_mask": attention_mask}
-    if "label" in samples[0]:
+    if "label" in samples[0] and isinstance(samples[0]["label"], np.ndarray):  # multi-hot rows
+        batch["labels"] = torch.from_numpy(np.stack([s["label"] for s in samples]))
+    elif "label" in samples[0]:
         batch["labels"] = torch.tensor([s["label"] for s in samples], dtype=torch.long)
     return batch
 
@@ -1026,7 +1100,9 @@ def build_dataloaders(
     max_length = config.max_seq_length
     loaders = []
     for posts, shuffle in ((train, True), (val, False)):
-        label_ids = label_map.encode_all(posts)
+        label_ids: Any = (
+            label_map.multi_hot(posts) if config.multi_label else label_map.encode_all(posts)
+        )
         dataset = PostsDataset.from_texts(tokenizer, posts.texts, label_ids, max_length=max_length)
         balanced = shuffle and config.sampler == "balanced"
         loaders.append(

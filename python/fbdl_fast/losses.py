@@ -88,7 +88,9 @@ def create_loss(config: ModelConfig, **kwargs: Any) -> nn.Module:
     """The criterion(logits, labels) named by config.loss_name ("focal" when use_focal_loss).
 
     Honours config.class_weights (all three), label_smoothing (cross-entropy, focal), focal_gamma
-    and focal_alpha. kwargs override or extend the options (e.g. ignore_index=-1, smooth=0.5).
+    and focal_alpha. config.multi_label: multilabel.MultiLabelLoss (binary cross-entropy, or the
+    binary focal loss with focal_gamma). kwargs override or extend the options (e.g.
+    ignore_index=-1, smooth=0.5).
     """
     name = config.loss_name
     if name not in CLASSIFICATION_LOSSES:
@@ -96,6 +98,10 @@ def create_loss(config: ModelConfig, **kwargs: Any) -> nn.Module:
             f"loss {name!r} cannot train a classifier (criterion(logits, labels)); accepted: "
             f"{', '.join(CLASSIFICATION_LOSSES)}"
         )
+    if config.multi_label:  # multi-hot targets: one sigmoid a class
+        from fbdl_fast.multilabel import MultiLabelLoss
+
+        return MultiLabelLoss(gamma=config.focal_gamma if name == "focal" else None)
     weight = _as_tensor(config.class_weights)
     options: dict[str, Any]
     if name == "cross_entropy":

@@ -356,6 +356,8 @@ class Trainer:
         self.model = model.to(self.device)
         # The EMA's copy is taken before DDP or torch.compile wrap the model: a plain module.
         self.ema: Optional[AveragedModel] = self._new_ema()
+        # Multi-label: per-class decision thresholds (a checkpoint's tuned ones); None: 0.5.
+        self.thresholds: Optional[list[float]] = None
         # What runs the batches: the model, in DDP when distributed, compiled when asked.
         # self.model stays the plain module: its state_dict has no "module."/"_orig_mod." keys.
         self._train_model: nn.Module = self.model
@@ -517,7 +519,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         # Weights that make the summed gradients those of one batch holding every sample of the
         # group on every rank: DDP averages over ranks, hence the world_size factor.
-        total = sum(labels.numel() for _, _, labels in group)
+        total = sum(len(labels) for _, _, labels in group)
         if self.world_size > 1:  # the global batch: every rank's samples of this step
             total = int(distributed.all_reduce_sum(torch.tensor([total], device=self.device)))
         losses_: list[torch.Tensor] = []
@@ -528,7 +530,7 @@ class Trainer:
                 logits = self._forward(self._train_model, ids, mask)
                 # The loss in fp32: softmax/log of half-precision logits loses small probabilities.
                 loss = self.criterion(logits.float(), labels)
-                weight = labels.numel() * self.world_size / total
+                weight = len(labels) * self.world_size / total
                 scaled = loss if weight == 1.0 else loss * weight
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             losses_.append(loss.detach())
@@ -602,9 +604,9 @@ class Trainer:
         if self._train_group(group):
             self._nonfinite_streak = 0
             for loss, logits, labels in self._seen:
-                sums[0] += loss.double() * labels.numel()
-                sums[1] += (logits.argmax(dim=-1) == labels).sum()
-                sums[2] += labels.numel()
+                sums[0] += loss.double() * len(labels)
+                sums[1] += self._correct(logits, labels)
+                sums[2] += len(labels)
             self._last_loss = float(self._seen[-1][0])
             return 0
         self._nonfinite_streak += 1
@@ -664,7 +666,7 @@ class Trainer:
                     raise ValueError(f"{desc} batches need 'labels'")
                 logits = self._forward(model, ids, mask).float()
                 if labels is not None:
-                    loss_sum += self.criterion(logits, labels).item() * labels.numel()
+                    loss_sum += self.criterion(logits, labels).item() * len(labels)
                     all_labels.append(labels.cpu())
                 all_logits.append(logits.cpu())
         finally:
@@ -678,7 +680,11 @@ class Trainer:
         """{"loss", "accuracy", "macro_f1", "num_samples"} of the model on a labelled loader.
 
         Distributed: each rank evaluates its shard; the sums and the confusion matrix are
-        reduced, so every rank returns the metrics of the whole set."""
+        reduced, so every rank returns the metrics of the whole set. Multi-label models:
+        "accuracy" is the subset accuracy, plus "micro_f1" and "hamming_loss", at
+        self.thresholds (multilabel.multilabel_metrics)."""
+        if self.config.multi_label:
+            return self._evaluate_multi_label(loader)
         if self.world_size > 1:
             return self._evaluate_distributed(loader)
         logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=True)
@@ -690,6 +696,33 @@ class Trainer:
             "macro_f1": metrics.macro_f1(preds, labels, self.config.num_classes),
             "num_samples": float(labels.numel()),
         }
+
+    def _correct(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Posts predicted right: the class, or (multi-label) every class at threshold 0.5."""
+        if self.config.multi_label:
+            return ((logits > 0) == (labels > 0.5)).all(dim=-1).sum()
+        return (logits.argmax(dim=-1) == labels).sum()
+
+    def _evaluate_multi_label(self, loader: Iterable[Any]) -> dict[str, float]:
+        """evaluate() of a multi-label model: the loss, and multilabel_metrics at
+        self.thresholds; sums reduced over ranks."""
+        from fbdl_fast.multilabel import multilabel_counts, multilabel_metrics
+
+        classes = self.config.num_classes
+        sums = torch.zeros(4 + 3 * classes, dtype=torch.float64)  # loss, then the counts
+        try:
+            logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=True)
+        except ValueError as exc:  # an empty shard is fine; an empty set is not (below)
+            if "yielded no batches" not in str(exc) or self.world_size == 1:
+                raise
+        else:
+            assert labels is not None
+            sums[0] = loss_sum
+            sums[1:] = multilabel_counts(torch.sigmoid(logits), labels, self.thresholds)
+        sums = distributed.all_reduce_sum(sums.to(self.device)).cpu()
+        if sums[1].item() == 0:
+            raise ValueError("the evaluate loader yielded no batches on any rank")
+        return {"loss": sums[0].item() / sums[1].item(), **multilabel_metrics(sums[1:])}
 
     def _evaluate_distributed(self, loader: Iterable[Any]) -> dict[str, float]:
         classes = self.config.num_classes
@@ -722,6 +755,11 @@ class Trainer:
         Batches may omit 'labels'. The probabilities are softmax(logits / self.temperature):
         calibrated when the loaded checkpoint holds a temperature (train --calibrate)."""
         logits, _, _ = self._forward_all(loader, "predict", need_labels=False)
+        if self.config.multi_label:  # (N, C) bool: the classes at or above their threshold
+            from fbdl_fast.multilabel import predict_labels
+
+            probs = torch.sigmoid(logits)
+            return predict_labels(probs, self.thresholds), probs
         probs = torch.softmax(logits / self.temperature, dim=-1)
         return probs.argmax(dim=-1), probs
 
@@ -974,6 +1012,7 @@ class Trainer:
         validated = model_only and ema is not None and state.get("weights") != "ema"
         weights = ema["model"] if validated and ema["n_averaged"] > 0 else state["model"]
         self._load_weights(self.model, weights, path)
+        self.thresholds = state.get("thresholds")  # multilabel.store_thresholds wrote them
         if self.label_map is None:
             self.label_map = state.get("label_map")
         # fitted for these weights: dropped when training continues from them
