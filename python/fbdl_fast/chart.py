@@ -149,7 +149,7 @@ def _reliability_panel(ax: Axes, rel: Reliability, title: str) -> None:
         width=width,
         color="#4c72b0",
         edgecolor="white",
-        label="accuracy (posts in the bin above)",
+        label="accuracy (posts of the bin above)",
     )
     # the gap from each bin's accuracy to its mean confidence, hatched so that it reads over
     # the accuracy bar too (an under-confident bin: accuracy above confidence)
@@ -229,11 +229,13 @@ def curves_figure(history: History, title: str = "") -> Figure:
         ],
         "accuracy",
     )
-    panel(f1, [("validation", history.val_f1s, VAL_COLOR)], "macro-F1")
+    panel(f1, [("validation", history.val_f1s, VAL_COLOR)], "macro-F1 (validation)")
     panel(lr, [("learning rate", history.learning_rates, "#2ca02c")], "learning rate (epoch start)")
     rates = [r for r in history.learning_rates if r > 0]
     if rates and max(rates) / min(rates) > 50:
         lr.set_yscale("log")
+    else:  # 2e-3, not 0.00200
+        lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     for ax in (f1, lr):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -551,7 +551,7 @@ def run_markdown(
             f"## Validation posts, {checkpoint}",
             "",
             f"Accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}, ECE "
-            f"{evaluation.ece:.4f}.",
+            f"{evaluation.ece:.4f}{' (calibrated)' if evaluation.calibrated else ''}.",
             "",
             evaluation.markdown("###"),
         ]
