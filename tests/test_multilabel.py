@@ -313,6 +313,10 @@ def test_cli_multi_label_train_evaluate_predict(
             "--sampler 'balanced' is a single-label option, invalid with --multi-label",
         ),
         (["--multi-label", "--label-separator", ""], "--label-separator is empty"),
+        (
+            ["--multi-label", "--calibrate"],
+            "--calibrate fits a softmax temperature: single-label runs only, not --multi-label",
+        ),
     ],
 )
 def test_multi_label_option_errors_before_the_data_is_read(
@@ -338,6 +342,9 @@ def test_evaluate_names_an_unknown_label_and_its_line(
     assert main(["evaluate", "--run", str(run), "--data", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "unknown label 'eggs'" in err and "(line 2 of" in err
+    report = tmp_path / "report"
+    assert main(["evaluate", "--run", str(run), "--data", str(data), "--report", str(report)]) == 2
+    assert "is a multi-label run" in capsys.readouterr().err and not report.exists()
 
 
 @pytest.mark.slow

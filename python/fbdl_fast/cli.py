@@ -575,6 +575,11 @@ def _check_balance_options(args: argparse.Namespace) -> None:
         raise UsageError("--tune-thresholds tunes --multi-label runs; add --multi-label")
     if args.multi_label and not args.label_separator:
         raise UsageError("--label-separator is empty; expected a character such as |")
+    if args.multi_label and getattr(args, "calibrate", False):
+        raise UsageError(
+            "--calibrate fits a softmax temperature: single-label runs only, not --multi-label "
+            "(tune its thresholds with --tune-thresholds)"
+        )
     if choice not in CLASS_WEIGHT_CHOICES and not Path(choice).is_file():
         raise UsageError(
             f"--class-weights {choice!r} is neither balanced, none nor an existing file; "
@@ -994,6 +999,11 @@ def _evaluate_multi_label(args: argparse.Namespace, run: Run, posts: Posts) -> i
     the checkpoint's thresholds (0.5 where none were tuned)."""
     from fbdl_fast.multilabel import DEFAULT_THRESHOLD
 
+    if getattr(args, "report", None):
+        raise UsageError(
+            f"--report: {run.path} is a multi-label run; its report is the printed metrics "
+            "(--json for all of them)"
+        )
     targets = run.label_map.multi_hot(posts)  # unknown label: error naming it and its line
     batch_size = args.batch_size or run.config.batch_size
     run.trainer.log_every = args.progress_every
