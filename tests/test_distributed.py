@@ -206,3 +206,11 @@ def test_cli_train_under_torchrun_matches_one_process(tmp_path: Path) -> None:
     )
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-5, msg=name)
+    # Rank 0's run report evaluates best.pt on every validation post, not on its shard.
+    val_posts = json.loads((ddp / "config.json").read_text())["data"]["val_posts"]
+    tables = [
+        (run / "report.md").read_text().split("### Per class")[1].split("### Confusion")[0]
+        for run in (ddp, one)
+    ]
+    assert "| macro avg |" in tables[0] and tables[0].rstrip().endswith(f" | {val_posts} |")
+    assert tables[0] == tables[1]
