@@ -202,3 +202,29 @@ def test_evaluate_an_uncalibrated_run(tmp_path: Path, capsys: pytest.CaptureFixt
     assert 0 <= calibration["ece_before"] <= 1
     assert main(["evaluate", "--run", str(run), "--data", str(data)]) == 0
     assert "no temperature in the checkpoint" in capsys.readouterr().out
+
+
+def test_a_model_giving_nan_keeps_its_run_without_a_per_class_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fbdl_fast.checkpoint import load_checkpoint
+    from fbdl_fast.train import Trainer
+
+    real = Trainer.outputs
+
+    def diverged(self: Trainer, loader: object) -> tuple[torch.Tensor, torch.Tensor, float]:
+        logits, labels, loss = real(self, loader)  # type: ignore[arg-type]
+        return logits.fill_(float("nan")), labels, loss  # type: ignore[return-value]
+
+    monkeypatch.setattr(Trainer, "outputs", diverged)
+    data = write_posts_csv(tmp_path / "posts.csv", 80, seed=3)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--output", str(run), "--epochs", "1", "--calibrate"]
+    assert main([*argv, *tiny_model_args(), "--quiet"]) == 0
+    assert (
+        "best.pt gives NaN or infinite logits on validation posts: no per-class report and "
+        "no calibration" in capsys.readouterr().err
+    )
+    assert "## Validation posts" not in (run / "report.md").read_text()
+    check_png((run / "curves.png").read_bytes(), (1100, 750))
+    assert "calibration" not in load_checkpoint(run / "best.pt")

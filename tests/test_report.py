@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -349,3 +350,25 @@ def test_curves_plot_the_history_and_mark_the_best_epoch(tmp_path: Path) -> None
     markdown = paths[0].read_text()
     assert "| 2 (best) | 0.8000 | 0.7000 | 0.7000 | 0.7200 | 0.7000 | 0.0005 | 1.1 |" in markdown
     assert "best epoch 2 of 3 (lowest validation loss)" in markdown
+
+
+def test_a_diverged_run_still_gets_its_curves_and_a_clear_error(tmp_path: Path) -> None:
+    from fbdl_fast.train import History
+
+    nan = float("nan")
+    history = History(
+        train_losses=[1.0, nan],
+        val_losses=[nan, nan],
+        train_accs=[0.4, 0.25],
+        val_accs=[0.25, 0.25],
+        val_f1s=[0.1, 0.1],
+        learning_rates=[1e-3, 1e-3],
+        epoch_times=[1.0, 1.0],
+        skipped_steps=[0, 3],
+    )
+    paths = write_run_report(tmp_path, history, None, "Run report: nan", "CNN", "last.pt")
+    assert "2 epochs, none with a finite validation loss" in paths[0].read_text()
+    check_png(paths[1].read_bytes(), (1100, 750))
+    logits = torch.tensor([[0.0, 1.0], [nan, 0.0], [math.inf, 0.0]])
+    with pytest.raises(ValueError, match="NaN or infinite values for 2 of 3 posts"):
+        evaluate_logits(logits, torch.tensor([0, 1, 0]), ["a", "b"])

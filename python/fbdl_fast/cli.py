@@ -889,20 +889,28 @@ def _finish_run(
     chosen = runs.checkpoint_path(partial, None)
     trainer.load_checkpoint(chosen, model_only=True)
     logits, labels, _ = trainer.outputs(val_loader)
-    fit = calibration.fit_temperature(logits, labels) if args.calibrate else None
-    if fit is not None:
-        checkpoint.add_calibration(chosen, fit.to_dict())
-    names = [str(label) for label in trainer.label_map.labels]
-    evaluation = report.evaluate_logits(
-        logits, labels, names, None if fit is None else fit.temperature
-    )
+    fit, evaluation = None, None
+    if bool(logits.isfinite().all()):
+        fit = calibration.fit_temperature(logits, labels) if args.calibrate else None
+        if fit is not None:
+            checkpoint.add_calibration(chosen, fit.to_dict())
+        names = [str(label) for label in trainer.label_map.labels]
+        evaluation = report.evaluate_logits(
+            logits, labels, names, None if fit is None else fit.temperature
+        )
+    else:  # a diverged model: the run is kept, with its curves, but nothing can be judged
+        print(
+            f"{PROG} train: warning: {chosen.name} gives NaN or infinite logits on validation "
+            f"posts: no per-class report{' and no calibration' if args.calibrate else ''}",
+            file=sys.stderr,
+        )
     report.write_run_report(
         partial,
         trainer.history,
         evaluation,
         title=f"Run report: {out.name}",
         description=f"{TITLES[args.model]} trained on {args.data} ({train_posts} training / "
-        f"{len(labels)} validation posts, {len(names)} classes)",
+        f"{len(labels)} validation posts, {logits.shape[1]} classes)",
         checkpoint=chosen.name,
     )
     return fit

@@ -425,6 +425,12 @@ def evaluate_logits(
             f"{len(names)})"
         )
     logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
+    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    if bad:
+        raise ValueError(
+            f"the model's logits hold NaN or infinite values for {bad} of {len(logits)} posts; "
+            "its weights diverged or are damaged, and no probability can be judged"
+        )
     preds = logits.argmax(dim=1)
     classes = len(names)
     evaluation = Evaluation(
