@@ -5,6 +5,7 @@
     fbdl-fast train --model minilm --data posts.csv --output runs/m   # fine-tune all-MiniLM-L6-v2
     fbdl-fast evaluate --run runs/first --data test.csv [--json]
     fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
+    fbdl-fast export --run runs/first --format onnx   # or int8, then predict --checkpoint int8
     fbdl-fast bench                                  # pytest benches --benchmark-only
 
 A run folder holds everything `evaluate` and `predict` need: config.json, tokenizer.json,
@@ -966,7 +967,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fbdl_fast import report
 
     _check_device(args.device)
-    run = load_run(Path(args.run), args.device, args.checkpoint)
+    run = _load_for_inference(args)
     posts = _read_posts(args, run.meta, with_labels=True)
     if run.config.multi_label:
         return _evaluate_multi_label(args, run, posts)
@@ -1063,7 +1064,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"--output {out}: folder {out.parent} does not exist")
     _check_device(args.device)
-    run = load_run(Path(args.run), args.device, args.checkpoint)
+    run = _load_for_inference(args)
     keep = [name.strip() for name in args.keep_columns.split(",")] if args.keep_columns else []
     posts: Iterator[tuple[str, tuple[Any, ...]]]
     if args.data is None:
@@ -1226,6 +1227,48 @@ def _output_format(out: Optional[Path]) -> str:
     raise UsageError(
         f"--output {out}: extension {suffix!r} is not supported; accepted: .csv, .jsonl, .ndjson"
     )
+
+
+def _load_for_inference(args: argparse.Namespace) -> Run:
+    """The run of --run with the weights of --checkpoint; int8: the run's model.int8.pt
+    (`export --format int8`), which runs on the CPU only."""
+    if args.checkpoint != "int8":
+        return load_run(Path(args.run), args.device, args.checkpoint)
+    from fbdl_fast import export
+
+    if args.device not in (None, "cpu"):
+        raise UsageError(
+            f"--checkpoint int8 runs on the CPU only; drop --device {args.device} or pass "
+            "--device cpu"
+        )
+    return export.int8_run(load_run(Path(args.run), "cpu", None))
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fbdl_fast import export
+
+    target = export.output_path(Path(args.run), args.format)  # an unknown format: error first
+    if args.checkpoint == "int8":
+        raise UsageError(
+            "--checkpoint int8 is an export's output; export from best, last or a path"
+        )
+    run = load_run(Path(args.run), "cpu", args.checkpoint)
+    _say(args, f"exporting {run.checkpoint} to {target} ...")
+    if args.format == "onnx":
+        done = export.export_onnx(run, target)
+        print(
+            f"wrote {target} ({done['bytes'] / 1e6:.1f} MB, {done['exporter']} exporter): "
+            f"onnxruntime's logits within {done['max_abs_diff']:.2g} of torch's on a padded batch"
+        )
+    else:
+        done = export.export_int8(run, target)
+        print(
+            f"wrote {target} ({done['bytes'] / 1e6:.1f} MB; fp32 weights "
+            f"{done['fp32_bytes'] / 1e6:.1f} MB): dynamic int8 "
+            f"{', '.join(done['quantized']) or 'nothing (no Linear or LSTM)'}; use it with "
+            f"`{PROG} predict --run {args.run} --checkpoint int8`"
+        )
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -1664,6 +1707,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
+        "export",
+        formatter_class=_Formatter,
+        help="write a run's model as ONNX or dynamic int8 for CPU serving",
+        description="Write the run's model into its folder: onnx -> model.onnx (inputs input_ids "
+        "and attention_mask, int64 (batch, length), the mask 1 on real tokens; output logits; "
+        "dynamic batch and sequence axes; checked in onnxruntime against torch before it is "
+        "written; needs onnx and onnxruntime), int8 -> model.int8.pt (Linear and LSTM layers "
+        "in dynamic int8, for `predict --checkpoint int8` on a CPU).",
+    )
+    p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
+    p.add_argument("--format", required=True, metavar="onnx|int8", help="what to write")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="best|last|PATH",
+        help="weights to export (default: best, else last)",
+    )
+    _add_threads_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "bench",
         formatter_class=_Formatter,
         help="run the speed benchmarks (pytest-benchmark)",
@@ -1707,9 +1772,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default=None,
-        metavar="best|last|PATH",
-        help="weights to use: best.pt or last.pt of the run, or a checkpoint file "
-        "(default: best, else last)",
+        metavar="best|last|int8|PATH",
+        help="weights to use: best.pt or last.pt of the run, int8: its model.int8.pt (`export "
+        "--format int8`, CPU only), or a checkpoint file (default: best, else last)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     _add_encoding_option(p)

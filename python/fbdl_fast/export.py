@@ -1,0 +1,499 @@
+"""Serving formats of a trained run: ONNX (`model.onnx`) and dynamic int8 (`model.int8.pt`).
+
+`fbdl-fast export --run RUN --format onnx|int8` writes either file into the run folder,
+atomically, from the run's checkpoint (best, else last, or --checkpoint).
+
+ONNX: inputs `input_ids` and `attention_mask`, both int64 (B, L), the mask 1 on real tokens and 0
+on padding (Hugging Face's convention); output `logits` (B, C). Batch and sequence axes are
+dynamic (the sequence up to the run's max length). The fused ops are exported through their
+PyTorch reference (FBDL_FAST_BACKEND=torch while exporting): the file holds plain ONNX operators
+that any runtime runs. Two exporters are tried in turn: torch.export's (dynamo=True), then the
+TorchScript one. Before anything is written, the file is run in onnxruntime on a padded batch of
+another shape than the one it was traced with (a trace that froze a shape fails there) and its
+logits must be within ONNX_TOLERANCE of torch's; otherwise the next exporter is tried, and
+ExportError reports what each one did.
+
+Measured with torch 2.15 on the models as they are: the Transformer and BERT export with
+dynamo=True (max |logit diff| ~1e-8) while the TorchScript exporter freezes their attention's
+reshape to the traced shape; the CNN exports with the TorchScript exporter only (torch.export stops
+at its boolean-mask assignment, a data-dependent shape); the LSTM with the TorchScript exporter
+when it has 2 or more layers (packing and all, ~1e-7), not with 1 (an IndexError inside the
+exporter), and not with torch.export (it stops at the right-padding assert, torch.equal on data).
+torch.compiler.is_compiling() is True under torch.export, so a packing-free path taken under it
+is what torch.export would export.
+
+int8: `torch.ao.quantization.quantize_dynamic` turns every nn.Linear and nn.LSTM into its dynamic
+int8 form (weights int8 per tensor, activations quantized on the fly; CPU only). Not quantized:
+the embeddings, the attention's input projection (a raw parameter of nn.MultiheadAttention) and
+its output projection (a NonDynamicallyQuantizableLinear, left out by torch on purpose), and the
+CNN's convolutions: quantize_dynamic's default mapping has no Conv1d (a dynamic int8 Conv1d exists
+in torch.ao.nn.quantized.dynamic but only through an explicit mapping, which this module does not
+use). The file is a checkpoint (fbdl_fast.checkpoint, read with weights_only): the int8 weights as
+plain tensors (int8 values, scale, zero point) and the other parameters in fp32, with the config,
+label map, tokenizer fingerprint and the SHA-256 of the checkpoint it came from. `load_int8`
+rebuilds the quantized model from it exactly; `predict --checkpoint int8` uses it. A CPU without
+an int8 engine (torch.backends.quantized.supported_engines) is refused with ExportError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import nn
+
+from fbdl_fast.checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from fbdl_fast.files import open_atomic, sha256_of
+
+if TYPE_CHECKING:
+    from fbdl_fast.runs import Run
+
+FORMATS = ("onnx", "int8")
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.pt"
+# The parity an exported file must reach against torch (issue 15: max |logit diff| <= 1e-4).
+ONNX_TOLERANCE = 1e-4
+INT8_FORMAT = "int8-dynamic"
+# Engines that run quantized Linear/LSTM kernels on a CPU ("none" is not one).
+INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
+
+
+class ExportError(ValueError):
+    """A run cannot be exported as asked; the message says why and what to do."""
+
+
+def output_path(run_path: Path, fmt: str) -> Path:
+    """Where `export --format fmt` writes in the run folder; ExportError for an unknown format."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
+    return run_path / (ONNX_FILE if fmt == "onnx" else INT8_FILE)
+
+
+# ====================
+# ONNX
+# ====================
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """FBDL_FAST_BACKEND=torch for the block (every fused op takes its PyTorch reference), then
+    the environment and the dispatch settings as they were."""
+    from fbdl_fast.ops import _dispatch
+
+    before = os.environ.get(_dispatch.ENV_VAR)
+    os.environ[_dispatch.ENV_VAR] = "torch"
+    _dispatch.refresh()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_dispatch.ENV_VAR, None)
+        else:
+            os.environ[_dispatch.ENV_VAR] = before
+        _dispatch.refresh()
+
+
+def padded_batch(
+    batch: int, length: int, vocab_size: int, pad_token_id: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) int64 (batch, length), right-padded: row 0 full, the others
+    of random lengths 1..length, padding at pad_token_id. Seeded, global RNG untouched."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, length), generator=g)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (B, L)
+    return ids.masked_fill(mask == 0, pad_token_id), mask
+
+
+def _onnx_bytes(
+    model: nn.Module, example: tuple[torch.Tensor, ...], max_length: int, dynamo: bool
+) -> bytes:
+    """The ONNX file of `model` traced on `example`, with dynamic batch and sequence axes."""
+    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
+    if dynamo:
+        from torch.export import Dim
+
+        batch, sequence = Dim("batch"), Dim("sequence", max=max_length)
+        axes = {0: batch, 1: sequence}
+        program = torch.onnx.export(
+            model, example, dynamo=True, dynamic_shapes=(axes, axes), verbose=False, **names
+        )
+        assert program is not None
+        return program.model_proto.SerializeToString()
+    buffer = io.BytesIO()
+    axes_ts = {0: "batch", 1: "sequence"}
+    torch.onnx.export(
+        model,
+        example,
+        buffer,
+        dynamo=False,
+        dynamic_axes={"input_ids": axes_ts, "attention_mask": axes_ts, "logits": {0: "batch"}},
+        **names,
+    )
+    return buffer.getvalue()
+
+
+def onnx_logits(onnx_model: bytes, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The logits onnxruntime computes with `onnx_model` (the file's bytes) on one batch."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    return torch.from_numpy(session.run(["logits"], feed)[0])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the block: file descriptors 1 and 2 (C++ prints) go to a scratch file,
+    sys.stdout/sys.stderr to a buffer, and logging is off (torch's exporters log graphs and
+    warnings about their own internals). Everything as it was afterwards."""
+    import logging
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    logging_was = logging.root.manager.disable
+    buffer = io.StringIO()
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            logging.disable(logging.CRITICAL)
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield
+        finally:
+            logging.disable(logging_was)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(err: BaseException) -> str:
+    """One line saying why an exporter failed: torch.export's exception summary when it gives
+    one, else the error's first line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1 :]
+    text = lines[0] if lines else ""
+    return f"{type(err).__name__}: {text[:240]}"
+
+
+def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
+    """Write run's model as ONNX to `path` (default: the run's model.onnx), atomically, after the
+    onnxruntime check described in the module docstring. Returns {"path", "exporter",
+    "max_abs_diff", "bytes"}; ExportError when no exporter gives a file that passes."""
+    try:
+        import onnx  # noqa: F401  (the dynamo exporter's output type)
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ExportError(
+            f"--format onnx needs onnx and onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
+        ) from None
+    path = path or run.path / ONNX_FILE
+    config = run.config
+    model = run.trainer.model.to("cpu").eval()
+    length = max(2, min(8, config.max_seq_length))  # >= 2: torch.export specialises 0 and 1
+    example = padded_batch(2, length, config.vocab_size, config.pad_token_id, seed=0)
+    check_length = max(1, min(length + 3, config.max_seq_length))
+    check = padded_batch(3, check_length, config.vocab_size, config.pad_token_id, seed=1)
+    failures = []
+    with reference_ops(), torch.no_grad():
+        expected = model(*check).float()
+        for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
+            try:
+                with warnings.catch_warnings(), _quiet():
+                    # The exporters warn about their own internals (deprecations, constant
+                    # folding) and print graphs when they fail; none of it is for the user.
+                    warnings.simplefilter("ignore")
+                    # A copy each time: a failed torch.export can leave fake tensors behind.
+                    data = _onnx_bytes(copy.deepcopy(model), example, config.max_seq_length, dynamo)
+                diff = (onnx_logits(data, *check) - expected).abs().max().item()
+            except Exception as err:  # each exporter fails in its own way; the next is tried
+                failures.append(f"{exporter}: {_reason(err)}")
+                continue
+            if not diff <= ONNX_TOLERANCE:  # also NaN
+                failures.append(
+                    f"{exporter}: max |logit diff| {diff:.3g} against torch on a padded "
+                    f"{tuple(check[0].shape)} batch, above {ONNX_TOLERANCE:g}"
+                )
+                continue
+            with open_atomic(path, "wb") as f:
+                f.write(data)
+            return {"path": path, "exporter": exporter, "max_abs_diff": diff, "bytes": len(data)}
+    if any(isinstance(m, nn.LSTM) and m.num_layers == 1 for m in model.modules()):
+        failures.append(
+            "the TorchScript exporter fails on a 1-layer LSTM over packed sequences (2 or more "
+            "layers export)"
+        )
+    raise ExportError(
+        f"{run.meta.get('model', type(model).__name__)} in {run.path} could not be exported to "
+        f"ONNX with torch {torch.__version__}: " + "; ".join(failures)
+    )
+
+
+# ====================
+# int8
+# ====================
+
+
+def supported_engines() -> list[str]:
+    """torch's quantized engines on this machine ("none" alone: no int8 kernels)."""
+    return list(torch.backends.quantized.supported_engines)
+
+
+def int8_engine_problem(engines: Optional[list[str]] = None) -> Optional[str]:
+    """None when this CPU has an int8 engine for quantized Linear/LSTM (`supported_engines()`,
+    or `engines`), else the reason, for ExportError's message."""
+    engines = supported_engines() if engines is None else list(engines)
+    if any(engine in INT8_ENGINES for engine in engines):
+        return None
+    return (
+        f"this CPU has no int8 engine (torch.backends.quantized.supported_engines = {engines}; "
+        f"int8 needs one of {', '.join(INT8_ENGINES)}); export --format onnx, or predict in fp32"
+    )
+
+
+def _check_engine() -> None:
+    problem = int8_engine_problem()
+    if problem is not None:
+        raise ExportError(f"--format int8: {problem}")
+
+
+def _quantize_dynamic(model: nn.Module) -> nn.Module:
+    """A copy of `model` with its nn.Linear and nn.LSTM layers in dynamic int8."""
+    with warnings.catch_warnings():
+        # torch.ao.quantization says it is deprecated in favour of torchao; quantize_dynamic is
+        # still torch's own dynamic int8 path and the one this format is defined by.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear, nn.LSTM}, torch.qint8)
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """`model` (fp32, unchanged) as a new dynamic int8 model for CPU inference."""
+    _check_engine()
+    return _quantize_dynamic(model.to("cpu"))
+
+
+def _quantized(
+    module: nn.Module,
+) -> Optional[dict[str, tuple[torch.Tensor, Optional[torch.Tensor]]]]:
+    """{weight name: (int8 weight, bias)} of a dynamic int8 Linear or LSTM, else None."""
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    if isinstance(module, nnqd.Linear):
+        return {"weight": (module.weight(), module.bias())}
+    if isinstance(module, nnqd.LSTM):
+        found = module._weight_bias()
+        return {
+            name: (weight, found["bias"][name.replace("weight", "bias")])
+            for name, weight in found["weight"].items()
+        }
+    return None
+
+
+def int8_state(qmodel: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a quantize_int8 model as plain tensors (weights_only-loadable): per int8
+    weight NAME.int8 (values), NAME.scale, NAME.zero_point, NAME's bias; every other parameter
+    and buffer in fp32 under its own name."""
+    state: dict[str, torch.Tensor] = {}
+    inside: set[str] = set()
+    for prefix, module in qmodel.named_modules():
+        weights = _quantized(module)
+        if weights is None:
+            continue
+        inside.add(prefix)
+        for name, (weight, bias) in weights.items():
+            key = f"{prefix}.{name}"
+            if weight.qscheme() != torch.per_tensor_affine:
+                raise ExportError(
+                    f"{key}: int8 weights per tensor expected, got {weight.qscheme()}"
+                )
+            state[key + ".int8"] = weight.int_repr()
+            state[key + ".scale"] = torch.tensor(weight.q_scale(), dtype=torch.float64)
+            state[key + ".zero_point"] = torch.tensor(weight.q_zero_point(), dtype=torch.int64)
+            if bias is not None:
+                state[f"{prefix}.{name.replace('weight', 'bias')}"] = bias.detach().clone()
+    for name, tensor in qmodel.state_dict().items():
+        if isinstance(tensor, torch.Tensor) and not any(name.startswith(p + ".") for p in inside):
+            state[name] = tensor.detach().clone()
+    return state
+
+
+def _qweight(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    return torch._make_per_tensor_quantized_tensor(
+        state[key + ".int8"], float(state[key + ".scale"]), int(state[key + ".zero_point"])
+    )
+
+
+def model_from_int8_state(fp32: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """The dynamic int8 model `int8_state` described, built on `fp32` (a model of the same
+    config, whose own weights are replaced): exactly the quantized weights that were saved."""
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    qmodel = _quantize_dynamic(fp32)
+    modules = [(p, m) for p, m in qmodel.named_modules() if isinstance(m, (nnqd.Linear, nnqd.LSTM))]
+    inside = tuple(prefix + "." for prefix, _ in modules)
+    current = qmodel.state_dict()
+    plain = {
+        n for n, v in current.items() if isinstance(v, torch.Tensor) and not n.startswith(inside)
+    }
+    missing = sorted(plain - set(state))
+    if missing:
+        raise KeyError(f"no weights for {', '.join(missing[:5])}")
+    # The quantized modules' own entries (packed weights, scale) are loaded as they are and
+    # replaced below: their state_dict loading requires them.
+    current.update({k: state[k] for k in plain})  # keeps its _metadata (module versions)
+    qmodel.load_state_dict(current)
+    for prefix, module in modules:
+        if isinstance(module, nnqd.Linear):
+            bias = state.get(f"{prefix}.bias")
+            module.set_weight_bias(_qweight(state, f"{prefix}.weight"), bias)
+        else:
+            _set_lstm_weights(module, prefix, state)
+    return qmodel.eval()
+
+
+def _set_lstm_weights(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> None:
+    """Rebuild a dynamic int8 LSTM's packed cells from saved int8 weights, layer by layer and
+    direction by direction, as torch's LSTM.from_float packs them."""
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    cells = []
+    directions = 2 if module.bidirectional else 1
+    for layer in range(module.num_layers):
+        for direction in range(directions):
+            suffix = f"_l{layer}{'_reverse' if direction else ''}"
+            packed, biases = [], []
+            for kind in ("ih", "hh"):
+                bias = state[f"{prefix}.bias_{kind}{suffix}"]
+                weight = _qweight(state, f"{prefix}.weight_{kind}{suffix}")
+                packed.append(torch.ops.quantized.linear_prepack(weight, bias))
+                biases.append(bias)
+            params = torch.ops.quantized.make_quantized_cell_params_dynamic(
+                packed[0], packed[1], biases[0], biases[1], True
+            )
+            cells.append(nnqd.modules.rnn.PackedParameter(params))
+    module._all_weight_values = nn.ModuleList(cells)
+
+
+def export_int8(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
+    """Write the run's model in dynamic int8 to `path` (default: the run's model.int8.pt),
+    atomically. Returns {"path", "bytes", "quantized": [module names], "fp32_bytes": the fp32
+    weights' size in memory}."""
+    _check_engine()
+    path = path or run.path / INT8_FILE
+    qmodel = quantize_int8(run.trainer.model)
+    quantized = [name for name, m in qmodel.named_modules() if _quantized(m) is not None]
+    state = {
+        "format": INT8_FORMAT,
+        "model": int8_state(qmodel),
+        "model_name": run.meta.get("model"),
+        "quantized_modules": quantized,
+        "config": run.config.to_dict(),
+        "label_map": {"labels": list(run.label_map.labels)},
+        "tokenizer_fingerprint": _fingerprint(run),
+        "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
+    }
+    save_checkpoint(state, path)
+    return {
+        "path": path,
+        "bytes": path.stat().st_size,
+        "quantized": quantized,
+        "fp32_bytes": sum(
+            t.numel() * t.element_size() for t in run.trainer.model.state_dict().values()
+        ),
+    }
+
+
+def _fingerprint(run: Run) -> str:
+    from fbdl_fast.runs import tokenizer_fingerprint
+
+    return tokenizer_fingerprint(run.tokenizer)
+
+
+def load_int8(run: Run, path: Optional[Path] = None) -> nn.Module:
+    """The dynamic int8 model `export_int8` wrote for `run` (loaded from its source checkpoint),
+    checked against the run: RunError/CheckpointError naming the file when it belongs to
+    another run or to another version of the checkpoint; ExportError without an int8 engine."""
+    from fbdl_fast.models import architecture, create_model
+    from fbdl_fast.runs import PROG, RunError, _check_unit
+
+    _check_engine()
+    path = path or run.path / INT8_FILE
+    if not path.is_file():
+        raise RunError(
+            f"--checkpoint int8: {path} does not exist; write it with `{PROG} export --run "
+            f"{run.path} --format int8`"
+        )
+    state = load_checkpoint(path, map_location="cpu")
+    require_keys(state, ("format", "model", "config", "source_checkpoint"), path)
+    if state["format"] != INT8_FORMAT:
+        raise CheckpointError(f"{path} holds format {state['format']!r}, not {INT8_FORMAT!r}")
+    _check_unit(run.path, path, state, run.config, run.tokenizer, run.label_map)
+    source = state["source_checkpoint"]
+    current = run.path / str(source.get("name"))
+    if not current.is_file() or sha256_of(current) != source.get("sha256"):
+        raise RunError(
+            f"{path} was made from another {source.get('name')} than the one in {run.path} "
+            f"now; export it again: `{PROG} export --run {run.path} --format int8`"
+        )
+    fp32 = create_model(architecture(run.meta["model"]), run.config)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return model_from_int8_state(fp32, state["model"])
+    except (KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {err})") from None
+
+
+def int8_run(run: Run, path: Optional[Path] = None) -> Run:
+    """`run` with its int8 model (`load_int8`) in place of its fp32 one, on the CPU: what
+    evaluate and predict use for --checkpoint int8."""
+    import dataclasses
+
+    from fbdl_fast.train import Trainer
+
+    path = path or run.path / INT8_FILE
+    model = load_int8(run, path)
+    trainer = Trainer(model, run.config, device="cpu", label_map=run.label_map, progress=False)
+    return dataclasses.replace(run, trainer=trainer, checkpoint=path)
+
+
+__all__ = [
+    "FORMATS",
+    "INT8_FILE",
+    "ONNX_FILE",
+    "ONNX_TOLERANCE",
+    "ExportError",
+    "export_int8",
+    "export_onnx",
+    "int8_engine_problem",
+    "int8_run",
+    "int8_state",
+    "load_int8",
+    "model_from_int8_state",
+    "onnx_logits",
+    "output_path",
+    "padded_batch",
+    "quantize_int8",
+    "reference_ops",
+    "supported_engines",
+]

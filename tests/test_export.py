@@ -1,0 +1,275 @@
+"""`fbdl-fast export`: ONNX parity in onnxruntime, dynamic int8 through predict, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from fbdl_fast import cli, export
+from fbdl_fast.checkpoint import load_checkpoint
+from fbdl_fast.cli import main
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.data import PostsDataset, loader_order, make_loader
+from fbdl_fast.models import create_model
+from fbdl_fast.ops import _dispatch
+from fbdl_fast.runs import RUN_CONFIG, Run, load_run
+from fbdl_fast.synthetic import generate_posts
+from fbdl_fast.train import BEST_CHECKPOINT, Trainer
+from tiny_run import make_run
+
+
+def _run(tmp_path: Path, model: str, num_layers: int = 1) -> Path:
+    """make_run's tiny run folder, its CNN replaced by `model` (fused layers where it has any,
+    so that export must take their reference path)."""
+    folder = make_run(tmp_path / model)
+    meta = json.loads((folder / RUN_CONFIG).read_text(encoding="utf-8"))
+    meta["model"] = model
+    meta["model_config"]["fused"] = True
+    meta["model_config"]["num_layers"] = num_layers
+    (folder / RUN_CONFIG).write_text(json.dumps(meta), encoding="utf-8")
+    config = ModelConfig.from_dict(meta["model_config"])
+    Trainer(create_model(model, config), config, device="cpu").save_checkpoint(
+        folder / BEST_CHECKPOINT
+    )
+    return folder
+
+
+def _loader(run: Run, texts: list[str], batch_size: int) -> DataLoader:
+    """Padded, length-bucketed batches of `texts`, as predict builds them."""
+    dataset = PostsDataset.from_texts(run.tokenizer, texts, None, run.config.max_seq_length)
+    return make_loader(dataset, batch_size, shuffle=False, pad_token_id=run.config.pad_token_id)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+# ----------------------------------------------------------------------------- ONNX
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["transformer", "cnn", "lstm", "bert"])
+def test_onnx_parity_in_onnxruntime(
+    tmp_path: Path, model: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """model.onnx gives torch's logits (max abs diff <= 1e-4) on padded batches of synthetic
+    posts of several batch sizes and lengths; batch and sequence axes are symbolic; the mask
+    is a real input; the backend setting is as it was after the export."""
+    import onnx
+
+    monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
+    _dispatch.refresh()
+    folder = _run(tmp_path, model, num_layers=2)  # a 1-layer LSTM does not export (below)
+    assert main(["export", "--run", str(folder), "--format", "onnx", "--quiet"]) == 0
+    assert f"wrote {folder / 'model.onnx'}" in capsys.readouterr().out
+    assert os.environ["FBDL_FAST_BACKEND"] == "auto" and _dispatch.settings().backend == "auto"
+    data = (folder / "model.onnx").read_bytes()
+    graph = onnx.load_from_string(data).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask"]
+    for value in [*graph.input, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        assert dims[0].dim_param, value.name  # batch: symbolic
+        if value.name != "logits":
+            assert dims[1].dim_param, value.name  # sequence: symbolic
+    run = load_run(folder, "cpu")
+    shapes, padded = set(), 0
+    for batch in _loader(run, generate_posts(40, seed=5).texts, 16):
+        ids, mask = batch["input_ids"], batch["attention_mask"].long()
+        padded += int((mask == 0).any(dim=1).sum())
+        shapes.add(tuple(ids.shape))
+        with torch.no_grad():
+            expected = run.trainer.model.eval()(ids, mask)
+        got = export.onnx_logits(data, ids, mask)
+        assert (got - expected).abs().max().item() <= export.ONNX_TOLERANCE
+    assert len({s[0] for s in shapes}) >= 2 and len({s[1] for s in shapes}) >= 2
+    assert padded >= 10  # posts with padding among them
+    # The mask is read: hiding a real token changes that post's logits.
+    ids, mask = batch["input_ids"], batch["attention_mask"].long()
+    shorter = mask.clone()
+    shorter[0, int(mask[0].sum()) - 1] = 0
+    diff = export.onnx_logits(data, ids, shorter)[0] - export.onnx_logits(data, ids, mask)[0]
+    assert diff.abs().max().item() > 1e-6
+
+
+@pytest.mark.parametrize("failure", ["exporters", "parity"])
+def test_onnx_export_refuses_a_file_that_fails(
+    tmp_path: Path,
+    failure: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Both exporters failing, or a file whose logits are off, is one error naming each
+    exporter's problem; no model.onnx and no temporary file is left."""
+    folder = make_run(tmp_path / "cnn")
+    if failure == "exporters":
+
+        def broken(model, example, max_length, dynamo):  # type: ignore[no-untyped-def]
+            raise RuntimeError(f"cannot trace ({'dynamo' if dynamo else 'torchscript'})\nmore")
+
+        monkeypatch.setattr(export, "_onnx_bytes", broken)
+        needle = (
+            "dynamo: RuntimeError: cannot trace (dynamo); "
+            "torchscript: RuntimeError: cannot trace (torchscript)"
+        )
+    else:
+        real = export.onnx_logits
+        monkeypatch.setattr(export, "onnx_logits", lambda *a: real(*a) + 0.01)
+        needle = "torchscript: max |logit diff| 0.01 against torch on a padded (3, 11) batch"
+    assert main(["export", "--run", str(folder), "--format", "onnx", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be exported to ONNX" in err and needle in err, err
+    assert err.count("\n") == 1
+    assert not (folder / "model.onnx").exists() and _leftovers(folder) == []
+
+
+@pytest.mark.slow
+def test_one_layer_lstm_is_refused_with_the_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _run(tmp_path, "lstm", num_layers=1)
+    assert main(["export", "--run", str(folder), "--format", "onnx", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "dynamo: " in err and "torchscript: " in err and "1-layer LSTM" in err, err
+    assert not (folder / "model.onnx").exists() and _leftovers(folder) == []
+
+
+# ----------------------------------------------------------------------------- int8
+
+QUANTIZED = {
+    "transformer": ["blocks.0.mlp.fc", "blocks.0.mlp.proj", "output_projection"],
+    "lstm": ["lstm", "output_projection"],
+    "cnn": ["output_projection"],  # quantize_dynamic has no Conv1d: the convolutions stay fp32
+}
+
+
+@pytest.mark.parametrize("model", sorted(QUANTIZED))
+def test_int8_export_then_predict(
+    tmp_path: Path, model: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export --format int8 writes int8 weights (weights_only-loadable) for the Linear and LSTM
+    layers; predict --checkpoint int8 gives the probabilities of quantize_dynamic's model,
+    not the fp32 ones; evaluate names the file."""
+    folder = _run(tmp_path, model)
+    assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
+    assert "dynamic int8" in capsys.readouterr().out
+    state = load_checkpoint(folder / "model.int8.pt")
+    assert state["quantized_modules"] == QUANTIZED[model]
+    int8 = [k for k, v in state["model"].items() if v.dtype == torch.int8]
+    assert int8 and all(k.endswith(".int8") for k in int8)
+
+    texts = generate_posts(12, seed=9).texts
+    out = tmp_path / "p.jsonl"
+    argv = ["predict", "--run", str(folder), "--output", str(out), "--quiet"]
+    assert main([*argv, "--checkpoint", "int8", *[a for t in texts for a in ("--text", t)]]) == 0
+    got = torch.tensor(
+        [list(json.loads(line)["probabilities"].values()) for line in out.read_text().splitlines()]
+    )
+    run = load_run(folder, "cpu")
+    reference = export.quantize_int8(run.trainer.model)
+    # The same batches as predict's: dynamic int8 scales each batch's activations as a whole.
+    loader = _loader(run, texts, run.config.batch_size)
+    expected = torch.empty_like(got)
+    fp32 = torch.empty_like(got)
+    with torch.no_grad():
+        for batch in loader:
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            expected_rows = torch.softmax(reference(ids, mask), -1)
+            fp32_rows = torch.softmax(run.trainer.model.eval()(ids, mask), -1)
+            for k, i in enumerate(loader_order(loader)[: len(ids)]):
+                expected[i], fp32[i] = expected_rows[k], fp32_rows[k]
+    assert len(loader) == 1  # one batch: loader_order's first len(ids) are its rows
+    torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)  # 6 decimals in the file
+    assert (got - fp32).abs().max().item() > 1e-5  # the int8 model ran
+
+    labelled = tmp_path / "l.csv"
+    labelled.write_text("text,label\nhello world,positive\n", encoding="utf-8")
+    evaluate = ["evaluate", "--run", str(folder), "--data", str(labelled), "--json"]
+    assert main([*evaluate, "--checkpoint", "int8"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == "model.int8.pt"
+
+
+def test_int8_engine_missing_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert export.int8_engine_problem(["qnnpack", "none"]) is None
+    folder = make_run(tmp_path / "cnn")
+    assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
+    monkeypatch.setattr(export, "supported_engines", lambda: ["none"])
+    for argv in (
+        ["export", "--run", str(folder), "--format", "int8"],
+        ["predict", "--run", str(folder), "--checkpoint", "int8", "--text", "hi"],
+    ):
+        assert main([*argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert "--format int8: this CPU has no int8 engine (torch.backends.quantized." in err
+        assert "supported_engines = ['none']" in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def test_export_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Missing run folder, unknown format, corrupt checkpoint, --checkpoint int8 as a source:
+    one line each, exit status 2, nothing written."""
+    folder = make_run(tmp_path / "cnn")
+    (folder / BEST_CHECKPOINT).write_bytes(b"PK\x03\x04 not really a zip archive")
+    cases = [
+        (["--run", str(tmp_path / "nope"), "--format", "onnx"], "does not exist"),
+        (
+            ["--run", str(folder), "--format", "tflite"],
+            "--format 'tflite' is not known; accepted: onnx, int8",
+        ),
+        (["--run", str(folder), "--format", "int8"], "best.pt' is truncated or corrupt"),
+        (["--run", str(folder), "--format", "onnx"], "best.pt' is truncated or corrupt"),
+        (["--run", str(folder), "--format", "int8", "--checkpoint", "int8"], "export from best"),
+    ]
+    for argv, needle in cases:
+        assert main(["export", *argv, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "best.pt",
+        "config.json",
+        "label_map.json",
+        "tokenizer.json",
+    ]
+
+
+def test_predict_int8_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No model.int8.pt yet, a missing run, --device cuda, a corrupt file, and a file made from
+    another best.pt than the run's (retrained since): each one line naming what to do."""
+    folder = make_run(tmp_path / "cnn")
+    predict = ["predict", "--run", str(folder), "--checkpoint", "int8", "--text", "hi", "--quiet"]
+
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        return err
+
+    err = error(predict)
+    assert "model.int8.pt does not exist" in err and "fbdl-fast export --run" in err
+    missing = [*predict[:2], str(tmp_path / "nope"), *predict[3:]]
+    assert "does not exist" in error(missing)
+    with monkeypatch.context() as patch:  # as on a machine with CUDA
+        patch.setattr(cli, "_check_device", lambda name: None)
+        assert "runs on the CPU only" in error([*predict, "--device", "cuda"])
+    assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
+    int8 = folder / "model.int8.pt"
+    good = int8.read_bytes()
+    int8.write_bytes(good[: len(good) // 2])
+    assert "model.int8.pt' is truncated or corrupt" in error(predict)
+    int8.write_bytes(good)
+    run = load_run(folder, "cpu")
+    with torch.no_grad():
+        run.trainer.model.output_projection.bias.add_(1.0)
+    run.trainer.save_checkpoint(folder / BEST_CHECKPOINT)
+    err = error(predict)
+    assert "was made from another best.pt" in err and "export it again" in err
