@@ -48,7 +48,8 @@ def _figure(width: float, height: float) -> Figure:
 def png(figure: Figure) -> bytes:
     """The figure as PNG bytes (RGBA, its size in inches x DPI)."""
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    # the canvas's own writer: one draw (savefig measured 0.50 s against 0.29 s for the curves)
+    figure.canvas.print_png(buffer)  # type: ignore[attr-defined]
     return buffer.getvalue()
 
 
