@@ -529,3 +529,26 @@ def test_layer_decay_gives_each_depth_its_lr() -> None:
         create_optimizer(_model(), _config(layer_decay=0.5))
     with pytest.raises(ValueError, match=r"layer_decay=0 is invalid; expected a number in"):
         _config(layer_decay=0)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_RULES))
+def test_paper_optimisers_step_with_a_closure(name: str) -> None:
+    """step(closure) returns the closure's loss, computed with gradients on under step's
+    no_grad, and takes the same step as backward() then step()."""
+    a, b = _model(), _model()
+    opt_a = create_optimizer(a, _config(optimizer_type=name))
+    opt_b = create_optimizer(b, _config(optimizer_type=name))
+    data = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+
+    def closure() -> torch.Tensor:
+        opt_a.zero_grad()
+        loss = a(data).pow(2).mean()
+        loss.backward()
+        return loss
+
+    loss = opt_a.step(closure)
+    b(data).pow(2).mean().backward()
+    opt_b.step()
+    assert loss is not None and loss.item() == pytest.approx(_model()(data).pow(2).mean().item())
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)

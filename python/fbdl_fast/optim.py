@@ -79,6 +79,14 @@ def _dense_grads(name: str, group: dict[str, Any]) -> Iterator[torch.Tensor]:
         yield p
 
 
+def _closure_loss(closure: Optional[Callable[[], float]]) -> Optional[float]:
+    """The loss `closure` returns (run with gradients on, as torch.optim's step does), or None."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Lion(torch.optim.Optimizer):
     """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2):
 
@@ -102,10 +110,7 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, (beta1, beta2), wd = group["lr"], group["betas"], group["weight_decay"]
             for p in _dense_grads("Lion", group):
@@ -147,10 +152,7 @@ class AdaBelief(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, (beta1, beta2) = group["lr"], group["betas"]
             eps, wd = group["eps"], group["weight_decay"]
