@@ -16,6 +16,7 @@ from fbdl_fast.calibration import (
     fit_temperature,
     nll,
     reliability,
+    top_label,
     top_label_reliability,
 )
 from fbdl_fast.checkpoint import CheckpointError, add_calibration, load_checkpoint, temperature_of
@@ -167,3 +168,12 @@ def test_damaged_calibration_names_the_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="damaged calibration"):
         add_calibration(path, {"temperature": 0.0})
     assert "calibration" not in load_checkpoint(path)  # nothing half-written
+
+
+def test_top_label_in_blocks_equals_the_whole_softmax() -> None:
+    logits, labels = _overconfident(50, seed=3)
+    confidence, predicted, mean_nll = top_label(logits, labels, temperature=2.0, rows=7)
+    probs = torch.softmax(logits.double() / 2.0, dim=1)
+    torch.testing.assert_close(confidence, probs.max(dim=1).values, rtol=0, atol=1e-12)
+    assert torch.equal(predicted, logits.argmax(dim=1))
+    assert mean_nll == pytest.approx(nll(logits, labels, 2.0), abs=1e-12)

@@ -424,14 +424,14 @@ def evaluate_logits(
             f"logits of shape {tuple(logits.shape)} for {len(names)} class names; expected (N, "
             f"{len(names)})"
         )
-    logits, labels = logits.detach().double().cpu(), labels.detach().long().cpu()
-    bad = int((~torch.isfinite(logits)).any(dim=1).sum())
+    labels = labels.detach().long().cpu()
+    bad = int((~torch.isfinite(logits.detach())).any(dim=1).sum())
     if bad:
         raise ValueError(
             f"the model's logits hold NaN or infinite values for {bad} of {len(logits)} posts; "
             "its weights diverged or are damaged, and no probability can be judged"
         )
-    preds = logits.argmax(dim=1)
+    confidence, preds, nll = calibration.top_label(logits, labels)
     classes = len(names)
     evaluation = Evaluation(
         names=[str(name) for name in names],
@@ -441,15 +441,14 @@ def evaluate_logits(
         accuracy=metrics.accuracy(preds, labels),
         macro_f1=metrics.macro_f1(preds, labels, classes),
         pairs=metrics.confused_pairs(preds, labels, classes, top_pairs),
-        reliability=calibration.top_label_reliability(torch.softmax(logits, dim=1), labels),
-        nll=calibration.nll(logits, labels),
+        reliability=calibration.reliability(confidence, preds == labels),
+        nll=nll,
     )
     if temperature is not None and temperature != 1.0:
+        confidence, _, nll = calibration.top_label(logits, labels, temperature)
         evaluation.temperature = temperature
-        evaluation.calibrated = calibration.top_label_reliability(
-            torch.softmax(logits / temperature, dim=1), labels
-        )
-        evaluation.nll_calibrated = calibration.nll(logits, labels, temperature)
+        evaluation.calibrated = calibration.reliability(confidence, preds == labels)
+        evaluation.nll_calibrated = nll
     return evaluation
 
 
