@@ -119,6 +119,13 @@ def top_label(
     return torch.cat(confidence), torch.cat(predicted), nll_sum / max(logits.shape[0], 1)
 
 
+def _top_label_ece(
+    logits: torch.Tensor, labels: torch.Tensor, temperature: float, bins: int
+) -> float:
+    confidence, predicted, _ = top_label(logits, labels, temperature)
+    return reliability(confidence, predicted == labels, bins).ece
+
+
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.dim() != 2 or labels.shape != logits.shape[:1] or logits.shape[0] == 0:
         raise ValueError(
@@ -177,8 +184,8 @@ def fit_temperature(
         temperature=temperature,
         nll_before=before,
         nll_after=after,
-        ece_before=expected_calibration_error(torch.softmax(z, dim=1), y, bins),
-        ece_after=expected_calibration_error(torch.softmax(z / temperature, dim=1), y, bins),
+        ece_before=_top_label_ece(z, y, 1.0, bins),
+        ece_after=_top_label_ece(z, y, temperature, bins),
         num_samples=int(y.numel()),
         bins=bins,
     )

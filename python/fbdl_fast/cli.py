@@ -3,13 +3,14 @@
     fbdl-fast demo                                   # the reference models (+ MiniLM), compared
     fbdl-fast train --data posts.csv --output runs/first
     fbdl-fast train --model minilm --data posts.csv --output runs/m   # fine-tune all-MiniLM-L6-v2
-    fbdl-fast evaluate --run runs/first --data test.csv [--json]
+    fbdl-fast evaluate --run runs/first --data test.csv [--json] [--report DIR]
     fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
     fbdl-fast export --run runs/first --format onnx   # or int8, then predict --checkpoint int8
     fbdl-fast bench                                  # pytest benches --benchmark-only
 
 A run folder holds everything `evaluate` and `predict` need: config.json, tokenizer.json,
-label_map.json, best.pt / last.pt and metrics.jsonl. Its life cycle (one writer at a time, built
+label_map.json, best.pt / last.pt and metrics.jsonl; train adds report.md and curves.png for
+people (fbdl_fast.report). Its life cycle (one writer at a time, built
 under `.NAME.partial` and renamed when done, --resume, --overwrite, loading and checking it) is
 fbdl_fast.runs; this module parses options, calls it and prints.
 
