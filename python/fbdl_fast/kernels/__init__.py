@@ -7,7 +7,10 @@ kernels' launch choices and ops' dispatch both use it)."""
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 # What Triton reads as true for a boolean variable such as TRITON_INTERPRET, case-insensitively
 # (checked against triton 3.9's knobs: "1", "TRUE", "Yes", "y", "ON" are true; " 1", "2", "t"
@@ -27,4 +30,10 @@ def interpreting() -> bool:
     return flag(os.environ.get("TRITON_INTERPRET"))
 
 
-__all__ = ["TRUE_SPELLINGS", "flag", "interpreting"]
+def tuned_here(x: torch.Tensor) -> bool:
+    """Whether a launch on `x` may be autotuned (when asked): compiled for CUDA, not in the
+    interpreter, which keeps each kernel's documented rule."""
+    return x.is_cuda and not interpreting()
+
+
+__all__ = ["TRUE_SPELLINGS", "flag", "interpreting", "tuned_here"]

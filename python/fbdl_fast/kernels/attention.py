@@ -55,13 +55,14 @@ input_precision="ieee" (exact, like torch's fp32 matmul, not TF32).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-from fbdl_fast.kernels import interpreting
+from fbdl_fast.kernels import interpreting, tuned_here
 
 LOG2E = 1.4426950408889634
 HEAD_DIMS = (16, 32, 64, 128)
@@ -472,11 +473,88 @@ def _gpu_config(backward: bool) -> dict[str, int]:
     128 x 64 tiles with 8 warps keep each warpgroup on 64 whole rows (the D=64 forward with
     dropout spilled 112 bytes with 4 warps; 185 registers with 8). The backward's 64 x 64 tiles
     with 8 warps: dK/dV's dots have M = BLOCK_N, so BLOCK_N=32 (the old D=128 choice) fell back
-    to mma.sync; with 4 warps 64 x 64 spilled 336 bytes at D=128. Not autotuned yet (issue 13
-    point 9 asks for autotune keyed on L, D, mask and dropout: that needs the GPU)."""
+    to mma.sync; with 4 warps 64 x 64 spilled 336 bytes at D=128. With FBDL_FAST_AUTOTUNE=1
+    these are the first of the autotune candidates (FORWARD_CANDIDATES, BACKWARD_CANDIDATES)."""
     if backward:
         return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}
     return {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+
+
+# Shared memory a block may use on sm_90 (H100/H200: 227 KiB of the SM's 228).
+SMEM_LIMIT = 227 * 1024
+
+# Autotune candidates (FBDL_FAST_AUTOTUNE=1 on CUDA), the rule's (_gpu_config) first: the
+# forward's query blocks of 128 or 64 with 64-128 keys a step; the backward's blocks, whose
+# roles swap between dQ (BLOCK_M queries) and dK/dV (BLOCK_N keys), 64 or 128.
+FORWARD_CANDIDATES = (
+    (128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (64, 64, 4, 3), (64, 128, 4, 2),
+)  # (BLOCK_M, BLOCK_N, num_warps, num_stages)  # fmt: skip
+BACKWARD_CANDIDATES = (
+    (64, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 3), (128, 64, 8, 2), (64, 128, 8, 2),
+)  # fmt: skip
+
+
+def _smem_bytes(block_m: int, block_n: int, stages: int, d: int, size: int, kernel: str) -> int:
+    """Shared memory a launch is estimated to take: the tiles a dot reads from shared memory,
+    the streamed ones once per pipeline stage. Forward: Q (BLOCK_M x D), K and V (BLOCK_N x D
+    each, streamed) and P (BLOCK_M x BLOCK_N) for P V. dQ: Q, dO held; K and V streamed; dS.
+    dK/dV: K, V held; Q and dO streamed; P^T and dS^T. Over the sm_90 compile's figures
+    (dK/dV, 64 x 64, 2 stages: 53,760 / 102,912 bytes at D = 64 / 128; estimated 65,536 /
+    114,688), so pruning by it errs on the safe side."""
+    if kernel == "forward":
+        tiles = block_m * d + stages * 2 * block_n * d + block_m * block_n
+    elif kernel == "dq":
+        tiles = 2 * block_m * d + stages * 2 * block_n * d + block_m * block_n
+    else:  # dkdv
+        tiles = 2 * block_n * d + stages * 2 * block_m * d + 2 * block_m * block_n
+    return tiles * size
+
+
+def _configs(kernel: str) -> list[triton.Config]:
+    table = FORWARD_CANDIDATES if kernel == "forward" else BACKWARD_CANDIDATES
+    return [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+        for m, n, w, s in table
+    ]
+
+
+def _fits(config: triton.Config, kernel: str, d: int, size: int) -> bool:
+    blocks = config.kwargs["BLOCK_M"], config.kwargs["BLOCK_N"]
+    return _smem_bytes(*blocks, config.num_stages, d, size, kernel) <= SMEM_LIMIT
+
+
+def _pruned(configs: list[triton.Config], kernel: str, d: int, size: int) -> list[triton.Config]:
+    """The first config (the rule's) kept as it is, since it is what runs without autotune (its
+    estimate passes the limit in fp32 at D = 128 only); the others while their estimate fits
+    SMEM_LIMIT."""
+    return [configs[0], *(c for c in configs[1:] if _fits(c, kernel, d, size))]
+
+
+def _candidates(kernel: str, d: int, size: int) -> list[triton.Config]:
+    """The autotune candidates of `kernel` ("forward", "dq", "dkdv") for head dim d and
+    elements of `size` bytes, the rule's first."""
+    return _pruned(_configs(kernel), kernel, d, size)
+
+
+def _prune(kernel: str):
+    """early_config_prune for `kernel`: the candidates that fit D and the dtype of this call."""
+
+    def prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+        return _pruned(configs, kernel, kwargs["D"], named_args["Q"].element_size())
+
+    return prune
+
+
+@functools.cache
+def _tuned(kernel: str):
+    """`kernel`'s Triton autotuner over every candidate, pruned per call by D and dtype, keyed
+    on the lengths, D, the mask, dropout and causal masking (and the dtypes, which Triton adds)."""
+    fn = {"forward": _attn_fwd, "dq": _attn_bwd_dq, "dkdv": _attn_bwd_dkdv}[kernel]
+    return triton.autotune(
+        configs=_configs(kernel),
+        key=["Lq", "Lk", "D", "HAS_MASK", "DROPOUT", "CAUSAL"],
+        prune_configs_by={"early_config_prune": _prune(kernel)},
+    )(fn)
 
 
 def _launch_config(lq: int, lk: int, d: int, backward: bool) -> dict[str, int]:
@@ -518,10 +596,12 @@ def attention_forward(
     scale: float,
     dropout_p: float,
     seed: int,
+    autotune: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (out [B, H, Lq, D] in q's dtype, lse [B, H, Lq] fp32, base 2).
 
     key_mask: bool [B, Lk] (True: the key takes part; strides may be 0 to broadcast) or None.
+    autotune: on CUDA, pick the launch among `_candidates` by Triton's autotune (else the rule).
     """
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     B, H, Lq, D = q.shape
@@ -531,9 +611,12 @@ def attention_forward(
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     mask, smb, smn = _mask_args(key_mask, q)
-    cfg = _launch_config(Lq, Lk, D, backward=False)
-    grid = (triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)
-    _attn_fwd[grid](
+    if autotune and tuned_here(q):
+        kernel, cfg = _tuned("forward"), {"enable_fp_fusion": FP_FUSION}
+    else:
+        kernel, cfg = _attn_fwd, _launch_config(Lq, Lk, D, backward=False)
+    grid = lambda meta: (triton.cdiv(Lq, meta["BLOCK_M"]), B * H)  # noqa: E731
+    kernel[grid](
         q,
         k,
         v,
@@ -574,8 +657,10 @@ def attention_backward(
     scale: float,
     dropout_p: float,
     seed: int,
+    autotune: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (dq, dk, dv), contiguous, in the inputs' dtype. Same seed as the forward."""
+    """Return (dq, dk, dv), contiguous, in the inputs' dtype. Same seed as the forward.
+    autotune as in `attention_forward` (dQ and dK/dV tuned apart)."""
     q, k, v, out, do = (_last_dim_contiguous(t) for t in (q, k, v, out, do))
     B, H, Lq, D = q.shape
     Lk = k.shape[2]
@@ -584,7 +669,8 @@ def attention_backward(
     dv = torch.empty((B, H, Lk, D), device=q.device, dtype=v.dtype)
     delta = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     mask, smb, smn = _mask_args(key_mask, q)
-    cfg = _launch_config(Lq, Lk, D, backward=True)
+    tuned = autotune and tuned_here(q)
+    cfg = {"enable_fp_fusion": FP_FUSION} if tuned else _launch_config(Lq, Lk, D, backward=True)
     flags = _flags(q.dtype)
     common = (
         *q.stride()[:3],
@@ -605,10 +691,12 @@ def attention_backward(
         D=D, HAS_MASK=key_mask is not None, CAUSAL=causal, DROPOUT=dropout_p > 0.0, **flags, **cfg
     )
     # Two launches: dQ also writes delta, which dK/dV (the second launch, same stream) reads.
-    _attn_bwd_dq[(triton.cdiv(Lq, cfg["BLOCK_M"]), B * H)](
+    dq_kernel = _tuned("dq") if tuned else _attn_bwd_dq
+    dkdv_kernel = _tuned("dkdv") if tuned else _attn_bwd_dkdv
+    dq_kernel[lambda c: (triton.cdiv(Lq, c["BLOCK_M"]), B * H)](
         q, k, v, out, do, lse, delta, mask, dq, *out.stride()[:3], *common, **meta
     )
-    _attn_bwd_dkdv[(triton.cdiv(Lk, cfg["BLOCK_N"]), B * H)](
+    dkdv_kernel[lambda c: (triton.cdiv(Lk, c["BLOCK_N"]), B * H)](
         q, k, v, do, lse, delta, mask, dk, dv, *common, **meta
     )
     return dq, dk, dv

@@ -22,7 +22,8 @@ dtypes (deterministic: no atomics, no locks; one launch for both).
 Rows up to ROWS_MAX_N (2,048) values are normalised several to a program (_forward_rows_kernel):
 BLOCK_M rows a tile, one warp a row (or several rows a warp when they are short), tiles walked by
 a persistent grid of a few programs an SM; _rows_config gives the block sizes per (N, dtype) and
-why. Up to BACKWARD_ROWS_MAX_N (1,024) the backward walks its rows in the same tiles
+why (with FBDL_FAST_AUTOTUNE=1 on CUDA, Triton's autotune picks among _rows_candidates instead,
+the rule's first). Up to BACKWARD_ROWS_MAX_N (1,024) the backward walks its rows in the same tiles
 (_backward_rows_kernel). Longer rows, up to MAX_TILE values, are held whole in registers (one
 tile, one read of x), one row a program or a step. Longer still, rows are walked in
 tiles of CHUNK values: three passes in the forward (mean, variance, normalise); in the backward
@@ -43,6 +44,8 @@ from typing import NamedTuple, Optional
 import torch
 import triton
 import triton.language as tl
+
+from fbdl_fast.kernels import tuned_here
 
 MAX_TILE = 8192  # widest row held in registers; past it the backward spills (flash-attn's finding)
 CHUNK = 4096  # tile width for longer rows
@@ -443,8 +446,9 @@ class RowsConfig(NamedTuple):
 
 @functools.cache
 def _rows_config(n: int, x_size: int) -> RowsConfig:
-    """Block sizes for rows of n <= ROWS_MAX_N values of x_size bytes, chosen by rule rather
-    than autotuned (no extra compiles; the GPU check gives the whole LayerNorm bench 60 s):
+    """Block sizes for rows of n <= ROWS_MAX_N values of x_size bytes, chosen by rule (no extra
+    compiles; the GPU check gives the whole LayerNorm bench 60 s; autotune is opt-in, see
+    _rows_candidates):
 
     - Layout: Triton gives each load and store a layout of 16 bytes a lane, lanes first along
       the last dimension, then warps along the lines. A stretch is lane_n = 32 lanes x 16 bytes
@@ -469,18 +473,101 @@ def _rows_config(n: int, x_size: int) -> RowsConfig:
       1,024) while it computes one: with 12 warps an SM that is ~50 KiB an SM in flight, over
       the ~30 KiB that an H200's 4.8 TB/s x ~0.8 us latency / 132 SMs needs.
     """
+    _, per_row = _rows_lanes(n, x_size)
+    return _rows_launch(n, x_size, max(1, 32 // per_row), num_warps=4, num_stages=2)
+
+
+def _rows_lanes(n: int, x_size: int) -> tuple[int, int]:
+    """(lanes holding one row of x, at most 32; values of a row each of them holds)."""
     block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
     lane_n = min(block_n, 32 * (16 // x_size))
-    x_lanes = lane_n // (16 // x_size)  # lanes holding one row of x (at most 32)
-    per_row = block_n // x_lanes  # values of a row each of those lanes holds
-    rows_per_thread = max(1, 32 // per_row)
-    num_warps = 4
+    x_lanes = lane_n // (16 // x_size)
+    return x_lanes, block_n // x_lanes
+
+
+def _rows_registers(n: int, x_size: int, rows_per_thread: int) -> int:
+    """Registers a thread of _forward_rows_kernel is estimated to take: x, the weight and the
+    bias held in fp32 (y reuses x's registers), plus addresses and loop state; rounded to
+    ptxas's unit of 8. 144 or 240 at 32 and 64 values a thread (compiled: 128-167, 240-255)."""
+    _, per_row = _rows_lanes(n, x_size)
+    return -(-(3 * per_row * rows_per_thread + 48) // 8) * 8
+
+
+def _rows_launch(
+    n: int, x_size: int, rows_per_thread: int, num_warps: int, num_stages: int
+) -> RowsConfig:
+    """The launch with `rows_per_thread` rows of x a thread on `num_warps` warps (_rows_config's
+    layout), as many programs an SM as registers and shared memory let be resident."""
+    block_n = max(MIN_BLOCK, triton.next_power_of_2(n))
+    lane_n = min(block_n, 32 * (16 // x_size))
+    x_lanes, _ = _rows_lanes(n, x_size)
     block_m = num_warps * (32 // x_lanes) * rows_per_thread
-    # x, the weight and the bias held in fp32 (y reuses x's registers), plus addresses and
-    # loop state; rounded to ptxas's unit of 8. 3 programs of 144 or 2 of 240 at 32 and 64.
-    registers = -(-(3 * per_row * rows_per_thread + 48) // 8) * 8
+    registers = _rows_registers(n, x_size, rows_per_thread)
     programs_per_sm = max(1, min(4, 65536 // (registers * 32 * num_warps)))
-    return RowsConfig(block_m, block_n // lane_n, lane_n, num_warps, 2, programs_per_sm)
+    config = RowsConfig(block_m, block_n // lane_n, lane_n, num_warps, num_stages, 1)
+    fit = SM_SHARED_BYTES // _rows_smem(config, x_size, 4)  # fp32 y: the larger conversion
+    return config._replace(programs_per_sm=max(1, min(programs_per_sm, fit)))
+
+
+# Shared memory on sm_90 (H100/H200): 227 KiB a block may use, 228 KiB an SM; registers a thread.
+SMEM_LIMIT = 227 * 1024
+SM_SHARED_BYTES = 228 * 1024
+MAX_REGISTERS = 255
+
+
+def _rows_smem(config: RowsConfig, x_size: int, y_size: int) -> int:
+    """Shared memory of _forward_rows_kernel, estimated as compiled for sm_90
+    (tests/test_ptx_facts.py checks the rule's against this bound): the tiles of x copied
+    ahead (num_stages - 1), y's re-layout when its element size differs from x's (BLOCK_M
+    stretches of 16-byte lanes: 4 KiB at 768-1,024 under autocast) and the BLOCK_M means and
+    rstds."""
+    tile = config.block_m * config.split * config.lane_n * x_size
+    conversion = config.block_m * config.lane_n * y_size if y_size != x_size else 0
+    return max(1, config.num_stages - 1) * tile + conversion + 8 * config.block_m
+
+
+def _rows_candidates(n: int, x_size: int, y_size: int) -> list[RowsConfig]:
+    """Autotune candidates of _forward_rows_kernel (FBDL_FAST_AUTOTUNE=1 on CUDA) for rows of n
+    values: the rule's (_rows_config) first, then 3 stages, twice or half the rows a thread,
+    8 warps; a candidate is kept while its register estimate stays spill-free
+    (MAX_REGISTERS) and its shared memory under SMEM_LIMIT."""
+    rule = _rows_config(n, x_size)
+    _, per_row = _rows_lanes(n, x_size)
+    rows = max(1, 32 // per_row)
+    wanted = [(rows, 4, 3), (2 * rows, 4, 2), (rows, 8, 2)]
+    if rows > 1:
+        wanted.append((rows // 2, 4, 2))
+    candidates = [rule]
+    for rows_per_thread, num_warps, num_stages in wanted:
+        config = _rows_launch(n, x_size, rows_per_thread, num_warps, num_stages)
+        if (
+            config not in candidates
+            and _rows_registers(n, x_size, rows_per_thread) <= MAX_REGISTERS
+            and _rows_smem(config, x_size, y_size) <= SMEM_LIMIT
+        ):
+            candidates.append(config)
+    return candidates
+
+
+@functools.cache
+def _tuned_rows(n: int, x_size: int, y_size: int):
+    """(Triton autotuner of _forward_rows_kernel over _rows_candidates, programs an SM for each
+    candidate's (BLOCK_M, NUM_STAGES)): one tuner per row length and element sizes, keyed on N
+    (and the dtypes, which Triton adds)."""
+    candidates = _rows_candidates(n, x_size, y_size)
+    configs = [
+        triton.Config(
+            {"BLOCK_M": c.block_m, "SPLIT": c.split, "LANE_N": c.lane_n,
+             "NUM_STAGES": c.num_stages},
+            num_warps=c.num_warps, num_stages=c.num_stages,
+        )
+        for c in candidates
+    ]  # fmt: skip
+    programs: dict[tuple[int, int], int] = {}
+    for c in candidates:  # two candidates may share BLOCK_M: the fewer programs fit both
+        key = (c.block_m, c.num_stages)
+        programs[key] = min(programs.get(key, c.programs_per_sm), c.programs_per_sm)
+    return triton.autotune(configs=configs, key=["N"])(_forward_rows_kernel), programs
 
 
 def _forward_programs(x: torch.Tensor, tiles: int, config: RowsConfig) -> int:
@@ -509,6 +596,7 @@ def forward(
     eps: float,
     max_tile: int = MAX_TILE,
     out_dtype: Optional[torch.dtype] = None,
+    autotune: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Normalise the last dimensions of `x` (n values per row).
 
@@ -516,6 +604,8 @@ def forward(
     (fp32, one per row) for `backward`. weight/bias hold n values each (any shape), in x's dtype
     or fp32. A half-precision x with out_dtype=float32 is what CUDA autocast asks of layer_norm:
     x is read as it is (2 bytes an element) and y written in fp32, with no fp32 copy of x.
+    autotune: on CUDA, rows up to ROWS_MAX_N take the launch Triton's autotune picks among
+    `_rows_candidates` (else, and in the interpreter, `_rows_config`'s rule).
     """
     x2 = _rows(x, n)
     rows = x2.shape[0]
@@ -523,7 +613,20 @@ def forward(
     mean = torch.empty(rows, dtype=torch.float32, device=x.device)
     rstd = torch.empty(rows, dtype=torch.float32, device=x.device)
     block, one_tile = _block(n, max_tile)
-    if rows > 0 and one_tile and block <= ROWS_MAX_N:
+    if rows > 0 and one_tile and block <= ROWS_MAX_N and autotune and tuned_here(x):
+        kernel, programs = _tuned_rows(n, x.element_size(), y.element_size())
+        sms = _device_sms(x)
+
+        def grid(meta: dict) -> tuple[int]:
+            per_sm = programs[(meta["BLOCK_M"], meta["NUM_STAGES"])]
+            return (max(1, min(triton.cdiv(rows, meta["BLOCK_M"]), per_sm * sms)),)
+
+        kernel[grid](
+            x2, y, _flat_param(weight), _flat_param(bias), mean, rstd, x2.stride(0),
+            x2.stride(1), rows, n, eps, HAS_WEIGHT=weight is not None,
+            HAS_BIAS=bias is not None, enable_fp_fusion=FP_FUSION,
+        )  # fmt: skip
+    elif rows > 0 and one_tile and block <= ROWS_MAX_N:
         config = _rows_config(n, x.element_size())
         tiles = triton.cdiv(rows, config.block_m)
         _forward_rows_kernel[(_forward_programs(x, tiles, config),)](

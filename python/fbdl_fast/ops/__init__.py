@@ -1,8 +1,8 @@
 """Ops: each has a PyTorch `reference`, a Triton path (an autograd.Function over kernels/), and a
 `dispatch` that picks one by the rules in _dispatch.py. `explain` says what would run and why.
 
-FBDL_FAST_BACKEND and TRITON_INTERPRET are read once, at import; `refresh()` reads them again
-after a change, `settings()` says what was read."""
+FBDL_FAST_BACKEND, TRITON_INTERPRET and FBDL_FAST_AUTOTUNE are read once, at import; `refresh()`
+reads them again after a change, `settings()` says what was read."""
 
 from __future__ import annotations
 

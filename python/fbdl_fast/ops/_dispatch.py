@@ -12,6 +12,12 @@ The environment is read once, when this module is imported, so a call costs no l
 does it for them, see tests/conftest.py). TRITON_INTERPRET is read by fbdl_fast.kernels'
 `interpreting`, the library's one rule for it (Triton's own: 1/true/yes/on/y, any case).
 
+FBDL_FAST_AUTOTUNE=1 (any spelling Triton reads as true; default off): the LayerNorm forward and
+attention kernels on CUDA pick their block sizes, warps and stages by Triton's autotune among
+a few candidates, the documented rule's first (kernels/layer_norm.py _rows_candidates,
+kernels/attention.py _candidates); off, and always in the interpreter, the rule alone. It costs
+a compile and a timing of each candidate per new key, so it is opt-in. Read with the others.
+
 `reference_at_once(x)` is the early exit every op takes first: True when x takes the reference
 whatever else the arguments hold (FBDL_FAST_BACKEND=torch, or a CPU tensor under auto outside the
 interpreter), so the common CPU call skips the decision below.
@@ -25,10 +31,12 @@ from typing import Optional
 
 import torch
 
+from fbdl_fast.kernels import flag as _flag
 from fbdl_fast.kernels import interpreting as _read_interpret
 
 BACKENDS = ("auto", "triton", "torch")
 ENV_VAR = "FBDL_FAST_BACKEND"
+AUTOTUNE_VAR = "FBDL_FAST_AUTOTUNE"
 
 
 @dataclass(frozen=True)
@@ -37,11 +45,12 @@ class Settings:
 
     backend: str  # FBDL_FAST_BACKEND stripped and lowered, "auto" when unset; may be invalid
     interpret: bool  # TRITON_INTERPRET, by fbdl_fast.kernels.interpreting's rule
+    autotune: bool = False  # FBDL_FAST_AUTOTUNE, by the same rule
 
 
 def _read() -> Settings:
     value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-    return Settings(value, _read_interpret())
+    return Settings(value, _read_interpret(), _flag(os.environ.get(AUTOTUNE_VAR)))
 
 
 _settings = _read()
@@ -51,9 +60,10 @@ _CPU_REFERENCE = _ALL_REFERENCE or (_settings.backend == "auto" and not _setting
 
 
 def refresh() -> Settings:
-    """Read FBDL_FAST_BACKEND and TRITON_INTERPRET again (after a test or a script changed them)
-    and return what dispatch now sees. Setting TRITON_INTERPRET after Triton compiled a kernel
-    does not change how that kernel runs; set it before the first launch."""
+    """Read FBDL_FAST_BACKEND, TRITON_INTERPRET and FBDL_FAST_AUTOTUNE again (after a test or a
+    script changed them) and return what dispatch now sees. Setting TRITON_INTERPRET after
+    Triton compiled a kernel does not change how that kernel runs; set it before the first
+    launch."""
     global _settings, _ALL_REFERENCE, _CPU_REFERENCE
     _settings = _read()
     _ALL_REFERENCE = _settings.backend == "torch"
@@ -64,6 +74,12 @@ def refresh() -> Settings:
 def settings() -> Settings:
     """What dispatch read from the environment (at import or the last `refresh`)."""
     return _settings
+
+
+def autotune() -> bool:
+    """True when FBDL_FAST_AUTOTUNE asked for autotuned launches (as last read, see `refresh`);
+    the kernels use it on CUDA only."""
+    return _settings.autotune
 
 
 def reference_at_once(x: torch.Tensor) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
+from fbdl_fast.ops._dispatch import Decision, autotune, decide, reference_at_once
 from fbdl_fast.ops._library import define
 
 OP = "attention"
@@ -127,7 +127,9 @@ def _forward_impl(
     from fbdl_fast.kernels import attention as kernels  # Triton loads on first use only
 
     seed_value = 0 if seed is None else int(seed.item())
-    return kernels.attention_forward(q, k, v, key_mask, causal, scale, dropout_p, seed_value)
+    return kernels.attention_forward(
+        q, k, v, key_mask, causal, scale, dropout_p, seed_value, autotune=autotune()
+    )
 
 
 def _forward_fake(q, k, v, key_mask, causal, scale, dropout_p, seed):
@@ -153,8 +155,9 @@ def _backward_impl(
 
     seed_value = 0 if seed is None else int(seed.item())
     return kernels.attention_backward(
-        dout, q, k, v, out, lse, key_mask, causal, scale, dropout_p, seed_value
-    )
+        dout, q, k, v, out, lse, key_mask, causal, scale, dropout_p, seed_value,
+        autotune=autotune(),
+    )  # fmt: skip
 
 
 def _backward_fake(dout, q, k, v, out, lse, key_mask, causal, scale, dropout_p, seed):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
+from fbdl_fast.ops._dispatch import Decision, autotune, decide, reference_at_once
 from fbdl_fast.ops._library import define, nothing
 
 OP = "layer_norm"
@@ -62,7 +62,7 @@ def _forward_impl(
     from fbdl_fast.kernels import layer_norm as kernels  # imports Triton: only on this path
 
     out_dtype = torch.float32 if fp32_output else None
-    return kernels.forward(x, n, weight, bias, eps, out_dtype=out_dtype)
+    return kernels.forward(x, n, weight, bias, eps, out_dtype=out_dtype, autotune=autotune())
 
 
 def _forward_fake(x, weight, bias, n, eps, fp32_output):
