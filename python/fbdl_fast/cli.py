@@ -1,4 +1,4 @@
-"""`fbdl-fast`: the command line (demo, train, evaluate, predict, bench).
+"""`fbdl-fast`: the command line (demo, train, evaluate, predict, export, bench).
 
     fbdl-fast demo                                   # the reference models (+ MiniLM), compared
     fbdl-fast train --data posts.csv --output runs/first
