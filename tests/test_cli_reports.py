@@ -228,3 +228,17 @@ def test_a_model_giving_nan_keeps_its_run_without_a_per_class_report(
     assert "## Validation posts" not in (run / "report.md").read_text()
     check_png((run / "curves.png").read_bytes(), (1100, 750))
     assert "calibration" not in load_checkpoint(run / "best.pt")
+
+
+def test_a_multi_label_run_gets_its_curves_and_per_epoch_report(tmp_path: Path) -> None:
+    from test_multilabel import TRAIN, _posts_jsonl
+
+    data = _posts_jsonl(tmp_path / "posts.jsonl", n=80)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--output", str(run), *TRAIN, "--epochs", "2"]
+    assert main([*argv, "--multi-label"]) == 0
+    log = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    report = (run / "report.md").read_text()
+    assert f"| 2{' (best)' if log[1]['best'] else ''} | {log[1]['train_loss']:.4f} | " in report
+    assert "several labels a post" in report and "### Per class" not in report
+    check_png((run / "curves.png").read_bytes(), (1100, 750))

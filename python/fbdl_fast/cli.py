@@ -926,6 +926,7 @@ def _finish_multi_label(
     best.pt; the validation metrics at the thresholds; the run published."""
     import torch
 
+    from fbdl_fast import report
     from fbdl_fast.data import make_loader
     from fbdl_fast.multilabel import (
         multilabel_counts,
@@ -956,6 +957,15 @@ def _finish_multi_label(
         f"{chosen.name} on the validation posts: subset accuracy {found['accuracy']:.4f}, "
         f"micro-F1 {found['micro_f1']:.4f}, macro-F1 {found['macro_f1']:.4f}, Hamming loss "
         f"{found['hamming_loss']:.4f}",
+    )
+    report.write_run_report(  # the per-epoch figures; no single-label per-class table
+        partial,
+        trainer.history,
+        None,
+        title=f"Run report: {out.name}",
+        description=f"{TITLES[args.model]} trained on {args.data}, several labels a post "
+        f"({len(labels)} validation posts, {logits.shape[1]} classes)",
+        checkpoint=chosen.name,
     )
     runs.publish(partial, out, args.overwrite or args.resume)
 
