@@ -16,8 +16,9 @@ torch.nn.functional.dropout, the CPU path SDPA's own); all keep each weight with
 
 CPU tensors outside the interpreter (the early exit) go to torch's own
 F.scaled_dot_product_attention (`cpu_sdpa`), which is the reference's formula with fused CPU
-kernels: at the bench's CPU shapes the plain reference measured 0.63-0.96x SDPA's best backend,
-this path 0.92-1.16x (AMD EPYC, 2 cores, 1 thread, timed in turns). It keeps the contract for rows
+kernels: at the bench's CPU shapes the plain reference measured 0.46-0.86x SDPA without dropout
+(0.91-1.29x with it, where SDPA runs its math backend), this path 0.92-1.16x SDPA's best backend
+(AMD EPYC, 2 cores, 1 thread, timed in turns). It keeps the contract for rows
 without a visible key (zeros, zero gradients: SDPA's safe softmax since torch 2.5, checked by
 tests/test_attention_cpu.py); inputs it does not take as they are (mixed dtypes, no keys or no
 queries, dropout_p = 1) keep the reference.
