@@ -204,20 +204,9 @@ def test_autotuned_launches_match_and_pick_a_candidate(triton, monkeypatch) -> N
 
 _COMPILE_SCRIPT = r"""
 import inspect, json, re
-import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from compile_check import H100, signature
+import torch
+from compile_check import compile_aligned
 from fbdl_fast.kernels import attention as A, layer_norm as LN
-
-
-def compile_aligned(kernel, types, constants, divisible, ones, **options):
-    sig, constexprs = signature(kernel, types, {**constants, **dict.fromkeys(ones, 1)}, "i32")
-    names = list(inspect.signature(kernel.fn).parameters)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
-             if sig[name].startswith("*") or name in divisible}
-    source = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", H100, 32), options=options)
 
 
 def row(compiled, estimate, **what):

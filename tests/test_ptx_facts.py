@@ -33,21 +33,8 @@ pytestmark = pytest.mark.slow
 _FACTS_SCRIPT = r"""
 import inspect, json, re, subprocess, tempfile
 import torch, triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from compile_check import H100, signature
+from compile_check import compile_aligned
 from fbdl_fast.kernels import attention as A, focal_loss as F, layer_norm as LN
-
-
-def compile_aligned(kernel, types, constants, divisible, ones, **options):
-    # As a launch with aligned inputs: pointers and `divisible` ints get tt.divisibility=16,
-    # `ones` (ints equal to 1) become constants; other ints are plain i32.
-    sig, constexprs = signature(kernel, types, {**constants, **dict.fromkeys(ones, 1)}, "i32")
-    names = list(inspect.signature(kernel.fn).parameters)
-    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(names)
-             if sig[name].startswith("*") or name in divisible}
-    source = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(source, target=GPUTarget("cuda", H100, 32), options=options)
 
 
 def count(pattern, text):
