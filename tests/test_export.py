@@ -273,3 +273,34 @@ def test_predict_int8_bad_input(
     run.trainer.save_checkpoint(folder / BEST_CHECKPOINT)
     err = error(predict)
     assert "was made from another best.pt" in err and "export it again" in err
+
+
+def test_int8_export_carries_the_calibration_temperature(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A calibrated best.pt (train --calibrate) exported to int8: predict --checkpoint int8
+    gives softmax(int8 logits / T) with best.pt's T, not the uncalibrated softmax."""
+    from fbdl_fast.checkpoint import add_calibration
+
+    folder = make_run(tmp_path / "cnn")
+    add_calibration(folder / BEST_CHECKPOINT, {"temperature": 2.5})
+    assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
+    capsys.readouterr()
+    texts = generate_posts(6, seed=4).texts
+    out = tmp_path / "p.jsonl"
+    argv = ["predict", "--run", str(folder), "--output", str(out), "--checkpoint", "int8"]
+    assert main([*argv, "--quiet", *[a for t in texts for a in ("--text", t)]]) == 0
+    got = torch.tensor(
+        [list(json.loads(line)["probabilities"].values()) for line in out.read_text().splitlines()]
+    )
+    run = load_run(folder, "cpu")
+    assert run.trainer.temperature == 2.5
+    logits = torch.empty_like(got)
+    loader = _loader(run, texts, run.config.batch_size)
+    with torch.no_grad():
+        for batch in loader:
+            rows = export.load_int8(run)(batch["input_ids"], batch["attention_mask"])
+            logits[loader_order(loader)[: len(rows)]] = rows
+    assert len(loader) == 1
+    torch.testing.assert_close(got, torch.softmax(logits / 2.5, -1), atol=2e-6, rtol=0)
+    assert (got - torch.softmax(logits, -1)).abs().max().item() > 1e-3

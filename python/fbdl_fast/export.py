@@ -50,7 +50,14 @@ from typing import TYPE_CHECKING, Any, Optional
 import torch
 from torch import nn
 
-from fbdl_fast.checkpoint import CheckpointError, load_checkpoint, require_keys, save_checkpoint
+from fbdl_fast.checkpoint import (
+    CALIBRATION_KEY,
+    CheckpointError,
+    load_checkpoint,
+    require_keys,
+    save_checkpoint,
+    temperature_of,
+)
 from fbdl_fast.files import open_atomic, sha256_of
 
 if TYPE_CHECKING:
@@ -411,6 +418,9 @@ def export_int8(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
         "label_map": {"labels": list(run.label_map.labels)},
         "tokenizer_fingerprint": _fingerprint(run),
         "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
+        # the source's calibration (train --calibrate; 1 without), so that predict's
+        # probabilities from the int8 model are calibrated as best.pt's are
+        CALIBRATION_KEY: {"temperature": run.trainer.temperature},
     }
     save_checkpoint(state, path)
     return {
@@ -433,6 +443,11 @@ def load_int8(run: Run, path: Optional[Path] = None) -> nn.Module:
     """The dynamic int8 model `export_int8` wrote for `run` (loaded from its source checkpoint),
     checked against the run: RunError/CheckpointError naming the file when it belongs to
     another run or to another version of the checkpoint; ExportError without an int8 engine."""
+    return _load_int8(run, path)[0]
+
+
+def _load_int8(run: Run, path: Optional[Path] = None) -> tuple[nn.Module, float]:
+    """load_int8's model and the calibration temperature the file carries (1 without one)."""
     from fbdl_fast.models import architecture, create_model
     from fbdl_fast.runs import PROG, RunError, _check_unit
 
@@ -459,9 +474,10 @@ def load_int8(run: Run, path: Optional[Path] = None) -> nn.Module:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            return model_from_int8_state(fp32, state["model"])
+            model = model_from_int8_state(fp32, state["model"])
     except (KeyError, RuntimeError) as err:
         raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {err})") from None
+    return model, temperature_of(state, path)
 
 
 def int8_run(run: Run, path: Optional[Path] = None) -> Run:
@@ -472,8 +488,9 @@ def int8_run(run: Run, path: Optional[Path] = None) -> Run:
     from fbdl_fast.train import Trainer
 
     path = path or run.path / INT8_FILE
-    model = load_int8(run, path)
+    model, temperature = _load_int8(run, path)
     trainer = Trainer(model, run.config, device="cpu", label_map=run.label_map, progress=False)
+    trainer.temperature = temperature
     return dataclasses.replace(run, trainer=trainer, checkpoint=path)
 
 
