@@ -17,10 +17,12 @@ stage's output, DIR/cuda-tests.xml and DIR/kernel-tests.xml the test stages' JUn
 
 Time budget on an H200 with an empty Triton cache, in seconds (each stage is stopped at its
 budget; the kernels compile where first used and are cached for the later stages): checks 15,
-cuda tests 90, LayerNorm bench 60, focal loss bench 40, attention bench 100, training steps 55
-(the three models, then MiniLM- and bert-base-sized BERT encoders), every kernel parity test on
-CUDA 120: 480 in all, 8 minutes. The benches come before the long parity suite so that a slow
-compile there cannot cost the figures.
+cuda tests 75, LayerNorm bench 60, focal loss bench 40, attention bench 100, training steps 55
+(the three models, then MiniLM- and bert-base-sized BERT encoders), autotune 45 (LayerNorm at
+768/1,024 under autocast and attention at L=512, D=64, padded, again with FBDL_FAST_AUTOTUNE=1:
+the report sets them beside the rule's launches), every kernel parity test on CUDA 90: 480 in
+all, 8 minutes. The benches come before the long parity suite so that a slow compile there
+cannot cost the figures.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))  # gpu_report, beside this file
 
+import bytes_moved  # noqa: E402
 import gpu_report  # noqa: E402
 
 RESULTS_ENV = "FBDL_FAST_BENCH_RESULTS"  # measure.RESULTS_ENV: where the benches append rows
@@ -62,6 +65,7 @@ class Stage:
     returncode: Optional[int] = None
     elapsed_s: Optional[float] = None
     tests: dict[str, int] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # set for this stage only
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -82,14 +86,21 @@ def stages(out: Path) -> list[Stage]:
         return ["-m", marks, "tests", f"--junitxml={out / JUNIT[name]}", "-p", "no:cacheprovider"]
 
     bench = ["--benchmark-disable", "-p", "no:cacheprovider"]
+    # A few kernel benches again with autotuned launches (rows recorded as `op+autotune`): one
+    # LayerNorm key (N, dtypes) a width and one attention specialisation, ~25 compiles.
+    autotune = [
+        "benches/bench_layer_norm.py", "benches/bench_attention.py", *bench,
+        "-k", "(768 or 1024) and autocast or 512 and 64 and padded and dropout0.0",
+    ]  # fmt: skip
     return [
-        Stage("cuda tests", 90, tests("cuda tests", "cuda")),
+        Stage("cuda tests", 75, tests("cuda tests", "cuda")),
         Stage("layer_norm", 60, ["benches/bench_layer_norm.py", *bench]),
         Stage("focal_loss", 40, ["benches/bench_focal_loss.py", *bench]),
         Stage("attention", 100, ["benches/bench_attention.py", *bench]),
         Stage("training steps", 55, ["benches/bench_models.py", *bench]),
+        Stage("autotune", 45, autotune, env={"FBDL_FAST_AUTOTUNE": "1"}),
         # Every parity test of the kernels (tests/conftest.py marks them `kernel`), on CUDA.
-        Stage("kernel tests", 120, tests("kernel tests", "kernel and not cuda")),
+        Stage("kernel tests", 90, tests("kernel tests", "kernel and not cuda")),
     ]
 
 
@@ -209,7 +220,7 @@ def run_stage(stage: Stage, env: dict[str, str], log: Path, rows_file: Path) -> 
         sink.write(f"\n===== {stage.name} (budget {stage.budget_s:.0f} s): {' '.join(command)}\n")
         sink.flush()
         process = subprocess.Popen(
-            command, cwd=REPO, env={**env, RESULTS_ENV: str(rows_file)},
+            command, cwd=REPO, env={**env, **stage.env, RESULTS_ENV: str(rows_file)},
             stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
@@ -320,6 +331,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         "stages": [],
         "junit": {},
         "rows": {},
+        # counted here with the interpreter (bytes_moved.py); the GPU's Triton cannot run it
+        "bytes_moved": bytes_moved.with_staleness(bytes_moved.load_table()),
     }
     all_stages = stages(out)
     if args.only:
@@ -356,6 +369,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     cache = args.triton_cache or out / "triton-cache"
     env = {key: value for key, value in os.environ.items() if key not in checks["environment"]}
+    env.pop("FBDL_FAST_AUTOTUNE", None)  # the autotune stage sets it; the others run the rule
     env.update(TRITON_CACHE_DIR=str(cache), PYTHONUNBUFFERED="1")
     rows_file = out / "rows.jsonl"
     for stage in all_stages:

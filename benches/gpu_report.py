@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import bytes_moved  # beside this file; its import needs only the standard library
+
 Row = dict[str, Any]
 
 
@@ -263,6 +265,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += _focal_loss(rows.get("focal_loss", []))
     lines += _attention(rows.get("attention", []))
     lines += _models(rows.get("models", []))
+    lines += _autotune(rows)
+    lines += bytes_moved.report_section(results.get("bytes_moved"))
     return "\n".join(lines) + "\n"
 
 
@@ -420,6 +424,37 @@ def _attention(rows: list[Row]) -> list[str]:
                 for r in rows
             ],
         ),
+    ]
+
+
+# What identifies a problem in each op's rows, to set an autotuned row beside the rule's.
+_PROBLEM_KEYS = {
+    "layer_norm": ("rows", "hidden", "precision", "mode"),
+    "attention": ("batch", "length", "head_dim", "padded", "dropout", "mode"),
+}
+
+
+def _autotune(rows: dict[str, list[Row]]) -> list[str]:
+    """The autotune stage's rows (`op+autotune`) beside the rule's rows of the same problem."""
+    lines = []
+    for op, keys in _PROBLEM_KEYS.items():
+        rule = {tuple(r.get(k) for k in keys): r for r in rows.get(op, [])}
+        for tuned in rows.get(f"{op}+autotune", []):
+            problem = tuple(tuned.get(k) for k in keys)
+            rule_ms, tuned_ms = rule.get(problem, {}).get("ours_ms"), tuned.get("ours_ms")
+            ratio = f"{rule_ms / tuned_ms:.2f}x" if rule_ms and tuned_ms else "n/a"
+            named = " ".join(f"{k}={v}" for k, v in zip(keys, problem))
+            speedup = f"{tuned.get('speedup', 0):.2f}x"
+            lines.append([op, named, rule_ms, tuned_ms, ratio, speedup])
+    if not lines:
+        return []
+    headers = ["op", "problem", "ms rule", "ms autotune", "rule / autotune", "vs reference"]
+    return [
+        "## Autotune vs the rule (FBDL_FAST_AUTOTUNE=1)",
+        "",
+        "The same benches with autotuned launches (the best candidate, the rule's first).",
+        "",
+        *_table(headers, lines),
     ]
 
 

@@ -187,10 +187,16 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 def record(op: str, row: dict[str, Any]) -> None:
-    """Append `row` (with `op`) as one JSON line to $FBDL_FAST_BENCH_RESULTS, if it is set."""
+    """Append `row` (with `op`) as one JSON line to $FBDL_FAST_BENCH_RESULTS, if it is set.
+    Under FBDL_FAST_AUTOTUNE=1 the op is recorded as `op+autotune`, so that the report keeps
+    autotuned launches apart from the rule's."""
     path = os.environ.get(RESULTS_ENV)
     if not path:
         return
+    from fbdl_fast.ops import settings
+
+    if settings().autotune:
+        op = f"{op}+autotune"
     with open(path, "a", encoding="utf-8") as sink:
         sink.write(json.dumps({"op": op, **row}, default=_jsonable) + "\n")
 

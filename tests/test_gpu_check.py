@@ -191,3 +191,22 @@ def test_cpu_smoke_of_the_training_steps_reports_the_bert_rows(tmp_path: Path) -
     report = (tmp_path / "report.md").read_text()
     assert "| minilm | patched bfloat16 | 4x16 |" in report
     assert "| transformer | patched fp32 | 4x16 |" in report and "logit diff" in report
+
+
+def test_cpu_smoke_of_the_autotune_stage_keeps_its_rows_apart(tmp_path: Path) -> None:
+    """The autotune stage runs a few kernel benches with FBDL_FAST_AUTOTUNE=1 (only that stage):
+    its rows are recorded as `op+autotune` and the report sets them beside the rule's; the
+    bytes-moved table (committed, counted under the interpreter) is in the report too."""
+    autotune = {s.name: s for s in gpu_check.stages(tmp_path)}["autotune"]
+    assert autotune.env == {"FBDL_FAST_AUTOTUNE": "1"}
+    assert sum(s.budget_s for s in gpu_check.stages(tmp_path)) + gpu_check.CHECK_BUDGET_S == 480
+    done = _run("--cpu-smoke", "--only", "layer_norm", "autotune", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    rule, tuned = results["rows"]["layer_norm"], results["rows"]["layer_norm+autotune"]
+    assert {(r["hidden"], r["precision"]) for r in tuned} == {(768, "bf16-autocast")}
+    assert len(rule) == 16 and len(tuned) == 2  # forward, forward+backward
+    report = (tmp_path / "report.md").read_text()
+    assert "## Autotune vs the rule (FBDL_FAST_AUTOTUNE=1)" in report
+    assert report.count("| layer_norm | rows=64 hidden=768 precision=bf16-autocast") == 2
+    assert "## Bytes moved per element" in report and results["bytes_moved"]["rows"]
