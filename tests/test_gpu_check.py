@@ -195,18 +195,35 @@ def test_cpu_smoke_of_the_training_steps_reports_the_bert_rows(tmp_path: Path) -
 
 def test_cpu_smoke_of_the_autotune_stage_keeps_its_rows_apart(tmp_path: Path) -> None:
     """The autotune stage runs a few kernel benches with FBDL_FAST_AUTOTUNE=1 (only that stage):
-    its rows are recorded as `op+autotune` and the report sets them beside the rule's; the
-    bytes-moved table (committed, counted under the interpreter) is in the report too."""
+    its rows are recorded as `op+autotune`; the bytes-moved table (committed, counted under the
+    interpreter) is in the report too."""
     autotune = {s.name: s for s in gpu_check.stages(tmp_path)}["autotune"]
     assert autotune.env == {"FBDL_FAST_AUTOTUNE": "1"}
     assert sum(s.budget_s for s in gpu_check.stages(tmp_path)) + gpu_check.CHECK_BUDGET_S == 480
-    done = _run("--cpu-smoke", "--only", "layer_norm", "autotune", "--out", str(tmp_path))
+    done = _run("--cpu-smoke", "--only", "autotune", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
-    rule, tuned = results["rows"]["layer_norm"], results["rows"]["layer_norm+autotune"]
-    assert {(r["hidden"], r["precision"]) for r in tuned} == {(768, "bf16-autocast")}
-    assert len(rule) == 16 and len(tuned) == 2  # forward, forward+backward
+    assert set(results["rows"]) == {"layer_norm+autotune"}  # no rule rows from this stage
+    tuned = results["rows"]["layer_norm+autotune"]
+    assert {(r["hidden"], r["precision"], r["mode"]) for r in tuned} == {
+        (768, "bf16-autocast", "forward"), (768, "bf16-autocast", "forward+backward")
+    }  # fmt: skip
     report = (tmp_path / "report.md").read_text()
     assert "## Autotune vs the rule (FBDL_FAST_AUTOTUNE=1)" in report
-    assert report.count("| layer_norm | rows=64 hidden=768 precision=bf16-autocast") == 2
     assert "## Bytes moved per element" in report and results["bytes_moved"]["rows"]
+
+
+def test_autotune_rows_are_set_beside_the_rules_of_the_same_problem() -> None:
+    def row(ms: float, mode: str = "forward", hidden: int = 768) -> dict:
+        return {"rows": 4096, "hidden": hidden, "precision": "bf16-autocast", "mode": mode,
+                "ours_ms": ms, "speedup": 2.0}  # fmt: skip
+
+    rows = {
+        "layer_norm": [row(3.0), row(9.0, "forward+backward")],
+        "layer_norm+autotune": [row(2.0), row(10.0, hidden=1024)],
+    }
+    lines = gpu_report._autotune(rows)
+    problem = "rows=4096 hidden=768 precision=bf16-autocast mode=forward"
+    assert f"| layer_norm | {problem} | 3 | 2 | 1.50x | 2.00x |" in lines
+    assert any("hidden=1024" in line and "| n/a |" in line for line in lines)  # no rule row
+    assert gpu_report._autotune({"layer_norm": rows["layer_norm"]}) == []
