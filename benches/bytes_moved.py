@@ -20,7 +20,7 @@ that take part need reading). Statistics a kernel saves for its
 backward (mean/rstd, log-sum-exp and friends) count as traffic over the minimum. Per element:
 divided by the elements of the main tensor (x, the logits, q).
 
-Run `python benches/bytes_moved.py` to count and print the table (about 4 minutes on 2 shared
+Run `python benches/bytes_moved.py` to count and print the table (5-9 minutes on 2 shared
 cores); `--write` also rewrites bytes_moved.json beside this file, which gpu_check puts in its
 report (the GPU machine's Triton 3.6 cannot interpret these kernels, see DESIGN.md), with a hash
 of kernels/*.py so the report says when the kernels changed since the count.
