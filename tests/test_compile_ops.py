@@ -4,13 +4,15 @@ The kernel launchers are torch.library custom ops with fake implementations (ops
 dynamo sees each as one opaque op and traces the autograd.Function around it. Checked here on the
 CPU, in the interpreter, on both paths:
 
-- no graph break (torch._dynamo.explain) for each op and for the patched Transformer;
+- no graph break (torch._dynamo.explain) for each op and for the three patched models;
 - `torch.compile(fullgraph=True)` with aot_eager gives eager's outputs and gradients (inductor
   too, slow-marked: it builds C++);
 - on the Triton path the graph holds the fbdl_fast custom ops, on the reference path none.
 
-The patched LSTM and CNN swap nothing and still break the graph in their own code (models/), so
-their cases are strict xfails naming where.
+The patched LSTM and CNN swap nothing; they compile whole through their own code (models/): the
+LSTM takes its unpacked path under compile (eager packs), so the compiled-vs-eager check also
+compares its two paths, and the CNN's masked batch norm updates its running statistics inside
+the graph, compared with eager's too.
 """
 
 from __future__ import annotations
@@ -155,18 +157,10 @@ def _patched(name: str) -> torch.nn.Module:
     return model
 
 
-BREAKS_IN_MODELS = {
-    "lstm": "models/lstm.py: assert torch.equal(...) (data-dependent), pack_padded_sequence "
-    "(skipped by dynamo) and nn.LSTM (dynamo needs allow_rnn)",
-    "cnn": "models/cnn.py: h[mask] (a data-dependent shape) fed to BatchNorm",
-}
-MODELS = [
-    "transformer",
-    *(
-        pytest.param(n, marks=pytest.mark.xfail(reason=r, strict=True))
-        for n, r in BREAKS_IN_MODELS.items()
-    ),
-]
+MODELS = ["transformer", "lstm", "cnn"]
+# patch() swaps nothing in the LSTM and CNN, so both paths run the same code there: the slower
+# compiled-vs-eager checks run them on the reference path only.
+MODEL_PATHS = [("transformer", p) for p in PATHS] + [("lstm", "torch"), ("cnn", "torch")]
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -189,24 +183,33 @@ def _logits_and_grads(model: torch.nn.Module, batch) -> tuple[torch.Tensor, dict
     return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
-def _check_compiled_transformer(backend: str) -> None:
-    model = _patched("transformer")
+def _check_compiled_model(name: str, backend: str) -> None:
+    model = _patched(name)
     compiled = torch.compile(copy.deepcopy(model), backend=backend, fullgraph=True)
     batch = _batch()
     expected, expected_grads = _logits_and_grads(model, batch)
     logits, grads = _logits_and_grads(compiled, batch)
     assert_close(logits, expected)
-    for name, grad in grads.items():
-        assert_close(grad, expected_grads[name.removeprefix("_orig_mod.")])
+    for param, grad in grads.items():
+        assert_close(grad, expected_grads[param.removeprefix("_orig_mod.")])
+    buffers = dict(model.named_buffers())  # the CNN's running statistics, updated in the graph
+    for buffer_name, buffer in compiled.named_buffers():
+        expected_buffer = buffers[buffer_name.removeprefix("_orig_mod.")]
+        if buffer.is_floating_point():
+            assert_close(buffer, expected_buffer)
+        else:  # num_batches_tracked
+            assert torch.equal(buffer, expected_buffer), buffer_name
 
 
-def test_patched_transformer_compiled_matches_eager(path: str) -> None:
-    _check_compiled_transformer("aot_eager")
+@pytest.mark.parametrize(("name", "path"), MODEL_PATHS, indirect=["path"])
+def test_patched_model_compiled_matches_eager(name: str, path: str) -> None:
+    _check_compiled_model(name, "aot_eager")
 
 
 @pytest.mark.slow
-def test_patched_transformer_inductor_matches_eager(path: str) -> None:
-    _check_compiled_transformer("inductor")
+@pytest.mark.parametrize(("name", "path"), MODEL_PATHS, indirect=["path"])
+def test_patched_model_inductor_matches_eager(name: str, path: str) -> None:
+    _check_compiled_model(name, "inductor")
 
 
 # ------------------------------------------------------------------------ the registration

@@ -3,6 +3,7 @@ create_model and the product design's usage example."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -19,6 +20,7 @@ from fbdl_fast.models import (
     create_facebook_posts_model,
     create_model,
 )
+from fbdl_fast.models.cnn import masked_batch_norm_max
 from fbdl_fast.ops.attention import TritonAttention
 from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
@@ -281,9 +283,137 @@ def test_cnn_trains_on_a_batch_with_a_single_real_token() -> None:
         torch.testing.assert_close(logits, model(ids, mask), atol=0, rtol=0)
 
 
-def test_lstm_trains_under_cpu_bf16_autocast_with_a_narrow_embedding() -> None:
+@pytest.fixture
+def unpacked_lstm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """FacebookPostsLSTM takes, in eager, the path it takes under torch.compile (no packing,
+    one torch.lstm per layer and direction); tests/test_compile_ops.py compiles it for real."""
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+
+
+def _logits_and_grads(model: torch.nn.Module, ids, mask) -> tuple[torch.Tensor, dict]:
+    model.zero_grad()
+    logits = model(ids, mask)
+    weights = torch.linspace(-1.0, 1.0, logits.numel()).reshape(logits.shape)
+    (logits * weights).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_lstm_unpacked_path_matches_the_packed_one(request: pytest.FixtureRequest) -> None:
+    """Logits and every gradient (fp32, dropout off) on odd lengths, an empty post and ids other
+    than the pad id under the padding, 3 layers, input and hidden sizes apart."""
+    config = tiny_config(input_dim=24, hidden_dim=16, num_layers=3, dropout=0.0)
+    model = create_model("lstm", config)
+    ids, mask = make_batch([7, 3, 0, 1, 5])
+    ids = torch.where(mask, ids, torch.randint(1, 100, ids.shape))
+    expected, expected_grads = _logits_and_grads(model.train(), ids, mask)
+    request.getfixturevalue("unpacked_lstm")
+    logits, grads = _logits_and_grads(model, ids, mask)
+    assert_close(logits, expected)
+    torch.testing.assert_close(logits[2], model.output_projection.bias.detach(), atol=0, rtol=0)
+    for name, grad in grads.items():
+        assert_close(grad, expected_grads[name], msg=name)
+    assert grads["lstm.weight_hh_l2_reverse"].abs().sum() > 0
+
+
+def test_lstm_unpacked_path_reads_the_lstm_weights_as_they_are_now(
+    request: pytest.FixtureRequest,
+) -> None:
+    """It reads the nn.LSTM's own parameters, after load_state_dict(assign=True), deepcopy and
+    a dtype change."""
+    model = create_model("lstm", tiny_config())
+    other = create_model("lstm", tiny_config(seed=3)).eval()
+    model.load_state_dict(other.state_dict(), assign=True)
+    model = copy.deepcopy(model).double().eval()
+    ids, mask = make_batch(LENGTHS)
+    with torch.no_grad():
+        expected = model(ids, mask)
+        request.getfixturevalue("unpacked_lstm")
+        logits = model(ids, mask)
+        assert_close(logits.float(), other(ids, mask))
+    assert_close(logits, expected)
+
+
+def test_lstm_unpacked_path_checks_right_padding(unpacked_lstm: None) -> None:
+    """Under compile the check is a graph op (torch._assert_async), raising at run time."""
+    left_padded = torch.tensor([[False, True, True]])
+    with pytest.raises(RuntimeError, match="right-padded"):
+        create_model("lstm", tiny_config())(torch.ones(1, 3, dtype=torch.long), left_padded)
+
+
+def _batch_norm_max_on_rows(bn: torch.nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor):
+    """What the CNN computed before its masked op: bn over the real positions gathered into
+    rows (the running statistics, not updated, below two rows in training), scattered back
+    into -inf, max over time."""
+    rows = x.transpose(1, 2)[mask]  # (N real positions, C)
+    if rows.shape[0] >= 2 or not bn.training:
+        normed = bn(rows)
+    else:
+        normed = torch.nn.functional.batch_norm(
+            rows, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+        )
+    out = torch.full_like(x.transpose(1, 2), float("-inf"))
+    out[mask] = normed
+    return out.max(dim=1).values  # (B, C)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_masked_batch_norm_max_is_batch_norm_over_the_real_positions(momentum) -> None:
+    """The CNN's masked batch norm and max against nn.BatchNorm1d on the real positions gathered
+    into rows: outputs, gradients, running statistics and num_batches_tracked, over training
+    steps with >= 2, 1 and 0 real positions (the last two keep the running statistics), and in
+    eval."""
+    bn = torch.nn.BatchNorm1d(6, momentum=momentum)
+    with torch.no_grad():
+        for t in (bn.weight, bn.bias, bn.running_mean):
+            t.copy_(torch.randn(6))
+        bn.running_var.uniform_(0.5, 2.0)
+    reference = copy.deepcopy(bn)
+    for training, lengths in [(True, [7, 3, 0, 1, 5]), (True, [1, 0]), (True, [0, 0]),
+                              (True, [4, 2]), (False, [6, 0, 2])]:  # fmt: skip
+        bn.train(training), reference.train(training)
+        _, mask = make_batch(lengths, width=7)
+        x = torch.randn(len(lengths), 6, 7, requires_grad=True)
+        out = masked_batch_norm_max(bn, x, mask[:, None, :])
+        expected = _batch_norm_max_on_rows(reference, x, mask)
+        assert_close(out, expected)
+        g = torch.randn_like(expected).masked_fill(expected.isinf(), 0.0)
+        grads = torch.autograd.grad((out * g).nansum(), [x, bn.weight, bn.bias])
+        params = [x, reference.weight, reference.bias]
+        expected_grads = torch.autograd.grad((expected * g).nansum(), params)
+        for grad, expected_grad in zip(grads, expected_grads):
+            assert_close(grad, expected_grad)
+        for name, buffer in reference.named_buffers():
+            torch.testing.assert_close(getattr(bn, name), buffer, msg=name)
+    assert int(bn.num_batches_tracked) == 2
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_masked_batch_norm_max_backward_passes_gradcheck(training: bool) -> None:
+    """Its hand-written backward (batch norm's gradient through the statistics) against
+    finite differences in float64, an empty row included."""
+    bn = torch.nn.BatchNorm1d(3).double().train(training)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, -1.5, 2.0]))
+        bn.bias.copy_(torch.tensor([0.1, 0.0, -0.3]))
+    _, mask = make_batch([5, 2, 0, 4])
+    x = torch.randn(4, 3, 5, dtype=torch.float64, requires_grad=True)
+
+    def pooled(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        assert weight is bn.weight and bias is bn.bias  # perturbed in place by gradcheck
+        return masked_batch_norm_max(bn, x, mask[:, None, :])[:2]  # the empty row is -inf
+
+    bn.momentum = 0.0  # finite differences call it again and again: keep the running stats
+    assert torch.autograd.gradcheck(pooled, (x, bn.weight, bn.bias))
+
+
+@pytest.mark.parametrize("unpacked", [False, True], ids=["packed", "unpacked"])
+def test_lstm_trains_under_cpu_bf16_autocast_with_a_narrow_embedding(
+    unpacked: bool, request: pytest.FixtureRequest
+) -> None:
     # oneDNN's bf16 LSTM fails to build on CPUs without native bf16 when input and hidden
     # sizes differ; the model keeps its recurrent core in fp32 under CPU autocast.
+    if unpacked:
+        request.getfixturevalue("unpacked_lstm")
     config = ModelConfig(
         input_dim=16,
         hidden_dim=32,

@@ -8,7 +8,9 @@ Padding never changes the output. Padded embeddings are zeroed before the convol
 time axis gets k - 1 zeros on the right, so there is one window per token, starting at it: a
 window that runs past a post's end sees zeros whatever the padding ids or the padded length, and
 posts shorter than a kernel still have windows. Windows starting on padding are left out of the
-batch-norm statistics and set to -inf before the max. An empty post pools to zeros.
+batch-norm statistics and set to -inf before the max. An empty post pools to zeros. Batch norm
+and max run as one masked op on the padded (B, H, L) tensor (fixed shapes, so torch.compile
+traces the model whole), with nn.BatchNorm1d's parameters, buffers and arithmetic.
 
 Initialisation: Kaiming (He) normal for the convolutions, which ReLU follows; Xavier for the head.
 
@@ -59,25 +61,108 @@ class FacebookPostsCNN(nn.Module):
         mask = check_inputs(input_ids, attention_mask, self.config)  # (B, L) bool
         x = self.embedding(input_ids).masked_fill(~mask[:, :, None], 0.0)  # (B, L, E)
         x = x.transpose(1, 2)  # (B, E, L), channels first for Conv1d
-
         pooled = []
+        real = mask[:, None, :]  # (B, 1, L)
         for conv, bn in zip(self.conv_layers, self.batch_norms):
             k = conv.kernel_size[0]
             h = conv(F.pad(x, (0, k - 1)))  # (B, H, L): window t covers tokens t .. t+k-1
-            h = h.transpose(1, 2)  # (B, L, H)
-            # Batch norm over the windows that start on a real token only, so that training
-            # statistics do not depend on how much padding the batch happens to carry.
-            out = h.new_full(h.shape, float("-inf"))  # (B, L, H)
-            out[mask] = F.relu(_batch_norm(bn, h[mask])).to(out.dtype)  # (N real tokens, H)
-            pooled.append(out.max(dim=1).values)  # (B, H); -inf for an empty post
+            # ReLU after the max: the same values (ReLU is monotonic) on a (B, H) tensor, and
+            # an empty post's -inf becomes 0.
+            pooled.append(F.relu(masked_batch_norm_max(bn, h, real)))  # (B, H)
         h = torch.cat(pooled, dim=1)  # (B, H * len(kernel_sizes))
-        h = torch.where(mask.any(dim=1)[:, None], h, torch.zeros_like(h))  # empty posts -> 0
         return self.output_projection(self.dropout(h))  # (B, C)
 
 
-def _batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor) -> torch.Tensor:
-    """bn(x) for x of shape (N, H); with fewer than two rows in training, where batch statistics
-    do not exist (a batch holding a single one-token post), the running statistics stand in."""
-    if not bn.training or x.shape[0] >= 2:
-        return bn(x)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+def masked_batch_norm_max(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Batch norm over the positions where `mask` is True, then the max over time of each row.
+
+    x (B, C, L) and mask (B, 1, L) -> (B, C) in x's dtype, computed in fp32; -inf for a row
+    without a True position. The values, gradients and running-statistics update of
+    nn.BatchNorm1d applied to the masked positions gathered into rows (momentum, or a cumulative
+    average when momentum is None; the unbiased batch variance; num_batches_tracked), with its
+    parameters and buffers; but with fixed shapes and no data-dependent branch, so torch.compile
+    traces it whole. With fewer than two masked positions in training, where batch statistics
+    do not exist (a batch holding a single one-token post), the running statistics stand in and
+    are not updated.
+    """
+    y = x.to(torch.promote_types(x.dtype, torch.float32))
+    mean, var = bn.running_mean, bn.running_var
+    count = mask.sum()
+    n = count.clamp(min=2).to(y.dtype)  # >= 2: no division by 0 where the result goes unused
+    batch_stats = torch.zeros_like(n)  # 1 where the normalisation uses this batch's statistics
+    if bn.training or mean is None or var is None:  # batch statistics, as nn.BatchNorm1d
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False):
+            # Masked sums as (B, C, L) @ (B, L, 1) products: no masked copy of x. The
+            # gradient through the statistics is in _BatchNormMax.backward.
+            weights = mask.to(y.dtype).transpose(1, 2)  # (B, L, 1)
+            batch_mean = torch.matmul(y, weights).sum(0)[:, 0] / n
+            centred = (y - batch_mean[:, None]).square_()
+            batch_var = torch.matmul(centred, weights).sum(0)[:, 0] / n  # biased, to normalise
+            del centred
+        if mean is None or var is None:  # track_running_stats=False
+            mean, var, batch_stats = batch_mean, batch_var, torch.ones_like(n)
+        else:
+            enough = count >= 2
+            if bn.training and bn.track_running_stats:
+                _update_running_stats(bn, batch_mean, batch_var * n / (n - 1), enough)
+            mean = torch.where(enough, batch_mean, mean)
+            var = torch.where(enough, batch_var, var)
+            batch_stats = enough.to(y.dtype)
+    weight = bn.weight if bn.weight is not None else torch.ones_like(mean)
+    bias = bn.bias if bn.bias is not None else torch.zeros_like(mean)
+    rstd = torch.rsqrt(var + bn.eps)
+    out = _BatchNormMax.apply(y, mask, mean, rstd, weight, bias, batch_stats, n)
+    return out.to(x.dtype)
+
+
+class _BatchNormMax(torch.autograd.Function):
+    """y = (x - mean) * rstd * weight + bias where mask, -inf elsewhere -> max over time.
+
+    The backward is batch norm's, restricted to the masked positions (n of them; xhat the
+    normalised x, g the gradient of y, zero but at each row's argmax), when the statistics are
+    the batch's (batch_stats = 1):
+        dx = weight * rstd * (g - sum(g) / n - xhat * sum(g * xhat) / n)   where mask, else 0
+    and dx = weight * rstd * g with the running statistics (batch_stats = 0). The sums are over
+    the argmaxes only, and the dense part is one affine map of x, so the backward reads x once.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mask, mean, rstd, weight, bias, batch_stats, n):  # type: ignore[override]
+        scale = rstd * weight
+        y = torch.addcmul((bias - mean * scale)[:, None], x, scale[:, None])  # (B, C, L)
+        values, index = y.masked_fill_(~mask, float("-inf")).max(dim=2, keepdim=True)
+        ctx.save_for_backward(x, mask, mean, rstd, weight, index, batch_stats, n)
+        return values[:, :, 0]
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, mask, mean, rstd, weight, index, batch_stats, n = ctx.saved_tensors
+        g = grad[:, :, None]  # (B, C, 1): the gradient at each row's argmax
+        xhat = (x.gather(2, index) - mean[:, None]) * rstd[:, None]
+        grad_bias = g.sum((0, 2))
+        grad_weight = (g * xhat).sum((0, 2))
+        k = weight * rstd
+        f = batch_stats / n
+        # -k f (sum(g) + xhat sum(g xhat)) = a x + c, with xhat = (x - mean) rstd
+        a = -k * f * grad_weight * rstd
+        c = -k * f * grad_bias - a * mean
+        dx = torch.addcmul(c[:, None], x, a[:, None]).masked_fill_(~mask, 0.0)
+        dx.scatter_add_(2, index, g * k[:, None])
+        return dx, None, None, None, grad_weight, grad_bias, None, None
+
+
+@torch.no_grad()
+def _update_running_stats(
+    bn: nn.BatchNorm1d, mean: torch.Tensor, unbiased_var: torch.Tensor, enough: torch.Tensor
+) -> None:
+    """nn.BatchNorm1d's update of its buffers in training, where `enough` (a bool tensor)."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    assert bn.num_batches_tracked is not None
+    bn.num_batches_tracked.add_(enough.to(bn.num_batches_tracked.dtype))
+    if bn.momentum is None:  # cumulative moving average
+        factor = 1.0 / bn.num_batches_tracked.clamp(min=1).to(mean.dtype)
+    else:
+        factor = torch.full_like(mean[:1], bn.momentum)
+    factor = torch.where(enough, factor, torch.zeros_like(factor))  # too few rows: no update
+    for running, batch in ((bn.running_mean, mean), (bn.running_var, unbiased_var)):
+        running.copy_(factor * batch + (1 - factor) * running)  # the order of torch's kernel

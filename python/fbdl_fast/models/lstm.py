@@ -1,11 +1,19 @@
 """FacebookPostsLSTM: a bidirectional multi-layer LSTM that classifies a padded batch of posts.
 
-token embedding -> bidirectional LSTM (num_layers, dropout between layers) over packed sequences
--> the last layer's final hidden states of both directions, concatenated -> linear head.
+token embedding -> bidirectional LSTM (num_layers, dropout between layers) over each post's real
+tokens -> the last layer's final hidden states of both directions, concatenated -> linear head.
 
-Packing (pack_padded_sequence) runs each direction over a post's real tokens only, so the
-backward direction starts at the last real token, not at the padding, and padding never changes
-the output. Batches must be right-padded (real tokens first), as collate produces them.
+Each direction runs over a post's real tokens only, so the backward direction starts at the last
+real token, not at the padding, and padding never changes the output. Batches must be
+right-padded (real tokens first), as collate produces them. Two ways to get there, one result:
+
+- eager: pack_padded_sequence and nn.LSTM (cuDNN on a GPU; on a CPU the packed steps skip the
+  padding);
+- under torch.compile (which cannot trace packing, nor an nn.LSTM module without
+  torch._dynamo.config.allow_rnn): the nn.LSTM's own weights, one torch.lstm call per layer and
+  direction on the padded batch. The backward direction reads each row's real tokens reversed
+  (a gather; padding stays after them, so it never reaches a real step) and the final states are
+  gathered at each row's last real token. The state_dict is the same either way.
 
 Initialisation: orthogonal weight matrices, one per gate block, so repeated multiplication by
 weight_hh neither explodes nor vanishes early in training; zero biases except the forget gate's,
@@ -20,12 +28,18 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.init import init_module
 from fbdl_fast.models._common import apply_init, check_inputs
+
+RIGHT_PADDED = (
+    "FacebookPostsLSTM needs right-padded batches: attention_mask must be True on a prefix of "
+    "each row"
+)
 
 
 class FacebookPostsLSTM(nn.Module):
@@ -42,6 +56,11 @@ class FacebookPostsLSTM(nn.Module):
             bidirectional=True,
             batch_first=True,
         )
+        # The same dict object as the nn.LSTM's parameters (it follows .to(), load_state_dict
+        # and deepcopy), not a registered attribute, so the state_dict is unchanged. The
+        # compiled path reads the weights here: dynamo breaks the graph on any access to an
+        # nn.LSTM module.
+        self._lstm_parameters = self.lstm._parameters
         self.dropout = nn.Dropout(config.dropout)
         self.output_projection = nn.Linear(2 * H, config.num_classes)
         apply_init(self, config.init, self._init_weights)
@@ -67,22 +86,69 @@ class FacebookPostsLSTM(nn.Module):
         L = input_ids.shape[1]
         lengths = mask.sum(dim=1)  # (B,)
         positions = torch.arange(L, device=mask.device)
-        assert torch.equal(mask, positions[None, :] < lengths[:, None]), (
-            "FacebookPostsLSTM needs right-padded batches: attention_mask must be True on a "
-            "prefix of each row"
-        )
+        prefix = positions[None, :] < lengths[:, None]  # (B, L): the right-padded mask
+        compiling = torch.compiler.is_compiling()
+        if compiling:  # checked by a graph op: no data-dependent branch, no graph break
+            torch._assert_async((mask == prefix).all(), RIGHT_PADDED)
+        else:
+            assert torch.equal(mask, prefix), RIGHT_PADDED
         x = self.dropout(self.embedding(input_ids))  # (B, L, E)
 
-        # pack_padded_sequence rejects length 0: run empty posts over one (ignored) step and
-        # zero their final state below.
-        packed = pack_padded_sequence(
-            x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-        )
         # CPU autocast sends the LSTM to oneDNN in bf16, which fails to build on CPUs without
         # native bf16 ("could not create a primitive descriptor", seen with input_dim !=
         # hidden_dim on an AVX2-only EPYC): on a CPU the recurrent core always runs in fp32.
         with torch.autocast("cpu", enabled=False):
-            _, (h_n, _) = self.lstm(packed)  # h_n: (num_layers * 2, B, H), in input order
-        h = torch.cat([h_n[-2], h_n[-1]], dim=1)  # (B, 2H): last layer, forward then backward
-        h = torch.where((lengths > 0)[:, None], h, torch.zeros_like(h))
+            if compiling:
+                h = self._padded_final_states(x, lengths)
+            else:
+                h = self._packed_final_states(x, lengths)
+        h = torch.where((lengths > 0)[:, None], h, torch.zeros_like(h))  # empty posts -> 0
         return self.output_projection(self.dropout(h))  # (B, C)
+
+    def _packed_final_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The last layer's final hidden states (B, 2H), forward then backward direction, from
+        nn.LSTM over packed sequences; rows of length 0 hold a value to be discarded."""
+        # pack_padded_sequence rejects length 0: empty posts run over one (ignored) step.
+        packed = pack_padded_sequence(
+            x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, (h_n, _) = self.lstm(packed)  # h_n: (num_layers * 2, B, H), in input order
+        return torch.cat([h_n[-2], h_n[-1]], dim=1)
+
+    def _padded_final_states(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """_packed_final_states without packing and without touching the nn.LSTM module: one
+        single-direction torch.lstm call per layer and direction on the padded batch."""
+        B, L, _ = x.shape
+        H, num_layers = self.config.hidden_dim, self.config.num_layers
+        weights = self._lstm_parameters
+        positions = torch.arange(L, device=x.device)[None, :]  # (1, L)
+        # Reverses each row's first `length` positions and keeps the padding after them:
+        # its own inverse, so it also puts the backward direction's outputs back in order.
+        reverse = torch.where(
+            positions < lengths[:, None], lengths[:, None] - 1 - positions, positions
+        )
+        last = (lengths - 1).clamp(min=0)[:, None]  # (B, 1): the last real step, 0 when empty
+        zeros = x.new_zeros(1, B, H)
+        layer_input = x
+        for layer in range(num_layers):
+            if layer > 0:  # nn.LSTM's dropout between layers
+                layer_input = F.dropout(layer_input, self.config.dropout, self.training)
+            outputs = []
+            for suffix in ("", "_reverse"):
+                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+                params = [weights[f"{name}_l{layer}{suffix}"] for name in names]
+                steps = layer_input if not suffix else _gather_steps(layer_input, reverse)
+                out, _, _ = torch.lstm(
+                    steps, (zeros, zeros), params, True, 1, 0.0, self.training, False, True
+                )  # (B, L, H): step t of this direction's sequence
+                if layer == num_layers - 1:  # the state after each row's last real step
+                    outputs.append(_gather_steps(out, last)[:, 0])
+                else:
+                    outputs.append(out if not suffix else _gather_steps(out, reverse))
+            layer_input = torch.cat(outputs, dim=-1)
+        return layer_input  # (B, 2H)
+
+
+def _gather_steps(seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """seq (B, L, F) at the steps index (B, K) of each row -> (B, K, F)."""
+    return torch.take_along_dim(seq, index[:, :, None], dim=1)
