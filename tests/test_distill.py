@@ -134,7 +134,10 @@ def test_distilled_run_is_an_ordinary_run(
 
 
 def test_teacher_runs_once_and_resume_reuses_the_cache(
-    data: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    data: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """An interrupted distill resumes from the cached logits (the teacher is not run again, the
     cache is not rewritten) to the weights of an uninterrupted run; a cache of other posts is
@@ -174,8 +177,12 @@ def test_teacher_runs_once_and_resume_reuses_the_cache(
     for name, tensor in uninterrupted["model"].items():
         assert torch.equal(resumed["model"][name], tensor), name
 
-    # Other settings, or a cache that is not this run's: refused, named.
+    # Other settings, train instead of distill, or a cache that is not this run's: refused.
     assert main([*distill_argv(data, out, "--alpha", "0.7"), "--resume"]) == 2
+    assert "distillation.alpha (0.5 in the run, 0.7 now)" in capsys.readouterr().err
+    plain = ["train", "--data", str(data["posts"]), "--output", str(out), "--epochs", "2"]
+    assert main([*plain, *TINY, "--resume"]) == 2
+    assert "made by `fbdl-fast distill`: resume it with distill" in capsys.readouterr().err
     other = tmp_path / "other"
     assert main(distill_argv(data, other, "--unlabelled", str(data["unlabelled"]))) == 0
     calls.clear()

@@ -802,9 +802,12 @@ def _train_run(
     if distill is not None:
         meta["distillation"] = distill.meta(label_map)
     if args.resume:
-        diffs = runs.resume_mismatch(runs.read_config(source), meta)
+        stored = runs.read_config(source)
+        diffs = runs.resume_mismatch(stored, meta)
         if distill is not None:
-            diffs += distill.resume_mismatch(runs.read_config(source), meta["distillation"])
+            diffs += distill.resume_mismatch(stored, meta["distillation"])
+        elif "distillation" in stored:  # its loss needs the teacher's logits
+            diffs.append(f"the run was made by `{PROG} distill`: resume it with distill")
         if diffs or LabelMap.load(source / runs.RUN_LABELS) != label_map:
             raise UsageError(
                 f"--resume continues {out} as it was started, but this command differs: "
