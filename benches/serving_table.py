@@ -1,0 +1,381 @@
+"""The CPU serving table (issue 15 point 5): accuracy, predict speed, memory and size of the
+serving forms of a fine-tuned MiniLM and of a CNN, on one labelled split.
+
+    python benches/serving_table.py --data data/debian --minilm runs/debian/minilm \
+        --out runs/serving --threads 1 2
+
+From --data (train.csv, test.csv) and a trained --minilm run folder it builds, under --out:
+the MiniLM run copied (so exports do not write into the given folder), a CNN trained from scratch
+(`fbdl-fast train --model cnn`), a CNN distilled from the MiniLM run (`fbdl-fast distill`), the
+int8 files of the MiniLM and of the distilled CNN (`fbdl-fast export --format int8`) and the ONNX
+file of the best-scoring fp32 model (`export --format onnx`). Each row is scored on test.csv
+(`fbdl-fast evaluate`; the ONNX row from its predictions on test.csv) and timed as a whole
+command: `fbdl-fast predict` on a file of test.csv's texts repeated to --posts posts (fewer for
+MiniLM: --minilm-posts), once per --threads value, in a child process whose wall time and peak
+RSS (os.wait4's ru_maxrss) are recorded. `predict` cannot run ONNX models, so the ONNX row is this
+script's own child (`_onnx_predict`): the run's tokenizer and loader, onnxruntime with that many
+threads, JSON lines out as predict writes them; tokenization included. Model size: the file
+the command loads (best.pt also holds the optimizer's state). Writes out/results.json and
+out/table.md atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fbdl_fast.data import load_posts
+from fbdl_fast.files import open_atomic, write_atomic
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datasets import csv_text
+from debian_table import machine
+
+# Row key -> (title, run folder under --out, predict's --checkpoint or "onnx").
+ROWS = {
+    "minilm": ("MiniLM fine-tuned (fp32)", "minilm", "best"),
+    "minilm-int8": ("MiniLM fine-tuned (int8)", "minilm", "int8"),
+    "cnn": ("CNN from scratch", "cnn", "best"),
+    "cnn-distilled": ("CNN distilled from MiniLM", "cnn-distilled", "best"),
+    "cnn-distilled-int8": ("CNN distilled, int8", "cnn-distilled", "int8"),
+    "onnx": ("ONNX (onnxruntime), best model", None, "onnx"),
+}
+RUN_FILES = ("config.json", "tokenizer.json", "label_map.json", "best.pt")
+
+
+def cli(argv: list[str]) -> str:
+    """`fbdl-fast ARGV` in this process; its stdout. A failure stops the script."""
+    from fbdl_fast.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(argv)
+    if status != 0:
+        raise SystemExit(f"fbdl-fast {' '.join(argv)} failed ({status})")
+    return out.getvalue()
+
+
+def copy_run(source: Path, target: Path) -> None:
+    """The files of `source` that evaluate, predict and export read, copied into `target`."""
+    missing = [name for name in RUN_FILES if not (source / name).is_file()]
+    if missing:
+        raise SystemExit(
+            f"--minilm {source}: {', '.join(missing)} missing; expected a finished "
+            f"`fbdl-fast train --model minilm` run folder"
+        )
+    target.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        if not (target / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
+def predict_file(test: Path, posts: int, path: Path) -> Path:
+    """test.csv's rows repeated in order to `posts` rows (predict ignores the labels)."""
+    found = load_posts(test)
+    assert found.labels is not None
+    rows = list(zip(found.texts, map(str, found.labels)))
+    write_atomic(path, csv_text([rows[i % len(rows)] for i in range(posts)]))
+    return path
+
+
+# The child is started from a small launcher that fork()s it: Linux carries a process's peak RSS
+# across exec, and a child spawned straight from this process (hundreds of MiB after training and
+# evaluating in-process) would report this process's peak instead of its own.
+LAUNCHER = """
+import json, os, sys, time
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.execv(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+cpu = usage.ru_utime + usage.ru_stime
+status = os.waitstatus_to_exitcode(status)
+print(json.dumps({"status": status, "wall_s": wall, "cpu_s": cpu, "maxrss_kib": usage.ru_maxrss}))
+"""
+
+
+def measured(cmd: list[str], log: Path) -> dict[str, float]:
+    """Run `cmd` as a child: wall seconds, CPU seconds (user + system) and peak RSS in MiB."""
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(log), *cmd],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    usage = json.loads(done.stdout)
+    if usage["status"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({usage['status']}); see {log}")
+    return {
+        "wall_s": usage["wall_s"],
+        "cpu_s": usage["cpu_s"],
+        "peak_rss_mib": usage["maxrss_kib"] / 1024,  # ru_maxrss is in KiB on Linux
+    }
+
+
+def scores_from_predictions(path: Path, test: Path) -> dict[str, float]:
+    """macro-F1 and accuracy of the first len(test) predictions in a JSON-lines file."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    posts = load_posts(test)
+    assert posts.labels is not None
+    truth = [str(label) for label in posts.labels]
+    with open(path, encoding="utf-8") as f:
+        guess = [str(json.loads(next(f))["label"]) for _ in truth]
+    return {
+        "macro_f1": float(f1_score(truth, guess, average="macro")),
+        "accuracy": float(accuracy_score(truth, guess)),
+    }
+
+
+def _onnx_predict(run: Path, data: Path, output: Path, threads: int, batch_size: int) -> None:
+    """predict's work with onnxruntime: read, tokenize, batch, run model.onnx, write JSON lines
+    in input order. Reads the run's config, tokenizer and labels, never its checkpoint."""
+    import numpy as np
+    import onnxruntime
+
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap, PostsDataset, loader_order, make_loader
+    from fbdl_fast.runs import RUN_LABELS, RUN_TOKENIZER, read_config
+    from fbdl_fast.tokenizer import Tokenizer
+
+    meta = read_config(run)
+    config = ModelConfig.from_dict(meta["model_config"])
+    tokenizer = Tokenizer.from_file(run / RUN_TOKENIZER)
+    labels = LabelMap.load(run / RUN_LABELS)
+    names = [str(label) for label in labels.labels]
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(
+        str(run / "model.onnx"), options, providers=["CPUExecutionProvider"]
+    )
+    texts = load_posts(data, meta.get("data", {}).get("text_column", "text"), None).texts
+    with open_atomic(output) as sink:
+        for start in range(0, len(texts), 4096):  # predict's chunks
+            chunk = texts[start : start + 4096]
+            dataset = PostsDataset.from_texts(
+                tokenizer, chunk, None, max_length=config.max_seq_length
+            )
+            loader = make_loader(
+                dataset, batch_size, shuffle=False, pad_token_id=config.pad_token_id
+            )
+            logits = np.concatenate(
+                [
+                    session.run(
+                        ["logits"],
+                        {
+                            "input_ids": batch["input_ids"].numpy().astype(np.int64),
+                            "attention_mask": batch["attention_mask"].numpy().astype(np.int64),
+                        },
+                    )[0]
+                    for batch in loader
+                ]
+            )
+            ordered = np.empty_like(logits)
+            ordered[loader_order(loader)] = logits
+            probs = np.exp(ordered - ordered.max(1, keepdims=True))
+            probs /= probs.sum(1, keepdims=True)
+            for text, row in zip(chunk, probs):
+                best = int(row.argmax())
+                line = {
+                    "text": text,
+                    "label": labels.decode(best),
+                    "probability": round(float(row[best]), 6),
+                    "probabilities": {n: round(float(v), 6) for n, v in zip(names, row)},
+                }
+                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+
+def predict_cmd(run: Path, checkpoint: str, data: Path, output: Path, threads: int) -> list[str]:
+    """The child command timed for one row at one thread count."""
+    if checkpoint == "onnx":
+        batch_size = json.loads((run / "config.json").read_text())["model_config"]["batch_size"]
+        return [
+            sys.executable,
+            __file__,
+            "_onnx-predict",
+            str(run),
+            str(data),
+            str(output),
+            str(threads),
+            str(batch_size),
+        ]
+    cmd = [sys.executable, "-m", "fbdl_fast", "predict", "--run", str(run), "--data", str(data)]
+    cmd += ["--output", str(output), "--overwrite", "--threads", str(threads), "--quiet"]
+    return [*cmd, "--device", "cpu", "--checkpoint", checkpoint]
+
+
+def model_file(run: Path, checkpoint: str) -> Path:
+    return run / {"best": "best.pt", "int8": "model.int8.pt", "onnx": "model.onnx"}[checkpoint]
+
+
+def build(args: argparse.Namespace) -> dict[str, Any]:
+    """Every run, export, score and timing; results.json rewritten after each step."""
+    out: Path = args.out
+    train, test = args.data / "train.csv", args.data / "test.csv"
+    seed = ["--seed", str(args.seed), "--threads", str(args.train_threads), "--quiet"]
+    extra = args.train_args.split()
+    copy_run(args.minilm, out / "minilm")
+    if not (out / "cnn" / "best.pt").is_file():
+        cnn = ["train", "--data", str(train), "--model", "cnn", "--output", str(out / "cnn")]
+        cli([*cnn, *seed, *extra])
+    if not (out / "cnn-distilled" / "best.pt").is_file():
+        distill = ["distill", "--teacher", str(out / "minilm"), "--student", "cnn"]
+        distill += ["--data", str(train), "--output", str(out / "cnn-distilled")]
+        cli([*distill, *seed, *extra])
+    for run in ("minilm", "cnn-distilled"):
+        cli(["export", "--run", str(out / run), "--format", "int8", "--quiet"])
+    results: dict[str, Any] = {"rows": {}, "machine": args.machine}
+    for key, (title, run, checkpoint) in ROWS.items():
+        if key == "onnx":
+            continue
+        evaluate = ["evaluate", "--run", str(out / run), "--data", str(test), "--json"]
+        scores = json.loads(
+            cli([*evaluate, "--device", "cpu", "--checkpoint", checkpoint, "--quiet"])
+        )
+        results["rows"][key] = {
+            "title": title,
+            "run": run,
+            "checkpoint": checkpoint,
+            "macro_f1": scores["macro_f1"],
+            "accuracy": scores["accuracy"],
+        }
+    fp32 = ("minilm", "cnn", "cnn-distilled")
+    best = max(fp32, key=lambda k: results["rows"][k]["macro_f1"])
+    cli(["export", "--run", str(out / best), "--format", "onnx", "--quiet"])
+    tested = out / "predictions-onnx-test.jsonl"
+    measured(predict_cmd(out / best, "onnx", test, tested, 1), out / "onnx-test.log")
+    results["rows"]["onnx"] = {
+        "title": f"{ROWS['onnx'][0]} ({ROWS[best][0]})",
+        "run": best,
+        "checkpoint": "onnx",
+        **scores_from_predictions(tested, test),
+    }
+    sizes = {"minilm": args.minilm_posts, "other": args.posts}
+    files = {k: predict_file(test, n, out / f"predict-{n}.csv") for k, n in sizes.items()}
+    for key, row in results["rows"].items():
+        run, checkpoint = out / row["run"], row["checkpoint"]
+        row["size_mib"] = model_file(run, checkpoint).stat().st_size / 2**20
+        which = "minilm" if row["run"] == "minilm" else "other"
+        row["posts"] = sizes[which]
+        for threads in args.threads:
+            print(f"{key}, {threads} thread(s) ...", file=sys.stderr, flush=True)
+            output = out / f"predictions-{key}-{threads}.jsonl"
+            cmd = predict_cmd(run, checkpoint, files[which], output, threads)
+            timing = measured(cmd, out / f"predict-{key}-{threads}.log")
+            timing["posts_per_s"] = row["posts"] / timing["wall_s"]
+            timing["load_1min"] = os.getloadavg()[0]
+            row[f"threads_{threads}"] = timing
+            output.unlink()  # up to --posts lines each; only the timing is kept
+            write_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def goals(rows: dict[str, dict], threads: int) -> list[str]:
+    """Issue 15's goals, each with its numbers, at `threads` threads."""
+    m, m8, c, d = (rows[k] for k in ("minilm", "minilm-int8", "cnn", "cnn-distilled"))
+    gap = m["macro_f1"] - c["macro_f1"]
+    recovered = (d["macro_f1"] - c["macro_f1"]) / gap if gap > 0 else float("nan")
+    t = f"threads_{threads}"
+    speed = d[t]["posts_per_s"] / m[t]["posts_per_s"]
+    int8_cost = (m["macro_f1"] - m8["macro_f1"]) * 100
+    int8_speed = m8[t]["posts_per_s"] / m[t]["posts_per_s"]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "NOT met"
+
+    return [
+        f"- distilled CNN recovers {recovered:.0%} of the macro-F1 gap between the CNN from "
+        f"scratch and MiniLM (goal >= 50%): {met(recovered >= 0.5)}",
+        f"- distilled CNN predicts {speed:.1f}x as fast as MiniLM fp32 at {threads} thread(s) "
+        f"(goal >= 10x): {met(speed >= 10)}",
+        f"- MiniLM int8 costs {int8_cost:.2f} points of macro-F1 (goal <= 1): "
+        f"{met(int8_cost <= 1)}; {int8_speed:.2f}x the fp32 throughput at {threads} thread(s) "
+        f"(goal >= 1.5x): {met(int8_speed >= 1.5)}",
+    ]
+
+
+def table(results: dict[str, Any], threads: Sequence[int]) -> str:
+    head = "| Model | macro-F1 | accuracy | " + " | ".join(
+        f"predict posts/s ({t} thr) | peak RSS ({t} thr)" for t in threads
+    )
+    lines = [
+        f"Machine: {results['machine']}. {results['note']}",
+        "",
+        head + " | model size on disk |",
+        "|---|---:|---:|" + "---:|---:|" * len(threads) + "---:|",
+    ]
+    for row in results["rows"].values():
+        cells = [row["title"], f"{row['macro_f1']:.3f}", f"{row['accuracy']:.3f}"]
+        for t in threads:
+            timing = row[f"threads_{t}"]
+            cells += [f"{timing['posts_per_s']:,.0f}", f"{timing['peak_rss_mib']:,.0f} MiB"]
+        cells.append(f"{row['size_mib']:,.1f} MiB")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Goals:", *goals(results["rows"], threads[0])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_onnx-predict"]:  # the timed child of the ONNX row
+        run, data, output, threads, batch_size = argv[1:]
+        _onnx_predict(Path(run), Path(data), Path(output), int(threads), int(batch_size))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="folder with train.csv, test.csv")
+    parser.add_argument("--minilm", type=Path, required=True, help="trained MiniLM run folder")
+    parser.add_argument("--out", type=Path, required=True, help="folder for runs and the table")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--posts", type=int, default=100_000, help="posts predicted per timing")
+    parser.add_argument(
+        "--minilm-posts", type=int, default=None, help="posts per MiniLM timing (default --posts)"
+    )
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train-threads", type=int, default=1)
+    parser.add_argument(
+        "--train-args", default="", help="more options for train and distill, one string"
+    )
+    parser.add_argument("--machine", default=machine(), help="how the table names the machine")
+    args = parser.parse_args(argv)
+    for path in (args.data / "train.csv", args.data / "test.csv"):
+        if not path.is_file():
+            parser.error(f"{path} not found; expected a folder from benches/datasets.py")
+    if args.posts < 1 or (args.minilm_posts is not None and args.minilm_posts < 1):
+        parser.error("--posts and --minilm-posts: expected 1 or more")
+    if not args.threads or min(args.threads) < 1:
+        parser.error(f"--threads {args.threads}: expected one or more counts >= 1")
+    args.minilm_posts = args.minilm_posts or args.posts
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = build(args)
+    n_train, n_test = (
+        len(load_posts(args.data / "train.csv")),
+        len(load_posts(args.data / "test.csv")),
+    )
+    results["note"] = (
+        f"{n_train} training posts, {n_test} test posts; predict on test.csv's texts repeated "
+        f"to {args.posts} posts (MiniLM rows: {args.minilm_posts}), one run per thread count, "
+        f"whole commands (start-up and loading included)."
+    )
+    write_atomic(args.out / "results.json", json.dumps(results, indent=2) + "\n")
+    text = table(results, args.threads)
+    write_atomic(args.out / "table.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
