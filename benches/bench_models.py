@@ -90,17 +90,13 @@ def _variant_name(kind: str, amp_dtype) -> str:
     return f"{kind} {dtype_name(amp_dtype) if amp_dtype else 'fp32'}"
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def bench_training_step(benchmark, name: str) -> None:
-    smoke = benchmark.disabled and not CUDA
-    config = _config(name, smoke)
-    ids, mask, labels = _batch(4, 16) if smoke else _batch(32, 128)
-    reference = create_model(MODELS[name][0], config).to(DEVICE)
-    patched = copy.deepcopy(reference)
-    swapped = patch(patched)
-    logit_diff = _max_logit_difference(reference, patched, ids, mask)
-    assert logit_diff <= LOGIT_TOLERANCE, f"patched {name} logits off by {logit_diff}"
-
+def _time_variants(
+    benchmark, name, reference, patched, swapped, batch, variants, smoke: bool, parity
+) -> None:
+    """Time one training step of each (kind, amp_dtype) variant, each on its own copy of
+    `reference` or `patched`, in turns; record a row per variant with the columns
+    `parity(variant)` gives, and hand the patched fp32 step to pytest-benchmark."""
+    ids, mask, labels = batch
     steps = {
         _variant_name(kind, amp_dtype): training_step(
             copy.deepcopy(patched if kind == "patched" else reference),
@@ -109,7 +105,7 @@ def bench_training_step(benchmark, name: str) -> None:
             labels,
             amp_dtype=amp_dtype,
         )
-        for kind, amp_dtype in VARIANTS
+        for kind, amp_dtype in variants
     }
     for variant, step in steps.items():  # one step each, before any timing: finite losses
         loss = step()
@@ -130,7 +126,7 @@ def bench_training_step(benchmark, name: str) -> None:
             **timing.summary("step"),
             "posts_per_s": ids.shape[0] / timing.median_s,
             "speedup": baseline / timing.median_s,
-            "max_logit_diff_patched_vs_reference": logit_diff,
+            **parity(variant),
         }
         record("models", row)
     benchmark.group = f"train step {name}"
@@ -139,6 +135,22 @@ def bench_training_step(benchmark, name: str) -> None:
         speedup=rows["patched fp32"]["speedup"],
     )  # fmt: skip
     benchmark.pedantic(synchronized(steps["patched fp32"]), rounds=1, warmup_rounds=0)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def bench_training_step(benchmark, name: str) -> None:
+    smoke = benchmark.disabled and not CUDA
+    config = _config(name, smoke)
+    ids, mask, labels = _batch(4, 16) if smoke else _batch(32, 128)
+    reference = create_model(MODELS[name][0], config).to(DEVICE)
+    patched = copy.deepcopy(reference)
+    swapped = patch(patched)
+    logit_diff = _max_logit_difference(reference, patched, ids, mask)
+    assert logit_diff <= LOGIT_TOLERANCE, f"patched {name} logits off by {logit_diff}"
+    _time_variants(
+        benchmark, name, reference, patched, swapped, (ids, mask, labels), VARIANTS, smoke,
+        parity=lambda variant: {"max_logit_diff_patched_vs_reference": logit_diff},
+    )  # fmt: skip
 
 
 # --- BERT-sized encoders (models/bert.py), random weights --------------------------------------
@@ -227,41 +239,7 @@ def bench_bert_training_step(benchmark, name: str) -> None:
     errors = _check_bert_parity(reference, ids, mask, labels, config)
     patched = copy.deepcopy(reference)
     swapped = patch(patched)
-    steps = {
-        _variant_name(kind, amp_dtype): training_step(
-            copy.deepcopy(patched if kind == "patched" else reference),
-            ids,
-            mask,
-            labels,
-            amp_dtype=amp_dtype,
-        )
-        for kind, amp_dtype in BERT_VARIANTS
-    }
-    for variant, step in steps.items():  # one step each, before any timing: finite losses
-        loss = step()
-        assert math.isfinite(loss), f"{name} {variant}: non-finite loss {loss}"
-    timings = time_in_turns(
-        steps, repeats=1 if smoke else REPEATS, warmup=0 if smoke else 1, host=False
-    )
-    baseline = timings["reference fp32"].median_s
-    rows = {}
-    for variant, timing in timings.items():
-        rows[variant] = row = {
-            "model": name,
-            "variant": variant,
-            "batch": list(ids.shape),
-            "device": DEVICE,
-            "parameters": sum(p.numel() for p in reference.parameters()),
-            "patched_layers": swapped.summary(),
-            **timing.summary("step"),
-            "posts_per_s": ids.shape[0] / timing.median_s,
-            "speedup": baseline / timing.median_s,
-            "errors": errors[variant],
-        }
-        record("models", row)
-    benchmark.group = f"train step {name}"
-    benchmark.extra_info.update(
-        model=name, role="candidate", variant="patched fp32", device=DEVICE, variants=rows,
-        speedup=rows["patched fp32"]["speedup"],
+    _time_variants(
+        benchmark, name, reference, patched, swapped, (ids, mask, labels), BERT_VARIANTS, smoke,
+        parity=lambda variant: {"errors": errors[variant]},
     )  # fmt: skip
-    benchmark.pedantic(synchronized(steps["patched fp32"]), rounds=1, warmup_rounds=0)
