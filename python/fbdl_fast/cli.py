@@ -1149,8 +1149,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         # --output: a temporary file renamed at the end, so a failure leaves no half file.
         sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
         multi_label = run.config.multi_label
-        make_writer = _multi_label_writer if multi_label else _prediction_writer
-        write = make_writer(sink, fmt, names, keep)
+        write = _prediction_writer(sink, fmt, names, keep, multi_label)
         thresholds = run.trainer.thresholds or [0.5] * len(names)
         # disable=None: a bar only when stderr is a terminal
         bar = stack.enter_context(
@@ -1212,75 +1211,55 @@ def _csv_cell(value: Any) -> Any:
 
 
 def _prediction_writer(
-    sink: IO[str], fmt: str, names: list[str], keep: Sequence[str] = ()
-) -> Callable[[str, Any, float, list[float], tuple[Any, ...]], None]:
-    """A function writing one prediction row to `sink` (JSON lines, or CSV after a header).
+    sink: IO[str], fmt: str, names: list[str], keep: Sequence[str] = (), multi_label: bool = False
+) -> Callable[[str, Any, Any, list[float], tuple[Any, ...]], None]:
+    """A function writing one prediction row to `sink` (JSON lines, or CSV after a header):
+    the kept columns, the text, the label and its probability, then every class's probability.
 
-    `keep` names input columns passed through; their values come first. In CSV, text cells
-    starting with = + - @ (or a tab or carriage return) get a leading ' so that spreadsheets
-    show them instead of running them as formulas; JSON lines hold the texts unchanged."""
+    `keep` names input columns passed through; their values come first. Multi-label rows hold
+    the labels at or above their threshold and their probabilities (JSON lists; in CSV joined
+    by |) under "labels" and "label_probabilities". In CSV, text cells starting with = + - @
+    (or a tab or carriage return) get a leading ' so that spreadsheets show them instead of
+    running them as formulas; JSON lines hold the texts unchanged."""
+    label_column, probability_column = (
+        ("labels", "label_probabilities") if multi_label else ("label", "probability")
+    )
     if fmt == "jsonl":
 
         def write_jsonl(
-            text: str, label: Any, probability: float, probs: list[float], kept: tuple[Any, ...]
+            text: str, label: Any, probability: Any, probs: list[float], kept: tuple[Any, ...]
         ) -> None:
             row = {
                 **dict(zip(keep, kept)),
                 "text": text,
-                "label": label,
-                "probability": round(probability, 6),
+                label_column: label,
+                probability_column: _rounded(probability),
                 "probabilities": {n: round(v, 6) for n, v in zip(names, probs)},
             }
             sink.write(json.dumps(row, ensure_ascii=False) + "\n")
 
         return write_jsonl
     writer = csv.writer(sink, lineterminator="\n")
-    header = [*keep, "text", "label", "probability", *[f"prob_{n}" for n in names]]
+    header = [*keep, "text", label_column, probability_column, *[f"prob_{n}" for n in names]]
     writer.writerow([_csv_cell(cell) for cell in header])
 
     def write_csv(
-        text: str, label: Any, probability: float, probs: list[float], kept: tuple[Any, ...]
+        text: str, label: Any, probability: Any, probs: list[float], kept: tuple[Any, ...]
     ) -> None:
-        cells = [*kept, text, label]
-        writer.writerow(
-            [*map(_csv_cell, cells), round(probability, 6), *[round(v, 6) for v in probs]]
-        )
+        cells = [*kept, text, _joined(label)]
+        writer.writerow([*map(_csv_cell, cells), _joined(_rounded(probability)), *_rounded(probs)])
 
     return write_csv
 
 
-def _multi_label_writer(
-    sink: IO[str], fmt: str, names: list[str], keep: Sequence[str] = ()
-) -> Callable[[str, list[Any], list[float], list[float], tuple[Any, ...]], None]:
-    """_prediction_writer for multi-label runs: a row's labels are those at or above their
-    threshold, with their probabilities (JSON lists; in CSV joined by |), then every class's."""
-    if fmt == "jsonl":
+def _rounded(value: Any) -> Any:
+    """A probability, or each of a list of them, to 6 decimals."""
+    return [round(v, 6) for v in value] if isinstance(value, list) else round(value, 6)
 
-        def write_jsonl(
-            text: str, labels: list[Any], chosen: list[float], probs: list[float], kept: Any
-        ) -> None:
-            row = {
-                **dict(zip(keep, kept)),
-                "text": text,
-                "labels": labels,
-                "label_probabilities": [round(v, 6) for v in chosen],
-                "probabilities": {n: round(v, 6) for n, v in zip(names, probs)},
-            }
-            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-        return write_jsonl
-    writer = csv.writer(sink, lineterminator="\n")
-    header = [*keep, "text", "labels", "label_probabilities", *[f"prob_{n}" for n in names]]
-    writer.writerow([_csv_cell(cell) for cell in header])
-
-    def write_csv(
-        text: str, labels: list[Any], chosen: list[float], probs: list[float], kept: Any
-    ) -> None:
-        cells = [*kept, text, "|".join(map(str, labels))]
-        joined = "|".join(str(round(v, 6)) for v in chosen)
-        writer.writerow([*map(_csv_cell, cells), joined, *[round(v, 6) for v in probs]])
-
-    return write_csv
+def _joined(value: Any) -> Any:
+    """A multi-label row's list as one CSV cell, its items joined by |; other values as given."""
+    return "|".join(map(str, value)) if isinstance(value, list) else value
 
 
 def _output_format(out: Optional[Path]) -> str:
