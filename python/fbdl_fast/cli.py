@@ -896,6 +896,24 @@ def _train_run(
     return 0
 
 
+def _load_for_validation(
+    trainer: Any, val_loader: DataLoader, partial: Path
+) -> tuple[Path, DataLoader]:
+    """Rank 0, once training is done: load the checkpoint evaluate and predict use by default
+    (best.pt, else last.pt) into `trainer`; return its path and a loader over all the
+    validation posts (under DDP each rank validated its own shard only)."""
+    from fbdl_fast.data import make_loader
+
+    config = trainer.config
+    if trainer.world_size > 1:
+        val_loader = make_loader(
+            val_loader.dataset, config.batch_size, shuffle=False, pad_token_id=config.pad_token_id
+        )
+    chosen = runs.checkpoint_path(partial, None)
+    trainer.load_checkpoint(chosen, model_only=True)
+    return chosen, val_loader
+
+
 def _finish_run(
     args: argparse.Namespace,
     trainer: Any,
@@ -909,15 +927,8 @@ def _finish_run(
     and store it in that checkpoint; write report.md and curves.png. Returns the TemperatureFit
     (None without --calibrate)."""
     from fbdl_fast import calibration, checkpoint, report
-    from fbdl_fast.data import make_loader
 
-    config = trainer.config
-    if trainer.world_size > 1:  # each rank validated its own shard: here, all the posts
-        val_loader = make_loader(
-            val_loader.dataset, config.batch_size, shuffle=False, pad_token_id=config.pad_token_id
-        )
-    chosen = runs.checkpoint_path(partial, None)
-    trainer.load_checkpoint(chosen, model_only=True)
+    chosen, val_loader = _load_for_validation(trainer, val_loader, partial)
     logits, labels, _ = trainer.outputs(val_loader)
     fit, evaluation = None, None
     if bool(logits.isfinite().all()):
@@ -955,7 +966,6 @@ def _finish_multi_label(
     import torch
 
     from fbdl_fast import report
-    from fbdl_fast.data import make_loader
     from fbdl_fast.multilabel import (
         multilabel_counts,
         multilabel_metrics,
@@ -963,13 +973,7 @@ def _finish_multi_label(
         tune_thresholds,
     )
 
-    config = trainer.config
-    if trainer.world_size > 1:  # each rank validated its own shard: here, all the posts
-        val_loader = make_loader(
-            val_loader.dataset, config.batch_size, shuffle=False, pad_token_id=config.pad_token_id
-        )
-    chosen = runs.checkpoint_path(partial, None)
-    trainer.load_checkpoint(chosen, model_only=True)
+    chosen, val_loader = _load_for_validation(trainer, val_loader, partial)
     logits, labels, _ = trainer._forward_all(val_loader, "validation", need_labels=True)
     probs = torch.sigmoid(logits)
     if args.tune_thresholds:
