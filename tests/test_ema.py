@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,14 @@ from fbdl_fast.data import PostsDataset, balanced_sample_weights, load_posts, ma
 from fbdl_fast.runs import load_run
 from fbdl_fast.train import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer
 from test_train import assert_same_state
-from tiny_run import Bag, bag_config, tiny_model_args, write_posts_csv
+from tiny_run import (
+    Bag,
+    bag_config,
+    tiny_model_args,
+    train_refusal,
+    train_two_ranks_and_one,
+    write_posts_csv,
+)
 
 
 class CountingBag(Bag):
@@ -211,11 +215,8 @@ def test_train_ema_cli_records_it_and_evaluates_the_average(
 def test_ema_outside_0_1_is_refused_before_the_data(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:
-    argv = ["train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
-    assert main([*argv, "--ema", value, "--quiet"]) == 2
-    err = capsys.readouterr().err
+    err = train_refusal(tmp_path, capsys, ["--ema", value])
     assert f"--ema {float(value)!r} is invalid; expected None or a number in (0, 1)" in err
-    assert "missing.csv" not in err and list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow
@@ -227,18 +228,7 @@ def test_ema_and_balanced_sampler_under_torchrun_match_one_process(tmp_path: Pat
     data = write_posts_csv(tmp_path / "posts.csv", 201, seed=5)
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     extra = ["--ema", "0.8", "--sampler", "balanced", "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-    train = ["train", "--data", str(data), *TINY, *extra]
-    result = subprocess.run(
-        [*torchrun, "2", "-m", "fbdl_fast", *train, "--output", str(ddp), "--batch-size", "8"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert main([*train, "--output", str(one), "--batch-size", "16"]) == 0
+    train_two_ranks_and_one(["train", "--data", str(data), *TINY, *extra], ddp, one)
     got, expected = load_checkpoint(ddp / LAST_CHECKPOINT), load_checkpoint(one / LAST_CHECKPOINT)
     assert got["ema"]["n_averaged"] == expected["ema"]["n_averaged"] == got["global_step"] > 0
     for key in ("model", "ema"):

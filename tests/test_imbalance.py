@@ -23,7 +23,7 @@ from fbdl_fast.data import (
     split_posts,
 )
 from fbdl_fast.losses import balanced_class_weights, create_loss
-from tiny_run import bag_config, tiny_model_args, write_csv
+from tiny_run import bag_config, tiny_model_args, train_refusal, write_csv
 
 # ----------------------------------------------------------------------------- class weights
 
@@ -237,11 +237,7 @@ def test_train_records_balanced_weights_sampler_and_focal_alpha(tmp_path: Path) 
 def test_balance_option_errors_before_the_data_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], needle: str
 ) -> None:
-    argv = ["train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
-    assert main([*argv, *options, "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and "missing.csv" not in err and "Traceback" not in err
-    assert list(tmp_path.iterdir()) == []
+    assert needle in train_refusal(tmp_path, capsys, options)
 
 
 def test_weights_file_with_an_unknown_label_is_named(

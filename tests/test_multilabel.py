@@ -29,7 +29,7 @@ from fbdl_fast.multilabel import (
 )
 from fbdl_fast.train import LAST_CHECKPOINT, Trainer
 from test_train import assert_same_state
-from tiny_run import Bag, bag_config, tiny_model_args
+from tiny_run import Bag, bag_config, tiny_model_args, train_refusal, train_two_ranks_and_one
 
 # ----------------------------------------------------------------------------- reading labels
 
@@ -322,10 +322,7 @@ def test_cli_multi_label_train_evaluate_predict(
 def test_multi_label_option_errors_before_the_data_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], needle: str
 ) -> None:
-    argv = ["train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
-    assert main([*argv, *options, "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert needle in err and "missing.csv" not in err and "Traceback" not in err
+    assert needle in train_refusal(tmp_path, capsys, options)
 
 
 def test_evaluate_names_an_unknown_label_and_its_line(
@@ -351,27 +348,13 @@ def test_evaluate_names_an_unknown_label_and_its_line(
 def test_multi_label_under_torchrun_matches_one_process(tmp_path: Path) -> None:
     """2 gloo ranks with batch 8 == one process with batch 16: weights, and the validation
     metrics reduced over ranks (subset accuracy, macro-F1) equal the single process's."""
-    import os
-    import subprocess
-    import sys
-
     from test_distributed import TINY
 
     data = _posts_jsonl(tmp_path / "posts.jsonl", 181)
     ddp, one = tmp_path / "ddp", tmp_path / "one"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
     train = ["train", "--data", str(data), *TINY, "--multi-label", "--quiet"]
-    result = subprocess.run(
-        [*torchrun, "2", "-m", "fbdl_fast", *train, "--output", str(ddp), "--batch-size", "8"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = train_two_ranks_and_one(train, ddp, one)
     assert result.stdout.count("run saved to") == 1
-    assert main([*train, "--output", str(one), "--batch-size", "16"]) == 0
     got, expected = load_checkpoint(ddp / LAST_CHECKPOINT), load_checkpoint(one / LAST_CHECKPOINT)
     for name, tensor in expected["model"].items():
         torch.testing.assert_close(got["model"][name], tensor, rtol=0, atol=1e-5, msg=name)

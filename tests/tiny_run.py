@@ -5,7 +5,8 @@ Tests of evaluate/predict that check plumbing (streaming, errors, order) need a 
 trained model: `make_run` writes config.json, tokenizer.json, label_map.json and best.pt with the
 same helpers the CLI uses, without the training. `tiny_config` is that model's ModelConfig,
 `tiny_model_args` its `fbdl-fast train` options; `write_csv` / `write_posts_csv` write the posts
-file the CLI reads.
+file the CLI reads. `train_refusal` checks that train refuses options before reading the data;
+`train_two_ranks_and_one` trains under torchrun (2 ranks) and in one process, to compare.
 
 Trainer tests (accumulation, faults, distributed) need a model that trains in milliseconds and
 whose weights can be compared exactly: `Bag`, fed by `Posts` and configured by `bag_config`.
@@ -15,10 +16,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -108,6 +113,46 @@ def write_posts_csv(
     """Write `n` synthetic posts (`generate_posts(n, seed)`) as a posts CSV."""
     posts = generate_posts(n, seed=seed)
     return write_csv(path, zip(posts.texts, posts.labels), header)
+
+
+# ----------------------------------------------------------------------------- CLI runs
+
+
+def train_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> str:
+    """`fbdl-fast train` with `options` on a posts file that does not exist under `tmp_path`:
+    asserts that it exits 2 before the data is read (stderr does not name the file, holds no
+    Traceback) and creates nothing under `tmp_path`; returns stderr for the caller's needle."""
+    from fbdl_fast.cli import main
+
+    argv = ["train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
+    assert main([*argv, *options, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "missing.csv" not in err and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+    return err
+
+
+def train_two_ranks_and_one(
+    train: list[str], ddp: Path, one: Path
+) -> subprocess.CompletedProcess[str]:
+    """Run `train` (fbdl-fast options without --output and --batch-size) under torchrun as 2
+    gloo ranks of batch 8 into `ddp`, then in this process with batch 16 into `one`: the same
+    batches, so the weights agree to float rounding (see test_distributed.py). Returns the
+    torchrun process, which exited 0."""
+    from fbdl_fast.cli import main
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    result = subprocess.run(
+        [*torchrun, "2", "-m", "fbdl_fast", *train, "--output", str(ddp), "--batch-size", "8"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert main([*train, "--output", str(one), "--batch-size", "16"]) == 0
+    return result
 
 
 # ----------------------------------------------------------------------------- Trainer tests
