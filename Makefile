@@ -52,7 +52,7 @@ gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (s
 STACK_VENV := .stack-venv
 STACK_PY := $(STACK_VENV)/bin/python
 STACK_PINS := torch==2.11.0 triton==3.6.0 numpy==2.5.5 tokenizers==0.23.2 'pytest-benchmark>=5,<6' \
-	pytest tqdm safetensors==0.8.0
+	pytest tqdm safetensors==0.8.0 matplotlib scikit-learn onnx onnxruntime onnxscript
 
 $(STACK_VENV)/.installed:
 	@py=$$(python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null \

@@ -99,13 +99,15 @@ def counting() -> Iterator[Counts]:
     rmw = builder.create_atomic_rmw
     run = grid.__call__
 
-    def counted_load(self, ptrs, mask, other, cache_policy, is_volatile):
+    # The trailing arguments (cache policy, volatility, ...) differ between Triton versions:
+    # pass them through untouched.
+    def counted_load(self, ptrs, mask, *rest):
         counts.add(current[0], "load", ptrs, mask)
-        return load(self, ptrs, mask, other, cache_policy, is_volatile)
+        return load(self, ptrs, mask, *rest)
 
-    def counted_store(self, ptrs, value, mask, cache_policy):
+    def counted_store(self, ptrs, value, mask, *rest):
         counts.add(current[0], "store", ptrs, mask)
-        return store(self, ptrs, value, mask, cache_policy)
+        return store(self, ptrs, value, mask, *rest)
 
     def counted_rmw(self, op, ptr, val, mask, sem, scope):
         counts.add(current[0], "load", ptr, mask)

@@ -16,11 +16,17 @@ BENCHES = Path(__file__).resolve().parents[1] / "benches"
 sys.path.insert(0, str(BENCHES))
 
 import bytes_moved  # noqa: E402
+from devices import kernel_skip_reason  # noqa: E402
 
-pytestmark = pytest.mark.skipif(
-    not fbdl_fast.kernels.interpreting(),
-    reason="counts loads in the Triton interpreter; with CUDA the kernels compile instead",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not fbdl_fast.kernels.interpreting(),
+        reason="counts loads in the Triton interpreter; with CUDA the kernels compile instead",
+    ),
+    pytest.mark.skipif(
+        kernel_skip_reason() is not None, reason=f"the kernels cannot run: {kernel_skip_reason()}"
+    ),
+]
 
 
 def _toy_kernel():
