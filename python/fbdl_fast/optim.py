@@ -293,17 +293,22 @@ def _plateau(
     return lr_scheduler.ReduceLROnPlateau(optimizer, **options)
 
 
+def _require_steps_per_epoch(scheduler: str, steps_per_epoch: Optional[int]) -> None:
+    """Schedulers that step every batch need the number of batches per epoch."""
+    if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
+        raise ValueError(
+            f"scheduler '{scheduler}' steps every batch: steps_per_epoch={steps_per_epoch!r} is "
+            "invalid; pass the number of batches per epoch (a positive integer)"
+        )
+
+
 def _one_cycle(
     optimizer: torch.optim.Optimizer,
     config: ModelConfig,
     steps_per_epoch: Optional[int],
     **kwargs: Any,
 ) -> Scheduler:
-    if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
-        raise ValueError(
-            f"scheduler 'one_cycle' steps every batch: steps_per_epoch={steps_per_epoch!r} is "
-            "invalid; pass the number of batches per epoch (a positive integer)"
-        )
+    _require_steps_per_epoch("one_cycle", steps_per_epoch)
     # Momentum cycles inversely to the LR, where the optimizer has a momentum to cycle.
     defaults = optimizer.defaults
     has_momentum = "betas" in defaults or defaults.get("momentum", 0) > 0
@@ -338,11 +343,7 @@ def _linear(
     steps_per_epoch: Optional[int],
     **kwargs: Any,
 ) -> Scheduler:
-    if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
-        raise ValueError(
-            f"scheduler 'linear' steps every batch: steps_per_epoch={steps_per_epoch!r} is "
-            "invalid; pass the number of batches per epoch (a positive integer)"
-        )
+    _require_steps_per_epoch("linear", steps_per_epoch)
     total = kwargs.pop("total_steps", steps_per_epoch * config.max_epochs)
     # Warmup rounds up (as HF's warmup_ratio does): a fraction > 0 warms up at least one step.
     warmup = kwargs.pop("warmup_steps", math.ceil(config.warmup_fraction * total))
