@@ -10,7 +10,9 @@ DEBIAN_SECTIONS): the label must not be read off the text as a word, and languag
 its description. Identical descriptions are kept once; a description listed under two of the
 kept sections is dropped (no right answer). The posts are split 80/20, stratified by section
 and seeded, into train.csv and test.csv (columns text,label, as `fbdl-fast train --data`
-reads them) plus counts.json (posts per section and split, how often each section's name
+reads them), unlabelled.csv (column text: the descriptions of every other section, each once,
+none of them a description of a kept section: the transfer set of `fbdl-fast distill
+--unlabelled`) plus counts.json (posts per section and split, how often each section's name
 appears in its own descriptions, and the files' sha256). The package lists change with each
 `apt-get update`, so counts.json records what was built.
 """
@@ -123,6 +125,14 @@ def select(packages: Sequence[Package], sections: Sequence[str]) -> Corpus:
     return Corpus(rows, duplicates=seen - len(found), ambiguous=ambiguous)
 
 
+def unlabelled(packages: Sequence[Package], sections: Sequence[str]) -> list[str]:
+    """The descriptions of the packages outside `sections`, each once, sorted, leaving out any
+    description also listed under one of `sections` (it could be a test post)."""
+    wanted = set(sections)
+    inside = {p.description for p in packages if p.section in wanted}
+    return sorted({p.description for p in packages if p.description not in inside})
+
+
 def name_share(rows: Sequence[tuple[str, str]]) -> dict[str, float]:
     """Per section, the share of its descriptions holding the section's name as a word."""
     hits: Counter[str] = Counter()
@@ -159,11 +169,11 @@ def stratified_split(
     return train, test
 
 
-def csv_text(rows: Sequence[tuple[str, str]]) -> str:
-    """The rows as CSV with a text,label header, the columns `fbdl-fast train` reads by default."""
+def csv_text(rows: Sequence[Sequence[str]], header: Sequence[str] = ("text", "label")) -> str:
+    """The rows as CSV under `header`; the default text,label is what `fbdl-fast train` reads."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["text", "label"])
+    writer.writerow(header)
     writer.writerows(rows)
     return out.getvalue()
 
@@ -197,7 +207,8 @@ def build_debian(
     test_fraction: float = TEST_FRACTION,
     seed: int = SEED,
 ) -> dict[str, object]:
-    """Write out/train.csv, out/test.csv and out/counts.json from a dumpavail text; the counts."""
+    """Write out/train.csv, out/test.csv, out/unlabelled.csv and out/counts.json from a
+    dumpavail text; the counts."""
     packages = parse_dumpavail(text.splitlines())
     present = {p.section for p in packages}
     missing = [s for s in sections if s not in present]
@@ -208,7 +219,12 @@ def build_debian(
         )
     corpus = select(packages, sections)
     train, test = stratified_split(corpus.rows, test_fraction, seed)
-    files = {"train.csv": csv_text(train), "test.csv": csv_text(test)}
+    spare = unlabelled(packages, sections)
+    files = {
+        "train.csv": csv_text(train),
+        "test.csv": csv_text(test),
+        "unlabelled.csv": csv_text([(text,) for text in spare], header=("text",)),
+    }
     for name, data in files.items():
         write_atomic(out / name, data)
     train_counts, test_counts = Counter(r[1] for r in train), Counter(r[1] for r in test)
@@ -220,6 +236,7 @@ def build_debian(
         },
         "train": len(train),
         "test": len(test),
+        "unlabelled": len(spare),
         "duplicates_dropped": corpus.duplicates,
         "ambiguous_dropped": corpus.ambiguous,
         "name_in_own_text": {k: round(v, 4) for k, v in name_share(corpus.rows).items()},
@@ -253,8 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = dumpavail()
     counts = build_debian(text, args.out, args.sections, seed=args.seed)
     print(
-        f"{counts['train']} train / {counts['test']} test posts in "
-        f"{len(args.sections)} sections written to {args.out}",
+        f"{counts['train']} train / {counts['test']} test posts in {len(args.sections)} "
+        f"sections and {counts['unlabelled']} unlabelled posts written to {args.out}",
         file=sys.stderr,
     )
     return 0

@@ -141,10 +141,25 @@ def test_build_writes_files_train_reads(tmp_path: Path) -> None:
     assert saved == counts
     assert saved["sections"] == {"games": {"train": 16, "test": 4}, "net": {"train": 8, "test": 2}}
     assert saved["packages"] == 35
+    spare = load_posts(tmp_path / "unlabelled.csv", label_column=None)
+    assert spare.labels is None and saved["unlabelled"] == 5
+    assert sorted(spare.texts) == sorted(f"li thing number {i}" for i in range(5))
     first = (tmp_path / "train.csv").read_bytes()
     datasets.build_debian(text, tmp_path, sections=["games", "net"], seed=1)
     assert (tmp_path / "train.csv").read_bytes() == first  # rebuilt identically
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unlabelled_leaves_out_descriptions_of_kept_sections() -> None:
+    packages = datasets.parse_dumpavail(DUMP.splitlines())
+    # "fetch files over HTTP" is a games and a net description: never an unlabelled post, even
+    # when only games is kept (it could be in test.csv)
+    games = datasets.unlabelled(packages, ["games"])
+    assert games == ["a library for blocks", "serve web pages"]
+    assert datasets.unlabelled(packages, ["net"]) == [
+        "a library for blocks",
+        "a puzzle about falling blocks",
+    ]
 
 
 def test_build_names_sections_missing_from_the_lists(tmp_path: Path) -> None:
