@@ -155,16 +155,25 @@ QUANTIZED = {
 def test_int8_export_then_predict(
     tmp_path: Path, model: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """export --format int8 writes int8 weights (weights_only-loadable) for the Linear and LSTM
-    layers; predict --checkpoint int8 gives the probabilities of quantize_dynamic's model,
-    not the fp32 ones; evaluate names the file."""
+    """export --format int8 writes int8 weights per output channel (weights_only-loadable) for
+    the Linear and LSTM layers; load_int8 rebuilds quantize_int8's model bit for bit; predict
+    --checkpoint int8 gives its probabilities, not the fp32 ones; evaluate names the file."""
     folder = _run(tmp_path, model)
     assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
     assert "dynamic int8" in capsys.readouterr().out
     state = load_checkpoint(folder / "model.int8.pt")
     assert state["quantized_modules"] == QUANTIZED[model]
-    int8 = [k for k, v in state["model"].items() if v.dtype == torch.int8]
+    weights = state["model"]
+    int8 = [k for k, v in weights.items() if v.dtype == torch.int8]
     assert int8 and all(k.endswith(".int8") for k in int8)
+    for key in int8:  # per channel: one scale and zero point per output row, axis 0
+        stem, rows = key.removesuffix(".int8"), weights[key].shape[0]
+        assert weights[stem + ".scales"].dtype == torch.float64
+        assert weights[stem + ".scales"].shape == (rows,)
+        assert weights[stem + ".zero_points"].dtype == torch.int64
+        assert weights[stem + ".zero_points"].shape == (rows,)
+        assert int(weights[stem + ".axis"]) == 0 and stem + ".scale" not in weights
+        assert len(set(weights[stem + ".scales"].tolist())) > 1, stem  # not one scale repeated
 
     texts = generate_posts(12, seed=9).texts
     out = tmp_path / "p.jsonl"
@@ -189,12 +198,54 @@ def test_int8_export_then_predict(
     assert len(loader) == 1  # one batch: loader_order's first len(ids) are its rows
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)  # 6 decimals in the file
     assert (got - fp32).abs().max().item() > 1e-5  # the int8 model ran
+    with torch.no_grad():  # the file rebuilds the exported model exactly
+        assert torch.equal(export.load_int8(run)(ids, mask), reference(ids, mask))
 
     labelled = tmp_path / "l.csv"
     labelled.write_text("text,label\nhello world,positive\n", encoding="utf-8")
     evaluate = ["evaluate", "--run", str(folder), "--data", str(labelled), "--json"]
     assert main([*evaluate, "--checkpoint", "int8"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == "model.int8.pt"
+
+
+@pytest.mark.parametrize("model", ["lstm", "transformer"])
+def test_int8_file_with_weights_per_tensor_still_loads(tmp_path: Path, model: str) -> None:
+    """A model.int8.pt written before weights per channel (NAME.int8, NAME.scale, NAME.zero_point
+    per weight) loads into the model it was made from, bit for bit, not into today's per-channel
+    one."""
+    import copy
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    from fbdl_fast.checkpoint import save_checkpoint
+
+    folder = _run(tmp_path, model)
+    assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
+    run = load_run(folder, "cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # The quantization that files were written with before: torch's default qconfig.
+        per_tensor = quantize_dynamic(
+            copy.deepcopy(run.trainer.model).eval(), {torch.nn.Linear, torch.nn.LSTM}, torch.qint8
+        )
+    old = export.int8_state(per_tensor)
+    stems = [k.removesuffix(".int8") for k in old if k.endswith(".int8")]
+    assert stems and not [k for k in old if k.endswith((".scales", ".zero_points", ".axis"))]
+    for stem in stems:  # the old layout: one float64 scale and one int64 zero point
+        assert old[stem + ".scale"].dtype == torch.float64 and old[stem + ".scale"].dim() == 0
+        assert old[stem + ".zero_point"].dtype == torch.int64
+    path = folder / "model.int8.pt"
+    state = load_checkpoint(path)
+    state["model"] = old
+    save_checkpoint(state, path)
+
+    batch = next(iter(_loader(run, generate_posts(8, seed=3).texts, 8)))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        got = export.load_int8(run)(ids, mask)
+        assert torch.equal(got, per_tensor(ids, mask))
+        assert not torch.equal(got, export.quantize_int8(run.trainer.model)(ids, mask))
 
 
 def test_int8_engine_missing_is_refused(
