@@ -5,7 +5,7 @@
     fbdl-fast train --model minilm --data posts.csv --output runs/m   # fine-tune all-MiniLM-L6-v2
     fbdl-fast evaluate --run runs/first --data test.csv [--json] [--report DIR]
     fbdl-fast predict --run runs/first --text "free prize!!! https://bit.ly/x" [--output p.jsonl]
-    fbdl-fast export --run runs/first --format onnx   # or int8, then predict --checkpoint int8
+    fbdl-fast export --run runs/first --format onnx   # or int8; then predict --checkpoint onnx
     fbdl-fast distill --teacher runs/m --student cnn --data posts.csv --output runs/cnn-d
     fbdl-fast bench                                  # pytest benches --benchmark-only
 
@@ -1281,16 +1281,21 @@ def _output_format(out: Optional[Path]) -> str:
 
 def _load_for_inference(args: argparse.Namespace) -> Run:
     """The run of --run with the weights of --checkpoint; int8: the run's model.int8.pt
-    (`export --format int8`), which runs on the CPU only."""
-    if args.checkpoint != "int8":
+    (`export --format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`),
+    both on the CPU only."""
+    if args.checkpoint not in ("int8", "onnx"):
         return load_run(Path(args.run), args.device, args.checkpoint)
     from fbdl_fast import export
 
     if args.device not in (None, "cpu"):
         raise UsageError(
-            f"--checkpoint int8 runs on the CPU only; drop --device {args.device} or pass "
-            "--device cpu"
+            f"--checkpoint {args.checkpoint} runs on the CPU only; drop --device {args.device} "
+            "or pass --device cpu"
         )
+    if args.checkpoint == "onnx":
+        from fbdl_fast.onnx_runtime import onnx_run
+
+        return onnx_run(Path(args.run))  # reads no torch checkpoint (hashes its source)
     return export.int8_run(load_run(Path(args.run), "cpu", None))
 
 
@@ -1298,9 +1303,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fbdl_fast import export
 
     target = export.output_path(Path(args.run), args.format)  # an unknown format: error first
-    if args.checkpoint == "int8":
+    if args.checkpoint in ("int8", "onnx"):
         raise UsageError(
-            "--checkpoint int8 is an export's output; export from best, last or a path"
+            f"--checkpoint {args.checkpoint} is an export's output; export from best, last or a "
+            "path"
         )
     run = load_run(Path(args.run), "cpu", args.checkpoint)
     _say(args, f"exporting {run.checkpoint} to {target} ...")
@@ -1739,7 +1745,8 @@ def build_parser() -> argparse.ArgumentParser:
         "and attention_mask, int64 (batch, length), the mask 1 on real tokens; output logits; "
         "dynamic batch and sequence axes; checked in onnxruntime against torch before it is "
         "written; needs onnx and onnxruntime), int8 -> model.int8.pt (Linear and LSTM layers "
-        "in dynamic int8, for `predict --checkpoint int8` on a CPU).",
+        "in dynamic int8); `predict` and `evaluate` run either with --checkpoint onnx|int8, on "
+        "a CPU.",
     )
     p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
     p.add_argument("--format", required=True, metavar="onnx|int8", help="what to write")
@@ -1865,9 +1872,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--checkpoint",
         default=None,
-        metavar="best|last|int8|PATH",
+        metavar="best|last|int8|onnx|PATH",
         help="weights to use: best.pt or last.pt of the run, int8: its model.int8.pt (`export "
-        "--format int8`, CPU only), or a checkpoint file (default: best, else last)",
+        "--format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`; both CPU "
+        "only), or a checkpoint file (default: best, else last)",
     )
     p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
     _add_encoding_option(p)

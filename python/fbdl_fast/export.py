@@ -11,7 +11,10 @@ that any runtime runs. Two exporters are tried in turn: torch.export's (dynamo=T
 TorchScript one. Before anything is written, the file is run in onnxruntime on a padded batch of
 another shape than the one it was traced with (a trace that froze a shape fails there) and its
 logits must be within ONNX_TOLERANCE of torch's; otherwise the next exporter is tried, and
-ExportError reports what each one did.
+ExportError reports what each one did. The file written carries, in its metadata_props, what ties
+it to the run (the source checkpoint's name and SHA-256, config, labels, tokenizer fingerprint,
+calibration temperature: fbdl_fast.onnx_runtime.metadata), which `predict --checkpoint onnx`
+(fbdl_fast.onnx_runtime.onnx_run) checks before it serves the file.
 
 Measured with torch 2.15 on the models as they are: the Transformer and BERT export with
 dynamo=True (max |logit diff| ~1e-8) while the TorchScript exporter freezes their attention's
@@ -156,11 +159,9 @@ def _onnx_bytes(
 
 def onnx_logits(onnx_model: bytes, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The logits onnxruntime computes with `onnx_model` (the file's bytes) on one batch."""
-    import onnxruntime
+    from fbdl_fast.onnx_runtime import OnnxModel, session
 
-    session = onnxruntime.InferenceSession(onnx_model, providers=["CPUExecutionProvider"])
-    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
-    return torch.from_numpy(session.run(["logits"], feed)[0])
+    return OnnxModel(session(onnx_model))(ids, mask)
 
 
 @contextlib.contextmanager
@@ -207,8 +208,11 @@ def _reason(err: BaseException) -> str:
 
 def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
     """Write run's model as ONNX to `path` (default: the run's model.onnx), atomically, after the
-    onnxruntime check described in the module docstring. Returns {"path", "exporter",
-    "max_abs_diff", "bytes"}; ExportError when no exporter gives a file that passes."""
+    onnxruntime check described in the module docstring, stamped with the run's metadata.
+    Returns {"path", "exporter", "max_abs_diff", "bytes"}; ExportError when no exporter gives a
+    file that passes."""
+    from fbdl_fast.onnx_runtime import metadata, with_metadata
+
     try:
         import onnx  # noqa: F401  (the dynamo exporter's output type)
         import onnxruntime  # noqa: F401
@@ -244,6 +248,7 @@ def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
                     f"{tuple(check[0].shape)} batch, above {ONNX_TOLERANCE:g}"
                 )
                 continue
+            data = with_metadata(data, metadata(run))
             with open_atomic(path, "wb") as f:
                 f.write(data)
             return {"path": path, "exporter": exporter, "max_abs_diff": diff, "bytes": len(data)}
@@ -471,6 +476,19 @@ def _fingerprint(run: Run) -> str:
     return tokenizer_fingerprint(run.tokenizer)
 
 
+def check_source(folder: Path, path: Path, source: dict[str, Any], fmt: str) -> None:
+    """RunError when the exported file `path` was made from another version of its source
+    checkpoint ({"name", "sha256"}) than the one in the run `folder` now."""
+    from fbdl_fast.runs import PROG, RunError
+
+    current = folder / str(source.get("name"))
+    if not current.is_file() or sha256_of(current) != source.get("sha256"):
+        raise RunError(
+            f"{path} was made from another {source.get('name')} than the one in {folder} "
+            f"now; export it again: `{PROG} export --run {folder} --format {fmt}`"
+        )
+
+
 def load_int8(run: Run, path: Optional[Path] = None) -> nn.Module:
     """The dynamic int8 model `export_int8` wrote for `run` (loaded from its source checkpoint),
     checked against the run: RunError/CheckpointError naming the file when it belongs to
@@ -495,13 +513,7 @@ def _load_int8(run: Run, path: Optional[Path] = None) -> tuple[nn.Module, float]
     if state["format"] != INT8_FORMAT:
         raise CheckpointError(f"{path} holds format {state['format']!r}, not {INT8_FORMAT!r}")
     _check_unit(run.path, path, state, run.config, run.tokenizer, run.label_map)
-    source = state["source_checkpoint"]
-    current = run.path / str(source.get("name"))
-    if not current.is_file() or sha256_of(current) != source.get("sha256"):
-        raise RunError(
-            f"{path} was made from another {source.get('name')} than the one in {run.path} "
-            f"now; export it again: `{PROG} export --run {run.path} --format int8`"
-        )
+    check_source(run.path, path, state["source_checkpoint"], "int8")
     fp32 = create_model(architecture(run.meta["model"]), run.config)
     try:
         with warnings.catch_warnings():
@@ -532,6 +544,7 @@ __all__ = [
     "ONNX_FILE",
     "ONNX_TOLERANCE",
     "ExportError",
+    "check_source",
     "export_int8",
     "export_onnx",
     "int8_engine_problem",
