@@ -9,14 +9,13 @@ the MiniLM run copied (so exports do not write into the given folder), a CNN tra
 (`fbdl-fast train --model cnn`), a CNN distilled from the MiniLM run (`fbdl-fast distill`), the
 int8 files of the MiniLM and of the distilled CNN (`fbdl-fast export --format int8`) and the ONNX
 file of the best-scoring fp32 model (`export --format onnx`). Each row is scored on test.csv
-(`fbdl-fast evaluate`; the ONNX row from its predictions on test.csv) and timed as a whole
-command: `fbdl-fast predict` on a file of test.csv's texts repeated to --posts posts (fewer for
-MiniLM: --minilm-posts), once per --threads value, in a child process whose wall time and peak
-RSS (os.wait4's ru_maxrss) are recorded. `predict` cannot run ONNX models, so the ONNX row is this
-script's own child (`_onnx_predict`): the run's tokenizer and loader, onnxruntime with that many
-threads, JSON lines out as predict writes them; tokenization included. Model size: the file
-the command loads (best.pt also holds the optimizer's state). Writes out/results.json and
-out/table.md atomically.
+(`fbdl-fast evaluate --checkpoint best|int8|onnx`) and timed as a whole command: `fbdl-fast
+predict --checkpoint best|int8|onnx` on a file of test.csv's texts repeated to --posts posts
+(fewer for MiniLM: --minilm-posts), once per --threads value, in a child process whose wall time
+and peak RSS (os.wait4's ru_maxrss) are recorded; tokenization included. The ONNX row runs
+model.onnx in onnxruntime with predict's --threads as its intra-op threads, and loads no torch
+weights. Model size: the file the command loads (best.pt also holds the optimizer's state).
+Writes out/results.json and out/table.md atomically.
 """
 
 from __future__ import annotations
@@ -34,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from fbdl_fast.data import load_posts
-from fbdl_fast.files import open_atomic, write_atomic
+from fbdl_fast.files import write_atomic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets import csv_text
 from debian_table import machine
 
-# Row key -> (title, run folder under --out, predict's --checkpoint or "onnx").
+# Row key -> (title, run folder under --out (ONNX: the best fp32 run), predict's --checkpoint).
 ROWS = {
     "minilm": ("MiniLM fine-tuned (fp32)", "minilm", "best"),
     "minilm-int8": ("MiniLM fine-tuned (int8)", "minilm", "int8"),
@@ -125,94 +124,8 @@ def measured(cmd: list[str], log: Path) -> dict[str, float]:
     }
 
 
-def scores_from_predictions(path: Path, test: Path) -> dict[str, float]:
-    """macro-F1 and accuracy of the first len(test) predictions in a JSON-lines file."""
-    from sklearn.metrics import accuracy_score, f1_score
-
-    posts = load_posts(test)
-    assert posts.labels is not None
-    truth = [str(label) for label in posts.labels]
-    with open(path, encoding="utf-8") as f:
-        guess = [str(json.loads(next(f))["label"]) for _ in truth]
-    return {
-        "macro_f1": float(f1_score(truth, guess, average="macro")),
-        "accuracy": float(accuracy_score(truth, guess)),
-    }
-
-
-def _onnx_predict(run: Path, data: Path, output: Path, threads: int, batch_size: int) -> None:
-    """predict's work with onnxruntime: read, tokenize, batch, run model.onnx, write JSON lines
-    in input order. Reads the run's config, tokenizer and labels, never its checkpoint."""
-    import numpy as np
-    import onnxruntime
-
-    from fbdl_fast.config import ModelConfig
-    from fbdl_fast.data import LabelMap, PostsDataset, loader_order, make_loader
-    from fbdl_fast.runs import RUN_LABELS, RUN_TOKENIZER, read_config
-    from fbdl_fast.tokenizer import Tokenizer
-
-    meta = read_config(run)
-    config = ModelConfig.from_dict(meta["model_config"])
-    tokenizer = Tokenizer.from_file(run / RUN_TOKENIZER)
-    labels = LabelMap.load(run / RUN_LABELS)
-    names = [str(label) for label in labels.labels]
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(
-        str(run / "model.onnx"), options, providers=["CPUExecutionProvider"]
-    )
-    texts = load_posts(data, meta.get("data", {}).get("text_column", "text"), None).texts
-    with open_atomic(output) as sink:
-        for start in range(0, len(texts), 4096):  # predict's chunks
-            chunk = texts[start : start + 4096]
-            dataset = PostsDataset.from_texts(
-                tokenizer, chunk, None, max_length=config.max_seq_length
-            )
-            loader = make_loader(
-                dataset, batch_size, shuffle=False, pad_token_id=config.pad_token_id
-            )
-            logits = np.concatenate(
-                [
-                    session.run(
-                        ["logits"],
-                        {
-                            "input_ids": batch["input_ids"].numpy().astype(np.int64),
-                            "attention_mask": batch["attention_mask"].numpy().astype(np.int64),
-                        },
-                    )[0]
-                    for batch in loader
-                ]
-            )
-            ordered = np.empty_like(logits)
-            ordered[loader_order(loader)] = logits
-            probs = np.exp(ordered - ordered.max(1, keepdims=True))
-            probs /= probs.sum(1, keepdims=True)
-            for text, row in zip(chunk, probs):
-                best = int(row.argmax())
-                line = {
-                    "text": text,
-                    "label": labels.decode(best),
-                    "probability": round(float(row[best]), 6),
-                    "probabilities": {n: round(float(v), 6) for n, v in zip(names, row)},
-                }
-                sink.write(json.dumps(line, ensure_ascii=False) + "\n")
-
-
 def predict_cmd(run: Path, checkpoint: str, data: Path, output: Path, threads: int) -> list[str]:
     """The child command timed for one row at one thread count."""
-    if checkpoint == "onnx":
-        batch_size = json.loads((run / "config.json").read_text())["model_config"]["batch_size"]
-        return [
-            sys.executable,
-            __file__,
-            "_onnx-predict",
-            str(run),
-            str(data),
-            str(output),
-            str(threads),
-            str(batch_size),
-        ]
     cmd = [sys.executable, "-m", "fbdl_fast", "predict", "--run", str(run), "--data", str(data)]
     cmd += ["--output", str(output), "--overwrite", "--threads", str(threads), "--quiet"]
     return [*cmd, "--device", "cpu", "--checkpoint", checkpoint]
@@ -239,9 +152,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     for run in ("minilm", "cnn-distilled"):
         cli(["export", "--run", str(out / run), "--format", "int8", "--quiet"])
     results: dict[str, Any] = {"rows": {}, "machine": args.machine}
-    for key, (title, run, checkpoint) in ROWS.items():
-        if key == "onnx":
-            continue
+
+    def score(key: str, title: str, run: str, checkpoint: str) -> None:
         evaluate = ["evaluate", "--run", str(out / run), "--data", str(test), "--json"]
         scores = json.loads(
             cli([*evaluate, "--device", "cpu", "--checkpoint", checkpoint, "--quiet"])
@@ -253,17 +165,14 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             "macro_f1": scores["macro_f1"],
             "accuracy": scores["accuracy"],
         }
+
+    for key, (title, run, checkpoint) in ROWS.items():
+        if run is not None:  # the ONNX row's run is the best fp32 one, known below
+            score(key, title, run, checkpoint)
     fp32 = ("minilm", "cnn", "cnn-distilled")
     best = max(fp32, key=lambda k: results["rows"][k]["macro_f1"])
     cli(["export", "--run", str(out / best), "--format", "onnx", "--quiet"])
-    tested = out / "predictions-onnx-test.jsonl"
-    measured(predict_cmd(out / best, "onnx", test, tested, 1), out / "onnx-test.log")
-    results["rows"]["onnx"] = {
-        "title": f"{ROWS['onnx'][0]} ({ROWS[best][0]})",
-        "run": best,
-        "checkpoint": "onnx",
-        **scores_from_predictions(tested, test),
-    }
+    score("onnx", f"{ROWS['onnx'][0]} ({ROWS[best][0]})", best, "onnx")
     sizes = {"minilm": args.minilm_posts, "other": args.posts}
     files = {k: predict_file(test, n, out / f"predict-{n}.csv") for k, n in sizes.items()}
     for key, row in results["rows"].items():
@@ -330,11 +239,6 @@ def table(results: dict[str, Any], threads: Sequence[int]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_onnx-predict"]:  # the timed child of the ONNX row
-        run, data, output, threads, batch_size = argv[1:]
-        _onnx_predict(Path(run), Path(data), Path(output), int(threads), int(batch_size))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="folder with train.csv, test.csv")
     parser.add_argument("--minilm", type=Path, required=True, help="trained MiniLM run folder")
@@ -350,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--train-args", default="", help="more options for train and distill, one string"
     )
     parser.add_argument("--machine", default=machine(), help="how the table names the machine")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     for path in (args.data / "train.csv", args.data / "test.csv"):
         if not path.is_file():
             parser.error(f"{path} not found; expected a folder from benches/datasets.py")
