@@ -6,7 +6,8 @@ serving forms of a fine-tuned MiniLM and of a CNN, on one labelled split.
 
 From --data (train.csv, test.csv) and a trained --minilm run folder it builds, under --out:
 the MiniLM run copied (so exports do not write into the given folder), a CNN trained from scratch
-(`fbdl-fast train --model cnn`), a CNN distilled from the MiniLM run (`fbdl-fast distill`), the
+(`fbdl-fast train --model cnn`), a CNN distilled from the MiniLM run (`fbdl-fast distill`, with
+--unlabelled's posts as soft targets only: by default the data folder's unlabelled.csv), the
 int8 files of the MiniLM and of the distilled CNN (`fbdl-fast export --format int8`) and the ONNX
 file of the best-scoring fp32 model (`export --format onnx`). Each row is scored on test.csv
 (`fbdl-fast evaluate --checkpoint best|int8|onnx`) and timed as a whole command: `fbdl-fast
@@ -148,6 +149,8 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
     if not (out / "cnn-distilled" / "best.pt").is_file():
         distill = ["distill", "--teacher", str(out / "minilm"), "--student", "cnn"]
         distill += ["--data", str(train), "--output", str(out / "cnn-distilled")]
+        if args.unlabelled is not None:
+            distill += ["--unlabelled", str(args.unlabelled)]
         cli([*distill, *seed, *extra])
     for run in ("minilm", "cnn-distilled"):
         cli(["export", "--run", str(out / run), "--format", "int8", "--quiet"])
@@ -248,6 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--minilm-posts", type=int, default=None, help="posts per MiniLM timing (default --posts)"
     )
+    parser.add_argument(
+        "--unlabelled",
+        type=Path,
+        default=None,
+        help="posts without labels for distill --unlabelled (default: DATA/unlabelled.csv when "
+        "it exists, as benches/datasets.py writes it); 'none': distil on train.csv alone",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-threads", type=int, default=1)
     parser.add_argument(
@@ -263,6 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.threads or min(args.threads) < 1:
         parser.error(f"--threads {args.threads}: expected one or more counts >= 1")
     args.minilm_posts = args.minilm_posts or args.posts
+    if args.unlabelled is None and (args.data / "unlabelled.csv").is_file():
+        args.unlabelled = args.data / "unlabelled.csv"
+    elif args.unlabelled == Path("none"):
+        args.unlabelled = None
+    elif args.unlabelled is not None and not args.unlabelled.is_file():
+        parser.error(f"--unlabelled {args.unlabelled} not found")
     args.out.mkdir(parents=True, exist_ok=True)
     results = build(args)
     n_train, n_test = (
@@ -270,7 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         len(load_posts(args.data / "test.csv")),
     )
     results["note"] = (
-        f"{n_train} training posts, {n_test} test posts; predict on test.csv's texts repeated "
+        f"{n_train} training posts, {n_test} test posts, "
+        + (
+            f"{len(load_posts(args.unlabelled, label_column=None))} unlabelled posts for "
+            "distillation; "
+            if args.unlabelled is not None
+            else "no unlabelled posts; "
+        )
+        + f"predict on test.csv's texts repeated "
         f"to {args.posts} posts (MiniLM rows: {args.minilm_posts}), one run per thread count, "
         f"whole commands (start-up and loading included)."
     )

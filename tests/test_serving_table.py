@@ -47,6 +47,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     data.mkdir()
     write_posts_csv(data / "train.csv", 240, seed=1)
     write_posts_csv(data / "test.csv", 50, seed=2)
+    # unlabelled.csv (as datasets.py writes it): the distilled CNN's extra soft targets
+    write_posts_csv(data / "unlabelled.csv", 40, seed=3, header=("text", "section"))
     teacher = make_run(root / "teacher")
     before = {p.name: _sha(p) for p in teacher.iterdir()}
     out = root / "out"
@@ -77,8 +79,12 @@ def test_every_row_is_scored_timed_and_sized(built: dict[str, Any]) -> None:
         # A Python process with torch imported: far above the launcher's own few MiB.
         assert timing["peak_rss_mib"] > 100
         assert f"| {row['title']} | {row['macro_f1']:.3f} | {row['accuracy']:.3f} |" in table
-    # The distilled CNN was trained on this teacher's cached logits.
+    # The distilled CNN was trained on this teacher's cached logits, with the data folder's
+    # unlabelled posts by default.
     assert (out / "cnn-distilled" / "teacher_logits.pt").is_file()
+    meta = json.loads((out / "cnn-distilled" / "config.json").read_text(encoding="utf-8"))
+    assert meta["distillation"]["unlabelled_posts"] == 40
+    assert "40 unlabelled posts for distillation" in table
     # The ONNX file is of the fp32 run with the best macro-F1.
     fp32 = ("minilm", "cnn", "cnn-distilled")
     assert rows["onnx"]["run"] == max(fp32, key=lambda k: rows[k]["macro_f1"])
