@@ -54,13 +54,22 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["transformer", "cnn", "lstm", "bert"])
+@pytest.mark.parametrize(
+    ("model", "num_layers"),
+    [("transformer", 2), ("cnn", 2), ("lstm", 1), ("lstm", 2), ("bert", 2)],
+    ids=["transformer", "cnn", "lstm-1", "lstm-2", "bert"],
+)
 def test_onnx_parity_in_onnxruntime(
-    tmp_path: Path, model: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    model: str,
+    num_layers: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """model.onnx gives torch's logits (max abs diff <= 1e-4) on padded batches of synthetic
     posts of several batch sizes and lengths; batch and sequence axes are symbolic; the mask
-    is a real input; the backend setting is as it was after the export."""
+    is a real input; the backend setting is as it was after the export. The LSTM (1 layer and
+    the CLI's 2) goes through torch.export's exporter."""
     import onnx
 
     # Training runs the kernels under "auto"; where they cannot run (an interpreter broken by
@@ -68,9 +77,12 @@ def test_onnx_parity_in_onnxruntime(
     backend = "auto" if kernel_skip_reason() is None else "torch"
     monkeypatch.setenv("FBDL_FAST_BACKEND", backend)
     _dispatch.refresh()
-    folder = _run(tmp_path, model, num_layers=2)  # a 1-layer LSTM does not export (below)
+    folder = _run(tmp_path, model, num_layers=num_layers)
     assert main(["export", "--run", str(folder), "--format", "onnx", "--quiet"]) == 0
-    assert f"wrote {folder / 'model.onnx'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"wrote {folder / 'model.onnx'}" in out
+    if model == "lstm":
+        assert "dynamo exporter" in out, out
     assert os.environ["FBDL_FAST_BACKEND"] == backend and _dispatch.settings().backend == backend
     data = (folder / "model.onnx").read_bytes()
     graph = onnx.load_from_string(data).graph
@@ -132,14 +144,28 @@ def test_onnx_export_refuses_a_file_that_fails(
 
 
 @pytest.mark.slow
-def test_one_layer_lstm_is_refused_with_the_reason(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    folder = _run(tmp_path, "lstm", num_layers=1)
-    assert main(["export", "--run", str(folder), "--format", "onnx", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "dynamo: " in err and "torchscript: " in err and "1-layer LSTM" in err, err
-    assert not (folder / "model.onnx").exists() and _leftovers(folder) == []
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_lstm_of_any_depth_exports_through_torch_export(tmp_path: Path, num_layers: int) -> None:
+    """A bidirectional LSTM of 1 or 3 layers exports with torch.export's exporter (no packing,
+    no TorchScript), and its file gives torch's logits (packed path) within 1e-4 on batches
+    of other shapes than the traced one: one post of one token, and posts of lengths 1 to the
+    longest; what the padding holds does not change them (each direction reads only a post's
+    real tokens)."""
+    run = load_run(_run(tmp_path, "lstm", num_layers=num_layers), "cpu")
+    done = export.export_onnx(run)
+    assert done["exporter"] == "dynamo" and done["max_abs_diff"] <= export.ONNX_TOLERANCE
+    data = done["path"].read_bytes()
+    config, model = run.config, run.trainer.model.eval()
+    length = config.max_seq_length
+    ids, mask = export.padded_batch(5, length, config.vocab_size, config.pad_token_id, seed=3)
+    mask[1, 1:] = 0  # a post of one token
+    for batch in ((ids[:1, :1], mask[:1, :1]), (ids, mask)):
+        with torch.no_grad():
+            expected = model(*batch)
+        got = export.onnx_logits(data, *batch)
+        assert (got - expected).abs().max().item() <= export.ONNX_TOLERANCE
+    other = torch.where(mask == 1, ids, (ids + 7) % config.vocab_size)  # other padding ids
+    torch.testing.assert_close(export.onnx_logits(data, other, mask), got, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- int8

@@ -13,7 +13,9 @@ right-padded (real tokens first), as collate produces them. Two ways to get ther
   torch._dynamo.config.allow_rnn): the nn.LSTM's own weights, one torch.lstm call per layer and
   direction on the padded batch. The backward direction reads each row's real tokens reversed
   (a gather; padding stays after them, so it never reaches a real step) and the final states are
-  gathered at each row's last real token. The state_dict is the same either way.
+  gathered at each row's last real token. Under torch.export (the ONNX export), the same path
+  with each direction's recurrence as a scan over torch.lstm_cell, so that the batch and
+  sequence sizes stay symbolic. The state_dict is the same every way.
 
 Initialisation: orthogonal weight matrices, one per gate block, so repeated multiplication by
 weight_hh neither explodes nor vanishes early in training; zero biases except the forget gate's,
@@ -128,7 +130,7 @@ class FacebookPostsLSTM(nn.Module):
             positions < lengths[:, None], lengths[:, None] - 1 - positions, positions
         )
         last = (lengths - 1).clamp(min=0)[:, None]  # (B, 1): the last real step, 0 when empty
-        zeros = x.new_zeros(1, B, H)
+        zeros = x.new_zeros(B, H)
         layer_input = x
         for layer in range(num_layers):
             if layer > 0:  # nn.LSTM's dropout between layers
@@ -138,9 +140,7 @@ class FacebookPostsLSTM(nn.Module):
                 names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
                 params = [weights[f"{name}_l{layer}{suffix}"] for name in names]
                 steps = layer_input if not suffix else _gather_steps(layer_input, reverse)
-                out, _, _ = torch.lstm(
-                    steps, (zeros, zeros), params, True, 1, 0.0, self.training, False, True
-                )  # (B, L, H): step t of this direction's sequence
+                out = _lstm_direction(steps, zeros, params, self.training)  # (B, L, H)
                 if layer == num_layers - 1:  # the state after each row's last real step
                     outputs.append(_gather_steps(out, last)[:, 0])
                 else:
@@ -149,6 +149,32 @@ class FacebookPostsLSTM(nn.Module):
         return layer_input  # (B, 2H)
 
 
+def _lstm_direction(
+    steps: torch.Tensor, zeros: torch.Tensor, params: list[torch.Tensor], train: bool
+) -> torch.Tensor:
+    """One direction of one LSTM layer over steps (B, L, I) from zero states zeros (B, H) ->
+    its hidden state after each step (B, L, H). params: weight_ih, weight_hh, bias_ih, bias_hh;
+    train as torch.lstm's (cuDNN keeps what the backward pass needs only when it is True)."""
+    if torch.compiler.is_exporting():
+        # torch.export keeps aten.lstm in the graph but computes its output shape through
+        # its C++ decomposition, which unbinds the time axis: the sequence length would be
+        # frozen to the traced one. A scan over torch.lstm_cell keeps it symbolic (an ONNX
+        # Scan in torch.onnx's dynamo exporter); the same cell maths, step by step.
+        from torch._higher_order_ops.scan import scan
+
+        def step(state: tuple, x_t: torch.Tensor) -> tuple:
+            h, c = torch.lstm_cell(x_t, state, *params)
+            return (h, c), h.clone()  # scan's outputs may not alias its carried state
+
+        _, out = scan(step, (zeros, zeros.clone()), steps, dim=1)
+        return out
+    state = zeros[None]  # (1, B, H): one layer, one direction
+    out, _, _ = torch.lstm(steps, (state, state), params, True, 1, 0.0, train, False, True)
+    return out
+
+
 def _gather_steps(seq: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """seq (B, L, F) at the steps index (B, K) of each row -> (B, K, F)."""
-    return torch.take_along_dim(seq, index[:, :, None], dim=1)
+    # gather on an expanded index, not take_along_dim: torch.export freezes the batch and
+    # sequence sizes at take_along_dim's broadcasting.
+    return seq.gather(1, index[:, :, None].expand(-1, -1, seq.shape[2]))
