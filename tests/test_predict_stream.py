@@ -222,3 +222,17 @@ def test_iter_posts_yields_before_reading_the_whole_file(tmp_path: Path) -> None
     assert next(posts) == Post(3, "second", None)
     with pytest.raises(ValueError, match=r"byte 0xff on line 5"):
         list(posts)
+
+
+def test_predict_builds_no_optimizer(run: Path, tmp_path: Path) -> None:
+    """A loaded run predicts without an optimizer: building one imports torch._dynamo (+150 MiB
+    peak RSS and over a second per predict process on the CI machine)."""
+    code = (
+        "import sys\n"
+        "from fbdl_fast.cli import main\n"
+        f"assert main(['predict', '--run', {str(run)!r}, '--text', 'hello #world', '--quiet',"
+        " '--device', 'cpu']) == 0\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False", done.stdout + done.stderr

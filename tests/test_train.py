@@ -628,3 +628,12 @@ def test_bad_arguments_are_named() -> None:
     trainer = cpu_trainer(TinyClassifier(), tiny_config())
     with pytest.raises(ValueError, match=r"batch keys are.*'input_ids'"):
         trainer.evaluate([{"ids": torch.zeros(1, 2, dtype=torch.long)}])
+
+
+def test_optimizer_is_built_from_the_config_on_first_use() -> None:
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(optimizer_type="sgd"))
+    assert trainer._optimizer is None  # a Trainer that only predicts never builds one
+    built = trainer.optimizer
+    assert isinstance(built, torch.optim.SGD) and trainer.optimizer is built
+    params = {id(p) for group in built.param_groups for p in group["params"]}
+    assert params == {id(p) for p in trainer.model.parameters()}
