@@ -1308,6 +1308,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--checkpoint {args.checkpoint} is an export's output; export from best, last or a "
             "path"
         )
+    keep = [n.strip() for n in (args.keep_fp32 or "").split(",") if n.strip()]
+    if args.keep_fp32 is not None and (args.format != "int8" or not keep):
+        raise UsageError(
+            f"--keep-fp32 {args.keep_fp32!r}: accepted with --format int8 only, as module "
+            "names separated by commas (e.g. blocks.0.mlp.proj)"
+        )
     run = load_run(Path(args.run), "cpu", args.checkpoint)
     _say(args, f"exporting {run.checkpoint} to {target} ...")
     if args.format == "onnx":
@@ -1317,11 +1323,12 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"onnxruntime's logits within {done['max_abs_diff']:.2g} of torch's on a padded batch"
         )
     else:
-        done = export.export_int8(run, target)
+        done = export.export_int8(run, target, keep)
+        kept = f"; kept in fp32: {', '.join(done['kept_fp32'])}" if done["kept_fp32"] else ""
         print(
             f"wrote {target} ({done['bytes'] / 1e6:.1f} MB; fp32 weights "
             f"{done['fp32_bytes'] / 1e6:.1f} MB): dynamic int8 "
-            f"{', '.join(done['quantized']) or 'nothing (no Linear or LSTM)'}; use it with "
+            f"{', '.join(done['quantized']) or 'nothing (no Linear or LSTM)'}{kept}; use it with "
             f"`{PROG} predict --run {args.run} --checkpoint int8`"
         )
     return 0
@@ -1755,6 +1762,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="best|last|PATH",
         help="weights to export (default: best, else last)",
+    )
+    p.add_argument(
+        "--keep-fp32",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="int8 only: layers left in fp32, module names as in model.named_modules(), exact or "
+        "a prefix ending at a dot (blocks.0 keeps the first block's Linear layers); default: "
+        "every Linear and LSTM in int8",
     )
     _add_threads_option(p)
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")

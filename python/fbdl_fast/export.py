@@ -31,7 +31,11 @@ int8 form (CPU only): weights int8 per output channel (per_channel_dynamic_qconf
 scale per row of each weight matrix, the LSTM's gate matrices included; every torch CPU engine
 runs them), activations quantized per batch on the fly. Per channel rather than torch's default
 per tensor: on the Debian task's MiniLM it cost 1.06 points of macro-F1 instead of 1.34, at 1-3%
-less speed (README, "Serving on a CPU").
+less speed (README, "Serving on a CPU"). `--keep-fp32 NAME[,NAME...]` (`kept_fp32`) leaves
+named layers in fp32: module names as in model.named_modules(), exact or a prefix ending at a dot
+("blocks.0" keeps every quantizable layer of the first block); a name that covers no Linear or
+LSTM is refused with a few valid ones. On that MiniLM, the first block's FFN output projection
+(blocks.0.mlp.proj) is the layer whose int8 weights cost most (benches/int8_sensitivity.py).
 Not quantized:
 the embeddings, the attention's input projection (a raw parameter of nn.MultiheadAttention) and
 its output projection (a NonDynamicallyQuantizableLinear, left out by torch on purpose), and the
@@ -40,7 +44,8 @@ in torch.ao.nn.quantized.dynamic but only through an explicit mapping, which thi
 use). The file is a checkpoint (fbdl_fast.checkpoint, read with weights_only): the int8 weights as
 plain tensors (int8 values, per-channel scales, zero points and axis; files written with weights
 per tensor, a scale and a zero point, still load) and the other parameters in fp32, with the config,
-label map, tokenizer fingerprint and the SHA-256 of the checkpoint it came from. `load_int8`
+label map, tokenizer fingerprint, the SHA-256 of the checkpoint it came from, the int8 layers
+(quantized_modules) and the layers kept in fp32 (kept_fp32; files without it: none). `load_int8`
 rebuilds the quantized model from it exactly; `predict --checkpoint int8` uses it. A CPU without
 an int8 engine (torch.backends.quantized.supported_engines) is refused with ExportError.
 """
@@ -53,7 +58,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -79,6 +84,8 @@ INT8_FILE = "model.int8.pt"
 # The parity an exported file must reach against torch (issue 15: max |logit diff| <= 1e-4).
 ONNX_TOLERANCE = 1e-4
 INT8_FORMAT = "int8-dynamic"
+# model.int8.pt's list of the layers export --keep-fp32 left in fp32.
+KEPT_KEY = "kept_fp32"
 # Engines that run quantized Linear/LSTM kernels on a CPU ("none" is not one).
 INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
 
@@ -288,11 +295,43 @@ def _check_engine() -> None:
         raise ExportError(f"--format int8: {problem}")
 
 
-def _quantize_dynamic(model: nn.Module) -> nn.Module:
-    """A copy of `model` with its nn.Linear and nn.LSTM layers in dynamic int8, weights per
-    output channel (torch's per_channel_dynamic_qconfig: symmetric, one scale per row of each
-    weight matrix, axis 0). LSTM.from_float takes that qconfig too: each gate matrix
-    (weight_ih/weight_hh of every layer and direction) gets per-row scales."""
+def quantizable(model: nn.Module) -> list[str]:
+    """The names (as in model.named_modules()) of the layers dynamic int8 quantizes: every module
+    whose type is exactly nn.Linear or nn.LSTM. Subclasses are left out on purpose:
+    nn.MultiheadAttention's out_proj is a NonDynamicallyQuantizableLinear, and quantizing it
+    breaks the attention (torch's type-keyed spec skips it the same way)."""
+    return [name for name, m in model.named_modules() if type(m) in (nn.Linear, nn.LSTM)]
+
+
+def kept_fp32(model: nn.Module, names: Sequence[str]) -> list[str]:
+    """The quantizable layers of `model` that `names` keep in fp32 (export --keep-fp32), in
+    model order. Each name is a module name, exact or a prefix ending at a dot boundary
+    ("blocks.0" keeps every Linear of the first block, "blocks.0.mlp.proj" that one layer; not
+    "blocks.0.ml"). ExportError for a name that covers no quantizable layer."""
+    layers = quantizable(model)
+    kept: set[str] = set()
+    for name in names:
+        found = [layer for layer in layers if layer == name or layer.startswith(name + ".")]
+        if not found:
+            shown = ", ".join(layers[:6]) + (
+                f", ... ({len(layers)} in all)" if len(layers) > 6 else ""
+            )
+            raise ExportError(
+                f"--keep-fp32 {name!r} names no Linear or LSTM layer of this model (a module "
+                f"name, exact or a prefix ending at a dot); quantizable: {shown or 'none'}"
+            )
+        kept.update(found)
+    return [layer for layer in layers if layer in kept]
+
+
+def _quantize_dynamic(model: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
+    """A copy of `model` with its nn.Linear and nn.LSTM layers (`quantizable`) in dynamic int8,
+    except the layers `keep_fp32` names (`kept_fp32`), weights per output channel (torch's
+    per_channel_dynamic_qconfig: symmetric, one scale per row of each weight matrix, axis 0).
+    LSTM.from_float takes that qconfig too: each gate matrix (weight_ih/weight_hh of every layer
+    and direction) gets per-row scales. The spec is keyed by module name, so that single layers
+    can stay fp32; with nothing kept it quantizes what the type-keyed spec did."""
+    kept = set(kept_fp32(model, keep_fp32))
     with warnings.catch_warnings():
         # torch.ao.quantization says it is deprecated in favour of torchao; quantize_dynamic is
         # still torch's own dynamic int8 path and the one this format is defined by.
@@ -300,14 +339,15 @@ def _quantize_dynamic(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore", UserWarning)
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        spec = {nn.Linear: per_channel_dynamic_qconfig, nn.LSTM: per_channel_dynamic_qconfig}
+        spec = {n: per_channel_dynamic_qconfig for n in quantizable(model) if n not in kept}
         return quantize_dynamic(copy.deepcopy(model).eval(), spec, torch.qint8)
 
 
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """`model` (fp32, unchanged) as a new dynamic int8 model for CPU inference."""
+def quantize_int8(model: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
+    """`model` (fp32, unchanged) as a new dynamic int8 model for CPU inference, the layers
+    `keep_fp32` names (see `kept_fp32`) left in fp32."""
     _check_engine()
-    return _quantize_dynamic(model.to("cpu"))
+    return _quantize_dynamic(model.to("cpu"), keep_fp32)
 
 
 def _quantized(
@@ -384,12 +424,15 @@ def _qweight(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     )
 
 
-def model_from_int8_state(fp32: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+def model_from_int8_state(
+    fp32: nn.Module, state: dict[str, torch.Tensor], keep_fp32: Sequence[str] = ()
+) -> nn.Module:
     """The dynamic int8 model `int8_state` described, built on `fp32` (a model of the same
-    config, whose own weights are replaced): exactly the quantized weights that were saved."""
+    config, whose own weights are replaced) with the layers `keep_fp32` names in fp32, as it
+    was quantized: exactly the quantized weights that were saved."""
     import torch.ao.nn.quantized.dynamic as nnqd
 
-    qmodel = _quantize_dynamic(fp32)
+    qmodel = _quantize_dynamic(fp32, keep_fp32)
     modules = [(p, m) for p, m in qmodel.named_modules() if isinstance(m, (nnqd.Linear, nnqd.LSTM))]
     inside = tuple(prefix + "." for prefix, _ in modules)
     current = qmodel.state_dict()
@@ -435,19 +478,26 @@ def _set_lstm_weights(module: nn.Module, prefix: str, state: dict[str, torch.Ten
     module._all_weight_values = nn.ModuleList(cells)
 
 
-def export_int8(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
+def export_int8(
+    run: Run, path: Optional[Path] = None, keep_fp32: Sequence[str] = ()
+) -> dict[str, Any]:
     """Write the run's model in dynamic int8 to `path` (default: the run's model.int8.pt),
-    atomically. Returns {"path", "bytes", "quantized": [module names], "fp32_bytes": the fp32
+    atomically, the layers `keep_fp32` names (see `kept_fp32`) left in fp32. Returns {"path",
+    "bytes", "quantized": [module names], "kept_fp32": [module names], "fp32_bytes": the fp32
     weights' size in memory}."""
     _check_engine()
     path = path or run.path / INT8_FILE
-    qmodel = quantize_int8(run.trainer.model)
-    quantized = [name for name, m in qmodel.named_modules() if _quantized(m) is not None]
+    kept = kept_fp32(run.trainer.model, keep_fp32)  # a bad name: refused before any work
+    qmodel = quantize_int8(run.trainer.model, kept)
+    quantized = _quantized_names(qmodel)
     state = {
         "format": INT8_FORMAT,
         "model": int8_state(qmodel),
         "model_name": run.meta.get("model"),
         "quantized_modules": quantized,
+        # the layers left in fp32 (files without the key: none), so that load_int8 rebuilds
+        # this model and no other
+        KEPT_KEY: kept,
         "config": run.config.to_dict(),
         "label_map": {"labels": list(run.label_map.labels)},
         "tokenizer_fingerprint": _fingerprint(run),
@@ -461,10 +511,15 @@ def export_int8(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
         "path": path,
         "bytes": path.stat().st_size,
         "quantized": quantized,
+        "kept_fp32": kept,
         "fp32_bytes": sum(
             t.numel() * t.element_size() for t in run.trainer.model.state_dict().values()
         ),
     }
+
+
+def _quantized_names(qmodel: nn.Module) -> list[str]:
+    return [name for name, m in qmodel.named_modules() if _quantized(m) is not None]
 
 
 def _fingerprint(run: Run) -> str:
@@ -515,9 +570,16 @@ def _load_int8(run: Run, path: Optional[Path] = None) -> tuple[nn.Module, float]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            model = model_from_int8_state(fp32, state["model"])
-    except (KeyError, RuntimeError) as err:
+            model = model_from_int8_state(fp32, state["model"], state.get(KEPT_KEY, []))
+    except (KeyError, RuntimeError, ExportError) as err:
         raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {err})") from None
+    listed = state.get("quantized_modules")
+    if listed is not None and list(listed) != _quantized_names(model):
+        raise CheckpointError(
+            f"{path} is damaged: it lists the int8 layers {', '.join(listed) or 'none'}, but its "
+            f"fp32 layers ({', '.join(state.get(KEPT_KEY, [])) or 'none'}) leave "
+            f"{', '.join(_quantized_names(model)) or 'none'}"
+        )
     return model, temperature_of(state, path)
 
 
@@ -547,11 +609,13 @@ __all__ = [
     "int8_engine_problem",
     "int8_run",
     "int8_state",
+    "kept_fp32",
     "load_int8",
     "model_from_int8_state",
     "onnx_logits",
     "output_path",
     "padded_batch",
+    "quantizable",
     "quantize_int8",
     "reference_ops",
     "supported_engines",
