@@ -231,6 +231,17 @@ def test_bad_input_is_refused_with_its_name(
     assert "the teacher lacks ['spam']" in err and "the data lacks ['ham']" in err
     assert not out.exists() and not (tmp_path / ".student.partial").exists()
 
+    # A teacher whose tokenizer.json is not the one its checkpoint was trained with (another
+    # run's): the teacher would read the posts as other token ids. Refused, naming the file.
+    mismatched = make_run(tmp_path / "mismatched")
+    other = make_run(tmp_path / "other-tokenizer", vocab_size=150, seed=1)
+    (mismatched / "tokenizer.json").write_bytes((other / "tokenizer.json").read_bytes())
+    assert main(distill_argv(data, out, "--teacher", str(mismatched))) == 2
+    err = capsys.readouterr().err
+    assert f"--teacher {mismatched}" in err and "tokenizer.json" in err, err
+    assert "belongs to another run" in err or "is not the tokenizer the checkpoint" in err, err
+    assert not out.exists()
+
     # A corrupt teacher checkpoint: named.
     corrupt = make_run(tmp_path / "corrupt")
     (corrupt / "best.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
