@@ -8,8 +8,9 @@ From --data (train.csv, test.csv) and a trained --minilm run folder it builds, u
 the MiniLM run copied (so exports do not write into the given folder), a CNN trained from scratch
 (`fbdl-fast train --model cnn`), a CNN distilled from the MiniLM run (`fbdl-fast distill`, with
 --unlabelled's posts as soft targets only: by default the data folder's unlabelled.csv), the
-int8 files of the MiniLM and of the distilled CNN (`fbdl-fast export --format int8`) and the ONNX
-file of the best-scoring fp32 model (`export --format onnx`). Each row is scored on test.csv
+int8 files of the MiniLM (--minilm-keep-fp32: its layers left in fp32) and of the distilled CNN
+(`fbdl-fast export --format int8`) and the ONNX file of the best-scoring fp32 model (`export
+--format onnx`). Each row is scored on test.csv
 (`fbdl-fast evaluate --checkpoint best|int8|onnx`) and timed as a whole command: `fbdl-fast
 predict --checkpoint best|int8|onnx` on a file of test.csv's texts repeated to --posts posts
 (fewer for MiniLM: --minilm-posts), once per --threads value, in a child process whose wall time
@@ -153,7 +154,12 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             distill += ["--unlabelled", str(args.unlabelled)]
         cli([*distill, *seed, *extra])
     for run in ("minilm", "cnn-distilled"):
-        cli(["export", "--run", str(out / run), "--format", "int8", "--quiet"])
+        keep = (
+            ["--keep-fp32", args.minilm_keep_fp32]
+            if run == "minilm" and args.minilm_keep_fp32
+            else []
+        )
+        cli(["export", "--run", str(out / run), "--format", "int8", *keep, "--quiet"])
     results: dict[str, Any] = {"rows": {}, "machine": args.machine}
 
     def score(key: str, title: str, run: str, checkpoint: str) -> None:
@@ -258,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="posts without labels for distill --unlabelled (default: DATA/unlabelled.csv when "
         "it exists, as benches/datasets.py writes it); 'none': distil on train.csv alone",
     )
+    parser.add_argument(
+        "--minilm-keep-fp32",
+        default="",
+        metavar="NAME[,NAME...]",
+        help="layers the MiniLM's int8 export leaves in fp32 (export --keep-fp32); default none",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--train-threads", type=int, default=1)
     parser.add_argument(
@@ -292,6 +304,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "distillation; "
             if args.unlabelled is not None
             else "no unlabelled posts; "
+        )
+        + (
+            f"MiniLM int8 with {args.minilm_keep_fp32} kept in fp32; "
+            if args.minilm_keep_fp32
+            else ""
         )
         + f"predict on test.csv's texts repeated "
         f"to {args.posts} posts (MiniLM rows: {args.minilm_posts}), one run per thread count, "

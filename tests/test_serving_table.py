@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main as cli_main
 from tiny_run import make_run, write_posts_csv
 
@@ -54,6 +55,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = root / "out"
     argv = ["--data", str(data), "--minilm", str(teacher), "--out", str(out), "--threads", "1"]
     argv += ["--posts", "70", "--minilm-posts", "30", "--train-args", TINY]
+    argv += ["--minilm-keep-fp32", "output_projection"]
     assert serving.main(argv) == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     return {"root": root, "out": out, "teacher": teacher, "before": before, "results": results}
@@ -85,6 +87,12 @@ def test_every_row_is_scored_timed_and_sized(built: dict[str, Any]) -> None:
     meta = json.loads((out / "cnn-distilled" / "config.json").read_text(encoding="utf-8"))
     assert meta["distillation"]["unlabelled_posts"] == 40
     assert "40 unlabelled posts for distillation" in table
+    # --minilm-keep-fp32 reaches the MiniLM's int8 export, and only that one
+    kept = {
+        run: load_checkpoint(out / run / "model.int8.pt")["kept_fp32"]
+        for run in ("minilm", "cnn-distilled")
+    }
+    assert kept == {"minilm": ["output_projection"], "cnn-distilled": []}
     # The ONNX file is of the fp32 run with the best macro-F1.
     fp32 = ("minilm", "cnn", "cnn-distilled")
     assert rows["onnx"]["run"] == max(fp32, key=lambda k: rows[k]["macro_f1"])
