@@ -118,6 +118,17 @@ def write_posts_csv(
 # ----------------------------------------------------------------------------- CLI runs
 
 
+def cli_refusal(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """`fbdl-fast ARGV`: asserts that it exits 2 with one line on stderr and no Traceback;
+    returns that line for the caller's needle."""
+    from fbdl_fast.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def train_refusal(tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]) -> str:
     """`fbdl-fast train` with `options` on a posts file that does not exist under `tmp_path`:
     asserts that it exits 2 before the data is read (stderr does not name the file, holds no

@@ -127,32 +127,11 @@ def _export_hint(folder: Path) -> str:
 def _run_files(folder: Path) -> tuple[dict[str, Any], ModelConfig, Tokenizer, LabelMap]:
     """config.json (meta, ModelConfig), tokenizer.json and label_map.json of a run folder,
     refused as load_run refuses them, without reading any checkpoint."""
-    from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap
-    from fbdl_fast.runs import (
-        PROG,
-        RUN_CONFIG,
-        RUN_LABELS,
-        RUN_TOKENIZER,
-        RunError,
-        check_sizes,
-        read_config,
-    )
+    from fbdl_fast.runs import RUN_LABELS, RUN_TOKENIZER, read_run_config
     from fbdl_fast.tokenizer import Tokenizer
 
-    if not folder.is_dir():
-        raise RunError(f"run folder {folder} does not exist; create one with `{PROG} train`")
-    if not (folder / RUN_CONFIG).is_file():
-        raise RunError(
-            f"{folder} is not a {PROG} run folder: {RUN_CONFIG} is missing; create one with "
-            f"`{PROG} train`"
-        )
-    meta = read_config(folder)
-    try:
-        check_sizes(meta["model_config"], folder / RUN_CONFIG)
-        config = ModelConfig.from_dict(meta["model_config"])
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        raise RunError(f"{folder / RUN_CONFIG} is damaged ({err}); retrain the run") from None
+    meta, config = read_run_config(folder)
     return (
         meta,
         config,

@@ -382,16 +382,10 @@ def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     return hashlib.sha256("\n".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()
 
 
-def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str] = None) -> Run:
-    """Load config, tokenizer, label map and a checkpoint (default: best, else last) of a run,
-    checked as one unit: config.json, label_map.json and tokenizer.json must agree with what the
-    checkpoint was trained with (RunError naming the file), checked before the model is built."""
-    from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
+def read_run_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
+    """config.json of the run folder `path`: as read, and its model's ModelConfig; RunError
+    naming the folder or the file when it is missing or damaged. Reads no checkpoint."""
     from fbdl_fast.config import ModelConfig
-    from fbdl_fast.data import LabelMap
-    from fbdl_fast.models import architecture, create_model
-    from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import Trainer
 
     if not path.is_dir():
         raise RunError(f"run folder {path} does not exist; create one with `{PROG} train`")
@@ -403,12 +397,28 @@ def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str]
     meta = read_config(path)
     try:
         check_sizes(meta["model_config"], path / RUN_CONFIG)
-        config = ModelConfig.from_dict(meta["model_config"])
-        model_name = meta["model"]
+        return meta, ModelConfig.from_dict(meta["model_config"])
     except (KeyError, TypeError, AttributeError) as err:
         raise RunError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
     except ValueError as err:
         raise RunError(f"{path / RUN_CONFIG} is damaged: {err}; retrain the run") from None
+
+
+def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str] = None) -> Run:
+    """Load config, tokenizer, label map and a checkpoint (default: best, else last) of a run,
+    checked as one unit: config.json, label_map.json and tokenizer.json must agree with what the
+    checkpoint was trained with (RunError naming the file), checked before the model is built."""
+    from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.models import architecture, create_model
+    from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.train import Trainer
+
+    meta, config = read_run_config(path)
+    try:
+        model_name = meta["model"]
+    except (KeyError, TypeError) as err:
+        raise RunError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
     chosen = checkpoint_path(path, checkpoint)
     try:
         state = load_checkpoint(chosen, map_location="cpu")
