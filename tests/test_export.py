@@ -143,6 +143,31 @@ def test_onnx_export_refuses_a_file_that_fails(
     assert not (folder / "model.onnx").exists() and _leftovers(folder) == []
 
 
+def test_lstm_scan_recurrence_is_the_export_s_alone_and_matches_torch_lstm() -> None:
+    """The scan form of the LSTM's packing-free path runs only inside scan_recurrence() (that
+    is, while export_onnx traces with torch.export; torch.compile keeps torch.lstm: torch 2.11
+    reports is_exporting() under torch.compile too and its inductor cannot compile the scan),
+    and it computes what torch.lstm computes, on padded rows of odd lengths."""
+    from fbdl_fast.models import lstm
+
+    config = ModelConfig(
+        vocab_size=50, num_classes=3, input_dim=8, hidden_dim=6, num_layers=2, dropout=0.0
+    )
+    model = create_model("lstm", config).eval()
+    lengths = torch.tensor([7, 3, 1, 5])
+    x = torch.randn(4, 7, 8, generator=torch.Generator().manual_seed(0))
+    assert not lstm._scan_recurrence
+    with torch.no_grad():
+        expected = model._padded_final_states(x, lengths)
+        with lstm.scan_recurrence():
+            assert lstm._scan_recurrence
+            scanned = model._padded_final_states(x, lengths)
+        assert not lstm._scan_recurrence
+        packed = model._packed_final_states(x, lengths)
+    torch.testing.assert_close(scanned, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(scanned, packed, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("num_layers", [1, 3])
 def test_lstm_of_any_depth_exports_through_torch_export(tmp_path: Path, num_layers: int) -> None:

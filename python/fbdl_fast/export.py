@@ -22,9 +22,10 @@ CNN 1.4e-6, LSTM 1.5e-7 with 1, 2 or 3 layers. The TorchScript exporter freezes 
 reshape to the traced shape, and fails on a 1-layer LSTM over packed sequences (an IndexError
 inside it). The LSTM needs no packing here: under torch.export (torch.compiler.is_compiling() is
 True) it takes its torch.compile path, each layer and direction on the padded batch, the
-backward one on each post's tokens reversed by a gather, and torch.compiler.is_exporting() turns
-each direction's recurrence into a scan over torch.lstm_cell (an ONNX Scan), so that the batch
-and sequence axes stay symbolic (see models/lstm.py).
+backward one on each post's tokens reversed by a gather, and models.lstm.scan_recurrence(), set
+around the dynamo exporter, turns each direction's recurrence into a scan over torch.lstm_cell
+(an ONNX Scan), so that the batch and sequence axes stay symbolic (also with torch 2.11, where
+the tests pass the same way).
 
 int8: `torch.ao.quantization.quantize_dynamic` turns every nn.Linear and nn.LSTM into its dynamic
 int8 form (CPU only): weights int8 per output channel (per_channel_dynamic_qconfig: one symmetric
@@ -74,6 +75,7 @@ from fbdl_fast.checkpoint import (
     temperature_of,
 )
 from fbdl_fast.files import open_atomic, sha256_of
+from fbdl_fast.models.lstm import scan_recurrence
 
 if TYPE_CHECKING:
     from fbdl_fast.runs import Run
@@ -246,7 +248,10 @@ def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
                     # folding) and print graphs when they fail; none of it is for the user.
                     warnings.simplefilter("ignore")
                     # A copy each time: a failed torch.export can leave fake tensors behind.
-                    data = _onnx_bytes(copy.deepcopy(model), example, config.max_seq_length, dynamo)
+                    with scan_recurrence() if dynamo else contextlib.nullcontext():
+                        data = _onnx_bytes(
+                            copy.deepcopy(model), example, config.max_seq_length, dynamo
+                        )
                 diff = (onnx_logits(data, *check) - expected).abs().max().item()
             except Exception as err:  # each exporter fails in its own way; the next is tried
                 failures.append(f"{exporter}: {_reason(err)}")

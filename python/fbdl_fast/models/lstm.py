@@ -13,7 +13,7 @@ right-padded (real tokens first), as collate produces them. Two ways to get ther
   torch._dynamo.config.allow_rnn): the nn.LSTM's own weights, one torch.lstm call per layer and
   direction on the padded batch. The backward direction reads each row's real tokens reversed
   (a gather; padding stays after them, so it never reaches a real step) and the final states are
-  gathered at each row's last real token. Under torch.export (the ONNX export), the same path
+  gathered at each row's last real token. Under fbdl_fast.export's ONNX export, the same path
   with each direction's recurrence as a scan over torch.lstm_cell, so that the batch and
   sequence sizes stay symbolic. The state_dict is the same every way.
 
@@ -27,6 +27,8 @@ References: Hochreiter & Schmidhuber 1997; Saxe et al. 2014 (orthogonal init); J
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Optional
 
 import torch
@@ -149,13 +151,31 @@ class FacebookPostsLSTM(nn.Module):
         return layer_input  # (B, 2H)
 
 
+# True while fbdl_fast.export traces a model for ONNX (scan_recurrence): the packing-free path
+# then runs each direction as a scan. Not torch.compiler.is_exporting(), which torch 2.11 also
+# reports under torch.compile, whose inductor cannot compile this scan.
+_scan_recurrence = False
+
+
+@contextlib.contextmanager
+def scan_recurrence() -> Iterator[None]:
+    """Inside the block the LSTM's packing-free path (taken while torch compiles or exports)
+    runs each direction's recurrence as a scan over torch.lstm_cell, for torch.export."""
+    global _scan_recurrence
+    before, _scan_recurrence = _scan_recurrence, True
+    try:
+        yield
+    finally:
+        _scan_recurrence = before
+
+
 def _lstm_direction(
     steps: torch.Tensor, zeros: torch.Tensor, params: list[torch.Tensor], train: bool
 ) -> torch.Tensor:
     """One direction of one LSTM layer over steps (B, L, I) from zero states zeros (B, H) ->
     its hidden state after each step (B, L, H). params: weight_ih, weight_hh, bias_ih, bias_hh;
     train as torch.lstm's (cuDNN keeps what the backward pass needs only when it is True)."""
-    if torch.compiler.is_exporting():
+    if _scan_recurrence:
         # torch.export keeps aten.lstm in the graph but computes its output shape through
         # its C++ decomposition, which unbinds the time axis: the sequence length would be
         # frozen to the traced one. A scan over torch.lstm_cell keeps it symbolic (an ONNX
@@ -166,8 +186,9 @@ def _lstm_direction(
             h, c = torch.lstm_cell(x_t, state, *params)
             return (h, c), h.clone()  # scan's outputs may not alias its carried state
 
-        _, out = scan(step, (zeros, zeros.clone()), steps, dim=1)
-        return out
+        # over the time axis moved first: scan's dim and output layout vary across versions
+        _, out = scan(step, (zeros, zeros.clone()), steps.transpose(0, 1), dim=0)
+        return out.transpose(0, 1)
     state = zeros[None]  # (1, B, H): one layer, one direction
     out, _, _ = torch.lstm(steps, (state, state), params, True, 1, 0.0, train, False, True)
     return out
