@@ -4,31 +4,18 @@ No apt-cache needed: the input is a small text in dumpavail's format."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from fbdl_fast.data import load_posts
+from tiny_run import load_bench_script
 
-BENCHES = Path(__file__).resolve().parents[1] / "benches"
-
-
-def _load(name: str, file: str):
-    spec = importlib.util.spec_from_file_location(name, BENCHES / file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-datasets = _load("bench_datasets", "datasets.py")
-debian_table = _load("bench_debian_table", "debian_table.py")
+datasets = load_bench_script("datasets.py")
+debian_table = load_bench_script("debian_table.py")
 
 DUMP = """\
 Package: foo

@@ -9,9 +9,7 @@ treats the --minilm folder as any run folder.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +17,12 @@ import pytest
 
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main as cli_main
-from tiny_run import make_run, write_posts_csv
+from tiny_run import load_bench_script, make_run, write_posts_csv
 
-BENCHES = Path(__file__).resolve().parents[1] / "benches"
 TINY = "--epochs 1 --input-dim 16 --hidden-dim 16 --vocab-size 200 --max-length 32"
 
 
-def _load(name: str, file: str) -> Any:
-    spec = importlib.util.spec_from_file_location(name, BENCHES / file)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-serving = _load("bench_serving_table", "serving_table.py")
+serving = load_bench_script("serving_table.py")
 
 
 def _sha(path: Path) -> str:

@@ -7,6 +7,7 @@ same helpers the CLI uses, without the training. `tiny_config` is that model's M
 `tiny_model_args` its `fbdl-fast train` options; `write_csv` / `write_posts_csv` write the posts
 file the CLI reads. `train_refusal` checks that train refuses options before reading the data;
 `train_two_ranks_and_one` trains under torchrun (2 ranks) and in one process, to compare.
+`load_bench_script` imports a script of benches/ (not a package) for the tests of its functions.
 
 Trainer tests (accumulation, faults, distributed) need a model that trains in milliseconds and
 whose weights can be compared exactly: `Bag`, fed by `Posts` and configured by `bag_config`.
@@ -113,6 +114,21 @@ def write_posts_csv(
     """Write `n` synthetic posts (`generate_posts(n, seed)`) as a posts CSV."""
     posts = generate_posts(n, seed=seed)
     return write_csv(path, zip(posts.texts, posts.labels), header)
+
+
+def load_bench_script(file: str) -> Any:
+    """benches/FILE imported as the module bench_STEM (registered in sys.modules, so that its
+    dataclasses and pickling work)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benches" / file
+    name = f"bench_{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # ----------------------------------------------------------------------------- CLI runs
