@@ -498,18 +498,11 @@ def export_int8(
     state = {
         "format": INT8_FORMAT,
         "model": int8_state(qmodel),
-        "model_name": run.meta.get("model"),
         "quantized_modules": quantized,
         # the layers left in fp32 (files without the key: none), so that load_int8 rebuilds
         # this model and no other
         KEPT_KEY: kept,
-        "config": run.config.to_dict(),
-        "label_map": {"labels": list(run.label_map.labels)},
-        "tokenizer_fingerprint": _fingerprint(run),
-        "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
-        # the source's calibration (train --calibrate; 1 without), so that predict's
-        # probabilities from the int8 model are calibrated as best.pt's are
-        CALIBRATION_KEY: {"temperature": run.trainer.temperature},
+        **provenance(run),
     }
     save_checkpoint(state, path)
     return {
@@ -527,10 +520,21 @@ def _quantized_names(qmodel: nn.Module) -> list[str]:
     return [name for name, m in qmodel.named_modules() if _quantized(m) is not None]
 
 
-def _fingerprint(run: Run) -> str:
+def provenance(run: Run) -> dict[str, Any]:
+    """What ties an exported file to `run`, as model.int8.pt stores it and model.onnx's metadata
+    (fbdl_fast.onnx_runtime.metadata): the model's name, config, labels, tokenizer fingerprint,
+    the source checkpoint's name and SHA-256, and its calibration temperature (train
+    --calibrate; 1 without), so that the export's probabilities are calibrated as its source's."""
     from fbdl_fast.runs import tokenizer_fingerprint
 
-    return tokenizer_fingerprint(run.tokenizer)
+    return {
+        "model_name": run.meta.get("model"),
+        "config": run.config.to_dict(),
+        "label_map": {"labels": list(run.label_map.labels)},
+        "tokenizer_fingerprint": tokenizer_fingerprint(run.tokenizer),
+        "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
+        CALIBRATION_KEY: {"temperature": run.trainer.temperature},
+    }
 
 
 def check_source(folder: Path, path: Path, source: dict[str, Any], fmt: str) -> None:
@@ -620,6 +624,7 @@ __all__ = [
     "onnx_logits",
     "output_path",
     "padded_batch",
+    "provenance",
     "quantizable",
     "quantize_int8",
     "reference_ops",

@@ -27,8 +27,7 @@ import torch
 from torch import nn
 
 from fbdl_fast.checkpoint import CALIBRATION_KEY, CheckpointError, temperature_of
-from fbdl_fast.export import ONNX_FILE, ExportError, check_source
-from fbdl_fast.files import sha256_of
+from fbdl_fast.export import ONNX_FILE, ExportError, check_source, provenance
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
@@ -50,18 +49,9 @@ METADATA_KEYS = (
 
 
 def metadata(run: Run) -> dict[str, str]:
-    """The metadata_props export_onnx stamps on `run`'s model.onnx (key -> JSON text)."""
-    from fbdl_fast.runs import tokenizer_fingerprint
-
-    state = {
-        "model_name": run.meta.get("model"),
-        "config": run.config.to_dict(),
-        "label_map": {"labels": list(run.label_map.labels)},
-        "tokenizer_fingerprint": tokenizer_fingerprint(run.tokenizer),
-        "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
-        CALIBRATION_KEY: {"temperature": run.trainer.temperature},
-        "thresholds": run.trainer.thresholds,
-    }
+    """The metadata_props export_onnx stamps on `run`'s model.onnx (key -> JSON text): the
+    export's provenance and, multi-label, the tuned thresholds."""
+    state = {**provenance(run), "thresholds": run.trainer.thresholds}
     return {METADATA_PREFIX + key: json.dumps(value) for key, value in state.items()}
 
 
