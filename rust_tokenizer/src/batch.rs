@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::tokenizer::{Offsets, Tokenizer, Workspace};
+use crate::pretokenize::Offsets;
+use crate::tokenizer::{Tokenizer, Workspace};
 
 /// How rows are padded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

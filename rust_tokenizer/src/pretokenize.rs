@@ -18,6 +18,11 @@ pub struct Span {
     pub char_end: u32,
 }
 
+/// A token id with its character span in the caller's text (`(0, 0)` for added `[CLS]`/`[SEP]`).
+/// It lives beside `Span`, at the bottom of the module graph, so that `social.rs` and
+/// `tokenizer.rs` can both use it without importing each other.
+pub type Offsets = (u32, u32);
+
 /// BERT's definition of punctuation.
 #[inline]
 pub fn is_bert_punctuation(c: char) -> bool {

@@ -7,7 +7,7 @@ use crate::emoji::Speller;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::normalize::{Normalized, NormalizerConfig, Scratch};
-use crate::pretokenize::{split_bert, Span};
+use crate::pretokenize::{split_bert, Offsets, Span};
 use crate::social::{emoji_at, SocialConfig, SocialScanner};
 
 /// How text is cut into words.
@@ -86,9 +86,6 @@ impl SpecialTokens {
         out
     }
 }
-
-/// A token id with its character span in the caller's text (`(0, 0)` for added `[CLS]`/`[SEP]`).
-pub type Offsets = (u32, u32);
 
 /// Per-thread buffers reused across posts.
 #[derive(Debug, Default)]
@@ -652,5 +649,145 @@ mod tests {
         assert_eq!(tok.decode(&[9, 10, 11], true).unwrap(), "don't");
         assert_eq!(tok.decode(&[2, 5], false).unwrap(), "[CLS] hello");
         assert!(tok.decode(&[99], true).is_err());
+    }
+}
+
+/// The social pre-tokeniser's tests. They drive it through `Tokenizer` (special tokens,
+/// normalisation and the vocabulary take part in what it yields), so they live here rather than
+/// in `social.rs`, which must not depend on this module.
+#[cfg(test)]
+mod social_tests {
+    use super::*;
+    use crate::model::{Vocab, WordLevel};
+
+    fn social(cfg: SocialConfig) -> Tokenizer {
+        let special = SpecialTokens {
+            extra: cfg.placeholders().iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        let vocab = Vocab::new(special.all()).unwrap();
+        Tokenizer::new(
+            NormalizerConfig::default(),
+            PreTokenizerConfig::Social(cfg),
+            Model::WordLevel(WordLevel::new(vocab, "[UNK]").unwrap()),
+            special,
+        )
+        .unwrap()
+    }
+
+    fn pieces(tok: &Tokenizer, text: &str) -> Vec<String> {
+        tok.pre_tokenize(text).into_iter().map(|(p, _)| p).collect()
+    }
+
+    #[test]
+    fn keeps_social_units_whole() {
+        let tok = social(SocialConfig::default());
+        assert_eq!(
+            pieces(&tok, "See https://t.co/AbC?x=1, www.site.org and bit.ly/x!"),
+            [
+                "see",
+                "https://t.co/abc?x=1",
+                ",",
+                "www.site.org",
+                "and",
+                "bit.ly/x",
+                "!"
+            ]
+        );
+        assert_eq!(
+            pieces(&tok, "@JohnDoe mail me: john.doe@mail.com #100DaysOfCode"),
+            [
+                "@johndoe",
+                "mail",
+                "me",
+                ":",
+                "john.doe@mail.com",
+                "#100daysofcode"
+            ]
+        );
+        assert_eq!(
+            pieces(&tok, "1,000,000 and 3.14 or 2nd"),
+            ["1,000,000", "and", "3.14", "or", "2nd"]
+        );
+        assert_eq!(
+            pieces(&tok, "ok :-) :D <3 XD ^_^"),
+            ["ok", ":-)", ":D", "<3", "XD", "^_^"]
+        );
+    }
+
+    #[test]
+    fn emoji_sequences_are_single_pieces() {
+        let tok = social(SocialConfig::default());
+        let family = "👨\u{200d}👩\u{200d}👧\u{200d}👦";
+        let text = format!("love😍 {family}👍🏽🇺🇸❤\u{fe0f} 1\u{fe0f}\u{20e3}");
+        assert_eq!(
+            pieces(&tok, &text),
+            [
+                "love",
+                "😍",
+                family,
+                "👍🏽",
+                "🇺🇸",
+                "❤\u{fe0f}",
+                "1\u{fe0f}\u{20e3}"
+            ]
+        );
+        let spans: Vec<Offsets> = tok
+            .pre_tokenize(&text)
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(spans[2], (6, 13));
+    }
+
+    #[test]
+    fn spell_emoji_in_social_units() {
+        let cfg = SocialConfig {
+            spell_emoji: true,
+            ..Default::default()
+        };
+        // The vocabulary knows 😍 as written (a trained social vocabulary): it stays whole.
+        let special = SpecialTokens::default();
+        let mut tokens = special.all();
+        tokens.push("😍".into());
+        let tok = Tokenizer::new(
+            NormalizerConfig::default(),
+            PreTokenizerConfig::Social(cfg),
+            Model::WordLevel(WordLevel::new(Vocab::new(tokens).unwrap(), "[UNK]").unwrap()),
+            special,
+        )
+        .unwrap();
+        let text = "so fun🎉😍 @Ann 👍🏽";
+        assert_eq!(
+            pieces(&tok, text),
+            [
+                "so", "fun", "party", "popper", "😍", "@ann", "thumbs", "up", ":", "medium",
+                "skin", "tone"
+            ]
+        );
+        let spans: Vec<Offsets> = tok.pre_tokenize(text).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(&spans[2..5], [(6, 7), (6, 7), (7, 8)]);
+        assert_eq!(spans[6], (14, 16)); // "thumbs" covers 👍🏽
+                                        // Off: the same text keeps every emoji whole.
+        let off = social(SocialConfig::default());
+        assert_eq!(pieces(&off, text), ["so", "fun", "🎉", "😍", "@ann", "👍🏽"]);
+    }
+
+    #[test]
+    fn replacements_and_elongation() {
+        let cfg = SocialConfig {
+            replace_urls: true,
+            replace_mentions: true,
+            replace_numbers: true,
+            shorten_elongations: true,
+            ..Default::default()
+        };
+        let tok = social(cfg);
+        assert_eq!(
+            pieces(&tok, "@bob sooooo goooood http://x.io 42 times!!!!"),
+            ["[USER]", "sooo", "goood", "[URL]", "[NUM]", "times", "!", "!", "!", "!"]
+        );
+        let url = tok.token_to_id("[URL]").unwrap();
+        assert_eq!(tok.encode("http://x.io", false).unwrap(), [url]);
     }
 }
