@@ -1,6 +1,6 @@
 """End-to-end training steps: reference vs patched, fp32 vs bf16 autocast (vs fp16 with GradScaler).
 
-One step = forward, cross-entropy, backward, AdamW step (fbdl_fast.speed.training_step) on a
+One step = forward, cross-entropy, backward, AdamW step (fbdl_fast.reports.speed.training_step) on a
 realistic post batch of 128 tokens, lengths uniform in [64, 128]. One benchmark per model times
 every variant in turns against the reference fp32 step (measure.time_in_turns: CUDA events on a
 GPU) and records each variant's speedup over it and its posts/s:
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from fbdl_fast import ModelConfig, create_model, patch
-from fbdl_fast.speed import training_step
+from fbdl_fast.reports.speed import training_step
 from measure import (
     CUDA,
     dtype_name,

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from fbdl_fast.speed import median_seconds
+from fbdl_fast.reports.speed import median_seconds
 from fbdl_fast.tokenizer import Tokenizer, num_threads, set_num_threads
 
 os.environ.setdefault("RAYON_NUM_THREADS", "2")  # HF's global pool, if it is not built yet

@@ -6,7 +6,7 @@
 The run's validation split is rebuilt as train made it (data.split_posts with the run's
 val_fraction and seed, stratified; the posts file is config.json's data.source unless --data
 names it), and its size is checked against config.json's data.val_posts. On it, the fp32 model,
-the all-int8 model (export.quantize_int8) and, for each quantizable layer, the int8 model with
+the all-int8 model (int8.quantize_int8) and, for each quantizable layer, the int8 model with
 that one layer kept in fp32 are scored (macro-F1 and loss). Prints the layers ranked by how much
 keeping them in fp32 recovers of int8's macro-F1 cost. Ranking on the validation posts, not the
 test posts, keeps the choice of --keep-fp32 out of the test score.
@@ -29,10 +29,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from fbdl_fast import export
 from fbdl_fast.data import PostsDataset, load_posts, make_loader, split_posts
 from fbdl_fast.runs import load_run
-from fbdl_fast.train import Trainer
+from fbdl_fast.serving import int8
+from fbdl_fast.training.trainer import Trainer
 
 
 def validation_loader(run: Any, data: Path | None) -> tuple[Any, int]:
@@ -66,10 +66,10 @@ def ranking(run: Any, loader: Any) -> list[dict[str, Any]]:
     """fp32, all int8, then each quantizable layer kept in fp32, most macro-F1 recovered first."""
     fp32 = run.trainer.model.eval()
     rows = [{"model": "fp32", **score(run, fp32, loader)}]
-    rows.append({"model": "int8 (all)", **score(run, export.quantize_int8(fp32), loader)})
+    rows.append({"model": "int8 (all)", **score(run, int8.quantize_int8(fp32), loader)})
     kept = []
-    for name in export.quantizable(fp32):
-        found = score(run, export.quantize_int8(fp32, [name]), loader)
+    for name in int8.quantizable(fp32):
+        found = score(run, int8.quantize_int8(fp32, [name]), loader)
         kept.append({"model": f"int8, {name} fp32", **found})
         print(f"  {name}: macro-F1 {found['macro_f1']:.4f}", file=sys.stderr, flush=True)
     return rows + sorted(kept, key=lambda row: -row["macro_f1"])
@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fp32 = run.trainer.model.eval()
         models = {
             "fp32": fp32,
-            "int8 (all)": export.quantize_int8(fp32),
-            f"int8, {', '.join(keep)} fp32": export.quantize_int8(fp32, keep),
+            "int8 (all)": int8.quantize_int8(fp32),
+            f"int8, {', '.join(keep)} fp32": int8.quantize_int8(fp32, keep),
         }
         seconds = cpu_times(models, loader, args.repeats)
         print(f"\nmodel alone, 1 thread, best CPU s of {args.repeats} over {count} posts:")

@@ -26,7 +26,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from fbdl_fast.speed import interleaved_times
+from fbdl_fast.reports.speed import interleaved_times
 
 RESULTS_ENV = "FBDL_FAST_BENCH_RESULTS"
 CUDA = torch.cuda.is_available()

@@ -30,8 +30,8 @@ from torch.nn.utils import prune
 
 from fbdl_fast.data import PostsDataset, load_posts, make_loader
 from fbdl_fast.files import write_atomic
+from fbdl_fast.reports.speed import interleaved_medians
 from fbdl_fast.runs import load_run
-from fbdl_fast.speed import interleaved_medians
 
 
 class CsrLinear(nn.Module):

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from fbdl_fast import ModelConfig
 from fbdl_fast.cli import main
-from fbdl_fast.train import CompileError, Trainer
+from fbdl_fast.training.trainer import CompileError, Trainer
 from tiny_run import Bag, Posts, bag_config, write_posts_csv
 
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fbdl_fast import cli
 from fbdl_fast.cli import main
+from fbdl_fast.cli import predict as cli
 from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
-from fbdl_fast.synthetic import generate_posts
+from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.tokenizer import Tokenizer
 from tiny_run import MAX_LENGTH, make_run, tiny_config, tiny_model_args, write_csv
 

@@ -20,7 +20,7 @@ from fbdl_fast.calibration import (
     top_label_reliability,
 )
 from fbdl_fast.checkpoint import CheckpointError, add_calibration, load_checkpoint, temperature_of
-from fbdl_fast.train import Trainer
+from fbdl_fast.training.trainer import Trainer
 from tiny_run import BAG_CLASSES, Bag, Posts, bag_config
 
 

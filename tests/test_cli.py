@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from fbdl_fast.cli import build_parser, format_table, main
+from fbdl_fast.cli.demo import format_table
+from fbdl_fast.cli.main import build_parser, main
 from tiny_run import make_run, tiny_model_args, write_csv, write_posts_csv
 
 TINY_MODEL = [*tiny_model_args(), "--quiet"]
@@ -215,7 +216,7 @@ def test_interrupted_predict_leaves_no_file(
     import os
     import signal
 
-    from fbdl_fast import cli
+    from fbdl_fast.cli import predict as cli
 
     data, run = trained
     real, calls = cli._predict_chunk, []
@@ -256,8 +257,8 @@ def test_progress_lines_in_a_log_file(
 
 
 def test_progress_log_rate_share_and_eta(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fbdl_fast import train
-    from fbdl_fast.train import ProgressLog
+    from fbdl_fast.training import trainer as train
+    from fbdl_fast.training.trainer import ProgressLog
 
     now = [0.0]
     log = ProgressLog("epoch 1/3", 30, total_batches=100, clock=lambda: now[0])
@@ -275,10 +276,11 @@ def test_progress_log_rate_share_and_eta(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_commands_run_on_one_thread_unless_told(
     trained: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The default --threads is 1 (measured: see cli.DEFAULT_THREADS); torch is left as found."""
+    """The default --threads is 1 (measured: see fbdl_fast.cli.common.DEFAULT_THREADS); torch is
+    left as found."""
     import torch
 
-    from fbdl_fast import cli
+    from fbdl_fast.cli import predict as cli
 
     _, run = trained
     before, seen = torch.get_num_threads(), []

@@ -34,7 +34,7 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _validation(data: Path, run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw logits and labels of the run's best.pt on its validation posts, split as train did."""
-    from fbdl_fast.cli import _loader
+    from fbdl_fast.cli.common import run_loader as _loader
     from fbdl_fast.data import load_posts, split_posts
     from fbdl_fast.runs import load_run
 
@@ -83,7 +83,7 @@ def test_calibrate_fits_the_validation_posts_and_stores_the_temperature(
 
 def test_predict_applies_the_temperature(calibrated: tuple[Path, Path]) -> None:
     from fbdl_fast.checkpoint import load_checkpoint
-    from fbdl_fast.cli import _loader
+    from fbdl_fast.cli.common import run_loader as _loader
     from fbdl_fast.data import loader_order
     from fbdl_fast.runs import load_run
 
@@ -208,7 +208,7 @@ def test_a_model_giving_nan_keeps_its_run_without_a_per_class_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from fbdl_fast.checkpoint import load_checkpoint
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.training.trainer import Trainer
 
     real = Trainer.outputs
 

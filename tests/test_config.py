@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.losses import FocalLoss, create_loss
+from fbdl_fast.training.losses import FocalLoss, create_loss
 
 
 def test_defaults_are_the_designs() -> None:

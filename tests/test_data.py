@@ -24,7 +24,7 @@ from fbdl_fast.data import (
     tokenize_texts,
     train_val_split,
 )
-from fbdl_fast.synthetic import CLASSES, generate_posts
+from fbdl_fast.data.synthetic import CLASSES, generate_posts
 from tiny_run import tiny_config
 
 # ====================
@@ -351,7 +351,7 @@ def test_synthetic_looks_like_social_media_and_has_all_classes() -> None:
 
 def test_synthetic_labels_follow_the_words() -> None:
     # A bag-of-class-words vote recovers most labels: the dataset is learnable, but not 100%.
-    from fbdl_fast.synthetic import _WORDS
+    from fbdl_fast.data.synthetic import _WORDS
 
     posts = generate_posts(1000, seed=4)
     correct = 0

@@ -11,12 +11,13 @@ import pytest
 import torch
 from torch import nn
 
-from fbdl_fast import distill, train
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data import LabelMap, load_posts, split_posts
-from fbdl_fast.distill import TEACHER_LOGITS, DistillationLoss, compute_logits
 from fbdl_fast.runs import load_run
+from fbdl_fast.training import distill
+from fbdl_fast.training import trainer as train
+from fbdl_fast.training.distill import TEACHER_LOGITS, DistillationLoss, compute_logits
 from tiny_run import make_run, tiny_model_args, write_csv, write_posts_csv
 
 # ----------------------------------------------------------------------------- the loss

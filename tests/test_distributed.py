@@ -21,8 +21,8 @@ from fbdl_fast import ModelConfig
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data import BucketBatchSampler, PostsDataset, make_loader
-from fbdl_fast.distributed import DistContext, all_reduce_sum, init_from_env
-from fbdl_fast.train import METRICS_LOG, Trainer
+from fbdl_fast.training.distributed import DistContext, all_reduce_sum, init_from_env
+from fbdl_fast.training.trainer import METRICS_LOG, Trainer
 from tiny_run import Bag, bag_config, tiny_model_args, write_posts_csv
 
 # ----------------------------------------------------------------------------- the sampler
@@ -129,7 +129,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         history["epoch_times"] = []
         torch.save({"history": history, "model": trainer.model.state_dict()}, f"{out}/{rank}.pt")
     finally:
-        from fbdl_fast.distributed import teardown
+        from fbdl_fast.training.distributed import teardown
 
         teardown(ctx)
 

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
-from fbdl_fast.cli import _loader, main
+from fbdl_fast.cli import main
+from fbdl_fast.cli.common import run_loader as _loader
 from fbdl_fast.data import PostsDataset, balanced_sample_weights, load_posts, make_loader
 from fbdl_fast.runs import load_run
-from fbdl_fast.train import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer
+from fbdl_fast.training.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer
 from test_train import assert_same_state
 from tiny_run import (
     Bag,

@@ -11,16 +11,18 @@ import torch
 from torch.utils.data import DataLoader
 
 from devices import kernel_skip_reason
-from fbdl_fast import cli, export
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
+from fbdl_fast.cli import predict as cli
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import PostsDataset, loader_order, make_loader
+from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.models import create_model
 from fbdl_fast.ops import _dispatch
 from fbdl_fast.runs import RUN_CONFIG, Run, load_run
-from fbdl_fast.synthetic import generate_posts
-from fbdl_fast.train import BEST_CHECKPOINT, Trainer
+from fbdl_fast.serving import int8
+from fbdl_fast.serving import onnx as serving_onnx
+from fbdl_fast.training.trainer import BEST_CHECKPOINT, Trainer
 from tiny_run import cli_refusal, make_run
 
 
@@ -100,15 +102,18 @@ def test_onnx_parity_in_onnxruntime(
         shapes.add(tuple(ids.shape))
         with torch.no_grad():
             expected = run.trainer.model.eval()(ids, mask)
-        got = export.onnx_logits(data, ids, mask)
-        assert (got - expected).abs().max().item() <= export.ONNX_TOLERANCE
+        got = serving_onnx.onnx_logits(data, ids, mask)
+        assert (got - expected).abs().max().item() <= serving_onnx.ONNX_TOLERANCE
     assert len({s[0] for s in shapes}) >= 2 and len({s[1] for s in shapes}) >= 2
     assert padded >= 10  # posts with padding among them
     # The mask is read: hiding a real token changes that post's logits.
     ids, mask = batch["input_ids"], batch["attention_mask"].long()
     shorter = mask.clone()
     shorter[0, int(mask[0].sum()) - 1] = 0
-    diff = export.onnx_logits(data, ids, shorter)[0] - export.onnx_logits(data, ids, mask)[0]
+    diff = (
+        serving_onnx.onnx_logits(data, ids, shorter)[0]
+        - serving_onnx.onnx_logits(data, ids, mask)[0]
+    )
     assert diff.abs().max().item() > 1e-6
 
 
@@ -127,14 +132,14 @@ def test_onnx_export_refuses_a_file_that_fails(
         def broken(model, example, max_length, dynamo):  # type: ignore[no-untyped-def]
             raise RuntimeError(f"cannot trace ({'dynamo' if dynamo else 'torchscript'})\nmore")
 
-        monkeypatch.setattr(export, "_onnx_bytes", broken)
+        monkeypatch.setattr(serving_onnx, "_onnx_bytes", broken)
         needle = (
             "dynamo: RuntimeError: cannot trace (dynamo); "
             "torchscript: RuntimeError: cannot trace (torchscript)"
         )
     else:
-        real = export.onnx_logits
-        monkeypatch.setattr(export, "onnx_logits", lambda *a: real(*a) + 0.01)
+        real = serving_onnx.onnx_logits
+        monkeypatch.setattr(serving_onnx, "onnx_logits", lambda *a: real(*a) + 0.01)
         needle = "torchscript: max |logit diff| 0.01 against torch on a padded (3, 11) batch"
     assert main(["export", "--run", str(folder), "--format", "onnx", "--quiet"]) == 2
     err = capsys.readouterr().err
@@ -177,20 +182,20 @@ def test_lstm_of_any_depth_exports_through_torch_export(tmp_path: Path, num_laye
     longest; what the padding holds does not change them (each direction reads only a post's
     real tokens)."""
     run = load_run(_run(tmp_path, "lstm", num_layers=num_layers), "cpu")
-    done = export.export_onnx(run)
-    assert done["exporter"] == "dynamo" and done["max_abs_diff"] <= export.ONNX_TOLERANCE
+    done = serving_onnx.export_onnx(run)
+    assert done["exporter"] == "dynamo" and done["max_abs_diff"] <= serving_onnx.ONNX_TOLERANCE
     data = done["path"].read_bytes()
     config, model = run.config, run.trainer.model.eval()
     length = config.max_seq_length
-    ids, mask = export.padded_batch(5, length, config.vocab_size, config.pad_token_id, seed=3)
+    ids, mask = serving_onnx.padded_batch(5, length, config.vocab_size, config.pad_token_id, seed=3)
     mask[1, 1:] = 0  # a post of one token
     for batch in ((ids[:1, :1], mask[:1, :1]), (ids, mask)):
         with torch.no_grad():
             expected = model(*batch)
-        got = export.onnx_logits(data, *batch)
-        assert (got - expected).abs().max().item() <= export.ONNX_TOLERANCE
+        got = serving_onnx.onnx_logits(data, *batch)
+        assert (got - expected).abs().max().item() <= serving_onnx.ONNX_TOLERANCE
     other = torch.where(mask == 1, ids, (ids + 7) % config.vocab_size)  # other padding ids
-    torch.testing.assert_close(export.onnx_logits(data, other, mask), got, atol=1e-6, rtol=0)
+    torch.testing.assert_close(serving_onnx.onnx_logits(data, other, mask), got, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------------- int8
@@ -215,9 +220,9 @@ def test_int8_export_then_predict(
     state = load_checkpoint(folder / "model.int8.pt")
     assert state["quantized_modules"] == QUANTIZED[model]
     weights = state["model"]
-    int8 = [k for k, v in weights.items() if v.dtype == torch.int8]
-    assert int8 and all(k.endswith(".int8") for k in int8)
-    for key in int8:  # per channel: one scale and zero point per output row, axis 0
+    int8_keys = [k for k, v in weights.items() if v.dtype == torch.int8]
+    assert int8_keys and all(k.endswith(".int8") for k in int8_keys)
+    for key in int8_keys:  # per channel: one scale and zero point per output row, axis 0
         stem, rows = key.removesuffix(".int8"), weights[key].shape[0]
         assert weights[stem + ".scales"].dtype == torch.float64
         assert weights[stem + ".scales"].shape == (rows,)
@@ -234,7 +239,7 @@ def test_int8_export_then_predict(
         [list(json.loads(line)["probabilities"].values()) for line in out.read_text().splitlines()]
     )
     run = load_run(folder, "cpu")
-    reference = export.quantize_int8(run.trainer.model)
+    reference = int8.quantize_int8(run.trainer.model)
     # The same batches as predict's: dynamic int8 scales each batch's activations as a whole.
     loader = _loader(run, texts, run.config.batch_size)
     expected = torch.empty_like(got)
@@ -250,7 +255,7 @@ def test_int8_export_then_predict(
     torch.testing.assert_close(got, expected, atol=2e-6, rtol=0)  # 6 decimals in the file
     assert (got - fp32).abs().max().item() > 1e-5  # the int8 model ran
     with torch.no_grad():  # the file rebuilds the exported model exactly
-        assert torch.equal(export.load_int8(run)(ids, mask), reference(ids, mask))
+        assert torch.equal(int8.load_int8(run)(ids, mask), reference(ids, mask))
 
     labelled = tmp_path / "l.csv"
     labelled.write_text("text,label\nhello world,positive\n", encoding="utf-8")
@@ -280,7 +285,7 @@ def test_int8_file_with_weights_per_tensor_still_loads(tmp_path: Path, model: st
         per_tensor = quantize_dynamic(
             copy.deepcopy(run.trainer.model).eval(), {torch.nn.Linear, torch.nn.LSTM}, torch.qint8
         )
-    old = export.int8_state(per_tensor)
+    old = int8.int8_state(per_tensor)
     stems = [k.removesuffix(".int8") for k in old if k.endswith(".int8")]
     assert stems and not [k for k in old if k.endswith((".scales", ".zero_points", ".axis"))]
     for stem in stems:  # the old layout: one float64 scale and one int64 zero point
@@ -294,18 +299,18 @@ def test_int8_file_with_weights_per_tensor_still_loads(tmp_path: Path, model: st
     batch = next(iter(_loader(run, generate_posts(8, seed=3).texts, 8)))
     ids, mask = batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
-        got = export.load_int8(run)(ids, mask)
+        got = int8.load_int8(run)(ids, mask)
         assert torch.equal(got, per_tensor(ids, mask))
-        assert not torch.equal(got, export.quantize_int8(run.trainer.model)(ids, mask))
+        assert not torch.equal(got, int8.quantize_int8(run.trainer.model)(ids, mask))
 
 
 def test_int8_engine_missing_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert export.int8_engine_problem(["qnnpack", "none"]) is None
+    assert int8.int8_engine_problem(["qnnpack", "none"]) is None
     folder = make_run(tmp_path / "cnn")
     assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
-    monkeypatch.setattr(export, "supported_engines", lambda: ["none"])
+    monkeypatch.setattr(int8, "supported_engines", lambda: ["none"])
     for argv in (
         ["export", "--run", str(folder), "--format", "int8"],
         ["predict", "--run", str(folder), "--checkpoint", "int8", "--text", "hi"],
@@ -362,14 +367,14 @@ def test_predict_int8_bad_input(
     missing = [*predict[:2], str(tmp_path / "nope"), *predict[3:]]
     assert "does not exist" in error(missing)
     with monkeypatch.context() as patch:  # as on a machine with CUDA
-        patch.setattr(cli, "_check_device", lambda name: None)
+        patch.setattr(cli, "check_device", lambda name: None)
         assert "runs on the CPU only" in error([*predict, "--device", "cuda"])
     assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
-    int8 = folder / "model.int8.pt"
-    good = int8.read_bytes()
-    int8.write_bytes(good[: len(good) // 2])
+    int8_file = folder / "model.int8.pt"
+    good = int8_file.read_bytes()
+    int8_file.write_bytes(good[: len(good) // 2])
     assert "model.int8.pt' is truncated or corrupt" in error(predict)
-    int8.write_bytes(good)
+    int8_file.write_bytes(good)
     run = load_run(folder, "cpu")
     with torch.no_grad():
         run.trainer.model.output_projection.bias.add_(1.0)
@@ -402,7 +407,7 @@ def test_int8_export_carries_the_calibration_temperature(
     loader = _loader(run, texts, run.config.batch_size)
     with torch.no_grad():
         for batch in loader:
-            rows = export.load_int8(run)(batch["input_ids"], batch["attention_mask"])
+            rows = int8.load_int8(run)(batch["input_ids"], batch["attention_mask"])
             logits[loader_order(loader)[: len(rows)]] = rows
     assert len(loader) == 1
     torch.testing.assert_close(got, torch.softmax(logits / 2.5, -1), atol=2e-6, rtol=0)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
-from fbdl_fast.train import LAST_CHECKPOINT, METRICS_LOG, NonFiniteLossError, Trainer
+from fbdl_fast.training.trainer import LAST_CHECKPOINT, METRICS_LOG, NonFiniteLossError, Trainer
 from tiny_run import Bag, Posts, bag_config, tiny_model_args, write_posts_csv
 
 # ----------------------------------------------------------------------------- non-finite losses
@@ -149,7 +149,7 @@ def train_argv(data: Path, out: Path, epochs: int = 5, *extra: str) -> list[str]
 # from outside would race with the run's own pace.
 KILL_IN_EPOCH_2 = """
 import os, signal, sys
-from fbdl_fast import train
+from fbdl_fast.training import trainer as train
 from fbdl_fast.cli import main
 
 original = train.Trainer._train_group
@@ -244,7 +244,7 @@ def test_finished_run_resumes_to_itself(posts_csv: Path, tmp_path: Path) -> None
 
 
 def test_history_from_an_older_checkpoint_counts_no_skipped_steps() -> None:
-    from fbdl_fast.train import History
+    from fbdl_fast.training.trainer import History
 
     old = {"train_losses": [1.0, 0.5], "val_losses": [1.1, 0.6], "best_epoch": 2}
     assert History.from_dict(old).skipped_steps == [0, 0]

@@ -24,12 +24,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from fbdl_fast import train as train_module
 from fbdl_fast.checkpoint import load_checkpoint
-from fbdl_fast.cli import _apply_model_defaults, build_parser, main
+from fbdl_fast.cli import main
+from fbdl_fast.cli.main import build_parser
+from fbdl_fast.cli.options import apply_model_defaults as _apply_model_defaults
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.models import bert as bert_module
 from fbdl_fast.models import create_model
+from fbdl_fast.training import trainer as train_module
 from tiny_run import write_posts_csv
 
 REQUIRED = os.environ.get("FBDL_FAST_REQUIRE_BERT_VOCAB") == "1"
@@ -145,7 +147,7 @@ def test_minilm_optimizer_groups_and_lr_schedule(minilm_run: tuple[Path, Path]) 
     vectors = [n for n, p in model.named_parameters() if p.ndim == 1]
     assert [len(g["params"]) for g in groups] == [len(matrices), len(vectors)]
     # The same rule, by name, on the optimizer the run's config builds.
-    from fbdl_fast.optim import create_optimizer
+    from fbdl_fast.training.optim import create_optimizer
 
     names = {id(p): n for n, p in model.named_parameters()}
     rebuilt = create_optimizer(model, config).param_groups
@@ -157,7 +159,7 @@ def test_minilm_optimizer_groups_and_lr_schedule(minilm_run: tuple[Path, Path]) 
     assert scheduler["last_epoch"] == last["global_step"] == 4
     assert scheduler["_last_lr"] == [0.0, 0.0]
     # Each step's LR, from the schedule's own function, against the hand values above.
-    from fbdl_fast.optim import LinearWarmupDecay
+    from fbdl_fast.training.optim import LinearWarmupDecay
 
     factors = [LinearWarmupDecay(1, 4)(t) for t in range(5)]
     assert factors == pytest.approx([0.0, 1.0, 2 / 3, 1 / 3, 0.0])
@@ -167,7 +169,7 @@ def test_minilm_optimizer_groups_and_lr_schedule(minilm_run: tuple[Path, Path]) 
 def test_minilm_evaluate_and_predict_rebuild_the_run(
     minilm_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.training.trainer import Trainer
 
     data, run = minilm_run
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--json"]) == 0
@@ -267,7 +269,7 @@ def test_minilm_refuses_options_its_checkpoint_sets(
 def test_a_bert_checkpoint_is_rebuilt_by_from_checkpoint(tmp_path: Path) -> None:
     """Without the package: a small random BertClassifier's checkpoint names its kind, and
     Trainer.from_checkpoint rebuilds it (the config's sizes, the saved weights)."""
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.training.trainer import Trainer
 
     config = ModelConfig(
         input_dim=16, hidden_dim=32, num_layers=1, num_heads=2, vocab_size=40, max_seq_length=8
@@ -287,7 +289,7 @@ def test_a_bert_checkpoint_is_rebuilt_by_from_checkpoint(tmp_path: Path) -> None
 def test_frozen_layers_get_no_gradient_nor_optimizer_slot() -> None:
     """freeze_layers=1 on a random 2-block BertClassifier: the embeddings and block 0 are
     outside the optimizer and unchanged by a training step; block 1 and the head move."""
-    from fbdl_fast.optim import create_optimizer
+    from fbdl_fast.training.optim import create_optimizer
 
     config = ModelConfig(
         input_dim=16,
@@ -335,7 +337,7 @@ def test_layer_options_are_for_pretrained_encoders_only(
 
 @needs_minilm
 def test_minilm_layer_options_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
-    from fbdl_fast.cli import _model_config
+    from fbdl_fast.cli.options import model_config as _model_config
 
     args = parsed("--model", "minilm", "--freeze-layers", "4", "--layer-decay", "0.8")
     config = _model_config(args, args.vocab_size, 3, 0)

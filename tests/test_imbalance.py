@@ -22,7 +22,7 @@ from fbdl_fast.data import (
     read_class_weights,
     split_posts,
 )
-from fbdl_fast.losses import balanced_class_weights, create_loss
+from fbdl_fast.training.losses import balanced_class_weights, create_loss
 from tiny_run import bag_config, tiny_model_args, train_refusal, write_csv
 
 # ----------------------------------------------------------------------------- class weights

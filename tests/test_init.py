@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from fbdl_fast.init import INITIALIZERS, WeightInitializer, initialize
+from fbdl_fast.models.init import INITIALIZERS, WeightInitializer, initialize
 
 FAN_IN, FAN_OUT = 1024, 512  # a (512, 1024) weight: 524k samples, std measured to ~0.1%
 REL = 0.02  # relative tolerance on a measured std (sampling error is ~20x smaller)

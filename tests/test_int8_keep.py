@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from fbdl_fast import export
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fbdl_fast.cli import main
+from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.runs import load_run
-from fbdl_fast.synthetic import generate_posts
+from fbdl_fast.serving import int8
 from test_export import _loader, _run
 
 
@@ -67,15 +67,15 @@ def test_keep_fp32_is_recorded_and_rebuilt_bit_for_bit(
         assert saved and not [k for k in saved if k.endswith(".int8")]
         for key in saved:
             assert torch.equal(state["model"][key], fp32[key].detach()), key
-    loaded = export.load_int8(run)
+    loaded = int8.load_int8(run)
     modules = dict(loaded.named_modules())
     assert all(type(modules[name]) in (nn.Linear, nn.LSTM) for name in kept)
     assert all(type(modules[name]) not in (nn.Linear, nn.LSTM) for name in quantized)
     ids, mask = _batch(run)
     with torch.no_grad():
         got = loaded(ids, mask)
-        assert torch.equal(got, export.quantize_int8(run.trainer.model, kept)(ids, mask))
-        assert not torch.equal(got, export.quantize_int8(run.trainer.model)(ids, mask))
+        assert torch.equal(got, int8.quantize_int8(run.trainer.model, kept)(ids, mask))
+        assert not torch.equal(got, int8.quantize_int8(run.trainer.model)(ids, mask))
 
 
 def test_file_without_kept_names_loads_all_int8(tmp_path: Path) -> None:
@@ -91,17 +91,17 @@ def test_file_without_kept_names_loads_all_int8(tmp_path: Path) -> None:
     run = load_run(folder, "cpu")
     ids, mask = _batch(run)
     with torch.no_grad():
-        got = export.load_int8(run)(ids, mask)
-        assert torch.equal(got, export.quantize_int8(run.trainer.model)(ids, mask))
+        got = int8.load_int8(run)(ids, mask)
+        assert torch.equal(got, int8.quantize_int8(run.trainer.model)(ids, mask))
     state["kept_fp32"] = ["blocks.0.mlp.proj"]  # but its weights are int8 and listed as such
     save_checkpoint(state, path)
     with pytest.raises(CheckpointError, match=r"model\.int8\.pt is damaged"):
-        export.load_int8(run)
+        int8.load_int8(run)
     state["kept_fp32"] = []
     state["quantized_modules"] = ["output_projection"]  # the rebuilt model quantizes three
     save_checkpoint(state, path)
     with pytest.raises(CheckpointError, match="damaged: it lists the int8 layers output_proj"):
-        export.load_int8(run)
+        int8.load_int8(run)
 
 
 def test_keep_fp32_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

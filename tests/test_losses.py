@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fbdl_fast.nn.focal_loss as focal_module
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.losses import (
+from fbdl_fast.training.losses import (
     CLASSIFICATION_LOSSES,
     LOSSES,
     DiceLoss,

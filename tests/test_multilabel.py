@@ -19,15 +19,15 @@ from sklearn.metrics import accuracy_score, f1_score, hamming_loss
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data import LabelMap, PostsDataset, label_set, load_posts, make_loader, split_posts
-from fbdl_fast.losses import create_loss
-from fbdl_fast.multilabel import (
+from fbdl_fast.training.losses import create_loss
+from fbdl_fast.training.multilabel import (
     MultiLabelLoss,
     multilabel_counts,
     multilabel_metrics,
     predict_labels,
     tune_thresholds,
 )
-from fbdl_fast.train import LAST_CHECKPOINT, Trainer
+from fbdl_fast.training.trainer import LAST_CHECKPOINT, Trainer
 from test_train import assert_same_state
 from tiny_run import Bag, bag_config, tiny_model_args, train_refusal, train_two_ranks_and_one
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import fbdl_fast.nn as fnn
-from fbdl_fast.norms import NORMS, AdaptiveLayerNorm, NormalizationLayers, create_norm
+from fbdl_fast.models.norms import NORMS, AdaptiveLayerNorm, NormalizationLayers, create_norm
 from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
 

@@ -10,14 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from fbdl_fast import cli, onnx_runtime
 from fbdl_fast.checkpoint import add_calibration
 from fbdl_fast.cli import main
+from fbdl_fast.cli import predict as cli
 from fbdl_fast.data import loader_order
+from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.files import sha256_of
 from fbdl_fast.runs import RUN_LABELS, load_run, tokenizer_fingerprint
-from fbdl_fast.synthetic import generate_posts
-from fbdl_fast.train import BEST_CHECKPOINT
+from fbdl_fast.serving import onnx as onnx_runtime
+from fbdl_fast.training.trainer import BEST_CHECKPOINT
 from test_export import _loader, _run
 from tiny_run import cli_refusal, make_run, write_posts_csv
 
@@ -142,7 +143,7 @@ def test_predict_onnx_bad_input(
         assert "--checkpoint onnx needs onnxruntime" in (err := error(predict))
         assert "pip install 'fbdl-fast[onnx]'" in err
     with monkeypatch.context() as patch:  # as on a machine with CUDA
-        patch.setattr(cli, "_check_device", lambda name: None)
+        patch.setattr(cli, "check_device", lambda name: None)
         assert "--checkpoint onnx runs on the CPU only" in error([*predict, "--device", "cuda"])
     export = ["export", "--run", str(folder), "--format", "onnx", "--quiet"]
     assert "--checkpoint onnx is an export's output" in error([*export, "--checkpoint", "onnx"])

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.optim import (
+from fbdl_fast.training.optim import (
     OPTIMIZERS,
     SCHEDULERS,
     AdaBelief,

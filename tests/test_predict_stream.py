@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from fbdl_fast import cli
-from fbdl_fast.cli import load_run, main
+from fbdl_fast.cli import main
+from fbdl_fast.cli import predict as cli
 from fbdl_fast.data import Post, iter_posts
-from fbdl_fast.synthetic import generate_posts
+from fbdl_fast.data.synthetic import generate_posts
+from fbdl_fast.runs import load_run
 from tiny_run import MAX_LENGTH, make_run
 
 
@@ -129,7 +130,9 @@ def test_a_reader_that_stops_early_ends_predict_quietly(run: Path, tmp_path: Pat
 # and written), the process's resident memory and how many posts it has read from the file.
 PER_CHUNK = """
 import json, os, sys
-from fbdl_fast import cli, data
+from fbdl_fast import data
+from fbdl_fast.cli import predict as cli
+from fbdl_fast.cli.main import main
 
 page = os.sysconf("SC_PAGE_SIZE")
 rss, read = [], [0]
@@ -146,7 +149,7 @@ def predict_chunk(run, texts, batch_size):
     return original_chunk(run, texts, batch_size)
 
 cli._predict_chunk, data.iter_posts = predict_chunk, iter_posts
-code = cli.main(sys.argv[2:])
+code = main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump(rss, f)
 sys.exit(code)

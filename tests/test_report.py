@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fbdl_fast.chart import (
+from fbdl_fast.reports.bench import markdown_table, rows_from_pytest_benchmark, write_report
+from fbdl_fast.reports.chart import (
     FASTER,
     SLOWER,
     bar_chart_png,
@@ -21,13 +22,8 @@ from fbdl_fast.chart import (
     curves_figure,
     reliability_figure,
 )
-from fbdl_fast.report import (
-    evaluate_logits,
-    markdown_table,
-    rows_from_pytest_benchmark,
-    write_report,
-    write_run_report,
-)
+from fbdl_fast.reports.evaluation import evaluate_logits
+from fbdl_fast.reports.run_report import write_run_report
 
 MACHINE = {"cpu": "Test CPU", "cores": 2, "gpu": None, "torch": "2.x", "triton": "3.x"}
 
@@ -166,7 +162,7 @@ def test_bench_command_writes_the_report_of_the_benches_that_ran_when_one_fails(
 
 
 def test_interleaved_medians_time_each_step_in_turns() -> None:
-    from fbdl_fast.speed import interleaved_medians
+    from fbdl_fast.reports.speed import interleaved_medians
 
     order: list[str] = []
     medians = interleaved_medians(
@@ -322,7 +318,7 @@ def test_reliability_diagram_bars_are_the_bin_accuracies() -> None:
 
 
 def test_curves_plot_the_history_and_mark_the_best_epoch(tmp_path: Path) -> None:
-    from fbdl_fast.train import History
+    from fbdl_fast.training.trainer import History
 
     history = History(
         train_losses=[1.2, 0.8, 0.6],
@@ -353,7 +349,7 @@ def test_curves_plot_the_history_and_mark_the_best_epoch(tmp_path: Path) -> None
 
 
 def test_a_diverged_run_still_gets_its_curves_and_a_clear_error(tmp_path: Path) -> None:
-    from fbdl_fast.train import History
+    from fbdl_fast.training.trainer import History
 
     nan = float("nan")
     history = History(

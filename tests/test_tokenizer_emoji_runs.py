@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from fbdl_fast.cli import UsageError, _apply_model_defaults, build_parser, main
+from fbdl_fast.cli import main
+from fbdl_fast.cli.common import UsageError
+from fbdl_fast.cli.main import build_parser
+from fbdl_fast.cli.options import apply_model_defaults as _apply_model_defaults
 from fbdl_fast.runs import load_run
 from fbdl_fast.tokenizer import Tokenizer
 from test_finetune import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv

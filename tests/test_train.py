@@ -22,11 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fbdl_fast import ModelConfig, create_facebook_posts_model, optim
+from fbdl_fast import ModelConfig, create_facebook_posts_model
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
 from fbdl_fast.metrics import macro_f1
 from fbdl_fast.nn import FocalLoss
-from fbdl_fast.train import (
+from fbdl_fast.training import optim
+from fbdl_fast.training.trainer import (
     BEST_CHECKPOINT,
     LAST_CHECKPOINT,
     METRICS_LOG,

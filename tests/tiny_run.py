@@ -31,10 +31,10 @@ from torch.utils.data import Dataset
 
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import LabelMap
+from fbdl_fast.data.synthetic import CLASSES, generate_posts
 from fbdl_fast.models import create_model
-from fbdl_fast.synthetic import CLASSES, generate_posts
 from fbdl_fast.tokenizer import Tokenizer
-from fbdl_fast.train import BEST_CHECKPOINT, Trainer
+from fbdl_fast.training.trainer import BEST_CHECKPOINT, Trainer
 
 MAX_LENGTH = 32
 

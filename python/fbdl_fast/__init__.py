@@ -23,14 +23,14 @@ _PUBLIC = {
     "FacebookPostsTransformer": "fbdl_fast.models",
     "FacebookPostsLSTM": "fbdl_fast.models",
     "FacebookPostsCNN": "fbdl_fast.models",
-    "Trainer": "fbdl_fast.train",
-    "FacebookPostsTrainer": "fbdl_fast.train",
-    "History": "fbdl_fast.train",
-    "WeightInitializer": "fbdl_fast.init",
-    "NormalizationLayers": "fbdl_fast.norms",
-    "LossFunctions": "fbdl_fast.losses",
-    "OptimizerFactory": "fbdl_fast.optim",
-    "SchedulerFactory": "fbdl_fast.optim",
+    "Trainer": "fbdl_fast.training.trainer",
+    "FacebookPostsTrainer": "fbdl_fast.training.trainer",
+    "History": "fbdl_fast.training.trainer",
+    "WeightInitializer": "fbdl_fast.models.init",
+    "NormalizationLayers": "fbdl_fast.models.norms",
+    "LossFunctions": "fbdl_fast.training.losses",
+    "OptimizerFactory": "fbdl_fast.training.optim",
+    "SchedulerFactory": "fbdl_fast.training.optim",
     "backend": "fbdl_fast.ops._dispatch",
     "patch": "fbdl_fast.nn.patch",
     "unpatch": "fbdl_fast.nn.patch",
@@ -61,8 +61,6 @@ assert set(__all__) == {"__version__", *_PUBLIC}, "keep __all__ and _PUBLIC in s
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
-    from fbdl_fast.init import WeightInitializer
-    from fbdl_fast.losses import LossFunctions
     from fbdl_fast.models import (
         FacebookPostsCNN,
         FacebookPostsLSTM,
@@ -70,12 +68,14 @@ if TYPE_CHECKING:
         create_facebook_posts_model,
         create_model,
     )
+    from fbdl_fast.models.init import WeightInitializer
+    from fbdl_fast.models.norms import NormalizationLayers
     from fbdl_fast.nn.patch import patch, unpatch
-    from fbdl_fast.norms import NormalizationLayers
     from fbdl_fast.ops._dispatch import backend
-    from fbdl_fast.optim import OptimizerFactory, SchedulerFactory
     from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import FacebookPostsTrainer, History, Trainer
+    from fbdl_fast.training.losses import LossFunctions
+    from fbdl_fast.training.optim import OptimizerFactory, SchedulerFactory
+    from fbdl_fast.training.trainer import FacebookPostsTrainer, History, Trainer
 
 
 def __getattr__(name: str) -> Any:

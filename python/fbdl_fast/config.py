@@ -41,16 +41,20 @@ class ModelConfig:
     num_classes: int = 2  # output classes
     max_seq_length: int = 512  # longest sequence (learned position table size)
     pad_token_id: int = 0  # id used for padding; padded positions never change a model's output
-    optimizer_type: str = "adamw"  # see fbdl_fast.optim.OPTIMIZERS
-    scheduler_type: Optional[str] = "cosine"  # see fbdl_fast.optim.SCHEDULERS; None for constant LR
-    loss: str = "cross_entropy"  # see fbdl_fast.losses.CLASSIFICATION_LOSSES
+    optimizer_type: str = "adamw"  # see fbdl_fast.training.optim.OPTIMIZERS
+    scheduler_type: Optional[str] = (
+        "cosine"  # see fbdl_fast.training.optim.SCHEDULERS; None for constant LR
+    )
+    loss: str = "cross_entropy"  # see fbdl_fast.training.losses.CLASSIFICATION_LOSSES
     use_focal_loss: bool = False  # the design's switch: True means loss="focal"
     class_weights: Optional[list[float]] = None  # per-class loss weights, length num_classes
     focal_gamma: float = 2.0  # focusing parameter of the focal loss, >= 0
     focal_alpha: Optional[Union[float, list[float]]] = None  # focal balance: scalar or per class
     label_smoothing: float = 0.0  # in [0, 1)
     seed: int = 42  # seeds weights, data order and dropout
-    init: Optional[str] = None  # weight initialiser name (fbdl_fast.init); None: the model's own
+    init: Optional[str] = (
+        None  # weight initialiser name (fbdl_fast.models.init); None: the model's own
+    )
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # CNN convolution widths
     fused: bool = True  # use fbdl_fast.nn fused layers; False builds the pure-PyTorch reference
     amp_dtype: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPU (CPU only when asked: warns)
@@ -68,7 +72,8 @@ class ModelConfig:
     layer_decay: float = 1.0  # bert: LR x layer_decay ** (layers above): head 1, top block x d
     sampler: str = "shuffle"  # training order, one of SAMPLERS
     # Several labels a post: one sigmoid output a class, binary cross-entropy (or with
-    # loss="focal" the focal loss's binary form), per-class thresholds (fbdl_fast.multilabel).
+    # loss="focal" the focal loss's binary form), per-class thresholds
+    # (fbdl_fast.training.multilabel).
     multi_label: bool = False
     # Exponential moving average of the weights, updated after every optimizer step with this
     # decay, in (0, 1); validated and saved as best.pt in place of the trained weights. None: off.
@@ -220,7 +225,8 @@ class ModelConfig:
 
     def _validate_names(self) -> None:
         # Imported here: the registries import torch, and `import fbdl_fast` must stay light.
-        from fbdl_fast import init, losses, optim
+        from fbdl_fast.models import init
+        from fbdl_fast.training import losses, optim
 
         _require_name("optimizer_type", self.optimizer_type, optim.OPTIMIZERS)
         if self.scheduler_type is not None:

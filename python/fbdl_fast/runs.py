@@ -42,13 +42,13 @@ if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap
     from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.training.trainer import Trainer
 
 PROG = "fbdl-fast"
 RUN_CONFIG = "config.json"
 RUN_TOKENIZER = "tokenizer.json"
 RUN_LABELS = "label_map.json"
-BEST_CHECKPOINT = "best.pt"  # written by fbdl_fast.train.Trainer
+BEST_CHECKPOINT = "best.pt"  # written by fbdl_fast.training.trainer.Trainer
 LAST_CHECKPOINT = "last.pt"
 METRICS_LOG = "metrics.jsonl"
 CHECKPOINT_CHOICES = ("best", "last")  # --checkpoint: one of these, or a path
@@ -412,7 +412,7 @@ def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str]
     from fbdl_fast.data import LabelMap
     from fbdl_fast.models import architecture, create_model
     from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.training.trainer import Trainer
 
     meta, config = read_run_config(path)
     try:

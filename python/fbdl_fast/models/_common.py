@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.init import initialize
+from fbdl_fast.models.init import initialize
 
 
 def check_inputs(

@@ -13,7 +13,7 @@ right-padded (real tokens first), as collate produces them. Two ways to get ther
   torch._dynamo.config.allow_rnn): the nn.LSTM's own weights, one torch.lstm call per layer and
   direction on the padded batch. The backward direction reads each row's real tokens reversed
   (a gather; padding stays after them, so it never reaches a real step) and the final states are
-  gathered at each row's last real token. Under fbdl_fast.export's ONNX export, the same path
+  gathered at each row's last real token. Under fbdl_fast.serving.onnx's ONNX export, the same path
   with each direction's recurrence as a scan over torch.lstm_cell, so that the batch and
   sequence sizes stay symbolic. The state_dict is the same every way.
 
@@ -37,8 +37,8 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.init import init_module
 from fbdl_fast.models._common import apply_init, check_inputs
+from fbdl_fast.models.init import init_module
 
 RIGHT_PADDED = (
     "FacebookPostsLSTM needs right-padded batches: attention_mask must be True on a prefix of "
@@ -151,7 +151,7 @@ class FacebookPostsLSTM(nn.Module):
         return layer_input  # (B, 2H)
 
 
-# True while fbdl_fast.export traces a model for ONNX (scan_recurrence): the packing-free path
+# True while fbdl_fast.serving.onnx traces a model for ONNX (scan_recurrence): the packing-free path
 # then runs each direction as a scan. Not torch.compiler.is_exporting(), which torch 2.11 also
 # reports under torch.compile, whose inductor cannot compile this scan.
 _scan_recurrence = False

@@ -1,33 +1,4 @@
-"""Serving formats of a trained run: ONNX (`model.onnx`) and dynamic int8 (`model.int8.pt`).
-
-`fbdl-fast export --run RUN --format onnx|int8` writes either file into the run folder,
-atomically, from the run's checkpoint (best, else last, or --checkpoint).
-
-ONNX: inputs `input_ids` and `attention_mask`, both int64 (B, L), the mask 1 on real tokens and 0
-on padding (Hugging Face's convention); output `logits` (B, C). Batch and sequence axes are
-dynamic (the sequence up to the run's max length). The fused ops are exported through their
-PyTorch reference (FBDL_FAST_BACKEND=torch while exporting): the file holds plain ONNX operators
-that any runtime runs. Two exporters are tried in turn: torch.export's (dynamo=True), then the
-TorchScript one. Before anything is written, the file is run in onnxruntime on a padded batch of
-another shape than the one it was traced with (a trace that froze a shape fails there) and its
-logits must be within ONNX_TOLERANCE of torch's; otherwise the next exporter is tried, and
-ExportError reports what each one did. The file written carries, in its metadata_props, what ties
-it to the run (the source checkpoint's name and SHA-256, config, labels, tokenizer fingerprint,
-calibration temperature: fbdl_fast.onnx_runtime.metadata), which `predict --checkpoint onnx`
-(fbdl_fast.onnx_runtime.onnx_run) checks before it serves the file.
-
-Measured with torch 2.15 (onnxscript 0.7, onnxruntime 1.32) on the tests' tiny runs: every model
-exports with dynamo=True, max |logit diff| on the check batch: Transformer 7.5e-9, BERT 1.1e-8,
-CNN 1.4e-6, LSTM 1.5e-7 with 1, 2 or 3 layers. The TorchScript exporter freezes the attention's
-reshape to the traced shape, and fails on a 1-layer LSTM over packed sequences (an IndexError
-inside it). The LSTM needs no packing here: under torch.export (torch.compiler.is_compiling() is
-True) it takes its torch.compile path, each layer and direction on the padded batch, the
-backward one on each post's tokens reversed by a gather, and models.lstm.scan_recurrence(), set
-around the dynamo exporter, turns each direction's recurrence into a scan over torch.lstm_cell
-(an ONNX Scan), so that the batch and sequence axes stay symbolic (also with torch 2.11, where
-the tests pass the same way).
-
-int8: `torch.ao.quantization.quantize_dynamic` turns every nn.Linear and nn.LSTM into its dynamic
+"""int8: `torch.ao.quantization.quantize_dynamic` turns every nn.Linear and nn.LSTM into its dynamic
 int8 form (CPU only): weights int8 per output channel (per_channel_dynamic_qconfig: one symmetric
 scale per row of each weight matrix, the LSTM's gate matrices included; every torch CPU engine
 runs them), activations quantized per batch on the fly. Per channel rather than torch's default
@@ -53,13 +24,9 @@ an int8 engine (torch.backends.quantized.supported_engines) is refused with Expo
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import os
-import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -67,209 +34,23 @@ import torch
 from torch import nn
 
 from fbdl_fast.checkpoint import (
-    CALIBRATION_KEY,
     CheckpointError,
     load_checkpoint,
     require_keys,
     save_checkpoint,
     temperature_of,
 )
-from fbdl_fast.files import open_atomic, sha256_of
-from fbdl_fast.models.lstm import scan_recurrence
 
 if TYPE_CHECKING:
     from fbdl_fast.runs import Run
 
-FORMATS = ("onnx", "int8")
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.pt"
-# The parity an exported file must reach against torch (issue 15: max |logit diff| <= 1e-4).
-ONNX_TOLERANCE = 1e-4
+
+from fbdl_fast.serving.provenance import INT8_FILE, ExportError, check_source, provenance
+
 INT8_FORMAT = "int8-dynamic"
-# model.int8.pt's list of the layers export --keep-fp32 left in fp32.
 KEPT_KEY = "kept_fp32"
 # Engines that run quantized Linear/LSTM kernels on a CPU ("none" is not one).
 INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
-
-
-class ExportError(ValueError):
-    """A run cannot be exported as asked; the message says why and what to do."""
-
-
-def output_path(run_path: Path, fmt: str) -> Path:
-    """Where `export --format fmt` writes in the run folder; ExportError for an unknown format."""
-    if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
-    return run_path / (ONNX_FILE if fmt == "onnx" else INT8_FILE)
-
-
-# ====================
-# ONNX
-# ====================
-
-
-@contextlib.contextmanager
-def reference_ops() -> Iterator[None]:
-    """FBDL_FAST_BACKEND=torch for the block (every fused op takes its PyTorch reference), then
-    the environment and the dispatch settings as they were."""
-    from fbdl_fast.ops import _dispatch
-
-    before = os.environ.get(_dispatch.ENV_VAR)
-    os.environ[_dispatch.ENV_VAR] = "torch"
-    _dispatch.refresh()
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(_dispatch.ENV_VAR, None)
-        else:
-            os.environ[_dispatch.ENV_VAR] = before
-        _dispatch.refresh()
-
-
-def padded_batch(
-    batch: int, length: int, vocab_size: int, pad_token_id: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) int64 (batch, length), right-padded: row 0 full, the others
-    of random lengths 1..length, padding at pad_token_id. Seeded, global RNG untouched."""
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab_size, (batch, length), generator=g)
-    lengths = torch.randint(1, length + 1, (batch,), generator=g)
-    lengths[0] = length
-    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (B, L)
-    return ids.masked_fill(mask == 0, pad_token_id), mask
-
-
-def _onnx_bytes(
-    model: nn.Module, example: tuple[torch.Tensor, ...], max_length: int, dynamo: bool
-) -> bytes:
-    """The ONNX file of `model` traced on `example`, with dynamic batch and sequence axes."""
-    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
-    if dynamo:
-        from torch.export import Dim
-
-        batch, sequence = Dim("batch"), Dim("sequence", max=max_length)
-        axes = {0: batch, 1: sequence}
-        program = torch.onnx.export(
-            model, example, dynamo=True, dynamic_shapes=(axes, axes), verbose=False, **names
-        )
-        assert program is not None
-        return program.model_proto.SerializeToString()
-    buffer = io.BytesIO()
-    axes_ts = {0: "batch", 1: "sequence"}
-    torch.onnx.export(
-        model,
-        example,
-        buffer,
-        dynamo=False,
-        dynamic_axes={"input_ids": axes_ts, "attention_mask": axes_ts, "logits": {0: "batch"}},
-        **names,
-    )
-    return buffer.getvalue()
-
-
-def onnx_logits(onnx_model: bytes, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The logits onnxruntime computes with `onnx_model` (the file's bytes) on one batch."""
-    from fbdl_fast.onnx_runtime import OnnxModel, session
-
-    return OnnxModel(session(onnx_model))(ids, mask)
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the block: file descriptors 1 and 2 (C++ prints) go to a scratch file,
-    sys.stdout/sys.stderr to a buffer, and logging is off (torch's exporters log graphs and
-    warnings about their own internals). Everything as it was afterwards."""
-    import logging
-    import sys
-    import tempfile
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    logging_was = logging.root.manager.disable
-    buffer = io.StringIO()
-    with tempfile.TemporaryFile() as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            logging.disable(logging.CRITICAL)
-            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
-                yield
-        finally:
-            logging.disable(logging_was)
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _reason(err: BaseException) -> str:
-    """One line saying why an exporter failed: torch.export's exception summary when it gives
-    one, else the error's first line."""
-    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
-    if "## Exception summary" in lines:
-        lines = lines[lines.index("## Exception summary") + 1 :]
-    text = lines[0] if lines else ""
-    return f"{type(err).__name__}: {text[:240]}"
-
-
-def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
-    """Write run's model as ONNX to `path` (default: the run's model.onnx), atomically, after the
-    onnxruntime check described in the module docstring, stamped with the run's metadata.
-    Returns {"path", "exporter", "max_abs_diff", "bytes"}; ExportError when no exporter gives a
-    file that passes."""
-    from fbdl_fast.onnx_runtime import metadata, with_metadata
-
-    try:
-        import onnx  # noqa: F401  (the dynamo exporter's output type)
-        import onnxruntime  # noqa: F401
-    except ImportError as err:
-        raise ExportError(
-            f"--format onnx needs onnx and onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
-        ) from None
-    path = path or run.path / ONNX_FILE
-    config = run.config
-    model = run.trainer.model.to("cpu").eval()
-    length = max(2, min(8, config.max_seq_length))  # >= 2: torch.export specialises 0 and 1
-    example = padded_batch(2, length, config.vocab_size, config.pad_token_id, seed=0)
-    check_length = max(1, min(length + 3, config.max_seq_length))
-    check = padded_batch(3, check_length, config.vocab_size, config.pad_token_id, seed=1)
-    failures = []
-    with reference_ops(), torch.no_grad():
-        expected = model(*check).float()
-        for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
-            try:
-                with warnings.catch_warnings(), _quiet():
-                    # The exporters warn about their own internals (deprecations, constant
-                    # folding) and print graphs when they fail; none of it is for the user.
-                    warnings.simplefilter("ignore")
-                    # A copy each time: a failed torch.export can leave fake tensors behind.
-                    with scan_recurrence() if dynamo else contextlib.nullcontext():
-                        data = _onnx_bytes(
-                            copy.deepcopy(model), example, config.max_seq_length, dynamo
-                        )
-                diff = (onnx_logits(data, *check) - expected).abs().max().item()
-            except Exception as err:  # each exporter fails in its own way; the next is tried
-                failures.append(f"{exporter}: {_reason(err)}")
-                continue
-            if not diff <= ONNX_TOLERANCE:  # also NaN
-                failures.append(
-                    f"{exporter}: max |logit diff| {diff:.3g} against torch on a padded "
-                    f"{tuple(check[0].shape)} batch, above {ONNX_TOLERANCE:g}"
-                )
-                continue
-            data = with_metadata(data, metadata(run))
-            with open_atomic(path, "wb") as f:
-                f.write(data)
-            return {"path": path, "exporter": exporter, "max_abs_diff": diff, "bytes": len(data)}
-    raise ExportError(
-        f"{run.meta.get('model', type(model).__name__)} in {run.path} could not be exported to "
-        f"ONNX with torch {torch.__version__}: " + "; ".join(failures)
-    )
 
 
 # ====================
@@ -520,36 +301,6 @@ def _quantized_names(qmodel: nn.Module) -> list[str]:
     return [name for name, m in qmodel.named_modules() if _quantized(m) is not None]
 
 
-def provenance(run: Run) -> dict[str, Any]:
-    """What ties an exported file to `run`, as model.int8.pt stores it and model.onnx's metadata
-    (fbdl_fast.onnx_runtime.metadata): the model's name, config, labels, tokenizer fingerprint,
-    the source checkpoint's name and SHA-256, and its calibration temperature (train
-    --calibrate; 1 without), so that the export's probabilities are calibrated as its source's."""
-    from fbdl_fast.runs import tokenizer_fingerprint
-
-    return {
-        "model_name": run.meta.get("model"),
-        "config": run.config.to_dict(),
-        "label_map": {"labels": list(run.label_map.labels)},
-        "tokenizer_fingerprint": tokenizer_fingerprint(run.tokenizer),
-        "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
-        CALIBRATION_KEY: {"temperature": run.trainer.temperature},
-    }
-
-
-def check_source(folder: Path, path: Path, source: dict[str, Any], fmt: str) -> None:
-    """RunError when the exported file `path` was made from another version of its source
-    checkpoint ({"name", "sha256"}) than the one in the run `folder` now."""
-    from fbdl_fast.runs import PROG, RunError
-
-    current = folder / str(source.get("name"))
-    if not current.is_file() or sha256_of(current) != source.get("sha256"):
-        raise RunError(
-            f"{path} was made from another {source.get('name')} than the one in {folder} "
-            f"now; export it again: `{PROG} export --run {folder} --format {fmt}`"
-        )
-
-
 def load_int8(run: Run, path: Optional[Path] = None) -> nn.Module:
     """The dynamic int8 model `export_int8` wrote for `run` (loaded from its source checkpoint),
     checked against the run: RunError/CheckpointError naming the file when it belongs to
@@ -597,36 +348,10 @@ def int8_run(run: Run, path: Optional[Path] = None) -> Run:
     evaluate and predict use for --checkpoint int8."""
     import dataclasses
 
-    from fbdl_fast.train import Trainer
+    from fbdl_fast.training.trainer import Trainer
 
     path = path or run.path / INT8_FILE
     model, temperature = _load_int8(run, path)
     trainer = Trainer(model, run.config, device="cpu", label_map=run.label_map, progress=False)
     trainer.temperature = temperature
     return dataclasses.replace(run, trainer=trainer, checkpoint=path)
-
-
-__all__ = [
-    "FORMATS",
-    "INT8_FILE",
-    "ONNX_FILE",
-    "ONNX_TOLERANCE",
-    "ExportError",
-    "check_source",
-    "export_int8",
-    "export_onnx",
-    "int8_engine_problem",
-    "int8_run",
-    "int8_state",
-    "kept_fp32",
-    "load_int8",
-    "model_from_int8_state",
-    "onnx_logits",
-    "output_path",
-    "padded_batch",
-    "provenance",
-    "quantizable",
-    "quantize_int8",
-    "reference_ops",
-    "supported_engines",
-]

@@ -1,34 +1,19 @@
-"""Reports: what `fbdl-fast bench`, `evaluate` and `train` write for people to read.
+"""Evaluation of a model on labelled posts: what `fbdl-fast evaluate` prints and writes.
 
-Bench: input is pytest-benchmark's JSON (`--benchmark-json`). Each benchmark in a group may mark
-itself `extra_info["role"] = "reference"`; every other member of the group gets a speedup, the
-reference's median time divided by its own, both measured in the same run on the same machine.
-A benchmark that measured its speedup itself (`extra_info["speedup"]`, e.g. by timing its step
-and the reference's in turns) reports that figure instead. Written as a markdown table, a JSON
-file and a PNG bar chart.
-
-Evaluation (`evaluate_logits`): from a model's logits and the true labels, per-class precision,
-recall, F1 and support, the confusion matrix (counts and row-normalised), the most confused pairs
-and the expected calibration error, before and after the checkpoint's temperature when it has
-one. As a dict for --json, text for the terminal, markdown plus two PNGs for --report (the
-confusion heat map, the reliability diagram).
-
-Run (`write_run_report`): what `fbdl-fast train` leaves in the run folder, report.md and
-curves.png: the per-epoch figures, the best epoch, and the evaluation of the chosen checkpoint on
-the validation posts.
+`evaluate_logits`: from a model's logits and the true labels, per-class precision, recall, F1
+and support, the confusion matrix (counts and row-normalised), the most confused pairs and the
+expected calibration error, before and after the checkpoint's temperature when it has one. As a
+dict for --json, text for the terminal, markdown plus two PNGs for --report (the confusion heat
+map, the reliability diagram).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from fbdl_fast.chart import bar_chart_png
 from fbdl_fast.files import write_atomic
 
 if TYPE_CHECKING:
@@ -36,126 +21,6 @@ if TYPE_CHECKING:
 
     from fbdl_fast.calibration import Reliability
     from fbdl_fast.metrics import ClassScores
-    from fbdl_fast.train import History
-
-
-@dataclass
-class Row:
-    """One benchmark: its group, its variant, its median time and its speedup over the reference."""
-
-    group: str
-    variant: str
-    median_s: float
-    speedup: Optional[float] = None  # reference median / this median; None without a reference
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores, GPU, library versions."""
-    import numpy
-    import torch
-
-    from fbdl_fast import __version__
-
-    info: dict[str, Any] = {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": numpy.__version__,
-        "fbdl_fast": __version__,
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = None
-    return info
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def rows_from_pytest_benchmark(data: dict[str, Any]) -> list[Row]:
-    """Rows, with speedups, from the dict pytest-benchmark writes with --benchmark-json."""
-    benchmarks = data.get("benchmarks", [])
-    references: dict[str, float] = {}
-    for bench in benchmarks:
-        if bench.get("extra_info", {}).get("role") == "reference":
-            references[bench["group"] or bench["name"]] = bench["stats"]["median"]
-    rows = []
-    for bench in benchmarks:
-        group = bench["group"] or bench["name"]
-        extra = dict(bench.get("extra_info", {}))
-        median = bench["stats"]["median"]
-        reference = references.get(group)
-        if extra.get("role") == "reference":
-            speedup = None
-        elif "speedup" in extra:  # measured by the benchmark itself, e.g. timed in turns
-            speedup = float(extra.pop("speedup"))
-        else:
-            speedup = None if reference is None else reference / median
-        variant = str(extra.pop("variant", bench.get("param") or bench["name"]))
-        rows.append(Row(group, variant, median, speedup, extra))
-    return rows
-
-
-def markdown_table(rows: list[Row], machine: dict[str, Any]) -> str:
-    """The report as markdown: the machine, then one line per benchmark."""
-    gpu = machine.get("gpu") or "no GPU"
-    lines = [
-        f"Measured on {machine['cpu']} ({machine['cores']} cores), {gpu}; "
-        f"torch {machine['torch']}, triton {machine.get('triton')}.",
-        "",
-        "| Benchmark | Variant | Median time | Speedup vs reference |",
-        "|---|---|---:|---:|",
-    ]
-    for row in rows:
-        speedup = (
-            "reference"
-            if row.extra.get("role") == "reference"
-            else (f"{row.speedup:.2f}x" if row.speedup is not None else "-")
-        )
-        lines.append(
-            f"| {row.group} | {row.variant} | {_format_seconds(row.median_s)} | {speedup} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _format_seconds(seconds: float) -> str:
-    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
-        if seconds >= scale:
-            return f"{seconds / scale:.3g} {unit}"
-    return f"{seconds / 1e-9:.3g} ns"
-
-
-def write_report(rows: list[Row], machine: dict[str, Any], out_dir: Path) -> list[Path]:
-    """Write report.md, report.json and speedups.png into `out_dir` (each atomically)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(rows, machine)
-    document = {"machine": machine, "results": [asdict(row) for row in rows]}
-    ranked = [row for row in rows if row.speedup is not None]
-    labels = [f"{row.group} | {row.variant}" for row in ranked]
-    chart = bar_chart_png(
-        f"speedup vs reference ({machine.get('gpu') or 'cpu'})",
-        labels,
-        [row.speedup for row in ranked],
-    )
-    paths = [out_dir / "report.md", out_dir / "report.json", out_dir / "speedups.png"]
-    write_atomic(paths[0], table)
-    write_atomic(paths[1], json.dumps(document, indent=2))
-    write_atomic(paths[2], chart)
-    return paths
 
 
 # ====================
@@ -344,7 +209,7 @@ class Evaluation:
     def markdown(self, heading: str = "##") -> str:
         """The report as markdown sections (per class, confusion, pairs, calibration)."""
         out = [f"{heading} Per class", ""]
-        out += _md_table(
+        out += markdown_table_lines(
             ["class", "precision", "recall", "F1", "support"],
             self._class_rows(),
             right=[1, 2, 3, 4],
@@ -359,7 +224,7 @@ class Evaluation:
                 [f"{c} ({v:.0%})" for c, v in zip(row, shares)]
                 for row, shares in zip(cm.tolist(), _normalized(cm))
             ]
-            out += _md_table(
+            out += markdown_table_lines(
                 ["true \\ predicted", *self.names],
                 _matrix_rows(self.names, cells),
                 right=list(range(1, n + 1)),
@@ -382,7 +247,7 @@ class Evaluation:
 
     def write(self, out_dir: Path, title: str = "Evaluation") -> list[Path]:
         """report.md, confusion.png and reliability.png in `out_dir` (created), each atomic."""
-        from fbdl_fast.chart import confusion_figure, png, reliability_figure
+        from fbdl_fast.reports.chart import confusion_figure, png, reliability_figure
 
         out_dir.mkdir(parents=True, exist_ok=True)
         classes = self.heatmap_classes()
@@ -493,88 +358,7 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _md_table(header: list[str], rows: list[list[str]], right: list[int]) -> list[str]:
+def markdown_table_lines(header: list[str], rows: list[list[str]], right: list[int]) -> list[str]:
+    """A markdown table as lines: the header, the rule (columns in `right` right-aligned), rows."""
     rule = ["---:" if i in right else "---" for i in range(len(header))]
     return ["| " + " | ".join(map(_md_cell, line)) + " |" for line in [header, rule, *rows]]
-
-
-# ====================
-# Run report: report.md and curves.png in the run folder
-# ====================
-
-RUN_REPORT, RUN_CURVES = "report.md", "curves.png"
-
-
-def run_markdown(
-    history: History,
-    evaluation: Optional[Evaluation],
-    title: str,
-    description: str,
-    checkpoint: str,
-) -> str:
-    """report.md of a run: summary, curves, the per-epoch table, the validation evaluation."""
-    best = history.best_epoch
-    stopped = ", stopped early" if history.stopped_early else ""
-    best_text = (
-        f"best epoch {best} of {history.epochs} (lowest validation loss){stopped}"
-        if best is not None
-        else f"{history.epochs} epochs, none with a finite validation loss"
-    )
-    out = [f"# {title}", "", f"{description}; {best_text}.", "", f"![curves]({RUN_CURVES})", ""]
-    out += ["## Per epoch", ""]
-    rows = []
-    for i in range(history.epochs):
-        rows.append(
-            [
-                f"{i + 1}{' (best)' if best == i + 1 else ''}",
-                f"{history.train_losses[i]:.4f}",
-                f"{history.val_losses[i]:.4f}",
-                f"{history.train_accs[i]:.4f}",
-                f"{history.val_accs[i]:.4f}",
-                f"{history.val_f1s[i]:.4f}",
-                f"{history.learning_rates[i]:.3g}",
-                f"{history.epoch_times[i]:.1f}",
-            ]
-        )
-    out += _md_table(
-        [
-            "epoch",
-            "train loss",
-            "val loss",
-            "train acc",
-            "val acc",
-            "val macro-F1",
-            "learning rate",
-            "time (s)",
-        ],
-        rows,
-        right=list(range(1, 8)),
-    )
-    if evaluation is not None:
-        out += [
-            "",
-            f"## Validation posts, {checkpoint}",
-            "",
-            f"Accuracy {evaluation.accuracy:.4f}, macro-F1 {evaluation.macro_f1:.4f}, ECE "
-            f"{evaluation.ece:.4f}{' (calibrated)' if evaluation.calibrated else ''}.",
-            "",
-            evaluation.markdown("###"),
-        ]
-    return "\n".join(out).rstrip("\n") + "\n"
-
-
-def write_run_report(
-    run_dir: Path,
-    history: History,
-    evaluation: Optional[Evaluation],
-    title: str,
-    description: str,
-    checkpoint: str,
-) -> list[Path]:
-    """Write report.md and curves.png into the run folder (each atomically)."""
-    from fbdl_fast.chart import curves_figure, png
-
-    paths = [run_dir / RUN_REPORT, run_dir / RUN_CURVES]
-    write_atomic(paths[0], run_markdown(history, evaluation, title, description, checkpoint))
-    write_atomic(paths[1], png(curves_figure(history, title)))
-    return paths

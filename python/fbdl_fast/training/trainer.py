@@ -28,9 +28,9 @@ micro-batch's mean loss is weighted by its share of the group's samples, so a gr
 batch N times larger (also the shorter last group of an epoch) for losses that average over
 samples (cross-entropy without class weights, focal); schedulers count optimizer steps.
 
-Distributed (torch.distributed initialised, e.g. by fbdl_fast.distributed.init_from_env under
-torchrun): the model is wrapped in DistributedDataParallel; the loaders must give each rank its
-own shard (data.BucketBatchSampler's num_replicas/rank). Losses are weighted by each rank's share
+Distributed (torch.distributed initialised, e.g. by
+fbdl_fast.training.distributed.init_from_env under torchrun): the model is wrapped in
+DistributedDataParallel; the loaders must give each rank its own shard (data.BucketBatchSampler's num_replicas/rank). Losses are weighted by each rank's share
 of the global batch, so R ranks with batch B step exactly as one process with batch R*B; epoch
 metrics are sums and counts reduced over ranks (every rank gets the same numbers, hence the same
 early-stopping and plateau decisions); only rank 0 writes checkpoints and the metrics log.
@@ -72,7 +72,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from fbdl_fast import distributed, losses, metrics, optim
+from fbdl_fast import metrics
 from fbdl_fast.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -85,6 +85,7 @@ from fbdl_fast.checkpoint import (
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import append_line, write_atomic
 from fbdl_fast.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG
+from fbdl_fast.training import distributed, losses, optim
 
 logger = logging.getLogger(__name__)
 
@@ -718,7 +719,7 @@ class Trainer:
     def _evaluate_multi_label(self, loader: Iterable[Any]) -> dict[str, float]:
         """evaluate() of a multi-label model: the loss, and multilabel_metrics at
         self.thresholds; sums reduced over ranks."""
-        from fbdl_fast.multilabel import multilabel_counts, multilabel_metrics
+        from fbdl_fast.training.multilabel import multilabel_counts, multilabel_metrics
 
         classes = self.config.num_classes
         sums = torch.zeros(4 + 3 * classes, dtype=torch.float64)  # loss, then the counts
@@ -768,7 +769,7 @@ class Trainer:
         calibrated when the loaded checkpoint holds a temperature (train --calibrate)."""
         logits, _, _ = self._forward_all(loader, "predict", need_labels=False)
         if self.config.multi_label:  # (N, C) bool: the classes at or above their threshold
-            from fbdl_fast.multilabel import predict_labels
+            from fbdl_fast.training.multilabel import predict_labels
 
             probs = torch.sigmoid(logits)
             return predict_labels(probs, self.thresholds), probs

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from fbdl_fast.calibration import Reliability
-    from fbdl_fast.train import History
+    from fbdl_fast.training.trainer import History
 
 WHITE, BLACK, GREY = (255, 255, 255), (40, 40, 40), (170, 170, 170)
 FASTER, SLOWER = (46, 125, 50), (198, 40, 40)

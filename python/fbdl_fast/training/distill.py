@@ -280,8 +280,8 @@ class Distillation:
     ) -> tuple[DataLoader, DataLoader, DistillationLoss]:
         """The train command's loaders, the training one carrying (label, teacher logits) rows
         for the training posts and the unlabelled ones, and the loss that reads them."""
-        from fbdl_fast import losses
         from fbdl_fast.data import PostsDataset, make_loader
+        from fbdl_fast.training import losses
 
         texts = [*train.texts, *self.unlabelled]
         logits = self.teacher_logits(run_dir, texts, label_map, say)

@@ -99,7 +99,7 @@ def create_loss(config: ModelConfig, **kwargs: Any) -> nn.Module:
             f"{', '.join(CLASSIFICATION_LOSSES)}"
         )
     if config.multi_label:  # multi-hot targets: one sigmoid a class
-        from fbdl_fast.multilabel import MultiLabelLoss
+        from fbdl_fast.training.multilabel import MultiLabelLoss
 
         return MultiLabelLoss(gamma=config.focal_gamma if name == "focal" else None)
     weight = _as_tensor(config.class_weights)

@@ -1,0 +1,229 @@
+"""Pieces every subcommand shares: the user-error type, progress on stderr, option types and
+the options of commands that read a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+from fbdl_fast.runs import Run, load_run
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from fbdl_fast.data import Posts
+
+
+MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
+
+
+# Pretrained encoders `train --model` fine-tunes (fbdl_fast.models.FINE_TUNED: the checkpoint).
+FINE_TUNED_TITLES = {"minilm": "MiniLM"}
+
+
+TITLES = {**MODEL_TITLES, **FINE_TUNED_TITLES}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for; reported on stderr with exit status 2."""
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [UsageError, ValueError, OSError]
+    # CheckpointError can only come from an imported fbdl_fast.checkpoint; importing it here
+    # would load torch for every command, --help included.
+    if "fbdl_fast.checkpoint" in sys.modules:
+        errors.append(sys.modules["fbdl_fast.checkpoint"].CheckpointError)
+    return tuple(errors)
+
+
+def say(args: argparse.Namespace, message: str) -> None:
+    """Progress for people, on stderr (stdout carries results: tables, JSON, predictions)."""
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr, flush=True)
+
+
+def run_loader(
+    run: Run, texts: Sequence[str], labels: Optional[list[int]], batch_size: int
+) -> DataLoader:
+    from fbdl_fast.data import PostsDataset, make_loader
+
+    dataset = PostsDataset.from_texts(
+        run.tokenizer, texts, labels, max_length=run.config.max_seq_length
+    )
+    return make_loader(dataset, batch_size, shuffle=False, pad_token_id=run.config.pad_token_id)
+
+
+def read_posts(args: argparse.Namespace, meta: dict[str, Any], with_labels: bool) -> Posts:
+    """The --data file, with the run's column names unless the options override them."""
+    from fbdl_fast.data import load_posts
+
+    text_column, label_column = data_columns(args, meta)
+    return load_posts(
+        args.data,
+        text_column,
+        label_column if with_labels else None,
+        errors=args.encoding_errors,
+        label_separator=meta.get("data", {}).get("label_separator"),  # multi-label runs
+    )
+
+
+def data_columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
+    data = meta.get("data", {})
+    return (
+        args.text_column or data.get("text_column", "text"),
+        args.label_column or data.get("label_column", "label"),
+    )
+
+
+def check_device(name: Optional[str]) -> None:
+    """UsageError unless `--device name` is a device this machine has (None: the default)."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {name!r} is not supported; accepted: cpu, cuda, cuda:N, mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(
+                f"--device {name}: CUDA is not available on this machine (torch "
+                f"{torch.__version__}); use --device cpu"
+            )
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: this machine has {count} GPU(s), cuda:0 first")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def load_for_inference(args: argparse.Namespace) -> Run:
+    """The run of --run with the weights of --checkpoint; int8: the run's model.int8.pt
+    (`export --format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`),
+    both on the CPU only."""
+    if args.checkpoint not in ("int8", "onnx"):
+        return load_run(Path(args.run), args.device, args.checkpoint)
+    from fbdl_fast.serving import int8
+
+    if args.device not in (None, "cpu"):
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} runs on the CPU only; drop --device {args.device} "
+            "or pass --device cpu"
+        )
+    if args.checkpoint == "onnx":
+        from fbdl_fast.serving.onnx import onnx_run
+
+        return onnx_run(Path(args.run))  # reads no torch checkpoint (hashes its source)
+    return int8.int8_run(load_run(Path(args.run), "cpu", None))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' line breaks; append a default unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
+    p.add_argument(
+        "--text-column",
+        default=None,
+        help="text column (default: the one the run was trained with)",
+    )
+    p.add_argument(
+        "--label-column",
+        default=None,
+        help="label column (default: the one the run was trained with)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="default: the run's batch size"
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="best|last|int8|onnx|PATH",
+        help="weights to use: best.pt or last.pt of the run, int8: its model.int8.pt (`export "
+        "--format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`; both CPU "
+        "only), or a checkpoint file (default: best, else last)",
+    )
+    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    add_encoding_option(p)
+    add_progress_option(p)
+    add_threads_option(p)
+
+
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--progress-every",
+        type=non_negative_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="when stderr is not a terminal (a log file), a progress line (posts/s, ETA) every "
+        "SECONDS; 0: after every batch",
+    )
+
+
+def non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also NaN
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
+def add_encoding_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--encoding-errors",
+        choices=["strict", "replace", "ignore"],
+        default="strict",
+        help="invalid UTF-8 in --data: strict = error naming the line, replace = U+FFFD, "
+        "ignore = drop the bytes",
+    )
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+# One intra-op thread by default (torchrun does the same: OMP_NUM_THREADS=1). The batches are
+# built in the main process (no loader workers), so extra torch threads only split each small
+# matrix product, and on a busy machine they wait on each other. Measured on this project's
+# shared 2-core machine, 1 epoch of the default CNN (`train`, 20,000 posts): 20.9 s with
+# --threads 1, 195.8 s with torch's default (2); 5,000 posts, three turns each: 9.6/3.6/2.5 s vs
+# 28.9/18.6/10.0 s (CNN), 3.7/3.6 s vs 22.2/26.7 s (Transformer). The demo: 37 s vs 160 s.
+DEFAULT_THREADS = 1
+
+
+def add_threads_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=DEFAULT_THREADS,
+        help="CPU threads torch uses inside each operation (default: %(default)s, the fastest "
+        "measured for these model sizes, 3-9x faster than one per core on a busy 2-core "
+        "machine); more can help a large model on a many-core machine with nothing else running",
+    )

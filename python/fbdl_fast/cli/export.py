@@ -1,0 +1,82 @@
+"""`fbdl-fast export`: write a run's model as ONNX or dynamic int8 for CPU serving."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fbdl_fast.cli.common import HelpFormatter, UsageError, add_threads_option, say
+from fbdl_fast.runs import PROG, load_run
+
+if TYPE_CHECKING:
+    pass
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fbdl_fast.serving import int8, onnx, provenance
+
+    target = provenance.output_path(Path(args.run), args.format)  # an unknown format: error first
+    if args.checkpoint in ("int8", "onnx"):
+        raise UsageError(
+            f"--checkpoint {args.checkpoint} is an export's output; export from best, last or a "
+            "path"
+        )
+    keep = [n.strip() for n in (args.keep_fp32 or "").split(",") if n.strip()]
+    if args.keep_fp32 is not None and (args.format != "int8" or not keep):
+        raise UsageError(
+            f"--keep-fp32 {args.keep_fp32!r}: accepted with --format int8 only, as module "
+            "names separated by commas (e.g. blocks.0.mlp.proj)"
+        )
+    run = load_run(Path(args.run), "cpu", args.checkpoint)
+    say(args, f"exporting {run.checkpoint} to {target} ...")
+    if args.format == "onnx":
+        done = onnx.export_onnx(run, target)
+        print(
+            f"wrote {target} ({done['bytes'] / 1e6:.1f} MB, {done['exporter']} exporter): "
+            f"onnxruntime's logits within {done['max_abs_diff']:.2g} of torch's on a padded batch"
+        )
+    else:
+        done = int8.export_int8(run, target, keep)
+        kept = f"; kept in fp32: {', '.join(done['kept_fp32'])}" if done["kept_fp32"] else ""
+        print(
+            f"wrote {target} ({done['bytes'] / 1e6:.1f} MB; fp32 weights "
+            f"{done['fp32_bytes'] / 1e6:.1f} MB): dynamic int8 "
+            f"{', '.join(done['quantized']) or 'nothing (no Linear or LSTM)'}{kept}; use it with "
+            f"`{PROG} predict --run {args.run} --checkpoint int8`"
+        )
+    return 0
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add `export` and its options to the `fbdl-fast` parser."""
+    p = subparsers.add_parser(
+        "export",
+        formatter_class=HelpFormatter,
+        help="write a run's model as ONNX or dynamic int8 for CPU serving",
+        description="Write the run's model into its folder: onnx -> model.onnx (inputs input_ids "
+        "and attention_mask, int64 (batch, length), the mask 1 on real tokens; output logits; "
+        "dynamic batch and sequence axes; checked in onnxruntime against torch before it is "
+        "written; needs onnx and onnxruntime), int8 -> model.int8.pt (Linear and LSTM layers "
+        "in dynamic int8); `predict` and `evaluate` run either with --checkpoint onnx|int8, on "
+        "a CPU.",
+    )
+    p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
+    p.add_argument("--format", required=True, metavar="onnx|int8", help="what to write")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="best|last|PATH",
+        help="weights to export (default: best, else last)",
+    )
+    p.add_argument(
+        "--keep-fp32",
+        default=None,
+        metavar="NAME[,NAME...]",
+        help="int8 only: layers left in fp32, module names as in model.named_modules(), exact or "
+        "a prefix ending at a dot (blocks.0 keeps the first block's Linear layers); default: "
+        "every Linear and LSTM in int8",
+    )
+    add_threads_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=cmd_export)

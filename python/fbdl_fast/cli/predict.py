@@ -1,0 +1,230 @@
+"""`fbdl-fast predict`: label new posts with a trained run."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+
+from fbdl_fast.cli.common import (
+    HelpFormatter,
+    UsageError,
+    add_run_options,
+    check_device,
+    data_columns,
+    load_for_inference,
+    run_loader,
+    say,
+)
+from fbdl_fast.runs import Run
+
+if TYPE_CHECKING:
+    pass
+
+
+# Posts per prediction chunk: read, tokenised (one encode_batch), bucketed by length, predicted
+# and written together. Memory holds one chunk, whatever the size of the input file.
+PREDICT_CHUNK = 4096
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import contextlib
+    import itertools
+
+    from tqdm import tqdm  # type: ignore[import-untyped]
+
+    from fbdl_fast.data import iter_posts
+    from fbdl_fast.files import open_atomic
+    from fbdl_fast.training.trainer import ProgressLog
+
+    if (args.data is None) == (not args.text):
+        raise UsageError("give either --data FILE or --text TEXT (repeatable), not both")
+    out = Path(args.output) if args.output else None
+    fmt = _output_format(out)
+    if out is not None and out.exists() and not args.overwrite:
+        raise UsageError(f"output file {out} already exists; pass --overwrite to replace it")
+    if out is not None and not out.parent.is_dir():
+        raise UsageError(f"--output {out}: folder {out.parent} does not exist")
+    check_device(args.device)
+    run = load_for_inference(args)
+    keep = [name.strip() for name in args.keep_columns.split(",")] if args.keep_columns else []
+    posts: Iterator[tuple[str, tuple[Any, ...]]]
+    if args.data is None:
+        if keep:
+            raise UsageError("--keep-columns needs --data FILE (--text posts have no columns)")
+        posts = ((text, ()) for text in args.text)
+    else:
+        text_column, _ = data_columns(args, run.meta)
+        found = iter_posts(args.data, text_column, None, errors=args.encoding_errors, keep=keep)
+        posts = ((post.text, post.kept) for post in found)
+    batch_size = args.batch_size or run.config.batch_size
+    names = [str(label) for label in run.label_map.labels]
+    count = 0
+    with contextlib.ExitStack() as stack:
+        # --output: a temporary file renamed at the end, so a failure leaves no half file.
+        sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
+        multi_label = run.config.multi_label
+        write = _prediction_writer(sink, fmt, names, keep, multi_label)
+        thresholds = run.trainer.thresholds or [0.5] * len(names)
+        # disable=None: a bar only when stderr is a terminal
+        bar = stack.enter_context(
+            tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
+        )
+        log = (
+            None
+            if bar.disable is False or args.quiet
+            else ProgressLog("predict", args.progress_every)
+        )
+        try:
+            while chunk := list(itertools.islice(posts, max(PREDICT_CHUNK, batch_size))):
+                texts = [text for text, _ in chunk]
+                for (text, kept), probs in zip(chunk, _predict_chunk(run, texts, batch_size)):
+                    if multi_label:  # every class at or above its threshold
+                        chosen = [i for i, p in enumerate(probs) if p >= thresholds[i]]
+                        labels = [run.label_map.decode(i) for i in chosen]
+                        write(text, labels, [probs[i] for i in chosen], probs, kept)
+                        continue
+                    best = max(range(len(probs)), key=probs.__getitem__)
+                    write(text, run.label_map.decode(best), probs[best], probs, kept)
+                count += len(chunk)
+                bar.update(len(chunk))
+                if log is not None:
+                    log.update(len(chunk))
+            sink.flush()
+        except BrokenPipeError:
+            if out is not None:
+                raise
+            # `predict ... | head`: the reader has all it wants. Stop quietly, as `cat` does;
+            # stdout goes to devnull so the interpreter's final flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+    if out is not None:
+        say(args, f"{count} predictions written to {out}")
+    return 0
+
+
+def _predict_chunk(run: Run, texts: list[str], batch_size: int) -> list[list[float]]:
+    """Class probabilities of each text, in the order of `texts`."""
+    import torch
+
+    from fbdl_fast.data import loader_order
+
+    loader = run_loader(run, texts, None, batch_size)
+    _, probs = run.trainer.predict(loader)
+    ordered = torch.empty_like(probs)
+    ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
+    return ordered.tolist()
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cell(value: Any) -> Any:
+    """A text cell a spreadsheet shows as text: a leading ' where it would start a formula."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def _prediction_writer(
+    sink: IO[str], fmt: str, names: list[str], keep: Sequence[str] = (), multi_label: bool = False
+) -> Callable[[str, Any, Any, list[float], tuple[Any, ...]], None]:
+    """A function writing one prediction row to `sink` (JSON lines, or CSV after a header):
+    the kept columns, the text, the label and its probability, then every class's probability.
+
+    `keep` names input columns passed through; their values come first. Multi-label rows hold
+    the labels at or above their threshold and their probabilities (JSON lists; in CSV joined
+    by |) under "labels" and "label_probabilities". In CSV, text cells starting with = + - @
+    (or a tab or carriage return) get a leading ' so that spreadsheets show them instead of
+    running them as formulas; JSON lines hold the texts unchanged."""
+    label_column, probability_column = (
+        ("labels", "label_probabilities") if multi_label else ("label", "probability")
+    )
+    if fmt == "jsonl":
+
+        def write_jsonl(
+            text: str, label: Any, probability: Any, probs: list[float], kept: tuple[Any, ...]
+        ) -> None:
+            row = {
+                **dict(zip(keep, kept)),
+                "text": text,
+                label_column: label,
+                probability_column: _rounded(probability),
+                "probabilities": {n: round(v, 6) for n, v in zip(names, probs)},
+            }
+            sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+        return write_jsonl
+    writer = csv.writer(sink, lineterminator="\n")
+    header = [*keep, "text", label_column, probability_column, *[f"prob_{n}" for n in names]]
+    writer.writerow([_csv_cell(cell) for cell in header])
+
+    def write_csv(
+        text: str, label: Any, probability: Any, probs: list[float], kept: tuple[Any, ...]
+    ) -> None:
+        cells = [*kept, text, _joined(label)]
+        writer.writerow([*map(_csv_cell, cells), _joined(_rounded(probability)), *_rounded(probs)])
+
+    return write_csv
+
+
+def _rounded(value: Any) -> Any:
+    """A probability, or each of a list of them, to 6 decimals."""
+    return [round(v, 6) for v in value] if isinstance(value, list) else round(value, 6)
+
+
+def _joined(value: Any) -> Any:
+    """A multi-label row's list as one CSV cell, its items joined by |; other values as given."""
+    return "|".join(map(str, value)) if isinstance(value, list) else value
+
+
+def _output_format(out: Optional[Path]) -> str:
+    if out is None:
+        return "jsonl"
+    suffix = out.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    raise UsageError(
+        f"--output {out}: extension {suffix!r} is not supported; accepted: .csv, .jsonl, .ndjson"
+    )
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add `predict` and its options to the `fbdl-fast` parser."""
+    p = subparsers.add_parser(
+        "predict",
+        formatter_class=HelpFormatter,
+        help="label new posts with a trained run",
+        description="Predict a label and class probabilities for each post, in input order. "
+        "Output: JSON lines on stdout, or --output FILE (.csv or .jsonl; it appears only once "
+        "complete). "
+        f"The file streams through in chunks of {PREDICT_CHUNK} posts, so memory does not "
+        "grow with its size. Empty or whitespace-only posts are classified as empty posts; "
+        "posts longer than the run's max length are truncated.",
+    )
+    add_run_options(p)
+    p.add_argument(
+        "--data", default=None, help="posts file (.csv, .tsv, .jsonl); a label column is not needed"
+    )
+    p.add_argument("--text", action="append", default=[], help="a post to classify (repeatable)")
+    p.add_argument(
+        "--output",
+        default=None,
+        help="write predictions here (.csv or .jsonl); in CSV a text starting with = + - or @ "
+        "gets a leading ' so spreadsheets do not run it as a formula",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument(
+        "--keep-columns",
+        default=None,
+        metavar="COL[,COL...]",
+        help="input columns to copy into each prediction (e.g. an id), before the text",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    p.set_defaults(func=cmd_predict)

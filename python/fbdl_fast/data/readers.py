@@ -1,0 +1,486 @@
+"""Posts in: CSV, TSV and JSON-lines files read into `Posts`, checked line by line.
+
+    posts = load_posts("posts.csv", text_column="text", label_column="label")
+
+`iter_posts` reads the same files one post at a time (prediction on a file of any size streams
+through it). Every problem names the file, the line and what is accepted: a missing column, an
+empty text, invalid UTF-8 (or `errors="replace"|"ignore"`), a UTF-16 file, a label that is
+neither a string nor an integer. Multi-label files hold a set of labels per post
+(`label_separator`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, Optional, Union
+
+if TYPE_CHECKING:
+    pass
+
+Label = Union[str, int]
+LabelSet = tuple[Label, ...]  # a multi-label post's labels (iter_posts(label_separator=...))
+
+FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+_INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
+ENCODING_ERRORS = ("strict", "replace", "ignore")  # what to do with invalid UTF-8 bytes
+_SURROGATE = re.compile("[\ud800-\udfff]")  # only JSON escapes can put these in a str
+logger = logging.getLogger(__name__)
+
+
+# ====================
+# Posts and loading
+# ====================
+
+
+@dataclass
+class Posts:
+    """Texts with their labels (None when the file has no label column) and source lines."""
+
+    texts: list[str]
+    labels: Optional[list[Label]]
+    lines: list[int]  # 1-based line of each post in `source`, for error messages
+    source: str = "<memory>"
+
+    def __post_init__(self) -> None:
+        if len(self.lines) != len(self.texts):
+            raise ValueError(
+                f"Posts.lines has {len(self.lines)} entries for "
+                f"{len(self.texts)} texts; expected one line per text"
+            )
+        if self.labels is not None and len(self.labels) != len(self.texts):
+            raise ValueError(
+                f"Posts.labels has {len(self.labels)} entries for "
+                f"{len(self.texts)} texts; expected one label per text"
+            )
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, indices: Sequence[int]) -> Posts:
+        """The posts at `indices`, in that order."""
+        return Posts(
+            texts=[self.texts[i] for i in indices],
+            labels=None if self.labels is None else [self.labels[i] for i in indices],
+            lines=[self.lines[i] for i in indices],
+            source=self.source,
+        )
+
+
+class Post(NamedTuple):
+    """One post as read from a file: its 1-based line, text and label (None: no label column),
+    and the values of the columns asked for with `keep` (in that order)."""
+
+    line: int
+    text: str
+    label: Optional[Label]
+    kept: tuple[Any, ...] = ()
+
+
+def load_posts(
+    path: Union[str, os.PathLike[str]],
+    text_column: str = "text",
+    label_column: Optional[str] = "label",
+    *,
+    require_labels: bool = True,
+    format: Optional[str] = None,
+    errors: str = "strict",
+    label_separator: Optional[str] = None,
+) -> Posts:
+    """Read posts from a CSV, TSV or JSON-lines file (all of it; `iter_posts` streams).
+
+    Args:
+        path: the file; its extension picks the format unless `format` is given.
+        text_column: column (CSV) or key (JSONL) holding the post text.
+        label_column: column or key holding the label; None to read texts only.
+        require_labels: if False, a file without the label column loads with `labels=None`
+            (prediction input); a present column must still be filled on every line.
+        format: "csv", "tsv" or "jsonl" to override the extension.
+        errors: invalid UTF-8 bytes (and, in JSONL, unpaired surrogate escapes such as
+            "\\ud800") are an error naming the line ("strict"), or replaced by U+FFFD
+            ("replace") or dropped ("ignore").
+        label_separator: multi-label posts: each label value is a set of labels (a LabelSet
+            tuple), written "spam|negative" with this separator, or a JSON list in JSONL;
+            an empty value is a post with no label (see `label_set`).
+
+    Labels are strings or integers; strings that spell an integer ("3") become that integer, so
+    the same labels load identically from CSV and JSONL. Surrounding spaces are dropped (" spam"
+    is "spam", with a warning naming the merge); case is kept ("Spam" and "spam" are two classes;
+    `label_warnings` says so). Empty and whitespace-only texts are kept
+    (the tokenizer turns them into [CLS] [SEP]); their count is logged at INFO level.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: empty file, missing column, missing text/label value, invalid UTF-8 or JSON;
+            the message names the file, the line and what is accepted.
+    """
+    texts: list[str] = []
+    labels: list[Label] = []
+    lines: list[int] = []
+    for post in iter_posts(
+        path,
+        text_column,
+        label_column,
+        require_labels=require_labels,
+        format=format,
+        errors=errors,
+        label_separator=label_separator,
+    ):
+        texts.append(post.text)
+        lines.append(post.line)
+        if post.label is not None:
+            labels.append(post.label)
+    has_labels = bool(labels)  # a label column is filled on every line or absent
+    return Posts(texts, labels if has_labels else None, lines, str(path))
+
+
+def iter_posts(
+    path: Union[str, os.PathLike[str]],
+    text_column: str = "text",
+    label_column: Optional[str] = "label",
+    *,
+    require_labels: bool = True,
+    format: Optional[str] = None,
+    errors: str = "strict",
+    keep: Sequence[str] = (),
+    label_separator: Optional[str] = None,
+) -> Iterator[Post]:
+    """The posts of a file one at a time, read incrementally (memory does not grow with the file).
+
+    Same arguments, checks and errors as `load_posts`; an error on line k comes after the posts
+    before it were yielded. Each line is decoded on its own, so an invalid byte is reported with
+    its line number. `keep` names other columns whose values each Post carries (`Post.kept`).
+    """
+    path = Path(path)
+    fmt = format or FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise ValueError(
+            f"cannot tell the format of {path}: extension {path.suffix!r} "
+            f"(format={format!r}); accepted: {', '.join(sorted(FORMATS))} "
+            "or format='csv'|'tsv'|'jsonl'"
+        )
+    if errors not in ENCODING_ERRORS:
+        raise ValueError(
+            f"errors={errors!r} is not supported; accepted: {', '.join(ENCODING_ERRORS)}"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"posts file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"posts file {path} is a directory; expected a CSV or JSONL file")
+    count = 0
+    blank: list[int] = []
+    spaced: dict[str, int] = {}  # labels written with surrounding spaces -> first line
+    with open(path, "rb") as f:
+        nul_lines: list[int] = []
+        lines = _decoded_lines(f, path, errors, nul_lines)
+        records = (
+            _read_jsonl(lines, path)
+            if fmt == "jsonl"
+            else _read_csv(lines, path, delimiter="," if fmt == "csv" else "\t")
+        )
+        has_labels = label_column is not None
+        for line, record in records:
+            if count == 0:  # columns are checked once, on the first record
+                has_labels = _check_columns(
+                    record, path, line, text_column, label_column, require_labels
+                )
+                missing = [name for name in keep if name not in record]
+                if missing:
+                    raise ValueError(
+                        f"column(s) {', '.join(map(repr, missing))} not found in {path} (line "
+                        f"{line}); columns are: {', '.join(map(str, record))}"
+                    )
+            text = _text_value(record, text_column, path, line)
+            if fmt == "jsonl" and _SURROGATE.search(text):  # a "\ud800" escape, unpaired
+                text = _surrogates(text, errors, path, line)
+            label: Any = None
+            if has_labels and label_separator is not None:
+                assert label_column is not None
+                value = record.get(label_column)
+                try:
+                    label = label_set(value, label_separator)
+                except ValueError as err:
+                    raise ValueError(
+                        f"{err} (column {label_column!r}, line {line} of {path})"
+                    ) from None
+            elif has_labels:
+                assert label_column is not None
+                label = _label_value(record.get(label_column), label_column, path, line)
+                raw = record.get(label_column)
+                if isinstance(raw, str) and raw != raw.strip() and len(spaced) < 100:
+                    spaced.setdefault(raw, line)
+            if not text.strip():
+                blank.append(line)
+            count += 1
+            yield Post(line, text, label, tuple(record.get(name) for name in keep))
+        if count == 0:
+            if f.tell() == 0 or _only_whitespace(path):
+                raise ValueError(f"posts file {path} is empty; expected a header line and posts")
+            raise ValueError(f"posts file {path} has a header but no posts")
+    if nul_lines:
+        shown = ", ".join(map(str, nul_lines[:5])) + (", ..." if len(nul_lines) > 5 else "")
+        logger.warning(
+            "%s: %d line(s) held NUL bytes (\\0), which were removed (line %s)",
+            path,
+            len(nul_lines),
+            shown,
+        )
+    if spaced:
+        logger.warning(
+            "%s: labels are read without surrounding spaces, so these are merged with the "
+            "label they spell: %s",
+            path,
+            ", ".join(f"{raw!r} -> {raw.strip()!r} (line {n})" for raw, n in spaced.items()),
+        )
+    if blank:
+        shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+        logger.info(
+            "%s: %d of %d posts are empty or whitespace-only (line %s); they are kept and "
+            "read as empty posts ([CLS] [SEP])",
+            path,
+            len(blank),
+            count,
+            shown,
+        )
+
+
+def _surrogates(text: str, errors: str, path: Path, line: int) -> str:
+    """A JSON text holding unpaired surrogates (not text: no encoding can write them)."""
+    if errors == "strict":
+        char = _SURROGATE.search(text)
+        assert char is not None
+        raise ValueError(
+            f"text on line {line} of {path} holds an unpaired surrogate "
+            f"(\\u{ord(char.group()):04x}), which is not text; fix the JSON escape, or "
+            "replace such characters with U+FFFD (errors='replace', --encoding-errors replace)"
+        )
+    return _SURROGATE.sub("\ufffd" if errors == "replace" else "", text)
+
+
+def _only_whitespace(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return all(not chunk.strip() for chunk in iter(lambda: f.read(1 << 16), b""))
+
+
+def _looks_utf16(first_line: bytes) -> bool:
+    """A UTF-16 byte-order mark, or text with a zero byte in every other position."""
+    if first_line.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    body = first_line.rstrip(b"\r\n\0")
+    half = len(body) // 2
+    return half > 0 and max(body[0::2].count(0), body[1::2].count(0)) * 2 >= half
+
+
+def _decoded_lines(
+    f: IO[bytes], path: Path, errors: str, nul_lines: Optional[list[int]] = None
+) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of each physical line, decoded on its own.
+
+    Lines are split on b"\\n", which never occurs inside a multi-byte UTF-8 sequence, so the
+    number of a bad byte's line is exact (and JSON strings holding U+2028 stay in one line,
+    which str.splitlines would cut).
+    """
+    for number, raw in enumerate(f, start=1):
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        if number == 1 and _looks_utf16(raw):
+            raise ValueError(
+                f"posts file {path} looks like UTF-16 (a byte-order mark or a zero byte in every "
+                "other position); convert it to UTF-8 (e.g. `iconv -f UTF-16 -t UTF-8`, or "
+                "'Save as CSV UTF-8')"
+            )
+        if b"\0" in raw:  # NUL is no text: a binary or mis-encoded line. Removed, reported.
+            raw = raw.replace(b"\0", b"")
+            if nul_lines is not None:
+                nul_lines.append(number)
+        try:
+            yield number, raw.decode("utf-8", errors)
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"posts file {path} is not valid UTF-8: byte 0x{raw[err.start]:02x} on "
+                f"line {number} ({err.reason}); save the file as UTF-8, or replace bad "
+                "bytes with U+FFFD (errors='replace', --encoding-errors replace)"
+            ) from None
+
+
+def _read_csv(
+    lines: Iterator[tuple[int, str]], path: Path, delimiter: str
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    consumed = 0  # physical lines the csv reader has pulled so far
+
+    def pieces() -> Iterator[str]:
+        nonlocal consumed
+        for number, line in lines:
+            consumed = number
+            if "\r" in line.rstrip("\r\n"):  # old Mac line ends: split as newline="" would
+                yield from io.StringIO(line, newline="")
+            else:
+                yield line
+
+    # A post is one field, read whole whatever its size (as a JSONL line is), then truncated to
+    # max_length tokens by the tokenizer; the csv module's default cap is 128 KiB. An unclosed
+    # quote then reads to the end of the file and is reported with the line where it opened.
+    if csv.field_size_limit() < sys.maxsize:
+        csv.field_size_limit(sys.maxsize)
+    reader = csv.reader(pieces(), delimiter=delimiter, strict=True)
+    header: Optional[list[str]] = None
+    start: Optional[int] = None
+    try:
+        header = next(reader, None)
+        while header is not None and not any(field.strip() for field in header):
+            header = next(reader, None)  # blank lines before the header
+        if header is None:
+            return
+        _check_header(header, path, consumed)
+        while True:
+            start = consumed + 1  # a record starts on the line after the previous one ended
+            row = next(reader, None)
+            if row is None:
+                return
+            if not any(field.strip() for field in row):
+                continue  # blank line
+            if len(row) > len(header):  # the overflow would silently become the next column
+                sep = "comma" if delimiter == "," else "tab"
+                raise ValueError(
+                    f"line {start} of {path} has {len(row)} fields but the header has "
+                    f"{len(header)} ({', '.join(header)}): an unquoted {sep} in the text? "
+                    f'Quote the field ("hello{delimiter} world"), and check that '
+                    "--text-column/--label-column name the columns you mean"
+                )
+            # Short rows read as missing (None) values, which the checks below report.
+            yield start, {name: (row[i] if i < len(row) else None) for i, name in enumerate(header)}
+    except csv.Error as err:
+        if header is None or start is None:  # the header itself
+            raise ValueError(
+                f"posts file {path} is not valid CSV in its header (line {consumed}): {err}"
+            ) from None
+        if "unexpected end of data" in str(err):
+            raise ValueError(
+                f"posts file {path}: the quoted field on line {start} is never closed (the file "
+                f'ends inside it, on line {consumed}); close or escape ("") its quote'
+            ) from None
+        raise ValueError(
+            f"posts file {path} is not valid CSV in the record that starts on line {start} "
+            f"(read to line {consumed}): {err}; an unbalanced quote on line {start}?"
+        ) from None
+
+
+def _check_header(header: list[str], path: Path, line: int) -> None:
+    seen: set[str] = set()
+    for name in header:
+        if name.strip() and name in seen:  # unnamed columns (trailing separators) may repeat
+            raise ValueError(
+                f"posts file {path}: column name {name!r} appears twice in the header (line "
+                f"{line}: {', '.join(header)}); give each column its own name"
+            )
+        seen.add(name)
+
+
+def _read_jsonl(
+    lines: Iterator[tuple[int, str]], path: Path
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"line {line} of {path} is not valid JSON ({err.msg}); expected one "
+                "JSON object per line"
+            ) from None
+        if not isinstance(record, dict):
+            raise ValueError(
+                f"line {line} of {path} holds a JSON {type(record).__name__}; "
+                "expected one JSON object per line"
+            )
+        yield line, record
+
+
+def _check_columns(
+    record: dict[str, Any],
+    path: Path,
+    line: int,
+    text_column: str,
+    label_column: Optional[str],
+    require_labels: bool,
+) -> bool:
+    columns = ", ".join(str(c) for c in record)
+    if text_column not in record:
+        raise ValueError(
+            f"text column {text_column!r} not found in {path} (line {line}); columns are: {columns}"
+        )
+    if label_column is None:
+        return False
+    if label_column not in record:
+        if require_labels:
+            raise ValueError(
+                f"label column {label_column!r} not found in {path} (line {line}); "
+                f"columns are: {columns}"
+            )
+        return False
+    return True
+
+
+def _text_value(record: dict[str, Any], column: str, path: Path, line: int) -> str:
+    value = record.get(column)
+    if value is None:
+        raise ValueError(f"missing text value (column {column!r}) on line {line} of {path}")
+    if not isinstance(value, str):
+        raise ValueError(
+            f"text value {value!r} (column {column!r}) on line {line} of {path} is "
+            f"a {type(value).__name__}; expected a string"
+        )
+    return value
+
+
+def _label_value(value: Any, column: str, path: Path, line: int) -> Label:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise ValueError(
+            f"missing label value (column {column!r}) on line {line} of {path}; "
+            "every post needs a label"
+        )
+    try:
+        return canonical_label(value)
+    except ValueError as err:
+        raise ValueError(f"{err} (column {column!r}, line {line} of {path})") from None
+
+
+def label_set(value: Any, separator: str = "|") -> LabelSet:
+    """A multi-label post's labels: a JSON list, or a string cut at `separator` ("spam|negative"),
+    each part a label as canonical_label reads it (spaces around it dropped), repeats dropped,
+    in the order written. An empty string or list (or None) is a post with no label."""
+    if not separator:
+        raise ValueError("the label separator is empty; expected a character such as |")
+    if value is None:
+        return ()
+    if isinstance(value, list):
+        parts: list[Any] = value
+    elif isinstance(value, str):
+        parts = [part for part in value.split(separator) if part.strip()]
+    else:
+        parts = [value]
+    labels = [canonical_label(part) for part in parts]
+    return tuple(dict.fromkeys(labels))
+
+
+def canonical_label(value: Any) -> Label:
+    """A label as stored: ints stay ints, strings spelling an int become it, others stay str."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(
+            f"label {value!r} is a {type(value).__name__}; labels are strings or integers"
+        )
+    if isinstance(value, str):
+        value = value.strip()
+        if _INT_LABEL.fullmatch(value):
+            return int(value)
+    return value

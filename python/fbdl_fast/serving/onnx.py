@@ -1,0 +1,416 @@
+"""ONNX: a run's model written as `model.onnx` (`fbdl-fast export --format onnx`) and served
+by onnxruntime (`predict`/`evaluate --checkpoint onnx`).
+
+Export: inputs `input_ids` and `attention_mask`, both int64 (B, L), the mask 1 on real tokens and 0
+on padding (Hugging Face's convention); output `logits` (B, C). Batch and sequence axes are
+dynamic (the sequence up to the run's max length). The fused ops are exported through their
+PyTorch reference (FBDL_FAST_BACKEND=torch while exporting): the file holds plain ONNX operators
+that any runtime runs. Two exporters are tried in turn: torch.export's (dynamo=True), then the
+TorchScript one. Before anything is written, the file is run in onnxruntime on a padded batch of
+another shape than the one it was traced with (a trace that froze a shape fails there) and its
+logits must be within ONNX_TOLERANCE of torch's; otherwise the next exporter is tried, and
+ExportError reports what each one did. The file written carries, in its metadata_props, what ties
+it to the run (the source checkpoint's name and SHA-256, config, labels, tokenizer fingerprint,
+calibration temperature: metadata), which `predict --checkpoint onnx`
+(onnx_run) checks before it serves the file.
+
+Measured with torch 2.15 (onnxscript 0.7, onnxruntime 1.32) on the tests' tiny runs: every model
+exports with dynamo=True, max |logit diff| on the check batch: Transformer 7.5e-9, BERT 1.1e-8,
+CNN 1.4e-6, LSTM 1.5e-7 with 1, 2 or 3 layers. The TorchScript exporter freezes the attention's
+reshape to the traced shape, and fails on a 1-layer LSTM over packed sequences (an IndexError
+inside it). The LSTM needs no packing here: under torch.export (torch.compiler.is_compiling() is
+True) it takes its torch.compile path, each layer and direction on the padded batch, the
+backward one on each post's tokens reversed by a gather, and models.lstm.scan_recurrence(), set
+around the dynamo exporter, turns each direction's recurrence into a scan over torch.lstm_cell
+(an ONNX Scan), so that the batch and sequence axes stay symbolic (also with torch 2.11, where
+the tests pass the same way).
+
+Serving: `export_onnx` writes the file and, through `with_metadata`, stamps it with what
+ties it to its run (ONNX metadata_props, strings; JSON where structured): the source checkpoint's
+name and SHA-256, the model config, the label list, the tokenizer fingerprint, the calibration
+temperature and (multi-label) the tuned thresholds, as `export_int8` stores them in
+model.int8.pt. `onnx_run` reads the run folder's config, tokenizer and labels, opens the file
+in an onnxruntime session (CPU provider, intra-op threads = torch.get_num_threads() at load, so
+predict's --threads holds, inter-op 1), checks the stamp against the run (runs._check_unit, and
+the source checkpoint's current SHA-256) and returns a Run whose Trainer holds an `OnnxModel`:
+evaluate's and predict's code (tokenization, batching, temperature, output) is the same for
+every checkpoint.
+
+The torch weights are never loaded (only hashed): serving from ONNX needs neither torch's copy
+of the model nor best.pt's optimizer state in memory. Kept apart from export.py, which writes
+the serving formats; this module is what reads one at serving time, with onnxruntime alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import os
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+from torch import nn
+
+from fbdl_fast.checkpoint import (
+    CALIBRATION_KEY,
+    CheckpointError,
+    temperature_of,
+)
+from fbdl_fast.files import open_atomic
+from fbdl_fast.models.lstm import scan_recurrence
+
+if TYPE_CHECKING:
+    from fbdl_fast.runs import Run
+
+
+import dataclasses
+import json
+from typing import TYPE_CHECKING, Union, cast
+
+if TYPE_CHECKING:
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.runs import Run
+    from fbdl_fast.tokenizer import Tokenizer
+
+
+from fbdl_fast.serving.provenance import ONNX_FILE, ExportError, check_source, provenance
+
+# The parity an exported file must reach against torch: max |logit diff| <= 1e-4.
+ONNX_TOLERANCE = 1e-4
+
+
+# ====================
+# ONNX
+# ====================
+
+
+@contextlib.contextmanager
+def reference_ops() -> Iterator[None]:
+    """FBDL_FAST_BACKEND=torch for the block (every fused op takes its PyTorch reference), then
+    the environment and the dispatch settings as they were."""
+    from fbdl_fast.ops import _dispatch
+
+    before = os.environ.get(_dispatch.ENV_VAR)
+    os.environ[_dispatch.ENV_VAR] = "torch"
+    _dispatch.refresh()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(_dispatch.ENV_VAR, None)
+        else:
+            os.environ[_dispatch.ENV_VAR] = before
+        _dispatch.refresh()
+
+
+def padded_batch(
+    batch: int, length: int, vocab_size: int, pad_token_id: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) int64 (batch, length), right-padded: row 0 full, the others
+    of random lengths 1..length, padding at pad_token_id. Seeded, global RNG untouched."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, vocab_size, (batch, length), generator=g)
+    lengths = torch.randint(1, length + 1, (batch,), generator=g)
+    lengths[0] = length
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()  # (B, L)
+    return ids.masked_fill(mask == 0, pad_token_id), mask
+
+
+def _onnx_bytes(
+    model: nn.Module, example: tuple[torch.Tensor, ...], max_length: int, dynamo: bool
+) -> bytes:
+    """The ONNX file of `model` traced on `example`, with dynamic batch and sequence axes."""
+    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
+    if dynamo:
+        from torch.export import Dim
+
+        batch, sequence = Dim("batch"), Dim("sequence", max=max_length)
+        axes = {0: batch, 1: sequence}
+        program = torch.onnx.export(
+            model, example, dynamo=True, dynamic_shapes=(axes, axes), verbose=False, **names
+        )
+        assert program is not None
+        return program.model_proto.SerializeToString()
+    buffer = io.BytesIO()
+    axes_ts = {0: "batch", 1: "sequence"}
+    torch.onnx.export(
+        model,
+        example,
+        buffer,
+        dynamo=False,
+        dynamic_axes={"input_ids": axes_ts, "attention_mask": axes_ts, "logits": {0: "batch"}},
+        **names,
+    )
+    return buffer.getvalue()
+
+
+def onnx_logits(onnx_model: bytes, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The logits onnxruntime computes with `onnx_model` (the file's bytes) on one batch."""
+
+    return OnnxModel(session(onnx_model))(ids, mask)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the block: file descriptors 1 and 2 (C++ prints) go to a scratch file,
+    sys.stdout/sys.stderr to a buffer, and logging is off (torch's exporters log graphs and
+    warnings about their own internals). Everything as it was afterwards."""
+    import logging
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    logging_was = logging.root.manager.disable
+    buffer = io.StringIO()
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            logging.disable(logging.CRITICAL)
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield
+        finally:
+            logging.disable(logging_was)
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _reason(err: BaseException) -> str:
+    """One line saying why an exporter failed: torch.export's exception summary when it gives
+    one, else the error's first line."""
+    lines = [line.strip() for line in _ANSI.sub("", str(err)).splitlines() if line.strip()]
+    if "## Exception summary" in lines:
+        lines = lines[lines.index("## Exception summary") + 1 :]
+    text = lines[0] if lines else ""
+    return f"{type(err).__name__}: {text[:240]}"
+
+
+def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
+    """Write run's model as ONNX to `path` (default: the run's model.onnx), atomically, after the
+    onnxruntime check described in the module docstring, stamped with the run's metadata.
+    Returns {"path", "exporter", "max_abs_diff", "bytes"}; ExportError when no exporter gives a
+    file that passes."""
+
+    try:
+        import onnx  # noqa: F401  (the dynamo exporter's output type)
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ExportError(
+            f"--format onnx needs onnx and onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
+        ) from None
+    path = path or run.path / ONNX_FILE
+    config = run.config
+    model = run.trainer.model.to("cpu").eval()
+    length = max(2, min(8, config.max_seq_length))  # >= 2: torch.export specialises 0 and 1
+    example = padded_batch(2, length, config.vocab_size, config.pad_token_id, seed=0)
+    check_length = max(1, min(length + 3, config.max_seq_length))
+    check = padded_batch(3, check_length, config.vocab_size, config.pad_token_id, seed=1)
+    failures = []
+    with reference_ops(), torch.no_grad():
+        expected = model(*check).float()
+        for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
+            try:
+                with warnings.catch_warnings(), _quiet():
+                    # The exporters warn about their own internals (deprecations, constant
+                    # folding) and print graphs when they fail; none of it is for the user.
+                    warnings.simplefilter("ignore")
+                    # A copy each time: a failed torch.export can leave fake tensors behind.
+                    with scan_recurrence() if dynamo else contextlib.nullcontext():
+                        data = _onnx_bytes(
+                            copy.deepcopy(model), example, config.max_seq_length, dynamo
+                        )
+                diff = (onnx_logits(data, *check) - expected).abs().max().item()
+            except Exception as err:  # each exporter fails in its own way; the next is tried
+                failures.append(f"{exporter}: {_reason(err)}")
+                continue
+            if not diff <= ONNX_TOLERANCE:  # also NaN
+                failures.append(
+                    f"{exporter}: max |logit diff| {diff:.3g} against torch on a padded "
+                    f"{tuple(check[0].shape)} batch, above {ONNX_TOLERANCE:g}"
+                )
+                continue
+            data = with_metadata(data, metadata(run))
+            with open_atomic(path, "wb") as f:
+                f.write(data)
+            return {"path": path, "exporter": exporter, "max_abs_diff": diff, "bytes": len(data)}
+    raise ExportError(
+        f"{run.meta.get('model', type(model).__name__)} in {run.path} could not be exported to "
+        f"ONNX with torch {torch.__version__}: " + "; ".join(failures)
+    )
+
+
+# ====================
+# Serving
+# ====================
+
+# metadata_props keys (prefixed: the exporters may add their own) -> the int8 file's state keys.
+METADATA_PREFIX = "fbdl_fast."
+METADATA_KEYS = (
+    "model_name",
+    "config",
+    "label_map",
+    "tokenizer_fingerprint",
+    "source_checkpoint",
+    CALIBRATION_KEY,
+    "thresholds",
+)
+
+
+def metadata(run: Run) -> dict[str, str]:
+    """The metadata_props export_onnx stamps on `run`'s model.onnx (key -> JSON text): the
+    export's provenance and, multi-label, the tuned thresholds."""
+    state = {**provenance(run), "thresholds": run.trainer.thresholds}
+    return {METADATA_PREFIX + key: json.dumps(value) for key, value in state.items()}
+
+
+def with_metadata(data: bytes, props: dict[str, str]) -> bytes:
+    """The ONNX file `data` with `props` set in its metadata_props (other entries kept)."""
+    import onnx
+
+    model = onnx.load_from_string(data)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    return model.SerializeToString()
+
+
+def session(model: Union[bytes, Path], threads: Optional[int] = None) -> Any:
+    """An onnxruntime InferenceSession on the CPU provider for `model` (a file or its bytes);
+    `threads`: intra-op threads (inter-op 1), else onnxruntime's default."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its graph-optimisation notes are not the user's
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel(nn.Module):
+    """An onnxruntime session as a module with the models' call: forward(input_ids,
+    attention_mask) -> logits (B, C) float32 on the CPU. No parameters; inference only."""
+
+    def __init__(self, onnx_session: Any) -> None:
+        super().__init__()
+        self.session = onnx_session
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        # The file's inputs are int64 (the loader's mask may be bool or int32).
+        feed = {
+            "input_ids": input_ids.to("cpu", torch.int64).numpy(),
+            "attention_mask": attention_mask.to("cpu", torch.int64).numpy(),
+        }
+        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+
+
+class _NotTrained:
+    """The optimizer of an OnnxModel's Trainer, which predicts and evaluates only. Not a torch
+    Optimizer (there are no parameters to give one): building any of those imports
+    torch._dynamo, measured at +150 MiB peak RSS and 1.3 s per predict process here."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise TypeError(f"a {ONNX_FILE} model is served, not trained (optimizer.{name})")
+
+
+def _export_hint(folder: Path) -> str:
+    from fbdl_fast.runs import PROG
+
+    return f"`{PROG} export --run {folder} --format onnx`"
+
+
+def _run_files(folder: Path) -> tuple[dict[str, Any], ModelConfig, Tokenizer, LabelMap]:
+    """config.json (meta, ModelConfig), tokenizer.json and label_map.json of a run folder,
+    refused as load_run refuses them, without reading any checkpoint."""
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.runs import RUN_LABELS, RUN_TOKENIZER, read_run_config
+    from fbdl_fast.tokenizer import Tokenizer
+
+    meta, config = read_run_config(folder)
+    return (
+        meta,
+        config,
+        Tokenizer.from_file(folder / RUN_TOKENIZER),
+        LabelMap.load(folder / RUN_LABELS),
+    )
+
+
+def _stamp(onnx_session: Any, path: Path, folder: Path) -> dict[str, Any]:
+    """The metadata `metadata` wrote, read back as the int8 file's state keys."""
+    props = onnx_session.get_modelmeta().custom_metadata_map
+    missing = [k for k in METADATA_KEYS if METADATA_PREFIX + k not in props]
+    if missing:
+        raise CheckpointError(
+            f"{path} does not say which checkpoint and tokenizer it was made from (no "
+            f"{METADATA_PREFIX}{missing[0]} in its metadata: an older export); export it again: "
+            f"{_export_hint(folder)}"
+        )
+    try:
+        return {k: json.loads(props[METADATA_PREFIX + k]) for k in METADATA_KEYS}
+    except json.JSONDecodeError as err:
+        raise CheckpointError(
+            f"{path}: its {METADATA_PREFIX} metadata is damaged ({err}); export it again: "
+            f"{_export_hint(folder)}"
+        ) from None
+
+
+def onnx_run(folder: Path, path: Optional[Path] = None) -> Run:
+    """The run at `folder` with its model.onnx (or `path`) in onnxruntime in place of its torch
+    model, on the CPU: what evaluate and predict use for --checkpoint onnx. ExportError without
+    onnxruntime; RunError without the file or when it belongs to another run or to another
+    version of its checkpoint; CheckpointError naming a file onnxruntime cannot load."""
+    from fbdl_fast.runs import Run, RunError, _check_unit
+    from fbdl_fast.training.trainer import Trainer
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as err:
+        raise ExportError(
+            f"--checkpoint onnx needs onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
+        ) from None
+    path = path or folder / ONNX_FILE
+    meta, config, tokenizer, label_map = _run_files(folder)
+    if not path.is_file():
+        raise RunError(
+            f"--checkpoint onnx: {path} does not exist; write it with {_export_hint(folder)}"
+        )
+    try:
+        # At load, as the torch checkpoints' threads are: predict's --threads is set by then.
+        onnx_session = session(path, threads=torch.get_num_threads())
+    except Exception as err:  # onnxruntime's errors share no base class below Exception
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"{path} is truncated or corrupt: onnxruntime cannot load it ({reason}); export it "
+            f"again: {_export_hint(folder)}"
+        ) from None
+    state = _stamp(onnx_session, path, folder)
+    _check_unit(folder, path, state, config, tokenizer, label_map)
+    check_source(folder, path, state["source_checkpoint"], "onnx")
+    # No EMA: its copy of the model would copy the session, which cannot be copied.
+    trainer = Trainer(
+        OnnxModel(onnx_session),
+        dataclasses.replace(config, ema_decay=None),
+        device="cpu",
+        label_map=label_map,
+        progress=False,
+        optimizer=cast(torch.optim.Optimizer, _NotTrained()),
+    )
+    trainer.temperature = temperature_of(state, path)
+    trainer.thresholds = state["thresholds"]
+    return Run(folder, meta, config, tokenizer, label_map, trainer, path)
