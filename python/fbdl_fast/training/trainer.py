@@ -28,12 +28,12 @@ micro-batch's mean loss is weighted by its share of the group's samples, so a gr
 batch N times larger (also the shorter last group of an epoch) for losses that average over
 samples (cross-entropy without class weights, focal); schedulers count optimizer steps.
 
-Distributed (torch.distributed initialised, e.g. by
-fbdl_fast.training.distributed.init_from_env under torchrun): the model is wrapped in
-DistributedDataParallel; the loaders must give each rank its own shard (data.BucketBatchSampler's num_replicas/rank). Losses are weighted by each rank's share
-of the global batch, so R ranks with batch B step exactly as one process with batch R*B; epoch
-metrics are sums and counts reduced over ranks (every rank gets the same numbers, hence the same
-early-stopping and plateau decisions); only rank 0 writes checkpoints and the metrics log.
+Distributed (torch.distributed initialised, e.g. by fbdl_fast.training.distributed.init_from_env
+under torchrun): the model is wrapped in DistributedDataParallel; the loaders must give each rank
+its own shard (data.BucketBatchSampler's num_replicas/rank). Losses are weighted by each rank's
+share of the global batch, so R ranks with batch B step exactly as one process with batch R*B;
+epoch metrics are sums and counts reduced over ranks (every rank gets the same numbers, hence the
+same early-stopping and plateau decisions); only rank 0 writes checkpoints and the metrics log.
 
 Non-finite losses: a step whose loss is NaN or infinite (on any rank) is skipped (no optimizer or
 scheduler step) and counted (History.skipped_steps, "skipped_steps" in metrics.jsonl);
