@@ -11,6 +11,8 @@ interpreter then stays off: Triton compiled the kernels), else CPU tensors under
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -185,6 +187,26 @@ def test_module_follows_the_backend(backend, kernel_device: str) -> None:
     y_triton = ln(x)
     assert type(y_triton.grad_fn).__name__ == TRITON_NODE
     torch.testing.assert_close(y_triton, y_torch)
+
+
+@pytest.mark.parametrize("before", [None, "auto", "triton"])
+def test_reference_backend_runs_the_block_on_the_references(
+    backend, kernel_device: str, before: str | None
+) -> None:
+    """Inside `fbdl_fast.ops.reference_backend()` every op takes its PyTorch reference whatever
+    FBDL_FAST_BACKEND said; afterwards the variable is as it was (unset stays unset) and dispatch
+    follows it again, also when the block raised."""
+    backend(before)
+    x = torch.randn(2, 16)
+    with fbdl_fast.ops.reference_backend():
+        assert os.environ["FBDL_FAST_BACKEND"] == "torch" and fbdl_fast.backend() == "torch"
+        assert _ran(x, (16,)) == "torch"
+    assert os.environ.get("FBDL_FAST_BACKEND") == before
+    assert _ran(x, (16,)) == "triton"
+    with pytest.raises(KeyError), fbdl_fast.ops.reference_backend():
+        raise KeyError("inside the block")
+    assert os.environ.get("FBDL_FAST_BACKEND") == before
+    assert fbdl_fast.ops.settings().backend == (before or "auto")
 
 
 def test_bad_arguments_fail_alike_on_both_paths(backend) -> None:

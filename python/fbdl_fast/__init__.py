@@ -31,7 +31,7 @@ _PUBLIC = {
     "LossFunctions": "fbdl_fast.training.losses",
     "OptimizerFactory": "fbdl_fast.training.optim",
     "SchedulerFactory": "fbdl_fast.training.optim",
-    "backend": "fbdl_fast.ops._dispatch",
+    "backend": "fbdl_fast.ops",
     "patch": "fbdl_fast.nn.patch",
     "unpatch": "fbdl_fast.nn.patch",
 }
@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from fbdl_fast.models.init import WeightInitializer
     from fbdl_fast.models.norms import NormalizationLayers
     from fbdl_fast.nn.patch import patch, unpatch
-    from fbdl_fast.ops._dispatch import backend
+    from fbdl_fast.ops import backend
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.training.losses import LossFunctions
     from fbdl_fast.training.optim import OptimizerFactory, SchedulerFactory

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from fbdl_fast.ops import attention as attention_op
-from fbdl_fast.ops._dispatch import decide, reference_at_once
+from fbdl_fast.ops import decide, reference_at_once
 
 
 def _key_mask(attn_mask: torch.Tensor, batch: int, keys: int) -> Optional[torch.Tensor]:

@@ -18,6 +18,9 @@ a few candidates, the documented rule's first (kernels/layer_norm.py _rows_candi
 kernels/attention.py _candidates); off, and always in the interpreter, the rule alone. It costs
 a compile and a timing of each candidate per new key, so it is opt-in. Read with the others.
 
+`reference_backend()` is FBDL_FAST_BACKEND=torch for a block (an ONNX export traces the references
+that way), the environment as it was afterwards.
+
 `reference_at_once(x)` is the early exit every op takes first: True when x takes the reference
 whatever else the arguments hold (FBDL_FAST_BACKEND=torch, or a CPU tensor under auto outside the
 interpreter), so the common CPU call skips the decision below.
@@ -25,7 +28,9 @@ interpreter), so the common CPU call skips the decision below.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -69,6 +74,24 @@ def refresh() -> Settings:
     _ALL_REFERENCE = _settings.backend == "torch"
     _CPU_REFERENCE = _ALL_REFERENCE or (_settings.backend == "auto" and not _settings.interpret)
     return _settings
+
+
+@contextlib.contextmanager
+def reference_backend() -> Iterator[None]:
+    """FBDL_FAST_BACKEND=torch for the block: every op takes its PyTorch reference. Afterwards,
+    also when the block raises, the variable is as it was (unset if it was) and dispatch reads
+    the environment again."""
+    before = os.environ.get(ENV_VAR)
+    os.environ[ENV_VAR] = "torch"
+    refresh()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV_VAR, None)
+        else:
+            os.environ[ENV_VAR] = before
+        refresh()
 
 
 def settings() -> Settings:

@@ -94,19 +94,10 @@ ONNX_TOLERANCE = 1e-4
 def reference_ops() -> Iterator[None]:
     """FBDL_FAST_BACKEND=torch for the block (every fused op takes its PyTorch reference), then
     the environment and the dispatch settings as they were."""
-    from fbdl_fast.ops import _dispatch
+    from fbdl_fast.ops import reference_backend
 
-    before = os.environ.get(_dispatch.ENV_VAR)
-    os.environ[_dispatch.ENV_VAR] = "torch"
-    _dispatch.refresh()
-    try:
+    with reference_backend():
         yield
-    finally:
-        if before is None:
-            os.environ.pop(_dispatch.ENV_VAR, None)
-        else:
-            os.environ[_dispatch.ENV_VAR] = before
-        _dispatch.refresh()
 
 
 def padded_batch(
