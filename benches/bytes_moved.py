@@ -184,16 +184,16 @@ def layer_norm_passes(rows: int, hidden: int, precision: str) -> dict[str, Pass]
     y_dtype = torch.float32 if precision == "bf16-autocast" else x_dtype
     x = torch.randn(rows, hidden).to(x_dtype)
     w, b = torch.randn(hidden).to(p_dtype), torch.randn(hidden).to(p_dtype)
-    y, mean, rstd = kernels.forward(x, hidden, w, b, 1e-5, out_dtype=y_dtype)
+    y, mean, rstd = kernels.layer_norm_forward(x, hidden, w, b, 1e-5, out_dtype=y_dtype)
     dy = torch.randn(rows, hidden).to(y_dtype)
     return {
         "forward": (
             _nbytes(x, w, b, y), x.numel(),
-            lambda: kernels.forward(x, hidden, w, b, 1e-5, out_dtype=y_dtype),
+            lambda: kernels.layer_norm_forward(x, hidden, w, b, 1e-5, out_dtype=y_dtype),
         ),
         "backward": (
             _nbytes(x, dy, w, x, w, b), x.numel(),  # reads x, dy, w; writes dx, dw, db
-            lambda: kernels.backward(dy, x, hidden, w, b, mean, rstd, True, True),
+            lambda: kernels.layer_norm_backward(dy, x, hidden, w, b, mean, rstd, True, True),
         ),
     }  # fmt: skip
 

@@ -1,7 +1,7 @@
 """Call counters that prove a test ran the Triton path, not the reference beside it.
 
 Each op's Triton path is one autograd.Function (ops/layer_norm.py's LayerNormFunction, ops/
-attention.py's TritonAttention, ops/focal_loss.py's FocalLossFunction); dispatch calls its
+attention.py's AttentionFunction, ops/focal_loss.py's FocalLossFunction); dispatch calls its
 `apply` only when it chose the kernel, so counting `apply` counts kernel launches.
 """
 

@@ -281,7 +281,7 @@ def test_bad_inputs_name_the_problem():
 
 
 def test_sdpa_key_mask_runs_the_kernel(triton, monkeypatch):
-    calls = count_calls(monkeypatch, attention_op.TritonAttention)
+    calls = count_calls(monkeypatch, attention_op.AttentionFunction)
     q, k, v = make_inputs(2, 2, 30, 32)
     key_mask = padding_mask([30, 11], 30)
     out = scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :])
@@ -301,7 +301,7 @@ def test_sdpa_key_mask_runs_the_kernel(triton, monkeypatch):
 
 def test_sdpa_other_masks_take_torch(triton, monkeypatch):
     # A per-query mask is not a key mask: torch's SDPA runs it (no BackendError even under triton).
-    calls = count_calls(monkeypatch, attention_op.TritonAttention)
+    calls = count_calls(monkeypatch, attention_op.AttentionFunction)
     q, k, v = make_inputs(2, 2, 10, 16)
     mask = torch.rand(2, 1, 10, 10) > 0.3
     mask[..., 0] = True

@@ -25,7 +25,7 @@ from fbdl_fast.config import ModelConfig
 from fbdl_fast.models import BertClassifier, create_model
 from fbdl_fast.models import bert as bert_module
 from fbdl_fast.models.bert import load_tokenizer
-from fbdl_fast.ops.attention import TritonAttention
+from fbdl_fast.ops.attention import AttentionFunction
 from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
 from tolerances import assert_close
@@ -216,7 +216,7 @@ def test_fused_path_matches_transformers(tmp_path: Path, triton: str, monkeypatc
     with torch.no_grad():
         expected = reference(input_ids=ids, attention_mask=mask).last_hidden_state
     norm_calls = count_calls(monkeypatch, LayerNormFunction)
-    attention_calls = count_calls(monkeypatch, TritonAttention)
+    attention_calls = count_calls(monkeypatch, AttentionFunction)
     with torch.no_grad():
         ours = model.encode(ids.to(triton), mask.to(triton)).cpu()
     assert (len(norm_calls), len(attention_calls)) == (5, 2)  # every layer ran its kernel

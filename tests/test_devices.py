@@ -20,7 +20,7 @@ def test_interpreter_probe_agrees_with_a_real_kernel() -> None:
     assert kernel_skip_reason() == (None if problem is None else f"no CUDA device, and {problem}")
     if problem is not None:
         with pytest.raises(Exception):  # noqa: B017  (the interpreter's own error, or a warning)
-            kernels.forward(x, 100, w, b, 1e-5, max_tile=32)
+            kernels.layer_norm_forward(x, 100, w, b, 1e-5, max_tile=32)
         return
-    y, _, _ = kernels.forward(x, 100, w, b, 1e-5, max_tile=32)
+    y, _, _ = kernels.layer_norm_forward(x, 100, w, b, 1e-5, max_tile=32)
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x, (100,), w, b, 1e-5))

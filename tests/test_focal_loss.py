@@ -442,7 +442,8 @@ def test_cpu_early_exit_names_bad_targets_as_the_full_check_does(
 ) -> None:
     """Outside the interpreter, CPU calls leave the range check to the reference's gather (free
     for valid targets); the message must be the full check's, word for word, and the early exit
-    must really be the path taken (check_args' own range check is made to fail there)."""
+    must really be the path taken (check_focal_loss_args' own range check is made to fail
+    there)."""
     logits = torch.randn(*target.shape, 3)
     monkeypatch.setenv("FBDL_FAST_BACKEND", "auto")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
@@ -453,7 +454,7 @@ def test_cpu_early_exit_names_bad_targets_as_the_full_check_does(
     calls: list[str] = []
 
     def counted(*args: Any) -> None:
-        calls.append(sys._getframe(1).f_code.co_name)  # who asked: check_args or reference
+        calls.append(sys._getframe(1).f_code.co_name)  # who asked: the check or reference
         real(*args)
 
     monkeypatch.setattr(op, "_check_target_range", counted)

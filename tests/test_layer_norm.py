@@ -177,8 +177,8 @@ def test_tiled_path_small_tiles(kernel_device: str, dtype: torch.dtype, affine: 
     w = torch.randn(n, dtype=dtype) if affine != "none" else None
     b = torch.randn(n, dtype=dtype) if affine == "affine" else None
     dy = torch.randn(rows, n, dtype=dtype)
-    y, mean, rstd = kernels.forward(x, n, w, b, 1e-5, max_tile=32)
-    dx, dw, db = kernels.backward(
+    y, mean, rstd = kernels.layer_norm_forward(x, n, w, b, 1e-5, max_tile=32)
+    dx, dw, db = kernels.layer_norm_backward(
         dy, x, n, w, b, mean, rstd, w is not None, b is not None, max_tile=32
     )
     leaves = [t.double().requires_grad_() if t is not None else None for t in (x, w, b)]
@@ -199,13 +199,13 @@ def test_bf16_output_is_rounded_to_nearest(kernel_device: str) -> None:
     truncated as the interpreter's own cast would; ~1/256 of them round up across a binade."""
     n = 768
     x, w, b = (torch.randn(s, dtype=BF16) for s in ((4, n), (n,), (n,)))
-    y, _, _ = kernels.forward(x, n, w, b, 1e-5)
-    y32, _, _ = kernels.forward(x.float(), n, w.float(), b.float(), 1e-5)
+    y, _, _ = kernels.layer_norm_forward(x, n, w, b, 1e-5)
+    y32, _, _ = kernels.layer_norm_forward(x.float(), n, w.float(), b.float(), 1e-5)
     assert torch.equal(y, y32.to(BF16))
     dy = torch.randn(4, n, dtype=BF16)
-    _, mean, rstd = kernels.forward(x.float(), n, w.float(), b.float(), 1e-5)
-    dx, _, _ = kernels.backward(dy, x, n, w, b, mean, rstd, False, False)
-    dx32, _, _ = kernels.backward(
+    _, mean, rstd = kernels.layer_norm_forward(x.float(), n, w.float(), b.float(), 1e-5)
+    dx, _, _ = kernels.layer_norm_backward(dy, x, n, w, b, mean, rstd, False, False)
+    dx32, _, _ = kernels.layer_norm_backward(
         dy.float(), x.float(), n, w.float(), b.float(), mean, rstd, False, False
     )
     assert torch.equal(dx, dx32.to(BF16))
@@ -249,7 +249,7 @@ def test_bf16_rounds_exact_ties_to_even(kernel_device: str, max_tile: int) -> No
     assert torch.equal(t.cpu().to(BF16), expected.cpu()), "the construction itself is wrong"
 
     x = torch.full((3, n), 3.0, dtype=BF16)
-    y, mean, _ = kernels.forward(x, n, torch.ones(n), t, 1e-5, max_tile=max_tile)
+    y, mean, _ = kernels.layer_norm_forward(x, n, torch.ones(n), t, 1e-5, max_tile=max_tile)
     assert torch.equal(mean, torch.full((3,), 3.0)), "constant rows must have an exact mean"
     assert y.dtype == BF16 and torch.equal(y, expected.expand(3, n))
 
@@ -259,7 +259,9 @@ def test_bf16_rounds_exact_ties_to_even(kernel_device: str, max_tile: int) -> No
     signs = torch.tensor([1.0, 1.0, -1.0, -1.0], device="cpu").repeat(n // 4)
     dy = (2 * torch.from_numpy(ties)[pick] * signs).expand(3, n).contiguous().to(kernel_device)
     mean, rstd = torch.zeros(3), torch.full((3,), 0.5)
-    dx, _, _ = kernels.backward(dy, x, n, None, None, mean, rstd, False, False, max_tile=max_tile)
+    dx, _, _ = kernels.layer_norm_backward(
+        dy, x, n, None, None, mean, rstd, False, False, max_tile=max_tile
+    )
     want = _as_bf16(expected_bits)[pick] * signs.to(BF16)  # a sign change is exact
     assert dx.dtype == BF16 and torch.equal(dx.cpu(), want.expand(3, n))
 

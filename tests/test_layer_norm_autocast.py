@@ -41,7 +41,9 @@ def test_kernel_half_input_fp32_output(
 
     x = (torch.randn(5, 3, n) * 2 + 1).to(dtype)
     w, b = torch.randn(n), torch.randn(n)
-    y, mean, rstd = kernels.forward(x, n, w, b, 1e-5, max_tile=max_tile, out_dtype=torch.float32)
+    y, mean, rstd = kernels.layer_norm_forward(
+        x, n, w, b, 1e-5, max_tile=max_tile, out_dtype=torch.float32
+    )
     x32 = x.float().requires_grad_()
     w32, b32 = w.clone().requires_grad_(), b.clone().requires_grad_()
     expected = F.layer_norm(x32, (n,), w32, b32)
@@ -49,7 +51,9 @@ def test_kernel_half_input_fp32_output(
     assert_close(y, expected)
     dy = torch.randn(5, 3, n)
     expected.backward(dy)
-    dx, dw, db = kernels.backward(dy, x, n, w, b, mean, rstd, True, True, max_tile=max_tile)
+    dx, dw, db = kernels.layer_norm_backward(
+        dy, x, n, w, b, mean, rstd, True, True, max_tile=max_tile
+    )
     assert dx.dtype == dtype and dw.dtype == db.dtype == torch.float32
     assert_close(dx, x32.grad)
     assert_close(dw, w32.grad, dtype=torch.float32)

@@ -35,8 +35,8 @@ def run_backward(
     w = torch.randn(n, dtype=param_dtype) if weight else None
     b = torch.randn(n, dtype=param_dtype) if bias else None
     dy = torch.randn(rows, n, dtype=dtype)
-    _, mean, rstd = kernels.forward(x, n, w, b, 1e-5, max_tile=max_tile)
-    ours = kernels.backward(dy, x, n, w, b, mean, rstd, weight, bias, max_tile=max_tile)
+    _, mean, rstd = kernels.layer_norm_forward(x, n, w, b, 1e-5, max_tile=max_tile)
+    ours = kernels.layer_norm_backward(dy, x, n, w, b, mean, rstd, weight, bias, max_tile=max_tile)
     leaves = [t.double().requires_grad_() if t is not None else None for t in (x, w, b)]
     F.layer_norm(leaves[0], (n,), leaves[1], leaves[2], 1e-5).backward(dy.double())
     return ours, tuple(t.grad if t is not None else None for t in leaves)
@@ -98,7 +98,9 @@ def test_partials_exact_sum_order(many_programs):
 def test_no_rows_gives_zero_gradients(kernel_device):
     w, b = torch.randn(16), torch.randn(16)
     x = torch.randn(0, 16)
-    _, mean, rstd = kernels.forward(x, 16, w, b, 1e-5)
-    dx, dw, db = kernels.backward(torch.randn(0, 16), x, 16, w, b, mean, rstd, True, True)
+    _, mean, rstd = kernels.layer_norm_forward(x, 16, w, b, 1e-5)
+    dx, dw, db = kernels.layer_norm_backward(
+        torch.randn(0, 16), x, 16, w, b, mean, rstd, True, True
+    )
     assert dx.shape == (0, 16)
     assert torch.equal(dw, torch.zeros(16)) and torch.equal(db, torch.zeros(16))

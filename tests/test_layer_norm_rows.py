@@ -122,7 +122,7 @@ def test_rows_kernel_statistics(rows_kernel, monkeypatch, n: int, rows: int, pro
     _programs(monkeypatch, programs)
     base = torch.randn(rows + 5, n) * 2 - 1
     x = base[:rows]
-    y, mean, rstd = kernels.forward(x, n, None, None, 1e-5)
+    y, mean, rstd = kernels.layer_norm_forward(x, n, None, None, 1e-5)
     assert len(rows_kernel.launches) == 1
     x64 = x.double()
     assert_close(mean, x64.mean(-1), dtype=FP32)
@@ -134,14 +134,14 @@ def test_rows_kernel_strided_input(rows_kernel) -> None:
     """A row stride that is not N and a column stride of 2 (views, not copies)."""
     wide = torch.randn(13, 300)
     for view, n in ((wide[:, 10:110], 100), (wide[:, ::3], 100)):
-        y, _, _ = kernels.forward(view, n, None, None, 1e-5)
+        y, _, _ = kernels.layer_norm_forward(view, n, None, None, 1e-5)
         assert_close(y, F.layer_norm(view.double(), (n,)))
     assert len(rows_kernel.launches) == 2
 
 
 def test_wide_rows_keep_the_one_row_kernel(rows_kernel) -> None:
     x = torch.randn(2, kernels.ROWS_MAX_N + 1)
-    y, _, _ = kernels.forward(x, x.shape[1], None, None, 1e-5)
+    y, _, _ = kernels.layer_norm_forward(x, x.shape[1], None, None, 1e-5)
     assert rows_kernel.launches == []
     assert_close(y, F.layer_norm(x.double(), (x.shape[1],)))
 
@@ -181,8 +181,8 @@ def test_backward_rows_blocks(
     x = torch.randn(rows, n).to(dtype)
     w, b = torch.randn(n, dtype=dtype), torch.randn(n, dtype=dtype)
     dy = torch.randn(rows, n).to(dtype)
-    _, mean, rstd = kernels.forward(x, n, w, b, 1e-5)
-    dx, dw, db = kernels.backward(dy, x, n, w, b, mean, rstd, True, True)
+    _, mean, rstd = kernels.layer_norm_forward(x, n, w, b, 1e-5)
+    dx, dw, db = kernels.layer_norm_backward(dy, x, n, w, b, mean, rstd, True, True)
     [(grid, flags)] = backward_rows_kernel.launches
     config = kernels._rows_config(n, x.element_size())
     per_program = -(-rows // programs)

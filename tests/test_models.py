@@ -21,7 +21,7 @@ from fbdl_fast.models import (
     create_model,
 )
 from fbdl_fast.models.cnn import masked_batch_norm_max
-from fbdl_fast.ops.attention import TritonAttention
+from fbdl_fast.ops.attention import AttentionFunction
 from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
 from tolerances import assert_close
@@ -138,7 +138,7 @@ def test_fused_model_runs_the_kernels_and_shares_the_reference_logits(
     reference.load_state_dict(fused.state_dict())
     ids, mask = make_batch(LENGTHS)
     norm_calls = count_calls(monkeypatch, LayerNormFunction)
-    attention_calls = count_calls(monkeypatch, TritonAttention)
+    attention_calls = count_calls(monkeypatch, AttentionFunction)
     with torch.no_grad():
         expected = reference(ids, mask)
         assert norm_calls == attention_calls == [], "the reference ran a kernel"

@@ -10,7 +10,7 @@ from torch import nn
 
 import fbdl_fast.nn as fnn
 from fbdl_fast.nn.patch import patch, unpatch
-from fbdl_fast.ops.attention import TritonAttention
+from fbdl_fast.ops.attention import AttentionFunction
 from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
 from tolerances import assert_close
@@ -72,7 +72,7 @@ def test_patched_model_runs_the_kernels_and_matches(
     reference = copy.deepcopy(model)
     assert len(patch(model)) == 7
     norm_calls = count_calls(monkeypatch, LayerNormFunction)
-    attention_calls = count_calls(monkeypatch, TritonAttention)
+    attention_calls = count_calls(monkeypatch, AttentionFunction)
     x = torch.randn(2, 5, 32)
     expected = reference(x)
     assert norm_calls == attention_calls == [], "the reference ran a kernel"

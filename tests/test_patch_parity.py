@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fbdl_fast import ModelConfig, create_model, patch
-from fbdl_fast.ops.attention import TritonAttention
+from fbdl_fast.ops.attention import AttentionFunction
 from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
 from tolerances import assert_close
@@ -62,7 +62,7 @@ def test_patched_model_matches_reference(
     report = patch(patched)
     assert sorted(type(s.original).__name__ for s in report.swaps) == TRANSFORMER_SWAPS
     norm_calls = count_calls(monkeypatch, LayerNormFunction)
-    attention_calls = count_calls(monkeypatch, TritonAttention)
+    attention_calls = count_calls(monkeypatch, AttentionFunction)
     batch = _batch()
     expected_logits, expected_grads = _logits_and_grads(reference, batch, amp, triton)
     assert norm_calls == attention_calls == [], "the reference ran a kernel"

@@ -588,7 +588,7 @@ def _flat_param(p: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if p is None else p.reshape(-1).contiguous()
 
 
-def forward(
+def layer_norm_forward(
     x: torch.Tensor,
     n: int,
     weight: Optional[torch.Tensor],
@@ -601,9 +601,10 @@ def forward(
     """Normalise the last dimensions of `x` (n values per row).
 
     Returns y (x's shape, contiguous, in `out_dtype`, default x's dtype), and mean and rstd
-    (fp32, one per row) for `backward`. weight/bias hold n values each (any shape), in x's dtype
-    or fp32. A half-precision x with out_dtype=float32 is what CUDA autocast asks of layer_norm:
-    x is read as it is (2 bytes an element) and y written in fp32, with no fp32 copy of x.
+    (fp32, one per row) for `layer_norm_backward`. weight/bias hold n values each (any shape), in
+    x's dtype or fp32. A half-precision x with out_dtype=float32 is what CUDA autocast asks of
+    layer_norm: x is read as it is (2 bytes an element) and y written in fp32, with no fp32 copy
+    of x.
     autotune: on CUDA, rows up to ROWS_MAX_N take the launch Triton's autotune picks among
     `_rows_candidates` (else, and in the interpreter, `_rows_config`'s rule).
     """
@@ -672,7 +673,7 @@ def forward(
     return y.view(x.shape), mean, rstd
 
 
-def backward(
+def layer_norm_backward(
     dy: torch.Tensor,
     x: torch.Tensor,
     n: int,
@@ -684,11 +685,12 @@ def backward(
     compute_db: bool,
     max_tile: int = MAX_TILE,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Gradients of `forward` given dy (x's shape, any strides, in y's dtype: fp32 for a
-    half-precision x under autocast).
+    """Gradients of `layer_norm_forward` given dy (x's shape, any strides, in y's dtype: fp32
+    for a half-precision x under autocast).
 
     Returns dx (x's shape and dtype), dw and db (their parameter's shape and dtype; None unless
-    compute_dw / compute_db, which need the weight / bias). mean and rstd come from `forward`.
+    compute_dw / compute_db, which need the weight / bias). mean and rstd come from
+    `layer_norm_forward`.
     """
     x2, dy2 = _rows(x, n), _rows(dy, n)
     rows = x2.shape[0]
@@ -794,3 +796,6 @@ def backward(
             enable_fp_fusion=FP_FUSION,
         )
     return dx.view(x.shape), dw, db
+
+
+__all__ = ["layer_norm_backward", "layer_norm_forward"]

@@ -1,7 +1,7 @@
 """Attention op: softmax(Q K^T * scale + mask) V with a key mask, causal masking and dropout.
 
 - `reference`: plain torch (autograd does the backward); builds the (Lq, Lk) score matrix.
-- `TritonAttention`: the autograd.Function over kernels/attention.py (tiled, O(L) memory).
+- `AttentionFunction`: the autograd.Function over kernels/attention.py (tiled, O(L) memory).
 - `dispatch`: picks one by the rules in _dispatch.py; `explain` says which and why.
 
 Conventions (torch SDPA's): q [B, H, Lq, D], k and v [B, H, Lk, D]; key_mask bool [B, Lk], True
@@ -70,7 +70,7 @@ def reference(
     Returns [B, H, Lq, Dv] in v's dtype. Rows without a visible key are zeros, with zero
     gradients: their scores are made finite before the softmax and their weights zeroed after.
     """
-    _validate(q, k, v, key_mask, dropout_p)
+    check_attention_args(q, k, v, key_mask, dropout_p)
     scale = _default_scale(q) if scale is None else scale
     scores = torch.matmul(q.float(), k.float().transpose(-2, -1)) * scale  # (B, H, Lq, Lk)
     visible = _visible(key_mask, causal, q.shape[-2], k.shape[-2], q.device)
@@ -97,7 +97,7 @@ def cpu_sdpa(
     """The op by torch's F.scaled_dot_product_attention: what CPU tensors run outside the
     interpreter. Same arguments, checks and results as `reference` (within rounding; dropout
     draws SDPA's mask); inputs SDPA would treat otherwise go to `reference`."""
-    _validate(q, k, v, key_mask, dropout_p)
+    check_attention_args(q, k, v, key_mask, dropout_p)
     if (
         not q.dtype.is_floating_point
         or k.dtype != q.dtype
@@ -182,7 +182,7 @@ _backward = define(
 )
 
 
-class TritonAttention(torch.autograd.Function):
+class AttentionFunction(torch.autograd.Function):
     """Fused attention: forward saves q, k, v, out and the per-query log-sum-exp only. The
     kernels run as the custom ops fbdl_fast::attention_forward/backward (see _library.py)."""
 
@@ -215,14 +215,15 @@ class TritonAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None
 
 
-def _validate(
+def check_attention_args(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
     key_mask: Optional[torch.Tensor],
     dropout_p: float,
 ) -> None:
-    """Raise ValueError for inputs no path can run."""
+    """Raise ValueError for inputs no path can run (shapes, key_mask, dropout_p), naming the
+    argument, its value and what is accepted; both paths call it first."""
     for name, t in (("query", q), ("key", k), ("value", v)):
         if t.dim() != 4:
             raise ValueError(
@@ -281,7 +282,7 @@ def explain(
     dropout_p: float = 0.0,
 ) -> Decision:
     """Which path `dispatch` takes for these arguments and why (runs nothing)."""
-    _validate(q, k, v, key_mask, dropout_p)
+    check_attention_args(q, k, v, key_mask, dropout_p)
     tensors = (q, k, v) if key_mask is None else (q, k, v, key_mask)
     return decide(OP, tensors, unsupported(q, k, v, key_mask, causal, scale, dropout_p))
 
@@ -301,8 +302,16 @@ def dispatch(
             return cpu_sdpa(q, k, v, key_mask, causal, scale, dropout_p)
         return reference(q, k, v, key_mask, causal, scale, dropout_p)
     if explain(q, k, v, key_mask, causal, scale, dropout_p).path == "triton":
-        return TritonAttention.apply(q, k, v, key_mask, causal, scale, dropout_p)
+        return AttentionFunction.apply(q, k, v, key_mask, causal, scale, dropout_p)
     return reference(q, k, v, key_mask, causal, scale, dropout_p)
 
 
-__all__ = ["TritonAttention", "cpu_sdpa", "dispatch", "explain", "reference", "unsupported"]
+__all__ = [
+    "AttentionFunction",
+    "check_attention_args",
+    "cpu_sdpa",
+    "dispatch",
+    "explain",
+    "reference",
+    "unsupported",
+]

@@ -46,7 +46,7 @@ Alpha = Union[None, float, Sequence[float], torch.Tensor]
 # --------------------------------------------------------------------------- argument checks
 
 
-def check_args(
+def check_focal_loss_args(
     input: torch.Tensor,
     target: torch.Tensor,
     gamma: float,
@@ -228,8 +228,9 @@ def reference(
 
     Arguments as `dispatch` passes them after checking: target int64 of shape input.shape[:-1],
     alpha None, a float or a 0-dim/(C,) tensor. A target outside [0, C) that is not ignore_index
-    gives a NaN row; with check_targets=True (CPU tensors only) it raises check_args' ValueError
-    instead, found by gather's own index check: valid targets pay nothing for it.
+    gives a NaN row; with check_targets=True (CPU tensors only) it raises the ValueError of
+    check_focal_loss_args instead, found by gather's own index check: valid targets pay nothing
+    for it.
     """
     n_classes = input.shape[-1]
     z = input.reshape(-1, n_classes)  # (N, C)
@@ -245,7 +246,7 @@ def reference(
     try:
         logp_y = logp.gather(1, y_safe[:, None]).squeeze(1)  # (N,)
     except RuntimeError:
-        if check_targets:  # an index out of bounds: raise the message check_args gives
+        if check_targets:  # an index out of bounds: check_focal_loss_args' message
             try:
                 _check_target_range(y, n_classes, ignore_index)
             except ValueError as error:
@@ -477,7 +478,8 @@ def dispatch(
 ) -> torch.Tensor:
     """Check the arguments, then run the kernel or the reference by the rules in _dispatch."""
     # CPU tensors outside the interpreter (the early exit): the reference's gather checks the
-    # targets' range for free, where check_args' own check costs 3-8 small ops and syncs.
+    # targets' range for free, where check_focal_loss_args' own check costs 3-8 small ops and
+    # syncs.
     cpu_reference = (
         isinstance(input, torch.Tensor)
         and reference_at_once(input)
@@ -486,7 +488,7 @@ def dispatch(
         and target.is_cpu
         and not is_compiling()
     )
-    target, alpha = check_args(
+    target, alpha = check_focal_loss_args(
         input,
         target,
         gamma,
@@ -540,10 +542,17 @@ def explain(
     label_smoothing: float = 0.0,
 ) -> Decision:
     """What `dispatch` would run on these arguments and why, without running it."""
-    target, alpha = check_args(
+    target, alpha = check_focal_loss_args(
         input, target, gamma, alpha, weight, ignore_index, reduction, label_smoothing
     )
     return _decide(input, target, alpha, weight)
 
 
-__all__ = ["FocalLossFunction", "check_args", "dispatch", "explain", "reference", "unsupported"]
+__all__ = [
+    "FocalLossFunction",
+    "check_focal_loss_args",
+    "dispatch",
+    "explain",
+    "reference",
+    "unsupported",
+]

@@ -62,7 +62,9 @@ def _forward_impl(
     from fbdl_fast.kernels import layer_norm as kernels  # imports Triton: only on this path
 
     out_dtype = torch.float32 if fp32_output else None
-    return kernels.forward(x, n, weight, bias, eps, out_dtype=out_dtype, autotune=autotune())
+    return kernels.layer_norm_forward(
+        x, n, weight, bias, eps, out_dtype=out_dtype, autotune=autotune()
+    )
 
 
 def _forward_fake(x, weight, bias, n, eps, fp32_output):
@@ -86,7 +88,7 @@ def _backward_impl(
     """(dx, dw, db) from the Triton kernel; dw/db empty when not asked for."""
     from fbdl_fast.kernels import layer_norm as kernels
 
-    dx, dw, db = kernels.backward(dy, x, n, weight, bias, mean, rstd, need_dw, need_db)
+    dx, dw, db = kernels.layer_norm_backward(dy, x, n, weight, bias, mean, rstd, need_dw, need_db)
     return dx, nothing(x) if dw is None else dw, nothing(x) if db is None else db
 
 
@@ -170,13 +172,15 @@ def _as_shape(normalized_shape: ShapeLike) -> tuple[int, ...]:
     return shape
 
 
-def _check(
+def check_layer_norm_args(
     x: torch.Tensor,
     shape: tuple[int, ...],
     weight: Optional[torch.Tensor],
     bias: Optional[torch.Tensor],
 ) -> None:
-    """Bad arguments get the same ValueError whichever path would run."""
+    """Raise ValueError when x does not end with `shape` (normalized_shape as a tuple of ints)
+    or weight/bias do not have that shape: bad arguments get the same error whichever path
+    would run."""
     if x.dim() < len(shape) or tuple(x.shape[x.dim() - len(shape) :]) != shape:
         raise ValueError(
             f"layer_norm: input of shape {tuple(x.shape)} does not end with "
@@ -245,7 +249,7 @@ def _prepare(
     eps: float,
 ):
     shape = _as_shape(normalized_shape)
-    _check(x, shape, weight, bias)
+    check_layer_norm_args(x, shape, weight, bias)
     out_dtype = _autocast(x)
     if out_dtype is not None:  # autocast: x stays as it is, half parameters go fp32 as in torch
         weight, bias = _upcast(weight), _upcast(bias)
@@ -279,7 +283,9 @@ def dispatch(
         try:  # F.layer_norm's own call, without its Python wrapper (~0.8 us of a 27 us call)
             return torch.layer_norm(x, shape, weight, bias, eps, torch.backends.cudnn.enabled)
         except RuntimeError:
-            _check(x, shape, weight, bias)  # torch's error becomes ours when it is about shapes
+            check_layer_norm_args(
+                x, shape, weight, bias
+            )  # torch's error becomes ours when it is about shapes
             raise
     decision, shape, x, weight, bias, out_dtype = _prepare(x, normalized_shape, weight, bias, eps)
     if decision.path == "torch":
@@ -290,4 +296,12 @@ def dispatch(
     return LayerNormFunction.apply(x, weight, bias, math.prod(shape), float(eps), fp32_output)
 
 
-__all__ = ["OP", "LayerNormFunction", "dispatch", "explain", "reference", "unsupported"]
+__all__ = [
+    "OP",
+    "LayerNormFunction",
+    "check_layer_norm_args",
+    "dispatch",
+    "explain",
+    "reference",
+    "unsupported",
+]
