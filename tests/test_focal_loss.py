@@ -14,11 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from compile_check import run_compile_script
+from fbdl_fast.config import ModelConfig
 from fbdl_fast.kernels.focal_loss import MAX_BLOCK_C, focal_loss_backward, focal_loss_forward
 from fbdl_fast.nn import FocalLoss
 from fbdl_fast.nn.functional import focal_loss
@@ -498,6 +500,34 @@ def test_module_rejects_bad_config_at_construction() -> None:
         FocalLoss(reduction="batchmean")
     with pytest.raises(ValueError, match=r"gamma=-0\.5"):
         FocalLoss(gamma=-0.5)
+
+
+@pytest.mark.parametrize("gamma", [-0.5, math.inf, math.nan, True, "2", None], ids=repr)
+def test_a_bad_gamma_is_refused_alike_by_config_module_and_function(gamma: Any) -> None:
+    """gamma is checked in one place: ModelConfig, nn.FocalLoss and the functional op refuse the
+    same values (negative, infinite, NaN, a bool, not a number) in the same words, each naming
+    gamma as its user knows it."""
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    refusals = {
+        "ModelConfig.focal_gamma": lambda: ModelConfig(focal_gamma=gamma),
+        "FocalLoss.gamma": lambda: FocalLoss(gamma=gamma),
+        "focal_loss: gamma": lambda: focal_loss(logits, target, gamma=gamma),
+    }
+    for name, refuse in refusals.items():
+        with pytest.raises(ValueError) as error:
+            refuse()
+        assert str(error.value) == f"{name}={gamma!r} is invalid; expected a number >= 0 (finite)"
+
+
+@pytest.mark.parametrize("gamma", [0, 2, 0.5, np.float32(1.5)], ids=repr)
+def test_a_good_gamma_is_taken_alike_by_config_module_and_function(gamma: Any) -> None:
+    """Integers and numpy scalars are gammas too, for the config, the module (which keeps a
+    float) and the function, which gives the module's loss."""
+    logits, target = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
+    assert ModelConfig(focal_gamma=gamma).focal_gamma == gamma
+    module = FocalLoss(gamma=gamma)
+    assert type(module.gamma) is float and module.gamma == float(gamma)
+    torch.testing.assert_close(module(logits, target), focal_loss(logits, target, gamma=gamma))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -128,8 +128,12 @@ class ModelConfig:
             "a value in [0, 1)",
         )
         _require("learning_rate", self.learning_rate, self.learning_rate > 0, "a positive number")
-        for name in ("weight_decay", "gradient_clip", "focal_gamma"):
+        for name in ("weight_decay", "gradient_clip"):
             _require(name, getattr(self, name), getattr(self, name) >= 0, "a number >= 0")
+        # The focal loss's own check of gamma. Imported here: fbdl_fast.ops imports torch.
+        from fbdl_fast.ops.checks import check_gamma
+
+        check_gamma(self.focal_gamma, "ModelConfig.focal_gamma")
         _require(
             "pad_token_id",
             self.pad_token_id,

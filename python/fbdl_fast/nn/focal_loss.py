@@ -17,6 +17,7 @@ from typing import Optional, Union
 import torch
 
 from fbdl_fast.ops import focal_loss as _op
+from fbdl_fast.ops.checks import check_gamma
 
 
 def focal_loss(
@@ -65,14 +66,13 @@ class FocalLoss(torch.nn.Module):
                 f"FocalLoss: reduction={reduction!r} is not accepted; use one of "
                 f"{', '.join(map(repr, _op.REDUCTIONS))}"
             )
-        if not isinstance(gamma, (int, float)) or isinstance(gamma, bool) or not gamma >= 0:
-            raise ValueError(f"FocalLoss: gamma={gamma!r} is not accepted; use a number >= 0")
+        gamma = check_gamma(gamma, "FocalLoss.gamma")
         if not isinstance(label_smoothing, (int, float)) or not 0.0 <= label_smoothing <= 1.0:
             raise ValueError(
                 f"FocalLoss: label_smoothing={label_smoothing!r} is not accepted; "
                 "use a number in [0, 1]"
             )
-        self.gamma = float(gamma)
+        self.gamma = gamma
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)

@@ -35,6 +35,7 @@ from torch.autograd.function import once_differentiable
 
 from fbdl_fast.ops._dispatch import Decision, decide, reference_at_once
 from fbdl_fast.ops._library import define, is_compiling, nothing
+from fbdl_fast.ops.checks import check_gamma
 
 OP = "focal_loss"
 REDUCTIONS = ("none", "mean", "sum")
@@ -101,12 +102,7 @@ def check_focal_loss_args(
             f"focal_loss: reduction={reduction!r} is not accepted; use one of "
             f"{', '.join(map(repr, REDUCTIONS))}"
         )
-    if (
-        not (type(gamma) is float or isinstance(gamma, numbers.Real))
-        or not math.isfinite(gamma)
-        or gamma < 0
-    ):
-        raise ValueError(f"focal_loss: gamma={gamma!r} is not accepted; use a finite number >= 0")
+    check_gamma(gamma, "focal_loss: gamma")
     if (
         not (type(label_smoothing) is float or isinstance(label_smoothing, numbers.Real))
         or not 0.0 <= float(label_smoothing) <= 1.0
