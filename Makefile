@@ -76,7 +76,7 @@ stack-check: install $(STACK_VENV)/.installed  ## The suite and gpu_check --cpu-
 		sys.exit(None if pathlib.Path("$(STACK_VENV)").resolve() in f.parents \
 		else f"fbdl_fast was imported from {f}, not from the wheel in $(STACK_VENV)")'
 	$(STACK_PY) -m pytest -q -p no:cacheprovider --benchmark-disable tests benches; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
-	$(STACK_PY) benches/gpu_check.py --cpu-smoke --out $(STACK_VENV)/cpu-smoke
+	$(STACK_PY) benches/gpu/gpu_check.py --cpu-smoke --out $(STACK_VENV)/cpu-smoke
 	@echo "stack-check passed; the --cpu-smoke report: $(STACK_VENV)/cpu-smoke/report.md"
 
 .PHONY: format

@@ -1,4 +1,4 @@
-"""benches/bytes_moved.py (issue 13's bytes table): the interpreter-side counter counts every
+"""benches/gpu/bytes_moved.py, the bytes table: the interpreter-side counter counts every
 masked-in element of every load and store, and each kernel moves at most a stated multiple of
 its op's minimum, touching nothing but the minimum and its own saved statistics."""
 
@@ -12,10 +12,11 @@ import torch
 
 import fbdl_fast.kernels
 
-BENCHES = Path(__file__).resolve().parents[1] / "benches"
-sys.path.insert(0, str(BENCHES))
+GPU_BENCHES = Path(__file__).resolve().parents[1] / "benches" / "gpu"
+sys.path.insert(0, str(GPU_BENCHES))
 
 import bytes_moved  # noqa: E402
+
 from devices import kernel_skip_reason  # noqa: E402
 
 pytestmark = [
@@ -163,7 +164,7 @@ def test_report_shows_the_committed_table_and_says_when_it_is_stale() -> None:
 
     table = bytes_moved.load_table()
     assert table is not None, (
-        "benches/bytes_moved.json missing: python benches/bytes_moved.py --write"
+        "benches/gpu/bytes_moved.json missing: python benches/gpu/bytes_moved.py --write"
     )
     ops = {(row["op"], row["pass"]) for row in table["rows"]}
     assert ops == {(op, p) for op in ("layer_norm", "focal_loss", "attention")

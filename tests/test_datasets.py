@@ -1,5 +1,6 @@
-"""benches/datasets.py debian: parsing a dumpavail text, choosing sections, deduplicating, the
-stratified seeded split and the files it writes; benches/debian_table.py's training sample.
+"""benches/studies/datasets.py debian: parsing a dumpavail text, choosing sections,
+deduplicating, the stratified seeded split and the files it writes; benches/studies/
+debian_table.py's training sample.
 No apt-cache needed: the input is a small text in dumpavail's format."""
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pytest
 from fbdl_fast.data import load_posts
 from tiny_run import load_bench_script
 
-datasets = load_bench_script("datasets.py")
-debian_table = load_bench_script("debian_table.py")
+datasets = load_bench_script("studies/datasets.py")
+debian_table = load_bench_script("studies/debian_table.py")
 
 DUMP = """\
 Package: foo

@@ -1,4 +1,4 @@
-"""benches/gpu_check.py, the one command for a lent GPU: its report is always written (no CUDA,
+"""benches/gpu/gpu_check.py, the one command for a lent GPU: its report is always written (no CUDA,
 a stage past its budget), its goals are judged from the rows, and the CPU smoke run measures."""
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCHES = Path(__file__).resolve().parents[1] / "benches"
-sys.path.insert(0, str(BENCHES))
+REPO = Path(__file__).resolve().parents[1]
+GPU_BENCHES = REPO / "benches" / "gpu"
+sys.path.insert(0, str(GPU_BENCHES))
 
 import gpu_check  # noqa: E402
 import gpu_report  # noqa: E402
@@ -21,7 +22,7 @@ import gpu_report  # noqa: E402
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(BENCHES / "gpu_check.py"), *args],
+        [sys.executable, str(GPU_BENCHES / "gpu_check.py"), *args],
         capture_output=True,
         text=True,
         timeout=300,
@@ -133,14 +134,14 @@ def test_a_goal_over_malformed_rows_reports_the_error_instead_of_not_measured() 
 
 
 def test_the_readme_device_command_installs_the_wheel_and_runs_this_script() -> None:
-    readme = (BENCHES.parent / "README.md").read_text(encoding="utf-8")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Proving the kernels on a GPU\n", 1)[1].split("\n## ", 1)[0]
     command = next(line for line in section.splitlines() if "gpu_check.py" in line)
     assert "pip install -q --no-deps --no-index dist/fbdl_fast-*.whl &&" in command
-    script_args = command.split("python3 benches/gpu_check.py", 1)[1].split()
-    assert (BENCHES / "gpu_check.py").is_file()
+    script_args = command.split("python3 benches/gpu/gpu_check.py", 1)[1].split()
+    assert (GPU_BENCHES / "gpu_check.py").is_file()
     assert script_args == ["--out", '"$OUT/gpu"']
-    makefile = (BENCHES.parent / "Makefile").read_text()
+    makefile = (REPO / "Makefile").read_text()
     assert "gpu-wheel:" in makefile and "--out dist" in makefile
 
 

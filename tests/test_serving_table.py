@@ -1,6 +1,6 @@
-"""benches/serving_table.py on tiny runs: every row built, scored and timed, the ONNX row through
-`predict`/`evaluate --checkpoint onnx` as the others; the goals' arithmetic; a teacher folder left
-as it was.
+"""benches/studies/serving_table.py on tiny runs: every row built, scored and timed, the ONNX
+row through `predict`/`evaluate --checkpoint onnx` as the others; the goals' arithmetic; a
+teacher folder left as it was.
 
 The "MiniLM" run here is make_run's tiny untrained CNN (no MiniLM in the tests): the script
 treats the --minilm folder as any run folder.
@@ -22,7 +22,7 @@ from tiny_run import load_bench_script, make_run, write_posts_csv
 TINY = "--epochs 1 --input-dim 16 --hidden-dim 16 --vocab-size 200 --max-length 32"
 
 
-serving = load_bench_script("serving_table.py")
+serving = load_bench_script("studies/serving_table.py")
 
 
 def _sha(path: Path) -> str:

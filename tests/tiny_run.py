@@ -117,8 +117,8 @@ def write_posts_csv(
 
 
 def load_bench_script(file: str) -> Any:
-    """benches/FILE imported as the module bench_STEM (registered in sys.modules, so that its
-    dataclasses and pickling work)."""
+    """benches/FILE (e.g. "studies/datasets.py") imported as the module bench_STEM (registered
+    in sys.modules, so that its dataclasses and pickling work)."""
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benches" / file

@@ -1,4 +1,4 @@
-"""The report of benches/gpu_check.py: results.json as given, report.md as tables.
+"""The report of benches/gpu/gpu_check.py: results.json as given, report.md as tables.
 
 report.md: the machine and its checks, the stages, the goals (met, missed or not measured), then
 one side-by-side table per op (ours against the reference, ratios from the same run) and one for

@@ -3,7 +3,7 @@
 On the GPU machine, from a checkout with the wheel installed (`make gpu-wheel` builds it here):
 
     pip install --no-deps --no-index dist/fbdl_fast-*.whl
-    python3 benches/gpu_check.py --out DIR
+    python3 benches/gpu/gpu_check.py --out DIR
 
 Without a GPU, `--cpu-smoke` runs every stage on the CPU (the cuda tests skip, the benches time
 the PyTorch fallbacks on tiny shapes): that proves the pipeline and the report here.
@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(HERE))  # gpu_report, beside this file
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))  # bytes_moved and gpu_report, beside this file
 
 import bytes_moved  # noqa: E402
 import gpu_report  # noqa: E402

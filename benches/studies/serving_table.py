@@ -1,7 +1,7 @@
 """The CPU serving table (issue 15 point 5): accuracy, predict speed, memory and size of the
 serving forms of a fine-tuned MiniLM and of a CNN, on one labelled split.
 
-    python benches/serving_table.py --data data/debian --minilm runs/debian/minilm \
+    python benches/studies/serving_table.py --data data/debian --minilm runs/debian/minilm \
         --out runs/serving --threads 1 2
 
 From --data (train.csv, test.csv) and a trained --minilm run folder it builds, under --out:
@@ -262,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         default=None,
         help="posts without labels for distill --unlabelled (default: DATA/unlabelled.csv when "
-        "it exists, as benches/datasets.py writes it); 'none': distil on train.csv alone",
+        "it exists, as benches/studies/datasets.py writes it); 'none': distil on train.csv alone",
     )
     parser.add_argument(
         "--minilm-keep-fp32",
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     for path in (args.data / "train.csv", args.data / "test.csv"):
         if not path.is_file():
-            parser.error(f"{path} not found; expected a folder from benches/datasets.py")
+            parser.error(f"{path} not found; expected a folder from benches/studies/datasets.py")
     if args.posts < 1 or (args.minilm_posts is not None and args.minilm_posts < 1):
         parser.error("--posts and --minilm-posts: expected 1 or more")
     if not args.threads or min(args.threads) < 1:

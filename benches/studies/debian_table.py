@@ -1,7 +1,7 @@
 """The Debian package descriptions benchmark: every model trained and scored on one split.
 
-    python benches/datasets.py debian --out data/debian
-    python benches/debian_table.py --data data/debian --out runs/debian
+    python benches/studies/datasets.py debian --out data/debian
+    python benches/studies/debian_table.py --data data/debian --out runs/debian
 
 Trains, on data/debian/train.csv, TF-IDF (1-2-grams) + logistic regression (scikit-learn) in
 this process, then `fbdl-fast train` for the three from-scratch models and MiniLM fine-tuned
@@ -190,7 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     train, test = args.data / "train.csv", args.data / "test.csv"
     for path in (train, test):
         if not path.is_file():
-            raise SystemExit(f"{path} not found; build it with benches/datasets.py debian --out")
+            raise SystemExit(
+                f"{path} not found; build it with benches/studies/datasets.py debian --out"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     note = f"All {len(read_rows(train))} training posts, {len(read_rows(test))} test posts."
     if args.train_per_class is not None:

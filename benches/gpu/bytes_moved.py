@@ -20,7 +20,7 @@ that take part need reading). Statistics a kernel saves for its
 backward (mean/rstd, log-sum-exp and friends) count as traffic over the minimum. Per element:
 divided by the elements of the main tensor (x, the logits, q).
 
-Run `python benches/bytes_moved.py` to count and print the table (5-9 minutes on 2 shared
+Run `python benches/gpu/bytes_moved.py` to count and print the table (5-9 minutes on 2 shared
 cores); `--write` also rewrites bytes_moved.json beside this file, which gpu_check puts in its
 report (the GPU machine's Triton 3.6 cannot interpret these kernels, see DESIGN.md), with a hash
 of kernels/*.py so the report says when the kernels changed since the count.
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 TABLE_FILE = HERE / "bytes_moved.json"
-KERNELS = HERE.parent / "python" / "fbdl_fast" / "kernels"
+KERNELS = HERE.parents[1] / "python" / "fbdl_fast" / "kernels"
 H200_SMS = 132
 
 
@@ -349,7 +349,7 @@ def report_section(table: Optional[dict[str, Any]]) -> list[str]:
         "## Bytes moved per element",
         "",
         f"Counted from every load and store under the Triton {table.get('triton')} interpreter, "
-        f"launched as on {table.get('sms')} SMs (benches/bytes_moved.py): minimum = the op's "
+        f"launched as on {table.get('sms')} SMs (benches/gpu/bytes_moved.py): minimum = the op's "
         "inputs read once and outputs written once; moved = every access; distinct = each "
         "address once.",
         "",
@@ -357,7 +357,7 @@ def report_section(table: Optional[dict[str, Any]]) -> list[str]:
     if table.get("stale"):
         lines += [
             "**Stale:** python/fbdl_fast/kernels changed since this count; rerun "
-            "`python benches/bytes_moved.py --write`.",
+            "`python benches/gpu/bytes_moved.py --write`.",
             "",
         ]
     return [*lines, *markdown(table["rows"]), ""]

@@ -1,7 +1,7 @@
 """Magnitude pruning of a trained run's Linear layers (issue 15 point 4): its accuracy and CPU
 speed cost, measured; the project keeps no pruning option (see README, "Serving on a CPU").
 
-    python benches/pruning.py --run runs/debian/minilm --data data/debian/test.csv
+    python benches/studies/pruning.py --run runs/debian/minilm --data data/debian/test.csv
 
 For each amount (default 30%, 50%, 70%), every nn.Linear weight of the run's model gets
 torch.nn.utils.prune.l1_unstructured (the smallest |w| of each layer set to zero), made permanent

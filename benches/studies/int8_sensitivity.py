@@ -1,7 +1,8 @@
 """Which layers of a run's model cost most in dynamic int8: the candidates for
 `fbdl-fast export --format int8 --keep-fp32 NAMES` (issue 15 point 2).
 
-    python benches/int8_sensitivity.py --run runs/debian/minilm [--data train.csv] [--time NAMES]
+    python benches/studies/int8_sensitivity.py --run runs/debian/minilm
+        [--data train.csv] [--time NAMES]
 
 The run's validation split is rebuilt as train made it (data.split_posts with the run's
 val_fraction and seed, stratified; the posts file is config.json's data.source unless --data

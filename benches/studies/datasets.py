@@ -1,6 +1,6 @@
 """Real-text datasets that anyone can rebuild from files on their own machine.
 
-    python benches/datasets.py debian --out data/debian
+    python benches/studies/datasets.py debian --out data/debian
 
 `debian`: the one-line descriptions of Debian packages (`apt-cache dumpavail`, after
 `apt-get update`) labelled with their Section, as a topic-classification task on short real
