@@ -217,9 +217,10 @@ def test_interrupted_predict_leaves_no_file(
     import signal
 
     from fbdl_fast.cli import predict as cli
+    from fbdl_fast.training.loading import Run
 
     data, run = trained
-    real, calls = cli._predict_chunk, []
+    real, calls = Run.class_probabilities, []
 
     def interrupted(*args: object) -> list[list[float]]:
         calls.append(1)
@@ -230,7 +231,7 @@ def test_interrupted_predict_leaves_no_file(
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cli, "PREDICT_CHUNK", 64)
-    monkeypatch.setattr(cli, "_predict_chunk", interrupted)
+    monkeypatch.setattr(Run, "class_probabilities", interrupted)
     out = tmp_path / "p.csv"
     argv = ["predict", "--run", str(run), "--data", str(data), "--output", str(out), "--quiet"]
     assert main(argv) == (143 if how == "sigterm" else 130)
@@ -280,17 +281,17 @@ def test_commands_run_on_one_thread_unless_told(
     left as found."""
     import torch
 
-    from fbdl_fast.cli import predict as cli
+    from fbdl_fast.training.loading import Run
 
     _, run = trained
     before, seen = torch.get_num_threads(), []
-    real = cli._predict_chunk
+    real = Run.class_probabilities
 
     def recording(*args: object) -> list[list[float]]:
         seen.append(torch.get_num_threads())
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(cli, "_predict_chunk", recording)
+    monkeypatch.setattr(Run, "class_probabilities", recording)
     assert main(["predict", "--run", str(run), "--text", "hi", "--quiet"]) == 0
     assert main(["predict", "--run", str(run), "--text", "hi", "--quiet", "--threads", "3"]) == 0
     assert seen == [1, 3] and torch.get_num_threads() == before

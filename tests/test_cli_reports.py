@@ -34,14 +34,13 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def _validation(data: Path, run: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw logits and labels of the run's best.pt on its validation posts, split as train did."""
-    from fbdl_fast.cli.common import run_loader as _loader
     from fbdl_fast.data import load_posts, split_posts
-    from fbdl_fast.runs import load_run
+    from fbdl_fast.training.loading import load_run
 
-    loaded = load_run(run, "cpu")
+    loaded = load_run(run, device="cpu")
     _, val = split_posts(load_posts(data, "text", "label"), 0.1, 42)
     ids = loaded.label_map.encode_all(val)
-    logits, labels, _ = loaded.trainer.outputs(_loader(loaded, val.texts, ids, 32))
+    logits, labels, _ = loaded.trainer.outputs(loaded.loader(val.texts, ids, 32))
     assert labels is not None
     return logits, labels
 
@@ -83,9 +82,8 @@ def test_calibrate_fits_the_validation_posts_and_stores_the_temperature(
 
 def test_predict_applies_the_temperature(calibrated: tuple[Path, Path]) -> None:
     from fbdl_fast.checkpoint import load_checkpoint
-    from fbdl_fast.cli.common import run_loader as _loader
     from fbdl_fast.data import loader_order
-    from fbdl_fast.runs import load_run
+    from fbdl_fast.training.loading import load_run
 
     _, run = calibrated
     out = run.parent / "predictions.jsonl"
@@ -93,8 +91,8 @@ def test_predict_applies_the_temperature(calibrated: tuple[Path, Path]) -> None:
     argv = ["predict", "--run", str(run), "--text", texts[0], "--text", texts[1]]
     assert main([*argv, "--output", str(out), "--quiet"]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    loaded = load_run(run, "cpu")
-    loader = _loader(loaded, texts, None, 8)
+    loaded = load_run(run, device="cpu")
+    loader = loaded.loader(texts, None, 8)
     sorted_logits, _, _ = loaded.trainer.outputs(loader)
     logits = torch.empty_like(sorted_logits)
     logits[loader_order(loader)] = sorted_logits  # the loader sorts by length

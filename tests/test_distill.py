@@ -14,10 +14,10 @@ from torch import nn
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data import LabelMap, load_posts, split_posts
-from fbdl_fast.runs import load_run
 from fbdl_fast.training import distill
 from fbdl_fast.training import trainer as train
 from fbdl_fast.training.distill import TEACHER_LOGITS, DistillationLoss, compute_logits
+from fbdl_fast.training.loading import load_run
 from tiny_run import make_run, tiny_model_args, write_csv, write_posts_csv
 
 # ----------------------------------------------------------------------------- the loss
@@ -100,8 +100,8 @@ def test_distilled_run_is_an_ordinary_run(
     train_posts, _ = split_posts(posts, 0.1, 42)
     texts = [*train_posts.texts, *load_posts(data["unlabelled"], "text", None).texts]
     cache = load_checkpoint(out / TEACHER_LOGITS)
-    teacher = load_run(data["teacher"], "cpu")
-    assert teacher.tokenizer.vocab_size != load_run(out, "cpu").tokenizer.vocab_size
+    teacher = load_run(data["teacher"], device="cpu")
+    assert teacher.tokenizer.vocab_size != load_run(out, device="cpu").tokenizer.vocab_size
     expected = compute_logits(teacher, texts)
     columns = [
         teacher.label_map.encode(label) for label in LabelMap.load(out / "label_map.json").labels
@@ -118,7 +118,7 @@ def test_distilled_run_is_an_ordinary_run(
     assert meta["training"]["calibrate"] is True
     teacher_meta = json.loads((data["teacher"] / "config.json").read_text(encoding="utf-8"))
     assert teacher_meta["training"]["calibrate"] is False
-    student = load_run(out, "cpu")
+    student = load_run(out, device="cpu")
     assert student.trainer.temperature != 1.0  # --calibrate stored it in best.pt
 
     # evaluate's accuracy is that of predict's labels on the same posts.

@@ -14,9 +14,8 @@ from torch import nn
 
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
 from fbdl_fast.cli import main
-from fbdl_fast.cli.common import run_loader as _loader
 from fbdl_fast.data import PostsDataset, balanced_sample_weights, load_posts, make_loader
-from fbdl_fast.runs import load_run
+from fbdl_fast.training.loading import load_run
 from fbdl_fast.training.trainer import BEST_CHECKPOINT, LAST_CHECKPOINT, Trainer
 from test_train import assert_same_state
 from tiny_run import (
@@ -199,10 +198,10 @@ def test_train_ema_cli_records_it_and_evaluates_the_average(
         )
         reports[which] = json.loads(capsys.readouterr().out)
     # The trained weights of last.pt, evaluated the same way, score otherwise.
-    loaded = load_run(run, "cpu", "last")
+    loaded = load_run(run, checkpoint="last", device="cpu")
     loaded.trainer.model.load_state_dict(last["model"])
     posts = load_posts(data, "text", "label")
-    loader = _loader(loaded, posts.texts, loaded.label_map.encode_all(posts), 32)
+    loader = loaded.loader(posts.texts, loaded.label_map.encode_all(posts), 32)
     raw = loaded.trainer.evaluate(loader)["loss"]
     assert raw != reports["last"]["loss"]
     if last["history"]["best_epoch"] == 2:  # best.pt and last.pt then hold the same average

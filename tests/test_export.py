@@ -19,9 +19,10 @@ from fbdl_fast.data import PostsDataset, loader_order, make_loader
 from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.models import create_model
 from fbdl_fast.ops import _dispatch
-from fbdl_fast.runs import RUN_CONFIG, Run, load_run
+from fbdl_fast.runs import RUN_CONFIG
 from fbdl_fast.serving import int8
 from fbdl_fast.serving import onnx as serving_onnx
+from fbdl_fast.training.loading import Run, load_run
 from fbdl_fast.training.trainer import BEST_CHECKPOINT, Trainer
 from tiny_run import cli_refusal, make_run
 
@@ -94,7 +95,7 @@ def test_onnx_parity_in_onnxruntime(
         assert dims[0].dim_param, value.name  # batch: symbolic
         if value.name != "logits":
             assert dims[1].dim_param, value.name  # sequence: symbolic
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     shapes, padded = set(), 0
     for batch in _loader(run, generate_posts(40, seed=5).texts, 16):
         ids, mask = batch["input_ids"], batch["attention_mask"].long()
@@ -181,7 +182,7 @@ def test_lstm_of_any_depth_exports_through_torch_export(tmp_path: Path, num_laye
     of other shapes than the traced one: one post of one token, and posts of lengths 1 to the
     longest; what the padding holds does not change them (each direction reads only a post's
     real tokens)."""
-    run = load_run(_run(tmp_path, "lstm", num_layers=num_layers), "cpu")
+    run = load_run(_run(tmp_path, "lstm", num_layers=num_layers), device="cpu")
     done = serving_onnx.export_onnx(run)
     assert done["exporter"] == "dynamo" and done["max_abs_diff"] <= serving_onnx.ONNX_TOLERANCE
     data = done["path"].read_bytes()
@@ -238,7 +239,7 @@ def test_int8_export_then_predict(
     got = torch.tensor(
         [list(json.loads(line)["probabilities"].values()) for line in out.read_text().splitlines()]
     )
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     reference = int8.quantize_int8(run.trainer.model)
     # The same batches as predict's: dynamic int8 scales each batch's activations as a whole.
     loader = _loader(run, texts, run.config.batch_size)
@@ -278,7 +279,7 @@ def test_int8_file_with_weights_per_tensor_still_loads(tmp_path: Path, model: st
 
     folder = _run(tmp_path, model)
     assert main(["export", "--run", str(folder), "--format", "int8", "--quiet"]) == 0
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # The quantization that files were written with before: torch's default qconfig.
@@ -375,7 +376,7 @@ def test_predict_int8_bad_input(
     int8_file.write_bytes(good[: len(good) // 2])
     assert "model.int8.pt' is truncated or corrupt" in error(predict)
     int8_file.write_bytes(good)
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     with torch.no_grad():
         run.trainer.model.output_projection.bias.add_(1.0)
     run.trainer.save_checkpoint(folder / BEST_CHECKPOINT)
@@ -401,7 +402,7 @@ def test_int8_export_carries_the_calibration_temperature(
     got = torch.tensor(
         [list(json.loads(line)["probabilities"].values()) for line in out.read_text().splitlines()]
     )
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     assert run.trainer.temperature == 2.5
     logits = torch.empty_like(got)
     loader = _loader(run, texts, run.config.batch_size)

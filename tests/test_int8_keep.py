@@ -12,8 +12,8 @@ from torch import nn
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data.synthetic import generate_posts
-from fbdl_fast.runs import load_run
 from fbdl_fast.serving import int8
+from fbdl_fast.training.loading import load_run
 from test_export import _loader, _run
 
 
@@ -60,7 +60,7 @@ def test_keep_fp32_is_recorded_and_rebuilt_bit_for_bit(
     assert f"kept in fp32: {', '.join(kept)};" in capsys.readouterr().out
     state = load_checkpoint(folder / "model.int8.pt")
     assert state["kept_fp32"] == kept and state["quantized_modules"] == quantized
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     fp32 = dict(run.trainer.model.named_parameters())
     for name in kept:
         saved = [k for k in state["model"] if k.startswith(name + ".")]
@@ -88,7 +88,7 @@ def test_file_without_kept_names_loads_all_int8(tmp_path: Path) -> None:
     assert state["kept_fp32"] == []
     del state["kept_fp32"]
     save_checkpoint(state, path)
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     ids, mask = _batch(run)
     with torch.no_grad():
         got = int8.load_int8(run)(ids, mask)

@@ -250,9 +250,9 @@ def test_cli_multi_label_train_evaluate_predict(
     best = load_checkpoint(run / "best.pt")
     assert len(best["thresholds"]) == 3 and all(0 < t < 1 for t in best["thresholds"])
     # The thresholds are the tuned ones of best.pt on the validation split the command made.
-    from fbdl_fast.runs import load_run
+    from fbdl_fast.training.loading import load_run
 
-    loaded = load_run(run, "cpu")
+    loaded = load_run(run, device="cpu")
     posts = load_posts(data, label_separator="|")
     _, val = split_posts(posts, 0.1, 42, stratify=False)
     val_set = PostsDataset.from_texts(

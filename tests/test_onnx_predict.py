@@ -16,8 +16,9 @@ from fbdl_fast.cli import predict as cli
 from fbdl_fast.data import loader_order
 from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.files import sha256_of
-from fbdl_fast.runs import RUN_LABELS, load_run, tokenizer_fingerprint
+from fbdl_fast.runs import RUN_LABELS, tokenizer_fingerprint
 from fbdl_fast.serving import onnx as onnx_runtime
+from fbdl_fast.training.loading import load_run
 from fbdl_fast.training.trainer import BEST_CHECKPOINT
 from test_export import _loader, _run
 from tiny_run import cli_refusal, make_run, write_posts_csv
@@ -47,7 +48,7 @@ def test_onnx_predict_and_evaluate_match_best(
         add_calibration(folder / BEST_CHECKPOINT, {"temperature": temperature})
     _export(folder, capsys)
     props = {p.key: json.loads(p.value) for p in _metadata(folder / "model.onnx")}
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     assert props["fbdl_fast.source_checkpoint"] == {
         "name": "best.pt",
         "sha256": sha256_of(folder / BEST_CHECKPOINT),
@@ -55,7 +56,7 @@ def test_onnx_predict_and_evaluate_match_best(
     assert props["fbdl_fast.tokenizer_fingerprint"] == tokenizer_fingerprint(run.tokenizer)
     assert props["fbdl_fast.label_map"] == {"labels": list(run.label_map.labels)}
     assert props["fbdl_fast.calibration"] == {"temperature": temperature or 1.0}
-    assert onnx_runtime.onnx_run(folder).trainer.temperature == (temperature or 1.0)
+    assert load_run(folder, checkpoint="onnx").temperature == (temperature or 1.0)
 
     texts = generate_posts(40, seed=5).texts
     # Batches of 16 bucketed by length: several shapes, most posts padded.
@@ -171,7 +172,7 @@ def test_predict_onnx_bad_input(
     assert f"{labels} does not match the checkpoint model.onnx" in error(predict)
     labels.write_text(saved, encoding="utf-8")
 
-    run = load_run(folder, "cpu")
+    run = load_run(folder, device="cpu")
     with torch.no_grad():
         run.trainer.model.output_projection.bias.add_(1.0)
     run.trainer.save_checkpoint(folder / BEST_CHECKPOINT)

@@ -22,7 +22,7 @@ from fbdl_fast.cli import main
 from fbdl_fast.cli import predict as cli
 from fbdl_fast.data import Post, iter_posts
 from fbdl_fast.data.synthetic import generate_posts
-from fbdl_fast.runs import load_run
+from fbdl_fast.training.loading import load_run
 from tiny_run import MAX_LENGTH, make_run
 
 
@@ -33,7 +33,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def alone_probs(run_dir: Path, texts: list[str]) -> list[list[float]]:
     """Each text's class probabilities from the model run on that text alone (no padding)."""
-    loaded = load_run(run_dir, "cpu")
+    loaded = load_run(run_dir, device="cpu")
     model = loaded.trainer.model.eval()
     out = []
     with torch.no_grad():
@@ -131,24 +131,24 @@ def test_a_reader_that_stops_early_ends_predict_quietly(run: Path, tmp_path: Pat
 PER_CHUNK = """
 import json, os, sys
 from fbdl_fast import data
-from fbdl_fast.cli import predict as cli
 from fbdl_fast.cli.main import main
+from fbdl_fast.training.loading import Run
 
 page = os.sysconf("SC_PAGE_SIZE")
 rss, read = [], [0]
-original_chunk, original_iter = cli._predict_chunk, data.iter_posts
+original_chunk, original_iter = Run.class_probabilities, data.iter_posts
 
 def iter_posts(*args, **kwargs):
     for post in original_iter(*args, **kwargs):
         read[0] += 1
         yield post
 
-def predict_chunk(run, texts, batch_size):
+def predict_chunk(run, texts, batch_size=None):
     with open("/proc/self/statm") as f:
         rss.append((int(f.read().split()[1]) * page / 2**20, read[0]))
     return original_chunk(run, texts, batch_size)
 
-cli._predict_chunk, data.iter_posts = predict_chunk, iter_posts
+Run.class_probabilities, data.iter_posts = predict_chunk, iter_posts
 code = main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump(rss, f)

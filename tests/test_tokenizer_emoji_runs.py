@@ -18,8 +18,8 @@ from fbdl_fast.cli import main
 from fbdl_fast.cli.common import UsageError
 from fbdl_fast.cli.main import build_parser
 from fbdl_fast.cli.options import apply_model_defaults as _apply_model_defaults
-from fbdl_fast.runs import load_run
 from fbdl_fast.tokenizer import Tokenizer
+from fbdl_fast.training.loading import load_run
 from test_finetune import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv
 from tiny_run import write_posts_csv
 
@@ -60,7 +60,7 @@ def test_run_folder_keeps_the_choice(minilm_runs: tuple[Path, Path, Path]) -> No
         saved = Tokenizer.from_file(run / "tokenizer.json")
         assert saved.spell_emoji is on
         # What evaluate and predict load: the run's tokenizer, as training had it.
-        loaded = load_run(run, "cpu")
+        loaded = load_run(run, device="cpu")
         assert loaded.tokenizer.spell_emoji is on
         expected = load_tokenizer("all-minilm-l6-v2", spell_emoji=on).encode(TEXT)
         assert loaded.tokenizer.encode(TEXT) == expected

@@ -31,8 +31,8 @@ import torch
 from torch import nn
 
 from fbdl_fast.data import PostsDataset, load_posts, make_loader, split_posts
-from fbdl_fast.runs import load_run
 from fbdl_fast.serving import int8
+from fbdl_fast.training.loading import load_run
 from fbdl_fast.training.trainer import Trainer
 
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
     torch.set_num_threads(1)
-    run = load_run(args.run, "cpu")
+    run = load_run(args.run, device="cpu")
     loader, count = validation_loader(run, args.data)
     rows = ranking(run, loader)
     full, all_int8 = rows[0]["macro_f1"], rows[1]["macro_f1"]

@@ -31,7 +31,7 @@ from torch.nn.utils import prune
 from fbdl_fast.data import PostsDataset, load_posts, make_loader
 from fbdl_fast.files import write_atomic
 from fbdl_fast.reports.speed import interleaved_medians
-from fbdl_fast.runs import load_run
+from fbdl_fast.training.loading import load_run
 
 
 class CsrLinear(nn.Module):
@@ -86,7 +86,7 @@ def measure(
     from sklearn.metrics import accuracy_score, f1_score
 
     torch.set_num_threads(1)
-    run = load_run(run_path, "cpu")
+    run = load_run(run_path, device="cpu")
     found = load_posts(data, run.meta.get("data", {}).get("text_column", "text"))
     assert found.labels is not None
     truth = run.label_map.encode_all(found)

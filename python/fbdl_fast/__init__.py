@@ -26,6 +26,8 @@ _PUBLIC = {
     "Trainer": "fbdl_fast.training.trainer",
     "FacebookPostsTrainer": "fbdl_fast.training.trainer",
     "History": "fbdl_fast.training.trainer",
+    "load_run": "fbdl_fast.training.loading",
+    "Run": "fbdl_fast.training.loading",
     "WeightInitializer": "fbdl_fast.models.init",
     "NormalizationLayers": "fbdl_fast.models.norms",
     "LossFunctions": "fbdl_fast.training.losses",
@@ -48,6 +50,8 @@ __all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
     "Trainer",
     "FacebookPostsTrainer",
     "History",
+    "load_run",
+    "Run",
     "WeightInitializer",
     "NormalizationLayers",
     "LossFunctions",
@@ -73,6 +77,7 @@ if TYPE_CHECKING:
     from fbdl_fast.nn.patch import patch, unpatch
     from fbdl_fast.ops import backend
     from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.training.loading import Run, load_run
     from fbdl_fast.training.losses import LossFunctions
     from fbdl_fast.training.optim import OptimizerFactory, SchedulerFactory
     from fbdl_fast.training.trainer import FacebookPostsTrainer, History, Trainer

@@ -1,4 +1,4 @@
-"""The run folder as one unit: create, lock, publish, load, verify, resume.
+"""The run folder as one unit: create, lock, publish, read, verify, resume.
 
 A run folder holds everything `evaluate` and `predict` need: config.json (model name, ModelConfig,
 data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.jsonl. Its life:
@@ -16,9 +16,11 @@ data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.js
   with --overwrite, and only when it is a run (config.json and a checkpoint) or empty.
 - verify: --resume refuses a folder holding a symlink (writing through it would write outside
   the run) and a command whose options or data (config.json keeps the data's SHA-256) differ.
-- load: config.json, tokenizer.json, label_map.json and a checkpoint, checked as one unit before
-  the model is built: config.json's sizes within SIZE_LIMITS and equal to the checkpoint's
-  config, the label map and the tokenizer's vocabulary fingerprint equal to the checkpoint's.
+- read: config.json, tokenizer.json and label_map.json (`read_run_files`), and the checks that
+  tie them to a checkpoint or an exported file before any model is built (`check_unit`):
+  config.json's sizes within SIZE_LIMITS and equal to the checkpoint's config, the label map and
+  the tokenizer's vocabulary fingerprint equal to the checkpoint's. Building the model and
+  loading the weights is fbdl_fast.training.loading's (`load_run`), which reads through here.
 
 Every error here is a RunError (a ValueError): the CLI prints it as one line with exit status 2.
 Torch-free at import time (the CLI imports this module for --help).
@@ -42,7 +44,6 @@ if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap
     from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.training.trainer import Trainer
 
 PROG = "fbdl-fast"
 RUN_CONFIG = "config.json"
@@ -311,21 +312,32 @@ def resume_mismatch(stored: dict[str, Any], current: dict[str, Any]) -> list[str
 
 
 # ====================
-# Load
+# Read
 # ====================
 
 
 @dataclass
-class Run:
-    """A trained run folder, loaded: everything evaluate and predict need."""
+class RunFiles:
+    """A run folder's config.json, tokenizer.json and label_map.json, read and checked: what
+    every way of serving the run needs before its weights (a checkpoint, model.int8.pt or
+    model.onnx) are read."""
 
     path: Path
     meta: dict[str, Any]
     config: ModelConfig
     tokenizer: Tokenizer
     label_map: LabelMap
-    trainer: Trainer
-    checkpoint: Path
+
+    @property
+    def model_name(self) -> str:
+        """config.json's "model" (create_model's name); RunError when the file lacks it."""
+        name = self.meta.get("model")
+        if not isinstance(name, str):
+            raise RunError(
+                f"{self.path / RUN_CONFIG} is damaged (model {name!r}: a model name such as "
+                "'cnn' expected); retrain the run"
+            )
+        return name
 
 
 def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
@@ -404,42 +416,18 @@ def read_run_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
         raise RunError(f"{path / RUN_CONFIG} is damaged: {err}; retrain the run") from None
 
 
-def load_run(path: Path, device: Optional[str] = None, checkpoint: Optional[str] = None) -> Run:
-    """Load config, tokenizer, label map and a checkpoint (default: best, else last) of a run,
-    checked as one unit: config.json, label_map.json and tokenizer.json must agree with what the
-    checkpoint was trained with (RunError naming the file), checked before the model is built."""
-    from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
+def read_run_files(path: Path) -> RunFiles:
+    """config.json, tokenizer.json and label_map.json of the run folder `path`; RunError naming
+    the folder or the file when one is missing or damaged. Reads no checkpoint."""
     from fbdl_fast.data import LabelMap
-    from fbdl_fast.models import architecture, create_model
     from fbdl_fast.tokenizer import Tokenizer
-    from fbdl_fast.training.trainer import Trainer
 
     meta, config = read_run_config(path)
-    try:
-        model_name = meta["model"]
-    except (KeyError, TypeError) as err:
-        raise RunError(f"{path / RUN_CONFIG} is damaged ({err!r}); retrain the run") from None
-    chosen = checkpoint_path(path, checkpoint)
-    try:
-        state = load_checkpoint(chosen, map_location="cpu")
-    except CheckpointError as err:
-        other = LAST_CHECKPOINT if chosen.name == BEST_CHECKPOINT else BEST_CHECKPOINT
-        if chosen.parent == path and (path / other).is_file():
-            raise CheckpointError(
-                f"{err}; this run also has {other}: pass --checkpoint {other.removesuffix('.pt')}"
-            ) from None
-        raise
     tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
-    label_map = LabelMap.load(path / RUN_LABELS)
-    _check_unit(path, chosen, state, config, tokenizer, label_map)
-    # "minilm" runs hold a "bert" whose config has the checkpoint's sizes; best.pt its weights.
-    model = create_model(architecture(model_name), config)
-    trainer = Trainer(model, config, device=device, label_map=label_map, progress=False)
-    trainer.load_state(state, chosen, model_only=True)
-    return Run(path, meta, config, tokenizer, label_map, trainer, chosen)
+    return RunFiles(path, meta, config, tokenizer, LabelMap.load(path / RUN_LABELS))
 
 
-def _check_unit(
+def check_unit(
     path: Path,
     chosen: Path,
     state: dict[str, Any],
@@ -447,7 +435,9 @@ def _check_unit(
     tokenizer: Tokenizer,
     label_map: LabelMap,
 ) -> None:
-    """RunError naming the file of the run folder that disagrees with the checkpoint `chosen`.
+    """RunError naming the file of the run folder `path` that disagrees with `chosen`: a
+    checkpoint, or an exported file whose metadata (`state`) holds the same keys (config,
+    label_map, tokenizer_fingerprint).
 
     Checkpoints from before a key was saved are checked on what they hold."""
     from fbdl_fast.config import ModelConfig

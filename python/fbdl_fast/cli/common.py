@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from fbdl_fast.runs import Run, load_run
+from fbdl_fast.training.loading import DEFAULT_THREADS, SERVED_FORMATS
 
 if TYPE_CHECKING:
-    from torch.utils.data import DataLoader
-
-    from fbdl_fast.data import Posts
+    from fbdl_fast.training.loading import Run
 
 
 MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
@@ -45,31 +42,6 @@ def say(args: argparse.Namespace, message: str) -> None:
     """Progress for people, on stderr (stdout carries results: tables, JSON, predictions)."""
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr, flush=True)
-
-
-def run_loader(
-    run: Run, texts: Sequence[str], labels: Optional[list[int]], batch_size: int
-) -> DataLoader:
-    from fbdl_fast.data import PostsDataset, make_loader
-
-    dataset = PostsDataset.from_texts(
-        run.tokenizer, texts, labels, max_length=run.config.max_seq_length
-    )
-    return make_loader(dataset, batch_size, shuffle=False, pad_token_id=run.config.pad_token_id)
-
-
-def read_posts(args: argparse.Namespace, meta: dict[str, Any], with_labels: bool) -> Posts:
-    """The --data file, with the run's column names unless the options override them."""
-    from fbdl_fast.data import load_posts
-
-    text_column, label_column = data_columns(args, meta)
-    return load_posts(
-        args.data,
-        text_column,
-        label_column if with_labels else None,
-        errors=args.encoding_errors,
-        label_separator=meta.get("data", {}).get("label_separator"),  # multi-label runs
-    )
 
 
 def data_columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
@@ -110,23 +82,18 @@ def plural(count: int, noun: str) -> str:
 
 
 def load_for_inference(args: argparse.Namespace) -> Run:
-    """The run of --run with the weights of --checkpoint; int8: the run's model.int8.pt
-    (`export --format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`),
-    both on the CPU only."""
-    if args.checkpoint not in ("int8", "onnx"):
-        return load_run(Path(args.run), args.device, args.checkpoint)
-    from fbdl_fast.serving import int8
+    """fbdl_fast.load_run of --run with --checkpoint (best, last, a path, int8 or onnx; the
+    last two on the CPU only), --device and --threads."""
+    from fbdl_fast.training.loading import load_run
 
-    if args.device not in (None, "cpu"):
+    if args.checkpoint in SERVED_FORMATS and args.device not in (None, "cpu"):
         raise UsageError(
             f"--checkpoint {args.checkpoint} runs on the CPU only; drop --device {args.device} "
             "or pass --device cpu"
         )
-    if args.checkpoint == "onnx":
-        from fbdl_fast.serving.onnx import onnx_run
-
-        return onnx_run(Path(args.run))  # reads no torch checkpoint (hashes its source)
-    return int8.int8_run(load_run(Path(args.run), "cpu", None))
+    return load_run(
+        Path(args.run), checkpoint=args.checkpoint, device=args.device, threads=args.threads
+    )
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -209,13 +176,13 @@ def positive_int(text: str) -> int:
     return value
 
 
-# One intra-op thread by default (torchrun does the same: OMP_NUM_THREADS=1). The batches are
-# built in the main process (no loader workers), so extra torch threads only split each small
-# matrix product, and on a busy machine they wait on each other. Measured on this project's
-# shared 2-core machine, 1 epoch of the default CNN (`train`, 20,000 posts): 20.9 s with
-# --threads 1, 195.8 s with torch's default (2); 5,000 posts, three turns each: 9.6/3.6/2.5 s vs
-# 28.9/18.6/10.0 s (CNN), 3.7/3.6 s vs 22.2/26.7 s (Transformer). The demo: 37 s vs 160 s.
-DEFAULT_THREADS = 1
+# --threads: one intra-op thread by default (torchrun does the same: OMP_NUM_THREADS=1), as
+# in the library (fbdl_fast.training.loading.DEFAULT_THREADS). The batches are built in the main
+# process (no loader workers), so extra torch threads only split each small matrix product, and
+# on a busy machine they wait on each other. Measured on this project's shared 2-core machine,
+# 1 epoch of the default CNN (`train`, 20,000 posts): 20.9 s with --threads 1, 195.8 s with
+# torch's default (2); 5,000 posts, three turns each: 9.6/3.6/2.5 s vs 28.9/18.6/10.0 s (CNN),
+# 3.7/3.6 s vs 22.2/26.7 s (Transformer). The demo: 37 s vs 160 s.
 
 
 def add_threads_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

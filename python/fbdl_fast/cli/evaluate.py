@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fbdl_fast.cli.common import (
     HelpFormatter,
@@ -13,90 +13,48 @@ from fbdl_fast.cli.common import (
     add_run_options,
     check_device,
     load_for_inference,
-    read_posts,
-    run_loader,
     say,
 )
-from fbdl_fast.runs import Run
-
-if TYPE_CHECKING:
-    from fbdl_fast.data import Posts
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fbdl_fast.reports.evaluation import evaluate_logits
+    from fbdl_fast.training.loading import RunEvaluation
 
     check_device(args.device)
     run = load_for_inference(args)
-    posts = read_posts(args, run.meta, with_labels=True)
-    if run.config.multi_label:
-        return _evaluate_multi_label(args, run, posts)
-    labels = run.label_map.encode_all(posts)  # unknown label: error naming it and its line
-    batch_size = args.batch_size or run.config.batch_size
-    run.trainer.log_every = args.progress_every
-    logits, ids, loss = run.trainer.outputs(run_loader(run, posts.texts, labels, batch_size))
-    assert ids is not None
-    names = [str(label) for label in run.label_map.labels]
-    temperature = run.trainer.temperature
-    evaluation = evaluate_logits(logits, ids, names, temperature)
-    summary = {
-        "run": str(run.path),
-        "data": str(args.data),
-        "checkpoint": run.checkpoint.name,
-        "num_samples": len(ids),
-        "loss": loss,
-        "accuracy": evaluation.accuracy,
-        "macro_f1": evaluation.macro_f1,
-        "ece": evaluation.ece,
-    }
-    if args.report:
-        title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
-        written = evaluation.write(Path(args.report), title)
-        say(args, f"report written to {args.report}: {', '.join(p.name for p in written)}")
-    if args.json:
-        print(json.dumps({**summary, **evaluation.to_dict()}, indent=2))
-    else:
-        for key, value in summary.items():
-            print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
-        print()
-        print(evaluation.text(), end="")
-    return 0
-
-
-def _evaluate_multi_label(args: argparse.Namespace, run: Run, posts: Posts) -> int:
-    """evaluate of a multi-label run: loss, subset accuracy, micro/macro-F1 and Hamming loss at
-    the checkpoint's thresholds (0.5 where none were tuned)."""
-    from fbdl_fast.training.multilabel import DEFAULT_THRESHOLD
-
-    if getattr(args, "report", None):
+    if run.config.multi_label and args.report:
         raise UsageError(
             f"--report: {run.path} is a multi-label run; its report is the printed metrics "
             "(--json for all of them)"
         )
-    targets = run.label_map.multi_hot(posts)  # unknown label: error naming it and its line
-    batch_size = args.batch_size or run.config.batch_size
-    run.trainer.log_every = args.progress_every
-    result = run.trainer.evaluate(run_loader(run, posts.texts, targets, batch_size))  # type: ignore[arg-type]
-    thresholds = run.trainer.thresholds or [DEFAULT_THRESHOLD] * len(run.label_map)
-    report = {
-        "run": str(run.path),
-        "data": str(args.data),
-        "checkpoint": run.checkpoint.name,
-        "num_samples": int(result["num_samples"]),
-        "loss": result["loss"],
-        "subset_accuracy": result["accuracy"],
-        "micro_f1": result["micro_f1"],
-        "macro_f1": result["macro_f1"],
-        "hamming_loss": result["hamming_loss"],
-    }
-    if args.json:
-        names = [str(label) for label in run.label_map.labels]
-        print(json.dumps({**report, "thresholds": dict(zip(names, thresholds))}, indent=2))
+    result = run.evaluate(
+        args.data,
+        batch_size=args.batch_size,
+        text_column=args.text_column,
+        label_column=args.label_column,
+        encoding_errors=args.encoding_errors,
+        progress_every=args.progress_every,
+    )
+    if not isinstance(result, RunEvaluation):  # multi-label: the figures at the thresholds
+        if args.json:
+            print(json.dumps(result.to_dict(), indent=2))
+            return 0
+        for key, value in result.summary().items():
+            print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
+        shown = ", ".join(f"{label} {t:.2f}" for label, t in result.thresholds.items())
+        print(f"{'thresholds':<16} {shown}")
         return 0
-    for key, value in report.items():
-        print(f"{key:<16} {value:.4f}" if isinstance(value, float) else f"{key:<16} {value}")
-    shown = ", ".join(f"{label} {t:.2f}" for label, t in zip(run.label_map.labels, thresholds))
-    print(f"{'thresholds':<16} {shown}")
+    if args.report:
+        title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
+        written = result.details.write(Path(args.report), title)
+        say(args, f"report written to {args.report}: {', '.join(p.name for p in written)}")
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        for key, value in result.summary().items():
+            print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+        print()
+        print(result.details.text(), end="")
     return 0
 
 

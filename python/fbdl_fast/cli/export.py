@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fbdl_fast.cli.common import HelpFormatter, UsageError, add_threads_option, say
-from fbdl_fast.runs import PROG, load_run
-
-if TYPE_CHECKING:
-    pass
+from fbdl_fast.runs import PROG
+from fbdl_fast.training.loading import SERVED_FORMATS, load_run
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from fbdl_fast.serving import int8, onnx, provenance
 
     target = provenance.output_path(Path(args.run), args.format)  # an unknown format: error first
-    if args.checkpoint in ("int8", "onnx"):
+    if args.checkpoint in SERVED_FORMATS:
         raise UsageError(
             f"--checkpoint {args.checkpoint} is an export's output; export from best, last or a "
             "path"
@@ -28,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--keep-fp32 {args.keep_fp32!r}: accepted with --format int8 only, as module "
             "names separated by commas (e.g. blocks.0.mlp.proj)"
         )
-    run = load_run(Path(args.run), "cpu", args.checkpoint)
+    run = load_run(Path(args.run), checkpoint=args.checkpoint, device="cpu", threads=args.threads)
     say(args, f"exporting {run.checkpoint} to {target} ...")
     if args.format == "onnx":
         done = onnx.export_onnx(run, target)

@@ -7,9 +7,10 @@ import csv
 import json
 import os
 import sys
+from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Optional
+from typing import IO, Any, Callable, Optional
 
 from fbdl_fast.cli.common import (
     HelpFormatter,
@@ -18,23 +19,13 @@ from fbdl_fast.cli.common import (
     check_device,
     data_columns,
     load_for_inference,
-    run_loader,
     say,
 )
-from fbdl_fast.runs import Run
-
-if TYPE_CHECKING:
-    pass
-
-
-# Posts per prediction chunk: read, tokenised (one encode_batch), bucketed by length, predicted
-# and written together. Memory holds one chunk, whatever the size of the input file.
-PREDICT_CHUNK = 4096
+from fbdl_fast.training.loading import PREDICT_CHUNK, Prediction
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     import contextlib
-    import itertools
 
     from tqdm import tqdm  # type: ignore[import-untyped]
 
@@ -62,15 +53,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
         text_column, _ = data_columns(args, run.meta)
         found = iter_posts(args.data, text_column, None, errors=args.encoding_errors, keep=keep)
         posts = ((post.text, post.kept) for post in found)
-    batch_size = args.batch_size or run.config.batch_size
-    names = [str(label) for label in run.label_map.labels]
+    # The kept columns of the posts read and not yet written: one chunk's at most.
+    kept_columns: deque[tuple[Any, ...]] = deque()
+
+    def texts() -> Iterator[str]:
+        for text, kept in posts:
+            kept_columns.append(kept)
+            yield text
+
     count = 0
     with contextlib.ExitStack() as stack:
         # --output: a temporary file renamed at the end, so a failure leaves no half file.
         sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
-        multi_label = run.config.multi_label
-        write = _prediction_writer(sink, fmt, names, keep, multi_label)
-        thresholds = run.trainer.thresholds or [0.5] * len(names)
+        write = _prediction_writer(sink, fmt, run.names, keep, run.config.multi_label)
         # disable=None: a bar only when stderr is a terminal
         bar = stack.enter_context(
             tqdm(desc="predict", unit=" posts", disable=True if args.quiet else None)
@@ -81,16 +76,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
             else ProgressLog("predict", args.progress_every)
         )
         try:
-            while chunk := list(itertools.islice(posts, max(PREDICT_CHUNK, batch_size))):
-                texts = [text for text, _ in chunk]
-                for (text, kept), probs in zip(chunk, _predict_chunk(run, texts, batch_size)):
-                    if multi_label:  # every class at or above its threshold
-                        chosen = [i for i, p in enumerate(probs) if p >= thresholds[i]]
-                        labels = [run.label_map.decode(i) for i in chosen]
-                        write(text, labels, [probs[i] for i in chosen], probs, kept)
-                        continue
-                    best = max(range(len(probs)), key=probs.__getitem__)
-                    write(text, run.label_map.decode(best), probs[best], probs, kept)
+            # PREDICT_CHUNK posts read, predicted and written at a time: memory holds one chunk.
+            chunks = run.predict_chunks(texts(), batch_size=args.batch_size, chunk=PREDICT_CHUNK)
+            for chunk in chunks:
+                for prediction in chunk:
+                    _write_prediction(write, prediction, kept_columns.popleft())
                 count += len(chunk)
                 bar.update(len(chunk))
                 if log is not None:
@@ -108,17 +98,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict_chunk(run: Run, texts: list[str], batch_size: int) -> list[list[float]]:
-    """Class probabilities of each text, in the order of `texts`."""
-    import torch
-
-    from fbdl_fast.data import loader_order
-
-    loader = run_loader(run, texts, None, batch_size)
-    _, probs = run.trainer.predict(loader)
-    ordered = torch.empty_like(probs)
-    ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
-    return ordered.tolist()
+def _write_prediction(
+    write: Callable[[str, Any, Any, list[float], tuple[Any, ...]], None],
+    prediction: Prediction,
+    kept: tuple[Any, ...],
+) -> None:
+    """One row: the label and its probability, or (multi-label) every label at or above its
+    threshold and their probabilities."""
+    probs = list(prediction.probabilities.values())
+    if prediction.labels is not None:
+        assert prediction.label_probabilities is not None
+        labels, chosen = list(prediction.labels), list(prediction.label_probabilities)
+        write(prediction.text, labels, chosen, probs, kept)
+        return
+    write(prediction.text, prediction.label, prediction.probability, probs, kept)
 
 
 # A spreadsheet runs a cell that starts with one of these as a formula (CSV injection).

@@ -16,10 +16,12 @@ in torch.ao.nn.quantized.dynamic but only through an explicit mapping, which thi
 use). The file is a checkpoint (fbdl_fast.checkpoint, read with weights_only): the int8 weights as
 plain tensors (int8 values, per-channel scales, zero points and axis; files written with weights
 per tensor, a scale and a zero point, still load) and the other parameters in fp32, with the config,
-label map, tokenizer fingerprint, the SHA-256 of the checkpoint it came from, the int8 layers
-(quantized_modules) and the layers kept in fp32 (kept_fp32; files without it: none). `load_int8`
-rebuilds the quantized model from it exactly; `predict --checkpoint int8` uses it. A CPU without
-an int8 engine (torch.backends.quantized.supported_engines) is refused with ExportError.
+label map, tokenizer fingerprint, the SHA-256 of the checkpoint it came from, its calibration
+temperature and tuned thresholds (files without them: those of the checkpoint it came from), the
+int8 layers (quantized_modules) and the layers kept in fp32 (kept_fp32; files without it: none).
+`read_int8` rebuilds the quantized model from it exactly, with what the file carries;
+`load_run(..., checkpoint="int8")` (fbdl_fast.training.loading) serves it. A CPU without an int8
+engine (torch.backends.quantized.supported_engines) is refused with ExportError.
 """
 
 from __future__ import annotations
@@ -40,12 +42,17 @@ from fbdl_fast.checkpoint import (
     save_checkpoint,
     temperature_of,
 )
+from fbdl_fast.serving.provenance import (
+    INT8_FILE,
+    ExportError,
+    ExportSource,
+    ServedModel,
+    check_source,
+    provenance,
+)
 
 if TYPE_CHECKING:
-    from fbdl_fast.runs import Run
-
-
-from fbdl_fast.serving.provenance import INT8_FILE, ExportError, check_source, provenance
+    from fbdl_fast.runs import RunFiles
 
 INT8_FORMAT = "int8-dynamic"
 KEPT_KEY = "kept_fp32"
@@ -265,7 +272,7 @@ def _set_lstm_weights(module: nn.Module, prefix: str, state: dict[str, torch.Ten
 
 
 def export_int8(
-    run: Run, path: Optional[Path] = None, keep_fp32: Sequence[str] = ()
+    run: ExportSource, path: Optional[Path] = None, keep_fp32: Sequence[str] = ()
 ) -> dict[str, Any]:
     """Write the run's model in dynamic int8 to `path` (default: the run's model.int8.pt),
     atomically, the layers `keep_fp32` names (see `kept_fp32`) left in fp32. Returns {"path",
@@ -273,8 +280,8 @@ def export_int8(
     weights' size in memory}."""
     _check_engine()
     path = path or run.path / INT8_FILE
-    kept = kept_fp32(run.trainer.model, keep_fp32)  # a bad name: refused before any work
-    qmodel = quantize_int8(run.trainer.model, kept)
+    kept = kept_fp32(run.model, keep_fp32)  # a bad name: refused before any work
+    qmodel = quantize_int8(run.model, kept)
     quantized = _quantized_names(qmodel)
     state = {
         "format": INT8_FORMAT,
@@ -291,9 +298,7 @@ def export_int8(
         "bytes": path.stat().st_size,
         "quantized": quantized,
         "kept_fp32": kept,
-        "fp32_bytes": sum(
-            t.numel() * t.element_size() for t in run.trainer.model.state_dict().values()
-        ),
+        "fp32_bytes": sum(t.numel() * t.element_size() for t in run.model.state_dict().values()),
     }
 
 
@@ -301,17 +306,18 @@ def _quantized_names(qmodel: nn.Module) -> list[str]:
     return [name for name, m in qmodel.named_modules() if _quantized(m) is not None]
 
 
-def load_int8(run: Run, path: Optional[Path] = None) -> nn.Module:
-    """The dynamic int8 model `export_int8` wrote for `run` (loaded from its source checkpoint),
-    checked against the run: RunError/CheckpointError naming the file when it belongs to
-    another run or to another version of the checkpoint; ExportError without an int8 engine."""
-    return _load_int8(run, path)[0]
+def load_int8(run: RunFiles, path: Optional[Path] = None) -> nn.Module:
+    """The dynamic int8 model `export_int8` wrote for `run` (see `read_int8`)."""
+    return read_int8(run, path).model
 
 
-def _load_int8(run: Run, path: Optional[Path] = None) -> tuple[nn.Module, float]:
-    """load_int8's model and the calibration temperature the file carries (1 without one)."""
+def read_int8(run: RunFiles, path: Optional[Path] = None) -> ServedModel:
+    """The dynamic int8 model `export_int8` wrote for the run folder `run` (`path`, default its
+    model.int8.pt), with the calibration temperature and thresholds it carries, checked against
+    the run: RunError/CheckpointError naming the file when it belongs to another run or to
+    another version of its source checkpoint; ExportError without an int8 engine."""
     from fbdl_fast.models import architecture, create_model
-    from fbdl_fast.runs import PROG, RunError, _check_unit
+    from fbdl_fast.runs import PROG, RunError, check_unit
 
     _check_engine()
     path = path or run.path / INT8_FILE
@@ -324,9 +330,9 @@ def _load_int8(run: Run, path: Optional[Path] = None) -> tuple[nn.Module, float]
     require_keys(state, ("format", "model", "config", "source_checkpoint"), path)
     if state["format"] != INT8_FORMAT:
         raise CheckpointError(f"{path} holds format {state['format']!r}, not {INT8_FORMAT!r}")
-    _check_unit(run.path, path, state, run.config, run.tokenizer, run.label_map)
+    check_unit(run.path, path, state, run.config, run.tokenizer, run.label_map)
     check_source(run.path, path, state["source_checkpoint"], "int8")
-    fp32 = create_model(architecture(run.meta["model"]), run.config)
+    fp32 = create_model(architecture(run.model_name), run.config)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -340,18 +346,13 @@ def _load_int8(run: Run, path: Optional[Path] = None) -> tuple[nn.Module, float]
             f"fp32 layers ({', '.join(state.get(KEPT_KEY, [])) or 'none'}) leave "
             f"{', '.join(_quantized_names(model)) or 'none'}"
         )
-    return model, temperature_of(state, path)
+    return ServedModel(model, path, temperature_of(state, path), _thresholds(run, state))
 
 
-def int8_run(run: Run, path: Optional[Path] = None) -> Run:
-    """`run` with its int8 model (`load_int8`) in place of its fp32 one, on the CPU: what
-    evaluate and predict use for --checkpoint int8."""
-    import dataclasses
-
-    from fbdl_fast.training.trainer import Trainer
-
-    path = path or run.path / INT8_FILE
-    model, temperature = _load_int8(run, path)
-    trainer = Trainer(model, run.config, device="cpu", label_map=run.label_map, progress=False)
-    trainer.temperature = temperature
-    return dataclasses.replace(run, trainer=trainer, checkpoint=path)
+def _thresholds(run: RunFiles, state: dict[str, Any]) -> Optional[list[float]]:
+    """The tuned thresholds of a multi-label run's int8 file. Files written before they carried
+    them take those of the checkpoint they were made from (check_source vouched for it)."""
+    if "thresholds" in state or not run.config.multi_label:
+        return state.get("thresholds")
+    source = run.path / str(state["source_checkpoint"]["name"])
+    return load_checkpoint(source, map_location="cpu").get("thresholds")

@@ -11,8 +11,8 @@ another shape than the one it was traced with (a trace that froze a shape fails 
 logits must be within ONNX_TOLERANCE of torch's; otherwise the next exporter is tried, and
 ExportError reports what each one did. The file written carries, in its metadata_props, what ties
 it to the run (the source checkpoint's name and SHA-256, config, labels, tokenizer fingerprint,
-calibration temperature: metadata), which `predict --checkpoint onnx`
-(onnx_run) checks before it serves the file.
+calibration temperature, thresholds: metadata), which `read_onnx` checks before it serves the
+file.
 
 Measured with torch 2.15 (onnxscript 0.7, onnxruntime 1.32) on the tests' tiny runs: every model
 exports with dynamo=True, max |logit diff| on the check batch: Transformer 7.5e-9, BERT 1.1e-8,
@@ -29,16 +29,16 @@ Serving: `export_onnx` writes the file and, through `with_metadata`, stamps it w
 ties it to its run (ONNX metadata_props, strings; JSON where structured): the source checkpoint's
 name and SHA-256, the model config, the label list, the tokenizer fingerprint, the calibration
 temperature and (multi-label) the tuned thresholds, as `export_int8` stores them in
-model.int8.pt. `onnx_run` reads the run folder's config, tokenizer and labels, opens the file
-in an onnxruntime session (CPU provider, intra-op threads = torch.get_num_threads() at load, so
-predict's --threads holds, inter-op 1), checks the stamp against the run (runs._check_unit, and
-the source checkpoint's current SHA-256) and returns a Run whose Trainer holds an `OnnxModel`:
-evaluate's and predict's code (tokenization, batching, temperature, output) is the same for
-every checkpoint.
+model.int8.pt. `read_onnx` opens the file of a run folder (its config, tokenizer and labels
+already read: runs.read_run_files) in an onnxruntime session (CPU provider, the intra-op threads
+asked for, inter-op 1), checks the stamp against the run (runs.check_unit, and the source
+checkpoint's current SHA-256) and returns an `OnnxModel` with the file's temperature and
+thresholds; `load_run(..., checkpoint="onnx")` (fbdl_fast.training.loading) builds the Run
+around it, so that predict's and evaluate's code (tokenization, batching, temperature, output)
+is the same for every checkpoint.
 
 The torch weights are never loaded (only hashed): serving from ONNX needs neither torch's copy
-of the model nor best.pt's optimizer state in memory. Kept apart from export.py, which writes
-the serving formats; this module is what reads one at serving time, with onnxruntime alone.
+of the model nor best.pt's optimizer state in memory.
 """
 
 from __future__ import annotations
@@ -46,12 +46,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import os
 import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
 from torch import nn
@@ -63,23 +64,17 @@ from fbdl_fast.checkpoint import (
 )
 from fbdl_fast.files import open_atomic
 from fbdl_fast.models.lstm import scan_recurrence
+from fbdl_fast.serving.provenance import (
+    ONNX_FILE,
+    ExportError,
+    ExportSource,
+    ServedModel,
+    check_source,
+    provenance,
+)
 
 if TYPE_CHECKING:
-    from fbdl_fast.runs import Run
-
-
-import dataclasses
-import json
-from typing import TYPE_CHECKING, Union, cast
-
-if TYPE_CHECKING:
-    from fbdl_fast.config import ModelConfig
-    from fbdl_fast.data import LabelMap
-    from fbdl_fast.runs import Run
-    from fbdl_fast.tokenizer import Tokenizer
-
-
-from fbdl_fast.serving.provenance import ONNX_FILE, ExportError, check_source, provenance
+    from fbdl_fast.runs import RunFiles
 
 # The parity an exported file must reach against torch: max |logit diff| <= 1e-4.
 ONNX_TOLERANCE = 1e-4
@@ -189,7 +184,7 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:240]}"
 
 
-def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
+def export_onnx(run: ExportSource, path: Optional[Path] = None) -> dict[str, Any]:
     """Write run's model as ONNX to `path` (default: the run's model.onnx), atomically, after the
     onnxruntime check described in the module docstring, stamped with the run's metadata.
     Returns {"path", "exporter", "max_abs_diff", "bytes"}; ExportError when no exporter gives a
@@ -204,7 +199,7 @@ def export_onnx(run: Run, path: Optional[Path] = None) -> dict[str, Any]:
         ) from None
     path = path or run.path / ONNX_FILE
     config = run.config
-    model = run.trainer.model.to("cpu").eval()
+    model = run.model.to("cpu").eval()
     length = max(2, min(8, config.max_seq_length))  # >= 2: torch.export specialises 0 and 1
     example = padded_batch(2, length, config.vocab_size, config.pad_token_id, seed=0)
     check_length = max(1, min(length + 3, config.max_seq_length))
@@ -260,11 +255,10 @@ METADATA_KEYS = (
 )
 
 
-def metadata(run: Run) -> dict[str, str]:
+def metadata(run: ExportSource) -> dict[str, str]:
     """The metadata_props export_onnx stamps on `run`'s model.onnx (key -> JSON text): the
-    export's provenance and, multi-label, the tuned thresholds."""
-    state = {**provenance(run), "thresholds": run.trainer.thresholds}
-    return {METADATA_PREFIX + key: json.dumps(value) for key, value in state.items()}
+    export's provenance, the tuned thresholds of a multi-label run included."""
+    return {METADATA_PREFIX + key: json.dumps(value) for key, value in provenance(run).items()}
 
 
 def with_metadata(data: bytes, props: dict[str, str]) -> bytes:
@@ -311,35 +305,10 @@ class OnnxModel(nn.Module):
         return torch.from_numpy(self.session.run(["logits"], feed)[0])
 
 
-class _NotTrained:
-    """The optimizer of an OnnxModel's Trainer, which predicts and evaluates only. Not a torch
-    Optimizer (there are no parameters to give one): building any of those imports
-    torch._dynamo, measured at +150 MiB peak RSS and 1.3 s per predict process here."""
-
-    def __getattr__(self, name: str) -> Any:
-        raise TypeError(f"a {ONNX_FILE} model is served, not trained (optimizer.{name})")
-
-
 def _export_hint(folder: Path) -> str:
     from fbdl_fast.runs import PROG
 
     return f"`{PROG} export --run {folder} --format onnx`"
-
-
-def _run_files(folder: Path) -> tuple[dict[str, Any], ModelConfig, Tokenizer, LabelMap]:
-    """config.json (meta, ModelConfig), tokenizer.json and label_map.json of a run folder,
-    refused as load_run refuses them, without reading any checkpoint."""
-    from fbdl_fast.data import LabelMap
-    from fbdl_fast.runs import RUN_LABELS, RUN_TOKENIZER, read_run_config
-    from fbdl_fast.tokenizer import Tokenizer
-
-    meta, config = read_run_config(folder)
-    return (
-        meta,
-        config,
-        Tokenizer.from_file(folder / RUN_TOKENIZER),
-        LabelMap.load(folder / RUN_LABELS),
-    )
 
 
 def _stamp(onnx_session: Any, path: Path, folder: Path) -> dict[str, Any]:
@@ -361,13 +330,15 @@ def _stamp(onnx_session: Any, path: Path, folder: Path) -> dict[str, Any]:
         ) from None
 
 
-def onnx_run(folder: Path, path: Optional[Path] = None) -> Run:
-    """The run at `folder` with its model.onnx (or `path`) in onnxruntime in place of its torch
-    model, on the CPU: what evaluate and predict use for --checkpoint onnx. ExportError without
-    onnxruntime; RunError without the file or when it belongs to another run or to another
-    version of its checkpoint; CheckpointError naming a file onnxruntime cannot load."""
-    from fbdl_fast.runs import Run, RunError, _check_unit
-    from fbdl_fast.training.trainer import Trainer
+def read_onnx(
+    run: RunFiles, path: Optional[Path] = None, threads: Optional[int] = None
+) -> ServedModel:
+    """The run folder `run`'s model.onnx (or `path`) in an onnxruntime session on the CPU
+    (`threads` intra-op threads, default torch.get_num_threads(); inter-op 1), as an OnnxModel
+    with the temperature and thresholds its metadata carries. ExportError without onnxruntime;
+    RunError without the file or when it belongs to another run or to another version of its
+    checkpoint; CheckpointError naming a file onnxruntime cannot load."""
+    from fbdl_fast.runs import RunError, check_unit
 
     try:
         import onnxruntime  # noqa: F401
@@ -375,15 +346,16 @@ def onnx_run(folder: Path, path: Optional[Path] = None) -> Run:
         raise ExportError(
             f"--checkpoint onnx needs onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
         ) from None
+    folder = run.path
     path = path or folder / ONNX_FILE
-    meta, config, tokenizer, label_map = _run_files(folder)
     if not path.is_file():
         raise RunError(
             f"--checkpoint onnx: {path} does not exist; write it with {_export_hint(folder)}"
         )
     try:
-        # At load, as the torch checkpoints' threads are: predict's --threads is set by then.
-        onnx_session = session(path, threads=torch.get_num_threads())
+        onnx_session = session(
+            path, threads=torch.get_num_threads() if threads is None else threads
+        )
     except Exception as err:  # onnxruntime's errors share no base class below Exception
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
@@ -391,17 +363,8 @@ def onnx_run(folder: Path, path: Optional[Path] = None) -> Run:
             f"again: {_export_hint(folder)}"
         ) from None
     state = _stamp(onnx_session, path, folder)
-    _check_unit(folder, path, state, config, tokenizer, label_map)
+    check_unit(folder, path, state, run.config, run.tokenizer, run.label_map)
     check_source(folder, path, state["source_checkpoint"], "onnx")
-    # No EMA: its copy of the model would copy the session, which cannot be copied.
-    trainer = Trainer(
-        OnnxModel(onnx_session),
-        dataclasses.replace(config, ema_decay=None),
-        device="cpu",
-        label_map=label_map,
-        progress=False,
-        optimizer=cast(torch.optim.Optimizer, _NotTrained()),
+    return ServedModel(
+        OnnxModel(onnx_session), path, temperature_of(state, path), state["thresholds"]
     )
-    trainer.temperature = temperature_of(state, path)
-    trainer.thresholds = state["thresholds"]
-    return Run(folder, meta, config, tokenizer, label_map, trainer, path)

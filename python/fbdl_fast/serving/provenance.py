@@ -3,22 +3,29 @@
 `fbdl-fast export --run RUN --format onnx|int8` writes either file into the run folder,
 atomically, from the run's checkpoint (best, else last, or --checkpoint). Each file carries the
 same provenance (`provenance`): the model's name, config, labels, tokenizer fingerprint, the
-source checkpoint's name and SHA-256 and its calibration temperature; `check_source` refuses a
-file made from another version of its checkpoint.
+source checkpoint's name and SHA-256, its calibration temperature and (multi-label) its tuned
+thresholds; `check_source` refuses a file made from another version of its checkpoint.
+
+An export reads a loaded run (`ExportSource`: fbdl_fast.training.loading.Run is one); reading a
+file back gives a `ServedModel` (the model and what the file carries), around which
+fbdl_fast.training.loading builds the Run that predicts. Neither side needs the Trainer.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
-from fbdl_fast.checkpoint import (
-    CALIBRATION_KEY,
-)
+from fbdl_fast.checkpoint import CALIBRATION_KEY
 from fbdl_fast.files import sha256_of
 
 if TYPE_CHECKING:
-    from fbdl_fast.runs import Run
+    from torch import nn
+
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.tokenizer import Tokenizer
 
 
 FORMATS = ("onnx", "int8")
@@ -30,6 +37,38 @@ class ExportError(ValueError):
     """A run cannot be exported as asked; the message says why and what to do."""
 
 
+class ExportSource(Protocol):
+    """What an export reads from a loaded run: its folder's files, the checkpoint the weights
+    came from, the model and what predictions need besides it."""
+
+    path: Path
+    meta: dict[str, Any]
+    config: ModelConfig
+    tokenizer: Tokenizer
+    label_map: LabelMap
+    checkpoint: Path
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def thresholds(self) -> Optional[list[float]]: ...
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """An exported file read back for serving: the model (forward(input_ids, attention_mask) ->
+    logits, on the CPU) and what the file carries besides its weights."""
+
+    model: nn.Module
+    path: Path  # the file
+    temperature: float  # the source checkpoint's calibration (1: none)
+    thresholds: Optional[list[float]]  # multi-label: the tuned per-class thresholds, else None
+
+
 def output_path(run_path: Path, fmt: str) -> Path:
     """Where `export --format fmt` writes in the run folder; ExportError for an unknown format."""
     if fmt not in FORMATS:
@@ -37,11 +76,12 @@ def output_path(run_path: Path, fmt: str) -> Path:
     return run_path / (ONNX_FILE if fmt == "onnx" else INT8_FILE)
 
 
-def provenance(run: Run) -> dict[str, Any]:
+def provenance(run: ExportSource) -> dict[str, Any]:
     """What ties an exported file to `run`, as model.int8.pt stores it and model.onnx's metadata
     (fbdl_fast.serving.onnx.metadata): the model's name, config, labels, tokenizer fingerprint,
-    the source checkpoint's name and SHA-256, and its calibration temperature (train
-    --calibrate; 1 without), so that the export's probabilities are calibrated as its source's."""
+    the source checkpoint's name and SHA-256, its calibration temperature (train --calibrate; 1
+    without) and its tuned thresholds (multi-label train --tune-thresholds; None without), so
+    that the export's probabilities and label sets are its source's."""
     from fbdl_fast.runs import tokenizer_fingerprint
 
     return {
@@ -50,7 +90,8 @@ def provenance(run: Run) -> dict[str, Any]:
         "label_map": {"labels": list(run.label_map.labels)},
         "tokenizer_fingerprint": tokenizer_fingerprint(run.tokenizer),
         "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
-        CALIBRATION_KEY: {"temperature": run.trainer.temperature},
+        CALIBRATION_KEY: {"temperature": run.temperature},
+        "thresholds": run.thresholds,
     }
 
 

@@ -47,8 +47,8 @@ if TYPE_CHECKING:
 
     from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap, Posts
-    from fbdl_fast.runs import Run
     from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.training.loading import Run
 
 TEACHER_LOGITS = "teacher_logits.pt"  # the cache, in the run folder
 DEFAULT_TEMPERATURE = 2.0
@@ -154,7 +154,8 @@ class Distillation:
         """Check T and alpha, load the teacher run (RunError / CheckpointError naming its files)
         and read the unlabelled posts' texts; before any training data is read."""
         from fbdl_fast.data import load_posts
-        from fbdl_fast.runs import PROG, RunError, load_run
+        from fbdl_fast.runs import PROG, RunError
+        from fbdl_fast.training.loading import load_run
 
         check_temperature(temperature)
         check_alpha(alpha)
@@ -164,7 +165,7 @@ class Distillation:
                 f"`{PROG} train` (e.g. runs/minilm)"
             )
         try:
-            run = load_run(teacher, device, checkpoint)
+            run = load_run(teacher, checkpoint=checkpoint, device=device, threads=None)
         except (ValueError, CheckpointError) as err:
             raise type(err)(f"--teacher {teacher}: {err}") from None
         if run.config.multi_label:

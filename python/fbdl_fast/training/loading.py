@@ -1,0 +1,567 @@
+"""A trained run folder as a Python object that predicts and evaluates.
+
+    import fbdl_fast
+
+    run = fbdl_fast.load_run("runs/first")                  # best.pt, else last.pt
+    for p in run.predict(["win a FREE phone!!! https://bit.ly/x", "so happy today"]):
+        print(p.label, round(p.probability, 3))
+    print(run.evaluate("test.csv").macro_f1)
+
+`load_run` reads the folder through fbdl_fast.runs (config.json, tokenizer.json and
+label_map.json, checked against the weights before any model is built) and takes the weights
+from best.pt, last.pt or a checkpoint file (torch, on `device`), from model.int8.pt
+(fbdl_fast.serving.int8) or from model.onnx in onnxruntime (fbdl_fast.serving.onnx), both on the
+CPU. Whatever the weights, a Run predicts and evaluates the same way: its Trainer runs the
+posts in length-bucketed, padded batches; single-label probabilities are softmax(logits / T), T
+the checkpoint's calibration temperature (train --calibrate; 1 without), multi-label ones
+sigmoid(logits) per class, whose label sets take the per-class thresholds the weights carry
+(train --tune-thresholds; 0.5 where none were tuned).
+
+`fbdl-fast predict` and `fbdl-fast evaluate` are this module, plus reading the input file and
+writing rows. Importing it loads no torch: that happens in `load_run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import os
+import reprlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from fbdl_fast.runs import (
+    BEST_CHECKPOINT,
+    LAST_CHECKPOINT,
+    RunFiles,
+    check_unit,
+    checkpoint_path,
+    read_run_files,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+    from fbdl_fast.data import Label, Posts
+    from fbdl_fast.reports.evaluation import Evaluation
+    from fbdl_fast.serving.provenance import ServedModel
+    from fbdl_fast.training.trainer import Trainer
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# torch's intra-op CPU threads while a Run predicts or evaluates (see load_run's `threads`).
+# Measured on this project's shared 2-core machine, 1 epoch of the default CNN on 20,000 posts:
+# 20.9 s with 1 thread, 195.8 s with torch's default of 2 (9.4x slower).
+DEFAULT_THREADS = 1
+# Posts per prediction chunk: tokenised together (one encode_batch), bucketed by length,
+# predicted, then handed on. Memory holds one chunk, whatever the number of texts.
+PREDICT_CHUNK = 4096
+SERVED_FORMATS = ("int8", "onnx")  # checkpoint= values that read an exported file
+DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (training.multilabel)
+
+
+# ====================
+# Results
+# ====================
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One text's prediction (Run.predict): the most probable class and every class's
+    probability, and for multi-label runs the classes at or above their thresholds.
+
+    Example: Prediction(text='so happy today', label='positive', probability=0.91,
+    probabilities={'negative': 0.03, 'positive': 0.91, ...}, labels=None, ...)."""
+
+    text: str
+    label: Label  # the most probable class
+    probability: float  # its probability
+    probabilities: dict[str, float]  # every class (label as str -> probability), in class order
+    # Multi-label runs: the classes at or above their threshold (possibly none), in class
+    # order, and their probabilities; None for single-label runs.
+    labels: Optional[tuple[Label, ...]] = None
+    label_probabilities: Optional[tuple[float, ...]] = None
+
+
+@dataclass(frozen=True)
+class RunEvaluation:
+    """A single-label run's figures on labelled posts: what `fbdl-fast evaluate --json` prints.
+
+    `details` holds the per-class scores, the confusion matrix, the most confused pairs and the
+    calibration (fbdl_fast.reports.evaluation.Evaluation: `.text()`, `.write(folder)`)."""
+
+    run: Path
+    data: str  # the posts file as given, or the Posts' source
+    checkpoint: str  # the file the weights came from (best.pt, model.onnx, ...)
+    num_samples: int
+    loss: float
+    accuracy: float
+    macro_f1: float
+    ece: float  # expected calibration error of the probabilities predict gives
+    details: Evaluation = field(repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The headline figures, as `fbdl-fast evaluate` prints them first."""
+        names = ("run", "data", "checkpoint", "num_samples", "loss", "accuracy", "macro_f1", "ece")
+        values = {name: getattr(self, name) for name in names}
+        return {**values, "run": str(self.run)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready: `fbdl-fast evaluate --json`'s object."""
+        return {**self.summary(), **self.details.to_dict()}
+
+
+@dataclass(frozen=True)
+class MultiLabelEvaluation:
+    """A multi-label run's figures on labelled posts at its thresholds: what `fbdl-fast evaluate
+    --json` prints (subset accuracy: the posts whose whole label set is right)."""
+
+    run: Path
+    data: str
+    checkpoint: str
+    num_samples: int
+    loss: float
+    subset_accuracy: float
+    micro_f1: float
+    macro_f1: float
+    hamming_loss: float
+    thresholds: dict[str, float]  # label -> threshold used (0.5 where none was tuned)
+
+    def summary(self) -> dict[str, Any]:
+        """Every figure but the thresholds, as `fbdl-fast evaluate` prints them."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del values["thresholds"]
+        return {**values, "run": str(self.run)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, JSON-ready: `fbdl-fast evaluate --json`'s object."""
+        return {**self.summary(), "thresholds": dict(self.thresholds)}
+
+
+# ====================
+# Run
+# ====================
+
+
+@dataclass(repr=False)
+class Run(RunFiles):
+    """A trained run folder, loaded (`load_run`): its config, tokenizer, label map and a model
+    that predicts (`predict`, `predict_iter`) and evaluates (`evaluate`).
+
+        run = load_run("runs/first", checkpoint="int8")
+        [p.label for p in run.predict(["free prize!!!", "lovely day"])]   # ['spam', 'positive']
+
+    `trainer` runs the batches (fbdl_fast.training.trainer.Trainer, its optimizer never built);
+    `checkpoint` is the file the weights came from; `threads` is torch's intra-op thread count
+    during each call (None: torch's setting as it is)."""
+
+    trainer: Trainer
+    checkpoint: Path
+    threads: Optional[int] = DEFAULT_THREADS
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({str(self.path)!r}, model={self.meta.get('model')!r}, "
+            f"checkpoint={self.checkpoint.name!r}, labels={self.label_map.labels!r})"
+        )
+
+    @property
+    def model(self) -> nn.Module:
+        """The network: forward(input_ids, attention_mask) -> logits."""
+        return self.trainer.model
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature single-label probabilities are divided by (1: none)."""
+        return self.trainer.temperature
+
+    @property
+    def thresholds(self) -> Optional[list[float]]:
+        """Multi-label runs: the tuned per-class thresholds, None where none were tuned."""
+        return self.trainer.thresholds
+
+    @property
+    def names(self) -> list[str]:
+        """The class names (labels as str), in class-id order."""
+        return [str(label) for label in self.label_map.labels]
+
+    def loader(
+        self,
+        texts: Sequence[str],
+        labels: Optional[Any] = None,
+        batch_size: Optional[int] = None,
+    ) -> DataLoader:
+        """Batches of `texts` as predict and evaluate build them: tokenised with the run's
+        tokenizer, truncated to its max length, bucketed by length (fbdl_fast.data.loader_order
+        gives the input position of each row), padded; `labels` (class ids, or multi-hot rows)
+        ride along. batch_size: default the run's."""
+        from fbdl_fast.data import PostsDataset, make_loader
+
+        size = self.config.batch_size if batch_size is None else _positive("batch_size", batch_size)
+        dataset = PostsDataset.from_texts(
+            self.tokenizer, texts, labels, max_length=self.config.max_seq_length
+        )
+        return make_loader(dataset, size, shuffle=False, pad_token_id=self.config.pad_token_id)
+
+    def class_probabilities(
+        self, texts: Sequence[str], batch_size: Optional[int] = None
+    ) -> list[list[float]]:
+        """Every class's probability for each of `texts`, in their order, in one pass (predict
+        splits its input into chunks and calls this once a chunk)."""
+        import torch
+
+        from fbdl_fast.data import loader_order
+
+        if not texts:
+            return []
+        loader = self.loader(texts, None, batch_size)
+        with self._torch_threads():
+            _, probs = self.trainer.predict(loader)
+        ordered = torch.empty_like(probs)
+        ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
+        return ordered.tolist()
+
+    def predict(self, texts: Iterable[str], batch_size: Optional[int] = None) -> list[Prediction]:
+        """A Prediction for each text, in input order.
+
+            run.predict(["so happy today", "@support my order never arrived"])[1].label
+
+        texts: any iterable of str (a post that is empty or only spaces is read as an empty
+        post; one longer than the run's max length is truncated); an empty one gives [].
+        TypeError naming the position of an item that is not a str. For inputs too large to
+        hold their predictions in memory, `predict_iter`."""
+        return list(self.predict_iter(texts, batch_size=batch_size))
+
+    def predict_iter(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: Optional[int] = None,
+        chunk: int = PREDICT_CHUNK,
+    ) -> Iterator[Prediction]:
+        """The Predictions of `texts` one at a time, in input order, reading `chunk` texts ahead
+        (at least one batch): memory holds one chunk, however many texts come.
+
+            for p in run.predict_iter(line.rstrip("\\n") for line in open("posts.txt")):
+                print(p.label)"""
+        return itertools.chain.from_iterable(
+            self.predict_chunks(texts, batch_size=batch_size, chunk=chunk)
+        )
+
+    def predict_chunks(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: Optional[int] = None,
+        chunk: int = PREDICT_CHUNK,
+    ) -> Iterator[list[Prediction]]:
+        """`predict_iter`'s Predictions, a chunk's list at a time (what `fbdl-fast predict`
+        writes and counts between progress updates)."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError(
+                f"texts is one {type(texts).__name__} ({reprlib.repr(texts)}); predict takes an "
+                "iterable of str: pass [text] for a single post"
+            )
+        try:
+            posts = iter(texts)
+        except TypeError:
+            raise TypeError(
+                f"texts is a {type(texts).__name__}, not an iterable; predict takes an iterable "
+                "of str"
+            ) from None
+        size = max(_positive("chunk", chunk), batch_size or self.config.batch_size)
+        thresholds = self.thresholds or [DEFAULT_THRESHOLD] * len(self.label_map)
+        names, start = self.names, 0
+        while block := list(itertools.islice(posts, size)):
+            _check_texts(block, start)
+            rows = self.class_probabilities(block, batch_size)
+            yield [self._prediction(t, p, names, thresholds) for t, p in zip(block, rows)]
+            start += len(block)
+
+    def _prediction(
+        self, text: str, probs: list[float], names: list[str], thresholds: Sequence[float]
+    ) -> Prediction:
+        best = max(range(len(probs)), key=probs.__getitem__)
+        probabilities = dict(zip(names, probs))
+        top = self.label_map.decode(best)
+        if not self.config.multi_label:
+            return Prediction(text, top, probs[best], probabilities)
+        chosen = [i for i, p in enumerate(probs) if p >= thresholds[i]]
+        return Prediction(
+            text,
+            top,
+            probs[best],
+            probabilities,
+            tuple(self.label_map.decode(i) for i in chosen),
+            tuple(probs[i] for i in chosen),
+        )
+
+    def evaluate(
+        self,
+        data: Union[PathLike, Posts],
+        *,
+        batch_size: Optional[int] = None,
+        text_column: Optional[str] = None,
+        label_column: Optional[str] = None,
+        encoding_errors: str = "strict",
+        progress_every: Optional[float] = None,
+    ) -> Union[RunEvaluation, MultiLabelEvaluation]:
+        """The run's figures on labelled posts: a RunEvaluation (loss, accuracy, macro-F1, ECE
+        and the per-class details), or for a multi-label run a MultiLabelEvaluation (loss,
+        subset accuracy, micro/macro-F1, Hamming loss at its thresholds). `.to_dict()` is
+        `fbdl-fast evaluate --json`'s object.
+
+            run.evaluate("test.csv").to_dict()["macro_f1"]
+
+        data: a CSV, TSV or JSON-lines file (read with the run's text and label columns unless
+        text_column / label_column say otherwise; encoding_errors as in
+        fbdl_fast.data.load_posts), or labelled Posts. ValueError naming the label and its
+        line for a label the run has never seen. progress_every: log a progress line every so
+        many seconds (logger "fbdl_fast"); None: none."""
+        posts, source = self._labelled_posts(data, text_column, label_column, encoding_errors)
+        if self.config.multi_label:
+            return self._evaluate_multi_label(posts, source, batch_size, progress_every)
+        from fbdl_fast.reports.evaluation import evaluate_logits
+
+        labels = self.label_map.encode_all(posts)  # an unknown label: error naming its line
+        loader = self.loader(posts.texts, labels, batch_size)
+        with self._torch_threads(), self._progress(progress_every):
+            logits, ids, loss = self.trainer.outputs(loader)
+        assert ids is not None
+        details = evaluate_logits(logits, ids, self.names, self.temperature)
+        return RunEvaluation(
+            run=self.path,
+            data=source,
+            checkpoint=self.checkpoint.name,
+            num_samples=len(ids),
+            loss=loss,
+            accuracy=details.accuracy,
+            macro_f1=details.macro_f1,
+            ece=details.ece,
+            details=details,
+        )
+
+    def _evaluate_multi_label(
+        self,
+        posts: Posts,
+        source: str,
+        batch_size: Optional[int],
+        progress_every: Optional[float],
+    ) -> MultiLabelEvaluation:
+        targets = self.label_map.multi_hot(posts)  # an unknown label: error naming its line
+        loader = self.loader(posts.texts, targets, batch_size)
+        with self._torch_threads(), self._progress(progress_every):
+            result = self.trainer.evaluate(loader)
+        thresholds = self.thresholds or [DEFAULT_THRESHOLD] * len(self.label_map)
+        return MultiLabelEvaluation(
+            run=self.path,
+            data=source,
+            checkpoint=self.checkpoint.name,
+            num_samples=int(result["num_samples"]),
+            loss=result["loss"],
+            subset_accuracy=result["accuracy"],
+            micro_f1=result["micro_f1"],
+            macro_f1=result["macro_f1"],
+            hamming_loss=result["hamming_loss"],
+            thresholds=dict(zip(self.names, thresholds)),
+        )
+
+    def _labelled_posts(
+        self,
+        data: Union[PathLike, Posts],
+        text_column: Optional[str],
+        label_column: Optional[str],
+        encoding_errors: str,
+    ) -> tuple[Posts, str]:
+        """(the posts of `data`, how to name them): a file read with the run's columns."""
+        from fbdl_fast.data import Posts, load_posts
+
+        if isinstance(data, Posts):
+            return data, data.source
+        if not isinstance(data, (str, os.PathLike)):
+            raise TypeError(
+                f"evaluate: data is a {type(data).__name__}; accepted: the path of a posts file "
+                "(.csv, .tsv, .jsonl) or fbdl_fast.data.Posts"
+            )
+        settings = self.meta.get("data", {})
+        posts = load_posts(
+            data,
+            text_column or settings.get("text_column", "text"),
+            label_column or settings.get("label_column", "label"),
+            errors=encoding_errors,
+            label_separator=settings.get("label_separator"),  # multi-label runs
+        )
+        return posts, str(data)
+
+    @contextlib.contextmanager
+    def _torch_threads(self) -> Iterator[None]:
+        """torch's intra-op threads at self.threads for the block, then as they were."""
+        if self.threads is None:
+            yield
+            return
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    @contextlib.contextmanager
+    def _progress(self, every: Optional[float]) -> Iterator[None]:
+        """The trainer's progress lines every `every` seconds for the block, then as before."""
+        before = self.trainer.log_every
+        self.trainer.log_every = every
+        try:
+            yield
+        finally:
+            self.trainer.log_every = before
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not accepted; expected an integer >= 1")
+    return value
+
+
+def _check_texts(block: list[Any], start: int) -> None:
+    """TypeError naming the first item of `block` (at input position start + i) not a str."""
+    for i, text in enumerate(block):
+        if not isinstance(text, str):
+            raise TypeError(
+                f"texts[{start + i}] is {reprlib.repr(text)} ({type(text).__name__}); predict "
+                "takes an iterable of str"
+            )
+
+
+# ====================
+# load_run
+# ====================
+
+
+def load_run(
+    path: PathLike,
+    *,
+    checkpoint: Optional[PathLike] = None,
+    device: Optional[str] = None,
+    threads: Optional[int] = DEFAULT_THREADS,
+) -> Run:
+    """Load the run folder `path` (written by `fbdl-fast train` or fbdl_fast.train) to predict
+    and evaluate.
+
+        run = fbdl_fast.load_run("runs/first", checkpoint="onnx")
+        run.predict(["win a FREE phone!!!"])[0].label         # 'spam'
+
+    checkpoint: "best" or "last" (best.pt / last.pt), the path of a checkpoint file, None (best,
+        else last), "int8" (the run's model.int8.pt, `fbdl-fast export --format int8`) or
+        "onnx" (its model.onnx in onnxruntime, `export --format onnx`; its torch weights are
+        never loaded). int8 and onnx run on the CPU only.
+    device: where a torch checkpoint runs: "cpu", "cuda", "cuda:1", "mps"; None: CUDA when
+        available, else the CPU.
+    threads: torch's intra-op CPU threads while each predict/evaluate call runs, set at its
+        start and restored at its end (also when it fails); None leaves torch's setting alone.
+        For onnx, the onnxruntime session's intra-op threads (inter-op: 1). The default, 1, is
+        the fastest measured for these model sizes: the batches are built in this process and
+        each matrix product is small, so more threads only split it and, on a busy machine,
+        wait on each other. On this project's 2-core machine one epoch of the default CNN on
+        20,000 posts took 20.9 s with 1 thread and 195.8 s with torch's default of 2 (9.4x
+        slower; the measurement behind fbdl-fast's --threads default). More can help a large
+        model on a many-core machine with nothing else running.
+
+    The folder is checked as one unit before any model is built: config.json, label_map.json
+    and tokenizer.json must agree with what the weights were trained with (RunError, a
+    ValueError, naming the file); a damaged checkpoint is a CheckpointError naming it; an
+    int8/onnx file made from another version of its checkpoint is refused with "export it
+    again"."""
+    folder = Path(path)
+    if threads is not None:
+        _positive("threads", threads)
+    which = os.fspath(checkpoint) if checkpoint is not None else None
+    if which in SERVED_FORMATS:
+        if device is not None and str(device) != "cpu":
+            raise ValueError(
+                f"checkpoint={which!r} runs on the CPU only, not device={device!r}; accepted: "
+                "device='cpu' or None"
+            )
+        return _served_run(folder, which, threads)
+    return _checkpoint_run(folder, which, device, threads)
+
+
+def _checkpoint_run(
+    folder: Path, which: Optional[str], device: Optional[str], threads: Optional[int]
+) -> Run:
+    """The run with the weights of a torch checkpoint (best, last, a path or None)."""
+    from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
+    from fbdl_fast.models import architecture, create_model
+    from fbdl_fast.training.trainer import Trainer
+
+    files = read_run_files(folder)
+    model_name = files.model_name
+    chosen = checkpoint_path(folder, which)
+    try:
+        state = load_checkpoint(chosen, map_location="cpu")
+    except CheckpointError as err:
+        other = LAST_CHECKPOINT if chosen.name == BEST_CHECKPOINT else BEST_CHECKPOINT
+        if chosen.parent == folder and (folder / other).is_file():
+            raise CheckpointError(
+                f"{err}; this run also has {other}: pass --checkpoint {other.removesuffix('.pt')}"
+            ) from None
+        raise
+    check_unit(folder, chosen, state, files.config, files.tokenizer, files.label_map)
+    # "minilm" runs hold a "bert" whose config has the checkpoint's sizes; best.pt its weights.
+    model = create_model(architecture(model_name), files.config)
+    trainer = Trainer(model, files.config, device=device, label_map=files.label_map, progress=False)
+    trainer.load_state(state, chosen, model_only=True)
+    return _run(files, trainer, chosen, threads)
+
+
+def _served_run(folder: Path, fmt: str, threads: Optional[int]) -> Run:
+    """The run with the model of its model.int8.pt or model.onnx, on the CPU."""
+    from fbdl_fast.training.trainer import Trainer
+
+    files = read_run_files(folder)
+    served: ServedModel
+    if fmt == "int8":
+        from fbdl_fast.serving.int8 import read_int8
+
+        served = read_int8(files)
+    else:
+        from fbdl_fast.serving.onnx import read_onnx
+
+        served = read_onnx(files, threads=threads)
+    # Served weights are never trained: no EMA copy of them (an onnxruntime session cannot even
+    # be copied). The run's own config is kept as it is.
+    config = dataclasses.replace(files.config, ema_decay=None)
+    trainer = Trainer(served.model, config, device="cpu", label_map=files.label_map, progress=False)
+    trainer.temperature = served.temperature
+    trainer.thresholds = served.thresholds
+    return _run(files, trainer, served.path, threads)
+
+
+def _run(files: RunFiles, trainer: Trainer, checkpoint: Path, threads: Optional[int]) -> Run:
+    return Run(
+        files.path,
+        files.meta,
+        files.config,
+        files.tokenizer,
+        files.label_map,
+        trainer,
+        checkpoint,
+        threads,
+    )
+
+
+__all__ = [
+    "DEFAULT_THREADS",
+    "PREDICT_CHUNK",
+    "MultiLabelEvaluation",
+    "Prediction",
+    "Run",
+    "RunEvaluation",
+    "load_run",
+]
