@@ -8,7 +8,7 @@
 - `peak_mib`: peak CUDA memory of one call (reset_peak_memory_stats).
 - `saved_mib`: the memory autograd keeps between forward and backward.
 - `record`: appends one result row as a JSON line to $FBDL_FAST_BENCH_RESULTS when it is set, so
-  a run cut short by a time limit (benches/gpu_check.py) keeps every row measured until then.
+  a run cut short by a time limit (benches/gpu/gpu_check.py) keeps every row measured until then.
 
 pytest puts this folder on sys.path when it imports a bench file, so the benches import this
 module as `measure`.

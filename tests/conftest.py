@@ -172,7 +172,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # `-m kernel` selects every test that runs the Triton kernels (benches/gpu_check.py does).
+    # `-m kernel` selects every test that runs the Triton kernels (benches/gpu/gpu_check.py does).
     for item in items:
         if _KERNEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.kernel)

@@ -7,7 +7,7 @@ less speed (README, "Serving on a CPU"). `--keep-fp32 NAME[,NAME...]` (`kept_fp3
 named layers in fp32: module names as in model.named_modules(), exact or a prefix ending at a dot
 ("blocks.0" keeps every quantizable layer of the first block); a name that covers no Linear or
 LSTM is refused with a few valid ones. On that MiniLM, the first block's FFN output projection
-(blocks.0.mlp.proj) is the layer whose int8 weights cost most (benches/int8_sensitivity.py).
+(blocks.0.mlp.proj) is the layer whose int8 weights cost most (benches/studies/int8_sensitivity.py).
 Not quantized:
 the embeddings, the attention's input projection (a raw parameter of nn.MultiheadAttention) and
 its output projection (a NonDynamicallyQuantizableLinear, left out by torch on purpose), and the
