@@ -25,7 +25,7 @@ cores); `--write` also rewrites bytes_moved.json beside this file, which gpu_che
 report (the GPU machine's Triton 3.6 cannot interpret these kernels, see DESIGN.md), with a hash
 of kernels/*.py so the report says when the kernels changed since the count.
 TRITON_INTERPRET must be on before the kernels are imported (the script turns it on; importing
-this module imports no kernel, so gpu_report can read the table). tests/test_bytes_moved.py
+this module imports no kernel, so gpu_report can read the table). tests/benches/test_bytes_moved.py
 checks the counting on a toy kernel and each kernel against a bound at small shapes.
 """
 

@@ -461,7 +461,7 @@ def _rows_config(n: int, x_size: int) -> RowsConfig:
       program) before its store: the price of reading x and writing y 16 bytes a lane.
     - Registers: each thread holds about 32 fp32 values of x a tile (rows_per_thread rows of
       block_n / lanes values; 64 at 2,048), and as many of the weight and of the bias, read
-      once per program. Compiled for sm_90 (tests/test_ptx_facts.py): 128-167 registers at
+      once per program. Compiled for sm_90 (tests/kernels/test_ptx_facts.py): 128-167 registers at
       768-1,024 and 240-255 at 2,048 (triton 3.6 and 3.9), spill-free.
     - Warps: 4 (128 threads), along rows: block_m = 4 x (rows that a warp's lanes hold) x
       rows_per_thread (4 rows of 768-2,048 values, 8 of 512, 16 of 256, ... 256 rows of 16),
@@ -517,7 +517,7 @@ MAX_REGISTERS = 255
 
 def _rows_smem(config: RowsConfig, x_size: int, y_size: int) -> int:
     """Shared memory of _forward_rows_kernel, estimated as compiled for sm_90
-    (tests/test_ptx_facts.py checks the rule's against this bound): the tiles of x copied
+    (tests/kernels/test_ptx_facts.py checks the rule's against this bound): the tiles of x copied
     ahead (num_stages - 1), y's re-layout when its element size differs from x's (BLOCK_M
     stretches of 16-byte lanes: 4 KiB at 768-1,024 under autocast) and the BLOCK_M means and
     rstds."""

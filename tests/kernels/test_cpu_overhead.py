@@ -105,7 +105,8 @@ def test_cpu_reference_skips_the_decision(
     _tripwire(monkeypatch)
     for name, args in _inputs().items():
         op = OPS[name]
-        # attention's CPU path is torch's SDPA (tests/test_attention_cpu.py: parity with reference)
+        # attention's CPU path is torch's SDPA (parity with the reference:
+        # tests/kernels/test_attention_cpu.py)
         expected = (attention_op.cpu_sdpa if name == "attention" else op.reference)(*args)
         torch.testing.assert_close(op.dispatch(*args), expected, rtol=0, atol=0)
     norm = fbdl_fast.nn.LayerNorm(20)

@@ -365,7 +365,7 @@ def test_tokenizer_comes_from_the_checkpoint_folder() -> None:
 def test_the_readme_example_runs_as_written() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Pretrained encoders (MiniLM, any BERT checkpoint)\n", 1)[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, object] = {}

@@ -20,7 +20,7 @@ from fbdl_fast.cli import main
 from fbdl_fast.training.loading import Prediction
 from tiny_run import tiny_model_args, write_posts_csv
 
-FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "run-0.1.0"
 EXPECTED = json.loads((FIXTURE / "expected_predictions.json").read_text(encoding="utf-8"))
 CHECKPOINTS = ("best", "last", "int8", "onnx")
 # expected_predictions.json holds predict's rows, probabilities rounded to 6 decimals (at most

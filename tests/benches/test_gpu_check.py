@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 GPU_BENCHES = REPO / "benches" / "gpu"
 sys.path.insert(0, str(GPU_BENCHES))
 

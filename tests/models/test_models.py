@@ -286,7 +286,8 @@ def test_cnn_trains_on_a_batch_with_a_single_real_token() -> None:
 @pytest.fixture
 def unpacked_lstm(monkeypatch: pytest.MonkeyPatch) -> None:
     """FacebookPostsLSTM takes, in eager, the path it takes under torch.compile (no packing,
-    one torch.lstm per layer and direction); tests/test_compile_ops.py compiles it for real."""
+    one torch.lstm per layer and direction); tests/kernels/test_compile_ops.py compiles it for
+    real."""
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
 
 

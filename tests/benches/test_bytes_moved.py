@@ -12,11 +12,10 @@ import torch
 
 import fbdl_fast.kernels
 
-GPU_BENCHES = Path(__file__).resolve().parents[1] / "benches" / "gpu"
+GPU_BENCHES = Path(__file__).resolve().parents[2] / "benches" / "gpu"
 sys.path.insert(0, str(GPU_BENCHES))
 
 import bytes_moved  # noqa: E402
-
 from devices import kernel_skip_reason  # noqa: E402
 
 pytestmark = [
