@@ -470,8 +470,8 @@ def _gpu_config(backward: bool) -> dict[str, int]:
     """Block sizes, warps and stages on a GPU (Hopper). Chosen from the sm_90 compile (triton
     3.9, fp16, aligned lengths; tests/kernels/test_ptx_facts.py checks the facts): every dot is a
     wgmma and no kernel spills, except the D=128 forward with dropout (16 bytes of stack). The
-    forward's 128 x 64 tiles with 8 warps keep each warpgroup on 64 whole rows (the D=64 forward with
-    dropout spilled 112 bytes with 4 warps; 185 registers with 8). The backward's 64 x 64 tiles
+    forward's 128 x 64 tiles with 8 warps keep each warpgroup on 64 whole rows (the D=64 forward
+    with dropout spilled 112 bytes with 4 warps; 185 registers with 8). The backward's 64 x 64 tiles
     with 8 warps: dK/dV's dots have M = BLOCK_N, so BLOCK_N=32 (the old D=128 choice) fell back
     to mma.sync; with 4 warps 64 x 64 spilled 336 bytes at D=128. With FBDL_FAST_AUTOTUNE=1
     these are the first of the autotune candidates (FORWARD_CANDIDATES, BACKWARD_CANDIDATES)."""
