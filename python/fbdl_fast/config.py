@@ -1,8 +1,10 @@
 """ModelConfig: every knob of a model and its training run, checked once when it is made.
 
 The first twelve fields and their defaults are the product design's; the rest complete it. Names
-(optimizer, scheduler, loss, initialiser) are checked against the registries in optim.py,
-losses.py and init.py, so a typo fails here and not an hour into training.
+(optimizer, scheduler, loss, initialiser) are checked against the names of the registries in
+training/optim.py, training/losses.py and models/init.py, so a typo fails here and not an hour
+into training. The names are written here, not imported: those modules import torch and this
+one is a leaf (tests/test_registry_names.py checks that each tuple is its registry's keys).
 """
 
 from __future__ import annotations
@@ -20,6 +22,19 @@ POOLINGS = ("mean", "cls")
 # Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
 # replacement so that every class is equally likely (data.balanced_sample_weights).
 SAMPLERS = ("shuffle", "balanced")
+# The registries' names: training.optim.OPTIMIZERS and SCHEDULERS, training.losses'
+# classification losses (those called as criterion(logits, labels)), models.init.INITIALIZERS.
+OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "lion", "adabelief")
+SCHEDULER_NAMES = ("step", "cosine", "plateau", "one_cycle", "linear")
+CLASSIFICATION_LOSS_NAMES = ("cross_entropy", "focal", "dice")
+INITIALIZER_NAMES = (
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "sparse",
+)
 
 
 @dataclass
@@ -41,20 +56,16 @@ class ModelConfig:
     num_classes: int = 2  # output classes
     max_seq_length: int = 512  # longest sequence (learned position table size)
     pad_token_id: int = 0  # id used for padding; padded positions never change a model's output
-    optimizer_type: str = "adamw"  # see fbdl_fast.training.optim.OPTIMIZERS
-    scheduler_type: Optional[str] = (
-        "cosine"  # see fbdl_fast.training.optim.SCHEDULERS; None for constant LR
-    )
-    loss: str = "cross_entropy"  # see fbdl_fast.training.losses.CLASSIFICATION_LOSSES
+    optimizer_type: str = "adamw"  # one of OPTIMIZER_NAMES (training.optim.OPTIMIZERS)
+    scheduler_type: Optional[str] = "cosine"  # one of SCHEDULER_NAMES; None for constant LR
+    loss: str = "cross_entropy"  # one of CLASSIFICATION_LOSS_NAMES
     use_focal_loss: bool = False  # the design's switch: True means loss="focal"
     class_weights: Optional[list[float]] = None  # per-class loss weights, length num_classes
     focal_gamma: float = 2.0  # focusing parameter of the focal loss, >= 0
     focal_alpha: Optional[Union[float, list[float]]] = None  # focal balance: scalar or per class
     label_smoothing: float = 0.0  # in [0, 1)
     seed: int = 42  # seeds weights, data order and dropout
-    init: Optional[str] = (
-        None  # weight initialiser name (fbdl_fast.models.init); None: the model's own
-    )
+    init: Optional[str] = None  # one of INITIALIZER_NAMES; None: the model's own initialisation
     kernel_sizes: tuple[int, ...] = (3, 4, 5)  # CNN convolution widths
     fused: bool = True  # use fbdl_fast.nn fused layers; False builds the pure-PyTorch reference
     amp_dtype: str = "auto"  # "auto": fp16 on CUDA, bf16 on CPU (CPU only when asked: warns)
@@ -196,7 +207,12 @@ class ModelConfig:
         if isinstance(self.focal_alpha, (list, tuple)):
             self._validate_per_class("focal_alpha", self.focal_alpha)
         elif self.focal_alpha is not None:
-            _require("focal_alpha", self.focal_alpha, self.focal_alpha >= 0, "a number >= 0")
+            _require(
+                "focal_alpha",
+                self.focal_alpha,
+                _is_number(self.focal_alpha) and 0 <= self.focal_alpha < math.inf,
+                "a finite number >= 0",
+            )
         self._validate_names()
 
     def _validate_multi_label(self) -> None:
@@ -228,17 +244,13 @@ class ModelConfig:
         )
 
     def _validate_names(self) -> None:
-        # Imported here: the registries import torch, and `import fbdl_fast` must stay light.
-        from fbdl_fast.models import init
-        from fbdl_fast.training import losses, optim
-
-        _require_name("optimizer_type", self.optimizer_type, optim.OPTIMIZERS)
+        _require_name("optimizer_type", self.optimizer_type, OPTIMIZER_NAMES)
         if self.scheduler_type is not None:
-            _require_name("scheduler_type", self.scheduler_type, optim.SCHEDULERS)
+            _require_name("scheduler_type", self.scheduler_type, SCHEDULER_NAMES)
         # Only the losses a classifier can train with (criterion(logits, labels)), not all LOSSES.
-        _require_name("loss", self.loss, losses.CLASSIFICATION_LOSSES)
+        _require_name("loss", self.loss, CLASSIFICATION_LOSS_NAMES)
         if self.init is not None:
-            _require_name("init", self.init, init.INITIALIZERS)
+            _require_name("init", self.init, INITIALIZER_NAMES)
 
     @property
     def loss_name(self) -> str:
@@ -262,6 +274,10 @@ class ModelConfig:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
