@@ -18,6 +18,7 @@ from fbdl_fast.data.labels import (
     describe_labels,
     label_warnings,
     read_class_weights,
+    weights_in_label_order,
 )
 from fbdl_fast.data.loaders import (
     BucketBatchSampler,
@@ -69,4 +70,5 @@ __all__ = [
     "split_posts",
     "tokenize_texts",
     "train_val_split",
+    "weights_in_label_order",
 ]

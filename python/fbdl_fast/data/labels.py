@@ -15,7 +15,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
@@ -214,9 +214,32 @@ def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) 
         if key in weights:
             raise ValueError(f"class weights file {path} gives label {label!r} twice ({where})")
         weights[key] = number
+    return weights_in_label_order(weights, label_map, f"class weights file {path}")
+
+
+def weights_in_label_order(
+    weights: Mapping[Any, Any], label_map: LabelMap, source: str = "class weights"
+) -> list[float]:
+    """Per-class weights given as label -> weight, as a list in label_map's class order.
+
+    Every label of the map needs a weight, every label named must be one of the map's, and each
+    weight is a finite number >= 0: a ValueError starting with `source` names what is wrong.
+    """
+    ordered: dict[Label, float] = {}
+    for label, value in weights.items():
+        key = canonical_label(label)
+        number = float(value) if _is_number(value) else math.nan
+        if not 0 <= number < math.inf:
+            raise ValueError(
+                f"{source}: the weight of label {label!r} is {value!r}; expected a finite "
+                "number >= 0"
+            )
+        if key in ordered:
+            raise ValueError(f"{source} gives label {key!r} twice")
+        ordered[key] = number
     known = set(label_map.labels)
-    unknown = [label for label in weights if label not in known]
-    missing = [label for label in label_map.labels if label not in weights]
+    unknown = [label for label in ordered if label not in known]
+    missing = [label for label in label_map.labels if label not in ordered]
     if unknown or missing:
         problems = []
         if unknown:
@@ -224,10 +247,10 @@ def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) 
         if missing:
             problems.append(f"no weight for {', '.join(repr(v) for v in missing)}")
         raise ValueError(
-            f"class weights file {path}: {'; '.join(problems)}; the data's labels are "
+            f"{source}: {'; '.join(problems)}; the data's labels are "
             f"{', '.join(repr(v) for v in label_map.labels)}"
         )
-    return [weights[label] for label in label_map.labels]
+    return [ordered[label] for label in label_map.labels]
 
 
 def _is_number(value: Any) -> bool:

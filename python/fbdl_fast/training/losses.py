@@ -10,7 +10,8 @@ namespace is kept as thin functional wrappers.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 import torch
@@ -18,10 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import fbdl_fast.nn.functional as fused
+from fbdl_fast.config import CLASSIFICATION_LOSS_NAMES
 from fbdl_fast.nn import FocalLoss
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
+    from fbdl_fast.data import LabelMap, Posts
 
 Alpha = Optional[Union[float, Sequence[float], torch.Tensor]]
 
@@ -80,8 +83,9 @@ LOSSES: dict[str, type[nn.Module]] = {
     "triplet": nn.TripletMarginLoss,
 }
 
-# The losses a classifier can train with: criterion(logits (N, C), labels (N,)).
-CLASSIFICATION_LOSSES = ("cross_entropy", "focal", "dice")
+# The losses a classifier can train with: criterion(logits (N, C), labels (N,)). The tuple is
+# config.py's, which checks ModelConfig.loss without importing torch.
+CLASSIFICATION_LOSSES = CLASSIFICATION_LOSS_NAMES
 
 
 def create_loss(config: ModelConfig, **kwargs: Any) -> nn.Module:
@@ -138,6 +142,48 @@ def balanced_class_weights(counts: Sequence[int]) -> list[float]:
     return [w if c else largest for w, c in zip(weights, counts)]
 
 
+# A run's class weights: "balanced", "none", a JSON / CSV file of label weights, or label -> weight.
+ClassWeights = Union[str, "os.PathLike[str]", Mapping[Any, float]]
+CLASS_WEIGHT_CHOICES = ("balanced", "none")
+
+
+def loss_class_weights(
+    choice: ClassWeights, train: Posts, label_map: LabelMap, *, as_focal_alpha: bool = False
+) -> dict[str, Optional[list[float]]]:
+    """The class-weights rule of a training run, as the ModelConfig fields it sets.
+
+    `choice` is "none" (no weights), "balanced" (balanced_class_weights over the training posts
+    `train`: w_c = n / (C * n_c)), a JSON / CSV file (data.read_class_weights) or a mapping
+    label -> weight; a file's or mapping's weights are put in label_map's class order, naming
+    every label (ValueError naming the unknown or missing ones). Returns
+    {"class_weights": weights}, or with `as_focal_alpha` {"class_weights": None,
+    "focal_alpha": weights}: the focal loss's per-class alpha instead (then nothing else is
+    weighted).
+
+        loss_class_weights("balanced", train, label_map)  # counts [6, 3, 1]: [10/18, 10/9, 10/3]
+    """
+    from fbdl_fast.data import class_counts, read_class_weights, weights_in_label_order
+
+    weights: Optional[list[float]]
+    if isinstance(choice, Mapping):
+        weights = weights_in_label_order(choice, label_map, "the mapping of class weights")
+    elif choice == "none":
+        weights = None
+    elif choice == "balanced":
+        counts = class_counts(label_map.encode_all(train), len(label_map))
+        weights = balanced_class_weights(counts)
+    else:
+        weights = read_class_weights(choice, label_map)
+    if not as_focal_alpha:
+        return {"class_weights": weights}
+    if weights is None:
+        raise ValueError(
+            "as_focal_alpha takes the focal loss's alpha from the class weights, and the "
+            "choice is none; accepted: balanced, a file or a mapping"
+        )
+    return {"class_weights": None, "focal_alpha": weights}
+
+
 class LossFunctions:
     """The seed's namespace: functional forms, each a mean over the batch."""
 
@@ -184,9 +230,12 @@ class LossFunctions:
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
+    "CLASS_WEIGHT_CHOICES",
     "LOSSES",
+    "ClassWeights",
     "DiceLoss",
     "LossFunctions",
     "balanced_class_weights",
     "create_loss",
+    "loss_class_weights",
 ]
