@@ -36,6 +36,7 @@ _PUBLIC = {
     "backend": "fbdl_fast.ops",
     "patch": "fbdl_fast.nn.patch",
     "unpatch": "fbdl_fast.nn.patch",
+    "train": "fbdl_fast.training.session",
 }
 
 __all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
@@ -60,6 +61,7 @@ __all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
     "backend",
     "patch",
     "unpatch",
+    "train",
 ]
 assert set(__all__) == {"__version__", *_PUBLIC}, "keep __all__ and _PUBLIC in step"
 
@@ -80,6 +82,7 @@ if TYPE_CHECKING:
     from fbdl_fast.training.loading import Run, load_run
     from fbdl_fast.training.losses import LossFunctions
     from fbdl_fast.training.optim import OptimizerFactory, SchedulerFactory
+    from fbdl_fast.training.session import train
     from fbdl_fast.training.trainer import FacebookPostsTrainer, History, Trainer
 
 

@@ -1,0 +1,153 @@
+"""The end of a training run, on rank 0: what the validation posts say about the checkpoint that
+evaluate and predict use by default (best.pt, else last.pt).
+
+    fit = finish_single_label(trainer, val_loader, run_dir, calibrate=True, ...)
+    thresholds, metrics = finish_multi_label(trainer, val_loader, run_dir, tune=True, ...)
+
+One label a post: the calibration's temperature, fitted there and stored in the checkpoint, and
+the per-class evaluation. Several labels a post: each class's threshold, tuned there and stored,
+and the metrics at the thresholds. Both write the run report (report.md, curves.png).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional
+
+from fbdl_fast import runs
+
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+    from fbdl_fast.calibration import TemperatureFit
+    from fbdl_fast.training.trainer import Trainer
+
+Say = Callable[[str], None]
+
+
+def load_for_validation(
+    trainer: Trainer, val_loader: DataLoader, run_dir: Path
+) -> tuple[Path, DataLoader]:
+    """Load the checkpoint evaluate and predict use by default (best.pt, else last.pt) of
+    `run_dir` into `trainer`; return its path and a loader over all the validation posts (under
+    DDP each rank validated its own shard only)."""
+    from fbdl_fast.data import make_loader
+
+    config = trainer.config
+    if trainer.world_size > 1:
+        val_loader = make_loader(
+            val_loader.dataset,
+            config.batch_size,
+            shuffle=False,
+            pad_token_id=config.pad_token_id,
+        )
+    chosen = runs.checkpoint_path(run_dir, None)
+    trainer.load_checkpoint(chosen, model_only=True)
+    return chosen, val_loader
+
+
+def finish_single_label(
+    trainer: Trainer,
+    val_loader: DataLoader,
+    run_dir: Path,
+    *,
+    calibrate: bool,
+    name: str,
+    trained: str,
+    train_posts: int,
+    warn: Say,
+) -> Optional[TemperatureFit]:
+    """Evaluate the default checkpoint on the validation posts; with `calibrate` fit its
+    temperature there and store it in that checkpoint; write report.md and curves.png, titled
+    by the run's `name` and described as `trained` ("CNN trained on posts.csv") on
+    `train_posts`. A model whose logits are not finite gets its curves, and `warn` says what it
+    does not get. Returns the TemperatureFit."""
+    from fbdl_fast import calibration, checkpoint
+    from fbdl_fast.reports.evaluation import evaluate_logits
+    from fbdl_fast.reports.run_report import write_run_report
+
+    chosen, val_loader = load_for_validation(trainer, val_loader, run_dir)
+    logits, labels, _ = trainer.outputs(val_loader)
+    assert labels is not None
+    fit, evaluation = None, None
+    if bool(logits.isfinite().all()):
+        fit = calibration.fit_temperature(logits, labels) if calibrate else None
+        if fit is not None:
+            checkpoint.add_calibration(chosen, fit.to_dict())
+        names = [str(label) for label in trainer.label_map.labels]
+        evaluation = evaluate_logits(
+            logits, labels, names, None if fit is None else fit.temperature
+        )
+    else:  # a diverged model: the run is kept, with its curves, but nothing can be judged
+        warn(
+            f"{chosen.name} gives NaN or infinite logits on validation posts: no per-class "
+            f"report{' and no calibration' if calibrate else ''}"
+        )
+    write_run_report(
+        run_dir,
+        trainer.history,
+        evaluation,
+        title=f"Run report: {name}",
+        description=f"{trained} ({train_posts} training / {len(labels)} validation posts, "
+        f"{logits.shape[1]} classes)",
+        checkpoint=chosen.name,
+    )
+    return fit
+
+
+def finish_multi_label(
+    trainer: Trainer,
+    val_loader: DataLoader,
+    run_dir: Path,
+    *,
+    tune: bool,
+    name: str,
+    trained: str,
+    say: Say,
+) -> tuple[Optional[list[float]], dict[str, float]]:
+    """With `tune`, each class's threshold with the best F1 of the default checkpoint's weights
+    on the validation posts (all of them), stored in that checkpoint; the metrics at the
+    thresholds, said; report.md and curves.png as finish_single_label's (the per-epoch figures;
+    no single-label per-class table). Returns (the tuned thresholds or None: 0.5 each, the
+    metrics)."""
+    import torch
+
+    from fbdl_fast.reports.run_report import write_run_report
+    from fbdl_fast.training.multilabel import (
+        multilabel_counts,
+        multilabel_metrics,
+        store_thresholds,
+        tune_thresholds,
+    )
+
+    chosen, val_loader = load_for_validation(trainer, val_loader, run_dir)
+    logits, labels, _ = trainer.outputs(val_loader)
+    assert labels is not None
+    probs = torch.sigmoid(logits)
+    if tune:
+        trainer.thresholds = tune_thresholds(probs, labels)
+        store_thresholds(chosen, trainer.thresholds)
+        shown = ", ".join(
+            f"{label} {t:.2f}" for label, t in zip(trainer.label_map.labels, trainer.thresholds)
+        )
+        say(f"thresholds tuned on the validation posts, stored in {chosen.name}: {shown}")
+    found = multilabel_metrics(multilabel_counts(probs, labels, trainer.thresholds))
+    say(
+        f"{chosen.name} on the validation posts: subset accuracy {found['accuracy']:.4f}, "
+        f"micro-F1 {found['micro_f1']:.4f}, macro-F1 {found['macro_f1']:.4f}, Hamming loss "
+        f"{found['hamming_loss']:.4f}"
+    )
+    write_run_report(
+        run_dir,
+        trainer.history,
+        None,
+        title=f"Run report: {name}",
+        description=f"{trained}, several labels a post ({len(labels)} validation posts, "
+        f"{logits.shape[1]} classes)",
+        checkpoint=chosen.name,
+    )
+    thresholds = None if trainer.thresholds is None else list(trainer.thresholds)
+    return thresholds, found
+
+
+__all__ = ["finish_multi_label", "finish_single_label", "load_for_validation"]

@@ -1,0 +1,138 @@
+"""What a training run starts from, by model: the values `fbdl-fast train` and `fbdl_fast.train`
+give a run unless asked otherwise, and the names they choose among.
+
+    config_defaults("cnn")      # ModelConfig fields: MODEL_DEFAULTS
+    config_defaults("minilm")   # + FINE_TUNE_DEFAULTS and the checkpoint's sizes
+
+ModelConfig's own defaults are the product design's large model; the reference models start
+from MODEL_DEFAULTS instead, sized for a CPU. A pretrained encoder (`model="minilm"`) starts from
+the fine-tuning recipe, FINE_TUNE_DEFAULTS, and takes its sizes, vocabulary and tokenizer from its
+checkpoint (CHECKPOINT_FIELDS cannot be chosen). Torch-free: the CLI reads it to write --help.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
+
+# Pretrained encoders a run fine-tunes (fbdl_fast.models.FINE_TUNED names their checkpoints).
+FINE_TUNED_TITLES = {"minilm": "MiniLM"}
+
+# Every `model` a run can train, and the name people read in messages and reports.
+TITLES = {**MODEL_TITLES, **FINE_TUNED_TITLES}
+
+
+# CPU-friendly sizes and optimisation of the reference models, as ModelConfig fields.
+MODEL_DEFAULTS: dict[str, Any] = {
+    "input_dim": 128,
+    "hidden_dim": 256,
+    "num_layers": 2,
+    "num_heads": 4,
+    "dropout": 0.1,
+    "learning_rate": 1e-3,
+    "weight_decay": 1e-5,
+    "batch_size": 32,
+    "max_seq_length": 128,
+    "patience": 3,
+    "max_epochs": 5,
+    "scheduler_type": "cosine",
+}
+
+
+# Fine-tuning a pretrained encoder: BERT's recipe, as Hugging Face's run_glue runs it: AdamW at
+# 5e-5, linear warmup over 6% of the steps then linear decay to 0, weight decay 0.01 except on
+# biases and norm gains, 3 epochs, 128 tokens; gradient clipping at 1.0 is every model's. Values
+# asked for still win.
+FINE_TUNE_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 5e-5,
+    "weight_decay": 0.01,
+    "max_epochs": 3,
+    "scheduler_type": "linear",
+    "max_seq_length": 128,
+    "warmup_fraction": 0.06,
+    "decay_biases_and_norms": False,
+}
+
+
+# Tokenizer styles a reference model's tokenizer is trained with: "social" keeps #hashtags, emoji
+# sequences and emoticons whole, maps every URL to [URL] and @mention to [USER] (a link is a
+# signal, its random path is not) and shortens elongations ("soooo" and "sooooooo" become one
+# word); "bert" is BERT's plain pre-tokenizer.
+TOKENIZER_STYLES: dict[str, dict[str, Any]] = {
+    "social": {
+        "pre_tokenizer": "social",
+        "replace_urls": True,
+        "replace_mentions": True,
+        "shorten_elongations": True,
+    },
+    "bert": {"pre_tokenizer": "bert"},
+}
+DEFAULT_TOKENIZER_STYLE = "social"
+DEFAULT_VOCAB_SIZE = 8000  # the tokenizer's vocabulary to train (the trained one may be less)
+# What a fine-tuned run records as its tokenizer style: the checkpoint's vocab.txt.
+CHECKPOINT_TOKENIZER = "checkpoint"
+
+# ModelConfig fields a fine-tuned encoder takes from its checkpoint: choosing one is an error.
+CHECKPOINT_FIELDS = ("input_dim", "hidden_dim", "num_layers", "num_heads")
+# TrainRequest fields that a fine-tuned encoder's checkpoint sets too (its vocab.txt).
+CHECKPOINT_TOKENIZER_FIELDS = ("vocab_size", "tokenizer_style")
+
+
+def is_fine_tuned(model: str) -> bool:
+    """True for a pretrained encoder (its sizes, vocabulary and tokenizer are its checkpoint's)."""
+    return model in FINE_TUNED_TITLES
+
+
+def checkpoint_sizes(model: str) -> dict[str, Any]:
+    """The sizes of fine-tuned `model`'s checkpoint (its config.json; vocab_size and
+    max_seq_length, the position table, among them). FileNotFoundError saying how to install it,
+    ValueError for a config.json that is not BERT's."""
+    from fbdl_fast.models import FINE_TUNED, bert  # torch: only when a checkpoint is read
+
+    return bert.read_bert_config(bert.resolve_pretrained(FINE_TUNED[model][1]))
+
+
+def config_defaults(model: str) -> dict[str, Any]:
+    """The ModelConfig values a run of `model` starts from (fields not named keep ModelConfig's
+    defaults): MODEL_DEFAULTS, and for a fine-tuned encoder FINE_TUNE_DEFAULTS and its
+    checkpoint's sizes (checkpoint_sizes' errors when it is not installed)."""
+    values = dict(MODEL_DEFAULTS)
+    if is_fine_tuned(model):
+        sizes = checkpoint_sizes(model)
+        values.update(FINE_TUNE_DEFAULTS)
+        values.update({name: sizes[name] for name in CHECKPOINT_FIELDS})
+    return values
+
+
+def tokenizer_settings(
+    model: str, style: Optional[str] = None, vocab_size: Optional[int] = None
+) -> tuple[str, int]:
+    """(tokenizer style, vocabulary size to train) of a run of `model`, as config.json records
+    them: those asked for, else DEFAULT_TOKENIZER_STYLE and DEFAULT_VOCAB_SIZE; a fine-tuned
+    encoder's are its checkpoint's (CHECKPOINT_TOKENIZER and its vocab_size)."""
+    if is_fine_tuned(model):
+        return CHECKPOINT_TOKENIZER, checkpoint_sizes(model)["vocab_size"]
+    return (
+        DEFAULT_TOKENIZER_STYLE if style is None else style,
+        DEFAULT_VOCAB_SIZE if vocab_size is None else vocab_size,
+    )
+
+
+__all__ = [
+    "CHECKPOINT_FIELDS",
+    "CHECKPOINT_TOKENIZER",
+    "CHECKPOINT_TOKENIZER_FIELDS",
+    "DEFAULT_TOKENIZER_STYLE",
+    "DEFAULT_VOCAB_SIZE",
+    "FINE_TUNED_TITLES",
+    "FINE_TUNE_DEFAULTS",
+    "MODEL_DEFAULTS",
+    "MODEL_TITLES",
+    "TITLES",
+    "TOKENIZER_STYLES",
+    "checkpoint_sizes",
+    "config_defaults",
+    "is_fine_tuned",
+    "tokenizer_settings",
+]
