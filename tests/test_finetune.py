@@ -12,7 +12,6 @@ FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/test_bert.py).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import importlib.util
@@ -27,11 +26,13 @@ import torch
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.cli.main import build_parser
-from fbdl_fast.cli.options import apply_model_defaults as _apply_model_defaults
+from fbdl_fast.cli.train import build_request
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.models import bert as bert_module
 from fbdl_fast.models import create_model
+from fbdl_fast.training import presets
 from fbdl_fast.training import trainer as train_module
+from fbdl_fast.training.request import TrainRequest, train_request
 from tiny_run import write_posts_csv
 
 REQUIRED = os.environ.get("FBDL_FAST_REQUIRE_BERT_VOCAB") == "1"
@@ -64,32 +65,45 @@ def minilm_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, run
 
 
-def parsed(*argv: str) -> argparse.Namespace:
-    args = build_parser().parse_args(["train", "--data", "p.csv", *argv])
-    _apply_model_defaults(args)
-    return args
+def parsed(*argv: str) -> tuple[TrainRequest, ModelConfig]:
+    """The request and config `fbdl-fast train --data p.csv ARGV` asks the library for."""
+    return build_request(build_parser().parse_args(["train", "--data", "p.csv", *argv]))
+
+
+def recipe_of(config: ModelConfig) -> tuple[object, ...]:
+    return (
+        config.learning_rate,
+        config.weight_decay,
+        config.max_epochs,
+        config.scheduler_type,
+        config.max_seq_length,
+    )
 
 
 @needs_minilm
 def test_minilm_defaults_are_the_fine_tuning_recipe_and_flags_win() -> None:
-    args = parsed("--model", "minilm")
-    recipe = (args.learning_rate, args.weight_decay, args.epochs, args.scheduler, args.max_length)
-    assert recipe == (5e-5, 0.01, 3, "linear", 128)
-    assert (args.warmup_fraction, args.decay_biases_and_norms) == (0.06, False)
-    sizes = (args.input_dim, args.hidden_dim, args.num_layers, args.num_heads, args.vocab_size)
-    assert sizes == (384, 1536, 6, 12, 30522)  # the checkpoint's config.json
-    args = parsed("--model", "minilm", "--lr", "2e-5", "--epochs", "1", "--scheduler", "none")
-    assert (args.learning_rate, args.epochs, args.scheduler, args.weight_decay) == (
-        2e-5,
-        1,
-        "none",
-        0.01,
-    )
+    """The library's defaults for model="minilm" are the recipe and the checkpoint's sizes;
+    keywords (and the CLI's flags, which become them) win; the reference models keep theirs."""
+    request, config = train_request("minilm", data="p.csv")
+    assert recipe_of(config) == (5e-5, 0.01, 3, "linear", 128)
+    assert (config.warmup_fraction, config.decay_biases_and_norms) == (0.06, False)
+    sizes = (config.input_dim, config.hidden_dim, config.num_layers, config.num_heads)
+    assert sizes == (384, 1536, 6, 12)  # the checkpoint's config.json
+    assert presets.tokenizer_settings("minilm") == ("checkpoint", 30522)  # its vocab.txt
+    _, config = train_request("minilm", data="p.csv", lr=2e-5, epochs=1, scheduler_type=None)
+    assert (config.learning_rate, config.max_epochs, config.scheduler_type) == (2e-5, 1, None)
+    assert config.weight_decay == 0.01
+    _, config = parsed("--model", "minilm", "--lr", "2e-5", "--epochs", "1", "--scheduler", "none")
+    assert (config.learning_rate, config.max_epochs, config.scheduler_type) == (2e-5, 1, None)
+    assert config.weight_decay == 0.01
     # The from-scratch models keep theirs.
-    args = parsed("--model", "cnn")
-    recipe = (args.learning_rate, args.weight_decay, args.epochs, args.scheduler, args.max_length)
-    assert recipe == (1e-3, 1e-5, 5, "cosine", 128)
-    assert (args.input_dim, args.vocab_size, args.tokenizer) == (128, 8000, "social")
+    request, config = parsed("--model", "cnn")
+    assert recipe_of(config) == (1e-3, 1e-5, 5, "cosine", 128)
+    assert config.input_dim == 128
+    assert presets.tokenizer_settings("cnn", request.tokenizer_style, request.vocab_size) == (
+        "social",
+        8000,
+    )
 
 
 @needs_minilm
@@ -337,10 +351,7 @@ def test_layer_options_are_for_pretrained_encoders_only(
 
 @needs_minilm
 def test_minilm_layer_options_reach_the_config(capsys: pytest.CaptureFixture[str]) -> None:
-    from fbdl_fast.cli.options import model_config as _model_config
-
-    args = parsed("--model", "minilm", "--freeze-layers", "4", "--layer-decay", "0.8")
-    config = _model_config(args, args.vocab_size, 3, 0)
+    _, config = parsed("--model", "minilm", "--freeze-layers", "4", "--layer-decay", "0.8")
     assert (config.freeze_layers, config.layer_decay, config.num_layers) == (4, 0.8, 6)
     argv = ["train", "--data", "p.csv", "--model", "minilm", "--freeze-layers", "7"]
     assert main(argv) == 2

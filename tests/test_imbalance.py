@@ -230,7 +230,14 @@ def test_train_records_balanced_weights_sampler_and_focal_alpha(tmp_path: Path) 
             ["--loss", "focal", "--focal-alpha", "class-weights"],
             "--focal-alpha class-weights takes alpha from --class-weights",
         ),
-        (["--loss", "focal", "--focal-alpha", "-1"], "--focal-alpha '-1' is invalid; accepted"),
+        (
+            ["--loss", "focal", "--focal-alpha", "-1"],
+            "--focal-alpha -1.0 is invalid; expected a finite number >= 0",
+        ),
+        (
+            ["--loss", "focal", "--focal-alpha", "abc"],
+            "--focal-alpha 'abc' is invalid; accepted: class-weights or a number >= 0",
+        ),
         (["--sampler", "weighted"], "argument --sampler: invalid choice: 'weighted'"),
     ],
 )

@@ -15,25 +15,31 @@ from pathlib import Path
 import pytest
 
 from fbdl_fast.cli import main
-from fbdl_fast.cli.common import UsageError
 from fbdl_fast.cli.main import build_parser
-from fbdl_fast.cli.options import apply_model_defaults as _apply_model_defaults
 from fbdl_fast.tokenizer import Tokenizer
 from fbdl_fast.training.loading import load_run
+from fbdl_fast.training.request import TrainError, train_request
 from test_finetune import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv
 from tiny_run import write_posts_csv
 
 TEXT = "so happy today 😍🎉"
 
 
-def test_no_spell_emoji_is_for_a_pretrained_vocabulary_only() -> None:
+def test_no_spell_emoji_is_for_a_pretrained_vocabulary_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """spell_emoji=False is refused for a model that trains its own tokenizer: by the library
+    naming the field, by the CLI naming --no-spell-emoji, before the data is read."""
     args = build_parser().parse_args(["train", "--data", "p.csv", "--model", "cnn"])
     assert args.spell_emoji  # the default
-    args = build_parser().parse_args(
-        ["train", "--data", "p.csv", "--model", "cnn", "--no-spell-emoji"]
-    )
-    with pytest.raises(UsageError, match=r"--no-spell-emoji: .*pretrained vocabulary.*minilm"):
-        _apply_model_defaults(args)
+    request, config = train_request("cnn", data="p.csv", spell_emoji=False)
+    with pytest.raises(TrainError, match=r"spell_emoji=False: .*pretrained vocabulary.*minilm"):
+        request.validate(config)
+    argv = ["train", "--data", str(tmp_path / "missing.csv"), "--model", "cnn"]
+    assert main([*argv, "--no-spell-emoji"]) == 2
+    err = capsys.readouterr().err
+    assert "--no-spell-emoji: emoji are spelled out only for a pretrained vocabulary" in err
+    assert "missing.csv" not in err
 
 
 @pytest.fixture(scope="module")

@@ -15,16 +15,6 @@ if TYPE_CHECKING:
     from fbdl_fast.training.loading import Run
 
 
-MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
-
-
-# Pretrained encoders `train --model` fine-tunes (fbdl_fast.models.FINE_TUNED: the checkpoint).
-FINE_TUNED_TITLES = {"minilm": "MiniLM"}
-
-
-TITLES = {**MODEL_TITLES, **FINE_TUNED_TITLES}
-
-
 class UsageError(Exception):
     """A problem with what the user asked for; reported on stderr with exit status 2."""
 

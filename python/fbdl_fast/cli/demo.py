@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fbdl_fast.cli.common import (
-    MODEL_TITLES,
-    TITLES,
     HelpFormatter,
     UsageError,
     add_threads_option,
@@ -18,8 +16,7 @@ from fbdl_fast.cli.common import (
     positive_int,
     say,
 )
-from fbdl_fast.cli.options import FINE_TUNE_DEFAULTS, model_config
-from fbdl_fast.cli.train import train_tokenizer
+from fbdl_fast.training.presets import FINE_TUNE_DEFAULTS, MODEL_TITLES, TITLES
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -85,10 +82,12 @@ DEMO_MINILM: dict[str, Any] = {
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
+    from fbdl_fast.config import ModelConfig
     from fbdl_fast.data import LabelMap, build_dataloaders, split_posts
     from fbdl_fast.data.synthetic import generate_posts
     from fbdl_fast.models import create_model
     from fbdl_fast.reports.speed import amp_dtype_for, step_speedups
+    from fbdl_fast.training.session import train_tokenizer
     from fbdl_fast.training.trainer import Trainer
 
     started_all = time.perf_counter()
@@ -108,20 +107,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         except FileNotFoundError as err:
             raise UsageError(f"--models minilm: {err}") from None
     tokenizer = train_tokenizer(train.texts, preset["vocab_size"])
-    options = argparse.Namespace(
-        **{
-            **preset,
-            "epochs": epochs,
-            "seed": args.seed,
-            "optimizer": "adamw",
-            "scheduler": "cosine",
-            "loss": "cross_entropy",
-            "weight_decay": 1e-5,
-            "patience": epochs,
-        }
+    sizes = ("input_dim", "hidden_dim", "num_layers", "num_heads", "dropout", "batch_size")
+    config = ModelConfig(
+        **{name: preset[name] for name in sizes},
+        learning_rate=preset["learning_rate"],
+        weight_decay=1e-5,
+        max_epochs=epochs,
+        patience=epochs,
+        max_seq_length=preset["max_length"],
+        vocab_size=tokenizer.vocab_size,
+        num_classes=len(label_map),
+        pad_token_id=tokenizer.pad_token_id,
+        scheduler_type="cosine",
+        seed=args.seed,
+        fused=False,  # the reference models; the Patched column swaps in the fused layers
     )
-    config = model_config(options, tokenizer.vocab_size, len(label_map), tokenizer.pad_token_id)
-    config.fused = False  # the reference models; the Patched column swaps in the fused layers
     loaders = build_dataloaders(train, val, tokenizer, label_map, config)
     say(
         args,
@@ -223,10 +223,15 @@ def _demo_minilm_setup(
         "learning_rate": DEMO_MINILM["learning_rate"],
         "max_epochs": DEMO_MINILM["epochs"],
         "patience": DEMO_MINILM["epochs"],
-        "weight_decay": FINE_TUNE_DEFAULTS["weight_decay"],
-        "scheduler_type": FINE_TUNE_DEFAULTS["scheduler"],
-        "warmup_fraction": FINE_TUNE_DEFAULTS["warmup_fraction"],
-        "decay_biases_and_norms": FINE_TUNE_DEFAULTS["decay_biases_and_norms"],
+        **{
+            name: FINE_TUNE_DEFAULTS[name]
+            for name in (
+                "weight_decay",
+                "scheduler_type",
+                "warmup_fraction",
+                "decay_biases_and_norms",
+            )
+        },
         "vocab_size": tokenizer.vocab_size,
         "pad_token_id": tokenizer.pad_token_id,
     }

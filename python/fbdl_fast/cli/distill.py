@@ -3,44 +3,41 @@
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from fbdl_fast.cli.common import HelpFormatter, UsageError, check_device
-from fbdl_fast.cli.options import add_train_options
-from fbdl_fast.cli.train import cmd_train
-
-if TYPE_CHECKING:
-    pass
+from fbdl_fast.cli.common import HelpFormatter, UsageError
+from fbdl_fast.cli.options import add_train_options, in_flag_terms
+from fbdl_fast.cli.train import build_request, run_training
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
-    """train, with the teacher's soft targets (fbdl_fast.distill): the teacher and the options
-    of distillation are checked before the data is read."""
+    """train, with the teacher's soft targets (training.distill): the options and what
+    distillation cannot do are checked before the teacher is loaded, the teacher before the
+    data is read."""
     from fbdl_fast.training.distill import Distillation
+    from fbdl_fast.training.request import TrainError, check_distillable
 
-    if args.multi_label:
-        raise UsageError("--multi-label: distill trains single-label students only")
-    if args.sampler != "shuffle":
-        raise UsageError(f"--sampler {args.sampler}: distill draws its posts with shuffle only")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise UsageError("distill runs in one process; start it without torchrun")
-    check_device(args.device)
+    request, config = build_request(args)
     try:
-        args.distill = Distillation.load(
+        check_distillable(request, request.validate(config))
+    except TrainError as err:
+        raise UsageError(in_flag_terms(str(err))) from None
+    try:
+        distillation = Distillation.load(
             Path(args.teacher),
             temperature=args.temperature,
             alpha=args.alpha,
             checkpoint=args.teacher_checkpoint,
-            device=args.device,
+            device=request.device,
             unlabelled=None if args.unlabelled is None else Path(args.unlabelled),
-            text_column=args.text_column,
-            encoding_errors=args.encoding_errors,
+            text_column=request.text_column,
+            encoding_errors=request.encoding_errors,
         )
     except ValueError as err:
         raise UsageError(str(err)) from None
-    return cmd_train(args)
+    return run_training(args, dataclasses.replace(request, distillation=distillation), config)
 
 
 def add_parser(subparsers: Any) -> None:

