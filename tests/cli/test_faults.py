@@ -257,7 +257,7 @@ def test_history_from_an_older_checkpoint_counts_no_skipped_steps() -> None:
 def test_a_second_writer_is_refused_while_the_first_lives(
     posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 12, case 1: the run's lock names the live writer; a lock left by a killed one
+    """The run's lock names the live writer; a lock left by a killed one
     never blocks."""
     out = tmp_path / "run"
     holder_code = (
@@ -288,7 +288,7 @@ def test_a_second_writer_is_refused_while_the_first_lives(
 def test_a_partial_folder_with_nothing_to_resume_is_replaced(
     posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 12, case 2: a run killed before its first epoch ended leaves a partial folder with no
+    """A run killed before its first epoch ended leaves a partial folder with no
     last.pt; a plain train replaces it with a notice, --resume says there is nothing to resume."""
     out, partial = tmp_path / "run", tmp_path / ".run.partial"
     partial.mkdir()
@@ -339,7 +339,7 @@ def fill_disk(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
 def test_resume_on_a_full_disk_leaves_the_run_resumable(
     posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    """Issue 12, case 3: --resume of a finished run copies it; on a full disk the copy fails with
+    """--resume of a finished run copies it; on a full disk the copy fails with
     one line naming the file, leaves no half-copied partial folder, and works once space is
     free. ENOSPC while training (torch.save of last.pt) or predicting gives the same line."""
     out = tmp_path / "run"
@@ -395,7 +395,7 @@ def interrupt_after_epoch_1(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_resume_refuses_a_symlink_in_the_run_folder(
     posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
-    """Issue 12, case 5: a dangling metrics.jsonl link in a partial folder used to make --resume
+    """A dangling metrics.jsonl link in a partial folder used to make --resume
     create the file it points to, outside the run."""
     out, partial = tmp_path / "run", tmp_path / ".run.partial"
     with monkeypatch.context() as m:
@@ -428,7 +428,7 @@ def test_metrics_log_is_not_appended_through_a_link(tmp_path: Path) -> None:
 def test_resume_refuses_other_data_or_vocab_size(
     posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 12, case 7: config.json records the data's SHA-256 and the asked vocabulary size."""
+    """Config.json records the data's SHA-256 and the asked vocabulary size."""
     data = tmp_path / "posts.csv"
     shutil.copy(posts_csv, data)
     out = tmp_path / "run"

@@ -100,7 +100,7 @@ def test_train_overwrite_replaces_a_run(tmp_path: Path, capsys: pytest.CaptureFi
 def test_overwrite_refuses_a_folder_that_is_not_a_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 12, case 4: --overwrite replaces a run folder or an empty one, nothing else, and
+    """--overwrite replaces a run folder or an empty one, nothing else, and
     says so before the data is read (`--output .` used to train, then fail)."""
     data = write_posts_csv(tmp_path / "p.csv", 48, seed=2, header=COLUMNS)
     mine = tmp_path / "mine"
@@ -181,7 +181,7 @@ def test_predict_text_and_csv_output(
 def test_predict_csv_is_safe_in_spreadsheets_and_keeps_columns(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 12, case 13: formula-like cells get a leading ', --keep-columns passes an id."""
+    """Formula-like cells get a leading ', --keep-columns passes an id."""
     _, run = trained
     texts = ['=HYPERLINK("http://x")', "+1 great", "-so bad", "@you", "plain", "1+1=2"]
     data = tmp_path / "in.csv"
@@ -354,7 +354,7 @@ def test_user_errors_exit_2_with_a_message(
 def test_option_errors_name_the_flag_before_the_data_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str], needle: str
 ) -> None:
-    """Issue 12, case 12: the data file does not exist, so an error about it would mean the
+    """The data file does not exist, so an error about it would mean the
     data was read first."""
     argv = ["train", "--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
     assert main([*argv, *options, "--quiet"]) == 2
@@ -483,7 +483,7 @@ def test_every_subcommand_is_registered() -> None:
 
 
 def test_bench_dry_run_prints_the_pytest_command(capsys: pytest.CaptureFixture[str]) -> None:
-    benches = Path(__file__).resolve().parents[1] / "benches"
+    benches = Path(__file__).resolve().parents[2] / "benches"
     assert main(["bench", "--benches", str(benches), "--dry-run", "--", "-k", "layer"]) == 0
     out = capsys.readouterr().out.split()
     assert out[1:] == [
@@ -553,7 +553,7 @@ def test_a_run_folder_is_checked_as_one_unit(
     change: object,
     needle: str,
 ) -> None:
-    """Issue 12, case 6: files that disagree with the checkpoint used to give exit 0 and wrong
+    """Files that disagree with the checkpoint used to give exit 0 and wrong
     predictions (or a 20 GB - 4 TB allocation); now exit 2 naming the file, before the model
     is built."""
     data, run = trained
@@ -567,7 +567,7 @@ def test_a_run_folder_is_checked_as_one_unit(
 def test_corrupt_checkpoint_is_a_user_error(
     trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Issue 12, case 8: a truncated best.pt is named and --checkpoint last offered (and works);
+    """A truncated best.pt is named and --checkpoint last offered (and works);
     a file that is no checkpoint says so without torch's weights_only hint; a config.json that
     is not UTF-8 is named."""
     import shutil

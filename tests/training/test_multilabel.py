@@ -1,4 +1,4 @@
-"""Multi-label classification (issue 16 point 1): label sets read from CSV and JSONL, the
+"""Multi-label classification: label sets read from CSV and JSONL, the
 sigmoid losses (BCE and the fused focal loss's binary form), metrics against scikit-learn,
 threshold tuning, the Trainer, and `train/evaluate/predict --multi-label`."""
 

@@ -1,4 +1,4 @@
-"""Class imbalance (issue 16 point 2): balanced and file class weights, the focal loss's alpha
+"""Class imbalance: balanced and file class weights, the focal loss's alpha
 from them, the balanced sampler (seeded per epoch, cut between ranks), and `train`'s options."""
 
 from __future__ import annotations

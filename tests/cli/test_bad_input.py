@@ -323,7 +323,7 @@ def test_jsonl_unpaired_surrogate_names_the_line_or_is_replaced(
 
 
 # ====================
-# Issue 12: input that must never silently turn into wrong results
+# Input that must never silently turn into wrong results
 # ====================
 
 

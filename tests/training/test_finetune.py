@@ -7,7 +7,7 @@ sizes, the weights' file and SHA-256, the checkpoint's vocabulary), the optimize
 the LR schedule the run trained with, evaluate and predict on the run (the model rebuilt from
 the run folder alone), a resume bit-exact with the uninterrupted run, and the errors (package
 absent, options that the checkpoint sets). Skips without the package, and fails instead under
-FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/test_bert.py).
+FBDL_FAST_REQUIRE_BERT_VOCAB=1 (as tests/models/test_bert.py).
 """
 
 from __future__ import annotations
