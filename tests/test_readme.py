@@ -1,4 +1,4 @@
-"""The README's tour runs as written, and its claims about the set-up hold."""
+"""The README's Python blocks run as written, and its claims about the set-up hold."""
 
 from __future__ import annotations
 
@@ -18,13 +18,39 @@ def _block(heading: str, language: str) -> str:
     return match.group(1)
 
 
-def test_the_tour_runs_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow
+def test_the_tour_trains_from_python_and_ends_with_a_prediction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tour trains a run with fbdl_fast.train, loads it with fbdl_fast.load_run and prints
+    one label and probability per text it predicts, the labels being the run's classes."""
+    import fbdl_fast
+
+    monkeypatch.chdir(tmp_path)  # the tour writes runs/tour where it runs
     namespace: dict[str, object] = {}
     exec(compile(_block("A tour", "python"), "README.md:tour", "exec"), namespace)
+    run = namespace["run"]
+    assert isinstance(run, fbdl_fast.Run)
+    assert (tmp_path / "runs" / "tour" / "best.pt").is_file()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("best epoch ")
+    predicted = [line.rsplit(" ", 1) for line in lines[1:]]
+    assert len(predicted) == 2  # one line per text of run.predict([...])
+    classes = {str(label) for label in run.label_map.labels}
+    for label, probability in predicted:
+        assert label in classes
+        assert 1 / len(classes) <= float(probability) <= 1  # the most probable class's share
+
+
+def test_the_building_blocks_run_as_written(capsys: pytest.CaptureFixture[str]) -> None:
+    """The building-blocks block trains with the Trainer, patches a reference model (its 5
+    LayerNorms: 2 blocks x 2 + the final one) and explains which path a LayerNorm takes."""
+    namespace: dict[str, object] = {}
+    exec(compile(_block("The building blocks", "python"), "README.md:blocks", "exec"), namespace)
     train_losses, val_losses = namespace["train_losses"], namespace["val_losses"]
-    assert len(train_losses) == len(val_losses) == 2
+    assert len(train_losses) == len(val_losses) == 2  # type: ignore[arg-type]
     out = capsys.readouterr().out
-    assert "patched 5 LayerNorm, 2 MultiheadAttention" in out  # 2 blocks x 2 + final norm
+    assert "patched 5 LayerNorm, 2 MultiheadAttention" in out
     assert "layer_norm: torch" in out
 
 
