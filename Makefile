@@ -47,7 +47,7 @@ gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (s
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --quiet --out dist
 
-# The lent GPU machine's software (issue 11) on this CPU: its Python (3.12) and versions, our wheel
+# The lent GPU machine's software on this CPU: its Python (3.12) and versions, our wheel
 # installed with --no-deps as it is there. Not part of `make test` (the first run downloads torch).
 STACK_VENV := .stack-venv
 STACK_PY := $(STACK_VENV)/bin/python

@@ -1,4 +1,4 @@
-"""Bytes each kernel moves per element against the fewest its op must move (issue 13's table).
+"""Bytes each kernel moves per element against the fewest its op must move.
 
 Counted, not estimated: under TRITON_INTERPRET=1 every tl.load and tl.store of a launch goes
 through the interpreter's builder (triton.runtime.interpreter.InterpreterBuilder), whose
@@ -22,8 +22,9 @@ divided by the elements of the main tensor (x, the logits, q).
 
 Run `python benches/gpu/bytes_moved.py` to count and print the table (5-9 minutes on 2 shared
 cores); `--write` also rewrites bytes_moved.json beside this file, which gpu_check puts in its
-report (the GPU machine's Triton 3.6 cannot interpret these kernels, see DESIGN.md), with a hash
-of kernels/*.py so the report says when the kernels changed since the count.
+report (the GPU machine's Triton 3.6 cannot interpret these kernels: its interpreter fails on
+numpy >= 2.4), with a hash of kernels/*.py so the report says when the kernels changed since the
+count.
 TRITON_INTERPRET must be on before the kernels are imported (the script turns it on; importing
 this module imports no kernel, so gpu_report can read the table). tests/benches/test_bytes_moved.py
 checks the counting on a toy kernel and each kernel against a bound at small shapes.

@@ -32,7 +32,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Goals (issue 13's, on an H200): each is a test over the rows of one op
+# Goals (on an H200): each is a test over the rows of one op
 # ---------------------------------------------------------------------------------------------
 
 

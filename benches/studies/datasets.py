@@ -36,7 +36,7 @@ from pathlib import Path
 
 from fbdl_fast.files import write_atomic
 
-# Sections named in issue 14 point 6, less mail and database (their names appear in 35% and 27%
+# The sections first chosen for the task, less mail and database (their names appear in 35% and 27%
 # of their own descriptions, against at most 7% here), plus utils and x11 to keep twelve. The
 # share of each section's descriptions holding the name as a word is written to counts.json.
 DEBIAN_SECTIONS = (

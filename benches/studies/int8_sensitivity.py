@@ -1,5 +1,5 @@
 """Which layers of a run's model cost most in dynamic int8: the candidates for
-`fbdl-fast export --format int8 --keep-fp32 NAMES` (issue 15 point 2).
+`fbdl-fast export --format int8 --keep-fp32 NAMES`.
 
     python benches/studies/int8_sensitivity.py --run runs/debian/minilm
         [--data train.csv] [--time NAMES]

@@ -1,4 +1,4 @@
-"""Magnitude pruning of a trained run's Linear layers (issue 15 point 4): its accuracy and CPU
+"""Magnitude pruning of a trained run's Linear layers: its accuracy and CPU
 speed cost, measured; the project keeps no pruning option (see README, "Serving on a CPU").
 
     python benches/studies/pruning.py --run runs/debian/minilm --data data/debian/test.csv

@@ -1,4 +1,4 @@
-"""The CPU serving table (issue 15 point 5): accuracy, predict speed, memory and size of the
+"""The CPU serving table: accuracy, predict speed, memory and size of the
 serving forms of a fine-tuned MiniLM and of a CNN, on one labelled split.
 
     python benches/studies/serving_table.py --data data/debian --minilm runs/debian/minilm \
@@ -203,7 +203,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def goals(rows: dict[str, dict], threads: int) -> list[str]:
-    """Issue 15's goals, each with its numbers, at `threads` threads."""
+    """The serving table's goals, each with its numbers, at `threads` threads."""
     m, m8, c, d = (rows[k] for k in ("minilm", "minilm-int8", "cnn", "cnn-distilled"))
     gap = m["macro_f1"] - c["macro_f1"]
     recovered = (d["macro_f1"] - c["macro_f1"]) / gap if gap > 0 else float("nan")

@@ -39,7 +39,7 @@ _PUBLIC = {
     "train": "fbdl_fast.training.session",
 }
 
-__all__ = [  # noqa: RUF022 (grouped as in DESIGN.md, not sorted)
+__all__ = [  # noqa: RUF022 (grouped by purpose, not sorted)
     "__version__",
     "Tokenizer",
     "ModelConfig",

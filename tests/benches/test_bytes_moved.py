@@ -132,7 +132,7 @@ def test_each_kernel_within_its_bound_of_the_minimum(op, problem, sms) -> None:
 
 def test_padded_keys_are_not_read() -> None:
     """Key padding (lengths spread over [L/4, L]) cuts the attention kernels' traffic: the
-    forward reads only the K and V rows of keys that take part (issue 13 point 8)."""
+    forward reads only the K and V rows of keys that take part."""
     problem = {"batch": 2, "heads": 1, "length": 128, "head_dim": 64, "dtype": "float16"}
     dense = {r["pass"]: r for r in bytes_moved.count("attention", {**problem, "padded": False})}
     padded = {r["pass"]: r for r in bytes_moved.count("attention", {**problem, "padded": True})}

@@ -1,4 +1,4 @@
-"""Attention on CPU tensors outside the interpreter (issue 13 point 13): dispatch's early exit
+"""Attention on CPU tensors outside the interpreter: dispatch's early exit
 runs torch's F.scaled_dot_product_attention (ops.attention.cpu_sdpa) instead of the plain
 reference composition, and must keep the reference's results and its contract for queries
 without a visible key (zeros, zero gradients), forward and backward, with and without dropout.

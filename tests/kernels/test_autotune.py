@@ -1,4 +1,4 @@
-"""Opt-in autotune (issue 13 points 2 and 9): FBDL_FAST_AUTOTUNE=1 makes the LayerNorm forward
+"""Opt-in autotune: FBDL_FAST_AUTOTUNE=1 makes the LayerNorm forward
 (rows up to 2,048) and the attention kernels pick their launch by Triton's autotune on CUDA,
 among candidates whose first is the documented rule's; the interpreter keeps the rule.
 

@@ -1,4 +1,4 @@
-"""torch.compile over the fused ops and the patched models (issue 13 point 12).
+"""torch.compile over the fused ops and the patched models.
 
 The kernel launchers are torch.library custom ops with fake implementations (ops/_library.py), so
 dynamo sees each as one opaque op and traces the autograd.Function around it. Checked here on the

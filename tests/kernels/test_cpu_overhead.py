@@ -1,4 +1,4 @@
-"""Dispatch on the CPU (issue 13 point 13, issue 17 point 11).
+"""Dispatch on the CPU.
 
 - CPU tensors outside the interpreter take the reference by an early exit that never reaches the
   decision (`reference_at_once`); the decision is replaced by a tripwire here to prove it.

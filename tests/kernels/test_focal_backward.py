@@ -1,4 +1,4 @@
-"""Focal loss's gradient computed in the backward (issue 13 point 5).
+"""Focal loss's gradient computed in the backward.
 
 The forward reads the logits once and keeps four fp32 numbers per row; the backward reads them once
 more and writes grad_output x dL/dz, rounding to the logits' dtype only at the end. So:

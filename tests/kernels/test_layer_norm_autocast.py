@@ -1,4 +1,4 @@
-"""LayerNorm under autocast without an fp32 copy of the input (issue 13 point 1).
+"""LayerNorm under autocast without an fp32 copy of the input.
 
 On CUDA autocast runs layer_norm in fp32: torch casts a bf16/fp16 input to fp32 and returns fp32.
 The kernel reads the half-precision input as it is, with fp32 (or half, upcast) parameters,

@@ -1,4 +1,4 @@
-"""LayerNorm with several rows per program (issue 13 point 2): rows of up to ROWS_MAX_N values go
+"""LayerNorm with several rows per program: rows of up to ROWS_MAX_N values go
 to kernels.layer_norm._forward_rows_kernel, BLOCK_M rows a tile on a persistent grid, and up to
 BACKWARD_ROWS_MAX_N values to _backward_rows_kernel, each program a block of rows a tile at a time.
 

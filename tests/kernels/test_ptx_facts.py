@@ -1,4 +1,4 @@
-"""Static evidence about the compiled kernels (issue 13), read from their sm_90 PTX and SASS on a
+"""Static evidence about the compiled kernels, read from their sm_90 PTX and SASS on a
 machine without a GPU: wide loads, tensor-core instructions, asynchronous copies, no spills.
 
 Each kernel is compiled as a launch on an H100/H200 would compile it (tests/compile_check.py's way,

@@ -188,7 +188,7 @@ def test_facade_matches_registry_and_handles_recurrent_layers() -> None:
     b = initialize(nn.Sequential(nn.Linear(8, 8), nn.Conv1d(4, 4, 3)), "xavier_uniform")
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
-    # The seed's orthogonal_init read module.weight, which an LSTM does not have.
+    # The 0.x API's orthogonal_init read module.weight, which an LSTM does not have.
     lstm = nn.LSTM(6, 6)
     WeightInitializer.orthogonal_init(lstm)
     for block in lstm.weight_hh_l0.chunk(4, dim=0):

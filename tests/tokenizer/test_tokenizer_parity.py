@@ -182,7 +182,7 @@ def test_decode_matches_hf(tmp_path):
         assert ours.decode(ids) == reference.decode(ids)
 
 
-# --- spell_emoji with the BERT uncased vocabulary (issue 14 point 5) ----------------------------
+# --- spell_emoji with the BERT uncased vocabulary ----------------------------
 
 # CLDR short names (Unicode's emoji-test.txt), written out here as the expected spelling.
 SPELLED = {

@@ -1,4 +1,4 @@
-"""EMA of the weights (issue 16 point 6): the average's values, what validation and best.pt use,
+"""EMA of the weights: the average's values, what validation and best.pt use,
 buffers copied, resume bit for bit (with the balanced sampler too), and `train --ema`."""
 
 from __future__ import annotations

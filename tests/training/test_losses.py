@@ -204,7 +204,7 @@ def test_facade_classification_losses() -> None:
         LossFunctions.cross_entropy_loss(logits, labels, label_smoothing=0.1),
         F.cross_entropy(logits, labels, label_smoothing=0.1),
     )
-    # the seed's alpha multiplies every sample: with gamma=0 that is alpha * cross-entropy
+    # the 0.x API's alpha multiplies every sample: with gamma=0 that is alpha * cross-entropy
     torch.testing.assert_close(
         LossFunctions.focal_loss(logits, labels, alpha=0.25, gamma=0.0),
         0.25 * F.cross_entropy(logits, labels),

@@ -325,7 +325,7 @@ def test_step_schedule() -> None:
 def test_cosine_schedule() -> None:
     config = _config(scheduler_type="cosine", learning_rate=0.1, max_epochs=10)
     optimizer = _optimizer(config)
-    scheduler = SchedulerFactory.create_scheduler(optimizer, config)  # the seed's two-arg call
+    scheduler = SchedulerFactory.create_scheduler(optimizer, config)  # the 0.x API's 2-arg call
     expected = [0.05 * (1 + math.cos(math.pi * e / 10)) for e in range(11)]
     assert _lrs(scheduler, optimizer, 10) == pytest.approx(expected, rel=1e-6, abs=1e-12)
 

@@ -14,7 +14,7 @@ same thing. What each module gets:
   zeroed; the output projection is a Linear and handled as one.
 
 Normalisation layers are left alone: their weight-1/bias-0 default is already the right start.
-The seed's `WeightInitializer` namespace is kept as a thin facade over the registry.
+The 0.x API's `WeightInitializer` namespace is kept as a thin facade over the registry.
 """
 
 from __future__ import annotations
@@ -137,8 +137,9 @@ def initialize(model: nn.Module, name: str, **kwargs: object) -> nn.Module:
 
 
 class WeightInitializer:
-    """The seed's namespace: one static method per initialiser, each acting on a single module,
-    so `model.apply(WeightInitializer.xavier_uniform_init)` works as before."""
+    """The 0.x API's namespace, kept for compatibility: one static method per initialiser, each
+    acting on a single module, so `model.apply(WeightInitializer.xavier_uniform_init)` works as
+    before."""
 
     @staticmethod
     def xavier_uniform_init(module: nn.Module, gain: float = 1.0) -> None:

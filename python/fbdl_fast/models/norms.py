@@ -3,7 +3,8 @@
 NORMS maps a name to a factory `(dim, **kwargs) -> nn.Module`; `dim` is the normalised feature
 size (the channel count for batch/instance/group norm, whose inputs are (N, C) or (N, C, L)).
 "layer" builds fbdl_fast.nn.LayerNorm (the fused drop-in for torch.nn.LayerNorm, same state_dict);
-pass fused=False for torch's own. The seed's `NormalizationLayers` namespace is a thin facade.
+pass fused=False for torch's own. The 0.x API's `NormalizationLayers` namespace is a thin
+facade.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def create_norm(name: str, dim: int, **kwargs: object) -> nn.Module:
 
 
 class NormalizationLayers:
-    """The seed's namespace, as thin wrappers over NORMS."""
+    """The 0.x API's namespace, kept for compatibility, as thin wrappers over NORMS."""
 
     @staticmethod
     def layer_norm(dim: int, eps: float = 1e-5) -> nn.Module:

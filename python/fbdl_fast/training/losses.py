@@ -4,7 +4,7 @@ LOSSES maps a name to an nn.Module class. The classification losses (CLASSIFICAT
 called as `criterion(logits, labels)` with logits (N, C) and integer labels (N,); the others keep
 torch's signatures: huber(input, target), cosine_embedding(x1, x2, y),
 triplet(anchor, positive, negative). The focal entry is fbdl_fast.nn.FocalLoss, so it
-runs the fused kernel wherever that kernel runs. The seed's `LossFunctions`
+runs the fused kernel wherever that kernel runs. The 0.x API's `LossFunctions`
 namespace is kept as thin functional wrappers.
 """
 
@@ -185,7 +185,8 @@ def loss_class_weights(
 
 
 class LossFunctions:
-    """The seed's namespace: functional forms, each a mean over the batch."""
+    """The 0.x API's namespace, kept for compatibility: functional forms, each a mean over the
+    batch."""
 
     @staticmethod
     def cross_entropy_loss(
@@ -200,7 +201,7 @@ class LossFunctions:
     def focal_loss(
         predictions: torch.Tensor, targets: torch.Tensor, alpha: float = 1.0, gamma: float = 2.0
     ) -> torch.Tensor:
-        # The seed's scalar alpha multiplies every sample's loss, so it factors out of the mean.
+        # The 0.x API's scalar alpha multiplies every sample's loss, so it factors out of the mean.
         return alpha * fused.focal_loss(predictions, targets, gamma=gamma)
 
     @staticmethod

@@ -15,7 +15,8 @@ Besides torch.optim's, the registry holds Lion and AdaBelief, written here from 
 (torch.optim has neither).
 
 Keyword arguments override any default below (e.g. `create_optimizer(m, c, momentum=0.5)`).
-The seed's `OptimizerFactory` / `SchedulerFactory` namespaces are thin facades.
+The 0.x API's `OptimizerFactory` / `SchedulerFactory` namespaces, kept for compatibility, are thin
+facades.
 """
 
 from __future__ import annotations
@@ -395,13 +396,13 @@ def create_scheduler(
 
 
 class OptimizerFactory:
-    """The seed's namespace over OPTIMIZERS."""
+    """The 0.x API's namespace, kept for compatibility over OPTIMIZERS."""
 
     create_optimizer = staticmethod(create_optimizer)
 
 
 class SchedulerFactory:
-    """The seed's namespace over SCHEDULERS."""
+    """The 0.x API's namespace, kept for compatibility over SCHEDULERS."""
 
     create_scheduler = staticmethod(create_scheduler)
     scheduler_interval = staticmethod(scheduler_interval)
