@@ -11,9 +11,10 @@ waits for), in a scratch folder:
   Python user got before the library set threads itself).
 
 The variants are run in turns (tour, cli, threads; tour, cli, threads; ...) so that a busy machine
-slows them alike; the table gives each one's median and range of wall times.
+slows them alike; the table gives each one's median and range of wall times. --busy N keeps N
+CPU-bound processes running beside them (a shared machine: another job, a second training run).
 
-    python benches/studies/tour_vs_cli.py [--turns 3] [--json out.json]
+    python benches/studies/tour_vs_cli.py [--turns 3] [--busy 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -87,8 +88,20 @@ def run_cli(posts: int, model: str, epochs: int, texts: list[str], cwd: Path) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=3)
+    parser.add_argument("--busy", type=int, default=0, help="CPU-bound processes kept beside")
     parser.add_argument("--json", type=Path, default=None, help="also write the times here")
     args = parser.parse_args()
+    spin = [sys.executable, "-c", "while True: pass"]
+    busy = [subprocess.Popen(spin) for _ in range(args.busy)]
+    try:
+        measure(args)
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
+
+
+def measure(args: argparse.Namespace) -> None:
 
     code = tour_code()
     posts, model, epochs, texts = tour_options(code)
@@ -115,7 +128,8 @@ def main() -> None:
     tour = statistics.median(next(iter(times.values())))
     print(
         f"{posts} synthetic posts, {model}, {epochs} epochs; {platform.processor() or 'CPU'}, "
-        f"{os.cpu_count()} cores; {args.turns} turns in alternation, wall time per turn\n"
+        f"{os.cpu_count()} cores, {args.busy} CPU-bound process(es) beside; {args.turns} turns in "
+        "alternation, wall time per turn\n"
     )
     print("| variant | median | range | vs tour |")
     print("|---|---|---|---|")

@@ -169,10 +169,8 @@ def positive_int(text: str) -> int:
 # --threads: one intra-op thread by default (torchrun does the same: OMP_NUM_THREADS=1), as
 # in the library (fbdl_fast.training.loading.DEFAULT_THREADS). The batches are built in the main
 # process (no loader workers), so extra torch threads only split each small matrix product, and
-# on a busy machine they wait on each other. Measured on this project's shared 2-core machine,
-# 1 epoch of the default CNN (`train`, 20,000 posts): 20.9 s with --threads 1, 195.8 s with
-# torch's default (2); 5,000 posts, three turns each: 9.6/3.6/2.5 s vs 28.9/18.6/10.0 s (CNN),
-# 3.7/3.6 s vs 22.2/26.7 s (Transformer). The demo: 37 s vs 160 s.
+# on a busy machine they wait on each other: docs/library.md has the measurement
+# (benches/studies/tour_vs_cli.py).
 
 
 def add_threads_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -180,7 +178,7 @@ def add_threads_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> 
         "--threads",
         type=positive_int,
         default=DEFAULT_THREADS,
-        help="CPU threads torch uses inside each operation (default: %(default)s, the fastest "
-        "measured for these model sizes, 3-9x faster than one per core on a busy 2-core "
-        "machine); more can help a large model on a many-core machine with nothing else running",
+        help="CPU threads torch uses inside each operation (default: %(default)s: on a 2-core "
+        "machine with another job running, 2 threads took 1.7x as long; docs/library.md); more "
+        "can help a large model on a many-core machine with nothing else running",
     )

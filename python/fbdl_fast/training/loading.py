@@ -54,8 +54,9 @@ if TYPE_CHECKING:
 PathLike = Union[str, "os.PathLike[str]"]
 
 # torch's intra-op CPU threads while a Run predicts or evaluates (see load_run's `threads`).
-# Measured on this project's shared 2-core machine, 1 epoch of the default CNN on 20,000 posts:
-# 20.9 s with 1 thread, 195.8 s with torch's default of 2 (9.4x slower).
+# One: on a shared machine more threads wait on each other. Measured on this project's 2-core
+# machine with the README's tour (benches/studies/tour_vs_cli.py, docs/library.md): torch's
+# default of 2 threads took 1.7x as long as 1 with another process busy, 13% less when idle.
 DEFAULT_THREADS = 1
 # Posts per prediction chunk: tokenised together (one encode_batch), bucketed by length,
 # predicted, then handed on. Memory holds one chunk, whatever the number of texts.
@@ -468,10 +469,11 @@ def load_run(
         For onnx, the onnxruntime session's intra-op threads (inter-op: 1). The default, 1, is
         the fastest measured for these model sizes: the batches are built in this process and
         each matrix product is small, so more threads only split it and, on a busy machine,
-        wait on each other. On this project's 2-core machine one epoch of the default CNN on
-        20,000 posts took 20.9 s with 1 thread and 195.8 s with torch's default of 2 (9.4x
-        slower; the measurement behind fbdl-fast's --threads default). More can help a large
-        model on a many-core machine with nothing else running.
+        wait on each other. On this project's 2-core machine the README's tour (train a CNN,
+        then predict) took 1.7x as long with torch's default of 2 threads as with 1 while
+        another process kept a core busy, and 13% less when nothing else ran
+        (docs/library.md). More can help a large model on a many-core machine with nothing else
+        running.
 
     The folder is checked as one unit before any model is built: config.json, label_map.json
     and tokenizer.json must agree with what the weights were trained with (RunError, a
