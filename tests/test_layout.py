@@ -188,3 +188,18 @@ def test_rust_modules_import_in_one_direction() -> None:
     if not graph:
         pytest.fail(f"no Rust modules found in {CRATE}")
     assert find_cycle(graph) == []
+
+
+def test_test_modules_import_tests_of_their_own_folder_only() -> None:
+    """A test module imports another test module only from its own folder (pytest puts that
+    folder and tests/ on sys.path, nothing else); shared helpers live at the top of tests/."""
+    tests = ROOT / "tests"
+    crossing = []
+    for path in tests.rglob("test_*.py"):
+        if "fixtures" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_"):
+                if not (path.parent / f"{node.module}.py").is_file():
+                    crossing.append(f"{path.relative_to(tests)} imports {node.module}")
+    assert crossing == []

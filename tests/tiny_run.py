@@ -24,6 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -244,3 +245,34 @@ def bag_config(**overrides: Any) -> ModelConfig:
     }
     values.update(overrides)
     return ModelConfig(**values)
+
+
+# A multi-label run's options and posts: three labels, each post holding each with probability 0.4
+# and three of its words, so a small model learns them in a few epochs.
+MULTI_LABEL_TRAIN = [
+    *tiny_model_args(),
+    "--quiet",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--lr",
+    "0.01",
+]
+MULTI_LABEL_WORDS = {
+    "spam": ["win", "free", "click"],
+    "negative": ["awful", "hate", "worst"],
+    "sport": ["goal", "match", "team"],
+}
+
+
+def multi_label_posts_jsonl(path: Path, n: int = 160) -> Path:
+    """`n` multi-label posts as JSON lines (labels a JSON list), seeded."""
+    rng = np.random.default_rng(7)
+    lines = []
+    for _ in range(n):
+        labels = [label for label in MULTI_LABEL_WORDS if rng.random() < 0.4]
+        words = [w for label in labels for w in rng.choice(MULTI_LABEL_WORDS[label], size=3)]
+        lines.append(json.dumps({"text": " ".join([*words, "hello", "there"]), "label": labels}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

@@ -18,7 +18,7 @@ from fbdl_fast.cli.options import FLAGS, MODEL_FLAGS, NOT_FLAGS, TOP_FLAGS, in_f
 from fbdl_fast.cli.train import build_request
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.training.request import TrainRequest, train_request
-from test_finetune import minilm_argv, needs_minilm
+from minilm_run import minilm_argv, needs_minilm
 from tiny_run import tiny_model_args, write_posts_csv
 
 

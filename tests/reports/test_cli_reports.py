@@ -229,9 +229,10 @@ def test_a_model_giving_nan_keeps_its_run_without_a_per_class_report(
 
 
 def test_a_multi_label_run_gets_its_curves_and_per_epoch_report(tmp_path: Path) -> None:
-    from test_multilabel import TRAIN, _posts_jsonl
+    from tiny_run import MULTI_LABEL_TRAIN as TRAIN
+    from tiny_run import multi_label_posts_jsonl
 
-    data = _posts_jsonl(tmp_path / "posts.jsonl", n=80)
+    data = multi_label_posts_jsonl(tmp_path / "posts.jsonl", n=80)
     run = tmp_path / "run"
     argv = ["train", "--data", str(data), "--output", str(run), *TRAIN, "--epochs", "2"]
     assert main([*argv, "--multi-label"]) == 0

