@@ -43,28 +43,14 @@ def data_columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, s
 
 
 def check_device(name: Optional[str]) -> None:
-    """UsageError unless `--device name` is a device this machine has (None: the default)."""
-    if name is None:
-        return
-    import torch
+    """UsageError unless `--device name` is a device this machine has (None: the default): the
+    library's check (training.request.check_device), its `device=` said as the flag."""
+    from fbdl_fast.training.request import check_device as check_device_name
 
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"--device {name!r} is not supported; accepted: cpu, cuda, cuda:N, mps")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise UsageError(
-                f"--device {name}: CUDA is not available on this machine (torch "
-                f"{torch.__version__}); use --device cpu"
-            )
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: this machine has {count} GPU(s), cuda:0 first")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+        check_device_name(name)
+    except ValueError as err:
+        raise UsageError(str(err).replace("device=", "--device ")) from None
 
 
 def plural(count: int, noun: str) -> str:
