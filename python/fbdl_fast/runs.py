@@ -9,8 +9,9 @@ data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.js
 - create: the run is built under a fixed temporary name beside its final one, `.NAME.partial`,
   so a folder with the final name is always complete. A partial folder with no last.pt (a run
   killed before its first epoch ended) holds nothing to resume: a plain train replaces it.
-- resume: an interrupted run continues in its partial folder; a finished one in a copy, made
-  under a scratch name and renamed into place, so a failed copy (a full disk) never leaves a
+- resume: an interrupted run continues in its partial folder; a finished one in a copy (of
+  everything in the folder, the user's own files and folders too), made under a scratch name
+  and renamed into place, so a failed copy (a full disk) never leaves a
   partial folder that looks resumable.
 - publish: the partial folder is renamed to the final name. An existing folder is replaced only
   with --overwrite, and only when it is a run (config.json and a checkpoint) or empty.
@@ -213,13 +214,22 @@ def prepare(out: Path, resume: bool, overwrite: bool) -> tuple[Path, list[str]]:
 
 
 def continue_finished(out: Path) -> Path:
-    """Copy the finished run `out` to its partial folder, to train on; all or nothing."""
+    """Copy the finished run `out` to its partial folder, to train on; all or nothing.
+
+    Everything in the folder is copied, the user's own files and folders too (an evaluate
+    --report folder, notes): publishing the continued run replaces the folder whole, so what
+    is not copied here would be lost."""
     partial, scratch = partial_dir(out), _copy_dir(out)
     shutil.rmtree(scratch, ignore_errors=True)
     try:
         scratch.mkdir()
-        for source in out.iterdir():  # a run folder is flat
-            if source.is_file() and not source.is_symlink():
+        for source in out.iterdir():
+            if source.is_dir() and not source.is_symlink():
+                # links inside stay links: fbdl_fast never writes through them
+                shutil.copytree(
+                    source, scratch / source.name, symlinks=True, copy_function=copy_file
+                )
+            elif source.is_file() and not source.is_symlink():
                 copy_file(source, scratch / source.name)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)

