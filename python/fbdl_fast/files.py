@@ -1,8 +1,9 @@
 """Writing files atomically: the one way fbdl_fast writes anything a user keeps.
 
 A file is written under a temporary name in its own folder, flushed to disk, given the usual
-permissions, then renamed over the target. os.replace is atomic on POSIX and Windows within one
-folder, so a reader sees the old file or the new one, never half of one, and a crash or an
+permissions, then renamed over the target (or, when the target must not be replaced, linked
+to its name, which fails if the name is taken). os.replace is atomic on POSIX and Windows within
+one folder, so a reader sees the old file or the new one, never half of one, and a crash or an
 exception leaves the old file as it was and no temporary file behind. Torch-free: the tokenizer,
 the data layer, the trainer and the CLI all use it.
 
@@ -50,10 +51,13 @@ def disk_full(exc: BaseException) -> Optional[OSError]:
 
 
 @contextlib.contextmanager
-def open_atomic(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+def open_atomic(path: PathLike, mode: str = "w", replace: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file that replaces `path` when the `with` block ends without error.
 
     mode is "w" (UTF-8 text, newlines written as given) or "wb". The folder is created if needed.
+    With replace=False the file is created exclusively: FileExistsError (the temporary file
+    removed) if `path` exists when the block ends, also when another writer created it while
+    this one was writing, so of two writers started at once one wins and the other is told.
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"open_atomic: mode={mode!r} is not supported; use 'w' or 'wb'")
@@ -67,12 +71,34 @@ def open_atomic(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _rename_exclusive(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if disk_full(exc) and not isinstance(exc, DiskFullError):
             raise DiskFullError(path) from exc  # torch.save: a RuntimeError around the OSError
         raise
+
+
+def _rename_exclusive(tmp: str, path: Path) -> None:
+    """Give the complete file `tmp` the name `path` unless `path` exists (FileExistsError).
+
+    os.rename would replace a file that appeared meanwhile; a hard link is created only if the
+    name is free, atomically. A filesystem without hard links gets the name reserved with
+    O_EXCL and then replaced: the same exclusion, though a reader may see an empty file."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(errno.EEXIST, "File exists", str(path)) from None
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666))
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
 
 
 def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:

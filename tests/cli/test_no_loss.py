@@ -5,6 +5,7 @@ appears whole or not at all, and an export cleans up the temp files a killed exp
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,3 +46,48 @@ def test_resume_of_a_finished_run_keeps_the_users_files_and_folders(
     assert (out / "eval" / "deeper" / "data.bin").read_bytes() == b"\x00\x01"
     assert (out / "notes.txt").read_text(encoding="utf-8") == "keep me\n"
     assert (out / "best.pt").is_file()
+
+
+def test_open_atomic_without_replace_never_replaces_a_file_that_appeared(tmp_path: Path) -> None:
+    """open_atomic(replace=False): a file created by another writer while this one wrote is
+    kept, this writer gets FileExistsError, and no temporary file is left; a free name gets the
+    complete file."""
+    from fbdl_fast.files import open_atomic
+
+    target = tmp_path / "out.csv"
+    with pytest.raises(FileExistsError), open_atomic(target, replace=False) as f:
+        f.write("mine\n")
+        target.write_text("theirs\n", encoding="utf-8")  # the other writer finished first
+    assert target.read_text(encoding="utf-8") == "theirs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+    free = tmp_path / "free.csv"
+    with open_atomic(free, replace=False) as f:
+        f.write("whole\n")
+    assert free.read_text(encoding="utf-8") == "whole\n"
+
+
+def test_a_second_predict_writer_without_overwrite_is_refused(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """Two predict --output FILE at once: the one that finishes second, without --overwrite,
+    exits 2 naming the file and leaves the first one's predictions as they were; with
+    --overwrite it replaces them."""
+    from fbdl_fast.cli import predict
+
+    out = tmp_path / "predictions.csv"
+    argv = ["predict", "--run", str(trained), "--text", "hello", "--output", str(out), "--quiet"]
+    original = predict._write_prediction
+
+    def other_writer_first(*args: Any) -> None:
+        if not out.exists():
+            out.write_text("the other writer's rows\n", encoding="utf-8")
+        original(*args)
+
+    monkeypatch.setattr(predict, "_write_prediction", other_writer_first)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"output file {out} was created by another writer" in err and "Traceback" not in err
+    assert out.read_text(encoding="utf-8") == "the other writer's rows\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+    assert main([*argv, "--overwrite"]) == 0
+    assert out.read_text(encoding="utf-8").startswith("text,")

@@ -24,7 +24,7 @@ from fbdl_fast.cli.common import (
 from fbdl_fast.training.loading import PREDICT_CHUNK, Prediction
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
+def _predict(args: argparse.Namespace) -> int:
     import contextlib
 
     from tqdm import tqdm  # type: ignore[import-untyped]
@@ -64,7 +64,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     count = 0
     with contextlib.ExitStack() as stack:
         # --output: a temporary file renamed at the end, so a failure leaves no half file.
-        sink = sys.stdout if out is None else stack.enter_context(open_atomic(out))
+        # Without --overwrite it is created exclusively: a file that appeared meanwhile (another
+        # predict started at once) is never replaced.
+        sink = (
+            sys.stdout
+            if out is None
+            else stack.enter_context(open_atomic(out, replace=args.overwrite))
+        )
         write = _prediction_writer(sink, fmt, run.names, keep, run.config.multi_label)
         # disable=None: a bar only when stderr is a terminal
         bar = stack.enter_context(
@@ -96,6 +102,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out is not None:
         say(args, f"{count} predictions written to {out}")
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """`fbdl-fast predict`; an --output file another writer created meanwhile is a UsageError."""
+    try:
+        return _predict(args)
+    except FileExistsError as err:
+        if not args.output or Path(err.filename or "") != Path(args.output):
+            raise
+        raise UsageError(
+            f"output file {args.output} was created by another writer while predicting; "
+            "nothing was written: pass --overwrite to replace it or choose another --output"
+        ) from None
 
 
 def _write_prediction(
