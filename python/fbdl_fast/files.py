@@ -21,7 +21,7 @@ import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Optional, Union
 
@@ -106,6 +106,45 @@ def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
     with open_atomic(path, "wb" if isinstance(data, bytes) else "w") as f:
         f.write(data)
     return Path(path)
+
+
+@contextlib.contextmanager
+def folder_atomic(path: PathLike, names: Iterable[str]) -> Iterator[Path]:
+    """A temporary folder beside `path` that becomes `path`, whole, when the block ends.
+
+    The block writes the files `names` into the folder it is given. `path` may be new, empty or
+    hold only such files (an older set): it is then replaced by the new set in two renames, so a
+    reader sees the old set or the new one, never a mix, and an error (a full disk midway)
+    leaves the old folder as it was and no temporary folder behind. A `path` holding anything
+    else is the user's and is never replaced: FileExistsError naming it, before the block runs.
+    """
+    path = Path(path)
+    allowed = set(names)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
+    if path.is_dir():
+        others = sorted(p.name for p in path.iterdir() if p.name not in allowed or p.is_dir())
+        if others:
+            raise FileExistsError(
+                errno.EEXIST, f"holds files of its own ({', '.join(others[:5])})", str(path)
+            )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f"{tmp.name[: -len('.tmp')]}.old")
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the usual permissions
+        if path.is_dir():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.is_dir() and not path.exists():
+            os.replace(old, path)  # the second rename failed: the old set goes back
+        if disk_full(exc) and not isinstance(exc, DiskFullError):
+            raise DiskFullError(path) from exc
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def append_line(path: PathLike, line: str) -> None:

@@ -54,6 +54,7 @@ BEST_CHECKPOINT = "best.pt"  # written by fbdl_fast.training.trainer.Trainer
 LAST_CHECKPOINT = "last.pt"
 METRICS_LOG = "metrics.jsonl"
 CHECKPOINT_CHOICES = ("best", "last")  # --checkpoint: one of these, or a path
+EVALUATION_DIR = "evaluation"  # evaluate --report RUN writes here, beside training's report.md
 
 
 class RunError(ValueError):

@@ -91,3 +91,75 @@ def test_a_second_predict_writer_without_overwrite_is_refused(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
     assert main([*argv, "--overwrite"]) == 0
     assert out.read_text(encoding="utf-8").startswith("text,")
+
+
+def test_evaluate_report_into_a_run_folder_keeps_the_training_report(
+    trained: Path, posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """evaluate --report RUN writes RUN/evaluation/ and leaves the run's own report.md as it
+    was; a second evaluation replaces the first one's set."""
+    import shutil
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    training_report = (run / "report.md").read_bytes()
+    argv = ["evaluate", "--run", str(run), "--data", str(posts_csv), "--report", str(run)]
+    assert main(argv) == 0
+    assert f"report written to {run / 'evaluation'}: report.md" in capsys.readouterr().err
+    assert (run / "report.md").read_bytes() == training_report
+    assert sorted(p.name for p in (run / "evaluation").iterdir()) == [
+        "confusion.png",
+        "reliability.png",
+        "report.md",
+    ]
+    assert (
+        (run / "evaluation" / "report.md")
+        .read_text(encoding="utf-8")
+        .startswith("# Evaluation of run")
+    )
+    assert main(argv) == 0
+    assert (run / "report.md").read_bytes() == training_report
+
+
+def test_a_report_is_written_whole_or_not_at_all(
+    trained: Path, posts_csv: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A report whose writing fails midway (the disk fills on its second file) leaves the
+    earlier report in the folder exactly as it was and no temporary folder beside it."""
+    import errno
+
+    from fbdl_fast.reports import evaluation
+
+    folder = tmp_path / "eval"
+    argv = ["evaluate", "--run", str(trained), "--data", str(posts_csv), "--report", str(folder)]
+    assert main([*argv, "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    (folder / "report.md").write_text("# the earlier report\n", encoding="utf-8")
+    before["report.md"] = b"# the earlier report\n"
+    original = evaluation.write_atomic
+    calls: list[Path] = []
+
+    def full_disk_on_second(path: Path, data: Any) -> Path:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(path, data)
+
+    monkeypatch.setattr(evaluation, "write_atomic", full_disk_on_second)
+    assert main([*argv, "--quiet"]) == 2
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+
+
+def test_evaluate_report_never_replaces_a_folder_of_other_files(
+    trained: Path, posts_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--report DIR where DIR holds files that are not a report's: exit 2 naming DIR and one
+    of its files, DIR untouched."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("x", encoding="utf-8")
+    argv = ["evaluate", "--run", str(trained), "--data", str(posts_csv), "--report", str(folder)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"--report {folder} holds files of its own (thesis.tex)" in err
+    assert [p.name for p in folder.iterdir()] == ["thesis.tex"]

@@ -46,8 +46,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     if args.report:
         title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
-        written = result.details.write(Path(args.report), title)
-        say(args, f"report written to {args.report}: {', '.join(p.name for p in written)}")
+        folder = report_folder(Path(args.report))
+        try:
+            written = result.details.write(folder, title)
+        except FileExistsError as err:
+            raise UsageError(
+                f"--report {folder} {err.strerror}; it is not replaced: choose a new or empty "
+                "folder, or an earlier report folder"
+            ) from None
+        say(args, f"report written to {folder}: {', '.join(p.name for p in written)}")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -56,6 +63,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print()
         print(result.details.text(), end="")
     return 0
+
+
+def report_folder(report: Path) -> Path:
+    """Where --report REPORT writes: REPORT, or REPORT/evaluation when REPORT is a run folder,
+    whose report.md is the training's and is never replaced."""
+    from fbdl_fast.runs import EVALUATION_DIR, is_run
+
+    return report / EVALUATION_DIR if is_run(report) else report
 
 
 def add_parser(subparsers: Any) -> None:
@@ -78,7 +93,8 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         metavar="DIR",
         help="also write DIR/report.md, DIR/confusion.png (heat map) and DIR/reliability.png "
-        "(reliability diagram); DIR is created, files in it replaced",
+        "(reliability diagram), as one set; DIR is created, or an earlier report replaced (a "
+        "folder holding other files is refused); a run folder gets them in DIR/evaluation",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=cmd_evaluate)

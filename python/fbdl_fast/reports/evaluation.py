@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from fbdl_fast.files import write_atomic
+from fbdl_fast.files import folder_atomic, write_atomic
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +33,7 @@ DENSE_CONFUSION_MAX = 100
 MATRIX_TEXT_MAX = 20  # the terminal and report.md print the matrix up to this many classes
 HEATMAP_MAX = 40  # the heat map shows every class up to this many, else the most frequent
 TOP_PAIRS = 10  # most confused pairs listed
+REPORT_FILES = ("report.md", "confusion.png", "reliability.png")  # what --report DIR holds
 
 
 @dataclass
@@ -246,14 +247,21 @@ class Evaluation:
         return sorted(order[:HEATMAP_MAX].tolist())
 
     def write(self, out_dir: Path, title: str = "Evaluation") -> list[Path]:
-        """report.md, confusion.png and reliability.png in `out_dir` (created), each atomic."""
+        """report.md, confusion.png and reliability.png in `out_dir`, as one set: written in a
+        temporary folder renamed whole (files.folder_atomic), so a failure midway (a full
+        disk) leaves no partial set. `out_dir` may be new, empty or an earlier report of these
+        files; a folder holding anything else is refused (FileExistsError naming it)."""
+        with folder_atomic(out_dir, REPORT_FILES) as tmp:
+            self._write_files(tmp, title)
+        return [out_dir / name for name in REPORT_FILES]
+
+    def _write_files(self, out_dir: Path, title: str) -> None:
         from fbdl_fast.reports.chart import confusion_figure, png, reliability_figure
 
-        out_dir.mkdir(parents=True, exist_ok=True)
         classes = self.heatmap_classes()
         note = "" if classes is None else f"the {len(classes)} most frequent of {len(self.names)}"
         names = self.names if classes is None else [self.names[i] for i in classes]
-        paths = [out_dir / "report.md", out_dir / "confusion.png", out_dir / "reliability.png"]
+        paths = [out_dir / name for name in REPORT_FILES]
         summary = (
             f"{int(self.scores.support.sum())} posts, {len(self.names)} classes: accuracy "
             f"{self.accuracy:.4f}, macro-F1 {self.macro_f1:.4f}, ECE {self.ece:.4f}."
@@ -268,7 +276,6 @@ class Evaluation:
         )
         diagram = reliability_figure(self.reliability, self.calibrated, self.temperature)
         write_atomic(paths[2], png(diagram))
-        return paths
 
 
 def evaluate_logits(
