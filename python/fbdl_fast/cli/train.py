@@ -88,21 +88,34 @@ def final_line(result: TrainResult) -> str:
     return line
 
 
+# The modules whose logged warnings train shows with its prefix.
+WARNING_LOGGERS = ("training.session", "data.readers")
+
+
 @contextlib.contextmanager
 def _warnings_on_stderr() -> Iterator[None]:
-    """The session's warnings (about the labels, a diverged model) on stderr as
-    `fbdl-fast train: warning: ...`, shown even with --quiet."""
-    logger = logging.getLogger("fbdl_fast.training.session")
+    """The session's warnings (about the labels, a diverged model) and the posts reader's (labels
+    merged, NUL bytes) on stderr as `fbdl-fast train: warning: ...`, shown even with --quiet."""
+    loggers = [logging.getLogger(f"fbdl_fast.{name}") for name in WARNING_LOGGERS]
     handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
     handler.setFormatter(logging.Formatter(f"{PROG} train: warning: %(message)s"))
-    propagate = logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False  # not twice through the CLI's own handler of fbdl_fast
+    # Their other lines (the reader's count of empty posts) as the CLI's own handler says them.
+    plain = logging.StreamHandler(sys.stderr)
+    plain.addFilter(lambda record: record.levelno < logging.WARNING)
+    plain.setFormatter(logging.Formatter("%(message)s"))
+    propagate = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.addHandler(plain)
+        logger.propagate = False  # not twice through the CLI's own handler of fbdl_fast
     try:
         yield
     finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
+        for logger, before in zip(loggers, propagate):
+            logger.removeHandler(handler)
+            logger.removeHandler(plain)
+            logger.propagate = before
 
 
 def add_parser(subparsers: Any) -> None:

@@ -21,7 +21,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from fbdl_fast.data.readers import Label, LabelSet, Posts, canonical_label
+from fbdl_fast.data.label_text import Label, LabelSet, canonical_label
+from fbdl_fast.data.readers import Posts
 from fbdl_fast.files import write_atomic
 
 # ====================
@@ -171,7 +172,8 @@ def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) 
 
     JSON: an object {"label": weight, ...}. CSV/TSV: rows `label,weight`, an optional header
     line first. Every label of the map needs a weight and every label named must be one of
-    the map's: either mistake is a ValueError naming the labels. Weights are finite and >= 0.
+    the map's: either mistake is a ValueError naming the labels. Weights are finite and >= 0,
+    not all 0; a label given twice (a repeated JSON key included) is an error.
     """
     path = Path(path)
     try:
@@ -181,15 +183,17 @@ def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) 
     pairs: list[tuple[Any, Any, str]] = []  # (label, weight, where)
     if path.suffix.lower() == ".json":
         try:
-            values = json.loads(text)
+            # Every (key, value) pair as written: json.loads alone keeps the last of a repeated
+            # key, so a repeated label would silently take its last weight.
+            values = json.loads(text, object_pairs_hook=_JsonObject)
         except json.JSONDecodeError as err:
             raise ValueError(f"class weights file {path} is not valid JSON: {err}") from None
-        if not isinstance(values, dict):
+        if not isinstance(values, _JsonObject):
             raise ValueError(
                 f"class weights file {path} holds a {type(values).__name__}; expected a JSON "
                 'object {"label": weight, ...}'
             )
-        pairs = [(k, v, f"key {k!r}") for k, v in values.items()]
+        pairs = [(k, v, f"key {k!r}") for k, v in values]
     else:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
@@ -217,13 +221,18 @@ def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) 
     return weights_in_label_order(weights, label_map, f"class weights file {path}")
 
 
+class _JsonObject(list):  # type: ignore[type-arg]
+    """A JSON object as its (key, value) pairs in the order written, repeats kept."""
+
+
 def weights_in_label_order(
     weights: Mapping[Any, Any], label_map: LabelMap, source: str = "class weights"
 ) -> list[float]:
     """Per-class weights given as label -> weight, as a list in label_map's class order.
 
-    Every label of the map needs a weight, every label named must be one of the map's, and each
-    weight is a finite number >= 0: a ValueError starting with `source` names what is wrong.
+    Every label of the map needs a weight, every label named must be one of the map's, each
+    weight is a finite number >= 0 and at least one is > 0 (all 0 would make the loss 0 on every
+    post, so nothing is learnt): a ValueError starting with `source` names what is wrong.
     """
     ordered: dict[Label, float] = {}
     for label, value in weights.items():
@@ -250,6 +259,11 @@ def weights_in_label_order(
             f"{source}: {'; '.join(problems)}; the data's labels are "
             f"{', '.join(repr(v) for v in label_map.labels)}"
         )
+    if not any(ordered.values()):
+        raise ValueError(
+            f"{source}: every class weight is 0 ({describe_labels(label_map.labels)}), so the "
+            "loss would be 0 on every post and nothing would be learnt; at least one must be > 0"
+        )
     return [ordered[label] for label in label_map.labels]
 
 
@@ -267,10 +281,12 @@ def _is_number(value: Any) -> bool:
 
 def label_warnings(train: Posts, val: Posts) -> list[str]:
     """What looks wrong in a split's labels: labels that differ only by case (kept apart as
-    different classes), classes with fewer than 2 posts, classes found only in validation."""
+    different classes), classes with fewer than 2 posts, classes found only in validation.
+    Multi-label posts (a LabelSet each) count once for each of their labels."""
     assert train.labels is not None and val.labels is not None
+    train_labels, val_labels = _each_label(train.labels), _each_label(val.labels)
     counts: dict[Label, int] = {}
-    for label in [*train.labels, *val.labels]:
+    for label in [*train_labels, *val_labels]:
         counts[label] = counts.get(label, 0) + 1
     warnings = []
     by_case: dict[str, list[Label]] = {}
@@ -289,7 +305,7 @@ def label_warnings(train: Posts, val: Posts) -> list[str]:
             f"{len(rare)} class(es) have fewer than 2 posts, too few to learn and to "
             f"validate: {describe_labels(rare)}"
         )
-    unseen = set(val.labels) - set(train.labels)
+    unseen = set(val_labels) - set(train_labels)
     if unseen:
         ordered = sorted(unseen, key=lambda v: (isinstance(v, str), v))
         warnings.append(
@@ -297,6 +313,11 @@ def label_warnings(train: Posts, val: Posts) -> list[str]:
             f"{describe_labels(ordered)}"
         )
     return warnings
+
+
+def _each_label(labels: Sequence[Any]) -> list[Label]:
+    """The labels of single-label posts as they are; those of multi-label posts, flattened."""
+    return [label for item in labels for label in (item if isinstance(item, tuple) else (item,))]
 
 
 def describe_labels(labels: Sequence[Label], limit: int = 20) -> str:

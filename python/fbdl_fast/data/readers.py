@@ -22,16 +22,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NamedTuple, Optional, Union
+from typing import IO, Any, NamedTuple, Optional, Union
 
-if TYPE_CHECKING:
-    pass
-
-Label = Union[str, int]
-LabelSet = tuple[Label, ...]  # a multi-label post's labels (iter_posts(label_separator=...))
+from fbdl_fast.data.label_text import Label, LabelReport, LabelSet, canonical_label, label_set
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-_INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
 ENCODING_ERRORS = ("strict", "replace", "ignore")  # what to do with invalid UTF-8 bytes
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only JSON escapes can put these in a str
 logger = logging.getLogger(__name__)
@@ -82,7 +77,7 @@ class Post(NamedTuple):
 
     line: int
     text: str
-    label: Optional[Label]
+    label: Optional[Union[Label, LabelSet]]  # a LabelSet when read with a label_separator
     kept: tuple[Any, ...] = ()
 
 
@@ -114,9 +109,13 @@ def load_posts(
 
     Labels are strings or integers; strings that spell an integer ("3") become that integer, so
     the same labels load identically from CSV and JSONL. Surrounding spaces are dropped (" spam"
-    is "spam", with a warning naming the merge); case is kept ("Spam" and "spam" are two classes;
-    `label_warnings` says so). Empty and whitespace-only texts are kept
-    (the tokenizer turns them into [CLS] [SEP]); their count is logged at INFO level.
+    is "spam", with a warning naming the merge); string labels are read as texts are, in Unicode
+    NFC without format characters ("spam" + U+200B is "spam"; a warning names each label so
+    changed, and the label it merged with); case is kept ("Spam" and "spam" are two classes;
+    `label_warnings` says so). A label spelling a JSON list ('["spam", "urgent"]') is read as
+    one label, with a warning naming the option meant (label_separator, or JSONL lists). Empty
+    and whitespace-only texts are kept (the tokenizer turns them into [CLS] [SEP]); their count
+    is logged at INFO level.
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -179,6 +178,7 @@ def iter_posts(
     count = 0
     blank: list[int] = []
     spaced: dict[str, int] = {}  # labels written with surrounding spaces -> first line
+    report = LabelReport(label_separator)  # labels changed by normalisation, JSON lists
     with open(path, "rb") as f:
         nul_lines: list[int] = []
         lines = _decoded_lines(f, path, errors, nul_lines)
@@ -203,6 +203,9 @@ def iter_posts(
             if fmt == "jsonl" and _SURROGATE.search(text):  # a "\ud800" escape, unpaired
                 text = _surrogates(text, errors, path, line)
             label: Any = None
+            if has_labels:
+                assert label_column is not None
+                report.note(record.get(label_column), line)
             if has_labels and label_separator is not None:
                 assert label_column is not None
                 value = record.get(label_column)
@@ -241,6 +244,7 @@ def iter_posts(
             path,
             ", ".join(f"{raw!r} -> {raw.strip()!r} (line {n})" for raw, n in spaced.items()),
         )
+    report.warn(path)
     if blank:
         shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
         logger.info(
@@ -453,34 +457,3 @@ def _label_value(value: Any, column: str, path: Path, line: int) -> Label:
         return canonical_label(value)
     except ValueError as err:
         raise ValueError(f"{err} (column {column!r}, line {line} of {path})") from None
-
-
-def label_set(value: Any, separator: str = "|") -> LabelSet:
-    """A multi-label post's labels: a JSON list, or a string cut at `separator` ("spam|negative"),
-    each part a label as canonical_label reads it (spaces around it dropped), repeats dropped,
-    in the order written. An empty string or list (or None) is a post with no label."""
-    if not separator:
-        raise ValueError("the label separator is empty; expected a character such as |")
-    if value is None:
-        return ()
-    if isinstance(value, list):
-        parts: list[Any] = value
-    elif isinstance(value, str):
-        parts = [part for part in value.split(separator) if part.strip()]
-    else:
-        parts = [value]
-    labels = [canonical_label(part) for part in parts]
-    return tuple(dict.fromkeys(labels))
-
-
-def canonical_label(value: Any) -> Label:
-    """A label as stored: ints stay ints, strings spelling an int become it, others stay str."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(
-            f"label {value!r} is a {type(value).__name__}; labels are strings or integers"
-        )
-    if isinstance(value, str):
-        value = value.strip()
-        if _INT_LABEL.fullmatch(value):
-            return int(value)
-    return value

@@ -410,7 +410,7 @@ class _Run:
             f"{len(posts)} posts from {self.data_name}: {len(train)} train / {len(val)} "
             f"validation, {len(label_map)} classes ({describe_labels(label_map.labels)})",
         )
-        if self.ctx.is_main and not multi_label:  # (the warnings speak of one label a post)
+        if self.ctx.is_main:
             for warning in label_warnings(train, val):
                 logger.warning(f"{self.data_name}: {warning}")
         return train, val
