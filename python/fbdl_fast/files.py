@@ -4,8 +4,9 @@ A file is written under a temporary name in its own folder, flushed to disk, giv
 permissions, then renamed over the target (or, when the target must not be replaced, linked
 to its name, which fails if the name is taken). os.replace is atomic on POSIX and Windows within
 one folder, so a reader sees the old file or the new one, never half of one, and a crash or an
-exception leaves the old file as it was and no temporary file behind. Torch-free: the tokenizer,
-the data layer, the trainer and the CLI all use it.
+exception leaves the old file as it was and no temporary file behind. A writer killed midway
+(SIGKILL) cannot clean up: `remove_stale_temps` removes its file before the next write.
+Torch-free: the tokenizer, the data layer, the trainer and the CLI all use it.
 
 A full disk is reported the same way wherever it happens: DiskFullError ("no space left on
 device while writing FILE"), also when the writer (torch.save) wrapped the OSError in its own
@@ -19,7 +20,9 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -63,23 +66,84 @@ def open_atomic(path: PathLike, mode: str = "w", replace: bool = True) -> Iterat
         raise ValueError(f"open_atomic: mode={mode!r} is not supported; use 'w' or 'wb'")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
+        _lock_temp(fd)  # held until the temp file has its name: it is live, not stale
         text = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        if replace:
-            os.replace(tmp, path)
-        else:
-            _rename_exclusive(tmp, path)
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _rename_exclusive(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if disk_full(exc) and not isinstance(exc, DiskFullError):
             raise DiskFullError(path) from exc  # torch.save: a RuntimeError around the OSError
         raise
+
+
+# open_atomic's temporary files: `.NAME.` + mkstemp's 8 random characters + TEMP_SUFFIX.
+TEMP_SUFFIX = ".tmp"
+_TEMP_RANDOM = re.compile(r"[a-z0-9_]{8}")
+
+
+def _lock_temp(fd: int) -> None:
+    """Hold an exclusive flock on a temporary file while it is written: `remove_stale_temps`
+    then tells a live writer's file (locked) from a killed one's (the OS dropped the lock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no stale files are removed there
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def remove_stale_temps(path: PathLike) -> list[Path]:
+    """Remove the temporary files that writers of `path` killed midway left beside it
+    (open_atomic's names for `path` only, regular files no live process holds); returns the
+    paths removed.
+
+    A file another process is writing now is locked and kept. Without fcntl (not POSIX) nothing
+    is removed, as a live writer's file could not be told from a stale one."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    path = Path(path)
+    prefix = f".{path.name}."
+    removed = []
+    try:
+        candidates = list(path.parent.iterdir())
+    except FileNotFoundError:
+        return []
+    for candidate in candidates:
+        name = candidate.name
+        middle = name[len(prefix) : -len(TEMP_SUFFIX)]
+        if not (
+            name.startswith(prefix)
+            and name.endswith(TEMP_SUFFIX)
+            and _TEMP_RANDOM.fullmatch(middle)
+        ):
+            continue
+        try:
+            fd = os.open(candidate, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # a link (never ours), or gone meanwhile
+            continue
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer's
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _rename_exclusive(tmp: str, path: Path) -> None:

@@ -163,3 +163,54 @@ def test_evaluate_report_never_replaces_a_folder_of_other_files(
     err = capsys.readouterr().err
     assert f"--report {folder} holds files of its own (thesis.tex)" in err
     assert [p.name for p in folder.iterdir()] == ["thesis.tex"]
+
+
+KILLED_WRITER = """
+import os, signal, sys
+from fbdl_fast.files import open_atomic
+
+with open_atomic(sys.argv[1], "wb") as f:
+    f.write(b"half an export")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def _killed_write(target: Path) -> Path:
+    """The temporary file a writer of `target` SIGKILLed midway leaves behind."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", KILLED_WRITER, str(target)], check=False)
+    assert result.returncode == -9
+    (stale,) = [p for p in target.parent.iterdir() if p.name.startswith(f".{target.name}.")]
+    return stale
+
+
+@pytest.mark.parametrize("fmt, name", [("int8", "model.int8.pt"), ("onnx", "model.onnx")])
+def test_an_export_removes_the_temp_file_a_killed_export_left(
+    trained: Path, tmp_path: Path, fmt: str, name: str
+) -> None:
+    """export --format FMT removes the temporary file an export of the same file left when it
+    was killed, and nothing else: another file's temp, a user's file with a like name and the
+    temp file a live writer holds stay."""
+    import shutil
+
+    from fbdl_fast.files import open_atomic
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    stale = _killed_write(run / name)
+    others = [run / f".{name}.notes.tmp", run / ".best.pt.abcd1234.tmp"]
+    for other in others:
+        other.write_bytes(b"not ours to remove")
+    with open_atomic(run / name, "wb") as live:  # another writer, still writing
+        known = {stale, *others}
+        (live_tmp,) = [
+            p for p in run.iterdir() if p.name.startswith(f".{name}.") and p not in known
+        ]
+        assert main(["export", "--run", str(run), "--format", fmt, "--quiet"]) == 0
+        assert not stale.exists()
+        assert all(other.read_bytes() == b"not ours to remove" for other in others)
+        assert live_tmp.exists()
+        live.write(b"x")
+    assert (run / name).read_bytes() == b"x"  # the live writer finished last

@@ -42,6 +42,7 @@ from fbdl_fast.checkpoint import (
     save_checkpoint,
     temperature_of,
 )
+from fbdl_fast.files import remove_stale_temps
 from fbdl_fast.serving.provenance import (
     INT8_FILE,
     ExportError,
@@ -280,6 +281,7 @@ def export_int8(
     weights' size in memory}."""
     _check_engine()
     path = path or run.path / INT8_FILE
+    remove_stale_temps(path)  # an export killed midway left its temporary file
     kept = kept_fp32(run.model, keep_fp32)  # a bad name: refused before any work
     qmodel = quantize_int8(run.model, kept)
     quantized = _quantized_names(qmodel)

@@ -62,7 +62,7 @@ from fbdl_fast.checkpoint import (
     CheckpointError,
     temperature_of,
 )
-from fbdl_fast.files import open_atomic
+from fbdl_fast.files import open_atomic, remove_stale_temps
 from fbdl_fast.models.lstm import scan_recurrence
 from fbdl_fast.serving.provenance import (
     ONNX_FILE,
@@ -198,6 +198,7 @@ def export_onnx(run: ExportSource, path: Optional[Path] = None) -> dict[str, Any
             f"--format onnx needs onnx and onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
         ) from None
     path = path or run.path / ONNX_FILE
+    remove_stale_temps(path)  # an export killed midway left its temporary file
     config = run.config
     model = run.model.to("cpu").eval()
     length = max(2, min(8, config.max_seq_length))  # >= 2: torch.export specialises 0 and 1
