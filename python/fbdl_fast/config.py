@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 
 MODEL_NAMES = ("transformer", "lstm", "cnn")
 AMP_DTYPES = ("auto", "float16", "bfloat16")
+SEED_MAX = 2**63 - 1  # the largest seed: seed + epoch and seed + rank stay below torch's 2**64
 POOLINGS = ("mean", "cls")
 # Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
 # replacement so that every class is equally likely (data.balanced_sample_weights).
@@ -138,9 +139,25 @@ class ModelConfig:
             0.0 <= self.label_smoothing < 1.0,
             "a value in [0, 1)",
         )
-        _require("learning_rate", self.learning_rate, self.learning_rate > 0, "a positive number")
+        # inf as well as nan: an infinite step or decay gives NaN weights at the first step
+        _require(
+            "learning_rate",
+            self.learning_rate,
+            _is_number(self.learning_rate) and 0 < self.learning_rate < math.inf,
+            "a positive finite number",
+        )
         for name in ("weight_decay", "gradient_clip"):
-            _require(name, getattr(self, name), getattr(self, name) >= 0, "a number >= 0")
+            value = getattr(self, name)
+            _require(
+                name, value, _is_number(value) and 0 <= value < math.inf, "a number >= 0 (finite)"
+            )
+        _require(
+            "seed",
+            self.seed,
+            _is_int(self.seed) and 0 <= self.seed <= SEED_MAX,
+            "an integer in [0, 2**63 - 1] (numpy's generators take no negative seed, torch's "
+            "64 bits, and the run adds the epoch and the rank to it)",
+        )
         # The focal loss's own check of gamma. Imported here: fbdl_fast.ops imports torch.
         from fbdl_fast.ops.checks import check_gamma
 

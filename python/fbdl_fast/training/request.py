@@ -83,11 +83,11 @@ class TrainRequest:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainError(f"{name}={value!r} is invalid; expected a positive integer")
         if self.progress_every is not None and not (
-            isinstance(self.progress_every, (int, float)) and self.progress_every >= 0
+            isinstance(self.progress_every, (int, float)) and 0 <= self.progress_every < math.inf
         ):
             raise TrainError(
-                f"progress_every={self.progress_every!r} is invalid; expected None or a number "
-                "of seconds >= 0"
+                f"progress_every={self.progress_every!r} is invalid; expected None or a finite "
+                "number of seconds >= 0"
             )
         self._check_data()
         check_device(self.device)

@@ -1,0 +1,85 @@
+"""Every bad number is refused by its flag before anything is allocated: inf like nan for every
+float option, the seed's range, a model too large for the machine's memory (with the estimate),
+a truncated pretrained weights file, and no .partial folder left by a refusal."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from fbdl_fast.cli import main
+from fbdl_fast.cli.main import build_parser
+from tiny_run import tiny_model_args, train_refusal, write_posts_csv
+
+TINY = [*tiny_model_args(max_length=24), "--batch-size", "8", "--threads", "1", "--quiet"]
+
+
+def _float_flags(command: str) -> list[str]:
+    """The options of `fbdl-fast COMMAND` that take a real number (by what their type returns)."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = []
+    for action in sub.choices[command]._actions:
+        if not action.option_strings or action.type is None or action.nargs == 0:
+            continue
+        try:
+            value = action.type("1.5")
+        except (argparse.ArgumentTypeError, ValueError, TypeError):
+            continue
+        if isinstance(value, float):
+            flags.append(action.option_strings[0])
+    return flags
+
+
+def test_the_float_options_are_found() -> None:
+    """The enumeration the next tests rely on finds train's real-valued options."""
+    found = set(_float_flags("train"))
+    assert {"--lr", "--weight-decay", "--gradient-clip", "--dropout", "--val-fraction"} <= found
+    assert {"--progress-every", "--focal-gamma", "--label-smoothing", "--ema"} <= found
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("flag", _float_flags("train"))
+def test_train_refuses_a_non_finite_value_of_every_float_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """train --FLAG inf (or nan): exit 2 before the data is read, one line naming the flag."""
+    err = train_refusal(tmp_path, capsys, [f"{flag}={value}"])
+    assert flag in err.splitlines()[-1], err  # argparse's refusals come after the usage
+
+
+@pytest.mark.parametrize("value", ["inf", "nan"])
+@pytest.mark.parametrize("flag", _float_flags("distill"))
+def test_distill_refuses_a_non_finite_value_of_every_float_option(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str
+) -> None:
+    """distill --FLAG inf (or nan): exit 2, one line naming the flag, nothing created."""
+    argv = ["distill", "--teacher", str(tmp_path / "teacher"), "--student", "cnn"]
+    argv += ["--data", str(tmp_path / "missing.csv"), "--output", str(tmp_path / "r")]
+    assert main([*argv, f"{flag}={value}", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert flag in err.splitlines()[-1] and "Traceback" not in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**63), str(2**64)])
+def test_a_seed_out_of_range_is_refused_by_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: str
+) -> None:
+    """--seed below 0 or above 2**63 - 1 (numpy's generators take no negative seed; torch's
+    take 64 bits, and the run adds the epoch and the rank to the seed): refused naming --seed
+    and the range, before the data is read."""
+    err = train_refusal(tmp_path, capsys, ["--seed", seed])
+    assert f"--seed {seed} is invalid" in err and "2**63 - 1" in err, err
+
+
+@pytest.mark.parametrize("seed", ["0", str(2**63 - 1)])
+def test_the_seed_range_s_ends_train(tmp_path: Path, seed: str) -> None:
+    """The two ends of the accepted range train (split, weights, order and dropout seeded)."""
+    data = write_posts_csv(tmp_path / "posts.csv", 80, seed=1)
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--output", str(out), "--epochs", "1", "--seed", seed]
+    assert main([*argv, *TINY]) == 0
+    assert (out / "best.pt").is_file()
