@@ -83,3 +83,56 @@ def test_the_seed_range_s_ends_train(tmp_path: Path, seed: str) -> None:
     argv = ["train", "--data", str(data), "--output", str(out), "--epochs", "1", "--seed", seed]
     assert main([*argv, *TINY]) == 0
     assert (out / "best.pt").is_file()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["--max-length", "100000000"],
+        ["--hidden-dim", "1000000"],
+        ["--model", "cnn", "--hidden-dim", "1000000"],
+        ["--model", "lstm", "--hidden-dim", "200000"],
+    ],
+)
+def test_a_model_too_large_for_the_memory_is_refused_with_the_estimate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str]
+) -> None:
+    """Sizes no machine here can hold: exit 2 before the data is read (no allocation traceback,
+    no folder), one line with the estimate, the memory available and the flags to shrink."""
+    err = train_refusal(tmp_path, capsys, options)
+    assert err.count("\n") == 1, err
+    assert " needs about " in err and "of memory available on this machine" in err, err
+    assert " parameters x 4 bytes x 3 " in err and "--hidden-dim" in err, err
+
+
+def test_the_memory_estimate_counts_the_model_s_parameters() -> None:
+    """The estimate's parameter count is the built model's, and its bytes follow the documented
+    formula: parameters x 4 x 3, plus the activations of one batch (with attention scores)."""
+    from fbdl_fast.models import create_model
+    from fbdl_fast.training import memory
+    from tiny_run import tiny_config
+
+    config = tiny_config(vocab_size=200, max_seq_length=24, batch_size=8)
+    for name in ("cnn", "lstm", "transformer"):
+        needed = memory.estimate(name, config)
+        built = sum(p.numel() for p in create_model(name, config).parameters())
+        assert needed.parameters == built, name
+        assert needed.weights_and_state == built * 4 * 3
+        per_layer = 8 * 24 * 16 * memory.ACTIVATIONS_PER_LAYER
+        scores = 8 * 2 * 24 * 24 if name == "transformer" else 0
+        assert needed.activations == 4 * (per_layer + scores)
+
+
+def test_a_model_is_compared_with_the_memory_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same request fits when the device has the memory and is refused, naming both
+    figures, when it has less than the estimate."""
+    from fbdl_fast.training import memory
+    from fbdl_fast.training.request import TrainError, train_request
+
+    request, config = train_request("cnn", data="posts.csv", hidden_dim=64, device="cpu")
+    needed = memory.estimate("cnn", config).total
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: needed)
+    request.validate(config)
+    monkeypatch.setattr(memory, "host_available_bytes", lambda: needed - 1)
+    with pytest.raises(TrainError, match=rf"needs about {memory.size(needed)}, more than the"):
+        request.validate(config)

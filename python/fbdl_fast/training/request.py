@@ -99,7 +99,29 @@ class TrainRequest:
         self._check_tokenizer()
         if self.distillation is not None:
             check_distillable(self, config)
+        self._check_memory(config)
         return config
+
+    def _check_memory(self, config: ModelConfig) -> None:
+        """TrainError, with the estimate, when the model and one batch surely cannot fit in the
+        device's memory (training.memory: a rough estimate that errs low)."""
+        from fbdl_fast.models import architecture
+        from fbdl_fast.training import memory
+
+        needed = memory.estimate(architecture(self.model), config)
+        available = memory.available_bytes(self.device)
+        if available is None or needed.total <= available:
+            return
+        raise TrainError(
+            f"model={self.model} with these sizes needs about {memory.size(needed.total)}, "
+            f"more than the {memory.size(available)} of memory available on "
+            f"{self.device or 'this machine'}: {needed.parameters:,} parameters x 4 bytes x 3 "
+            f"(weights and Adam's two moments) = {memory.size(needed.weights_and_state)}, and "
+            f"{memory.size(needed.activations)} of activations for one batch of batch_size="
+            f"{config.batch_size} posts of max_seq_length={config.max_seq_length} tokens; "
+            "choose smaller sizes (input_dim, hidden_dim, num_layers, vocab_size, "
+            "max_seq_length, batch_size)"
+        )
 
     def _check_model(self, config: ModelConfig) -> None:
         """The model is known, and the options it cannot use are left at their defaults."""
