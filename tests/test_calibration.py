@@ -123,7 +123,7 @@ def test_ece_drops_on_an_overconfident_model() -> None:
 
 
 def test_a_model_that_is_always_right_keeps_a_bounded_temperature() -> None:
-    logits, labels = 5 * torch.eye(3), torch.arange(3)
+    logits, labels = 5 * torch.eye(3).repeat(2, 1), torch.arange(3).repeat(2)  # 2 posts a class
     fit = fit_temperature(logits, labels)
     assert 0.01 <= fit.temperature < 1 and fit.nll_after <= fit.nll_before
 

@@ -10,6 +10,10 @@ fitted after training by minimising the negative log-likelihood on the validatio
 LBFGS; argmax, hence accuracy and F1, is unchanged. T > 1 softens an over-confident model. T is
 optimised as log T (so it stays positive), in float64, and kept within [TEMPERATURE_MIN,
 TEMPERATURE_MAX]: a validation set the model gets all right would otherwise drive T to 0.
+A fit needs a validation split of MIN_POSTS_PER_CLASS posts of each of MIN_CALIBRATION_CLASSES
+classes (fit_temperature refuses less, and train does before training), and a fit whose optimum
+lies at a bound of that range says so (TemperatureFit.bound, bound_warning): it tells nothing
+about the model's calibration.
 
 The binning works on (confidence, correct) pairs, so a multi-label model can pass one pair per
 sample and label.
@@ -18,13 +22,30 @@ sample and label.
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 ECE_BINS = 15
 TEMPERATURE_MIN, TEMPERATURE_MAX = 0.01, 100.0
+
+# The smallest validation split a temperature is fitted on: MIN_POSTS_PER_CLASS posts of each of
+# MIN_CALIBRATION_CLASSES classes. Why: T weighs how sure the model is when right against how sure
+# it is when wrong, so a fit needs posts of more than one class and more than one post a class.
+# With one post the NLL is monotone in 1/T whenever the model gets it right (T runs to its lower
+# bound) and, with 2 classes, whenever it gets it wrong (T = 100: every probability 1/2, the
+# stored result that prompted this check); posts of one class only say how sure to be of that
+# class. Measured on a model calibrated at T = 1 (2 classes, logits N(0, 3^2), labels drawn from
+# its softmax, 200 draws a size): with 1-8 posts about 1 fit in 5 lands outside [0.05, 20], with
+# 16 posts 1 in 10, with 32 1 in 100. So this is where a fit becomes possible at all, not reliable:
+# above it, a fit pinned at a bound is reported (TemperatureFit.bound_warning).
+MIN_CALIBRATION_CLASSES = 2
+MIN_POSTS_PER_CLASS = 2
+MIN_CALIBRATION_POSTS = MIN_CALIBRATION_CLASSES * MIN_POSTS_PER_CLASS
 
 
 @dataclass
@@ -136,6 +157,25 @@ def _check_logits(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError("logits hold NaN or infinite values; a temperature cannot be fitted")
 
 
+def calibration_split_problem(labels: Sequence[Hashable]) -> Optional[str]:
+    """Why a temperature cannot be fitted on posts with these labels (one a post), or None: the
+    minimum (MIN_POSTS_PER_CLASS posts of each of MIN_CALIBRATION_CLASSES classes) and what the
+    posts hold."""
+    counts = Counter(labels)
+    if sum(n >= MIN_POSTS_PER_CLASS for n in counts.values()) >= MIN_CALIBRATION_CLASSES:
+        return None
+    total = len(labels)
+    shown = sorted(counts.items(), key=lambda item: (-item[1], str(item[0])))
+    held = ", ".join(f"{n} of class {label}" for label, n in shown[:10])
+    if len(shown) > 10:
+        held += f" and {len(shown) - 10} more classes"
+    return (
+        f"a temperature is fitted on at least {MIN_CALIBRATION_POSTS} posts, "
+        f"{MIN_POSTS_PER_CLASS} of each of at least {MIN_CALIBRATION_CLASSES} classes; got "
+        f"{total} post{'s' if total != 1 else ''}: {held}"
+    )
+
+
 def nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of softmax(logits / temperature) (float64)."""
     return F.cross_entropy(logits.double() / temperature, labels.long()).item()
@@ -152,9 +192,32 @@ class TemperatureFit:
     ece_after: float
     num_samples: int
     bins: int = ECE_BINS
+    # "lower" or "upper" when the NLL's minimum over the search range lies at that bound
+    bound: Optional[str] = None
 
-    def to_dict(self) -> dict[str, float | int | str]:
+    def to_dict(self) -> dict[str, float | int | str | None]:
         return {"method": "temperature", **asdict(self)}
+
+    def bound_warning(self) -> Optional[str]:
+        """What a fit at a bound of the search range means for the probabilities, or None."""
+        span = f"[{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}]"
+        if self.bound == "upper":
+            return (
+                f"the calibration's temperature {self.temperature:.3g} sits at the upper bound "
+                f"of its search range {span}: on the {self.num_samples} validation posts the "
+                "model is sure and wrong so often that the NLL only falls as T grows, and every "
+                "probability is near 1/2 (1/classes); check the validation labels, or train "
+                "without calibration"
+            )
+        if self.bound == "lower":
+            return (
+                f"the calibration's temperature {self.temperature:.3g} runs toward the lower "
+                f"bound of its search range {span}: the model gets every one of the "
+                f"{self.num_samples} validation posts right, so the NLL only falls as T shrinks "
+                "and the fit says nothing about its calibration (probabilities are pushed "
+                "toward 1); calibrate on a larger or harder validation split"
+            )
+        return None
 
 
 def fit_temperature(
@@ -162,8 +225,13 @@ def fit_temperature(
 ) -> TemperatureFit:
     """The T minimising the NLL of softmax(logits / T) on (logits (N, C), labels (N,)):
     LBFGS with a strong-Wolfe line search over log T, from T = 1. If the optimiser ends no
-    better than T = 1 (it should not), T = 1 is kept."""
+    better than T = 1 (it should not), T = 1 is kept. ValueError for fewer posts than
+    MIN_POSTS_PER_CLASS of each of MIN_CALIBRATION_CLASSES classes; the fit's `bound` names the
+    bound of [TEMPERATURE_MIN, TEMPERATURE_MAX] where the NLL's minimum over it lies, if any."""
     _check_logits(logits, labels)
+    problem = calibration_split_problem(labels.detach().cpu().tolist())
+    if problem is not None:
+        raise ValueError(problem)
     z, y = logits.detach().double().cpu(), labels.detach().long().cpu()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
@@ -181,6 +249,7 @@ def fit_temperature(
     if not after <= before:  # NaN included
         temperature, after = 1.0, before
     return TemperatureFit(
+        bound=_bound_reached(z, y, after),
         temperature=temperature,
         nll_before=before,
         nll_after=after,
@@ -191,10 +260,26 @@ def fit_temperature(
     )
 
 
+def _bound_reached(z: torch.Tensor, y: torch.Tensor, at_fit: float) -> Optional[str]:
+    """The bound of the search range whose NLL is no higher than the fit's (`at_fit`), if any.
+    The NLL is convex in 1/T (a log-sum-exp of linear functions minus a linear one), so the
+    range's minimum then lies at that bound: the unconstrained optimum is beyond it (T = 0 when
+    every post is right), and LBFGS may stop short of the bound as the gradient vanishes (it
+    stops near T = 0.1 when every post is right)."""
+    for name, bound in (("lower", TEMPERATURE_MIN), ("upper", TEMPERATURE_MAX)):
+        if nll(z, y, bound) <= at_fit:
+            return name
+    return None
+
+
 __all__ = [
     "ECE_BINS",
+    "MIN_CALIBRATION_CLASSES",
+    "MIN_CALIBRATION_POSTS",
+    "MIN_POSTS_PER_CLASS",
     "Reliability",
     "TemperatureFit",
+    "calibration_split_problem",
     "expected_calibration_error",
     "fit_temperature",
     "nll",

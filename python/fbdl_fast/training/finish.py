@@ -7,6 +7,7 @@ evaluate and predict use by default (best.pt, else last.pt).
 One label a post: the calibration's temperature, fitted there and stored in the checkpoint, and
 the per-class evaluation. Several labels a post: each class's threshold, tuned there and stored,
 and the metrics at the thresholds. Both write the run report (report.md, curves.png).
+`check_val_split` refuses, before training, a validation split too small to calibrate on.
 """
 
 from __future__ import annotations
@@ -15,14 +16,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from fbdl_fast import runs
+from fbdl_fast.training.request import TrainError
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from fbdl_fast.calibration import TemperatureFit
+    from fbdl_fast.data import Posts
     from fbdl_fast.training.trainer import Trainer
 
 Say = Callable[[str], None]
+
+
+def check_val_split(val: Posts) -> None:
+    """TrainError, before training, when the validation posts (one label each) are too few to
+    fit a calibration temperature on: the minimum in posts and in classes, and what they hold."""
+    from fbdl_fast.calibration import calibration_split_problem
+
+    assert val.labels is not None
+    problem = calibration_split_problem(val.labels)
+    if problem is not None:
+        raise TrainError(
+            f"calibrate=True needs a larger validation split: {problem} in validation; "
+            "give more posts or a larger val_fraction, or train without calibration"
+        )
 
 
 def load_for_validation(
@@ -61,7 +78,8 @@ def finish_single_label(
     temperature there and store it in that checkpoint; write report.md and curves.png, titled
     by the run's `name` and described as `trained` ("CNN trained on posts.csv") on
     `train_posts`. A model whose logits are not finite gets its curves, and `warn` says what it
-    does not get. Returns the TemperatureFit."""
+    does not get; `warn` also says when the temperature's fit sits at a bound of its search
+    range. Returns the TemperatureFit."""
     from fbdl_fast import calibration, checkpoint
     from fbdl_fast.reports.evaluation import evaluate_logits
     from fbdl_fast.reports.run_report import write_run_report
@@ -74,6 +92,9 @@ def finish_single_label(
         fit = calibration.fit_temperature(logits, labels) if calibrate else None
         if fit is not None:
             checkpoint.add_calibration(chosen, fit.to_dict())
+            at_bound = fit.bound_warning()
+            if at_bound is not None:  # stored all the same: the best temperature in its range
+                warn(at_bound)
         names = [str(label) for label in trainer.label_map.labels]
         evaluation = evaluate_logits(
             logits, labels, names, None if fit is None else fit.temperature
@@ -150,4 +171,4 @@ def finish_multi_label(
     return thresholds, found
 
 
-__all__ = ["finish_multi_label", "finish_single_label", "load_for_validation"]
+__all__ = ["check_val_split", "finish_multi_label", "finish_single_label", "load_for_validation"]

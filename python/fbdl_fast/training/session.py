@@ -39,7 +39,7 @@ from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import sha256_of
 from fbdl_fast.runs import PROG, RUN_TOKENIZER
 from fbdl_fast.training import presets
-from fbdl_fast.training.finish import finish_multi_label, finish_single_label
+from fbdl_fast.training.finish import check_val_split, finish_multi_label, finish_single_label
 from fbdl_fast.training.loading import DEFAULT_THREADS
 from fbdl_fast.training.request import (
     FOCAL_ALPHA_FROM_WEIGHTS,
@@ -271,6 +271,8 @@ def _train(
             raise runs.RunError(problem)
         for notice in notices:
             _say(say, notice)
+        if ctx.is_main:  # under the lock: a refusal from here on leaves no partial folder
+            stack.push(runs.discard_on_error(runs.partial_dir(out)))
         return _Run(request, config, ctx, out, say).train(source, started_all)
 
 
@@ -413,6 +415,8 @@ class _Run:
         if self.ctx.is_main:
             for warning in label_warnings(train, val):
                 logger.warning(f"{self.data_name}: {warning}")
+        if self.request.calibrate:  # known from the split: refused before any training
+            check_val_split(val)
         return train, val
 
     def _tokenizer(self, train: Posts, source: Path) -> Tokenizer:
