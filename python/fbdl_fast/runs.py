@@ -33,7 +33,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +255,19 @@ def discard(partial: Path) -> bool:
         return True
     shutil.rmtree(partial, ignore_errors=True)
     return False
+
+
+def discard_on_error(partial: Path) -> Callable[..., bool]:
+    """An exit callback (ExitStack.push) that, when the block fails, drops the partial folder
+    unless it holds a checkpoint to resume (`discard`): a refusal after the folder was made (the
+    pretrained weights, the loaders, the device) leaves no .partial folder behind."""
+
+    def on_exit(exc_type: Optional[type[BaseException]], *_: Any) -> bool:
+        if exc_type is not None:
+            discard(partial)
+        return False  # the error goes on
+
+    return on_exit
 
 
 def publish(partial: Path, out: Path, overwrite: bool) -> None:

@@ -11,7 +11,8 @@ import pytest
 
 from fbdl_fast.cli import main
 from fbdl_fast.cli.main import build_parser
-from tiny_run import tiny_model_args, train_refusal, write_posts_csv
+from minilm_run import minilm_argv, needs_minilm
+from tiny_run import cli_refusal, tiny_model_args, train_refusal, write_posts_csv
 
 TINY = [*tiny_model_args(max_length=24), "--batch-size", "8", "--threads", "1", "--quiet"]
 
@@ -136,3 +137,70 @@ def test_a_model_is_compared_with_the_memory_available(monkeypatch: pytest.Monke
     monkeypatch.setattr(memory, "host_available_bytes", lambda: needed - 1)
     with pytest.raises(TrainError, match=rf"needs about {memory.size(needed)}, more than the"):
         request.validate(config)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+@pytest.mark.parametrize("keep", [0.5, 10, 0])
+def test_a_truncated_weights_file_is_one_error_naming_it(
+    tmp_path: Path, name: str, keep: float
+) -> None:
+    """bert.read_weights on a weights file cut short (half, 10 bytes, empty): a ValueError
+    naming the file and saying it is damaged, not the reader's own error."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fbdl_fast.models.bert import read_weights
+
+    path = tmp_path / name
+    tensors = {"encoder.weight": torch.ones(64, 64)}
+    save_file(tensors, path) if name.endswith(".safetensors") else torch.save(tensors, path)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * keep) if keep < 1 else int(keep)])
+    with pytest.raises(ValueError, match="damaged or truncated") as caught:
+        read_weights(path)
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)
+
+
+@needs_minilm
+def test_minilm_with_truncated_weights_is_one_line_and_leaves_no_partial_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """train --model minilm whose model.safetensors is truncated: exit 2, one line naming the
+    file, no traceback, and no .partial folder beside the run."""
+    import shutil
+
+    from fbdl_fast.models import bert
+
+    installed = bert.resolve_pretrained("all-minilm-l6-v2")
+    folder = tmp_path / "minilm"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        shutil.copy(installed / name, folder / name)
+    with open(installed / "model.safetensors", "rb") as f:
+        (folder / "model.safetensors").write_bytes(f.read(1 << 20))
+    monkeypatch.setattr(bert, "resolve_pretrained", lambda _name: folder)
+    data = write_posts_csv(tmp_path / "posts.csv", 16, seed=2)
+    runs = tmp_path / "runs"
+    err = cli_refusal(capsys, minilm_argv(data, runs / "run", 1))
+    assert f"{folder / 'model.safetensors'} are damaged or truncated" in err, err
+    assert not runs.exists() or list(runs.iterdir()) == []
+
+
+def test_a_refusal_after_the_run_folder_is_made_leaves_no_partial_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal raised once the run's partial folder exists (here: by the trainer, given the
+    built model) exits 2 with its message and leaves nothing beside the run: no .partial, no
+    lock."""
+    from fbdl_fast.training import trainer
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("this model cannot be built")
+
+    monkeypatch.setattr(trainer, "Trainer", refuse)
+    data = write_posts_csv(tmp_path / "posts.csv", 80, seed=1)
+    runs = tmp_path / "runs"
+    argv = ["train", "--data", str(data), "--output", str(runs / "run"), "--epochs", "1"]
+    err = cli_refusal(capsys, [*argv, *TINY])
+    assert "this model cannot be built" in err
+    assert not runs.exists() or list(runs.iterdir()) == []

@@ -33,6 +33,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -253,11 +254,32 @@ def weights_file(folder: PathLike) -> Path:
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file; ValueError naming the file when it is damaged (truncated,
+    or not a weights file at all), instead of the reader's own traceback."""
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file  # a dependency, imported only when loading
 
-        return load_file(path, device="cpu")
-    return dict(torch.load(path, map_location="cpu", weights_only=True))  # no pickled code runs
+        try:
+            return load_file(path, device="cpu")
+        except SafetensorError as err:
+            raise ValueError(_damaged(path, err)) from None
+    try:
+        return dict(torch.load(path, map_location="cpu", weights_only=True))  # no code runs
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(_damaged(path, err)) from None
+    except OSError as err:  # a truncated zip: EINVAL from torch's reader, with no file name
+        if err.filename is not None:
+            raise  # the file itself cannot be opened: the OS's message names it
+        raise ValueError(_damaged(path, err)) from None
+
+
+def _damaged(path: Path, err: BaseException) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (
+        f"pretrained weights {path} are damaged or truncated ({reason}; {path.stat().st_size} "
+        "bytes); reinstall or download the checkpoint again"
+    )
 
 
 def _hf_names(model: BertClassifier) -> dict[str, tuple[str, ...]]:
