@@ -28,11 +28,14 @@ if TYPE_CHECKING:
 Say = Callable[[str], None]
 
 
-def check_val_split(val: Posts) -> None:
-    """TrainError, before training, when the validation posts (one label each) are too few to
-    fit a calibration temperature on: the minimum in posts and in classes, and what they hold."""
+def check_val_split(val: Posts, calibrate: bool) -> None:
+    """With `calibrate`, TrainError (before training) when the validation posts (one label each)
+    are too few to fit a calibration temperature on: the minimum in posts and in classes, and
+    what they hold."""
     from fbdl_fast.calibration import calibration_split_problem
 
+    if not calibrate:
+        return
     assert val.labels is not None
     problem = calibration_split_problem(val.labels)
     if problem is not None:

@@ -415,8 +415,7 @@ class _Run:
         if self.ctx.is_main:
             for warning in label_warnings(train, val):
                 logger.warning(f"{self.data_name}: {warning}")
-        if self.request.calibrate:  # known from the split: refused before any training
-            check_val_split(val)
+        check_val_split(val, self.request.calibrate)  # known now: refused before any training
         return train, val
 
     def _tokenizer(self, train: Posts, source: Path) -> Tokenizer:
