@@ -183,6 +183,8 @@ def folder_atomic(path: PathLike, names: Iterable[str]) -> Iterator[Path]:
     else is the user's and is never replaced: FileExistsError naming it, before the block runs.
     """
     path = Path(path)
+    if path.is_symlink():  # a link to the report folder: its target is the folder replaced
+        path = path.resolve()
     allowed = set(names)
     if path.exists() and not path.is_dir():
         raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))

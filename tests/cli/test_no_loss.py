@@ -214,3 +214,20 @@ def test_an_export_removes_the_temp_file_a_killed_export_left(
         assert live_tmp.exists()
         live.write(b"x")
     assert (run / name).read_bytes() == b"x"  # the live writer finished last
+
+
+def test_a_report_through_a_link_replaces_the_linked_folder(
+    trained: Path, posts_csv: Path, tmp_path: Path
+) -> None:
+    """--report LINK, a symlink to an earlier report folder: the folder it points to gets the
+    new set, the link stays a link, and nothing is left beside either."""
+    target = tmp_path / "reports" / "eval"
+    argv = ["evaluate", "--run", str(trained), "--data", str(posts_csv), "--quiet"]
+    assert main([*argv, "--report", str(target)]) == 0
+    (target / "report.md").write_text("# old\n", encoding="utf-8")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert main([*argv, "--report", str(link)]) == 0
+    assert link.is_symlink() and (target / "report.md").read_text(encoding="utf-8") != "# old\n"
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["eval"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "reports"]

@@ -12,8 +12,8 @@ rough and errs low, so that only a run that surely cannot fit is refused:
   batch_size x num_heads x max_seq_length^2 score matrix of 4 bytes per layer.
 
 It is compared with the memory available to the device: on a CPU the host's (MemAvailable of
-/proc/meminfo, else the free physical pages os.sysconf reports), on a GPU the free memory torch
-reports. Where neither can be read the run is not checked.
+/proc/meminfo, else the free physical pages os.sysconf reports), on a GPU the card's memory.
+Where neither can be read the run is not checked.
 """
 
 from __future__ import annotations
@@ -77,7 +77,9 @@ def available_bytes(device: Optional[str]) -> Optional[int]:
         if not torch.cuda.is_available():
             return None  # the device check says why
         index = int(device.partition(":")[2] or 0)
-        return int(torch.cuda.mem_get_info(index)[0])
+        # The card's whole memory, not mem_get_info's free share: reading that would create a
+        # CUDA context on the card, in every process of a torchrun run before it picks its own.
+        return int(torch.cuda.get_device_properties(index).total_memory)
     if device == "cpu":
         return host_available_bytes()
     return None  # mps: memory shared with the host, and no reading of it here
