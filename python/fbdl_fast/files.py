@@ -98,7 +98,8 @@ def _lock_temp(fd: int) -> None:
         import fcntl
     except ImportError:  # not POSIX: no stale files are removed there
         return
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    with contextlib.suppress(OSError):  # a filesystem without locks: the write goes on
+        fcntl.flock(fd, fcntl.LOCK_EX)
 
 
 def remove_stale_temps(path: PathLike) -> list[Path]:
@@ -137,8 +138,8 @@ def remove_stale_temps(path: PathLike) -> list[Path]:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # a live writer's
+            except OSError:  # a live writer's (EWOULDBLOCK), or no locks here to tell by
+                continue
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
         finally:

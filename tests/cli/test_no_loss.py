@@ -231,3 +231,24 @@ def test_a_report_through_a_link_replaces_the_linked_folder(
     assert link.is_symlink() and (target / "report.md").read_text(encoding="utf-8") != "# old\n"
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["eval"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "reports"]
+
+
+def test_writes_go_on_where_the_filesystem_has_no_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem refusing flock (ENOLCK, some network mounts): open_atomic still writes,
+    and remove_stale_temps keeps every temp file, as it cannot tell a live writer's."""
+    import errno
+    import fcntl
+
+    from fbdl_fast import files
+
+    def no_locks(_fd: int, _op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    stale = tmp_path / ".model.onnx.abcd1234.tmp"
+    stale.write_bytes(b"half")
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    files.write_atomic(tmp_path / "model.onnx", b"whole")
+    assert (tmp_path / "model.onnx").read_bytes() == b"whole"
+    assert files.remove_stale_temps(tmp_path / "model.onnx") == [] and stale.exists()
