@@ -93,7 +93,9 @@ def multilabel_counts(
 
 def multilabel_metrics(counts: torch.Tensor) -> dict[str, float]:
     """accuracy (subset accuracy: every class of the post right), micro_f1, macro_f1 (mean over
-    the classes present in the targets or the predictions, as metrics.macro_f1), hamming_loss
+    the classes present in the targets or the predictions, as metrics.macro_f1: a class
+    predicted but never true counts with F1 0, as in scikit-learn's f1_score(average="macro",
+    zero_division=0)), hamming_loss
     (share of wrong (post, class) pairs) and num_samples, from multilabel_counts."""
     counts = counts.double().cpu()
     classes = (counts.numel() - 3) // 3
