@@ -10,6 +10,7 @@ map, the reliability diagram).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -170,11 +171,13 @@ class Evaluation:
             )
         return rows
 
-    def _pair_lines(self) -> list[str]:
+    def _pair_lines(self, markdown: bool = False) -> list[str]:
         support = self.scores.support
+        names = self.names
+        if markdown:  # each line is a list item: its first name starts the item's text
+            names = [markdown_text(name, line_start=True) for name in self.names]
         return [
-            f"{self.names[t]} -> {self.names[p]}: {n} ({n / int(support[t]):.1%} of "
-            f"{self.names[t]})"
+            f"{names[t]} -> {names[p]}: {n} ({n / int(support[t]):.1%} of {names[t]})"
             for t, p, n in self.pairs
         ]
 
@@ -233,7 +236,7 @@ class Evaluation:
         else:
             out.append(f"{n} classes: see the heat map and `--json`.")
         out += ["", f"{heading} Most confused pairs", ""]
-        out += [f"- {line}" for line in self._pair_lines()] or ["No mistakes."]
+        out += [f"- {line}" for line in self._pair_lines(markdown=True)] or ["No mistakes."]
         out += ["", f"{heading} Calibration", "", self._calibration_line() + "."]
         return "\n".join(out) + "\n"
 
@@ -361,11 +364,28 @@ def _aligned(rows: list[list[str]]) -> str:
     )
 
 
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|")
+# Characters that start markdown, HTML or math markup anywhere in a line. A label is the user's
+# text: "<b>x</b>", "**y**", "[z](url)" or "$x$" must show as written, and "a|b" must not open
+# a new table column.
+_MARKUP = re.compile(r"([\\`*_\[\]<>#|~&$])")
+# At the start of a line (a list item "- NAME -> ..."), these make a list or a heading.
+_LINE_START = re.compile(r"^([-+=])|^(\d+)([.)])")
+
+
+def markdown_text(text: str, line_start: bool = False) -> str:
+    """`text` (e.g. a label) as markdown that shows it literally: markup characters
+    backslash-escaped, line breaks read as spaces; with line_start (text that begins a line or
+    a list item) a leading list or heading marker too. Not for numbers in table cells, whose
+    "-0.5" or "1." mean nothing there."""
+    text = _MARKUP.sub(r"\\\1", " ".join(str(text).splitlines()))
+    if not line_start:
+        return text
+    return _LINE_START.sub(lambda m: f"\\{m[1]}" if m[1] else f"{m[2]}\\{m[3]}", text)
 
 
 def markdown_table_lines(header: list[str], rows: list[list[str]], right: list[int]) -> list[str]:
-    """A markdown table as lines: the header, the rule (columns in `right` right-aligned), rows."""
+    """A markdown table as lines: the header, the rule (columns in `right` right-aligned), rows.
+    Header and row cells are text, escaped with markdown_text."""
     rule = ["---:" if i in right else "---" for i in range(len(header))]
-    return ["| " + " | ".join(map(_md_cell, line)) + " |" for line in [header, rule, *rows]]
+    lines = [list(map(markdown_text, header)), rule, *(list(map(markdown_text, r)) for r in rows)]
+    return ["| " + " | ".join(line) + " |" for line in lines]
