@@ -255,7 +255,21 @@ def weights_file(folder: PathLike) -> Path:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a weights file; ValueError naming the file when it is damaged (truncated,
-    or not a weights file at all), instead of the reader's own traceback."""
+    or not a weights file at all), instead of the reader's own traceback, and naming the tensor
+    when one holds NaN or an infinity (a model built on it would only ever give NaN)."""
+    weights = _read_tensors(path)
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"pretrained weights {path}: tensor {name} holds {bad} NaN or infinite "
+                f"value{'s' if bad != 1 else ''} of {tensor.numel()}; the checkpoint is damaged: "
+                "reinstall or download it again"
+            )
+    return weights
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file  # a dependency, imported only when loading

@@ -7,7 +7,9 @@ evaluate and predict use by default (best.pt, else last.pt).
 One label a post: the calibration's temperature, fitted there and stored in the checkpoint, and
 the per-class evaluation. Several labels a post: each class's threshold, tuned there and stored,
 and the metrics at the thresholds. Both write the run report (report.md, curves.png).
-`check_val_split` refuses, before training, a validation split too small to calibrate on.
+`check_val_split` refuses, before training, a validation split too small to calibrate on;
+`load_for_validation` refuses a run whose model is not finite (no epoch ended with finite weights
+and validation loss, or NaN weights in the checkpoint): such a run is never published.
 """
 
 from __future__ import annotations
@@ -45,13 +47,51 @@ def check_val_split(val: Posts, calibrate: bool) -> None:
         )
 
 
+def refuse_diverged(trainer: Trainer, run_dir: Path, problem: str) -> TrainError:
+    """The TrainError of a run that is not published because its model is not finite:
+    `problem` (the epoch and what is not finite), the advice, and whether the run so far is
+    kept to resume (it is when run_dir holds a last.pt: the trainer writes only finite ones)."""
+    config = trainer.config
+    kept = (run_dir / runs.LAST_CHECKPOINT).is_file()
+    return TrainError(
+        f"training diverged, so the run is not published: {problem}. Lower learning_rate "
+        f"(now {config.learning_rate:g}) or gradient_clip (now {config.gradient_clip:g}; 0 is "
+        "no clipping), or check the data; "
+        + (
+            f"the run so far, at its last epoch with finite weights, is kept in {run_dir}: "
+            "repeat the command with resume=True to continue it"
+            if kept
+            else "no epoch ended with finite weights, so nothing was kept"
+        )
+    )
+
+
+def check_best_is_finite(trainer: Trainer, run_dir: Path) -> None:
+    """TrainError (refuse_diverged) unless some epoch ended with finite weights and a finite
+    validation loss, i.e. the run has a best epoch: before the default checkpoint is loaded."""
+    history = trainer.history
+    if history.best_epoch is None and history.epochs:
+        losses = ", ".join(
+            f"epoch {i + 1} validation loss {loss:.4g}" for i, loss in enumerate(history.val_losses)
+        )
+        raise refuse_diverged(
+            trainer,
+            run_dir,
+            f"no epoch ended with finite weights and a finite validation loss ({losses})",
+        )
+
+
 def load_for_validation(
     trainer: Trainer, val_loader: DataLoader, run_dir: Path
 ) -> tuple[Path, DataLoader]:
     """Load the checkpoint evaluate and predict use by default (best.pt, else last.pt) of
     `run_dir` into `trainer`; return its path and a loader over all the validation posts (under
-    DDP each rank validated its own shard only)."""
+    DDP each rank validated its own shard only). TrainError, and nothing loaded, when no epoch
+    ended finite; TrainError naming the tensor when the checkpoint's weights are not finite."""
     from fbdl_fast.data import make_loader
+    from fbdl_fast.training.finite import nonfinite_tensor
+
+    check_best_is_finite(trainer, run_dir)
 
     config = trainer.config
     if trainer.world_size > 1:
@@ -63,6 +103,12 @@ def load_for_validation(
         )
     chosen = runs.checkpoint_path(run_dir, None)
     trainer.load_checkpoint(chosen, model_only=True)
+    tensor = nonfinite_tensor(trainer.model.state_dict())
+    if tensor is not None:  # written by an older version, or changed since
+        epoch = trainer.history.best_epoch or trainer.history.epochs
+        raise refuse_diverged(
+            trainer, run_dir, f"{chosen.name} (epoch {epoch}) holds NaN or infinite {tensor}"
+        )
     return chosen, val_loader
 
 
@@ -174,4 +220,11 @@ def finish_multi_label(
     return thresholds, found
 
 
-__all__ = ["check_val_split", "finish_multi_label", "finish_single_label", "load_for_validation"]
+__all__ = [
+    "check_best_is_finite",
+    "check_val_split",
+    "finish_multi_label",
+    "finish_single_label",
+    "load_for_validation",
+    "refuse_diverged",
+]

@@ -85,7 +85,7 @@ from fbdl_fast.checkpoint import (
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import append_line, write_atomic
 from fbdl_fast.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG
-from fbdl_fast.training import distributed, losses, optim
+from fbdl_fast.training import distributed, finite, losses, optim
 
 logger = logging.getLogger(__name__)
 
@@ -417,6 +417,7 @@ class Trainer:
         self.global_step = 0  # optimizer steps taken
         self._bad_epochs = 0  # epochs since the best validation loss
         self._nonfinite_streak = 0  # steps in a row skipped for a non-finite loss
+        self._finite_epoch = 0  # the last epoch that ended with finite weights (fit sets it)
         self._last_loss = math.nan  # the latest step's loss, for the progress bar
         self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # current step's
         # predict()'s softmax(logits / T): a calibrated checkpoint's (fbdl_fast.calibration)
@@ -633,7 +634,8 @@ class Trainer:
                 f"training stopped in epoch {epoch + 1}: {self._nonfinite_streak} optimizer "
                 f"steps in a row had a non-finite loss (last: {value}; on some rank); no "
                 f"checkpoint of this epoch was written, so last.pt/best.pt keep the weights of "
-                f"epoch {self.epoch}. Lower learning_rate (now {self.config.learning_rate}), "
+                f"epoch {self._finite_epoch}. Lower learning_rate (now "
+                f"{self.config.learning_rate}), "
                 f"set gradient_clip > 0, or check the data; max_nonfinite_steps="
                 f"{self.max_nonfinite_steps} sets how many bad steps in a row are tolerated"
             )
@@ -768,6 +770,7 @@ class Trainer:
         Batches may omit 'labels'. The probabilities are softmax(logits / self.temperature):
         calibrated when the loaded checkpoint holds a temperature (train --calibrate)."""
         logits, _, _ = self._forward_all(loader, "predict", need_labels=False)
+        finite.check_logits(logits)  # NaN would still give a label, with probability nan
         if self.config.multi_label:  # (N, C) bool: the classes at or above their threshold
             from fbdl_fast.training.multilabel import predict_labels
 
@@ -809,6 +812,8 @@ class Trainer:
         elif self.epoch == 0:
             # Each rank its own dropout draws; rank 0 (and a single process) uses config.seed.
             torch.manual_seed(self.config.seed + self.rank)
+        # The last epoch whose weights were finite, so written to last.pt (0: none yet).
+        self._finite_epoch = self.epoch
         while self.epoch < self.config.max_epochs and not self.history.stopped_early:
             index = self.epoch  # 0-based epoch index
             started = time.perf_counter()
@@ -822,7 +827,12 @@ class Trainer:
                 self.scheduler.step()
             self.epoch += 1
             seconds = time.perf_counter() - started
-            improved = self._record_epoch(train_loss, train_acc, val, lr, seconds, skipped)
+            diverged = self._nonfinite_weights()
+            if diverged is None:
+                self._finite_epoch = self.epoch
+            improved = self._record_epoch(
+                train_loss, train_acc, val, lr, seconds, skipped, weights_finite=diverged is None
+            )
             self._end_of_epoch(improved)
             logger.info(
                 "epoch %d/%d train_loss %.4f val_loss %.4f val_acc %.4f val_f1 %.4f",
@@ -843,8 +853,10 @@ class Trainer:
         lr: float,
         seconds: float,
         skipped: int = 0,
+        weights_finite: bool = True,
     ) -> bool:
-        """Append the epoch to the history and update early stopping; True on a new best."""
+        """Append the epoch to the history and update early stopping; True on a new best (never
+        for weights that are not finite, whatever their validation loss)."""
         h = self.history
         h.skipped_steps.append(skipped)
         h.train_losses.append(train_loss)
@@ -854,7 +866,7 @@ class Trainer:
         h.val_f1s.append(val["macro_f1"])
         h.learning_rates.append(lr)
         h.epoch_times.append(seconds)
-        improved = val["loss"] < h.best_val_loss  # NaN never improves
+        improved = weights_finite and val["loss"] < h.best_val_loss  # NaN never improves
         if improved:
             h.best_val_loss, h.best_epoch = val["loss"], self.epoch
             self._bad_epochs = 0
@@ -869,11 +881,25 @@ class Trainer:
         )
         return improved
 
+    def _nonfinite_weights(self) -> Optional[str]:
+        """The first weight tensor holding NaN or inf (logged with the epoch), or None."""
+        name = finite.nonfinite_tensor(self.model.state_dict())
+        if name is not None:
+            logger.warning(
+                "epoch %d: the weights hold NaN or infinite values (first: %s); the epoch's "
+                "checkpoints are not written, last.pt keeps the last finite weights",
+                self.epoch,
+                name,
+            )
+        return name
+
     def _end_of_epoch(self, improved: bool) -> None:
         """Write the checkpoints and the metrics line of the epoch just finished (rank 0 only).
 
         Order: best.pt, the metrics line, last.pt. A kill between any two leaves last.pt at the
-        previous epoch; resuming from it trims the log and rewrites best.pt as it was."""
+        previous epoch; resuming from it trims the log and rewrites best.pt as it was. An epoch
+        that ended with weights that are not finite (fit sets _finite_epoch) gets the metrics
+        line only, as if killed before last.pt: last.pt keeps the last finite state."""
         # Every rank's RNG state (dropout draws differ per rank), gathered by all of them.
         rngs = distributed.all_gather_object(rng_state()) if self.world_size > 1 else None
         if self.run_dir is None or self.rank != 0:
@@ -900,7 +926,8 @@ class Trainer:
         }
         entry = {k: _finite_or_none(v) for k, v in line.items()}
         append_line(self.run_dir / METRICS_LOG, json.dumps(entry) + "\n")  # no symlink followed
-        save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
+        if self._finite_epoch == self.epoch:
+            save_checkpoint(state, self.run_dir / LAST_CHECKPOINT)
 
     def _trim_metrics_log(self) -> None:
         """Keep the metrics lines of the epochs the resumed checkpoint holds, drop the rest (a
