@@ -71,13 +71,16 @@ def check_best_is_finite(trainer: Trainer, run_dir: Path) -> None:
     validation loss, i.e. the run has a best epoch: before the default checkpoint is loaded."""
     history = trainer.history
     if history.best_epoch is None and history.epochs:
+        # The last few epochs: a long run's every epoch would not make a one-line message.
         losses = ", ".join(
-            f"epoch {i + 1} validation loss {loss:.4g}" for i, loss in enumerate(history.val_losses)
+            f"epoch {i + 1} validation loss {history.val_losses[i]:.4g}"
+            for i in range(max(0, history.epochs - 3), history.epochs)
         )
         raise refuse_diverged(
             trainer,
             run_dir,
-            f"no epoch ended with finite weights and a finite validation loss ({losses})",
+            f"none of {history.epochs} epoch{'s' if history.epochs != 1 else ''} ended with "
+            f"finite weights and a finite validation loss ({losses})",
         )
 
 
