@@ -12,6 +12,7 @@ weights before the softmax. `temperature_of` reads it; checkpoints without it ha
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
@@ -22,7 +23,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from fbdl_fast.files import open_atomic
+from fbdl_fast.manifest import parse_verified, write_recorded
 
 FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
@@ -33,10 +34,12 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: dict[str, Any], path: PathLike) -> Path:
-    """Write `state` (plus format_version) to `path` atomically."""
+    """Write `state` (plus format_version) to `path` atomically; in a run folder with a
+    manifest, its SHA-256 is recorded there (fbdl_fast.manifest.write_recorded)."""
     payload = {"format_version": FORMAT_VERSION, **state}
-    with open_atomic(path, "wb") as f:
-        torch.save(payload, f)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    write_recorded(path, buffer.getvalue())  # the bytes hashed are the bytes written
     return Path(path)
 
 
@@ -45,12 +48,25 @@ _ZIP_MAGIC = b"PK\x03\x04"
 
 
 def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by save_checkpoint; CheckpointError names the file on failure."""
+    """Read a checkpoint written by save_checkpoint; CheckpointError names the file on failure,
+    fbdl_fast.manifest.IntegrityError when its bytes are not those its run's manifest recorded."""
+    return read_checkpoint(path, map_location)[0]
+
+
+def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> tuple[dict[str, Any], str]:
+    """(the checkpoint at `path`, the SHA-256 of the bytes it was read from): the file is read
+    once, hashed and checked against its run's manifest, and torch.load reads those bytes, so
+    the hash is that of the weights returned (export stamps it). Errors as load_checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    with open(path, "rb") as f:
-        head = f.read(len(_ZIP_MAGIC))
+    state, digest = parse_verified(path, lambda data: _parse(path, data, map_location))
+    return state, digest
+
+
+def _parse(path: Path, data: bytes, map_location: Any) -> dict[str, Any]:
+    """The checkpoint in `data`, the bytes of `path`; CheckpointError naming it."""
+    head = data[: len(_ZIP_MAGIC)]
     if not head:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): truncated")
     if head != _ZIP_MAGIC:
@@ -58,7 +74,7 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
             f"{str(path)!r} is not an fbdl_fast checkpoint (not a torch.save archive)"
         )
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         # weights_only refused an object that is not a tensor or plain data. torch's message
         # suggests weights_only=False, i.e. running the file's code: not advice to pass on.
@@ -165,6 +181,7 @@ __all__ = [
     "CheckpointError",
     "add_calibration",
     "load_checkpoint",
+    "read_checkpoint",
     "require_keys",
     "rng_state",
     "save_checkpoint",

@@ -17,6 +17,9 @@ data settings), tokenizer.json, label_map.json, best.pt / last.pt and metrics.js
   with --overwrite, and only when it is a run (config.json and a checkpoint) or empty.
 - verify: --resume refuses a folder holding a symlink (writing through it would write outside
   the run) and a command whose options or data (config.json keeps the data's SHA-256) differ.
+- integrity: manifest.json records the SHA-256 of every artifact as it is written (started by
+  `create`, kept by fbdl_fast.manifest), and every read here checks the bytes it parses against
+  it; the tokenizer's fingerprint covers its settings, not only its vocabulary.
 - read: config.json, tokenizer.json and label_map.json (`read_run_files`), and the checks that
   tie them to a checkpoint or an exported file before any model is built (`check_unit`):
   config.json's sizes within SIZE_LIMITS and equal to the checkpoint's config, the label map and
@@ -29,6 +32,7 @@ Torch-free at import time (the CLI imports this module for --help).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from fbdl_fast.files import copy_file, write_atomic
+from fbdl_fast.manifest import read_verified, start_manifest
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
@@ -89,14 +94,34 @@ def lock_path(out: Path) -> Path:
 # Lock
 # ====================
 
+# The lock files this process holds: `locked` inside `locked` of the same run (export_onnx
+# called by `fbdl-fast export`, which locked the run before loading it) goes on without a
+# second flock, which would wait on the first.
+_HELD: set[str] = set()
+
 
 @contextmanager
 def locked(out: Path) -> Iterator[None]:
     """Hold the exclusive lock of run `out` for the `with` block; RunError naming the live
-    writer's PID if another process holds it. The lock file goes when the block ends."""
+    writer's PID if another process holds it. The lock file goes when the block ends. A block
+    inside one that already holds this lock in this process just runs."""
+    path = lock_path(out)
+    key = os.path.abspath(path)
+    if key in _HELD:
+        yield
+        return
+    _HELD.add(key)
+    try:
+        with _flocked(out, path):
+            yield
+    finally:
+        _HELD.discard(key)
+
+
+@contextmanager
+def _flocked(out: Path, path: Path) -> Iterator[None]:
     import fcntl  # POSIX; imported here so that the CLI's --help works everywhere
 
-    path = lock_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -246,6 +271,8 @@ def create(partial: Path, meta: dict[str, Any], tokenizer: Tokenizer, label_map:
     write_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
     tokenizer.save(str(partial / RUN_TOKENIZER))
     label_map.save(partial / RUN_LABELS)
+    # from here on every artifact written is recorded, every load verified (fbdl_fast.manifest)
+    start_manifest(partial)
 
 
 def discard(partial: Path) -> bool:
@@ -286,7 +313,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     """config.json of a run, as a dict; RunError naming the file if it cannot be read."""
     path = folder / RUN_CONFIG
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        meta = json.loads(read_verified(path)[0].decode("utf-8"))
     except UnicodeDecodeError as err:
         raise RunError(
             f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset "
@@ -412,10 +439,33 @@ def check_sizes(values: dict[str, Any], path: Path) -> None:
                 )
 
 
-def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
-    """SHA-256 of the vocabulary in id order: equal for the same ids, whatever the file's layout."""
+# tokenizer_fingerprint's prefix: checkpoints written before it hold vocabulary_fingerprint.
+FINGERPRINT_PREFIX = "tokenizer-v2:"
+
+
+def vocabulary_fingerprint(tokenizer: Tokenizer) -> str:
+    """SHA-256 of the vocabulary in id order: the fingerprint checkpoints of fbdl_fast 0.1.0
+    hold (blind to the normaliser and pre-tokenizer settings)."""
     tokens = (tokenizer.id_to_token(i) or "" for i in range(tokenizer.vocab_size))
     return hashlib.sha256("\n".join(tokens).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
+    """FINGERPRINT_PREFIX + SHA-256 of the whole tokenizer as it loaded (its settings:
+    lowercasing, URL replacement, the pre-tokenizer..., and its vocabulary in id order), in
+    canonical JSON: equal for the same tokenizer whatever the file's layout."""
+    settings = json.loads(tokenizer.to_str())
+    canonical = json.dumps(settings, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+    return FINGERPRINT_PREFIX + digest
+
+
+def fingerprint_matches(stored: str, tokenizer: Tokenizer) -> bool:
+    """Whether a checkpoint's fingerprint is `tokenizer`'s, compared as the kind it is: the
+    whole tokenizer (tokenizer_fingerprint) or, in older checkpoints, its vocabulary only."""
+    if stored.startswith(FINGERPRINT_PREFIX):
+        return stored == tokenizer_fingerprint(tokenizer)
+    return stored == vocabulary_fingerprint(tokenizer)
 
 
 def read_run_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
@@ -447,8 +497,28 @@ def read_run_files(path: Path) -> RunFiles:
     from fbdl_fast.tokenizer import Tokenizer
 
     meta, config = read_run_config(path)
-    tokenizer = Tokenizer.from_file(path / RUN_TOKENIZER)
-    return RunFiles(path, meta, config, tokenizer, LabelMap.load(path / RUN_LABELS))
+    # Each file is read once, checked against the run's manifest and parsed from those bytes.
+    tokenizer_path = path / RUN_TOKENIZER
+    try:
+        tokenizer = Tokenizer.from_str(_verified_text(tokenizer_path, "tokenizer"))
+    except ValueError as err:  # the reader names "<string>": name the file instead
+        raise type(err)(str(err).replace("<string>", str(tokenizer_path), 1)) from None
+    text = _verified_text(path / RUN_LABELS, "label map")
+    try:
+        labels = LabelMap.from_dict(json.loads(text))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"label map {path / RUN_LABELS} is not valid JSON: {err}") from None
+    return RunFiles(path, meta, config, tokenizer, labels)
+
+
+def _verified_text(path: Path, what: str) -> str:
+    """The UTF-8 text of the run file `path`, verified (fbdl_fast.manifest.read_verified)."""
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, f"{what} does not exist", str(path))
+    try:
+        return read_verified(path)[0].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text ({err}); retrain the run") from None
 
 
 def check_unit(
@@ -495,10 +565,10 @@ def check_unit(
             f"tokenizer belongs to another run: restore this run's {RUN_TOKENIZER} or retrain"
         )
     fingerprint = state.get("tokenizer_fingerprint")
-    if fingerprint is not None and fingerprint != tokenizer_fingerprint(tokenizer):
+    if isinstance(fingerprint, str) and not fingerprint_matches(fingerprint, tokenizer):
         raise RunError(
             f"{path / RUN_TOKENIZER} is not the tokenizer the checkpoint {chosen.name} was "
-            f"trained with (its vocabulary differs); it belongs to another run: restore this "
+            f"trained with (its settings or vocabulary differ); restore this "
             f"run's {RUN_TOKENIZER} or retrain"
         )
     if len(label_map) != config.num_classes:

@@ -27,6 +27,7 @@ RUN_FILES = {
     "metrics.jsonl",
     "report.md",
     "curves.png",
+    "manifest.json",
 }
 
 
@@ -505,10 +506,13 @@ def test_python_m_fbdl_fast() -> None:
 
 
 def tampered(run: Path, folder: Path, name: str, change: object) -> Path:
-    """A copy of `run` whose JSON file `name` went through `change` (edits the dict in place)."""
+    """A copy of `run` whose JSON file `name` went through `change` (edits the dict in place),
+    without its manifest.json (which would refuse any change first): the checks behind it, as a
+    run written before the manifest gets them."""
     import shutil
 
     shutil.copytree(run, folder)
+    (folder / "manifest.json").unlink()
     values = json.loads((folder / name).read_text(encoding="utf-8"))
     change(values)  # type: ignore[operator]
     (folder / name).write_text(json.dumps(values), encoding="utf-8")
@@ -575,6 +579,7 @@ def test_corrupt_checkpoint_is_a_user_error(
     data, run = trained
     broken = tmp_path / "broken"
     shutil.copytree(run, broken)
+    (broken / "manifest.json").unlink()  # the checks behind it (test_manifest.py: with it)
     (broken / "best.pt").write_bytes((run / "best.pt").read_bytes()[:100])  # truncated
     assert main(["evaluate", "--run", str(broken), "--data", str(data)]) == 2
     err = capsys.readouterr().err

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from fbdl_fast.cli.common import HelpFormatter, UsageError, add_threads_option, say
-from fbdl_fast.runs import PROG
+from fbdl_fast.runs import PROG, locked, resolve_output
 from fbdl_fast.training.loading import SERVED_FORMATS, load_run
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from fbdl_fast.serving import int8, onnx, provenance
+    from fbdl_fast.serving import provenance
 
     target = provenance.output_path(Path(args.run), args.format)  # an unknown format: error first
     if args.checkpoint in SERVED_FORMATS:
@@ -26,6 +26,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"--keep-fp32 {args.keep_fp32!r}: accepted with --format int8 only, as module "
             "names separated by commas (e.g. blocks.0.mlp.proj)"
         )
+    # The run's lock from before the load to after the stamp: a train of this folder cannot
+    # replace its checkpoint meanwhile (and the export checks the bytes it loaded are still there).
+    with locked(resolve_output(Path(args.run))):
+        return _export(args, target, keep)
+
+
+def _export(args: argparse.Namespace, target: Path, keep: list[str]) -> int:
+    from fbdl_fast.serving import int8, onnx
+
     run = load_run(Path(args.run), checkpoint=args.checkpoint, device="cpu", threads=args.threads)
     say(args, f"exporting {run.checkpoint} to {target} ...")
     if args.format == "onnx":

@@ -50,6 +50,7 @@ from fbdl_fast.serving.provenance import (
     ServedModel,
     check_source,
     provenance,
+    run_lock,
 )
 
 if TYPE_CHECKING:
@@ -280,7 +281,11 @@ def export_int8(
     "bytes", "quantized": [module names], "kept_fp32": [module names], "fp32_bytes": the fp32
     weights' size in memory}."""
     _check_engine()
-    path = path or run.path / INT8_FILE
+    with run_lock(run):
+        return _export_int8(run, path or run.path / INT8_FILE, keep_fp32)
+
+
+def _export_int8(run: ExportSource, path: Path, keep_fp32: Sequence[str]) -> dict[str, Any]:
     remove_stale_temps(path)  # an export killed midway left its temporary file
     kept = kept_fp32(run.model, keep_fp32)  # a bad name: refused before any work
     qmodel = quantize_int8(run.model, kept)

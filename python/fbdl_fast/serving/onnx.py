@@ -62,7 +62,8 @@ from fbdl_fast.checkpoint import (
     CheckpointError,
     temperature_of,
 )
-from fbdl_fast.files import open_atomic, remove_stale_temps
+from fbdl_fast.files import remove_stale_temps
+from fbdl_fast.manifest import read_verified, write_recorded
 from fbdl_fast.models.lstm import scan_recurrence
 from fbdl_fast.serving.provenance import (
     ONNX_FILE,
@@ -71,6 +72,7 @@ from fbdl_fast.serving.provenance import (
     ServedModel,
     check_source,
     provenance,
+    run_lock,
 )
 
 if TYPE_CHECKING:
@@ -197,7 +199,11 @@ def export_onnx(run: ExportSource, path: Optional[Path] = None) -> dict[str, Any
         raise ExportError(
             f"--format onnx needs onnx and onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
         ) from None
-    path = path or run.path / ONNX_FILE
+    with run_lock(run):
+        return _export_onnx(run, path or run.path / ONNX_FILE)
+
+
+def _export_onnx(run: ExportSource, path: Path) -> dict[str, Any]:
     remove_stale_temps(path)  # an export killed midway left its temporary file
     config = run.config
     model = run.model.to("cpu").eval()
@@ -230,8 +236,7 @@ def export_onnx(run: ExportSource, path: Optional[Path] = None) -> dict[str, Any
                 )
                 continue
             data = with_metadata(data, metadata(run))
-            with open_atomic(path, "wb") as f:
-                f.write(data)
+            write_recorded(path, data)  # atomically, its SHA-256 in the run's manifest
             return {"path": path, "exporter": exporter, "max_abs_diff": diff, "bytes": len(data)}
     raise ExportError(
         f"{run.meta.get('model', type(model).__name__)} in {run.path} could not be exported to "
@@ -353,9 +358,10 @@ def read_onnx(
         raise RunError(
             f"--checkpoint onnx: {path} does not exist; write it with {_export_hint(folder)}"
         )
+    data, _ = read_verified(path)  # checked against the run's manifest, then served
     try:
         onnx_session = session(
-            path, threads=torch.get_num_threads() if threads is None else threads
+            data, threads=torch.get_num_threads() if threads is None else threads
         )
     except Exception as err:  # onnxruntime's errors share no base class below Exception
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__

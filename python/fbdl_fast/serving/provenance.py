@@ -13,6 +13,7 @@ fbdl_fast.training.loading builds the Run that predicts. Neither side needs the 
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Protocol
@@ -47,6 +48,8 @@ class ExportSource(Protocol):
     tokenizer: Tokenizer
     label_map: LabelMap
     checkpoint: Path
+    # SHA-256 of the bytes the weights were loaded from (None: not known, hashed at the stamp)
+    checkpoint_sha256: Optional[str]
 
     @property
     def model(self) -> nn.Module: ...
@@ -89,10 +92,34 @@ def provenance(run: ExportSource) -> dict[str, Any]:
         "config": run.config.to_dict(),
         "label_map": {"labels": list(run.label_map.labels)},
         "tokenizer_fingerprint": tokenizer_fingerprint(run.tokenizer),
-        "source_checkpoint": {"name": run.checkpoint.name, "sha256": sha256_of(run.checkpoint)},
+        "source_checkpoint": {"name": run.checkpoint.name, "sha256": loaded_sha256(run)},
         CALIBRATION_KEY: {"temperature": run.temperature},
         "thresholds": run.thresholds,
     }
+
+
+def run_lock(run: ExportSource) -> AbstractContextManager[None]:
+    """The lock of `run`'s folder (fbdl_fast.runs.locked), which an export holds while it
+    writes: a `train` of the same folder waits for it or is refused, and the reverse. Held
+    already by this process (`fbdl-fast export` locks before loading): the export goes on."""
+    from fbdl_fast.runs import locked, resolve_output
+
+    return locked(resolve_output(Path(run.path)))
+
+
+def loaded_sha256(run: ExportSource) -> str:
+    """The SHA-256 of the checkpoint bytes `run`'s weights were loaded from, which an export
+    stamps; ExportError when the checkpoint file no longer holds those bytes (replaced, say by
+    a `train --overwrite` of the run, between the load and the stamp): the export would tie the
+    old weights to the new file."""
+    loaded = getattr(run, "checkpoint_sha256", None)
+    current = sha256_of(run.checkpoint)
+    if loaded is not None and current != loaded:
+        raise ExportError(
+            f"{run.checkpoint} changed while it was exported (SHA-256 {loaded[:12]}... loaded, "
+            f"{current[:12]}... now): the run changed under the export; export it again"
+        )
+    return current
 
 
 def check_source(folder: Path, path: Path, source: dict[str, Any], fmt: str) -> None:

@@ -163,6 +163,8 @@ class Run(RunFiles):
     trainer: Trainer
     checkpoint: Path
     threads: Optional[int] = DEFAULT_THREADS
+    # SHA-256 of the bytes the weights were read from (export stamps it); None: not hashed
+    checkpoint_sha256: Optional[str] = None
 
     def __repr__(self) -> str:
         return (
@@ -498,7 +500,8 @@ def _checkpoint_run(
     folder: Path, which: Optional[str], device: Optional[str], threads: Optional[int]
 ) -> Run:
     """The run with the weights of a torch checkpoint (best, last, a path or None)."""
-    from fbdl_fast.checkpoint import CheckpointError, load_checkpoint
+    from fbdl_fast.checkpoint import CheckpointError, read_checkpoint
+    from fbdl_fast.manifest import IntegrityError
     from fbdl_fast.models import architecture, create_model
     from fbdl_fast.training.trainer import Trainer
 
@@ -506,11 +509,11 @@ def _checkpoint_run(
     model_name = files.model_name
     chosen = checkpoint_path(folder, which)
     try:
-        state = load_checkpoint(chosen, map_location="cpu")
-    except CheckpointError as err:
+        state, digest = read_checkpoint(chosen, map_location="cpu")
+    except (CheckpointError, IntegrityError) as err:
         other = LAST_CHECKPOINT if chosen.name == BEST_CHECKPOINT else BEST_CHECKPOINT
         if chosen.parent == folder and (folder / other).is_file():
-            raise CheckpointError(
+            raise type(err)(
                 f"{err}; this run also has {other}: pass --checkpoint {other.removesuffix('.pt')}"
             ) from None
         raise
@@ -519,7 +522,9 @@ def _checkpoint_run(
     model = create_model(architecture(model_name), files.config)
     trainer = Trainer(model, files.config, device=device, label_map=files.label_map, progress=False)
     trainer.load_state(state, chosen, model_only=True)
-    return _run(files, trainer, chosen, threads)
+    run = _run(files, trainer, chosen, threads)
+    run.checkpoint_sha256 = digest
+    return run
 
 
 def _served_run(folder: Path, fmt: str, threads: Optional[int]) -> Run:
