@@ -397,7 +397,11 @@ def _crash_in_epoch(model: nn.Module, epoch_batches: int, epoch: int) -> None:
 
 
 def test_resume_continues_exactly(tmp_path: Path) -> None:
-    """2 epochs in one run == 1 epoch, crash, a new Trainer resuming from last.pt, 1 epoch."""
+    """2 epochs in one run == 1 epoch, crash, a new Trainer resuming from last.pt, 1 epoch.
+
+    The resumed Trainer gets new loaders, as a restarted process builds them: their sampler
+    starts at epoch 0, so the resumed epoch has the whole run's order only if resuming tells the
+    sampler its epoch (a loader shared with the crashed Trainer would already hold it)."""
     train_loader, val_loader = loaders()
     config = tiny_config(max_epochs=2, scheduler_type="one_cycle", dropout=0.3)
 
@@ -415,7 +419,11 @@ def test_resume_continues_exactly(tmp_path: Path) -> None:
         crashed.fit(train_loader, val_loader)
     torch.rand(100)  # the global RNG moves on: only the checkpoint's RNG state can restore it
     resumed = cpu_trainer(fresh_model(), config, run_dir=tmp_path / "run")
-    history = resumed.fit(train_loader, val_loader, resume_from=tmp_path / "run" / LAST_CHECKPOINT)
+    restarted_train, restarted_val = loaders()
+    history = resumed.fit(
+        restarted_train, restarted_val, resume_from=tmp_path / "run" / LAST_CHECKPOINT
+    )
+    assert restarted_train.sampler.epochs_seen == [1]  # the 0-based index of epoch 2
 
     timeless = {"epoch_times": []}  # wall-clock times are the only thing allowed to differ
     assert dataclasses.replace(history, **timeless) == dataclasses.replace(
