@@ -1,6 +1,6 @@
 """The suite's summary counts the tests skipped for want of the MiniLM weights' package.
 
-A test file is generated and run by pytest in a subprocess with tests/conftest.py as its plugin,
+A test file is generated and run by pytest in a subprocess with the summary hook as its plugin,
 as a bare `pytest` of this suite loads it; the generated skips name the package as the MiniLM
 tests' reasons do (tests/minilm_run.py, tests/models/test_bert.py).
 """
@@ -12,12 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import MINILM_PACKAGE, minilm_skip_line
 from minilm_run import MISSING
+from skip_summary import MINILM_PACKAGE, minilm_skip_line
 
 TESTS = Path(__file__).resolve().parent
-# tests/conftest.py (importable as `conftest` from TESTS), and no cache folder left behind
-PLUGINS = ["-p", "conftest", "-p", "no:cacheprovider"]
+# The summary hook of tests/conftest.py (importable as `skip_summary` from TESTS), and no cache
+# folder left behind
+PLUGINS = ["-p", "skip_summary", "-p", "no:cacheprovider"]
 
 GENERATED = f"""
 import pytest
@@ -45,7 +46,7 @@ def test_runs():
 
 
 def _pytest(folder: Path, source: str) -> str:
-    """stdout of pytest over `source` (a test module) in `folder`, tests/conftest.py loaded and
+    """stdout of pytest over `source` (a test module) in `folder`, the summary hook loaded and
     the skips listed (-ra, as pyproject.toml's addopts ask)."""
     (folder / "test_generated.py").write_text(source, encoding="utf-8")
     env = {
