@@ -21,7 +21,7 @@ from fbdl_fast import ModelConfig
 from fbdl_fast.checkpoint import load_checkpoint
 from fbdl_fast.cli import main
 from fbdl_fast.data import BucketBatchSampler, PostsDataset, make_loader
-from fbdl_fast.training.distributed import DistContext, all_reduce_sum, init_from_env
+from fbdl_fast.training.distributed import DistContext, all_reduce_sum, init_from_env, teardown
 from fbdl_fast.training.trainer import METRICS_LOG, Trainer
 from tiny_run import Bag, bag_config, tiny_model_args, write_posts_csv
 
@@ -113,6 +113,22 @@ def _fit(num_replicas: int, rank: int, batch_size: int) -> Trainer:
     return trainer
 
 
+def _gloo_threads() -> list[str]:
+    """The names of this process's threads that gloo started (gloo_tcp_loop, pt_gloo_runloop)."""
+    tasks = Path("/proc/self/task")
+    names = [(tasks / task / "comm").read_text().strip() for task in os.listdir(tasks)]
+    return sorted(name for name in names if "gloo" in name)
+
+
+def _train_rank(rank: int, out: str) -> None:
+    """Fit rank `rank` of 2 and save its history and weights; its Trainer (and DDP wrapper)
+    goes when this returns."""
+    trainer = _fit(2, rank, 4)
+    history = trainer.history.to_dict()
+    history["epoch_times"] = []
+    torch.save({"history": history, "model": trainer.model.state_dict()}, f"{out}/{rank}.pt")
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     # The store at MASTER_ADDR:MASTER_PORT is the test's own (as torchrun's agent serves its
     # ranks): no rank binds a port, so none can find it taken.
@@ -124,17 +140,16 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     ctx = init_from_env("cpu", timeout_s=60)
     try:
-        trainer = _fit(2, rank, 4)
-        history = trainer.history.to_dict()
-        history["epoch_times"] = []
-        torch.save({"history": history, "model": trainer.model.state_dict()}, f"{out}/{rank}.pt")
+        _train_rank(rank, out)
     finally:
-        from fbdl_fast.training.distributed import teardown
-
         teardown(ctx)
+    # What gloo still runs once the group is torn down (nothing, when teardown freed it).
+    Path(f"{out}/{rank}.threads.json").write_text(json.dumps(_gloo_threads()))
 
 
 def test_two_gloo_ranks_train_and_stop_like_one_process(tmp_path: Path) -> None:
+    """2 gloo ranks of batch 4 stop early at the epoch one process of batch 8 does, with its
+    metrics and weights; teardown frees each rank's group, leaving no gloo thread running."""
     # Port 0: the system picks a free port and the store keeps it bound while the ranks run
     # (a port found free, closed and passed on could be taken in between).
     store = torch.distributed.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
@@ -142,6 +157,10 @@ def test_two_gloo_ranks_train_and_stop_like_one_process(tmp_path: Path) -> None:
         _worker, args=(store.port, str(tmp_path)), nprocs=2, start_method="spawn"
     )
     del store
+    # teardown freed each rank's group: its gloo threads are joined, not left to drop their
+    # last works' tensors while the interpreter exits (which aborted a rank now and then).
+    for r in range(2):
+        assert json.loads((tmp_path / f"{r}.threads.json").read_text()) == [], r
     ranks = [torch.load(tmp_path / f"{r}.pt", weights_only=True) for r in range(2)]
     single = _fit(1, 0, 8)
     expected = single.history

@@ -10,6 +10,20 @@ code path serves one process and many.
 
 Reductions sum (never ReduceOp.AVG, which gloo lacks on older torch): callers reduce sums and
 counts and divide afterwards, which is also what makes a mean over uneven shards exact.
+
+teardown must free the group, not only unregister it. A gloo worker thread lets go of a finished
+collective (and of the tensors it holds, some made in Python) just after it completes; in a group
+left alive that can come after the main thread has begun to exit the interpreter. Letting go of a
+tensor made in Python takes the GIL, which a finalizing interpreter answers by ending the thread,
+and ending it there aborts the process: "terminate called without an active exception" after the
+last epoch (a rank's core dump: ~AsyncBarrierWork -> ~AsyncAllreduceWork ->
+TensorImpl::decref_pyobject -> take_gil -> pthread_exit -> std::terminate). Freeing the group joins
+those threads while the interpreter is alive. What kept the group alive was
+torch.distributed.nn.functional, whose functions take `group=group.WORLD` as a default argument,
+evaluated when the module is imported: DistributedDataParallel imports it (through torch._dynamo)
+the first time a model is wrapped, after the group exists, and the defaults then held the group
+to the end. init_from_env imports it before it creates the group, while WORLD is still None. A
+DistributedDataParallel wrapper holds the group too: drop it before teardown.
 """
 
 from __future__ import annotations
@@ -81,6 +95,7 @@ def init_from_env(
     backend = backend or ("nccl" if use_cuda else "gloo")
     started = False
     if not dist.is_initialized():
+        _import_group_defaults()
         dist.init_process_group(
             backend=backend,
             init_method="env://",
@@ -92,12 +107,23 @@ def init_from_env(
     return DistContext(rank, world_size, local_rank, chosen, started)
 
 
+def _import_group_defaults() -> None:
+    """Import, before the default group exists, the torch modules that capture it at import time
+    (as default arguments), so that they capture None and destroy_process_group frees the group.
+
+    torch.distributed.nn.functional is the one found (torch 2.15: `group=group.WORLD` in each
+    function's signature); DistributedDataParallel imports it on first use, through
+    torch._dynamo, so this moves that import earlier rather than adding one.
+    """
+    import torch.distributed.nn.functional  # noqa: F401
+
+
 def teardown(ctx: DistContext) -> None:
-    """Destroy the process group if init_from_env started it (others own theirs)."""
+    """Destroy the process group if init_from_env started it (others own theirs). Call it once
+    the Trainer that wrapped its model in DistributedDataParallel is gone: the wrapper holds the
+    group, which then outlives this call (see the module's docstring)."""
     if ctx.started_here and dist.is_initialized():
-        # Every rank reaches this point before any tears down: without the barrier torch 2.11's
-        # gloo sometimes aborted a rank at exit ("terminate called without an active exception",
-        # 1 run in 12; 0 in 20 with it).
+        # No rank tears down while another is still in a collective with it.
         dist.barrier()
         dist.destroy_process_group()
 
