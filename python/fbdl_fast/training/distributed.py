@@ -23,7 +23,11 @@ torch.distributed.nn.functional, whose functions take `group=group.WORLD` as a d
 evaluated when the module is imported: DistributedDataParallel imports it (through torch._dynamo)
 the first time a model is wrapped, after the group exists, and the defaults then held the group
 to the end. init_from_env imports it before it creates the group, while WORLD is still None. A
-DistributedDataParallel wrapper holds the group too: drop it before teardown.
+DistributedDataParallel wrapper holds the group too: drop it before teardown. Measured on a
+2-core machine with a CPU-bound job beside it: two gloo ranks that train through DDP, all-reduce
+a tensor they keep and exit (rank 0 a second after rank 1) aborted 1 time in 40 with the group
+kept alive by the module and 0 in 40 with it imported first; with the DDP wrapper still alive at
+teardown, 5 in about 50.
 """
 
 from __future__ import annotations
