@@ -18,7 +18,7 @@ import pickle
 import random
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from fbdl_fast.manifest import parse_verified, write_recorded
 
 FORMAT_VERSION = 1
 PathLike = Union[str, "os.PathLike[str]"]
+T = TypeVar("T")
 
 
 class CheckpointError(RuntimeError):
@@ -55,18 +56,39 @@ def load_checkpoint(path: PathLike, map_location: Any = "cpu") -> dict[str, Any]
 
 def read_checkpoint(path: PathLike, map_location: Any = "cpu") -> tuple[dict[str, Any], str]:
     """(the checkpoint at `path`, the SHA-256 of the bytes it was read from): the file is read
-    once, hashed and checked against its run's manifest, and torch.load reads those bytes, so
-    the hash is that of the weights returned (export stamps it). Errors as load_checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    state, digest = parse_verified(path, lambda data: _parse(path, data, map_location))
+    once, hashed and checked against its run's manifest while torch.load reads that same open
+    file (fbdl_fast.manifest.parse_verified), so the hash is that of the weights returned
+    (export stamps it). Errors as load_checkpoint."""
+    state, digest, _ = read_checkpoint_using(path, lambda state: None, map_location)
     return state, digest
 
 
-def _parse(path: Path, data: bytes, map_location: Any) -> dict[str, Any]:
-    """The checkpoint in `data`, the bytes of `path`; CheckpointError naming it."""
-    head = data[: len(_ZIP_MAGIC)]
+def read_checkpoint_using(
+    path: PathLike, use: Callable[[dict[str, Any]], T], map_location: Any = "cpu"
+) -> tuple[dict[str, Any], str, T]:
+    """read_checkpoint, with use(state) run while the file's SHA-256 is still being computed:
+    the work a loader does with a checkpoint anyway (build the model, copy the weights in)
+    hides the hash's time where a second core is free. (state, digest, use's result) are
+    returned only once the bytes are verified; when use() fails on a file that changed, the
+    IntegrityError is raised instead of use's error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+
+    def parse_and_use(source: str, data: memoryview) -> tuple[dict[str, Any], T]:
+        state = _parse(path, source, data, map_location)
+        return state, use(state)
+
+    (state, used), digest = parse_verified(path, parse_and_use)
+    return state, digest, used
+
+
+def _parse(path: Path, source: str, data: memoryview, map_location: Any) -> dict[str, Any]:
+    """The checkpoint in `source`, the open file `path` whose bytes `data` maps; CheckpointError
+    naming it. torch.load maps the file too (mmap=True): the tensors are read from the page
+    cache when used, and the records a caller never touches (the optimizer's state, to
+    predict) are never copied."""
+    head = bytes(data[: len(_ZIP_MAGIC)])
     if not head:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes): truncated")
     if head != _ZIP_MAGIC:
@@ -74,7 +96,7 @@ def _parse(path: Path, data: bytes, map_location: Any) -> dict[str, Any]:
             f"{str(path)!r} is not an fbdl_fast checkpoint (not a torch.save archive)"
         )
     try:
-        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        state = torch.load(source, map_location=map_location, weights_only=True, mmap=True)
     except pickle.UnpicklingError:
         # weights_only refused an object that is not a tensor or plain data. torch's message
         # suggests weights_only=False, i.e. running the file's code: not advice to pass on.

@@ -2,10 +2,12 @@
 
 RUN/manifest.json records each artifact of the run (config.json, tokenizer.json,
 label_map.json, best.pt, last.pt, model.int8.pt, model.onnx; the calibration and the tuned
-thresholds live inside best.pt) with the SHA-256 of the bytes fbdl_fast wrote. A load reads a
-file's bytes once, hashes them and parses those same bytes (`read_verified`): a file whose bytes
-differ from the record (8 bytes flipped in a checkpoint, an edited tokenizer setting) is refused
-with one line naming it, instead of serving a silently different model.
+thresholds live inside best.pt) with the SHA-256 of the bytes fbdl_fast wrote. A load hashes the
+bytes it parses, in the same pass: a small file is read once, hashed and parsed
+(`read_verified`); a checkpoint is mapped once and hashed in a second thread while torch reads
+that same open file (`parse_verified`). A file whose bytes differ from the record (8 bytes
+flipped in a checkpoint, an edited tokenizer setting) is refused with one line naming it,
+instead of serving a silently different model.
 
 Writing (`write_recorded`) keeps the manifest true across a crash at any point: the new hash is
 first recorded as pending beside the old one (the manifest rewritten atomically), then the file
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -105,11 +108,11 @@ def check_bytes(path: Path, data: bytes) -> str:
     """The SHA-256 of `data`, the bytes just read from `path`; IntegrityError naming the file
     when its folder's manifest recorded other bytes for it."""
     digest = sha256_bytes(data)
-    _check_digest(path, data, digest)
+    _check_digest(path, len(data), digest)
     return digest
 
 
-def _check_digest(path: Path, data: bytes, digest: str) -> None:
+def _check_digest(path: Path, size: int, digest: str) -> None:
     if path.name not in ARTIFACTS:
         return
     files = read_manifest(path.parent)
@@ -119,36 +122,65 @@ def _check_digest(path: Path, data: bytes, digest: str) -> None:
     if digest not in (entry.get("sha256"), entry.get("pending")):
         recorded = str(entry.get("sha256") or entry.get("pending"))
         sizes = [entry.get(key) for key in ("bytes", "pending_bytes") if key in entry]
-        cut = sizes and all(isinstance(n, int) and len(data) < n for n in sizes)
-        damage = (
-            f"is truncated or corrupt ({len(data)} bytes of {sizes[0]} written): " if cut else ""
-        )
+        cut = sizes and all(isinstance(n, int) and size < n for n in sizes)
+        damage = f"is truncated or corrupt ({size} bytes of {sizes[0]} written): " if cut else ""
         raise IntegrityError(
             f"{path} {damage}{CHANGED_ADVICE} (SHA-256 {digest[:12]}... now, {recorded[:12]}... "
             f"recorded in {MANIFEST})"
         )
 
 
-def parse_verified(path: PathLike, parse: Callable[[bytes], T]) -> tuple[T, str]:
-    """(parse(the bytes of `path`), their SHA-256): the file is read once; the bytes are hashed
-    in a second thread while `parse` reads them (hashlib releases the GIL), and checked against
-    the folder's manifest (`check_bytes`) before the result is returned. So the hash costs
-    next to no time where a core is free: on a MiniLM run's 269 MB best.pt, hashing alone took
-    0.24-0.38 s, torch.load of the bytes 0.37-0.48 s. IntegrityError when the bytes are not
-    those recorded, also when `parse` failed on them (a truncated file is named as such)."""
+def parse_verified(path: PathLike, parse: Callable[[str, memoryview], T]) -> tuple[T, str]:
+    """(parse(source, data), the SHA-256 of `data`): the file `path` is opened once and mapped
+    into memory (`data`, no copy); a second thread hashes the mapped bytes (hashlib releases
+    the GIL) while `parse` reads the same file through `source`, a path naming the very file
+    that was opened (/proc/self/fd/N on Linux, so a file renamed over `path` meanwhile is not
+    read instead), e.g. torch.load(source, mmap=True) that reads only the records it needs.
+    The digest is checked against the folder's manifest (`check_bytes`) before the result is
+    returned; IntegrityError when the bytes are not those recorded, also when `parse` failed
+    on them (a truncated file is named as such). Measured on a MiniLM run's 269 MB best.pt:
+    docs/results.md, "Integrity manifest"."""
     path = Path(path)
     with open(path, "rb") as f:
-        data = f.read()
+        size = os.fstat(f.fileno()).st_size
+        source = _same_file_path(path, f.fileno())
+        if size == 0:  # mmap refuses an empty file
+            return _parse_and_check(path, source, memoryview(b""), parse)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            data = memoryview(mapped)
+            try:
+                return _parse_and_check(path, source, data, parse)
+            finally:
+                data.release()
+
+
+def _same_file_path(path: Path, fd: int) -> str:
+    """A path that opens the file behind `fd` (Linux's /proc/self/fd), else `path` itself."""
+    by_fd = f"/proc/self/fd/{fd}"
+    return by_fd if os.path.exists(by_fd) else str(path)
+
+
+def _parse_and_check(
+    path: Path, source: str, data: memoryview, parse: Callable[[str, memoryview], T]
+) -> tuple[T, str]:
     with ThreadPoolExecutor(max_workers=1) as pool:
-        hashing = pool.submit(sha256_bytes, data)
+        hashing = pool.submit(_sha256_view, data)
         try:
-            result = parse(data)
+            result = parse(source, data)
         except BaseException:
-            _check_digest(path, data, hashing.result())  # a changed file: say that, not why
+            _check_digest(path, len(data), hashing.result())  # a changed file: say that
             raise
         digest = hashing.result()
-    _check_digest(path, data, digest)
+    _check_digest(path, len(data), digest)
     return result, digest
+
+
+def _sha256_view(data: memoryview) -> str:
+    # In 1 MiB pieces: the same digest, and measured faster here than one call on 269 MB.
+    digest = hashlib.sha256()
+    for start in range(0, len(data), 1 << 20):
+        digest.update(data[start : start + (1 << 20)])
+    return digest.hexdigest()
 
 
 def read_verified(path: PathLike) -> tuple[bytes, str]:

@@ -526,7 +526,27 @@ def test_corrupt_checkpoint_error_names_the_file(tmp_path: Path) -> None:
         fresh.fit(train_loader, val_loader, resume_from=path)
     other = cpu_trainer(TinyClassifier(dim=6), tiny_config(max_epochs=2))
     with pytest.raises(CheckpointError, match=r"best\.pt.*does not fit this model"):
-        other.load_checkpoint(tmp_path / BEST_CHECKPOINT)
+        other.load_checkpoint(tmp_path / BEST_CHECKPOINT, model_only=True)
+
+
+def test_best_checkpoint_keeps_only_what_serving_reads(tmp_path: Path) -> None:
+    """best.pt holds the validated weights without the optimizer's moments, scheduler, scaler or
+    EMA copy (last.pt keeps them: a run resumes from it), so it is the smaller file; resuming
+    from best.pt is refused in one line that names last.pt."""
+    train_loader, val_loader = loaders(n_train=16)
+    trainer = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=1), run_dir=tmp_path)
+    trainer.fit(train_loader, val_loader)
+    best, last = (
+        load_checkpoint(tmp_path / BEST_CHECKPOINT),
+        load_checkpoint(tmp_path / LAST_CHECKPOINT),
+    )
+    assert not {"optimizer", "scheduler", "scaler", "ema"} & best.keys()
+    assert {"optimizer", "scheduler", "scaler", "ema"} <= last.keys()
+    assert all(torch.equal(best["model"][k], v) for k, v in last["model"].items())
+    assert (tmp_path / BEST_CHECKPOINT).stat().st_size < (tmp_path / LAST_CHECKPOINT).stat().st_size
+    fresh = cpu_trainer(TinyClassifier(), tiny_config(max_epochs=2))
+    with pytest.raises(CheckpointError, match=r"best\.pt.*resume from the run's last\.pt"):
+        fresh.fit(train_loader, val_loader, resume_from=tmp_path / BEST_CHECKPOINT)
 
 
 def test_model_only_load_restores_weights(tmp_path: Path) -> None:

@@ -500,16 +500,27 @@ def _checkpoint_run(
     folder: Path, which: Optional[str], device: Optional[str], threads: Optional[int]
 ) -> Run:
     """The run with the weights of a torch checkpoint (best, last, a path or None)."""
-    from fbdl_fast.checkpoint import CheckpointError, read_checkpoint
+    from fbdl_fast.checkpoint import CheckpointError, read_checkpoint_using
     from fbdl_fast.manifest import IntegrityError
     from fbdl_fast.models import architecture, create_model
     from fbdl_fast.training.trainer import Trainer
 
     files = read_run_files(folder)
-    model_name = files.model_name
     chosen = checkpoint_path(folder, which)
+
+    def build(state: dict[str, Any]) -> Trainer:
+        """The model with the checkpoint's weights: built while the checkpoint is hashed."""
+        check_unit(folder, chosen, state, files.config, files.tokenizer, files.label_map)
+        # "minilm" runs hold a "bert" whose config has the checkpoint's sizes.
+        model = create_model(architecture(files.model_name), files.config)
+        trainer = Trainer(
+            model, files.config, device=device, label_map=files.label_map, progress=False
+        )
+        trainer.load_state(state, chosen, model_only=True)
+        return trainer
+
     try:
-        state, digest = read_checkpoint(chosen, map_location="cpu")
+        _, digest, trainer = read_checkpoint_using(chosen, build, map_location="cpu")
     except (CheckpointError, IntegrityError) as err:
         other = LAST_CHECKPOINT if chosen.name == BEST_CHECKPOINT else BEST_CHECKPOINT
         if chosen.parent == folder and (folder / other).is_file():
