@@ -16,6 +16,7 @@ from fbdl_fast.cli import main
 from fbdl_fast.data import LabelMap, Posts, label_warnings, load_posts, split_posts
 from fbdl_fast.data.labels import read_class_weights, weights_in_label_order
 from fbdl_fast.data.readers import canonical_label, label_set
+from fbdl_fast.training.session import posts_in_memory
 from tiny_run import MULTI_LABEL_TRAIN, multi_label_posts_jsonl, tiny_model_args, write_csv
 
 ZWSP = "\u200b"  # zero-width space (category Cf)
@@ -54,6 +55,23 @@ def test_zero_width_space_labels_merge_with_a_warning(
     warned = _warnings(caplog)
     assert "'spam\\u200b' (line 3) and 'spam' (line 2) are read as one label, 'spam'" in warned
     assert "NFC" in warned and "format characters" in warned
+
+
+def test_labels_given_as_lists_merge_with_the_same_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """fbdl_fast.train(texts=..., labels=...) reads its label list as a file's label column:
+    'spam' + U+200B merges with 'spam' and the warning names both positions; a label spelling a
+    JSON list is named too."""
+    texts = ["a", "b", "c", "d"]
+    labels = ["spam", f"spam{ZWSP}", "ham", '["spam", "ham"]']
+    with caplog.at_level(logging.WARNING, logger="fbdl_fast"):
+        posts = posts_in_memory(texts, labels)
+    assert posts.labels == ["spam", "spam", "ham", '["spam", "ham"]']
+    warned = _warnings(caplog)
+    assert "<in-memory>" in warned
+    assert "'spam\\u200b' (line 2) and 'spam' (line 1) are read as one label, 'spam'" in warned
+    assert "written as a JSON list" in warned and "--multi-label" in warned
 
 
 def test_a_lone_changed_label_is_named_too(

@@ -180,27 +180,16 @@ def posts_in_memory(
     multi_label: bool = False,
     label_separator: str = "|",
 ) -> Posts:
-    """Posts from texts and their labels (strings or integers; multi_label: a list of them, or a
-    string cut at `label_separator`). TrainError naming the first item that is not one."""
-    from fbdl_fast.data import Posts, canonical_label, label_set
+    """Posts from texts and their labels, read as a file's labels are (data.in_memory:
+    normalised, with the same warnings); TrainError naming the first item that is not one."""
+    from fbdl_fast.data.in_memory import posts_from_lists
 
-    if isinstance(texts, str) or labels is None or isinstance(labels, str):
-        raise TrainError("texts and labels are sequences, one label (or label set) a text")
-    texts, labels = list(texts), list(labels)
-    if len(texts) != len(labels):
-        raise TrainError(f"{len(texts)} texts and {len(labels)} labels; expected one a text")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TrainError(f"texts[{i}] is a {type(text).__name__}; expected str")
-    read = []
-    for i, value in enumerate(labels):
-        try:
-            read.append(
-                label_set(value, label_separator) if multi_label else canonical_label(value)
-            )
-        except ValueError as err:
-            raise TrainError(f"labels[{i}]: {err}") from None
-    return Posts(texts, read, list(range(1, len(texts) + 1)), IN_MEMORY)
+    try:
+        return posts_from_lists(
+            texts, labels, IN_MEMORY, multi_label=multi_label, label_separator=label_separator
+        )
+    except ValueError as err:
+        raise TrainError(str(err)) from None
 
 
 def train_tokenizer(texts: Sequence[str], vocab_size: int, style: str = "social") -> Tokenizer:
