@@ -331,9 +331,9 @@ def test_evaluate_names_an_unknown_label_and_its_line(
     assert main(["evaluate", "--run", str(run), "--data", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "unknown label 'eggs'" in err and "(line 2 of" in err
-    report = tmp_path / "report"
-    assert main(["evaluate", "--run", str(run), "--data", str(data), "--report", str(report)]) == 2
-    assert "is a multi-label run" in capsys.readouterr().err and not report.exists()
+    report = tmp_path / "report"  # an unknown label writes no report either
+    assert main(["evaluate", "--run", str(run), "--data", str(bad), "--report", str(report)]) == 2
+    assert "unknown label 'eggs'" in capsys.readouterr().err and not report.exists()
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fbdl_fast.cli.common import (
     HelpFormatter,
@@ -16,17 +16,15 @@ from fbdl_fast.cli.common import (
     say,
 )
 
+if TYPE_CHECKING:
+    from fbdl_fast.training.loading import Run
+
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fbdl_fast.training.loading import RunEvaluation
 
     check_device(args.device)
     run = load_for_inference(args)
-    if run.config.multi_label and args.report:
-        raise UsageError(
-            f"--report: {run.path} is a multi-label run; its report is the printed metrics "
-            "(--json for all of them)"
-        )
     result = run.evaluate(
         args.data,
         batch_size=args.batch_size,
@@ -35,6 +33,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         encoding_errors=args.encoding_errors,
         progress_every=args.progress_every,
     )
+    if args.report:  # report.md and PNGs: single-label or multi-label, the library writes them
+        write_report(args, run, result)
     if not isinstance(result, RunEvaluation):  # multi-label: the figures at the thresholds
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
@@ -44,17 +44,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         shown = ", ".join(f"{label} {t:.2f}" for label, t in result.thresholds.items())
         print(f"{'thresholds':<16} {shown}")
         return 0
-    if args.report:
-        title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
-        folder = report_folder(Path(args.report))
-        try:
-            written = result.details.write(folder, title)
-        except FileExistsError as err:
-            raise UsageError(
-                f"--report {folder} {err.strerror}; it is not replaced: choose a new or empty "
-                "folder, or an earlier report folder"
-            ) from None
-        say(args, f"report written to {folder}: {', '.join(p.name for p in written)}")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -63,6 +52,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print()
         print(result.details.text(), end="")
     return 0
+
+
+def write_report(args: argparse.Namespace, run: Run, result: Any) -> None:
+    """--report DIR: the evaluation's report set (result.details.write), said on stderr."""
+    title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
+    folder = report_folder(Path(args.report))
+    try:
+        written = result.details.write(folder, title)
+    except FileExistsError as err:
+        raise UsageError(
+            f"--report {folder} {err.strerror}; it is not replaced: choose a new or empty "
+            "folder, or an earlier report folder"
+        ) from None
+    say(args, f"report written to {folder}: {', '.join(p.name for p in written)}")
 
 
 def report_folder(report: Path) -> Path:
@@ -93,7 +96,9 @@ def add_parser(subparsers: Any) -> None:
         default=None,
         metavar="DIR",
         help="also write DIR/report.md, DIR/confusion.png (heat map) and DIR/reliability.png "
-        "(reliability diagram), as one set; DIR is created, or an earlier report replaced (a "
+        "(reliability diagram), or for a multi-label run DIR/report.md, DIR/per_class.png "
+        "(F1 and support) and DIR/thresholds.png (F1 against each class's threshold), as one "
+        "set; DIR is created, or an earlier report replaced (a "
         "folder holding other files is refused); a run folder gets them in DIR/evaluation",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")

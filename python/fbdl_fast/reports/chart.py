@@ -3,6 +3,8 @@
 - `bar_chart_png`: the speedups of `fbdl-fast bench`.
 - `confusion_figure`: a confusion matrix as a heat map (`fbdl-fast evaluate --report`).
 - `reliability_figure`: a reliability diagram, before and after calibration (the same).
+- `class_bars_figure`, `threshold_curves_figure`: a multi-label run's per-class F1 and support,
+  and F1 against each class's decision threshold (`evaluate --report` of a --multi-label run).
 - `curves_figure`: a run's loss, accuracy, macro-F1 and learning rate per epoch (`train`).
 
 No display is needed: figures are `matplotlib.figure.Figure` objects rendered by the Agg canvas,
@@ -246,12 +248,131 @@ def curves_figure(history: History, title: str = "") -> Figure:
     return figure
 
 
+def plain_text(text: str) -> str:
+    """`text` (e.g. a label) as matplotlib draws it literally: "$" would start math mode."""
+    return str(text).replace("$", r"\$")
+
+
+def _short(name: str, limit: int = 18) -> str:
+    return plain_text(name if len(name) <= limit else name[: limit - 1] + "…")
+
+
+def class_bars_figure(
+    names: Sequence[str], f1: Sequence[float], support: Sequence[int], note: str = ""
+) -> Figure:
+    """Two bar panels sharing the classes (one row each, the first on top): F1 (NaN: a class
+    never true nor predicted, drawn as "-") and support (true posts), values printed."""
+    import math
+
+    if not len(names) == len(f1) == len(support):
+        raise ValueError(
+            f"class_bars_figure: {len(names)} names, {len(f1)} F1 values, {len(support)} "
+            "supports; expected one of each a class"
+        )
+    n = len(names)
+    figure = _figure(10.0, 1.5 + 0.35 * max(n, 1))
+    left, right = figure.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    rows = list(range(n))[::-1]
+    values = [0.0 if math.isnan(v) else v for v in f1]
+    left.barh(rows, values, color=TRAIN_COLOR, height=0.7)
+    for row, value in zip(rows, f1):
+        text = "-" if math.isnan(value) else f"{value:.2f}"
+        left.annotate(
+            text,
+            (0 if math.isnan(value) else value, row),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    left.set_xlim(0, 1.12)
+    left.set_ylim(-0.6, n - 0.4)  # no empty band above and below the bars
+    left.set_xlabel("F1 at the class's threshold")
+    left.set_yticks(rows, [_short(name) for name in names])
+    right.barh(rows, support, color=_rgb(GREY), height=0.7)
+    for row, count in zip(rows, support):
+        right.annotate(
+            str(count),
+            (count, row),
+            xytext=(3, 0),
+            textcoords="offset points",
+            va="center",
+            fontsize=8,
+        )
+    right.set_xlim(0, max([*support, 1]) * 1.18)
+    right.set_xlabel("support (posts carrying the class)")
+    for ax in (left, right):
+        ax.spines[["top", "right"]].set_visible(False)
+    figure.suptitle("Per class: F1 and support" + (f"\n{plain_text(note)}" if note else ""))
+    figure.tight_layout()
+    return figure
+
+
+def threshold_curves_figure(
+    grid: Sequence[float],
+    curves: Sequence[Sequence[float]],
+    names: Sequence[str],
+    thresholds: Sequence[float],
+    f1: Sequence[float],
+    support: Sequence[int],
+    tuned: bool = True,
+    note: str = "",
+) -> Figure:
+    """Small multiples, one panel a class (4 a row): F1 against the decision threshold (the
+    curve over `grid`, NaN left as a gap), the class's threshold marked by a dashed line and
+    a star at its F1 there (`f1`); `tuned` False says the thresholds are the untuned 0.5."""
+    import math
+
+    n = len(names)
+    if not n == len(curves) == len(thresholds) == len(f1) == len(support) or n == 0:
+        raise ValueError(
+            f"threshold_curves_figure: {n} names, {len(curves)} curves, {len(thresholds)} "
+            f"thresholds, {len(f1)} F1 values, {len(support)} supports; expected one of each "
+            "a class, at least one"
+        )
+    columns = min(n, 4)
+    lines = -(-n // columns)
+    figure = _figure(0.6 + 3.2 * columns, 1.0 + 2.6 * lines)
+    axes = figure.subplots(lines, columns, squeeze=False, sharex=True, sharey=True)
+    marked = "threshold" if tuned else "threshold (0.5, not tuned)"
+    for i, ax in enumerate(axes.flat):
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        threshold, at = thresholds[i], f1[i]
+        ax.plot(grid, list(curves[i]), color=VAL_COLOR, linewidth=1.6, label="F1")
+        ax.axvline(threshold, color=BEST_COLOR, linestyle="--", linewidth=1, label=marked)
+        if not math.isnan(at):
+            ax.plot([threshold], [at], marker="*", markersize=12, color=BEST_COLOR)
+        f1_text = "-" if math.isnan(at) else f"{at:.2f}"
+        ax.set_title(
+            f"{_short(names[i], 24)} ({support[i]} posts)\nthreshold {threshold:.3g}: F1 {f1_text}",
+            fontsize=9,
+        )
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.grid(alpha=0.3)
+        if i % columns == 0:
+            ax.set_ylabel("F1")
+        if i >= n - columns:
+            ax.set_xlabel("decision threshold")
+            ax.xaxis.set_tick_params(labelbottom=True)
+    axes.flat[0].legend(fontsize=8, loc="lower left")
+    title = "F1 against the decision threshold, per class"
+    figure.suptitle(title + (f"\n{plain_text(note)}" if note else ""))
+    figure.tight_layout()
+    return figure
+
+
 __all__ = [
     "FASTER",
     "SLOWER",
     "bar_chart_png",
+    "class_bars_figure",
     "confusion_figure",
     "curves_figure",
+    "plain_text",
     "png",
     "reliability_figure",
+    "threshold_curves_figure",
 ]

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from fbdl_fast.data import Label, Posts
     from fbdl_fast.reports.evaluation import Evaluation
+    from fbdl_fast.reports.multilabel_report import MultiLabelDetails
     from fbdl_fast.serving.provenance import ServedModel
     from fbdl_fast.training.trainer import Trainer
 
@@ -119,7 +120,8 @@ class RunEvaluation:
 @dataclass(frozen=True)
 class MultiLabelEvaluation:
     """A multi-label run's figures on labelled posts at its thresholds: what `fbdl-fast evaluate
-    --json` prints (subset accuracy: the posts whose whole label set is right)."""
+    --json` prints (subset accuracy: the posts whose whole label set is right). `details`: per
+    class (fbdl_fast.reports.multilabel_report.MultiLabelDetails: `.write(folder)`)."""
 
     run: Path
     data: str
@@ -131,16 +133,17 @@ class MultiLabelEvaluation:
     macro_f1: float
     hamming_loss: float
     thresholds: dict[str, float]  # label -> threshold used (0.5 where none was tuned)
+    details: MultiLabelDetails = field(repr=False)
 
     def summary(self) -> dict[str, Any]:
         """Every figure but the thresholds, as `fbdl-fast evaluate` prints them."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del values["thresholds"]
+        del values["thresholds"], values["details"]
         return {**values, "run": str(self.run)}
 
     def to_dict(self) -> dict[str, Any]:
         """Everything, JSON-ready: `fbdl-fast evaluate --json`'s object."""
-        return {**self.summary(), "thresholds": dict(self.thresholds)}
+        return {**self.summary(), "thresholds": dict(self.thresholds), **self.details.to_dict()}
 
 
 # ====================
@@ -355,22 +358,27 @@ class Run(RunFiles):
         batch_size: Optional[int],
         progress_every: Optional[float],
     ) -> MultiLabelEvaluation:
+        from fbdl_fast.reports.multilabel_report import multilabel_details
+        from fbdl_fast.training.multilabel import multilabel_counts, multilabel_metrics
+
         targets = self.label_map.multi_hot(posts)  # an unknown label: error naming its line
         loader = self.loader(posts.texts, targets, batch_size)
         with self._torch_threads(), self._progress(progress_every):
-            result = self.trainer.evaluate(loader)
+            logits, labels, loss = self.trainer.outputs(loader)  # what trainer.evaluate sums
+        assert labels is not None
         thresholds = self.thresholds or [DEFAULT_THRESHOLD] * len(self.label_map)
+        result = multilabel_metrics(multilabel_counts(logits.sigmoid(), labels, thresholds))
+        figures = {"loss": loss, "subset_accuracy": result["accuracy"]}
+        figures |= {k: result[k] for k in ("micro_f1", "macro_f1", "hamming_loss")}
+        tuned = self.thresholds is not None
         return MultiLabelEvaluation(
             run=self.path,
             data=source,
             checkpoint=self.checkpoint.name,
-            num_samples=int(result["num_samples"]),
-            loss=result["loss"],
-            subset_accuracy=result["accuracy"],
-            micro_f1=result["micro_f1"],
-            macro_f1=result["macro_f1"],
-            hamming_loss=result["hamming_loss"],
+            num_samples=len(labels),
+            **figures,
             thresholds=dict(zip(self.names, thresholds)),
+            details=multilabel_details(logits, labels, self.names, thresholds, figures, tuned),
         )
 
     def _labelled_posts(

@@ -785,11 +785,11 @@ class Trainer:
         return probs.argmax(dim=-1), probs
 
     def outputs(self, loader: Iterable[Any]) -> tuple[torch.Tensor, Optional[torch.Tensor], float]:
-        """(raw logits (N, C) float32, labels (N,) or None, mean loss or NaN without labels),
-        on CPU, in the loader's order, from this process alone: what evaluate() and predict()
-        sum up, for per-class reports and calibration."""
+        """(raw logits (N, C) float32, labels (N,) or multi-hot (N, C) or None, mean loss per
+        post or NaN without labels), on CPU, in the loader's order, from this process alone:
+        what evaluate() and predict() sum up, for per-class reports and calibration."""
         logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=False)
-        return logits, labels, math.nan if labels is None else loss_sum / max(labels.numel(), 1)
+        return logits, labels, math.nan if labels is None else loss_sum / max(len(labels), 1)
 
     def train(
         self, train_loader: Iterable[Any], val_loader: Iterable[Any]
