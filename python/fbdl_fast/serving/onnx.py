@@ -47,12 +47,13 @@ import contextlib
 import copy
 import io
 import json
+import math
 import os
 import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import torch
 from torch import nn
@@ -225,17 +226,26 @@ def _export_onnx(run: ExportSource, path: Path) -> dict[str, Any]:
                         data = _onnx_bytes(
                             copy.deepcopy(model), example, config.max_seq_length, dynamo
                         )
+                say(
+                    f"checking onnxruntime's logits against torch's on {check[0].shape[0]} "
+                    f"padded posts of up to {check[0].shape[1]} tokens ..."
+                )
                 diff = (onnx_logits(data, *check) - expected).abs().max().item()
             except Exception as err:  # each exporter fails in its own way; the next is tried
                 failures.append(f"{exporter}: {_reason(err)}")
                 continue
             if not diff <= ONNX_TOLERANCE:  # also NaN
+                batch = f"a padded {tuple(check[0].shape)} batch"
                 failures.append(
-                    f"{exporter}: max |logit diff| {diff:.3g} against torch on a padded "
-                    f"{tuple(check[0].shape)} batch, above {ONNX_TOLERANCE:g}"
+                    f"{exporter}: max |logit diff| {diff:.3g} against torch on {batch}, above "
+                    f"{ONNX_TOLERANCE:g}"
+                    if math.isfinite(diff)
+                    else f"{exporter}: max |logit diff| {diff:g}: the logits on {batch} are "
+                    "not finite, which no tolerance accepts"
                 )
                 continue
             data = with_metadata(data, metadata(run))
+            say(f"writing {path} ({len(data) / 1e6:.1f} MB) ...")
             write_recorded(path, data)  # atomically, its SHA-256 in the run's manifest
             return {"path": path, "exporter": exporter, "max_abs_diff": diff, "bytes": len(data)}
     raise ExportError(
