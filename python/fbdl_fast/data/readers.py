@@ -7,6 +7,11 @@ through it). Every problem names the file, the line and what is accepted: a miss
 empty text, invalid UTF-8 (or `errors="replace"|"ignore"`), a UTF-16 file, a label that is
 neither a string nor an integer. Multi-label files hold a set of labels per post
 (`label_separator`).
+
+A .csv file is read with commas, unless its header does not split on commas into the columns
+asked for: then the delimiter is sniffed on the header line among ; tab | (spreadsheets in many
+locales save CSV with semicolons), and the log says which one was used; a missing column's error
+names the delimiter the header was split on. A .tsv file is read with tabs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import logging
 import os
@@ -28,6 +34,8 @@ from fbdl_fast.data.label_text import Label, LabelReport, LabelSet, canonical_la
 
 FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 ENCODING_ERRORS = ("strict", "replace", "ignore")  # what to do with invalid UTF-8 bytes
+# The delimiters a .csv file's header is sniffed for, and their names in messages.
+DELIMITER_NAMES = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 _SURROGATE = re.compile("[\ud800-\udfff]")  # only JSON escapes can put these in a str
 logger = logging.getLogger(__name__)
 
@@ -160,44 +168,27 @@ def iter_posts(
     its line number. `keep` names other columns whose values each Post carries (`Post.kept`).
     """
     path = Path(path)
-    fmt = format or FORMATS.get(path.suffix.lower())
-    if fmt not in ("csv", "tsv", "jsonl"):
-        raise ValueError(
-            f"cannot tell the format of {path}: extension {path.suffix!r} "
-            f"(format={format!r}); accepted: {', '.join(sorted(FORMATS))} "
-            "or format='csv'|'tsv'|'jsonl'"
-        )
-    if errors not in ENCODING_ERRORS:
-        raise ValueError(
-            f"errors={errors!r} is not supported; accepted: {', '.join(ENCODING_ERRORS)}"
-        )
-    if not path.exists():
-        raise FileNotFoundError(f"posts file {path} does not exist")
-    if path.is_dir():
-        raise ValueError(f"posts file {path} is a directory; expected a CSV or JSONL file")
+    fmt = _checked_format(path, format, errors)
+    wanted = [text_column, *([label_column] if label_column and require_labels else [])]
     count = 0
     blank: list[int] = []
     spaced: dict[str, int] = {}  # labels written with surrounding spaces -> first line
     report = LabelReport(label_separator)  # labels changed by normalisation, JSON lists
     with open(path, "rb") as f:
         nul_lines: list[int] = []
-        lines = _decoded_lines(f, path, errors, nul_lines)
-        records = (
-            _read_jsonl(lines, path)
-            if fmt == "jsonl"
-            else _read_csv(lines, path, delimiter="," if fmt == "csv" else "\t")
-        )
+        records, delimiter = _records(f, path, fmt, errors, wanted, nul_lines)
         has_labels = label_column is not None
         for line, record in records:
             if count == 0:  # columns are checked once, on the first record
                 has_labels = _check_columns(
-                    record, path, line, text_column, label_column, require_labels
+                    record, path, line, text_column, label_column, require_labels, delimiter
                 )
                 missing = [name for name in keep if name not in record]
                 if missing:
                     raise ValueError(
                         f"column(s) {', '.join(map(repr, missing))} not found in {path} (line "
                         f"{line}); columns are: {', '.join(map(str, record))}"
+                        f"{_split_note(record, delimiter)}"
                     )
             text = _text_value(record, text_column, path, line)
             if fmt == "jsonl" and _SURROGATE.search(text):  # a "\ud800" escape, unpaired
@@ -255,6 +246,134 @@ def iter_posts(
             count,
             shown,
         )
+
+
+def file_columns(
+    path: Union[str, os.PathLike[str]],
+    text_column: str = "text",
+    *,
+    format: Optional[str] = None,
+    errors: str = "strict",
+) -> list[str]:
+    """The columns of a posts file as `iter_posts` reads them: its CSV/TSV header (the delimiter
+    chosen as iter_posts chooses it for `text_column`), or the keys of its first JSON line; []
+    when it holds no post. Errors as iter_posts's."""
+    path = Path(path)
+    fmt = _checked_format(path, format, errors)
+    with open(path, "rb") as f:
+        records, _ = _records(f, path, fmt, errors, [text_column], None, say=False)
+        first = next(records, None)
+    return [] if first is None else [str(name) for name in first[1]]
+
+
+def _checked_format(path: Path, format: Optional[str], errors: str) -> str:
+    """The format of the posts file `path` ("csv", "tsv" or "jsonl"); ValueError for an unknown
+    format or `errors`, a folder; FileNotFoundError for a missing file."""
+    fmt = format or FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "tsv", "jsonl"):
+        raise ValueError(
+            f"cannot tell the format of {path}: extension {path.suffix!r} "
+            f"(format={format!r}); accepted: {', '.join(sorted(FORMATS))} "
+            "or format='csv'|'tsv'|'jsonl'"
+        )
+    if errors not in ENCODING_ERRORS:
+        raise ValueError(
+            f"errors={errors!r} is not supported; accepted: {', '.join(ENCODING_ERRORS)}"
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"posts file {path} does not exist")
+    if path.is_dir():
+        raise ValueError(f"posts file {path} is a directory; expected a CSV or JSONL file")
+    return fmt
+
+
+def _records(
+    f: IO[bytes],
+    path: Path,
+    fmt: str,
+    errors: str,
+    wanted: Sequence[str],
+    nul_lines: Optional[list[int]],
+    say: bool = True,
+) -> tuple[Iterator[tuple[int, dict[str, Any]]], Optional[str]]:
+    """The records of an open posts file, each with its line, and the CSV/TSV delimiter (None
+    for JSON lines): a tab in TSV; in CSV a comma, or the one sniffed on the header when it does
+    not split on commas into the `wanted` columns (logged if `say`)."""
+    lines = _decoded_lines(f, path, errors, nul_lines)
+    if fmt == "jsonl":
+        return _read_jsonl(lines, path), None
+    delimiter = "\t"
+    if fmt == "csv":
+        delimiter, lines = _csv_delimiter(lines, path, wanted, say)
+    return _read_csv(lines, path, delimiter), delimiter
+
+
+def _csv_delimiter(
+    lines: Iterator[tuple[int, str]], path: Path, wanted: Sequence[str], say: bool = True
+) -> tuple[str, Iterator[tuple[int, str]]]:
+    """The delimiter of a CSV file, read from its header line, and the lines (the header put
+    back). A comma when the header splits on commas into the `wanted` columns; else the one
+    csv.Sniffer finds among DELIMITER_NAMES, if the header splits on it into those columns, else
+    the first of them that does, else the first that gives the text column (`wanted[0]`;
+    logged, if `say`, when it is not a comma); else a comma, and the missing column's error
+    names the delimiter the header seems to use."""
+    peeked: list[tuple[int, str]] = []
+    for item in lines:  # the header: the first line that is not blank
+        peeked.append(item)
+        if item[1].strip():
+            break
+    rest = itertools.chain(peeked, lines)
+    header = peeked[-1][1] if peeked else ""
+
+    def splits_into(delimiter: str, names: Sequence[str]) -> bool:
+        try:
+            fields = next(csv.reader([header], delimiter=delimiter), [])
+        except csv.Error:
+            return False
+        return all(name in fields for name in names)
+
+    if not header.strip() or splits_into(",", wanted):
+        return ",", rest
+    try:
+        sniffed = [csv.Sniffer().sniff(header, delimiters="".join(DELIMITER_NAMES)).delimiter]
+    except csv.Error:  # no delimiter stands out
+        sniffed = []
+    # Every wanted column, else the text column alone (a missing label column is then named
+    # with the delimiter): the sniffed delimiter first.
+    tries = [(d, names) for names in (wanted, wanted[:1]) for d in [*sniffed, *DELIMITER_NAMES]]
+    for delimiter, names in tries:
+        if delimiter != "," and splits_into(delimiter, names):
+            if say:
+                logger.info(
+                    "%s: its header splits on %ss (%r), not commas: read with %r as the delimiter",
+                    path,
+                    DELIMITER_NAMES[delimiter],
+                    delimiter,
+                    delimiter,
+                )
+            return delimiter, rest
+    return ",", rest
+
+
+def _split_note(record: dict[str, Any], delimiter: Optional[str]) -> str:
+    """What a missing column's error adds about the delimiter the header was split on: always
+    for a delimiter other than a comma, and for a comma when the header read as one column that
+    holds another delimiter (the file is likely delimited by it)."""
+    if delimiter is None:  # JSON lines
+        return ""
+    name = DELIMITER_NAMES[delimiter]
+    if delimiter != ",":
+        return f" (the header was split on {name}s, {delimiter!r})"
+    only = str(next(iter(record))) if len(record) == 1 else ""
+    other = next((d for d in DELIMITER_NAMES if d != "," and d in only), None)
+    if other is None:
+        return ""
+    split = next(csv.reader([only], delimiter=other), [])
+    return (
+        f" (one column when split on commas; split on {DELIMITER_NAMES[other]}s, {other!r}, "
+        f"they would be: {', '.join(split)}; the file is read so when its header then holds the "
+        "columns asked for: check --text-column/--label-column)"
+    )
 
 
 def _surrogates(text: str, errors: str, path: Path, line: int) -> str:
@@ -353,7 +472,7 @@ def _read_csv(
             if not any(field.strip() for field in row):
                 continue  # blank line
             if len(row) > len(header):  # the overflow would silently become the next column
-                sep = "comma" if delimiter == "," else "tab"
+                sep = DELIMITER_NAMES[delimiter]
                 raise ValueError(
                     f"line {start} of {path} has {len(row)} fields but the header has "
                     f"{len(header)} ({', '.join(header)}): an unquoted {sep} in the text? "
@@ -417,8 +536,12 @@ def _check_columns(
     text_column: str,
     label_column: Optional[str],
     require_labels: bool,
+    delimiter: Optional[str] = None,
 ) -> bool:
-    columns = ", ".join(str(c) for c in record)
+    """Whether the record has the label column; ValueError naming the columns (and the CSV
+    delimiter they were split on, see _split_note) when the text column, or a required label
+    column, is missing."""
+    columns = ", ".join(str(c) for c in record) + _split_note(record, delimiter)
     if text_column not in record:
         raise ValueError(
             f"text column {text_column!r} not found in {path} (line {line}); columns are: {columns}"
