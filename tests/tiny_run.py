@@ -78,6 +78,17 @@ def make_run(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
     return folder
 
 
+def without_manifest(folder: Path) -> Path:
+    """Make the run `folder` one written before the integrity manifest: no manifest.json, and no
+    mention of one in config.json. Its files then load unverified, so a test reaches the
+    checks behind the manifest."""
+    (folder / "manifest.json").unlink()
+    meta = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    del meta["manifest"]
+    (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
 def tiny_model_args(model: str = "cnn", max_length: int = MAX_LENGTH) -> list[str]:
     """`fbdl-fast train` options of the tiny model `make_run` builds (vocabulary of 200)."""
     return [

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from fbdl_fast.files import copy_file, write_atomic
-from fbdl_fast.manifest import read_verified, start_manifest
+from fbdl_fast.manifest import MANIFEST, IntegrityError, read_verified, start_manifest
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
@@ -268,6 +268,9 @@ def continue_finished(out: Path) -> Path:
 def create(partial: Path, meta: dict[str, Any], tokenizer: Tokenizer, label_map: LabelMap) -> None:
     """Start a new run in its partial folder: config.json, tokenizer.json, label_map.json."""
     partial.mkdir(parents=True)
+    # Said in config.json, so that a run whose manifest.json went missing is refused, not read
+    # unverified as a run written before the manifest is.
+    meta = {**meta, "manifest": MANIFEST}
     write_atomic(partial / RUN_CONFIG, json.dumps(meta, indent=2) + "\n")
     tokenizer.save(str(partial / RUN_TOKENIZER))
     label_map.save(partial / RUN_LABELS)
@@ -323,6 +326,11 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise RunError(f"{path} is damaged ({err}); restore it or retrain the run") from None
     if not isinstance(meta, dict):
         raise RunError(f"{path} is damaged (a JSON {type(meta).__name__}, not an object)")
+    if meta.get("manifest") == MANIFEST and not (folder / MANIFEST).is_file():
+        raise IntegrityError(
+            f"{folder / MANIFEST} is missing, so this run's files cannot be verified "
+            f"({RUN_CONFIG} says the run was written with one); restore it or retrain the run"
+        )
     return meta
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from fbdl_fast.cli.demo import format_table
 from fbdl_fast.cli.main import build_parser, main
-from tiny_run import make_run, tiny_model_args, write_csv, write_posts_csv
+from tiny_run import make_run, tiny_model_args, without_manifest, write_csv, write_posts_csv
 
 TINY_MODEL = [*tiny_model_args(), "--quiet"]
 RUN_FILES = {
@@ -511,8 +511,7 @@ def tampered(run: Path, folder: Path, name: str, change: object) -> Path:
     run written before the manifest gets them."""
     import shutil
 
-    shutil.copytree(run, folder)
-    (folder / "manifest.json").unlink()
+    without_manifest(Path(shutil.copytree(run, folder)))
     values = json.loads((folder / name).read_text(encoding="utf-8"))
     change(values)  # type: ignore[operator]
     (folder / name).write_text(json.dumps(values), encoding="utf-8")
@@ -578,8 +577,7 @@ def test_corrupt_checkpoint_is_a_user_error(
 
     data, run = trained
     broken = tmp_path / "broken"
-    shutil.copytree(run, broken)
-    (broken / "manifest.json").unlink()  # the checks behind it (test_manifest.py: with it)
+    without_manifest(Path(shutil.copytree(run, broken)))  # the checks behind the manifest
     (broken / "best.pt").write_bytes((run / "best.pt").read_bytes()[:100])  # truncated
     assert main(["evaluate", "--run", str(broken), "--data", str(data)]) == 2
     err = capsys.readouterr().err

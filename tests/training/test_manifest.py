@@ -26,7 +26,7 @@ from fbdl_fast.runs import (
     tokenizer_fingerprint,
     vocabulary_fingerprint,
 )
-from tiny_run import cli_refusal, tiny_model_args, write_posts_csv
+from tiny_run import cli_refusal, tiny_model_args, without_manifest, write_posts_csv
 
 TEXTS = ["WIN a FREE phone!!! https://bit.ly/x", "so happy today", "@support my order never came"]
 
@@ -136,7 +136,7 @@ def test_the_checkpoint_s_tokenizer_fingerprint_covers_the_settings(run: Path) -
     whole tokenizer is fingerprinted, while the vocabulary-only fingerprint of older
     checkpoints is still compared as that kind."""
     original = read_run_files(run).tokenizer
-    (run / MANIFEST).unlink()
+    without_manifest(run)
     _edit_tokenizer_settings(run / "tokenizer.json")
     files = read_run_files(run)
     state = load_checkpoint(run / "best.pt")
@@ -199,9 +199,21 @@ def test_a_folder_without_manifest_loads_unverified(
 ) -> None:
     """Runs written before the manifest (none in the folder) load as before: a changed file is
     not refused for want of a record, and no manifest is written by loading."""
-    (run / MANIFEST).unlink()
+    without_manifest(run)
     assert main(_predict(run, "best")) == 0
     assert not (run / MANIFEST).exists()
+
+
+def test_a_run_whose_manifest_went_missing_is_refused(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run written with a manifest (config.json says so) whose manifest.json was deleted is
+    not read unverified as an older run is: predict exits 2 naming the missing file, even
+    before a flipped byte in best.pt could be served."""
+    _flip(run / "best.pt", _output_layer_bytes(run / "best.pt"))
+    (run / MANIFEST).unlink()
+    err = cli_refusal(capsys, _predict(run, "best"))
+    assert f"{run / MANIFEST} is missing" in err and "restore it or retrain" in err
 
 
 def test_a_damaged_manifest_is_one_line_naming_it(
