@@ -536,11 +536,6 @@ def _checkpoint_run(
                 f"{err}; this run also has {other}: pass --checkpoint {other.removesuffix('.pt')}"
             ) from None
         raise
-    check_unit(folder, chosen, state, files.config, files.tokenizer, files.label_map)
-    # "minilm" runs hold a "bert" whose config has the checkpoint's sizes; best.pt its weights.
-    model = create_model(architecture(model_name), files.config)
-    trainer = Trainer(model, files.config, device=device, label_map=files.label_map, progress=False)
-    trainer.load_state(state, chosen, model_only=True)
     run = _run(files, trainer, chosen, threads)
     run.checkpoint_sha256 = digest
     return run
