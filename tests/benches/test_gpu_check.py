@@ -95,7 +95,8 @@ def test_goals_take_the_worst_row_and_say_met_missed_or_not_measured() -> None:
     small = verdicts["LayerNorm fwd+bwd vs torch, bf16 autocast, N 768/1024"]
     assert (small["worst"], small["count"], small["verdict"]) == (1.4, 2, "missed")
     large = verdicts["LayerNorm fwd+bwd vs torch, bf16 autocast, N 4096/8192"]
-    assert (large["worst"], large["verdict"]) == (1.25, "met")
+    # 1.25 >= 1.2 against torch eager, but met only once it also holds against the best peer
+    assert (large["worst"], large["verdict"]) == (1.25, "not measured against the peers")
     copy = verdicts["LayerNorm forward, % of the device copy's GB/s (M 16384/65536)"]
     assert (copy["worst"], copy["verdict"]) == (91.0, "met")
     assert verdicts["Attention: time with dropout 0.1 / without"]["verdict"] == "not measured"
@@ -200,7 +201,7 @@ def test_cpu_smoke_of_the_autotune_stage_keeps_its_rows_apart(tmp_path: Path) ->
     interpreter) is in the report too."""
     autotune = {s.name: s for s in gpu_check.stages(tmp_path)}["autotune"]
     assert autotune.env == {"FBDL_FAST_AUTOTUNE": "1"}
-    assert sum(s.budget_s for s in gpu_check.stages(tmp_path)) + gpu_check.CHECK_BUDGET_S == 480
+    assert not autotune.default  # left out of the 8 minutes: run with --only
     done = _run("--cpu-smoke", "--only", "autotune", "--out", str(tmp_path))
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
