@@ -5,6 +5,7 @@ a truncated pretrained weights file, and no .partial folder left by a refusal.""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -89,10 +90,10 @@ def test_the_seed_range_s_ends_train(tmp_path: Path, seed: str) -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        ["--max-length", "100000000"],
-        ["--hidden-dim", "1000000"],
-        ["--model", "cnn", "--hidden-dim", "1000000"],
-        ["--model", "lstm", "--hidden-dim", "200000"],
+        ["--max-length", "1000000"],  # within the size limits (config.SIZE_LIMITS), too big
+        ["--hidden-dim", "65536", "--num-layers", "256"],
+        ["--model", "cnn", "--hidden-dim", "65536", "--batch-size", "4096"],
+        ["--model", "lstm", "--hidden-dim", "65536"],
     ],
 )
 def test_a_model_too_large_for_the_memory_is_refused_with_the_estimate(
@@ -179,7 +180,8 @@ def test_minilm_with_truncated_weights_is_one_line_and_leaves_no_partial_folder(
     with open(installed / "model.safetensors", "rb") as f:
         (folder / "model.safetensors").write_bytes(f.read(1 << 20))
     monkeypatch.setattr(bert, "resolve_pretrained", lambda _name: folder)
-    data = write_posts_csv(tmp_path / "posts.csv", 16, seed=2)
+    # 64 posts: enough that train has no small-data warning before the refusal's one line
+    data = write_posts_csv(tmp_path / "posts.csv", 64, seed=2)
     runs = tmp_path / "runs"
     err = cli_refusal(capsys, minilm_argv(data, runs / "run", 1))
     assert f"{folder / 'model.safetensors'} are damaged or truncated" in err, err
@@ -204,3 +206,40 @@ def test_a_refusal_after_the_run_folder_is_made_leaves_no_partial_folder(
     err = cli_refusal(capsys, [*argv, *TINY])
     assert "this model cannot be built" in err
     assert not runs.exists() or list(runs.iterdir()) == []
+
+
+HUGE = "99999999999999999999"  # 1e20: past every 64-bit size torch or the Rust core takes
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--hidden-dim", "--input-dim", "--num-layers", "--kernel-sizes", "--vocab-size", "--threads"],
+)
+def test_a_size_past_any_model_is_refused_by_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str
+) -> None:
+    """train --FLAG 1e20: one line naming the flag and its bound (it used to be a torch or an
+    OverflowError traceback), before the data is read, nothing created."""
+    options = [flag, HUGE]
+    if flag == "--input-dim":
+        options += ["--num-heads", "1"]  # divisible, so the size is what is refused
+    err = train_refusal(tmp_path, capsys, options)
+    assert flag in err.splitlines()[-1], err
+    assert re.search(r"at most|below 2\*\*31|more than 4096", err.splitlines()[-1]), err
+
+
+def test_the_library_refuses_the_same_sizes() -> None:
+    """ModelConfig, Tokenizer.train and load_run's threads refuse a size past any model in one
+    ValueError naming the field, as the CLI does."""
+    from fbdl_fast import load_run
+    from fbdl_fast.config import ModelConfig
+    from fbdl_fast.tokenizer import Tokenizer
+
+    with pytest.raises(ValueError, match=r"hidden_dim=100000000000000000000 .* at most 65,536"):
+        ModelConfig(hidden_dim=10**20)
+    with pytest.raises(ValueError, match=r"kernel_sizes=\(3, 5000\) .* at most 4,096"):
+        ModelConfig(kernel_sizes=(3, 5000))
+    with pytest.raises(ValueError, match=r"vocab_size=4294967296 must be a positive int below"):
+        Tokenizer.train(["a post"], vocab_size=2**32)
+    with pytest.raises(ValueError, match=r"threads=5000 is not accepted; expected an integer in"):
+        load_run("no-such-run", threads=5000)

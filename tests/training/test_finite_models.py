@@ -169,7 +169,8 @@ def test_minilm_with_a_nan_pretrained_tensor_is_one_line_and_leaves_nothing(
     tensors[name][0, 0] = math.nan
     save_file(tensors, folder / "model.safetensors")
     monkeypatch.setattr(bert, "resolve_pretrained", lambda _name: folder)
-    data = write_posts_csv(tmp_path / "posts.csv", 16, seed=2)
+    # 64 posts: enough that train has no small-data warning before the refusal's one line
+    data = write_posts_csv(tmp_path / "posts.csv", 64, seed=2)
     runs = tmp_path / "runs"
     err = cli_refusal(capsys, minilm_argv(data, runs / "run", 1))
     assert f"tensor {name} holds 1 NaN" in err, err

@@ -25,6 +25,12 @@ from fbdl_fast.data.label_text import Label, LabelSet, canonical_label
 from fbdl_fast.data.readers import Posts
 from fbdl_fast.files import write_atomic
 
+# Below these counts train warns (not an error: a first try on a handful of posts may be what is
+# wanted, but what it learns and its validation figures mean little): posts of one class, and
+# posts in all (training and validation).
+MIN_CLASS_POSTS = 10
+MIN_POSTS = 50
+
 # ====================
 # Label map
 # ====================
@@ -281,7 +287,8 @@ def _is_number(value: Any) -> bool:
 
 def label_warnings(train: Posts, val: Posts) -> list[str]:
     """What looks wrong in a split's labels: labels that differ only by case (kept apart as
-    different classes), classes with fewer than 2 posts, classes found only in validation.
+    different classes), classes with fewer than 2 posts, classes with fewer than
+    MIN_CLASS_POSTS, classes found only in validation, fewer than MIN_POSTS posts in all.
     Multi-label posts (a LabelSet each) count once for each of their labels."""
     assert train.labels is not None and val.labels is not None
     train_labels, val_labels = _each_label(train.labels), _each_label(val.labels)
@@ -305,12 +312,29 @@ def label_warnings(train: Posts, val: Posts) -> list[str]:
             f"{len(rare)} class(es) have fewer than 2 posts, too few to learn and to "
             f"validate: {describe_labels(rare)}"
         )
+    few = sorted(
+        (k for k, n in counts.items() if 2 <= n < MIN_CLASS_POSTS),
+        key=lambda v: (isinstance(v, str), v),
+    )
+    if few:
+        shown = describe_labels([f"{label} ({counts[label]})" for label in few])
+        warnings.append(
+            f"{len(few)} class(es) have fewer than {MIN_CLASS_POSTS} posts, too few to learn "
+            f"reliably (posts of each in all): {shown}"
+        )
     unseen = set(val_labels) - set(train_labels)
     if unseen:
         ordered = sorted(unseen, key=lambda v: (isinstance(v, str), v))
         warnings.append(
             f"{len(unseen)} class(es) are only in the validation posts, never trained on: "
             f"{describe_labels(ordered)}"
+        )
+    total = len(train) + len(val)
+    if total < MIN_POSTS:
+        warnings.append(
+            f"only {total} posts ({len(train)} train / {len(val)} validation), fewer than "
+            f"{MIN_POSTS}: the model can learn little from so few, and its validation figures "
+            f"rest on {len(val)} post(s)"
         )
     return warnings
 

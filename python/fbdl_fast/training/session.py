@@ -401,10 +401,10 @@ class _Run:
             f"{len(posts)} posts from {self.data_name}: {len(train)} train / {len(val)} "
             f"validation, {len(label_map)} classes ({describe_labels(label_map.labels)})",
         )
-        if self.ctx.is_main:
+        check_val_split(val, self.request.calibrate)  # known now: refused before any training
+        if self.ctx.is_main:  # after a refusal, which makes them moot
             for warning in label_warnings(train, val):
                 logger.warning(f"{self.data_name}: {warning}")
-        check_val_split(val, self.request.calibrate)  # known now: refused before any training
         return train, val
 
     def _tokenizer(self, train: Posts, source: Path) -> Tokenizer:
