@@ -18,6 +18,19 @@ from typing import Any, Optional, Union
 
 MODEL_NAMES = ("transformer", "lstm", "cnn")
 AMP_DTYPES = ("auto", "float16", "bfloat16")
+# Sizes beyond any model fbdl_fast builds: refused as a setting, and in a run's config.json as
+# damage (building such a model would try to allocate gigabytes to terabytes, or overflow
+# torch's sizes, before any other check could fail).
+SIZE_LIMITS = {
+    "input_dim": 1 << 16,
+    "hidden_dim": 1 << 16,
+    "num_layers": 1 << 10,
+    "num_heads": 1 << 10,
+    "vocab_size": 1 << 24,
+    "num_classes": 1 << 20,
+    "max_seq_length": 1 << 20,
+    "kernel_sizes": 1 << 12,
+}
 SEED_MAX = 2**63 - 1  # the largest seed: seed + epoch and seed + rank stay below torch's 2**64
 POOLINGS = ("mean", "cls")
 # Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
@@ -122,6 +135,20 @@ class ModelConfig:
             "an integer >= 2",
         )
         _require(
+            "kernel_sizes",
+            self.kernel_sizes,
+            len(self.kernel_sizes) > 0 and all(_is_int(k) and k >= 1 for k in self.kernel_sizes),
+            "a non-empty tuple of positive integers",
+        )
+        for name, limit in SIZE_LIMITS.items():
+            value = getattr(self, name)
+            _require(
+                name,
+                value,
+                all(v <= limit for v in (value if isinstance(value, tuple) else (value,))),
+                f"at most {limit:,} (larger is beyond any model fbdl_fast builds)",
+            )
+        _require(
             "patience",
             self.patience,
             _is_int(self.patience) and self.patience >= 0,
@@ -167,12 +194,6 @@ class ModelConfig:
             self.pad_token_id,
             _is_int(self.pad_token_id) and 0 <= self.pad_token_id < self.vocab_size,
             f"an id in [0, vocab_size={self.vocab_size})",
-        )
-        _require(
-            "kernel_sizes",
-            self.kernel_sizes,
-            len(self.kernel_sizes) > 0 and all(_is_int(k) and k >= 1 for k in self.kernel_sizes),
-            "a non-empty tuple of positive integers",
         )
         _require("amp_dtype", self.amp_dtype, self.amp_dtype in AMP_DTYPES, f"one of {AMP_DTYPES}")
         _require("pooling", self.pooling, self.pooling in POOLINGS, f"one of {POOLINGS}")

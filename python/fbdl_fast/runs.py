@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from fbdl_fast.config import SIZE_LIMITS
 from fbdl_fast.files import copy_file, write_atomic
 from fbdl_fast.manifest import MANIFEST, IntegrityError, read_verified, start_manifest
 
@@ -419,20 +420,6 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
             "of a checkpoint file"
         )
     return path
-
-
-# Sizes beyond any fbdl_fast model: a config.json past them is damaged or hostile (building its
-# model would try to allocate gigabytes to terabytes before any other check could fail).
-SIZE_LIMITS = {
-    "input_dim": 1 << 16,
-    "hidden_dim": 1 << 16,
-    "num_layers": 1 << 10,
-    "num_heads": 1 << 10,
-    "vocab_size": 1 << 24,
-    "num_classes": 1 << 20,
-    "max_seq_length": 1 << 20,
-    "kernel_sizes": 1 << 12,
-}
 
 
 def check_sizes(values: dict[str, Any], path: Path) -> None:

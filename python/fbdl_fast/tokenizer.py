@@ -184,14 +184,19 @@ class Tokenizer:
         special_tokens: Sequence[str],
         options: dict[str, Any],
     ) -> Tokenizer:
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"vocab_size={vocab_size!r} must be a positive int")
+        # Below 2**31: the Rust core counts in 32 bits, and no vocabulary comes near it.
+        if (
+            isinstance(vocab_size, bool)
+            or not isinstance(vocab_size, int)
+            or not 1 <= vocab_size < 2**31
+        ):
+            raise ValueError(f"vocab_size={vocab_size!r} must be a positive int below 2**31")
         if (
             isinstance(min_frequency, bool)
             or not isinstance(min_frequency, int)
-            or min_frequency < 0
+            or not 0 <= min_frequency < 2**31
         ):
-            raise ValueError(f"min_frequency={min_frequency!r} must be an int >= 0")
+            raise ValueError(f"min_frequency={min_frequency!r} must be an int in [0, 2**31)")
         _check_texts(special_tokens, "special_tokens")
         settings = {k: options[k] for k in _TRAIN_OPTIONS}
         core = _tokenizer.Tokenizer.train(

@@ -9,10 +9,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from fbdl_fast.training.loading import DEFAULT_THREADS, SERVED_FORMATS
+from fbdl_fast.training.loading import DEFAULT_THREADS, MAX_THREADS, SERVED_FORMATS
 
 if TYPE_CHECKING:
     from fbdl_fast.training.loading import Run
+
+
+# --device, worded the same in every command that has it (train and distill: options.py).
+DEVICE_HELP = "cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)"
 
 
 class UsageError(Exception):
@@ -159,10 +163,18 @@ def positive_int(text: str) -> int:
 # (benches/studies/tour_vs_cli.py).
 
 
+def thread_count(text: str) -> int:
+    """--threads: a positive integer, at most MAX_THREADS (torch's count is 32-bit)."""
+    value = positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_THREADS} threads")
+    return value
+
+
 def add_threads_option(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     p.add_argument(
         "--threads",
-        type=positive_int,
+        type=thread_count,
         default=DEFAULT_THREADS,
         help="CPU threads torch uses inside each operation (default: %(default)s: on a 2-core "
         "machine with another job running, 2 threads took 1.7x as long; docs/library.md); more "

@@ -59,6 +59,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 # machine with the README's tour (benches/studies/tour_vs_cli.py, docs/library.md): torch's
 # default of 2 threads took 1.7x as long as 1 with another process busy, 13% less when idle.
 DEFAULT_THREADS = 1
+# More threads than any machine has cores; torch takes a 32-bit count and fails past it.
+MAX_THREADS = 4096
 # Posts per prediction chunk: tokenised together (one encode_batch), bucketed by length,
 # predicted, then handed on. Memory holds one chunk, whatever the number of texts.
 PREDICT_CHUNK = 4096
@@ -434,9 +436,11 @@ class Run(RunFiles):
             self.trainer.log_every = before
 
 
-def _positive(name: str, value: Any) -> int:
+def _positive(name: str, value: Any, most: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} is not accepted; expected an integer >= 1")
+    if most is not None and value > most:
+        raise ValueError(f"{name}={value!r} is not accepted; expected an integer in [1, {most}]")
     return value
 
 
@@ -492,7 +496,7 @@ def load_run(
     again"."""
     folder = Path(path)
     if threads is not None:
-        _positive("threads", threads)
+        _positive("threads", threads, MAX_THREADS)
     which = os.fspath(checkpoint) if checkpoint is not None else None
     if which in SERVED_FORMATS:
         if device is not None and str(device) != "cpu":

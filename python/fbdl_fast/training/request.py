@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.training import presets
-from fbdl_fast.training.loading import DEFAULT_THREADS
+from fbdl_fast.training.loading import DEFAULT_THREADS, MAX_THREADS
 
 if TYPE_CHECKING:
     from fbdl_fast.data import Posts
@@ -82,6 +82,10 @@ class TrainRequest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise TrainError(f"{name}={value!r} is invalid; expected a positive integer")
+        if self.threads > MAX_THREADS:
+            raise TrainError(
+                f"threads={self.threads!r} is invalid; expected an integer in [1, {MAX_THREADS}]"
+            )
         if self.progress_every is not None and not (
             isinstance(self.progress_every, (int, float)) and 0 <= self.progress_every < math.inf
         ):
