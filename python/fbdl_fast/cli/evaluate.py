@@ -47,8 +47,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
-        for key, value in result.summary().items():
-            print(f"{key:<12} {value:.4f}" if isinstance(value, float) else f"{key:<12} {value}")
+        print("\n".join(summary_lines(result)))
         print()
         print(result.details.text(), end="")
     return 0
@@ -66,6 +65,28 @@ def write_report(args: argparse.Namespace, run: Run, result: Any) -> None:
             "folder, or an earlier report folder"
         ) from None
     say(args, f"report written to {folder}: {', '.join(p.name for p in written)}")
+
+
+def summary_lines(result: Any) -> list[str]:
+    """evaluate's top block for a single-label run (a RunEvaluation). A calibrated
+    checkpoint's figures each say which side of its temperature they are on: the loss is the
+    run's loss on the raw logits (before it), the ECE and NLL are shown before -> after it, with
+    what the temperature was fitted for."""
+    details = result.details
+    lines = []
+    for key, value in result.summary().items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        if details.calibrated is not None and key == "loss":
+            shown += " (before calibration: the run's loss on the raw logits)"
+        elif details.calibrated is not None and key == "ece":
+            shown = (
+                f"{details.reliability.ece:.4f} -> {details.calibrated.ece:.4f} (before -> "
+                f"after temperature {details.temperature:.4g}, which train --calibrate fitted to "
+                f"minimise the validation NLL; NLL here {details.nll:.4f} -> "
+                f"{details.nll_calibrated:.4f})"
+            )
+        lines.append(f"{key:<12} {shown}")
+    return lines
 
 
 def report_folder(report: Path) -> Path:
@@ -88,8 +109,7 @@ def add_parser(subparsers: Any) -> None:
         "bins), before and after the temperature of a calibrated checkpoint (train "
         "--calibrate). Labels the run has never seen are an error.",
     )
-    add_run_options(p)
-    p.add_argument("--data", required=True, help="labelled posts file (.csv, .tsv, .jsonl)")
+    add_run_options(p, "labelled posts file (.csv, .tsv, .jsonl)", labelled=True)
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.add_argument(
         "--report",

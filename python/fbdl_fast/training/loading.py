@@ -61,6 +61,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_THREADS = 1
 # More threads than any machine has cores; torch takes a 32-bit count and fails past it.
 MAX_THREADS = 4096
+MAX_BATCH_SIZE = 1 << 24  # posts a batch or chunk: far past any memory, inside every index type
 # Posts per prediction chunk: tokenised together (one encode_batch), bucketed by length,
 # predicted, then handed on. Memory holds one chunk, whatever the number of texts.
 PREDICT_CHUNK = 4096
@@ -209,7 +210,11 @@ class Run(RunFiles):
         ride along. batch_size: default the run's."""
         from fbdl_fast.data import PostsDataset, make_loader
 
-        size = self.config.batch_size if batch_size is None else _positive("batch_size", batch_size)
+        size = (
+            self.config.batch_size
+            if batch_size is None
+            else _positive("batch_size", batch_size, MAX_BATCH_SIZE)
+        )
         dataset = PostsDataset.from_texts(
             self.tokenizer, texts, labels, max_length=self.config.max_seq_length
         )
@@ -281,7 +286,9 @@ class Run(RunFiles):
                 f"texts is a {type(texts).__name__}, not an iterable; predict takes an iterable "
                 "of str"
             ) from None
-        size = max(_positive("chunk", chunk), batch_size or self.config.batch_size)
+        if batch_size is not None:
+            _positive("batch_size", batch_size, MAX_BATCH_SIZE)
+        size = max(_positive("chunk", chunk, MAX_BATCH_SIZE), batch_size or self.config.batch_size)
         thresholds = self.thresholds or [DEFAULT_THRESHOLD] * len(self.label_map)
         names, start = self.names, 0
         while block := list(itertools.islice(posts, size)):
