@@ -198,6 +198,16 @@ class TemperatureFit:
     def to_dict(self) -> dict[str, float | int | str | None]:
         return {"method": "temperature", **asdict(self)}
 
+    def summary(self) -> str:
+        """The fit in one line, saying what T optimises: the NLL, which it lowers; the ECE is
+        a binned measure T does not optimise, so on a small split it can rise."""
+        return (
+            f"temperature {self.temperature:.4g} fitted to minimise the validation NLL (NLL "
+            f"{self.nll_before:.4f} -> {self.nll_after:.4f}); validation ECE "
+            f"{self.ece_before:.4f} -> {self.ece_after:.4f} ({self.bins} bins, not optimised, "
+            f"{self.num_samples} posts)"
+        )
+
     def bound_warning(self) -> Optional[str]:
         """What a fit at a bound of the search range means for the probabilities, or None."""
         span = f"[{TEMPERATURE_MIN:g}, {TEMPERATURE_MAX:g}]"

@@ -38,12 +38,9 @@ def say(args: argparse.Namespace, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def data_columns(args: argparse.Namespace, meta: dict[str, Any]) -> tuple[str, str]:
-    data = meta.get("data", {})
-    return (
-        args.text_column or data.get("text_column", "text"),
-        args.label_column or data.get("label_column", "label"),
-    )
+def text_column(args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    """--text-column, else the text column the run was trained with (its config.json)."""
+    return str(args.text_column or meta.get("data", {}).get("text_column", "text"))
 
 
 def check_device(name: Optional[str]) -> None:
@@ -77,29 +74,42 @@ def load_for_inference(args: argparse.Namespace) -> Run:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' line breaks; append a default unless the help already says it."""
+    """Keep the examples' line breaks; append a default unless the help already says it, or the
+    option is a switch (--quiet, --no-spell-emoji: its help says what it does, and "(default:
+    True)" on a --no-... flag reads as the opposite of the truth) or has no value by default."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        switch = action.nargs == 0  # store_true, store_false, store_const
+        unset = action.default in (None, False, argparse.SUPPRESS) or action.default == []
+        if "default" in text or switch or unset:
             return text
         return f"{text} (default: %(default)s)".lstrip()
 
 
-def add_run_options(p: argparse.ArgumentParser) -> None:
+def add_run_options(p: argparse.ArgumentParser, data_help: str, *, labelled: bool) -> None:
+    """The options of a command that reads a run folder and a posts file: --run and --data
+    first (--data required when the posts must be `labelled`, as evaluate's), then the columns
+    (--label-column only for labelled posts: predict reads none), batch size, checkpoint,
+    device, encoding, progress and threads."""
     p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
+    p.add_argument("--data", required=labelled, default=None, help=data_help)
     p.add_argument(
         "--text-column",
         default=None,
         help="text column (default: the one the run was trained with)",
     )
+    if labelled:
+        p.add_argument(
+            "--label-column",
+            default=None,
+            help="label column (default: the one the run was trained with)",
+        )
     p.add_argument(
-        "--label-column",
+        "--batch-size",
+        type=positive_int,
         default=None,
-        help="label column (default: the one the run was trained with)",
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=None, help="default: the run's batch size"
+        help="posts per batch (default: the run's batch size)",
     )
     p.add_argument(
         "--checkpoint",
@@ -109,7 +119,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "--format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`; both CPU "
         "only), or a checkpoint file (default: best, else last)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     add_encoding_option(p)
     add_progress_option(p)
     add_threads_option(p)

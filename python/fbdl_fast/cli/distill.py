@@ -50,27 +50,31 @@ def add_parser(subparsers: Any) -> None:
         "train does, on alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * "
         "the loss on the labels (alpha weights the teacher). The teacher is any run folder, "
         "reading the posts with its own tokenizer; its logits are computed once and cached in "
-        "the run folder (teacher_logits.pt, reused by --resume). The output is an ordinary run.",
+        "the run folder (teacher_logits.pt, reused by --resume). The output is an ordinary run. "
+        "train's options that distill refuses are not offered: minilm's (a student is trained "
+        "from scratch), --multi-label (its targets are a softmax) and --sampler (shuffle only).",
         epilog="example:\n  fbdl-fast distill --teacher runs/minilm --student cnn --data "
         "posts.csv --unlabelled more_posts.csv --output runs/cnn-distilled",
     )
-    p.add_argument("--teacher", required=True, help="run folder of the teacher (any model)")
-    p.add_argument(
+    # Its own group: the options group lists the required --data first, as every command does.
+    g = p.add_argument_group("distillation")
+    g.add_argument("--teacher", required=True, help="run folder of the teacher (any model)")
+    g.add_argument(
         "--teacher-checkpoint",
         default=None,
         metavar="best|last|PATH",
         help="the teacher's weights (default: best, else last)",
     )
-    p.add_argument(
+    g.add_argument(
         "--temperature", type=float, default=2.0, help="softmax temperature T of both, > 0"
     )
-    p.add_argument(
+    g.add_argument(
         "--alpha",
         type=float,
         default=0.5,
         help="weight of the teacher's soft targets, in [0, 1]; 1 - alpha weights the labels",
     )
-    p.add_argument(
+    g.add_argument(
         "--unlabelled",
         default=None,
         metavar="FILE",

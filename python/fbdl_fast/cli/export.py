@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +34,26 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace, target: Path, keep: list[str]) -> int:
+    started = time.perf_counter()
+
+    def stage(message: str) -> None:
+        """A stage as it starts, after the seconds since the export began."""
+        say(args, f"[{time.perf_counter() - started:5.1f}s] {message}")
+
+    stage(f"loading the run {args.run} ...")  # the exporters' imports (torch.onnx) count here
     from fbdl_fast.serving import int8, onnx
 
     run = load_run(Path(args.run), checkpoint=args.checkpoint, device="cpu", threads=args.threads)
-    say(args, f"exporting {run.checkpoint} to {target} ...")
     if args.format == "onnx":
-        done = onnx.export_onnx(run, target)
+        stage(f"exporting {run.checkpoint} to {target}")
+        done = onnx.export_onnx(run, target, say=stage)
         print(
-            f"wrote {target} ({done['bytes'] / 1e6:.1f} MB, {done['exporter']} exporter): "
-            f"onnxruntime's logits within {done['max_abs_diff']:.2g} of torch's on a padded batch"
+            f"wrote {target} ({done['bytes'] / 1e6:.1f} MB, {done['exporter']} exporter) in "
+            f"{time.perf_counter() - started:.1f}s: onnxruntime's logits within "
+            f"{done['max_abs_diff']:.2g} of torch's on a padded batch"
         )
     else:
+        stage(f"exporting {run.checkpoint} to {target} ...")
         done = int8.export_int8(run, target, keep)
         kept = f"; kept in fp32: {', '.join(done['kept_fp32'])}" if done["kept_fp32"] else ""
         print(

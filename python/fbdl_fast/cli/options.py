@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from fbdl_fast.cli.common import (
+    DEVICE_HELP,
     UsageError,
     add_encoding_option,
     add_progress_option,
@@ -41,7 +42,10 @@ class Flag:
     field: str
     help: str
     options: Mapping[str, Any] = field(default_factory=dict)  # type, choices, metavar, action
-    distill: bool = True  # distill has it too (its students are trained from scratch)
+    # distill offers it too: False for what distill refuses (its students are reference models,
+    # trained from scratch on one label a post, drawn with shuffle)
+    distill: bool = True
+    minilm: str = ""  # said after the help in train only, where --model minilm is offered
 
     @property
     def switch(self) -> Optional[bool]:
@@ -70,14 +74,22 @@ TOP_FLAGS = (
         "posts carry any number of labels (label column 'spam|negative', or a JSON list in "
         "JSONL): one sigmoid a class, binary cross-entropy (--loss focal: focal)",
         {"action": "store_true"},
+        distill=False,
     ),
-    Flag("--label-separator", "label_separator", "--multi-label: the character between labels"),
+    Flag(
+        "--label-separator",
+        "label_separator",
+        "--multi-label: the character between labels",
+        distill=False,
+    ),
     Flag(
         "--tune-thresholds",
         "tune_thresholds",
         "--multi-label: after training, pick each class's threshold (0.05 to 0.95) with the best "
-        "F1 on the validation posts and store them in best.pt (default: 0.5)",
+        "F1 on the validation posts and store them in best.pt; without it every class's "
+        "threshold is 0.5",
         {"action": "store_true"},
+        distill=False,
     ),
     Flag(
         "--val-fraction",
@@ -120,8 +132,9 @@ TOP_FLAGS = (
     Flag(
         "--calibrate",
         "calibrate",
-        "after training, fit a temperature on the validation posts (LBFGS on the logits of "
-        "best.pt) and store it in best.pt: predict's probabilities are then calibrated",
+        "after training, fit a temperature that minimises the validation posts' NLL (LBFGS on "
+        "the logits of best.pt; their ECE is shown before and after, not optimised) and store "
+        "it in best.pt: predict's probabilities are then calibrated",
         {"action": "store_true"},
     ),
 )
@@ -135,8 +148,9 @@ MODEL_FLAGS = (
     Flag(
         "--weight-decay",
         "weight_decay",
-        "L2 (adam) or decoupled (adamw) weight decay; minilm spares biases and norm gains",
+        "L2 (adam) or decoupled (adamw) weight decay",
         {"type": float},
+        minilm="minilm spares biases and norm gains",
     ),
     Flag(
         "--gradient-clip",
@@ -179,6 +193,7 @@ MODEL_FLAGS = (
         "freeze_layers",
         "minilm: keep the embeddings and the first K blocks as pretrained, untrained",
         {"type": int, "metavar": "K"},
+        distill=False,
     ),
     Flag(
         "--layer-decay",
@@ -186,6 +201,7 @@ MODEL_FLAGS = (
         "minilm: layer-wise LR decay; block i of N (0 = lowest) trains at lr x decay ** (N - i), "
         "the head at lr, the embeddings at lr x decay ** (N + 1)",
         {"type": float},
+        distill=False,
     ),
     Flag(
         "--pooling",
@@ -201,6 +217,7 @@ MODEL_FLAGS = (
         'of spelling them as their CLDR names ("smiling face with heart-eyes"); the run folder '
         "keeps the choice",
         {"action": "store_false"},
+        distill=False,
     ),
     Flag(
         "--optimizer",
@@ -245,6 +262,7 @@ MODEL_FLAGS = (
         "training order: shuffle (every post once an epoch) or balanced (posts drawn with "
         "replacement, every class equally likely)",
         {"choices": SAMPLERS},
+        distill=False,
     ),
     Flag(
         "--ema",
@@ -260,7 +278,7 @@ MODEL_FLAGS = (
         {"type": int},
     ),
     Flag("--seed", "seed", "seeds split, weights and data order", {"type": int}),
-    Flag("--device", "device", "cpu, cuda, cuda:1 ... (default: cuda if available, else cpu)"),
+    Flag("--device", "device", DEVICE_HELP),
 )
 
 # Fields whose option the helpers of cli.common add (the same for every command).
@@ -306,8 +324,9 @@ SWITCHES: dict[str, bool] = {
 SWITCHES["focal_alpha_from_weights"] = True
 
 
-def _default_help(name: str) -> str:
-    """' (default: X; minilm: Y)' for a model option whose default is the model's."""
+def _default_help(name: str, student: bool = False) -> str:
+    """' (default: X; minilm: Y)' for a model option whose default is the model's; a student
+    (distill) is never minilm, so its help leaves minilm's default out."""
     value = presets.MODEL_DEFAULTS.get(name, getattr(ModelConfig(), name, None))
     if name == "vocab_size":
         value = presets.DEFAULT_VOCAB_SIZE
@@ -317,7 +336,7 @@ def _default_help(name: str) -> str:
         value = ",".join(map(str, value))
     if value is None or isinstance(value, bool):
         return ""
-    tuned = presets.FINE_TUNE_DEFAULTS.get(name)
+    tuned = None if student else presets.FINE_TUNE_DEFAULTS.get(name)
     return f" (default: {value}" + (f"; minilm: {tuned})" if tuned is not None else ")")
 
 
@@ -326,21 +345,26 @@ def _metavar(flag: str) -> str:
     return flag[2:].upper().replace("-", "_")
 
 
-def _add(group: Any, flag: Flag, default: Any) -> None:
+def _add(group: Any, flag: Flag, default: Any, student: bool = False) -> None:
     help_text, options = flag.help, dict(flag.options)
+    if flag.minilm and not student:
+        help_text += f"; {flag.minilm}"
     if flag.switch is None:  # an option with a value, shown as the flag names it: --lr LR
         options.setdefault("metavar", None if "choices" in options else _metavar(flag.flag))
         if default is None:
-            help_text += _default_help(flag.field)
+            help_text += _default_help(flag.field, student)
     group.add_argument(flag.flag, dest=flag.field, default=default, help=help_text, **options)
 
 
 def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None:
-    """The options of train (and distill, whose --student replaces --model)."""
+    """The options of train, or with `student` those of distill: its --student replaces
+    --model, and the options distill refuses (Flag.distill False) are left out."""
     request_defaults = {f.name: f.default for f in dataclasses.fields(TrainRequest)}
     for flag in TOP_FLAGS:
+        if student and not flag.distill:
+            continue
         default = None if flag.field == "data" else request_defaults[flag.field]
-        _add(p, flag, default)
+        _add(p, flag, default, student)
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     add_progress_option(p)
     add_encoding_option(p)
@@ -365,7 +389,7 @@ def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None
         if student and not flag.distill:
             continue
         in_request = flag.field in request_defaults
-        _add(g, flag, request_defaults[flag.field] if in_request else None)
+        _add(g, flag, request_defaults[flag.field] if in_request else None, student)
     add_threads_option(g)
 
 

@@ -17,11 +17,15 @@ from fbdl_fast.cli.common import (
     UsageError,
     add_run_options,
     check_device,
-    data_columns,
     load_for_inference,
     say,
+    text_column,
 )
 from fbdl_fast.training.loading import PREDICT_CHUNK, Prediction
+
+# The column an --output keeps when the input has it and --keep-columns is not given: a post's
+# id is what joins the predictions back to the posts.
+DEFAULT_KEPT = "id"
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -50,8 +54,10 @@ def _predict(args: argparse.Namespace) -> int:
             raise UsageError("--keep-columns needs --data FILE (--text posts have no columns)")
         posts = ((text, ()) for text in args.text)
     else:
-        text_column, _ = data_columns(args, run.meta)
-        found = iter_posts(args.data, text_column, None, errors=args.encoding_errors, keep=keep)
+        column = text_column(args, run.meta)
+        if args.keep_columns is None:
+            keep = default_kept(args.data, column, args.encoding_errors)
+        found = iter_posts(args.data, column, None, errors=args.encoding_errors, keep=keep)
         posts = ((post.text, post.kept) for post in found)
     # The kept columns of the posts read and not yet written: one chunk's at most.
     kept_columns: deque[tuple[Any, ...]] = deque()
@@ -102,6 +108,15 @@ def _predict(args: argparse.Namespace) -> int:
     if out is not None:
         say(args, f"{count} predictions written to {out}")
     return 0
+
+
+def default_kept(data: str, column: str, encoding_errors: str) -> list[str]:
+    """The columns predict keeps when --keep-columns is not given: DEFAULT_KEPT when the posts
+    file has that column (and it is not the text column), else none."""
+    from fbdl_fast.data.readers import file_columns
+
+    columns = file_columns(data, column, errors=encoding_errors)
+    return [DEFAULT_KEPT] if DEFAULT_KEPT in columns and column != DEFAULT_KEPT else []
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -220,11 +235,14 @@ def add_parser(subparsers: Any) -> None:
         "grow with its size. Empty or whitespace-only posts are classified as empty posts; "
         "posts longer than the run's max length are truncated.",
     )
-    add_run_options(p)
-    p.add_argument(
-        "--data", default=None, help="posts file (.csv, .tsv, .jsonl); a label column is not needed"
+    add_run_options(
+        p,
+        "posts file (.csv, .tsv, .jsonl); a label column is not needed, and is not read",
+        labelled=False,
     )
-    p.add_argument("--text", action="append", default=[], help="a post to classify (repeatable)")
+    p.add_argument(
+        "--text", action="append", default=[], help="a post to classify (repeatable), or --data"
+    )
     p.add_argument(
         "--output",
         default=None,
@@ -236,7 +254,8 @@ def add_parser(subparsers: Any) -> None:
         "--keep-columns",
         default=None,
         metavar="COL[,COL...]",
-        help="input columns to copy into each prediction (e.g. an id), before the text",
+        help=f"input columns of --data to copy into each prediction, before the text "
+        f"(default: {DEFAULT_KEPT}, when the input has an {DEFAULT_KEPT} column; '' keeps none)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress messages on stderr")
     p.set_defaults(func=cmd_predict)

@@ -81,10 +81,7 @@ def final_line(result: TrainResult) -> str:
         line += f"; {result.skipped_steps} steps skipped (non-finite loss)"
     fit = result.calibration
     if fit is not None:
-        line += (
-            f"; calibrated: temperature {fit.temperature:.4g}, validation ECE "
-            f"{fit.ece_before:.4f} -> {fit.ece_after:.4f}"
-        )
+        line += f"; calibrated: {fit.summary()}"
     return line
 
 

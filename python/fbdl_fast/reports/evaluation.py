@@ -187,7 +187,8 @@ class Evaluation:
             return f"ECE {self.reliability.ece:.4f} ({bins} bins; no temperature in the checkpoint)"
         return (
             f"ECE {self.reliability.ece:.4f} -> {self.calibrated.ece:.4f} with temperature "
-            f"{self.temperature:.4g} ({bins} bins; NLL {self.nll:.4f} -> {self.nll_calibrated:.4f})"
+            f"{self.temperature:.4g} ({bins} bins; the temperature was fitted to minimise the "
+            f"validation NLL, not the ECE: NLL here {self.nll:.4f} -> {self.nll_calibrated:.4f})"
         )
 
     def text(self) -> str:

@@ -81,6 +81,8 @@ if TYPE_CHECKING:
 
 # The parity an exported file must reach against torch: max |logit diff| <= 1e-4.
 ONNX_TOLERANCE = 1e-4
+# The exporters tried in turn, as the stages name them.
+EXPORTERS = {"dynamo": "torch.onnx.export, dynamo=True", "torchscript": "TorchScript exporter"}
 
 
 # ====================
@@ -187,11 +189,15 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[:240]}"
 
 
-def export_onnx(run: ExportSource, path: Optional[Path] = None) -> dict[str, Any]:
+def export_onnx(
+    run: ExportSource, path: Optional[Path] = None, say: Optional[Callable[[str], None]] = None
+) -> dict[str, Any]:
     """Write run's model as ONNX to `path` (default: the run's model.onnx), atomically, after the
     onnxruntime check described in the module docstring, stamped with the run's metadata.
     Returns {"path", "exporter", "max_abs_diff", "bytes"}; ExportError when no exporter gives a
-    file that passes."""
+    file that passes. `say`, if given, is told each stage as it starts (tracing and exporting
+    with an exporter, the parity check, writing), as train_run's `say` is: an export can take
+    a minute, most of it in the exporter."""
 
     try:
         import onnx  # noqa: F401  (the dynamo exporter's output type)
@@ -201,10 +207,10 @@ def export_onnx(run: ExportSource, path: Optional[Path] = None) -> dict[str, Any
             f"--format onnx needs onnx and onnxruntime ({err}); pip install 'fbdl-fast[onnx]'"
         ) from None
     with run_lock(run):
-        return _export_onnx(run, path or run.path / ONNX_FILE)
+        return _export_onnx(run, path or run.path / ONNX_FILE, say or (lambda message: None))
 
 
-def _export_onnx(run: ExportSource, path: Path) -> dict[str, Any]:
+def _export_onnx(run: ExportSource, path: Path, say: Callable[[str], None]) -> dict[str, Any]:
     remove_stale_temps(path)  # an export killed midway left its temporary file
     config = run.config
     model = run.model.to("cpu").eval()
@@ -216,6 +222,9 @@ def _export_onnx(run: ExportSource, path: Path) -> dict[str, Any]:
     with reference_ops(), torch.no_grad():
         expected = model(*check).float()
         for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
+            if failures:  # the previous exporter's, before the next one is tried
+                say(f"not exported: {failures[-1]}")
+            say(f"tracing and exporting the model ({EXPORTERS[exporter]}) ...")
             try:
                 with warnings.catch_warnings(), _quiet():
                     # The exporters warn about their own internals (deprecations, constant
