@@ -46,13 +46,18 @@ bench: install  ## Time the benchmark suites (pytest-benchmark)
 gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (see README)
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --quiet --out dist
+	@# Liger-Kernel, a peer gpu_check measures against: the GPU machine has none and reaches no
+	@# index, so gpu_check installs this wheel from dist/ with --no-deps. 0.8.5's METADATA asks
+	@# for triton>=2.3.1 and torch>=2.1.2: the machine's triton 3.6 and torch 2.11 fit.
+	$(PY) -m pip download --quiet --no-deps --only-binary :all: liger-kernel==0.8.5 -d dist
 
 # The lent GPU machine's software on this CPU: its Python (3.12) and versions, our wheel
 # installed with --no-deps as it is there. Not part of `make test` (the first run downloads torch).
 STACK_VENV := .stack-venv
 STACK_PY := $(STACK_VENV)/bin/python
-STACK_PINS := torch==2.11.0 triton==3.6.0 numpy==2.5.5 tokenizers==0.23.2 'pytest-benchmark>=5,<6' \
-	pytest tqdm safetensors==0.8.0 matplotlib scikit-learn onnx onnxruntime onnxscript
+STACK_PINS := torch==2.11.0 triton==3.6.0 numpy==2.5.2 tokenizers==0.23.2 'pytest-benchmark>=5,<6' \
+	pytest tqdm safetensors==0.8.0 matplotlib scikit-learn hypothesis onnx==1.23.1 \
+	onnxruntime==1.30.0 onnxscript==0.7.2 transformers==5.17.0 huggingface_hub==1.33.0
 
 $(STACK_VENV)/.installed:
 	@py=$$(python3.12 -c 'import sys; print(sys.executable)' 2>/dev/null \
