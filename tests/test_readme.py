@@ -1,4 +1,5 @@
-"""The README's Python blocks run as written, and its claims about the set-up hold."""
+"""The Python blocks of the README and docs/library.md run as written, and the README's claims
+about the set-up hold."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+LIBRARY = ROOT / "docs" / "library.md"
 
 
-def _block(heading: str, language: str) -> str:
-    text = README.read_text(encoding="utf-8")
+def _block(heading: str, language: str, page: Path = README) -> str:
+    text = page.read_text(encoding="utf-8")
     section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(rf"```{language}\n(.*?)```", section, re.S)
-    assert match, f"no ```{language} block under '## {heading}' in README.md"
+    assert match, f"no ```{language} block under '## {heading}' in {page.name}"
     return match.group(1)
 
 
@@ -43,10 +46,11 @@ def test_the_tour_trains_from_python_and_ends_with_a_prediction(
 
 
 def test_the_building_blocks_run_as_written(capsys: pytest.CaptureFixture[str]) -> None:
-    """The building-blocks block trains with the Trainer, patches a reference model (its 5
-    LayerNorms: 2 blocks x 2 + the final one) and explains which path a LayerNorm takes."""
+    """docs/library.md's building-blocks block trains with the Trainer, patches a reference model
+    (its 5 LayerNorms: 2 blocks x 2 + the final one) and explains which path a LayerNorm takes."""
     namespace: dict[str, object] = {}
-    exec(compile(_block("The building blocks", "python"), "README.md:blocks", "exec"), namespace)
+    code = _block("The building blocks", "python", LIBRARY)
+    exec(compile(code, "docs/library.md:blocks", "exec"), namespace)
     train_losses, val_losses = namespace["train_losses"], namespace["val_losses"]
     assert len(train_losses) == len(val_losses) == 2  # type: ignore[arg-type]
     out = capsys.readouterr().out
@@ -55,6 +59,7 @@ def test_the_building_blocks_run_as_written(capsys: pytest.CaptureFixture[str]) 
 
 
 def test_setup_gives_exactly_two_commands_and_ci_runs_the_test_one() -> None:
+    """The set-up block is `make demo` and `make test`, and .ci/run runs the second."""
     commands = [line.split("#")[0].strip() for line in _block("Set up", "bash").splitlines()]
     assert commands == ["make demo", "make test"]
     ci = (README.parent / ".ci" / "run").read_text()
