@@ -148,15 +148,19 @@ def test_demo_sizes_in_help_are_the_presets() -> None:
 
 
 def test_distill_offers_only_what_it_accepts() -> None:
-    """distill's students are reference models trained from scratch on one label a post with
-    shuffled posts: it offers no minilm option, and every switch and choice it offers is
-    accepted by its check (check_distillable)."""
+    """distill trains on one label a post with shuffled posts, and offers none of train's
+    options for fine-tuning MiniLM (--freeze-layers, --layer-decay, --no-spell-emoji, "minilm:
+    X" defaults); every switch and choice it offers is accepted by its check
+    (check_distillable)."""
     parser = command_parser("distill")
     base = ["distill", "--teacher", "t", "--data", "p.csv", "--student", "cnn"]
     tried = 0
     for action in options(parser):
         text = rendered(parser, action)
-        assert "minilm" not in text.lower(), text
+        # train's MiniLM-only options start their help with "minilm:"; its model defaults
+        # name minilm's as "; minilm: X"
+        assert not (action.help or "").startswith("minilm:"), text
+        assert "; minilm: " not in text, text
         flag = action.option_strings[0]
         if action.nargs == 0:
             values = [[flag]]
@@ -204,3 +208,20 @@ def test_predict_offers_no_label_column_and_states_what_it_keeps() -> None:
     assert "(default: id, when the input has an id column" in rendered(
         parser, flags["--keep-columns"]
     )
+
+
+def test_a_zero_default_is_stated() -> None:
+    """The formatter leaves out None, False and [] defaults, but 0 (which == False) is a value:
+    it is stated, as any other number."""
+    from fbdl_fast.cli.common import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter)
+    parser.add_argument("--count", type=int, default=0, help="how many")
+    parser.add_argument("--share", type=float, default=0.0, help="how much")
+    parser.add_argument("--quiet", action="store_true", help="say less")
+    texts = [rendered(parser, action) for action in options(parser)]
+    assert texts == [
+        "--count COUNT how many (default: 0)",
+        "--share SHARE how much (default: 0.0)",
+        "--quiet say less",
+    ]

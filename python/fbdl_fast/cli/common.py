@@ -81,7 +81,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         switch = action.nargs == 0  # store_true, store_false, store_const
-        unset = action.default in (None, False, argparse.SUPPRESS) or action.default == []
+        # by identity: a default of 0 (== False) is a value to state
+        unset = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        unset = unset or action.default == []
         if "default" in text or switch or unset:
             return text
         return f"{text} (default: %(default)s)".lstrip()
