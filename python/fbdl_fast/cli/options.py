@@ -373,9 +373,10 @@ def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None
         g.add_argument(
             "--student",
             dest="model",
-            choices=sorted(MODEL_TITLES),
+            choices=sorted({*MODEL_TITLES, "minilm"}),  # minilm: a student of a MiniLM teacher
             required=True,
-            help="the student's architecture, trained from scratch on its own tokenizer",
+            help="the student's architecture, trained from scratch, or minilm: layers of a "
+            "MiniLM teacher (distill's --student-layers)",
         )
     else:
         g.add_argument(

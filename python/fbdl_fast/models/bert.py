@@ -34,6 +34,7 @@ import importlib.util
 import json
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -186,6 +187,28 @@ class BertClassifier(nn.Module):
         hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, L, D)
         mask = check_inputs(input_ids, attention_mask, self.config)  # (B, L) bool
         return self.head(self.dropout(self.pool(hidden, mask)))  # (B, C)
+
+
+def layers_state_dict(model: BertClassifier, layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The state_dict of a len(layers)-layer BertClassifier made of `model`'s blocks `layers`
+    (0-based, in order) and everything else of `model` (embeddings, head): block layers[i]
+    becomes block i. The tensors are copies. ValueError naming a layer `model` lacks."""
+    count = len(model.blocks)
+    bad = [i for i in layers if not (isinstance(i, int) and 0 <= i < count)]
+    if not layers or bad:
+        raise ValueError(
+            f"layers {list(layers)!r} are invalid for a {count}-layer encoder; accepted: one or "
+            f"more block indices in [0, {count - 1}]"
+        )
+    state = {}
+    for name, tensor in model.state_dict().items():
+        if name.startswith("blocks."):
+            continue
+        state[name] = tensor.detach().clone()
+    for new, old in enumerate(layers):
+        for name, tensor in model.blocks[old].state_dict().items():
+            state[f"blocks.{new}.{name}"] = tensor.detach().clone()
+    return state
 
 
 # --- pretrained folders ------------------------------------------------------------------------
@@ -416,6 +439,7 @@ def load_tokenizer(name_or_path: PathLike, *, spell_emoji: bool = True) -> Token
 __all__ = [
     "KNOWN_CHECKPOINTS",
     "BertClassifier",
+    "layers_state_dict",
     "load_pretrained",
     "load_tokenizer",
     "pretrained_config",

@@ -15,10 +15,20 @@ carry soft targets only. Validation (early stopping, best.pt) uses the hard loss
 run's val_loss is the student's own cross-entropy on labelled posts, like any run's.
 
 The teacher is any run folder (MiniLM or another model) and reads the posts with its own
-tokenizer; the student trains its own. The teacher's logits over the training posts (and the
-unlabelled ones) are computed once, before the first epoch, and cached in the run folder
-(TEACHER_LOGITS, written atomically) with the SHA-256 of the texts and of the teacher's
-checkpoint: --resume reuses them after checking both, instead of running the teacher again.
+tokenizer; the student trains its own, unless it starts from the teacher (training.students: a
+MiniLM student made of K of a MiniLM teacher's layers, or a student given the teacher's token
+embeddings), which then reads the posts with the teacher's tokenizer. The teacher's logits over
+the training posts (and the unlabelled ones) are computed once, before the first epoch, and
+cached in the run folder (TEACHER_LOGITS, written atomically) with the SHA-256 of the texts and
+of the teacher's checkpoint: --resume reuses them after checking both, instead of running the
+teacher again.
+
+With no unlabelled posts, `--augment N` makes a transfer set of N variants of each training
+post (training.augment: masking, replacement, n-gram sampling, span shuffling), labelled by the
+teacher with soft targets only, as unlabelled posts are. Its texts and logits are cached in
+TRANSFER_SET under the SHA-256 of the training texts, the teacher's checkpoint, the settings and
+the seed: --resume (or another call on the same folder) reuses them; other settings recompute
+them.
 
 The training loop is the train command's: the targets of a training batch are rows (label or
 -1, the teacher's logits...) that DistillationLoss reads; the output folder is an ordinary run
@@ -41,6 +51,8 @@ from torch import nn
 
 from fbdl_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from fbdl_fast.files import sha256_of
+from fbdl_fast.training import students
+from fbdl_fast.training.augment import AugmentSettings, augment_texts, settings_sha256
 
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
@@ -51,6 +63,7 @@ if TYPE_CHECKING:
     from fbdl_fast.training.loading import Run
 
 TEACHER_LOGITS = "teacher_logits.pt"  # the cache, in the run folder
+TRANSFER_SET = "transfer_set.pt"  # --augment's variants and the teacher's logits over them
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
 NO_LABEL = -1  # the label of an --unlabelled post in the packed targets
@@ -137,6 +150,10 @@ class Distillation:
     unlabelled_path: Optional[Path] = None
     unlabelled: list[str] = field(default_factory=list)
     teacher_batch_size: Optional[int] = None
+    student: Optional[str] = None  # the student's model name, when it may start from the teacher
+    student_layers: Optional[int] = None  # student "minilm": the teacher's layers it keeps
+    student_embeddings: str = students.DEFAULT_STUDENT_EMBEDDINGS
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
 
     @classmethod
     def load(
@@ -150,9 +167,14 @@ class Distillation:
         unlabelled: Optional[Path] = None,
         text_column: str = "text",
         encoding_errors: str = "strict",
+        student: Optional[str] = None,
+        student_layers: Optional[int] = None,
+        student_embeddings: str = students.DEFAULT_STUDENT_EMBEDDINGS,
+        augment: Optional[AugmentSettings] = None,
     ) -> Distillation:
-        """Check T and alpha, load the teacher run (RunError / CheckpointError naming its files)
-        and read the unlabelled posts' texts; before any training data is read."""
+        """Check T and alpha, load the teacher run (RunError / CheckpointError naming its files),
+        check that it can start `student` (training.students.check_student) and read the
+        unlabelled posts' texts; before any training data is read."""
         from fbdl_fast.data import load_posts
         from fbdl_fast.runs import PROG, RunError
         from fbdl_fast.training.loading import load_run
@@ -173,6 +195,14 @@ class Distillation:
                 f"--teacher {teacher} is a multi-label run; distillation takes a single-label "
                 "teacher (softmax targets)"
             )
+        augment = augment or AugmentSettings()
+        if student is not None:
+            students.check_student(run, student, student_layers, student_embeddings)
+        if augment.variants and alpha == 0:
+            raise ValueError(
+                "--augment with --alpha 0: the variants have soft targets only, which alpha 0 "
+                "weights by 0; give --alpha > 0"
+            )
         texts: list[str] = []
         if unlabelled is not None:
             if alpha == 0:
@@ -181,7 +211,41 @@ class Distillation:
                     "which alpha 0 weights by 0; give --alpha > 0"
                 )
             texts = load_posts(unlabelled, text_column, None, errors=encoding_errors).texts
-        return cls(run, float(temperature), float(alpha), unlabelled, texts)
+        return cls(
+            run,
+            float(temperature),
+            float(alpha),
+            unlabelled,
+            texts,
+            student=student,
+            student_layers=student_layers,
+            student_embeddings=student_embeddings,
+            augment=augment,
+        )
+
+    # -- a student that starts from the teacher (training.students) ------------------------------
+
+    @property
+    def shares_tokenizer(self) -> bool:
+        """Whether the student reads the posts with the teacher's tokenizer."""
+        return self.student is not None and students.shares_tokenizer(
+            self.student, self.student_embeddings
+        )
+
+    def student_config(self, config: ModelConfig) -> ModelConfig:
+        """`config` with what the student takes from the teacher (its sizes, or none)."""
+        if self.student is None:
+            return config
+        return students.student_config(
+            self.teacher, self.student, config, self.student_layers, self.student_embeddings
+        )
+
+    def init_student(self, model: nn.Module, label_map: LabelMap) -> None:
+        """Copy into `model` the weights it starts with of the teacher (none by default)."""
+        if self.student is not None:
+            students.init_student(
+                model, self.teacher, self.student, label_map, self.student_embeddings
+            )
 
     def meta(self, label_map: LabelMap) -> dict[str, Any]:
         """config.json's "distillation" section; ValueError when the teacher's labels are not
@@ -214,7 +278,20 @@ class Distillation:
                 None if self.unlabelled_path is None else sha256_of(self.unlabelled_path)
             ),
             "unlabelled_posts": len(self.unlabelled),
+            # Only when asked for: runs made before these options keep resuming.
+            **({"student_layers": self._layers()} if self.student == "minilm" else {}),
+            **(
+                {"student_embeddings": self.student_embeddings}
+                if self.student_embeddings != students.DEFAULT_STUDENT_EMBEDDINGS
+                else {}
+            ),
+            **({"augment": self.augment.to_dict()} if self.augment.variants else {}),
         }
+
+    def _layers(self) -> int:
+        return (
+            students.DEFAULT_STUDENT_LAYERS if self.student_layers is None else self.student_layers
+        )
 
     def resume_mismatch(self, stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
         """The distillation settings that differ between the run's config.json and now (the
@@ -269,6 +346,55 @@ class Distillation:
         )
         return logits
 
+    def transfer_set(
+        self,
+        run_dir: Path,
+        texts: Sequence[str],
+        label_map: LabelMap,
+        seed: int,
+        say: Any = None,
+    ) -> tuple[list[str], torch.Tensor]:
+        """The variants of `texts` (self.augment, `seed`) and the teacher's logits over them,
+        columns in `label_map`'s order: read from run_dir/TRANSFER_SET when its key (the
+        texts', the teacher's, the settings and the seed) is this call's, else made, labelled
+        by the teacher and written there atomically (replacing a set made otherwise)."""
+        path = run_dir / TRANSFER_SET
+        teacher_sha = sha256_of(self.teacher.checkpoint)
+        key = settings_sha256(texts_sha256(texts), teacher_sha, self.augment, seed)
+        if path.is_file():
+            state = load_checkpoint(path)
+            if state.get("key") == key:
+                variants, logits = state.get("texts"), state.get("logits")
+                if (
+                    not isinstance(variants, list)
+                    or not isinstance(logits, torch.Tensor)
+                    or logits.shape != (len(variants), len(label_map))
+                    or len(variants) != len(texts) * self.augment.variants
+                ):
+                    raise CheckpointError(f"{path} is damaged (texts and logits do not match)")
+                return variants, logits
+            if say is not None:
+                say(f"{path.name} was made with other settings or posts: making it again")
+        variants = augment_texts(texts, self.augment, seed)
+        if say is not None:
+            say(f"teacher {self.teacher.path.name}: logits of {len(variants)} augmented posts ...")
+        logits = compute_logits(self.teacher, variants, self.teacher_batch_size)
+        columns = [self.teacher.label_map.encode(label) for label in label_map.labels]
+        logits = logits[:, columns].contiguous()
+        save_checkpoint(
+            {
+                "key": key,
+                "settings": self.augment.to_dict(),
+                "seed": int(seed),
+                "texts_sha256": texts_sha256(texts),
+                "teacher_sha256": teacher_sha,
+                "texts": variants,
+                "logits": logits,
+            },
+            path,
+        )
+        return variants, logits
+
     def loaders(
         self,
         run_dir: Path,
@@ -287,6 +413,13 @@ class Distillation:
         texts = [*train.texts, *self.unlabelled]
         logits = self.teacher_logits(run_dir, texts, label_map, say)
         ids = [*label_map.encode_all(train), *[NO_LABEL] * len(self.unlabelled)]
+        if self.augment.variants:  # the transfer set: soft targets only, like unlabelled posts
+            variants, variant_logits = self.transfer_set(
+                run_dir, train.texts, label_map, config.seed, say
+            )
+            texts += variants
+            logits = torch.cat([logits, variant_logits])
+            ids += [NO_LABEL] * len(variants)
         targets = np.concatenate(
             [np.asarray(ids, dtype=np.float32)[:, None], logits.numpy().astype(np.float32)], axis=1
         )
@@ -330,6 +463,7 @@ __all__ = [
     "DEFAULT_ALPHA",
     "DEFAULT_TEMPERATURE",
     "TEACHER_LOGITS",
+    "TRANSFER_SET",
     "Distillation",
     "DistillationLoss",
     "compute_logits",

@@ -306,7 +306,11 @@ class _Run:
         train_loader, val_loader, criterion = self._loaders(
             train, val, tokenizer, label_map, config
         )
-        model = create_model(architecture(request.model), config, pretrained=self.pretrained)
+        distill = request.distillation  # its student may start from the teacher's weights
+        pretrained = None if distill is not None and distill.shares_tokenizer else self.pretrained
+        model = create_model(architecture(request.model), config, pretrained=pretrained)
+        if distill is not None:
+            distill.init_student(model, label_map)
         trainer = Trainer(
             model,
             config,
@@ -416,6 +420,9 @@ class _Run:
 
         if self.request.resume:
             return Tokenizer.from_file(source / RUN_TOKENIZER)
+        distill = self.request.distillation
+        if distill is not None and distill.shares_tokenizer:  # a student of the teacher's
+            return distill.teacher.tokenizer
         if self.pretrained is not None:  # its vocab.txt, read by every rank
             return load_tokenizer(self.pretrained, spell_emoji=self.request.spell_emoji)
         text = None
@@ -455,6 +462,8 @@ class _Run:
         )
         if self.pretrained is not None:  # the checkpoint's sizes, and where its weights are
             config = pretrained_model_config(config, self.pretrained)
+        if request.distillation is not None:  # a student may take the teacher's sizes
+            config = request.distillation.student_config(config)
         return config
 
     def _meta(
