@@ -205,9 +205,7 @@ def test_minilm_student_is_an_ordinary_minilm_run(
 
 
 @needs_minilm
-def test_cnn_starts_from_the_teachers_embeddings(
-    teacher: dict[str, Path], tmp_path: Path
-) -> None:
+def test_cnn_starts_from_the_teachers_embeddings(teacher: dict[str, Path], tmp_path: Path) -> None:
     """--student-embeddings teacher: the CNN reads the teacher's tokenizer, its input_dim is the
     teacher's width and its embedding table starts as the teacher's word embeddings."""
     run = load_run(teacher["teacher"], device="cpu")
