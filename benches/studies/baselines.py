@@ -119,7 +119,9 @@ def run_tfidf(
     task: str, train: Posts, test: Posts, grid: Sequence[float], seed: int
 ) -> tuple[Row, dict]:
     """TF-IDF + LR on one task: C picked on validation, refitted on all of train, scored."""
+    start = time.perf_counter()
     best, found = pick_c(train.texts, train.labels, grid, seed)
+    search_s = time.perf_counter() - start
     model = tfidf_lr(best, seed)
     start = time.perf_counter()
     model.fit(list(train.texts), list(train.labels))  # type: ignore[attr-defined]
@@ -130,6 +132,7 @@ def run_tfidf(
     row = Row(task, "TF-IDF + LR", macro, accuracy, train_s, rate, f"C={best:g}{edge}")
     return row, {
         "c": best,
+        "c_search_s": round(search_s, 2),
         "validation_macro_f1": {f"{c:g}": round(v, 4) for c, v in found.items()},
     }
 
@@ -252,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "threads": 1,
+        # the machine may be shared: the 1-minute load average when the last task finished
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "rows": [asdict(r) for r in rows],
         "tasks": tasks,
     }
