@@ -57,6 +57,7 @@ def test_rows_scores_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert (tfidf["macro_f1"], tfidf["accuracy"]) == (1.0, 1.0)
     assert tfidf["note"] == "C=1" and saved["tasks"]["tiny"]["tfidf"]["c"] == 1.0
     assert tfidf["train_s"] > 0 and tfidf["predict_posts_per_s"] > 0
+    assert tfidf["train_cpu_s"] > 0 and tfidf["predict_cpu_posts_per_s"] > 0
     majority = rows["majority class"]
     assert majority["accuracy"] == pytest.approx(1 / 3)
     assert majority["macro_f1"] == pytest.approx(0.5 / 3)
@@ -68,13 +69,13 @@ def test_rows_scores_and_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_table_marks_what_was_not_measured() -> None:
-    """A row without numbers prints dashes; numbers print rounded."""
+    """A row without numbers prints dashes; numbers print rounded, CPU time in brackets."""
     rows = [
-        baselines.Row("t", "TF-IDF + LR", 0.71234, 0.8, 2.04, 4187.4, "C=10"),
+        baselines.Row("t", "TF-IDF + LR", 0.71234, 0.8, 2.04, 4187.4, 1.96, 5012.6, "C=10"),
         baselines.Row("t", "fastText", note="not measured"),
     ]
     text = baselines.table(rows)
-    assert "| t | TF-IDF + LR | 0.712 | 0.800 | 2.0 | 4,187 | C=10 |" in text
+    assert "| t | TF-IDF + LR | 0.712 | 0.800 | 2.0 (2.0) | 4,187 (5,013) | C=10 |" in text
     assert "| t | fastText | — | — | — | — | not measured |" in text
 
 
@@ -117,4 +118,4 @@ def test_fasttext_row_maps_its_labels_back(tmp_path: Path, monkeypatch: pytest.M
     row = baselines.run_fasttext("digits", train, test, seed=0)
     assert StubFastText.trained_on[0] == "__label__1 words 1 0"
     assert row.accuracy == 0.5 and row.macro_f1 == pytest.approx((2 / 3 + 0) / 2)
-    assert row.predict_posts_per_s > 0
+    assert row.predict_posts_per_s > 0 and row.predict_cpu_posts_per_s > 0
