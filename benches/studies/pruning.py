@@ -1,5 +1,5 @@
 """Magnitude pruning of a trained run's Linear layers: its accuracy and CPU
-speed cost, measured; the project keeps no pruning option (see README, "Serving on a CPU").
+speed cost, measured; the project keeps no pruning option (docs/results.md, "Pruning").
 
     python benches/studies/pruning.py --run runs/debian/minilm --data data/debian/test.csv
 

@@ -363,13 +363,16 @@ def test_tokenizer_comes_from_the_checkpoint_folder() -> None:
 
 @needs_minilm
 def test_the_readme_example_runs_as_written() -> None:
+    """docs/training.md's pretrained-encoder example builds MiniLM and its tokenizer."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Pretrained encoders (MiniLM, any BERT checkpoint)\n", 1)[1]
+    page = Path(__file__).resolve().parents[2] / "docs" / "training.md"
+    section = page.read_text(encoding="utf-8").split(
+        "## Pretrained encoders (MiniLM, any BERT checkpoint)\n", 1
+    )[1]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict[str, object] = {}
-    exec(compile(code, "README.md:pretrained", "exec"), namespace)
+    exec(compile(code, "docs/training.md:pretrained", "exec"), namespace)
     model, tokenizer = namespace["model"], namespace["tokenizer"]
     assert isinstance(model, BertClassifier)
     assert model.config.num_classes == 3 and model.config.input_dim == 384

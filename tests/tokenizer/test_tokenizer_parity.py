@@ -225,7 +225,8 @@ def test_spell_emoji_gives_hf_ids_of_the_names():
 @needs_bert_vocab
 def test_spell_emoji_cuts_unknown_tokens_on_synthetic_posts():
     """The share of [UNK] among the tokens of fbdl_fast.data.synthetic posts (2,000 posts, seed 0),
-    with the BERT uncased vocabulary, without and with spell_emoji (README: the two numbers)."""
+    with the BERT uncased vocabulary, without and with spell_emoji (docs/results.md: the two
+    numbers)."""
     from fbdl_fast.data.synthetic import generate_posts
 
     posts = generate_posts(2000, seed=0).texts
