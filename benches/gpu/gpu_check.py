@@ -63,6 +63,10 @@ DIST = REPO / "dist"
 # The peers' packages: module name -> distribution name. A wheel of a missing one is installed
 # from dist/ (liger-kernel: `make gpu-wheel` downloads it); transformers is on the GPU image.
 PEER_PACKAGES = {"liger_kernel": "liger-kernel", "transformers": "transformers"}
+# --cpu-smoke: the budgets are the H100's; two shared CPU cores compile the same graphs slower
+# (the training stage took 73 s of its 140 on a quiet machine here, 134 s under load). The
+# stages whose timeout is a failure get this factor there; those of rank 4 are cut as planned.
+CPU_SMOKE_SLACK = 2.0
 RANKS = {
     1: "correctness on CUDA",
     2: "the training step vs HF",
@@ -116,10 +120,10 @@ def stages(out: Path) -> list[Stage]:
     return [
         Stage("cuda tests", 75, tests("cuda tests", "cuda"), rank=1),
         Stage("training vs HF", 140, [*hf_training, "-k", "minilm"], rank=2),
-        Stage("ops vs peers", 120, ["benches/gpu/bench_op_peers.py", *bench], rank=3),
-        Stage("layer_norm", 30, ["benches/bench_layer_norm.py", *bench]),
+        Stage("ops vs peers", 130, ["benches/gpu/bench_op_peers.py", *bench], rank=3),
+        Stage("layer_norm", 25, ["benches/bench_layer_norm.py", *bench]),
         Stage("focal_loss", 20, ["benches/bench_focal_loss.py", *bench]),
-        Stage("attention", 35, ["benches/bench_attention.py", *bench]),
+        Stage("attention", 30, ["benches/bench_attention.py", *bench]),
         Stage("training steps", 20, ["benches/bench_models.py", *bench]),
         # Every parity test of the kernels (tests/conftest.py marks them `kernel`), on CUDA.
         Stage("kernel tests", 25, tests("kernel tests", "kernel and not cuda")),
@@ -403,6 +407,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         all_stages = [stage for stage in all_stages if stage.name in args.only]
     else:
         all_stages = [stage for stage in all_stages if stage.default]
+    if args.cpu_smoke:
+        for stage in all_stages:
+            if stage.rank < 4:
+                stage.budget_s *= CPU_SMOKE_SLACK
     results["stages"] = [stage.summary() for stage in all_stages]
 
     def save() -> None:
