@@ -81,8 +81,9 @@ def test_a_peer_that_fails_to_compile_or_run_says_why() -> None:
     assert set(built.steps) == {"ok"} and built.first_call_s["ok"] >= 0
 
 
-def test_a_warning_at_the_first_call_is_kept_not_raised() -> None:
-    """The test command turns warnings into errors; a peer's compiler advice must not drop it."""
+def test_a_peer_that_warns_on_every_call_is_timed_and_its_warning_kept() -> None:
+    """The test command turns warnings into errors; a peer's advice (a compiler's, say) must not
+    drop its row: the first call's warnings are kept with the variant, the timed calls run."""
     import warnings
 
     def warns():
@@ -92,8 +93,12 @@ def test_a_warning_at_the_first_call_is_kept_not_raised() -> None:
 
         return step
 
-    built = peers.build({"warns": warns})
-    assert built.warnings == {"warns": ["use tensor cores"]} and "warns" in built.steps
+    row = peers.measure_row(
+        "layer_norm_peers", {"hidden": 64}, {"ours": _cheap(1.0), "warns": warns},
+        ours=["ours"], eager="warns", peers=["warns"], repeats=2, warmup=1,
+    )  # fmt: skip
+    assert row["variants"]["warns"]["warnings"] == ["use tensor cores"]
+    assert row["variants"]["warns"]["ms"] > 0 and row["best_peer"] == "warns"
 
 
 def test_ours_off_float64_fails_before_anything_is_timed() -> None:
