@@ -28,6 +28,7 @@ RUN_FILES = {
     "report.md",
     "curves.png",
     "manifest.json",
+    "baseline.json",  # the n-gram baseline fitted beside the run
 }
 
 

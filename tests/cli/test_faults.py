@@ -131,7 +131,7 @@ def test_non_finite_steps_in_a_row_stop_before_a_poisoned_checkpoint(tmp_path: P
 
 TINY = [*tiny_model_args(max_length=24), "--batch-size", "8", "--threads", "1", "--quiet"]
 RUN_FILES = {"config.json", "tokenizer.json", "label_map.json", "best.pt", "last.pt"}
-RUN_FILES.update({METRICS_LOG, "report.md", "curves.png", "manifest.json"})
+RUN_FILES.update({METRICS_LOG, "report.md", "curves.png", "manifest.json", "baseline.json"})
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from fbdl_fast.models import (
     FacebookPostsCNN,
     FacebookPostsLSTM,
     FacebookPostsTransformer,
+    NgramClassifier,
     create_facebook_posts_model,
     create_model,
 )
@@ -26,7 +27,7 @@ from fbdl_fast.ops.layer_norm import LayerNormFunction
 from kernel_calls import count_calls
 from tolerances import assert_close
 
-NAMES = ["transformer", "lstm", "cnn"]
+NAMES = ["transformer", "lstm", "cnn", "ngram"]
 LENGTHS = [9, 5, 2, 1]  # real tokens per row of the test batch; 1 is shorter than every kernel
 
 
@@ -163,6 +164,7 @@ def test_create_model_registry_and_errors() -> None:
         "transformer": FacebookPostsTransformer,
         "lstm": FacebookPostsLSTM,
         "cnn": FacebookPostsCNN,
+        "ngram": NgramClassifier,
     } == MODELS
     assert create_facebook_posts_model is create_model
     assert fbdl_fast.create_model is create_model

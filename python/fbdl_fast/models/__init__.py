@@ -15,7 +15,8 @@ and its extra["pretrained"] records the weights' source, file and sha256, so a r
 config says where its weights came from. A saved model is rebuilt with create_model("bert",
 model.config) and its state_dict: the merged config has the checkpoint's sizes.
 
-MODELS holds the three from-scratch models, PRETRAINED_MODELS the encoders; `model_name(model)`
+MODELS holds the from-scratch models (the three reference models and "ngram", the hashed
+n-gram baseline of models/ngram.py), PRETRAINED_MODELS the encoders; `model_name(model)`
 names a model of either (what a checkpoint records to rebuild it), and FINE_TUNED maps the
 `fbdl-fast train --model` names of pretrained checkpoints ("minilm") to (model, checkpoint).
 """
@@ -35,12 +36,14 @@ from fbdl_fast.models import bert
 from fbdl_fast.models.bert import BertClassifier
 from fbdl_fast.models.cnn import FacebookPostsCNN
 from fbdl_fast.models.lstm import FacebookPostsLSTM
+from fbdl_fast.models.ngram import NgramClassifier
 from fbdl_fast.models.transformer import FacebookPostsTransformer
 
 MODELS: dict[str, type[nn.Module]] = {
     "transformer": FacebookPostsTransformer,
     "lstm": FacebookPostsLSTM,
     "cnn": FacebookPostsCNN,
+    "ngram": NgramClassifier,  # the fastText-style baseline every run is compared with
 }
 # Encoders that can load pretrained weights (create_model's `pretrained`).
 PRETRAINED_MODELS: dict[str, type[nn.Module]] = {"bert": BertClassifier}
@@ -80,7 +83,7 @@ def create_model(
     *,
     pretrained: Optional[Union[str, os.PathLike[str]]] = None,
 ) -> nn.Module:
-    """Build the model registered as `name` ("transformer", "lstm", "cnn" or "bert") from
+    """Build the model registered as `name` ("transformer", "lstm", "cnn", "ngram" or "bert") from
     `config`; for "bert", `pretrained` (a known name or a BERT-format folder) loads its weights."""
     known = {**MODELS, **PRETRAINED_MODELS}
     if name not in known:
@@ -114,6 +117,7 @@ __all__ = [
     "FacebookPostsCNN",
     "FacebookPostsLSTM",
     "FacebookPostsTransformer",
+    "NgramClassifier",
     "architecture",
     "create_facebook_posts_model",
     "create_model",

@@ -82,6 +82,16 @@ def run_markdown(
     return "\n".join(out).rstrip("\n") + "\n"
 
 
+def add_report_line(run_dir: Path, line: str) -> Path:
+    """Add `line` to the run's report.md as a paragraph of its own, right after the summary
+    (the first paragraph below the title): what is known of a run once its report is written,
+    such as the n-gram baseline fitted beside it (training.ngram_baseline)."""
+    path = run_dir / RUN_REPORT
+    title, summary, rest = [*path.read_text(encoding="utf-8").split("\n\n", 2), "", ""][:3]
+    write_atomic(path, "\n\n".join([title, summary, line, rest]).rstrip("\n") + "\n")
+    return path
+
+
 def write_run_report(
     run_dir: Path,
     history: History,

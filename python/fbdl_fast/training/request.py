@@ -71,6 +71,7 @@ class TrainRequest:
     encoding_errors: str = "strict"  # invalid UTF-8 in the data: strict, replace or ignore
     distillation: Optional[Distillation] = None  # a teacher's soft targets (training.distill)
     threads: int = DEFAULT_THREADS  # torch's intra-op CPU threads during the run (train_run)
+    baseline: bool = True  # also fit the n-gram baseline on the same split (ngram_baseline)
 
     def validate(self, config: ModelConfig) -> ModelConfig:
         """Raise TrainError naming the first field no run can use, before any data is read;

@@ -38,7 +38,7 @@ from fbdl_fast import runs
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import sha256_of
 from fbdl_fast.runs import PROG, RUN_TOKENIZER
-from fbdl_fast.training import presets
+from fbdl_fast.training import ngram_baseline, presets
 from fbdl_fast.training.finish import check_val_split, finish_multi_label, finish_single_label
 from fbdl_fast.training.loading import DEFAULT_THREADS
 from fbdl_fast.training.request import (
@@ -76,6 +76,7 @@ class TrainResult:
     thresholds: Optional[list[float]] = None  # multi_label: each class's, in label order
     validation: Optional[dict[str, float]] = None  # multi_label: metrics at the thresholds
     is_main: bool = True  # False on torchrun's other ranks (rank 0 wrote the run)
+    baseline: Optional[ngram_baseline.BaselineResult] = None  # n-gram baseline, same split
 
     @property
     def best_epoch(self) -> int:
@@ -360,6 +361,7 @@ class _Run:
                     train_posts=len(train),
                     warn=logger.warning,
                 )
+            result.baseline = ngram_baseline.beside_run(request, trainer, train, val, tokenizer)
             runs.publish(self.partial, self.out, request.overwrite or request.resume)
         result.total_seconds = time.perf_counter() - started_all
         return result

@@ -1,0 +1,175 @@
+"""The n-gram baseline model (models/ngram.py): its hashed n-grams, its pooling, padding, and
+`--model ngram` end to end: train, predict, evaluate, int8 and ONNX export and serving."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from fbdl_fast.cli import main
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.data.synthetic import generate_posts
+from fbdl_fast.models import MODELS, create_model, model_name
+from fbdl_fast.models.ngram import BIGRAM_PRIME, TRIGRAM_PRIME, NgramClassifier, ngram_rows
+from fbdl_fast.serving import onnx as serving_onnx
+from fbdl_fast.training.loading import load_run
+from tiny_run import write_posts_csv
+
+VOCAB, BUCKETS = 50, 97
+
+
+def _config(**overrides: object) -> ModelConfig:
+    values: dict = {
+        "input_dim": 8,
+        "vocab_size": VOCAB,
+        "num_classes": 3,
+        "dropout": 0.0,
+        "extra": {"ngram_buckets": BUCKETS},
+    }
+    return ModelConfig(**(values | overrides))
+
+
+def test_ngram_rows_are_the_hashes_of_consecutive_real_ids() -> None:
+    """Unigrams are the ids; bigram and trigram rows follow the documented hashes, computed
+    here with Python integers; an n-gram touching padding weighs 0."""
+    ids = torch.tensor([[5, 7, 9, 3]])
+    mask = torch.tensor([[True, True, True, False]])
+    rows, weights = ngram_rows(ids, mask, VOCAB, BUCKETS, order=3)
+
+    def pair(a: int, b: int) -> int:
+        return (a * BIGRAM_PRIME + b) % BUCKETS
+
+    bigrams = [VOCAB + pair(a, b) for a, b in ((5, 7), (7, 9), (9, 3))]
+    trigrams = [
+        VOCAB + (pair(a, b) * TRIGRAM_PRIME + c) % BUCKETS for a, b, c in ((5, 7, 9), (7, 9, 3))
+    ]
+    assert rows.tolist() == [[5, 7, 9, 3, *bigrams, *trigrams]]
+    assert weights.tolist() == [[1, 1, 1, 0, 1, 1, 0, 1, 0]]
+    assert all(VOCAB <= r < VOCAB + BUCKETS for r in bigrams + trigrams)
+
+
+def test_largest_ids_do_not_overflow_the_hash() -> None:
+    """Ids and buckets at config's limits (2**24) still give rows inside the table."""
+    big = (1 << 24) - 1
+    ids = torch.tensor([[big, big - 1, big - 2]])
+    rows, _ = ngram_rows(ids, torch.ones_like(ids, dtype=torch.bool), 1 << 24, 1 << 24, order=3)
+    assert int(rows.min()) >= 0 and int(rows.max()) < (1 << 25)
+    assert rows[0, 3].item() == (1 << 24) + (big * BIGRAM_PRIME + big - 1) % (1 << 24)
+
+
+def test_forward_is_the_mean_of_the_ngram_embeddings_through_the_head() -> None:
+    """Logits = head(mean of the real n-grams' rows), checked against a loop over one post
+    (with trigrams: order 3)."""
+    model = create_model("ngram", _config(extra={"ngram_buckets": BUCKETS, "ngram_order": 3}))
+    model.eval()
+    ids = torch.tensor([[4, 8, 15, 16, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
+    real = [4, 8, 15, 16]
+    rows = real + [VOCAB + (a * BIGRAM_PRIME + b) % BUCKETS for a, b in zip(real, real[1:])]
+    rows += [
+        VOCAB + (((a * BIGRAM_PRIME + b) % BUCKETS) * TRIGRAM_PRIME + c) % BUCKETS
+        for a, b, c in zip(real, real[1:], real[2:])
+    ]
+    mean = model.embedding.weight[rows].mean(0)
+    expected = model.output_projection(mean)[None]
+    torch.testing.assert_close(model(ids, mask), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_padding_never_changes_the_output_and_an_empty_post_gives_the_bias() -> None:
+    """The same post padded to other lengths with other ids gives the same logits; a post with
+    no real token gives the head's bias."""
+    model = create_model("ngram", _config()).eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    mask = torch.ones_like(ids)
+    base = model(ids, mask)
+    padded = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    padded_mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0]])
+    torch.testing.assert_close(model(padded, padded_mask), base, atol=1e-6, rtol=0)
+    empty = model(torch.tensor([[7, 7]]), torch.zeros(1, 2, dtype=torch.long))
+    torch.testing.assert_close(empty[0], model.output_projection.bias, atol=0, rtol=0)
+    one = model(torch.tensor([[7]]), torch.ones(1, 1, dtype=torch.long))  # no bigram at all
+    torch.testing.assert_close(one[0], model.output_projection(model.embedding.weight[7]))
+
+
+def test_registered_seeded_and_sized_by_config() -> None:
+    """create_model("ngram") is registered, named back, seeded by config.seed; its table has
+    vocab_size + buckets rows of input_dim; bad sizes are refused by name."""
+    assert MODELS["ngram"] is NgramClassifier
+    a, b = create_model("ngram", _config(seed=1)), create_model("ngram", _config(seed=1))
+    c = create_model("ngram", _config(seed=2))
+    assert model_name(a) == "ngram"
+    assert torch.equal(a.embedding.weight, b.embedding.weight)
+    assert not torch.equal(a.embedding.weight, c.embedding.weight)
+    assert tuple(a.embedding.weight.shape) == (VOCAB + BUCKETS, 8)
+    with pytest.raises(ValueError, match=r"ngram_buckets=0 is invalid; accepted"):
+        create_model("ngram", _config(extra={"ngram_buckets": 0}))
+    with pytest.raises(ValueError, match=r"ngram_order=4 is invalid; accepted: 1, 2 or 3"):
+        create_model("ngram", _config(extra={"ngram_order": 4}))
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def ngram_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny `fbdl-fast train --model ngram` run (200-word vocabulary, 32 tokens)."""
+    root = tmp_path_factory.mktemp("ngram")
+    data = write_posts_csv(root / "posts.csv", 200, seed=1)
+    run = root / "run"
+    argv = ["train", "--data", str(data), "--output", str(run), "--model", "ngram", "--quiet"]
+    assert main([*argv, "--vocab-size", "200", "--max-length", "32", "--epochs", "3"]) == 0
+    return run
+
+
+def test_train_ngram_writes_a_run_that_predicts_and_evaluates(
+    ngram_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """train --model ngram (refused before the model existed) makes a run of the n-gram model
+    with its defaults and no baseline beside it; predict gives the labels of load_run's
+    predict; evaluate beats chance on labelled posts."""
+    meta = json.loads((ngram_run / "config.json").read_text())
+    assert meta["model"] == "ngram" and meta["model_config"]["input_dim"] == 32
+    assert not (ngram_run / "baseline.json").exists()
+    assert (
+        "No n-gram baseline: this run's model is the baseline."
+        in (ngram_run / "report.md").read_text()
+    )
+    texts = generate_posts(20, seed=4).texts
+    out = tmp_path / "p.jsonl"
+    argv = ["predict", "--run", str(ngram_run), "--output", str(out), "--quiet"]
+    assert main([*argv, *[a for t in texts for a in ("--text", t)]]) == 0
+    got = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    assert got == [p.label for p in load_run(ngram_run).predict(texts)]
+    labelled = write_posts_csv(tmp_path / "test.csv", 200, seed=7)
+    capsys.readouterr()
+    argv = ["evaluate", "--run", str(ngram_run), "--data", str(labelled), "--json", "--quiet"]
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["macro_f1"] > 0.5  # 4 classes: chance is 0.25
+
+
+@pytest.mark.parametrize("fmt", ["int8", "onnx"])
+def test_export_and_serve_ngram_like_the_others(
+    ngram_run: Path, fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export --format int8 quantizes the head (the table stays fp32) and --format onnx
+    writes a file; predict --checkpoint int8|onnx gives best.pt's probabilities within the
+    tolerance the other models' exports are held to."""
+    assert main(["export", "--run", str(ngram_run), "--format", fmt, "--quiet"]) == 0
+    capsys.readouterr()
+    texts = generate_posts(30, seed=8).texts
+    probabilities = {}
+    for checkpoint in ("best", fmt):
+        out = tmp_path / f"{checkpoint}.jsonl"
+        argv = ["predict", "--run", str(ngram_run), "--output", str(out), "--quiet"]
+        argv += ["--overwrite", "--checkpoint", checkpoint, "--batch-size", "8"]
+        assert main([*argv, *[a for t in texts for a in ("--text", t)]]) == 0
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        probabilities[checkpoint] = torch.tensor([list(r["probabilities"].values()) for r in rows])
+    diff = (probabilities[fmt] - probabilities["best"]).abs().max().item()
+    if fmt == "onnx":
+        assert diff <= serving_onnx.ONNX_TOLERANCE
+    else:  # int8 weights of the head: close, not equal
+        assert 0 < diff <= 0.05
