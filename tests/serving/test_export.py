@@ -59,8 +59,8 @@ def _leftovers(folder: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("model", "num_layers"),
-    [("transformer", 2), ("cnn", 2), ("lstm", 1), ("lstm", 2), ("bert", 2)],
-    ids=["transformer", "cnn", "lstm-1", "lstm-2", "bert"],
+    [("transformer", 2), ("cnn", 2), ("lstm", 1), ("lstm", 2), ("bert", 2), ("ngram", 1)],
+    ids=["transformer", "cnn", "lstm-1", "lstm-2", "bert", "ngram"],
 )
 def test_onnx_parity_in_onnxruntime(
     tmp_path: Path,
@@ -202,9 +202,17 @@ def test_lstm_of_any_depth_exports_through_torch_export(tmp_path: Path, num_laye
 # ----------------------------------------------------------------------------- int8
 
 QUANTIZED = {
-    "transformer": ["blocks.0.mlp.fc", "blocks.0.mlp.proj", "output_projection"],
+    # the attention's projections too: int8.py swaps each attention for a LinearAttention
+    "transformer": [
+        "blocks.0.attn.in_proj",
+        "blocks.0.attn.out_proj",
+        "blocks.0.mlp.fc",
+        "blocks.0.mlp.proj",
+        "output_projection",
+    ],
     "lstm": ["lstm", "output_projection"],
     "cnn": ["output_projection"],  # quantize_dynamic has no Conv1d: the convolutions stay fp32
+    "ngram": ["output_projection"],  # its n-gram table is an embedding: fp32
 }
 
 
@@ -295,6 +303,9 @@ def test_int8_file_with_weights_per_tensor_still_loads(tmp_path: Path, model: st
     path = folder / "model.int8.pt"
     state = load_checkpoint(path)
     state["model"] = old
+    # and, as then, the attention left in fp32: no attention_linears key, its own int8 list
+    del state["attention_linears"]
+    state["quantized_modules"] = int8.quantizable(run.trainer.model, attention=False)
     save_checkpoint(state, path)
 
     batch = next(iter(_loader(run, generate_posts(8, seed=3).texts, 8)))

@@ -16,6 +16,9 @@ from fbdl_fast.serving import int8
 from fbdl_fast.training.loading import load_run
 from test_export import _loader, _run
 
+ATTENTION_0 = ["blocks.0.attn.in_proj", "blocks.0.attn.out_proj"]
+ATTENTION_1 = ["blocks.1.attn.in_proj", "blocks.1.attn.out_proj"]
+
 
 def _batch(run):  # type: ignore[no-untyped-def]
     batch = next(iter(_loader(run, generate_posts(8, seed=3).texts, 8)))
@@ -26,18 +29,24 @@ def _batch(run):  # type: ignore[no-untyped-def]
     ("model", "keep", "kept", "quantized"),
     [
         # a prefix at a dot boundary keeps both Linear layers of the first block's MLP; the
-        # attention's out_proj (NonDynamicallyQuantizableLinear) is neither quantized nor "kept"
+        # attentions' projections (swapped into plain Linears before quantizing) are int8
         (
             "transformer",
             "blocks.0.mlp",
             ["blocks.0.mlp.fc", "blocks.0.mlp.proj"],
-            ["blocks.1.mlp.fc", "blocks.1.mlp.proj", "output_projection"],
+            [
+                *ATTENTION_0,
+                *ATTENTION_1,
+                "blocks.1.mlp.fc",
+                "blocks.1.mlp.proj",
+                "output_projection",
+            ],
         ),
         (
             "transformer",
             " blocks.1.mlp.proj,output_projection",
             ["blocks.1.mlp.proj", "output_projection"],
-            ["blocks.0.mlp.fc", "blocks.0.mlp.proj", "blocks.1.mlp.fc"],
+            [*ATTENTION_0, "blocks.0.mlp.fc", "blocks.0.mlp.proj", *ATTENTION_1, "blocks.1.mlp.fc"],
         ),
         ("lstm", "lstm", ["lstm"], ["output_projection"]),
     ],
@@ -98,7 +107,7 @@ def test_file_without_kept_names_loads_all_int8(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"model\.int8\.pt is damaged"):
         int8.load_int8(run)
     state["kept_fp32"] = []
-    state["quantized_modules"] = ["output_projection"]  # the rebuilt model quantizes three
+    state["quantized_modules"] = ["output_projection"]  # the rebuilt model quantizes five
     save_checkpoint(state, path)
     with pytest.raises(CheckpointError, match="damaged: it lists the int8 layers output_proj"):
         int8.load_int8(run)
@@ -106,15 +115,18 @@ def test_file_without_kept_names_loads_all_int8(tmp_path: Path) -> None:
 
 def test_keep_fp32_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A name that covers no Linear/LSTM (unknown, not at a dot boundary, an embedding, MHA's
-    out_proj), an empty list, or --keep-fp32 with onnx: one line each naming the problem
-    (the quantizable layers listed), exit status 2, no model.int8.pt written."""
+    raw in_proj_weight parameter), an empty list, or --keep-fp32 with onnx: one line each naming
+    the problem (the quantizable layers listed), exit status 2, no model.int8.pt written."""
     folder = _run(tmp_path, "transformer")
-    listed = "quantizable: blocks.0.mlp.fc, blocks.0.mlp.proj, output_projection"
+    listed = (
+        "quantizable: blocks.0.attn.in_proj, blocks.0.attn.out_proj, blocks.0.mlp.fc, "
+        "blocks.0.mlp.proj, output_projection"
+    )
     cases = [
         ("nope", "--keep-fp32 'nope' names no Linear or LSTM layer of this model", "int8"),
         ("blocks.0.ml", "'blocks.0.ml' names no Linear or LSTM layer of this model (a", "int8"),
         ("blocks.0.mlp.proj,embedding", "'embedding' names no Linear", "int8"),
-        ("blocks.0.attn.out_proj", listed, "int8"),
+        ("blocks.0.attn.in_proj_weight", listed, "int8"),
         (" , ", "accepted with --format int8 only, as module names", "int8"),
         ("blocks.0.mlp.proj", "accepted with --format int8 only", "onnx"),
     ]

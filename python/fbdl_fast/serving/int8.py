@@ -8,9 +8,14 @@ named layers in fp32: module names as in model.named_modules(), exact or a prefi
 ("blocks.0" keeps every quantizable layer of the first block); a name that covers no Linear or
 LSTM is refused with a few valid ones. On that MiniLM, the first block's FFN output projection
 (blocks.0.mlp.proj) is the layer whose int8 weights cost most (benches/studies/int8_sensitivity.py).
-Not quantized:
-the embeddings, the attention's input projection (a raw parameter of nn.MultiheadAttention) and
-its output projection (a NonDynamicallyQuantizableLinear, left out by torch on purpose), and the
+The attention's input projection (a raw parameter of nn.MultiheadAttention) and output projection
+(a NonDynamicallyQuantizableLinear, left out by torch on purpose) are quantized too: each attention
+is first swapped for serving.int8_attention's LinearAttention, the same computation with both
+projections as nn.Linear layers (NAME.in_proj, q/k/v stacked, and NAME.out_proj); a MiniLM then has
+25 int8 Linears instead of 13 (HF's BertForSequenceClassification quantized the same way: 38, its
+pooler and separate q, k, v included). Files written before that (no attention_linears key) keep
+their attention in fp32 and load as they were written.
+Not quantized: the embeddings and the
 CNN's convolutions: quantize_dynamic's default mapping has no Conv1d (a dynamic int8 Conv1d exists
 in torch.ao.nn.quantized.dynamic but only through an explicit mapping, which this module does not
 use). The file is a checkpoint (fbdl_fast.checkpoint, read with weights_only): the int8 weights as
@@ -43,6 +48,7 @@ from fbdl_fast.checkpoint import (
     temperature_of,
 )
 from fbdl_fast.files import remove_stale_temps
+from fbdl_fast.serving.int8_attention import swappable, with_linear_attention
 from fbdl_fast.serving.provenance import (
     INT8_FILE,
     ExportError,
@@ -58,6 +64,9 @@ if TYPE_CHECKING:
 
 INT8_FORMAT = "int8-dynamic"
 KEPT_KEY = "kept_fp32"
+# True in files whose attentions were swapped for LinearAttention before quantizing (their
+# projections int8); files without the key were written with the attention left in fp32.
+ATTENTION_KEY = "attention_linears"
 # Engines that run quantized Linear/LSTM kernels on a CPU ("none" is not one).
 INT8_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")
 
@@ -90,20 +99,29 @@ def _check_engine() -> None:
         raise ExportError(f"--format int8: {problem}")
 
 
-def quantizable(model: nn.Module) -> list[str]:
-    """The names (as in model.named_modules()) of the layers dynamic int8 quantizes: every module
-    whose type is exactly nn.Linear or nn.LSTM. Subclasses are left out on purpose:
-    nn.MultiheadAttention's out_proj is a NonDynamicallyQuantizableLinear, and quantizing it
-    breaks the attention (torch's type-keyed spec skips it the same way)."""
-    return [name for name, m in model.named_modules() if type(m) in (nn.Linear, nn.LSTM)]
+def quantizable(model: nn.Module, attention: bool = True) -> list[str]:
+    """The names of the layers dynamic int8 quantizes, as in the named_modules() of the model
+    it quantizes: every module whose type is exactly nn.Linear or nn.LSTM and, with `attention`,
+    the projections NAME.in_proj and NAME.out_proj of each attention NAME that
+    with_linear_attention swaps. Subclasses of nn.Linear are left out on purpose:
+    nn.MultiheadAttention's own out_proj is a NonDynamicallyQuantizableLinear, and quantizing it
+    inside that module breaks the attention (torch's type-keyed spec skips it the same way)."""
+    names = []
+    for name, module in model.named_modules():
+        if attention and name and swappable(module):
+            names += [f"{name}.in_proj", f"{name}.out_proj"]  # LinearAttention's order
+        elif type(module) in (nn.Linear, nn.LSTM):
+            names.append(name)
+    return names
 
 
-def kept_fp32(model: nn.Module, names: Sequence[str]) -> list[str]:
+def kept_fp32(model: nn.Module, names: Sequence[str], attention: bool = True) -> list[str]:
     """The quantizable layers of `model` that `names` keep in fp32 (export --keep-fp32), in
     model order. Each name is a module name, exact or a prefix ending at a dot boundary
     ("blocks.0" keeps every Linear of the first block, "blocks.0.mlp.proj" that one layer; not
-    "blocks.0.ml"). ExportError for a name that covers no quantizable layer."""
-    layers = quantizable(model)
+    "blocks.0.ml"; "blocks.0.attn" both projections of that attention). ExportError for a name
+    that covers no quantizable layer. `attention`: as in quantizable."""
+    layers = quantizable(model, attention)
     kept: set[str] = set()
     for name in names:
         found = [layer for layer in layers if layer == name or layer.startswith(name + ".")]
@@ -119,14 +137,19 @@ def kept_fp32(model: nn.Module, names: Sequence[str]) -> list[str]:
     return [layer for layer in layers if layer in kept]
 
 
-def _quantize_dynamic(model: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
+def _quantize_dynamic(
+    model: nn.Module, keep_fp32: Sequence[str] = (), attention: bool = True
+) -> nn.Module:
     """A copy of `model` with its nn.Linear and nn.LSTM layers (`quantizable`) in dynamic int8,
     except the layers `keep_fp32` names (`kept_fp32`), weights per output channel (torch's
     per_channel_dynamic_qconfig: symmetric, one scale per row of each weight matrix, axis 0).
+    With `attention`, each attention is first swapped for a LinearAttention, so that its
+    projections are quantized too (without: they stay fp32, as in files written before).
     LSTM.from_float takes that qconfig too: each gate matrix (weight_ih/weight_hh of every layer
     and direction) gets per-row scales. The spec is keyed by module name, so that single layers
-    can stay fp32; with nothing kept it quantizes what the type-keyed spec did."""
-    kept = set(kept_fp32(model, keep_fp32))
+    can stay fp32."""
+    kept = set(kept_fp32(model, keep_fp32, attention))
+    prepared = with_linear_attention(model) if attention else copy.deepcopy(model)
     with warnings.catch_warnings():
         # torch.ao.quantization says it is deprecated in favour of torchao; quantize_dynamic is
         # still torch's own dynamic int8 path and the one this format is defined by.
@@ -134,15 +157,19 @@ def _quantize_dynamic(model: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Mod
         warnings.simplefilter("ignore", UserWarning)
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-        spec = {n: per_channel_dynamic_qconfig for n in quantizable(model) if n not in kept}
-        return quantize_dynamic(copy.deepcopy(model).eval(), spec, torch.qint8)
+        layers = quantizable(prepared, attention=False)  # the swap is done: plain Linears
+        spec = {n: per_channel_dynamic_qconfig for n in layers if n not in kept}
+        return quantize_dynamic(prepared.eval(), spec, torch.qint8, inplace=True)
 
 
-def quantize_int8(model: nn.Module, keep_fp32: Sequence[str] = ()) -> nn.Module:
+def quantize_int8(
+    model: nn.Module, keep_fp32: Sequence[str] = (), attention: bool = True
+) -> nn.Module:
     """`model` (fp32, unchanged) as a new dynamic int8 model for CPU inference, the layers
-    `keep_fp32` names (see `kept_fp32`) left in fp32."""
+    `keep_fp32` names (see `kept_fp32`) left in fp32; `attention=False` leaves the attentions'
+    projections in fp32 too, as int8 files written before they were quantized have them."""
     _check_engine()
-    return _quantize_dynamic(model.to("cpu"), keep_fp32)
+    return _quantize_dynamic(model.to("cpu"), keep_fp32, attention)
 
 
 def _quantized(
@@ -220,14 +247,18 @@ def _qweight(state: dict[str, torch.Tensor], key: str) -> torch.Tensor:
 
 
 def model_from_int8_state(
-    fp32: nn.Module, state: dict[str, torch.Tensor], keep_fp32: Sequence[str] = ()
+    fp32: nn.Module,
+    state: dict[str, torch.Tensor],
+    keep_fp32: Sequence[str] = (),
+    attention: bool = True,
 ) -> nn.Module:
     """The dynamic int8 model `int8_state` described, built on `fp32` (a model of the same
-    config, whose own weights are replaced) with the layers `keep_fp32` names in fp32, as it
-    was quantized: exactly the quantized weights that were saved."""
+    config, whose own weights are replaced) with the layers `keep_fp32` names in fp32 and, with
+    `attention`, its attentions swapped for LinearAttention, as it was quantized: exactly the
+    quantized weights that were saved."""
     import torch.ao.nn.quantized.dynamic as nnqd
 
-    qmodel = _quantize_dynamic(fp32, keep_fp32)
+    qmodel = _quantize_dynamic(fp32, keep_fp32, attention)
     modules = [(p, m) for p, m in qmodel.named_modules() if isinstance(m, (nnqd.Linear, nnqd.LSTM))]
     inside = tuple(prefix + "." for prefix, _ in modules)
     current = qmodel.state_dict()
@@ -297,6 +328,7 @@ def _export_int8(run: ExportSource, path: Path, keep_fp32: Sequence[str]) -> dic
         # the layers left in fp32 (files without the key: none), so that load_int8 rebuilds
         # this model and no other
         KEPT_KEY: kept,
+        ATTENTION_KEY: True,  # the attentions' projections are int8 (LinearAttention)
         **provenance(run),
     }
     save_checkpoint(state, path)
@@ -343,7 +375,9 @@ def read_int8(run: RunFiles, path: Optional[Path] = None) -> ServedModel:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            model = model_from_int8_state(fp32, state["model"], state.get(KEPT_KEY, []))
+            model = model_from_int8_state(
+                fp32, state["model"], state.get(KEPT_KEY, []), bool(state.get(ATTENTION_KEY))
+            )
     except (KeyError, RuntimeError, ExportError) as err:
         raise CheckpointError(f"{path} is damaged ({type(err).__name__}: {err})") from None
     listed = state.get("quantized_modules")
