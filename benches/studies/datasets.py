@@ -370,7 +370,9 @@ def read_man_corpus(
             corpus.links += 1
             continue
         seen.add(real)
-        package = "" if owners is None else owners.get(str(path), "")
+        # a link made by update-alternatives (PostgreSQL's, Java's pages) is in no package's
+        # list: the page it leads to is
+        package = "" if owners is None else owners.get(str(path)) or owners.get(str(real), "")
         if archive is not None and package not in archive:
             corpus.not_in_archive += 1
             continue

@@ -58,15 +58,25 @@ def test_read_skips_links_redirects_and_pages_without_names(tmp_path: Path) -> N
 
 def test_read_keeps_only_pages_of_archive_packages(tmp_path: Path) -> None:
     """With owners and archive names, a page of a package outside the archive (or of no
-    package) is left out and counted; contributing packages are counted by page."""
+    package) is left out and counted; a link is owned by the package of the page it leads to;
+    contributing packages are counted by page."""
     first = name_page(tmp_path, "1", "ls", "list directory contents")
     second = name_page(tmp_path, "1", "gcloud-x", "a generated page")
     name_page(tmp_path, "1", "local", "a page of no package")
-    owners = {str(first): "coreutils", str(second): "google-cloud-cli"}
-    corpus = datasets.read_man_corpus(tmp_path, ["1"], owners, {"coreutils", "bash"})
-    assert [p.description for p in corpus.packages] == ["list directory contents"]
+    # a link made by update-alternatives into another package's folder, in no dpkg list
+    elsewhere = name_page(tmp_path / "postgresql", "1", "psql", "PostgreSQL terminal")
+    (tmp_path / "man1" / "psql.1.gz").symlink_to(elsewhere)
+    owners = {
+        str(first): "coreutils",
+        str(second): "google-cloud-cli",
+        str(elsewhere): "postgresql-client",
+    }
+    archive = {"coreutils", "postgresql-client", "bash"}
+    corpus = datasets.read_man_corpus(tmp_path, ["1"], owners, archive)
+    descriptions = [p.description for p in corpus.packages]
+    assert descriptions == ["list directory contents", "PostgreSQL terminal"]
     assert corpus.not_in_archive == 2
-    assert corpus.owners == {"coreutils": 1}
+    assert corpus.owners == {"coreutils": 1, "postgresql-client": 1}
 
 
 def test_page_owners_reads_dpkg_lists(tmp_path: Path) -> None:
