@@ -12,12 +12,15 @@ A peer that cannot import, compile or run is a "not measured: why" variant of th
 - Focal loss, bf16 logits, 1 in 16 targets ignored, mean, forward+backward and forward: at gamma
   2 the torch reference composition eager and compiled, ours; at gamma 0 (cross-entropy)
   F.cross_entropy on fp32-upcast logits (as autocast runs it), LigerCrossEntropyLoss and ours
-  with gamma 0. Peak memory of each. CUDA: N = 8,192, C = 32,000, 50,257, 1,000, 5 (the goal's
-  C first: a stage stopped at its budget keeps their rows).
+  with gamma 0. Peak memory of each. CUDA: N = 8,192, C = 32,000, 50,257, 1,000, 5.
 - Padded attention (key padding mask, lengths uniform in [L/4, L]), bf16, dropout 0, forward+
   backward and forward: SDPA pinned to each backend that accepts the mask, SDPA as torch picks,
   SDPA under torch.compile, ours padded; ours dense (no mask, same shape) as a reference point.
   CUDA: D = 64, H = 8, B * L = 32,768, L = 512 and 2,048.
+
+The order is the value of the rows, for a stage stopped at its budget keeps those measured: each
+op's goal shapes first, the forward+backward pass before the forward, focal loss last (its small
+C are the least telling).
 
 On a CPU (gpu_check --cpu-smoke, and the test command's smoke run) the same variants at tiny
 shapes (focal loss at C = 1,000 only): torch.compile compiles C++ there; Liger imports where
@@ -149,92 +152,6 @@ def _copy(module: torch.nn.Module) -> torch.nn.Module:
     return clone
 
 
-# --- Focal loss ------------------------------------------------------------------------------
-
-FOCAL_CLASSES = (32000, 50257, 1000, 5) if CUDA else (1000,)  # a CPU: the paths, 4 compiles
-GAMMAS = (2.0, 0.0)
-
-
-def _focal_rows(n_classes: int) -> int:
-    return 8192 if CUDA else max(16, min(8192, 2**16 // n_classes))
-
-
-def _loss_step(loss_fn: Callable, logits: torch.Tensor, target: torch.Tensor, mode: str):
-    def step() -> object:
-        if mode == "forward":
-            with torch.no_grad():
-                return loss_fn(logits, target)
-        return torch.autograd.grad(loss_fn(logits, target).float(), logits)
-
-    return step
-
-
-def _liger_cross_entropy() -> Callable:
-    liger = peers.import_peer("liger_kernel.transformers")
-    return liger.LigerCrossEntropyLoss(ignore_index=-100, reduction="mean")
-
-
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("gamma", GAMMAS, ids=lambda g: f"gamma{g:g}")
-@pytest.mark.parametrize("n_classes", FOCAL_CLASSES)
-def bench_focal_loss_peers(n_classes: int, gamma: float, mode: str) -> None:
-    generator = torch.Generator(DEVICE).manual_seed(0)
-    n = _focal_rows(n_classes)
-    logits = (3 * torch.randn(n, n_classes, device=DEVICE, generator=generator)).bfloat16()
-    target = torch.randint(0, n_classes, (n,), device=DEVICE, generator=generator)
-    target[::16] = -100
-
-    def on_own_logits(loss_fn_of: Callable[[], Callable]) -> Callable[[], Callable]:
-        # Each variant gets its own leaf copy: Liger's cross-entropy writes its gradient into its
-        # input, which must not change what the others compute.
-        return lambda: _loss_step(loss_fn_of(), logits.clone().requires_grad_(), target, mode)
-
-    ours = f"ours gamma={gamma:g}"
-    if gamma:
-        factories = {
-            ours: on_own_logits(lambda: lambda x, t: focal_op.dispatch(x, t, gamma)),
-            "torch eager": on_own_logits(lambda: lambda x, t: focal_op.reference(x, t, gamma)),
-            "torch.compile": on_own_logits(
-                lambda: peers.compiled(lambda x, t: focal_op.reference(x, t, gamma))
-            ),
-        }
-    else:
-        factories = {
-            ours: on_own_logits(lambda: lambda x, t: focal_op.dispatch(x, t, 0.0)),
-            "torch eager": on_own_logits(lambda: lambda x, t: F.cross_entropy(x.float(), t)),
-            "torch.compile": on_own_logits(
-                lambda: peers.compiled(lambda x, t: F.cross_entropy(x.float(), t))
-            ),
-            "Liger LigerCrossEntropyLoss": on_own_logits(_liger_cross_entropy),
-        }
-    row = peers.measure_row(
-        "focal_loss_peers",
-        {"rows": n, "classes": n_classes, "gamma": gamma, "precision": "bf16", "mode": mode},
-        factories,
-        ours=[ours],
-        eager="torch eager",
-        peers=[name for name in factories if name != ours],
-        repeats=REPEATS,
-        warmup=WARMUP,
-        check=_focal_check(logits, target, gamma, mode),
-        ours_tolerance=OURS_TOLERANCE,
-    )
-    assert row["ours"] is not None, row["variants"]
-
-
-def _focal_check(logits: torch.Tensor, target: torch.Tensor, gamma: float, mode: str) -> Callable:
-    x64 = logits.detach().double().requires_grad_()
-    loss64 = focal_op.reference(x64, target, gamma)
-    (grad64,) = torch.autograd.grad(loss64, x64)
-
-    def error(variant: str, output: Any) -> float:
-        if mode == "forward":
-            return peers.relative_error(output.reshape(()), loss64.detach())
-        return peers.relative_error(output[0], grad64)
-
-    return error
-
-
 # --- Padded attention ------------------------------------------------------------------------
 
 ATTENTION_LENGTHS = (512, 2048) if CUDA else (64,)
@@ -351,5 +268,91 @@ def _attention_check(q, k, v, dout, key_mask, mode: str) -> Callable:
         got = [output] if mode == "forward" else list(output)
         want = truth[:1] if mode == "forward" else truth[1:]
         return max(peers.relative_error(g, w) for g, w in zip(got, want))
+
+    return error
+
+
+# --- Focal loss ------------------------------------------------------------------------------
+
+FOCAL_CLASSES = (32000, 50257, 1000, 5) if CUDA else (1000,)  # a CPU: the paths, 4 compiles
+GAMMAS = (2.0, 0.0)
+
+
+def _focal_rows(n_classes: int) -> int:
+    return 8192 if CUDA else max(16, min(8192, 2**16 // n_classes))
+
+
+def _loss_step(loss_fn: Callable, logits: torch.Tensor, target: torch.Tensor, mode: str):
+    def step() -> object:
+        if mode == "forward":
+            with torch.no_grad():
+                return loss_fn(logits, target)
+        return torch.autograd.grad(loss_fn(logits, target).float(), logits)
+
+    return step
+
+
+def _liger_cross_entropy() -> Callable:
+    liger = peers.import_peer("liger_kernel.transformers")
+    return liger.LigerCrossEntropyLoss(ignore_index=-100, reduction="mean")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("gamma", GAMMAS, ids=lambda g: f"gamma{g:g}")
+@pytest.mark.parametrize("n_classes", FOCAL_CLASSES)
+def bench_focal_loss_peers(n_classes: int, gamma: float, mode: str) -> None:
+    generator = torch.Generator(DEVICE).manual_seed(0)
+    n = _focal_rows(n_classes)
+    logits = (3 * torch.randn(n, n_classes, device=DEVICE, generator=generator)).bfloat16()
+    target = torch.randint(0, n_classes, (n,), device=DEVICE, generator=generator)
+    target[::16] = -100
+
+    def on_own_logits(loss_fn_of: Callable[[], Callable]) -> Callable[[], Callable]:
+        # Each variant gets its own leaf copy: Liger's cross-entropy writes its gradient into its
+        # input, which must not change what the others compute.
+        return lambda: _loss_step(loss_fn_of(), logits.clone().requires_grad_(), target, mode)
+
+    ours = f"ours gamma={gamma:g}"
+    if gamma:
+        factories = {
+            ours: on_own_logits(lambda: lambda x, t: focal_op.dispatch(x, t, gamma)),
+            "torch eager": on_own_logits(lambda: lambda x, t: focal_op.reference(x, t, gamma)),
+            "torch.compile": on_own_logits(
+                lambda: peers.compiled(lambda x, t: focal_op.reference(x, t, gamma))
+            ),
+        }
+    else:
+        factories = {
+            ours: on_own_logits(lambda: lambda x, t: focal_op.dispatch(x, t, 0.0)),
+            "torch eager": on_own_logits(lambda: lambda x, t: F.cross_entropy(x.float(), t)),
+            "torch.compile": on_own_logits(
+                lambda: peers.compiled(lambda x, t: F.cross_entropy(x.float(), t))
+            ),
+            "Liger LigerCrossEntropyLoss": on_own_logits(_liger_cross_entropy),
+        }
+    row = peers.measure_row(
+        "focal_loss_peers",
+        {"rows": n, "classes": n_classes, "gamma": gamma, "precision": "bf16", "mode": mode},
+        factories,
+        ours=[ours],
+        eager="torch eager",
+        peers=[name for name in factories if name != ours],
+        repeats=REPEATS,
+        warmup=WARMUP,
+        check=_focal_check(logits, target, gamma, mode),
+        ours_tolerance=OURS_TOLERANCE,
+    )
+    assert row["ours"] is not None, row["variants"]
+
+
+def _focal_check(logits: torch.Tensor, target: torch.Tensor, gamma: float, mode: str) -> Callable:
+    x64 = logits.detach().double().requires_grad_()
+    loss64 = focal_op.reference(x64, target, gamma)
+    (grad64,) = torch.autograd.grad(loss64, x64)
+
+    def error(variant: str, output: Any) -> float:
+        if mode == "forward":
+            return peers.relative_error(output.reshape(()), loss64.detach())
+        return peers.relative_error(output[0], grad64)
 
     return error
