@@ -222,7 +222,10 @@ def install_peer_wheels(dist: Path, target: Path) -> dict[str, str]:
     found = {}
     for module, distribution in PEER_PACKAGES.items():
         if importlib.util.find_spec(module) is not None:
-            found[module] = f"{importlib.metadata.version(distribution)}, installed"
+            try:
+                found[module] = f"{importlib.metadata.version(distribution)}, installed"
+            except importlib.metadata.PackageNotFoundError:  # importable without metadata
+                found[module] = "installed (no package metadata: version unknown)"
             continue
         wheels = sorted(dist.glob(f"{module}-*.whl"))
         if not wheels:
