@@ -208,11 +208,12 @@ def test_a_missing_peer_is_installed_from_dist_without_an_index(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A peer that does not import is installed from its wheel in dist/ (--no-deps --no-index)
-    into the stages' folder; with no wheel it is reported absent; an importable one is left."""
+    into the stages' folder; with no wheel it is reported absent; an importable one is left
+    (its version from its metadata, where it has any)."""
     monkeypatch.setattr(
         gpu_check, "PEER_PACKAGES",
         {"fbdl_fast_fake_peer": "fbdl-fast-fake-peer", "absent_peer_x": "absent-peer-x",
-         "torch": "torch"},
+         "torch": "torch", "json": "no-such-distribution-x"},
     )  # fmt: skip
     _wheel(tmp_path / "dist", "fbdl_fast_fake_peer")
     found = gpu_check.install_peer_wheels(tmp_path / "dist", tmp_path / "site")
@@ -221,6 +222,7 @@ def test_a_missing_peer_is_installed_from_dist_without_an_index(
     )
     assert found["absent_peer_x"].startswith("absent: not installed and no absent_peer_x-*.whl")
     assert found["torch"] == f"{importlib.metadata.version('torch')}, installed"
+    assert found["json"] == "installed (no package metadata: version unknown)"
     done = subprocess.run(
         [sys.executable, "-c", "import fbdl_fast_fake_peer as m; print(m.VALUE)"],
         env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
