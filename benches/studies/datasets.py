@@ -465,6 +465,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         each.add_argument("--seed", type=int, default=SEED, help=f"split seed (default: {SEED})")
     args = parser.parse_args(argv)
     if args.dataset == "manpages":
+        if not args.any_package and shutil.which("apt-cache") is None:
+            raise SystemExit(
+                "datasets.py manpages: apt-cache not found. The pages kept are those of the "
+                "packages `apt-cache dumpavail` lists (Debian or Ubuntu); elsewhere pass "
+                "--any-package to read every page of --man-root"
+            )
         archive = (
             None
             if args.any_package

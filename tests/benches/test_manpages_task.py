@@ -167,3 +167,12 @@ def test_main_builds_from_a_man_root(tmp_path: Path) -> None:
     assert datasets.main(argv) == 0
     counts = json.loads((out / "counts.json").read_text())
     assert counts["train"] + counts["test"] == 30  # 31 descriptions less the shared one
+
+
+def test_main_without_apt_cache_says_what_to_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off Debian, `manpages` without --any-package names the missing apt-cache and the flag."""
+    monkeypatch.setattr(datasets.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match=r"manpages: apt-cache not found.*--any-package"):
+        datasets.main(["manpages", "--out", str(tmp_path / "out"), "--man-root", str(tmp_path)])
