@@ -230,7 +230,8 @@ def test_threads_are_set_for_the_call_and_restored(
             "cnn", data=str(data), output=tmp_path / "r", epochs=1, threads=2, **TINY
         )
         train_run(request, config)
-        assert seen == [2] and torch.get_num_threads() == 3
+        # The model's fit, then the n-gram baseline's beside it: both at request.threads.
+        assert seen == [2, 2] and torch.get_num_threads() == 3
         missing = TrainRequest(data=str(tmp_path / "missing.csv"), output=tmp_path / "m")
         with pytest.raises(FileNotFoundError, match=r"missing\.csv"):
             train_run(missing, config)  # the data is read after the threads are set
