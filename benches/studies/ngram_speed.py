@@ -3,8 +3,8 @@
     python benches/studies/ngram_speed.py --data data/debian/train.csv --repeats 3
     python benches/studies/ngram_speed.py            # 10,000 synthetic posts instead
 
-Goals (docs: "The n-gram baseline trains in under 30 s on 10,000 posts and predicts at least
-20,000 posts/s at 1 thread"). Measured:
+The goals: under 30 s to train on 10,000 posts, at least 20,000 posts/s predicted at 1 thread.
+Measured:
 
 - train: `fbdl_fast.train(texts, labels, model="ngram", threads=1)` on the first 10,000 posts
   of --data (or generate_posts(10000)), with the defaults: the call's total seconds (data,
