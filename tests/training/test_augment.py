@@ -169,3 +169,14 @@ def test_distill_augment_trains_on_the_variants_and_resume_reuses_them(
     assert main([*argv, "--resume"]) == 0
     assert calls == []
     assert main([*argv[:-2], "--augment", "2", "--alpha", "0"]) == 2
+
+    # The default: 2 variants a post with no --unlabelled; none with it, or with --alpha 0.
+    calls.clear()
+    default = tmp_path / "default"
+    assert main([*argv[:-2], "--output", str(default)]) == 0
+    assert calls == [len(train), 2 * len(train)]
+    unlabelled = write_posts_csv(tmp_path / "more.csv", 10, seed=6)
+    for extra in (["--unlabelled", str(unlabelled)], ["--alpha", "0"]):
+        calls.clear()
+        assert main([*argv[:-2], "--output", str(tmp_path / "none"), "--overwrite", *extra]) == 0
+        assert len(calls) == 1 and not (tmp_path / "none" / TRANSFER_SET).exists(), extra

@@ -153,7 +153,8 @@ def test_teacher_runs_once_and_resume_reuses_the_cache(
     monkeypatch.setattr(distill, "compute_logits", counting)
     whole = tmp_path / "whole"
     assert main(distill_argv(data, whole)) == 0
-    assert calls == [216]  # the training split, once
+    # the training split, once, then its transfer set (--augment's default: 2 variants a post)
+    assert calls == [216, 432]
 
     step = train.Trainer._train_group
 

@@ -207,7 +207,9 @@ def test_minilm_student_is_an_ordinary_minilm_run(
 @needs_minilm
 def test_cnn_starts_from_the_teachers_embeddings(teacher: dict[str, Path], tmp_path: Path) -> None:
     """--student-embeddings teacher: the CNN reads the teacher's tokenizer, its input_dim is the
-    teacher's width and its embedding table starts as the teacher's word embeddings."""
+    teacher's width and its embedding table starts as the teacher's word embeddings. It is the
+    default for a MiniLM teacher (auto), unless an option of the student's own tokenizer or
+    width is given."""
     run = load_run(teacher["teacher"], device="cpu")
     config = students.student_config(run, "cnn", run.config.__class__(), None, "teacher")
     assert config.input_dim == 384
@@ -217,11 +219,19 @@ def test_cnn_starts_from_the_teachers_embeddings(teacher: dict[str, Path], tmp_p
     assert torch.equal(model.embedding.weight, run.model.embedding.weight)
 
     out = tmp_path / "cnn"
-    assert main([*distill_argv(teacher, out, "cnn", "--student-embeddings", "teacher")]) == 0
+    assert main(distill_argv(teacher, out, "cnn")) == 0  # auto: the teacher's, for MiniLM
     student = load_run(out, device="cpu")
     assert student.config.input_dim == 384
     assert student.config.vocab_size == run.config.vocab_size
     assert student.tokenizer.to_str() == run.tokenizer.to_str()
+    meta = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    assert meta["distillation"]["student_embeddings"] == "teacher"
+
+    own = tmp_path / "own"
+    assert main(distill_argv(teacher, own, "cnn", "--vocab-size", "120")) == 0
+    student = load_run(own, device="cpu")
+    assert student.tokenizer.vocab_size <= 120 and student.config.input_dim != 384
+    assert "student_embeddings" not in json.loads((own / "config.json").read_text())["distillation"]
 
 
 @needs_minilm

@@ -16,11 +16,17 @@ def cmd_distill(args: argparse.Namespace) -> int:
     """train, with the teacher's soft targets (training.distill): the options and what
     distillation cannot do are checked before the teacher is loaded, the teacher before the
     data is read."""
-    from fbdl_fast.training.augment import AugmentSettings
+    from fbdl_fast.training.augment import DEFAULT_AUGMENT, AugmentSettings
     from fbdl_fast.training.distill import Distillation
     from fbdl_fast.training.request import TrainError, check_distillable
 
     _check_student_options(args)
+    if args.augment is None:  # a transfer set when the training posts are all there is
+        args.augment = DEFAULT_AUGMENT if args.unlabelled is None and args.alpha > 0 else 0
+    if args.student_embeddings == "auto" and any(
+        getattr(args, field, None) is not None for field, _ in OWN_TOKENIZER_OPTIONS
+    ):
+        args.student_embeddings = "own"  # sizes asked for: the student's own tokenizer
     request, config = build_request(args)
     try:
         check_distillable(request, request.validate(config))
@@ -46,20 +52,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return run_training(args, dataclasses.replace(request, distillation=distillation), config)
 
 
+# Options of a student's own tokenizer and embeddings (--student-embeddings own).
+OWN_TOKENIZER_OPTIONS = (
+    ("vocab_size", "--vocab-size"),
+    ("tokenizer_style", "--tokenizer-style"),
+    ("input_dim", "--input-dim"),
+)
+
+
 def _check_student_options(args: argparse.Namespace) -> None:
     """UsageError for options that a student reading the teacher's tokenizer cannot use."""
-    if args.augment < 0:
+    if args.augment is not None and args.augment < 0:
         raise UsageError(
             f"--augment {args.augment} is invalid; accepted: an integer >= 0 (variants per "
             "training post; 0: none)"
         )
     if args.model == "minilm" or args.student_embeddings != "teacher":
         return
-    for field, flag in (
-        ("vocab_size", "--vocab-size"),
-        ("tokenizer_style", "--tokenizer-style"),
-        ("input_dim", "--input-dim"),
-    ):
+    for field, flag in OWN_TOKENIZER_OPTIONS:
         if getattr(args, field, None) is not None:
             raise UsageError(
                 f"{flag} {getattr(args, field)} with --student-embeddings teacher: the student "
@@ -123,20 +133,21 @@ def add_parser(subparsers: Any) -> None:
     )
     g.add_argument(
         "--student-embeddings",
-        choices=("own", "teacher"),
-        default="own",
-        help="cnn, lstm, transformer: own (its own tokenizer and embeddings, drawn at random) "
-        "or teacher (the teacher's tokenizer and token embeddings, copied; --input-dim is "
-        "their width, 384 for MiniLM)",
+        choices=("auto", "own", "teacher"),
+        default="auto",
+        help="cnn, lstm, transformer: own (its own tokenizer and embeddings, drawn at random), "
+        "teacher (the teacher's tokenizer and token embeddings, copied; --input-dim is their "
+        "width, 384 for MiniLM) or auto: teacher for a MiniLM teacher unless --vocab-size, "
+        "--tokenizer-style or --input-dim is given, else own",
     )
     g.add_argument(
         "--augment",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="N variants of each training post (words masked, replaced, cut to a span, "
         "reordered), labelled by the teacher as soft targets only; cached in the run folder "
-        "(transfer_set.pt)",
+        "(transfer_set.pt) (default: 2 without --unlabelled and with --alpha > 0, else 0)",
     )
     add_train_options(p, student=True)
     p.set_defaults(func=cmd_distill)

@@ -39,6 +39,10 @@ from typing import Any
 import numpy as np
 
 MASK_TOKEN = "[MASK]"
+# `fbdl-fast distill`'s --augment when no --unlabelled is given: on a seeded sample of the Debian
+# task (benches/studies/distill_students.py) 2 variants a post took a distilled CNN's test
+# macro-F1 from 0.461 to 0.521 (its own embeddings) and, with MiniLM's embeddings, to 0.684.
+DEFAULT_AUGMENT = 2
 
 
 @dataclass(frozen=True)
@@ -138,4 +142,11 @@ def _variant(
     return changed
 
 
-__all__ = ["MASK_TOKEN", "AugmentSettings", "augment_texts", "check_variants", "settings_sha256"]
+__all__ = [
+    "DEFAULT_AUGMENT",
+    "MASK_TOKEN",
+    "AugmentSettings",
+    "augment_texts",
+    "check_variants",
+    "settings_sha256",
+]

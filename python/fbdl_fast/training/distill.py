@@ -196,6 +196,7 @@ class Distillation:
                 "teacher (softmax targets)"
             )
         augment = augment or AugmentSettings()
+        student_embeddings = students.resolve_embeddings(run, student, student_embeddings)
         if student is not None:
             students.check_student(run, student, student_layers, student_embeddings)
         if augment.variants and alpha == 0:
