@@ -9,10 +9,14 @@ test set, with no --unlabelled file:
 
 - teacher: MiniLM fine-tuned (`train --model minilm --epochs E --lr 1e-4`);
 - cnn: the CNN from scratch (train's defaults);
-- cnn-distilled: `distill --student cnn` (distill's defaults);
+- cnn-distilled: `distill --student cnn --student-embeddings own --augment 0` (distill's
+  defaults before --augment and --student-embeddings existed);
 - cnn-distilled-augment: the same with `--augment N` (the transfer set of training.augment);
-- cnn-teacher-embeddings: `distill --student cnn --student-embeddings teacher --augment N`;
-- minilm-L2: `distill --student minilm --student-layers 2` (the teacher's layers 3 and 6);
+- cnn-teacher-embeddings: `distill --student cnn --student-embeddings teacher --augment N`
+  (distill's defaults now, for a MiniLM teacher and no --unlabelled, with N = 2);
+- cnn-teacher-embeddings-no-augment: the same with --augment 0;
+- minilm-L2: `distill --student minilm --student-layers 2 --augment 0` (the teacher's layers 3
+  and 6);
 - minilm-L2-augment: the same with `--augment N`.
 
 It prints and writes out/results.json and out/table.md: each model's test macro-F1, its
@@ -47,6 +51,7 @@ STEPS = (
     "cnn-distilled",
     "cnn-distilled-augment",
     "cnn-teacher-embeddings",
+    "cnn-teacher-embeddings-no-augment",
     "minilm-L2",
     "minilm-L2-augment",
 )
@@ -70,17 +75,19 @@ def command(step: str, train: Path, out: Path, args: argparse.Namespace) -> list
     common = ["--data", str(train), "--output", str(out / step), "--overwrite"]
     common += ["--threads", "1", "--max-length", str(args.max_length), "--quiet"]
     teacher = ["--teacher", str(out / "teacher")]
-    augment = ["--augment", str(args.augment)]
+    augment, none = ["--augment", str(args.augment)], ["--augment", "0"]
+    own, theirs = ["--student-embeddings", "own"], ["--student-embeddings", "teacher"]
     if step == "teacher":
         lr = ["--lr", str(args.teacher_lr)] if args.teacher_lr else []
         return [*cli, "train", "--model", "minilm", "--epochs", str(args.epochs), *lr, *common]
     if step == "cnn":
         return [*cli, "train", "--model", "cnn", *common]
     student = {
-        "cnn-distilled": ["--student", "cnn"],
-        "cnn-distilled-augment": ["--student", "cnn", *augment],
-        "cnn-teacher-embeddings": ["--student", "cnn", "--student-embeddings", "teacher", *augment],
-        "minilm-L2": ["--student", "minilm", "--student-layers", "2"],
+        "cnn-distilled": ["--student", "cnn", *own, *none],
+        "cnn-distilled-augment": ["--student", "cnn", *own, *augment],
+        "cnn-teacher-embeddings": ["--student", "cnn", *theirs, *augment],
+        "cnn-teacher-embeddings-no-augment": ["--student", "cnn", *theirs, *none],
+        "minilm-L2": ["--student", "minilm", "--student-layers", "2", *none],
         "minilm-L2-augment": ["--student", "minilm", "--student-layers", "2", *augment],
     }[step]
     epochs = ["--epochs", str(args.epochs)] if step.startswith("minilm") else []
