@@ -37,7 +37,7 @@ def test_report_shows_the_medians_and_the_rates() -> None:
         "posts": 10_000,
         "data": "synthetic",
         "train": {"total_s": 9.84, "fit_s": 7.77, "val_macro_f1": 0.7671, "runs_total_s": [9.8]},
-        "predict": {"best": row},
+        "predict": {"best": row, "onnx": row | {"cli_posts_per_s_after_start": None}},
         "load_average": (1.0, 1.0, 1.0),
     }
     text = ngram_speed.report(figures)
@@ -46,3 +46,5 @@ def test_report_shows_the_medians_and_the_rates() -> None:
         "validation macro-F1 0.767"
     )
     assert "| best | 25,000 | 5,000 | 9,091 | 4.50 |" in text
+    # A one-post process as slow as the whole file: no rate after the start, not a huge one.
+    assert "| onnx | 25,000 | 5,000 | - | 4.50 |" in text
