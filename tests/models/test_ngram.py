@@ -173,3 +173,28 @@ def test_export_and_serve_ngram_like_the_others(
         assert diff <= serving_onnx.ONNX_TOLERANCE
     else:  # int8 weights of the head: close, not equal
         assert 0 < diff <= 0.05
+
+
+def test_ngram_defaults_in_train_help_are_the_ones_used() -> None:
+    """train --help's "ngram: X" is what `train --model ngram` uses, for every option that
+    states one (lr, batch size, epochs, width among them)."""
+    import argparse
+    import re
+
+    from fbdl_fast.cli.main import build_parser
+    from fbdl_fast.cli.train import build_request
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--data", "p.csv", "--model", "ngram"])
+    request, config = build_request(args)
+    used = {**vars(config), **vars(request)}
+    train = next(
+        action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
+    ).choices["train"]
+    checked = set()
+    for action in train._actions:
+        found = re.search(r"\(default: [^;)]+; ngram: ([^;)]+)", action.help or "")
+        if found:
+            assert found[1] == str(used[action.dest]), action.dest
+            checked.add(action.dest)
+    assert {"learning_rate", "batch_size", "max_epochs", "input_dim"} <= checked

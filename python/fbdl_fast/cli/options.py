@@ -333,8 +333,8 @@ SWITCHES["focal_alpha_from_weights"] = True
 
 
 def _default_help(name: str, student: bool = False) -> str:
-    """' (default: X; minilm: Y)' for a model option whose default is the model's; a student
-    (distill) is never minilm, so its help leaves minilm's default out."""
+    """' (default: X; ngram: Y; minilm: Z)' for a model option whose default is the model's; a
+    student (distill) is never ngram or minilm, so its help leaves their defaults out."""
     value = presets.MODEL_DEFAULTS.get(name, getattr(ModelConfig(), name, None))
     if name == "vocab_size":
         value = presets.DEFAULT_VOCAB_SIZE
@@ -345,7 +345,12 @@ def _default_help(name: str, student: bool = False) -> str:
     if value is None or isinstance(value, bool):
         return ""
     tuned = None if student else presets.FINE_TUNE_DEFAULTS.get(name)
-    return f" (default: {value}" + (f"; minilm: {tuned})" if tuned is not None else ")")
+    ngram = None if student else presets.NGRAM_DEFAULTS.get(name)  # --model ngram's own
+    return (
+        f" (default: {value}"
+        + (f"; ngram: {ngram}" if ngram is not None else "")
+        + (f"; minilm: {tuned})" if tuned is not None else ")")
+    )
 
 
 def _metavar(flag: str) -> str:
