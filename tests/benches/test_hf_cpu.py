@@ -40,7 +40,7 @@ def test_table_speedup_is_peer_over_ours_and_goals_hold_only_at_their_ratio() ->
     assert "| ours-fp32 | 0.100 (2%) | 0.100 (2%) | 3.600 (90%) | 0.200 (5%) | 4.000 |" in text
 
 
-def testjson_lines_are_predict_s_one_per_post() -> None:
+def test_json_lines_are_predict_s_one_per_post() -> None:
     """Each post gets its text, its top label, its confidence and every probability."""
     size = hf_cpu.json_lines(["a", "b"], [[0.25, 0.75], [0.5, 0.5]], ["x", "y"])
     first = {"text": "a", "label": "y", "confidence": 0.75, "probabilities": {"x": 0.25, "y": 0.75}}
