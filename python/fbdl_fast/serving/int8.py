@@ -3,7 +3,7 @@ int8 form (CPU only): weights int8 per output channel (per_channel_dynamic_qconf
 scale per row of each weight matrix, the LSTM's gate matrices included; every torch CPU engine
 runs them), activations quantized per batch on the fly. Per channel rather than torch's default
 per tensor: on the Debian task's MiniLM it cost 1.06 points of macro-F1 instead of 1.34, at 1-3%
-less speed (README, "Serving on a CPU"). `--keep-fp32 NAME[,NAME...]` (`kept_fp32`) leaves
+less speed (docs/serving.md). `--keep-fp32 NAME[,NAME...]` (`kept_fp32`) leaves
 named layers in fp32: module names as in model.named_modules(), exact or a prefix ending at a dot
 ("blocks.0" keeps every quantizable layer of the first block); a name that covers no Linear or
 LSTM is refused with a few valid ones. On that MiniLM, the first block's FFN output projection
