@@ -3,7 +3,7 @@
     python benches/studies/datasets.py debian --out data/debian      # the two real tasks
     python benches/studies/datasets.py manpages --out data/manpages
     python benches/studies/minilm_sweep.py --tasks manpages,debian --posts 0 \\
-        --lrs 3e-5,5e-5,1e-4 --epochs 3,6 --out runs/minilm_sweep
+        --lrs 3e-5,5e-5,1e-4 --epochs 3,6 --out runs/minilm_sweep_f1
 
 For each task (data/TASK/train.csv and test.csv) and each (lr, epochs) cell, through the CLI:
 
@@ -11,10 +11,11 @@ For each task (data/TASK/train.csv and test.csv) and each (lr, epochs) cell, thr
     fbdl-fast evaluate --run RUN --data data/TASK/test.csv --json
 
 with the CLI's defaults otherwise (FINE_TUNE_DEFAULTS: linear schedule, warmup 0.06, early
-stopping with patience 3 on the validation loss, best.pt = the epoch with the lowest validation
-loss). Each cell records the validation macro-F1 of every epoch, the best epoch (the one best.pt
-holds), the test macro-F1 of best.pt, and train's wall and CPU time (user + system of the child
-process). The default recipe is the cell lr 5e-5, 3 epochs.
+stopping with patience 3 on the validation macro-F1, best.pt = the epoch with the highest
+validation macro-F1). Each cell records the validation macro-F1 of every epoch, the best epoch
+(the one best.pt holds), the test macro-F1 of best.pt, and train's wall and CPU time (user +
+system of the child process). The default recipe's cell (FINE_TUNE_DEFAULTS' lr and epochs)
+is marked.
 
 `--posts N` trains on a stratified, seeded sample of N training posts (each label keeps its
 share; the test set stays whole) when time is short; 0 keeps them all. The study is resumable:
@@ -42,8 +43,10 @@ from typing import Any
 
 from fbdl_fast.data.readers import load_posts
 from fbdl_fast.files import write_atomic
+from fbdl_fast.training.presets import FINE_TUNE_DEFAULTS
 
-DEFAULT_LR, DEFAULT_EPOCHS = 5e-5, 3  # training/presets.py FINE_TUNE_DEFAULTS
+DEFAULT_LR = FINE_TUNE_DEFAULTS["learning_rate"]
+DEFAULT_EPOCHS = FINE_TUNE_DEFAULTS["max_epochs"]
 
 
 def read_rows(path: Path) -> list[tuple[str, str]]:
@@ -141,7 +144,7 @@ def measure_cell(
     if not ((run / "best.pt").is_file() and timing.is_file()):
         write_atomic(timing, json.dumps(train(train_csv, run, lr, epochs, args)).encode("utf-8"))
     history = epochs_of(run)
-    best = [e for e in history if e["best"]][-1]  # the epoch best.pt holds (lowest val loss)
+    best = [e for e in history if e["best"]][-1]  # the epoch best.pt holds
     top = max(history, key=lambda e: e["val_f1"])
     return {
         "task": task_dir.name,

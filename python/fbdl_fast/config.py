@@ -36,6 +36,11 @@ POOLINGS = ("mean", "cls")
 # Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
 # replacement so that every class is equally likely (data.balanced_sample_weights).
 SAMPLERS = ("shuffle", "balanced")
+# What picks best.pt and drives early stopping: the lowest validation loss, or the highest
+# validation macro-F1, what a classifier is judged by. They disagree on small real tasks: the
+# loss bottoms out an epoch or two before macro-F1 peaks, as the model grows more confident on
+# the posts it still gets wrong while it gets more of them right.
+MONITORS = ("val_loss", "val_f1")
 # The registries' names: training.optim.OPTIMIZERS and SCHEDULERS, training.losses'
 # classification losses (those called as criterion(logits, labels)), models.init.INITIALIZERS.
 OPTIMIZER_NAMES = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "lion", "adabelief")
@@ -62,7 +67,8 @@ class ModelConfig:
     weight_decay: float = 1e-5  # L2 (adam) or decoupled (adamw) weight decay
     batch_size: int = 32  # posts per training batch
     max_epochs: int = 100  # upper bound on training epochs
-    patience: int = 10  # epochs without validation-loss improvement before early stopping
+    patience: int = 10  # epochs without improvement of `monitor` before early stopping
+    monitor: str = "val_loss"  # what best.pt and early stopping follow, one of MONITORS
     gradient_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     use_mixed_precision: bool = True  # AMP where it helps: fp16/bf16 on CUDA; on CPU see amp_dtype
 
@@ -228,6 +234,7 @@ class ModelConfig:
             "a number in (0, 1]",
         )
         _require("sampler", self.sampler, self.sampler in SAMPLERS, f"one of {SAMPLERS}")
+        _require("monitor", self.monitor, self.monitor in MONITORS, f"one of {MONITORS}")
         _require(
             "ema_decay",
             self.ema_decay,

@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 import torch
@@ -128,12 +128,15 @@ def cpu_trainer(model: nn.Module, config: ModelConfig, **kwargs: Any) -> Trainer
     return Trainer(model, config, device="cpu", **kwargs)
 
 
-def scripted_validation(trainer: Trainer, val_losses: list[float]) -> None:
-    """Replace trainer.evaluate by a script of validation losses (one per epoch)."""
-    script = iter(val_losses)
+def scripted_validation(
+    trainer: Trainer, val_losses: list[float], val_f1s: Optional[list[float]] = None
+) -> None:
+    """Replace trainer.evaluate by a script of validation losses and macro-F1s (one per epoch)."""
+    script = iter(zip(val_losses, val_f1s or [0.5] * len(val_losses)))
 
     def evaluate(loader: Any) -> dict[str, float]:
-        return {"loss": next(script), "accuracy": 0.5, "macro_f1": 0.5, "num_samples": 1.0}
+        loss, f1 = next(script)
+        return {"loss": loss, "accuracy": 0.5, "macro_f1": f1, "num_samples": 1.0}
 
     trainer.evaluate = evaluate  # type: ignore[method-assign]
 
@@ -207,6 +210,27 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
     assert history.stopped_early and history.best_epoch == 3 and history.best_val_loss == 0.9
     assert load_checkpoint(tmp_path / BEST_CHECKPOINT)["epoch"] == 3
     assert load_checkpoint(tmp_path / LAST_CHECKPOINT)["epoch"] == 5
+
+
+def test_monitor_val_f1_keeps_the_highest_macro_f1_epoch_and_stops_on_it(tmp_path: Path) -> None:
+    train_loader, val_loader = loaders(n_train=16)
+    config = tiny_config(max_epochs=10, patience=2, monitor="val_f1")
+    trainer = cpu_trainer(TinyClassifier(), config, run_dir=tmp_path)
+    # The loss is lowest at epoch 2, macro-F1 highest at epoch 4 (and tied at 6, which is not
+    # better); 5 and 6 do not improve on 4: stop after epoch 6.
+    losses = [1.0, 0.5, 0.7, 0.9, 1.2, 1.3, 1.4]
+    f1s = [0.2, 0.4, 0.5, 0.6, 0.55, 0.6, 0.9]
+    scripted_validation(trainer, losses, f1s)
+    history = trainer.fit(train_loader, val_loader)
+    assert history.epochs == 6 and history.stopped_early
+    assert history.best_epoch == 4 and history.best_val_f1 == 0.6 and history.best_val_loss == 0.9
+    assert history.best_rule == "highest validation macro-F1"
+    assert load_checkpoint(tmp_path / BEST_CHECKPOINT)["epoch"] == 4
+
+
+def test_monitor_is_validated() -> None:
+    with pytest.raises(ValueError, match="monitor"):
+        tiny_config(monitor="val_accuracy")
 
 
 def test_no_early_stop_when_validation_keeps_improving() -> None:

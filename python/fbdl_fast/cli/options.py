@@ -28,7 +28,7 @@ from fbdl_fast.cli.common import (
     add_progress_option,
     add_threads_option,
 )
-from fbdl_fast.config import POOLINGS, SAMPLERS, ModelConfig
+from fbdl_fast.config import MONITORS, POOLINGS, SAMPLERS, ModelConfig
 from fbdl_fast.training import presets
 from fbdl_fast.training.presets import MODEL_TITLES, TITLES
 from fbdl_fast.training.request import FOCAL_ALPHA_FROM_WEIGHTS, TrainRequest
@@ -282,8 +282,15 @@ MODEL_FLAGS = (
     Flag(
         "--patience",
         "patience",
-        "early stopping: epochs without validation-loss improvement",
+        "early stopping: epochs in a row without improvement of --monitor",
         {"type": int},
+    ),
+    Flag(
+        "--monitor",
+        "monitor",
+        "what picks best.pt and drives early stopping: val_loss (the lowest validation loss) or "
+        "val_f1 (the highest validation macro-F1)",
+        {"choices": MONITORS},
     ),
     Flag("--seed", "seed", "seeds split, weights and data order", {"type": int}),
     Flag("--device", "device", DEVICE_HELP),

@@ -197,7 +197,7 @@ def reliability_figure(
 
 def curves_figure(history: History, title: str = "") -> Figure:
     """Four panels over the epochs: train/validation loss, train/validation accuracy,
-    validation macro-F1, learning rate; the best epoch (lowest validation loss) marked."""
+    validation macro-F1, learning rate; the best epoch (history.best_rule) marked."""
     epochs = list(range(1, len(history.train_losses) + 1))
     figure = _figure(11.0, 7.5)
     (loss, acc), (f1, lr) = figure.subplots(2, 2, sharex=True)

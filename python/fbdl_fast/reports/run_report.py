@@ -35,7 +35,7 @@ def run_markdown(
     best = history.best_epoch
     stopped = ", stopped early" if history.stopped_early else ""
     best_text = (
-        f"best epoch {best} of {history.epochs} (lowest validation loss){stopped}"
+        f"best epoch {best} of {history.epochs} ({history.best_rule}){stopped}"
         if best is not None
         else f"{history.epochs} epochs, none with a finite validation loss"
     )

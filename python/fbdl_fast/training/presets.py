@@ -81,6 +81,7 @@ FINE_TUNE_DEFAULTS: dict[str, Any] = {
     "max_seq_length": 128,
     "warmup_fraction": 0.06,
     "decay_biases_and_norms": False,
+    "monitor": "val_f1",
 }
 
 

@@ -6,8 +6,8 @@
 
 One epoch: train every batch (autocast, backward, unscale + clip, optimizer step, per-batch
 scheduler), evaluate on the validation loader (loss, accuracy, macro-F1), step epoch schedulers
-(ReduceLROnPlateau on the validation loss), track early stopping on the validation loss, write
-best.pt / last.pt and one line of metrics.jsonl in run_dir.
+(ReduceLROnPlateau on the validation loss), track early stopping on config.monitor (the
+validation loss or macro-F1), write best.pt / last.pt and one line of metrics.jsonl in run_dir.
 
 Mixed precision ("where it helps"): on CUDA, fp16 autocast with a GradScaler (or bf16 without
 one when config.amp_dtype="bfloat16"). On a CPU autocast runs only when asked explicitly with
@@ -104,9 +104,20 @@ class History:
     learning_rates: list[float] = field(default_factory=list)  # LR at the epoch's first batch
     epoch_times: list[float] = field(default_factory=list)  # seconds, training + validation
     skipped_steps: list[int] = field(default_factory=list)  # steps skipped: non-finite loss
-    best_epoch: Optional[int] = None  # 1-based epoch with the lowest validation loss
+    # 1-based epoch best.pt holds: the lowest validation loss, or with config.monitor "val_f1"
+    # the highest validation macro-F1 (the first such epoch); its loss and macro-F1.
+    best_epoch: Optional[int] = None
     best_val_loss: float = math.inf
+    best_val_f1: float = -math.inf
     stopped_early: bool = False
+    monitor: str = "val_loss"  # what chose best_epoch (config.monitor): "val_loss" or "val_f1"
+
+    @property
+    def best_rule(self) -> str:
+        """How best_epoch was chosen, for reports: "lowest validation loss" or "highest ..."."""
+        if self.monitor == "val_f1":
+            return "highest validation macro-F1"
+        return "lowest validation loss"
 
     @property
     def epochs(self) -> int:
@@ -417,10 +428,10 @@ class Trainer:
             self.scheduler_interval = _interval_of(scheduler)
         elif steps_per_epoch is not None:
             self._build_scheduler(steps_per_epoch)
-        self.history = History()
+        self.history = History(monitor=config.monitor)
         self.epoch = 0  # epochs completed
         self.global_step = 0  # optimizer steps taken
-        self._bad_epochs = 0  # epochs since the best validation loss
+        self._bad_epochs = 0  # epochs since the best epoch (config.monitor)
         self._nonfinite_streak = 0  # steps in a row skipped for a non-finite loss
         self._finite_epoch = 0  # the last epoch that ended with finite weights (fit sets it)
         self._last_loss = math.nan  # the latest step's loss, for the progress bar
@@ -871,9 +882,13 @@ class Trainer:
         h.val_f1s.append(val["macro_f1"])
         h.learning_rates.append(lr)
         h.epoch_times.append(seconds)
-        improved = weights_finite and val["loss"] < h.best_val_loss  # NaN never improves
+        if self.config.monitor == "val_f1":
+            better = val["macro_f1"] > h.best_val_f1
+        else:
+            better = val["loss"] < h.best_val_loss
+        improved = weights_finite and better  # NaN never compares better
         if improved:
-            h.best_val_loss, h.best_epoch = val["loss"], self.epoch
+            h.best_val_loss, h.best_val_f1, h.best_epoch = val["loss"], val["macro_f1"], self.epoch
             self._bad_epochs = 0
         else:
             self._bad_epochs += 1
