@@ -1,9 +1,9 @@
 """A run folder's integrity manifest: the SHA-256 of every artifact, checked on every load.
 
 RUN/manifest.json records each artifact of the run (config.json, tokenizer.json,
-label_map.json, best.pt, last.pt, model.int8.pt, model.onnx; the calibration and the tuned
-thresholds live inside best.pt) with the SHA-256 of the bytes fbdl_fast wrote. A load hashes the
-bytes it parses, in the same pass: a small file is read once, hashed and parsed
+label_map.json, best.pt, last.pt, model.int8.pt, model.onnx, model.int8.onnx; the calibration
+and the tuned thresholds live inside best.pt) with the SHA-256 of the bytes fbdl_fast wrote. A
+load hashes the bytes it parses, in the same pass: a small file is read once, hashed and parsed
 (`read_verified`); a checkpoint is mapped once and hashed in a second thread while torch reads
 that same open file (`parse_verified`). A file whose bytes differ from the record (8 bytes
 flipped in a checkpoint, an edited tokenizer setting) is refused with one line naming it,
@@ -48,6 +48,7 @@ ARTIFACTS = (
     "last.pt",
     "model.int8.pt",
     "model.onnx",
+    "model.int8.onnx",
 )
 CHANGED_ADVICE = "changed since it was written; retrain or re-export"
 

@@ -33,13 +33,13 @@ TEXTS = ["WIN a FREE phone!!! https://bit.ly/x", "so happy today", "@support my 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny CNN trained by the CLI (1 epoch), exported to int8 and ONNX."""
+    """A tiny CNN trained by the CLI (1 epoch), exported to int8, ONNX and int8 ONNX."""
     root = tmp_path_factory.mktemp("manifest")
     data = write_posts_csv(root / "posts.csv", 200, seed=0)
     run = root / "run"
     argv = ["train", "--data", str(data), "--output", str(run), "--epochs", "1", "--quiet"]
     assert main([*argv, *tiny_model_args()]) == 0
-    for fmt in ("int8", "onnx"):
+    for fmt in ("int8", "onnx", "onnx-int8"):
         assert main(["export", "--run", str(run), "--format", fmt, "--quiet"]) == 0
     return run
 
@@ -68,7 +68,8 @@ def _flip(path: Path, payload: bytes) -> None:
 
 def _output_layer_bytes(path: Path) -> bytes:
     """The raw bytes, as stored in the file, of the last weight matrix of `path` (best.pt: the
-    classifier; model.int8.pt: its int8 values; model.onnx: its last initializer)."""
+    classifier; model.int8.pt: its int8 values; model.onnx, model.int8.onnx: its last
+    initializer)."""
     if path.suffix == ".onnx":
         import onnx
 
@@ -82,7 +83,7 @@ def _output_layer_bytes(path: Path) -> bytes:
 
 
 def test_train_and_export_record_every_artifact(trained: Path) -> None:
-    """manifest.json lists config, tokenizer, labels, both checkpoints and both exports, each
+    """manifest.json lists config, tokenizer, labels, both checkpoints and the three exports, each
     with the SHA-256 of the file's bytes as they are."""
     files = json.loads((trained / MANIFEST).read_text(encoding="utf-8"))["files"]
     names = [
@@ -90,6 +91,7 @@ def test_train_and_export_record_every_artifact(trained: Path) -> None:
         "config.json",
         "label_map.json",
         "last.pt",
+        "model.int8.onnx",
         "model.int8.pt",
         "model.onnx",
         "tokenizer.json",
@@ -102,7 +104,12 @@ def test_train_and_export_record_every_artifact(trained: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "checkpoint"),
-    [("best.pt", "best"), ("model.int8.pt", "int8"), ("model.onnx", "onnx")],
+    [
+        ("best.pt", "best"),
+        ("model.int8.pt", "int8"),
+        ("model.onnx", "onnx"),
+        ("model.int8.onnx", "onnx-int8"),
+    ],
 )
 def test_flipped_bytes_in_the_output_layer_are_refused_naming_the_file(
     run: Path, name: str, checkpoint: str, capsys: pytest.CaptureFixture[str]

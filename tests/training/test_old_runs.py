@@ -92,24 +92,25 @@ def test_loading_an_old_run_writes_nothing_into_it(old_run: Path) -> None:
 
 @pytest.fixture(scope="module")
 def new_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Transformer trained by today's `fbdl-fast train --calibrate`, exported to int8
-    and ONNX."""
+    """A tiny Transformer trained by today's `fbdl-fast train --calibrate`, exported to int8,
+    ONNX and int8 ONNX."""
     root = tmp_path_factory.mktemp("new")
     data = write_posts_csv(root / "posts.csv", 120, seed=3)
     run = root / "run"
     argv = ["train", "--data", str(data), "--output", str(run), "--epochs", "2", "--calibrate"]
     assert main([*argv, *tiny_model_args("transformer"), "--quiet"]) == 0
-    for fmt in ("int8", "onnx"):
+    for fmt in ("int8", "onnx", "onnx-int8"):
         assert main(["export", "--run", str(run), "--format", fmt, "--quiet"]) == 0
     return run
 
 
-@pytest.mark.parametrize("checkpoint", ["best", "int8", "onnx"])
+@pytest.mark.parametrize("checkpoint", ["best", "int8", "onnx", "onnx-int8"])
 def test_library_predictions_are_the_cli_rows_for_a_new_run(
     new_run: Path, checkpoint: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """fbdl_fast.load_run(RUN).predict(texts) equals `fbdl-fast predict`'s output, row for row,
-    for best.pt, model.int8.pt and model.onnx of a run trained by today's CLI."""
+    for best.pt, model.int8.pt, model.onnx and model.int8.onnx of a run trained by today's
+    CLI."""
     texts = EXPECTED["texts"]
     run = fbdl_fast.load_run(new_run, checkpoint=checkpoint)
     assert run.temperature != 1.0  # --calibrate: the probabilities are calibrated ones

@@ -59,8 +59,8 @@ def plural(count: int, noun: str) -> str:
 
 
 def load_for_inference(args: argparse.Namespace) -> Run:
-    """fbdl_fast.load_run of --run with --checkpoint (best, last, a path, int8 or onnx; the
-    last two on the CPU only), --device and --threads."""
+    """fbdl_fast.load_run of --run with --checkpoint (best, last, a path, int8, onnx or
+    onnx-int8; the last three on the CPU only), --device and --threads."""
     from fbdl_fast.training.loading import load_run
 
     if args.checkpoint in SERVED_FORMATS and args.device not in (None, "cpu"):
@@ -116,10 +116,11 @@ def add_run_options(p: argparse.ArgumentParser, data_help: str, *, labelled: boo
     p.add_argument(
         "--checkpoint",
         default=None,
-        metavar="best|last|int8|onnx|PATH",
+        metavar="best|last|int8|onnx|onnx-int8|PATH",
         help="weights to use: best.pt or last.pt of the run, int8: its model.int8.pt (`export "
-        "--format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`; both CPU "
-        "only), or a checkpoint file (default: best, else last)",
+        "--format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`), "
+        "onnx-int8: its model.int8.onnx (`export --format onnx-int8`; these three CPU only), or "
+        "a checkpoint file (default: best, else last)",
     )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     add_encoding_option(p)

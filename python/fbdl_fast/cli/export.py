@@ -1,4 +1,4 @@
-"""`fbdl-fast export`: write a run's model as ONNX or dynamic int8 for CPU serving."""
+"""`fbdl-fast export`: write a run's model as ONNX, dynamic int8 or int8 ONNX for CPU serving."""
 
 from __future__ import annotations
 
@@ -44,13 +44,21 @@ def _export(args: argparse.Namespace, target: Path, keep: list[str]) -> int:
     from fbdl_fast.serving import int8, onnx
 
     run = load_run(Path(args.run), checkpoint=args.checkpoint, device="cpu", threads=args.threads)
-    if args.format == "onnx":
+    if args.format in ("onnx", "onnx-int8"):
         stage(f"exporting {run.checkpoint} to {target}")
-        done = onnx.export_onnx(run, target, say=stage)
+        int8_weights = args.format == "onnx-int8"
+        done = onnx.export_onnx(run, target, say=stage, int8=int8_weights)
+        checked = (
+            f"int8 weights (onnxruntime's quantize_dynamic), its logits within "
+            f"{done['int8_max_abs_diff']:.2g} of torch's fp32 ones on a padded batch; use it "
+            f"with `{PROG} predict --run {args.run} --checkpoint onnx-int8`"
+            if int8_weights
+            else f"onnxruntime's logits within {done['max_abs_diff']:.2g} of torch's on a "
+            "padded batch"
+        )
         print(
             f"wrote {target} ({done['bytes'] / 1e6:.1f} MB, {done['exporter']} exporter) in "
-            f"{time.perf_counter() - started:.1f}s: onnxruntime's logits within "
-            f"{done['max_abs_diff']:.2g} of torch's on a padded batch"
+            f"{time.perf_counter() - started:.1f}s: {checked}"
         )
     else:
         stage(f"exporting {run.checkpoint} to {target} ...")
@@ -70,16 +78,17 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "export",
         formatter_class=HelpFormatter,
-        help="write a run's model as ONNX or dynamic int8 for CPU serving",
+        help="write a run's model as ONNX, dynamic int8 or int8 ONNX for CPU serving",
         description="Write the run's model into its folder: onnx -> model.onnx (inputs input_ids "
         "and attention_mask, int64 (batch, length), the mask 1 on real tokens; output logits; "
         "dynamic batch and sequence axes; checked in onnxruntime against torch before it is "
         "written; needs onnx and onnxruntime), int8 -> model.int8.pt (Linear and LSTM layers "
-        "in dynamic int8); `predict` and `evaluate` run either with --checkpoint onnx|int8, on "
-        "a CPU.",
+        "in dynamic int8), onnx-int8 -> model.int8.onnx (the ONNX file with its weights in int8 "
+        "per output channel, embeddings included, by onnxruntime's quantize_dynamic); "
+        "`predict` and `evaluate` run each with --checkpoint onnx|int8|onnx-int8, on a CPU.",
     )
     p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
-    p.add_argument("--format", required=True, metavar="onnx|int8", help="what to write")
+    p.add_argument("--format", required=True, metavar="onnx|int8|onnx-int8", help="what to write")
     p.add_argument(
         "--checkpoint",
         default=None,

@@ -1,6 +1,6 @@
 """What ties an exported file to its run, shared by the ONNX and the int8 formats.
 
-`fbdl-fast export --run RUN --format onnx|int8` writes either file into the run folder,
+`fbdl-fast export --run RUN --format onnx|int8|onnx-int8` writes one file into the run folder,
 atomically, from the run's checkpoint (best, else last, or --checkpoint). Each file carries the
 same provenance (`provenance`): the model's name, config, labels, tokenizer fingerprint, the
 source checkpoint's name and SHA-256, its calibration temperature and (multi-label) its tuned
@@ -29,9 +29,11 @@ if TYPE_CHECKING:
     from fbdl_fast.tokenizer import Tokenizer
 
 
-FORMATS = ("onnx", "int8")
+FORMATS = ("onnx", "int8", "onnx-int8")
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.pt"
+ONNX_INT8_FILE = "model.int8.onnx"  # the ONNX file with its weights in int8 (onnxruntime's)
+FILES = {"onnx": ONNX_FILE, "int8": INT8_FILE, "onnx-int8": ONNX_INT8_FILE}
 
 
 class ExportError(ValueError):
@@ -76,7 +78,7 @@ def output_path(run_path: Path, fmt: str) -> Path:
     """Where `export --format fmt` writes in the run folder; ExportError for an unknown format."""
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r} is not known; accepted: {', '.join(FORMATS)}")
-    return run_path / (ONNX_FILE if fmt == "onnx" else INT8_FILE)
+    return run_path / FILES[fmt]
 
 
 def provenance(run: ExportSource) -> dict[str, Any]:

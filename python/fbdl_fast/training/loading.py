@@ -7,15 +7,15 @@
         print(p.label, round(p.probability, 3))
     print(run.evaluate("test.csv").macro_f1)
 
-`load_run` reads the folder through fbdl_fast.runs (config.json, tokenizer.json and
-label_map.json, checked against the weights before any model is built) and takes the weights
-from best.pt, last.pt or a checkpoint file (torch, on `device`), from model.int8.pt
-(fbdl_fast.serving.int8) or from model.onnx in onnxruntime (fbdl_fast.serving.onnx), both on the
-CPU. Whatever the weights, a Run predicts and evaluates the same way: its Trainer runs the
-posts in length-bucketed, padded batches; single-label probabilities are softmax(logits / T), T
-the checkpoint's calibration temperature (train --calibrate; 1 without), multi-label ones
-sigmoid(logits) per class, whose label sets take the per-class thresholds the weights carry
-(train --tune-thresholds; 0.5 where none were tuned).
+`load_run` reads the folder through fbdl_fast.runs (config.json, tokenizer.json and label_map.json,
+checked against the weights before any model is built) and takes the weights from best.pt, last.pt
+or a checkpoint file (torch, on `device`), from model.int8.pt (fbdl_fast.serving.int8) or from
+model.onnx or model.int8.onnx in onnxruntime (fbdl_fast.serving.onnx), all on the CPU. Whatever the
+weights, a Run predicts and evaluates the same way: its Trainer runs the posts in length-bucketed,
+padded batches; single-label probabilities are softmax(logits / T), T the checkpoint's calibration
+temperature (train --calibrate; 1 without), multi-label ones sigmoid(logits) per class, whose label
+sets take the per-class thresholds the weights carry (train --tune-thresholds; 0.5 where none were
+tuned).
 
 `fbdl-fast predict` and `fbdl-fast evaluate` are this module, plus reading the input file and
 writing rows. Importing it loads no torch: that happens in `load_run`.
@@ -65,7 +65,7 @@ MAX_BATCH_SIZE = 1 << 24  # posts a batch or chunk: far past any memory, inside 
 # Posts per prediction chunk: tokenised together (one encode_batch), bucketed by length,
 # predicted, then handed on. Memory holds one chunk, whatever the number of texts.
 PREDICT_CHUNK = 4096
-SERVED_FORMATS = ("int8", "onnx")  # checkpoint= values that read an exported file
+SERVED_FORMATS = ("int8", "onnx", "onnx-int8")  # checkpoint= values that read an export
 DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (training.multilabel)
 
 
@@ -479,15 +479,16 @@ def load_run(
         run = fbdl_fast.load_run("runs/first", checkpoint="onnx")
         run.predict(["win a FREE phone!!!"])[0].label         # 'spam'
 
-    checkpoint: "best" or "last" (best.pt / last.pt), the path of a checkpoint file, None (best,
-        else last), "int8" (the run's model.int8.pt, `fbdl-fast export --format int8`) or
+    checkpoint: "best" or "last" (best.pt / last.pt), the path of a checkpoint file, None
+        (best, else last), "int8" (the run's model.int8.pt, `fbdl-fast export --format int8`),
         "onnx" (its model.onnx in onnxruntime, `export --format onnx`; its torch weights are
-        never loaded). int8 and onnx run on the CPU only.
+        never loaded) or "onnx-int8" (model.int8.onnx, `export --format onnx-int8`); these
+        three on the CPU only.
     device: where a torch checkpoint runs: "cpu", "cuda", "cuda:1", "mps"; None: CUDA when
         available, else the CPU.
     threads: torch's intra-op CPU threads while each predict/evaluate call runs, set at its
         start and restored at its end (also when it fails); None leaves torch's setting alone.
-        For onnx, the onnxruntime session's intra-op threads (inter-op: 1). The default, 1, is
+        For ONNX files, the onnxruntime session's intra-op threads (inter-op: 1). The default, 1, is
         the fastest measured for these model sizes: the batches are built in this process and
         each matrix product is small, so more threads only split it and, on a busy machine,
         wait on each other. On this project's 2-core machine the README's tour (train a CNN,
@@ -553,7 +554,7 @@ def _checkpoint_run(
 
 
 def _served_run(folder: Path, fmt: str, threads: Optional[int]) -> Run:
-    """The run with the model of its model.int8.pt or model.onnx, on the CPU."""
+    """The run with the model of its model.int8.pt, model.onnx or model.int8.onnx, on the CPU."""
     from fbdl_fast.training.trainer import Trainer
 
     files = read_run_files(folder)
@@ -565,7 +566,7 @@ def _served_run(folder: Path, fmt: str, threads: Optional[int]) -> Run:
     else:
         from fbdl_fast.serving.onnx import read_onnx
 
-        served = read_onnx(files, threads=threads)
+        served = read_onnx(files, threads=threads, fmt=fmt)
     # Served weights are never trained: no EMA copy of them (an onnxruntime session cannot even
     # be copied). The run's own config is kept as it is.
     config = dataclasses.replace(files.config, ema_decay=None)
