@@ -91,7 +91,10 @@ def copy_run(source: Path, target: Path) -> None:
     ):
         shutil.rmtree(target)  # its int8 and ONNX files are of the old weights too
     target.mkdir(parents=True, exist_ok=True)
-    for name in RUN_FILES:
+    # A run written with an integrity manifest is refused without it; its other files (last.pt)
+    # are only checked when read, which nothing here does.
+    manifest = ["manifest.json"] if (source / "manifest.json").is_file() else []
+    for name in [*RUN_FILES, *manifest]:
         if not (target / name).is_file():
             shutil.copy2(source / name, target / name)
 

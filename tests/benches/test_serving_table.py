@@ -4,8 +4,9 @@ distilled with distill's defaults (no unlabelled posts unless --unlabelled); a s
 with another teacher re-distils only the student; the goals' arithmetic; a teacher folder left
 as it was.
 
-The "MiniLM" run here is make_run's tiny untrained CNN (no MiniLM in the tests): the script
-treats the --minilm folder as any run folder.
+The "MiniLM" run here is a tiny CNN (no MiniLM in the tests): one trained by the CLI, with the
+integrity manifest a real run has, or make_run's untrained one, without; the script treats the
+--minilm folder as any run folder.
 """
 
 from __future__ import annotations
@@ -41,7 +42,11 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     write_posts_csv(data / "test.csv", 50, seed=2)
     # unlabelled.csv (as datasets.py writes it): used only when --unlabelled names it
     write_posts_csv(data / "unlabelled.csv", 40, seed=3, header=("text", "section"))
-    teacher = make_run(root / "teacher")
+    # A teacher trained by the CLI, so with the integrity manifest a real MiniLM run has.
+    argv = ["train", "--data", str(data / "train.csv"), "--model", "cnn", *TINY.split()]
+    assert cli_main([*argv, "--output", str(root / "teacher"), "--quiet"]) == 0
+    teacher = root / "teacher"
+    assert (teacher / "manifest.json").is_file()
     before = {p.name: _sha(p) for p in teacher.iterdir()}
     out = root / "out"
     argv = ["--data", str(data), "--minilm", str(teacher), "--out", str(out), "--threads", "1"]
@@ -134,6 +139,7 @@ def test_the_given_minilm_folder_is_left_as_it_was(built: dict[str, Any]) -> Non
     teacher = built["teacher"]
     assert {p.name: _sha(p) for p in teacher.iterdir()} == built["before"]
     assert _sha(built["out"] / "minilm" / "best.pt") == built["before"]["best.pt"]
+    assert (built["out"] / "minilm" / "manifest.json").is_file()
 
 
 def _row(f1: float, rate: float | None) -> dict[str, Any]:
