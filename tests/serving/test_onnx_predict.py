@@ -180,3 +180,26 @@ def test_predict_onnx_bad_input(
     assert "was made from another best.pt" in err and again in err
     evaluate = ["evaluate", "--run", str(folder), "--checkpoint", "onnx", "--quiet"]
     assert "was made from another best.pt" in error([*evaluate, "--data", str(tmp_path / "x.csv")])
+
+
+def test_sessions_leave_residual_adds_and_layer_norms_unfused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """onnxruntime's default session fuses a BERT's residual Add + LayerNormalization into
+    SkipLayerNormalization (the control below), whose CPU kernel measured slower than the two
+    it replaces; the sessions predict runs keep them as exported."""
+    import onnx
+    import onnxruntime
+
+    path = _export(_run(tmp_path, "bert"), capsys)
+
+    def operators(optimized: Path) -> set[str]:
+        return {node.op_type for node in onnx.load(str(optimized)).graph.node}
+
+    options = onnxruntime.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "default.onnx")
+    onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "SkipLayerNormalization" in operators(tmp_path / "default.onnx")
+    onnx_runtime.session(path, optimized=tmp_path / "served.onnx")
+    served = operators(tmp_path / "served.onnx")
+    assert "SkipLayerNormalization" not in served and "LayerNormalization" in served
