@@ -1,12 +1,13 @@
-"""The CPU side against HF transformers: fbdl_fast's MiniLM predict paths (fp32, int8, ONNX)
-and one training step against transformers' BertForSequenceClassification, same weights, same
-posts, 1 thread, each measurement a whole separate process, turns alternating.
+"""The CPU side against HF transformers: fbdl_fast's MiniLM predict paths (fp32, int8, ONNX,
+int8 ONNX) and one training step against transformers' BertForSequenceClassification, same
+weights, same posts, 1 thread, each measurement a whole separate process, turns alternating.
 
     head -1201 data/debian/train.csv > train1200.csv     # the first 1,200 training posts
     .venv/bin/fbdl-fast train --model minilm --data train1200.csv --output RUN --epochs 1 \
         --freeze-layers 6 --threads 1
     .venv/bin/fbdl-fast export --run RUN --format int8
     .venv/bin/fbdl-fast export --run RUN --format onnx
+    .venv/bin/fbdl-fast export --run RUN --format onnx-int8
     .venv/bin/python benches/studies/hf_cpu.py --run RUN --data data/debian/test.csv \
         --posts 1024 --turns 3 --out runs/hf_cpu
 
@@ -23,17 +24,21 @@ predicts all the posts once, timed by time.process_time (the primary figure: CPU
 whole process, all threads) and time.perf_counter (wall, beside it), torch and onnxruntime at 1
 thread; each turn runs every row once, the rows' order rotated by one each turn; the figure is
 the median over turns:
-- ours-fp32 / ours-int8 / ours-onnx: `fbdl_fast.load_run(run, checkpoint=best|int8|onnx)
-  .predict(texts)`, the whole path (tokenize, length-sorted buckets, forward, softmax, labels),
-  then the same posts again stage by stage: tokenize (PostsDataset.from_texts), collate (the
-  loader's padded tensors), model (Trainer.outputs: the forward passes), output (softmax with
-  the temperature, input order restored, labels, one JSON line per post written to memory);
+- ours-fp32 / ours-int8 / ours-onnx / ours-onnx-int8: `fbdl_fast.load_run(run,
+  checkpoint=best|int8|onnx|onnx-int8).predict(texts)`, the whole path (tokenize, length-sorted
+  buckets, forward, softmax, labels), then the same posts again stage by stage: tokenize
+  (PostsDataset.from_texts), collate (the loader's padded tensors), model (Trainer.outputs: the
+  forward passes), output (softmax with the temperature, input order restored, labels, one JSON
+  line per post written to memory);
 - ours-int8-fp32-attention: int8 as it was before the attention's projections were quantized
   (a copy of the run whose model.int8.pt is written with attention=False);
 - hf-fp32-sorted / hf-int8-sorted: BertTokenizerFast, the posts in the same length-sorted
   batches as ours (the same rows per batch: Run.loader's order), padded per batch, the model
   under torch.inference_mode, softmax, labels, JSON lines; int8: torch.ao.quantization
-  .quantize_dynamic on every nn.Linear (torch's default qconfig, what HF's docs show);
+  .quantize_dynamic on every nn.Linear (torch's default qconfig, what HF's docs show: weights
+  per tensor);
+- hf-int8pc-sorted: HF's int8 with weights per output channel (per_channel_dynamic_qconfig), as
+  ours and the int8 ONNX file have them: the same quantization, model against model;
 - hf-fp32-default: the same, the posts in their input order (HF's default: no bucketing);
 - train-ours / train-hf: forward, cross-entropy, backward and an AdamW step (lr 5e-5) on
   --train-batches identical batches of 32 training posts (the same ids, padded to the longest
@@ -68,9 +73,11 @@ PREDICT_ROWS = (
     "ours-int8",
     "ours-int8-fp32-attention",
     "ours-onnx",
+    "ours-onnx-int8",
     "hf-fp32-sorted",
     "hf-fp32-default",
     "hf-int8-sorted",
+    "hf-int8pc-sorted",
 )
 TRAIN_ROWS = ("train-ours", "train-hf")
 # (ours, peer, goal): a speedup of `ours` over `peer` (peer CPU / ours CPU); None = no goal
@@ -78,10 +85,16 @@ COMPARISONS = (
     ("ours-fp32", "hf-fp32-sorted", 1.2),
     ("ours-fp32", "hf-fp32-default", None),
     ("ours-int8", "hf-int8-sorted", 1.2),
+    ("ours-int8", "hf-int8pc-sorted", None),
     ("ours-int8-fp32-attention", "hf-int8-sorted", None),
     ("ours-int8", "ours-int8-fp32-attention", None),
     ("ours-onnx", "hf-fp32-sorted", 1.2),
     ("ours-onnx", "ours-fp32", 1.3),
+    ("ours-onnx-int8", "hf-int8-sorted", 1.2),
+    ("ours-onnx-int8", "hf-int8pc-sorted", None),
+    ("ours-onnx-int8", "ours-int8", None),
+    ("ours-onnx-int8", "ours-fp32", None),
+    ("ours-onnx-int8", "ours-onnx", None),
     ("train-ours", "train-hf", None),
 )
 STAGES = ("tokenize", "collate", "model", "output")
@@ -135,7 +148,8 @@ def child_ours(row: str, run_dir: Path, texts: list[str]) -> dict[str, Any]:
     import fbdl_fast
     from fbdl_fast.data import PostsDataset, loader_order, make_loader
 
-    checkpoint = {"ours-fp32": "best", "ours-onnx": "onnx"}.get(row, "int8")
+    checkpoint = {"ours-fp32": "best", "ours-onnx": "onnx", "ours-onnx-int8": "onnx-int8"}
+    checkpoint = checkpoint.get(row, "int8")
     run = fbdl_fast.load_run(run_dir, checkpoint=checkpoint, device="cpu", threads=1)
     run.predict(texts[:WARMUP_POSTS])
     whole = Clock()
@@ -163,7 +177,7 @@ def child_ours(row: str, run_dir: Path, texts: list[str]) -> dict[str, Any]:
     return {"whole": whole, "stages": stages, "labels": labels}
 
 
-def _hf_model(run_dir: Path, int8: bool) -> Any:
+def _hf_model(run_dir: Path, int8: bool, per_channel: bool = False) -> Any:
     import warnings
 
     import torch
@@ -179,9 +193,10 @@ def _hf_model(run_dir: Path, int8: bool) -> Any:
     if int8:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from torch.ao.quantization import quantize_dynamic
+            from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-            model = quantize_dynamic(model, {torch.nn.Linear}, torch.qint8)
+            spec = {torch.nn.Linear: per_channel_dynamic_qconfig} if per_channel else None
+            model = quantize_dynamic(model, spec or {torch.nn.Linear}, torch.qint8)
     return model
 
 
@@ -193,7 +208,7 @@ def child_hf(row: str, run_dir: Path, texts: list[str], order: list[int]) -> dic
 
     from fbdl_fast.models.bert import resolve_pretrained
 
-    model = _hf_model(run_dir, int8="int8" in row)
+    model = _hf_model(run_dir, int8="int8" in row, per_channel="int8pc" in row)
     tokenizer = transformers.BertTokenizerFast.from_pretrained(resolve_pretrained(MINILM))
     names = [str(i) for i in range(model.config.num_labels)]
     sequence = order if "sorted" in row else list(range(len(texts)))
@@ -482,7 +497,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     labels = {r: found[r][0]["labels"] for r in names if "labels" in found[r][0]}
     agreement = {}
     if "ours-fp32" in labels:
-        for r in ("ours-int8", "ours-int8-fp32-attention", "ours-onnx"):
+        for r in ("ours-int8", "ours-int8-fp32-attention", "ours-onnx", "ours-onnx-int8"):
             if r in labels:
                 same = sum(a == b for a, b in zip(labels[r], labels["ours-fp32"]))
                 agreement[r] = same / len(labels["ours-fp32"])
