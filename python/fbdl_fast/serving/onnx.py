@@ -305,6 +305,29 @@ def _checked_fp32(
     )
 
 
+def without_initializer_value_info(model: Any) -> Any:
+    """`model` (an onnx.ModelProto, changed in place and returned) with no value_info entry that
+    names an initializer, in its graph and every subgraph.
+
+    The dynamo exporter records each weight's shape in value_info as well. onnxruntime 1.30's
+    quantize_dynamic (the GPU machine's) turns a Gemm with transB into a MatMul by transposing
+    the weight in place under the same name, so that entry then contradicts the initializer and
+    its shape inference refuses the model ("Inferred shape and existing shape differ"); 1.32
+    writes a new initializer instead. An initializer's dims already give its shape, so the
+    entries add nothing."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        weights = {tensor.name for tensor in graph.initializer}
+        kept = [info for info in graph.value_info if info.name not in weights]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+        for node in graph.node:
+            for attribute in node.attribute:
+                graphs.extend([attribute.g] if attribute.HasField("g") else attribute.graphs)
+    return model
+
+
 def _quantized(
     data: bytes,
     check: tuple[torch.Tensor, torch.Tensor],
@@ -326,7 +349,10 @@ def _quantized(
             warnings.simplefilter("ignore")
             out = Path(scratch) / "int8.onnx"  # it writes a file, not bytes
             quantize_dynamic(
-                onnx.load_from_string(data), out, per_channel=True, weight_type=QuantType.QInt8
+                without_initializer_value_info(onnx.load_from_string(data)),
+                out,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
             )
             data = out.read_bytes()
         say(f"checking the int8 file in onnxruntime on {check[0].shape[0]} padded posts ...")
