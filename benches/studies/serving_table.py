@@ -250,6 +250,9 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             cmd = predict_cmd(run, checkpoint, files[which], output, threads)
             timing = measured(cmd, out / f"predict-{key}-{threads}.log")
             timing["posts_per_s"] = row["posts"] / timing["wall_s"]
+            # On a shared machine the wall time counts the other jobs' turns too; the CPU time
+            # at one thread is nearer what the command costs on a machine of its own.
+            timing["posts_per_cpu_s"] = row["posts"] / timing["cpu_s"]
             timing["load_1min"] = os.getloadavg()[0]
             row[f"threads_{threads}"] = timing
             output.unlink()  # up to --posts lines each; only the timing is kept
@@ -286,14 +289,16 @@ def goals(rows: dict[str, dict], threads: int = 1) -> list[str]:
             f"{met(int8_cost <= 1)}",
         ]
     speed = d[t]["posts_per_s"] / m[t]["posts_per_s"]
+    cpu_speed = d[t]["posts_per_cpu_s"] / m[t]["posts_per_cpu_s"]
     ngram = n[t]["posts_per_s"]
     int8_speed = m8[t]["posts_per_s"] / m[t]["posts_per_s"]
     return [
         *lines,
         f"- the student predicts {speed:.1f}x as fast as MiniLM fp32 at {threads} thread(s) "
-        f"(goal >= 4x): {met(speed >= 4)}",
+        f"(goal >= 4x): {met(speed >= 4)} (per CPU second: {cpu_speed:.1f}x)",
         f"- the n-gram baseline predicts {ngram:,.0f} posts/s at {threads} thread(s) "
-        f"(goal >= 20,000): {met(ngram >= 20_000)}",
+        f"(goal >= 20,000): {met(ngram >= 20_000)} "
+        f"({n[t]['posts_per_cpu_s']:,.0f} per CPU second)",
         f"- MiniLM int8 costs {int8_cost:.2f} points of macro-F1 (goal <= 1): "
         f"{met(int8_cost <= 1)}; {int8_speed:.2f}x the fp32 throughput at {threads} thread(s) "
         f"(goal >= 1.5x): {met(int8_speed >= 1.5)}",
@@ -302,13 +307,14 @@ def goals(rows: dict[str, dict], threads: int = 1) -> list[str]:
 
 def table(results: dict[str, Any], threads: Sequence[int]) -> str:
     head = "| Model | macro-F1 | accuracy | " + " | ".join(
-        f"predict posts/s ({t} thr) | peak RSS ({t} thr)" for t in threads
+        f"predict posts/s ({t} thr) | posts per CPU s ({t} thr) | peak RSS ({t} thr)"
+        for t in threads
     )
     lines = [
         f"Machine: {results['machine']}. {results['note']}",
         "",
         head + " | model size on disk |",
-        "|---|---:|---:|" + "---:|---:|" * len(threads) + "---:|",
+        "|---|---:|---:|" + "---:|---:|---:|" * len(threads) + "---:|",
     ]
     loads = []
     for row in results["rows"].values():
@@ -316,10 +322,11 @@ def table(results: dict[str, Any], threads: Sequence[int]) -> str:
         for t in threads:
             timing = row.get(f"threads_{t}")
             if timing is None:
-                cells += ["-", "-"]
+                cells += ["-", "-", "-"]
                 continue
             loads.append(timing["load_1min"])
-            cells += [f"{timing['posts_per_s']:,.0f}", f"{timing['peak_rss_mib']:,.0f} MiB"]
+            cells += [f"{timing['posts_per_s']:,.0f}", f"{timing['posts_per_cpu_s']:,.0f}"]
+            cells.append(f"{timing['peak_rss_mib']:,.0f} MiB")
         cells.append(f"{row['size_mib']:,.1f} MiB")
         lines.append("| " + " | ".join(cells) + " |")
     if loads:  # other jobs on the machine slow every row; how many there were, per timing
