@@ -13,8 +13,17 @@ from fbdl_fast.cli import main
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.models import MODELS, create_model, model_name
-from fbdl_fast.models.ngram import BIGRAM_PRIME, TRIGRAM_PRIME, NgramClassifier, ngram_rows
+from fbdl_fast.models.ngram import (
+    BIGRAM_PRIME,
+    CHAR_GRAMS,
+    TRIGRAM_PRIME,
+    NgramClassifier,
+    char_ngrams,
+    fnv1a,
+    ngram_rows,
+)
 from fbdl_fast.serving import onnx as serving_onnx
+from fbdl_fast.tokenizer import Tokenizer
 from fbdl_fast.training.loading import load_run
 from tiny_run import write_posts_csv
 
@@ -110,6 +119,78 @@ def test_registered_seeded_and_sized_by_config() -> None:
         create_model("ngram", _config(extra={"ngram_order": 4}))
 
 
+def test_char_ngrams_of_an_entry_and_their_hash() -> None:
+    """A word-start entry gives the 2-5-grams of "<" + its text, a continuation piece those of
+    its text; the whole marked entry is left out and `limit` keeps the shortest first. FNV-1a
+    is the published 32-bit one ("a": 0xe40c292c), not Python's salted hash()."""
+    assert char_ngrams("walk", 48) == ["<w", "wa", "al", "lk", "<wa", "wal", "alk", "<wal", "walk"]
+    assert char_ngrams("##ing", 48) == ["in", "ng"]
+    assert char_ngrams("a", 48) == []
+    assert char_ngrams("walk", 3) == ["<w", "wa", "al"]
+    assert fnv1a("a") == 0xE40C292C and fnv1a("") == 2_166_136_261
+
+
+def _char_model(tokenizer: Tokenizer) -> NgramClassifier:
+    config = _config(
+        vocab_size=tokenizer.vocab_size, extra={"ngram_buckets": BUCKETS, "ngram_char_grams": 6}
+    )
+    model = create_model("ngram", config).eval()
+    model.index_char_ngrams(tokenizer)
+    return model
+
+
+def test_char_ngrams_are_indexed_from_the_tokenizer_and_pooled_apart() -> None:
+    """index_char_ngrams gives each entry the rows of its character n-grams (none for special
+    tokens, -1 past an entry's own); logits = head(mean of the n-grams' rows + mean of the
+    tokens' character n-grams' rows), checked against a loop."""
+    tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=300)
+    model = _char_model(tokenizer)
+    vocab = tokenizer.vocab_size
+    for token_id in range(vocab):
+        token = tokenizer.id_to_token(token_id)
+        grams = [] if token in tokenizer.special_tokens else char_ngrams(token, 6)
+        expected = [vocab + fnv1a(g) % BUCKETS for g in grams] + [-1] * (6 - len(grams))
+        assert model.char_grams[token_id].tolist() == expected, token
+    ids = torch.tensor([tokenizer.encode("win a free phone now")])
+    real = ids[0].tolist()
+    rows = real + [vocab + (a * BIGRAM_PRIME + b) % BUCKETS for a, b in zip(real, real[1:])]
+    chars = [r for i in real for r in model.char_grams[i].tolist() if r >= 0]
+    assert chars  # the post has character n-grams to pool
+    weight = model.embedding.weight
+    pooled = weight[rows].mean(0) + weight[chars].mean(0)
+    expected = model.output_projection(pooled)[None]
+    torch.testing.assert_close(model(ids, torch.ones_like(ids)), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_char_ngrams_leave_padding_and_empty_posts_alone() -> None:
+    """With character n-grams, padding (whatever its ids) still changes nothing and a post
+    with no real token still gives the head's bias."""
+    tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=300)
+    model = _char_model(tokenizer)
+    ids = torch.tensor([tokenizer.encode("lovely day")])
+    base = model(ids, torch.ones_like(ids))
+    filler = torch.tensor([[40, 41, 42]])  # real entries' ids, with character n-grams
+    padded = torch.cat([ids, filler], dim=1)
+    mask = torch.cat([torch.ones_like(ids), torch.zeros_like(filler)], dim=1)
+    torch.testing.assert_close(model(padded, mask), base, atol=1e-6, rtol=0)
+    empty = model(filler, torch.zeros_like(filler))
+    torch.testing.assert_close(empty[0], model.output_projection.bias, atol=0, rtol=0)
+
+
+def test_a_model_without_char_ngrams_is_the_one_older_runs_saved() -> None:
+    """A config with no "ngram_char_grams" (every run before character n-grams) builds the
+    model those runs saved: no char_grams buffer, so their weights load strictly, and
+    indexing a tokenizer leaves it as it is; a bad count is refused by name."""
+    model = create_model("ngram", _config())
+    assert "char_grams" not in model.state_dict()
+    older = {k: v.clone() for k, v in model.state_dict().items()}
+    create_model("ngram", _config(seed=5)).load_state_dict(older, strict=True)
+    model.index_char_ngrams(Tokenizer.train(generate_posts(50, seed=1).texts, vocab_size=60))
+    assert "char_grams" not in model.state_dict()
+    with pytest.raises(ValueError, match=r"ngram_char_grams=-1 is invalid; accepted"):
+        create_model("ngram", _config(extra={"ngram_char_grams": -1}))
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -132,6 +213,7 @@ def test_train_ngram_writes_a_run_that_predicts_and_evaluates(
     predict; evaluate beats chance on labelled posts."""
     meta = json.loads((ngram_run / "config.json").read_text())
     assert meta["model"] == "ngram" and meta["model_config"]["input_dim"] == 32
+    assert meta["model_config"]["extra"]["ngram_char_grams"] == CHAR_GRAMS
     assert not (ngram_run / "baseline.json").exists()
     assert (
         "No n-gram baseline: this run's model is the baseline."
@@ -198,3 +280,13 @@ def test_ngram_defaults_in_train_help_are_the_ones_used() -> None:
             assert found[1] == str(used[action.dest]), action.dest
             checked.add(action.dest)
     assert {"learning_rate", "batch_size", "max_epochs", "input_dim"} <= checked
+
+
+def test_a_run_holds_its_tokenizers_char_ngrams(ngram_run: Path) -> None:
+    """train indexes the run's own tokenizer before training: best.pt's char_grams are those
+    of the run's vocabulary, as load_run serves them."""
+    run = load_run(ngram_run)
+    fresh = create_model("ngram", run.config)
+    fresh.index_char_ngrams(run.tokenizer)
+    assert int((fresh.char_grams >= 0).sum()) > 0
+    assert torch.equal(run.model.char_grams, fresh.char_grams)

@@ -2,7 +2,7 @@
 
     token ids -> unigrams, and bigrams (trigrams too with config.extra["ngram_order"] = 3) of
     consecutive ids hashed into `buckets` rows -> the mean of their rows of one embedding
-    table -> dropout -> linear head
+    table, plus the mean of the rows of the tokens' character n-grams -> dropout -> linear head
 
 The n-grams are formed inside the model from the run tokenizer's ids, with integer arithmetic
 only (multiply, add, modulo), so that the model takes (input_ids, attention_mask) like every
@@ -17,6 +17,20 @@ product stays below 2**45: int64 never overflows. A WordPiece tokenizer's pieces
 "##ing") make the unigrams and bigrams also the sub-word n-grams that fastText gets from
 character n-grams.
 
+Character n-grams (config.extra["ngram_char_grams"] = K > 0; new runs have CHAR_GRAMS): the
+character 2- to 5-grams of each vocabulary entry's text, a word-start entry marked with "<"
+("walk": "<w", "wa", ..., "walk"; "##ings": "in", "ng", "gs", "ing", "ngs"), at most K of
+them, hashed (FNV-1a of their UTF-8) into the same bucket rows as the bigrams. They are a
+buffer of the model, char_grams (vocab_size, K) of rows, -1 where an entry has fewer, filled
+from the run's tokenizer before training (`index_char_ngrams(tokenizer)`; until then no entry
+has any) and saved with the weights: the forward only gathers them by id, so ONNX and int8
+export them as they do the rest. The post's vector is the mean of its n-grams' rows plus the
+mean of all its tokens' character n-grams' rows, each normalised apart as TF-IDF + logistic
+regression's word and character features are before they are joined; averaging them into
+each token's row instead (fastText's word vectors) lost 3 points of validation macro-F1 on
+Debian. Runs made before them have no "ngram_char_grams": no buffer, and they load as they
+were. What was measured and chosen: training.presets.NGRAM_DEFAULTS.
+
 An n-gram counts where all its tokens are real (attention_mask True): padding, whatever its ids,
 never changes the output, and an empty post pools to zeros (its logits are the head's bias).
 The pooling is a masked mean written as a batched matrix product, (B, 1, N) @ (B, N, D): plain
@@ -29,18 +43,22 @@ config.input_dim. Every row takes part in each dense AdamW step, so the table's 
 training cost: see training.presets.NGRAM_DEFAULTS for the sizes measured.
 
 References: Joulin et al. 2017, "Bag of Tricks for Efficient Text Classification" (fastText);
+Bojanowski et al. 2017, "Enriching Word Vectors with Subword Information" (character n-grams);
 Weinberger et al. 2009, "Feature Hashing for Large Scale Multitask Learning".
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import nn
 
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.models._common import apply_init, check_inputs
+
+if TYPE_CHECKING:
+    from fbdl_fast.tokenizer import Tokenizer
 
 NGRAM_BUCKETS = 1 << 16  # hashed bigram and trigram rows (config.extra["ngram_buckets"] wins)
 # Longest n-gram: 1 (unigrams), 2 (+ bigrams) or 3 (+ trigrams). 2: on the Debian task (10,332
@@ -51,6 +69,31 @@ NGRAM_ORDER = 2
 # the bucket count, a power of two).
 BIGRAM_PRIME = 1_048_573
 TRIGRAM_PRIME = 1_048_571
+# Character n-grams of a vocabulary entry: their lengths (TF-IDF's char_wb 2-5 of the reference
+# in benches/studies/baselines.py) and the most kept per entry (config.extra["ngram_char_grams"]
+# of new runs: presets.NGRAM_DEFAULTS). 48 keeps every n-gram of an entry of up to 13 characters.
+CHAR_SIZES = (2, 3, 4, 5)
+CHAR_GRAMS = 48
+WORD_START = "<"  # marks the n-grams at the start of a word, as fastText's "<"
+FNV_OFFSET, FNV_PRIME = 2_166_136_261, 16_777_619  # FNV-1a, 32 bits
+
+
+def fnv1a(text: str) -> int:
+    """The 32-bit FNV-1a hash of `text`'s UTF-8: stable across processes (Python's hash() is
+    salted per process), so a tokenizer gives the same rows wherever it is indexed."""
+    value = FNV_OFFSET
+    for byte in text.encode("utf-8"):
+        value = ((value ^ byte) * FNV_PRIME) & 0xFFFFFFFF
+    return value
+
+
+def char_ngrams(token: str, limit: int) -> list[str]:
+    """The character n-grams (CHAR_SIZES) of a vocabulary entry, at most `limit`, shortest
+    first: a continuation piece ("##ing") gives those of its text, any other entry those of
+    WORD_START + its text; the whole marked entry is left out (its id is the unigram)."""
+    word = token[2:] if token.startswith("##") else WORD_START + token
+    grams = [word[i : i + n] for n in CHAR_SIZES for i in range(len(word) - n + 1)]
+    return [gram for gram in grams if gram != word][:limit]
 
 
 def ngram_rows(
@@ -80,12 +123,21 @@ class NgramClassifier(nn.Module):
         self.config = config
         self.buckets = int(config.extra.get("ngram_buckets", NGRAM_BUCKETS))
         self.order = int(config.extra.get("ngram_order", NGRAM_ORDER))
+        # 0 (runs made before character n-grams, no key): none, and no buffer to load.
+        self.char_limit = int(config.extra.get("ngram_char_grams", 0))
         if not 1 <= self.buckets <= 1 << 24:
             raise ValueError(
                 f"ngram_buckets={self.buckets} is invalid; accepted: an integer in [1, 2**24]"
             )
         if self.order not in (1, 2, 3):
             raise ValueError(f"ngram_order={self.order} is invalid; accepted: 1, 2 or 3")
+        if not 0 <= self.char_limit <= 1024:
+            raise ValueError(
+                f"ngram_char_grams={self.char_limit} is invalid; accepted: an integer in [0, 1024]"
+            )
+        if self.char_limit:
+            empty = torch.full((config.vocab_size, self.char_limit), -1, dtype=torch.long)
+            self.register_buffer("char_grams", empty)
         self.embedding = nn.Embedding(config.vocab_size + self.buckets, config.input_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.output_projection = nn.Linear(config.input_dim, config.num_classes)
@@ -96,6 +148,30 @@ class NgramClassifier(nn.Module):
         nn.init.uniform_(self.embedding.weight, -bound, bound)
         nn.init.xavier_uniform_(self.output_projection.weight)
         nn.init.zeros_(self.output_projection.bias)
+
+    @torch.no_grad()
+    def index_char_ngrams(self, tokenizer: Tokenizer) -> None:
+        """Fill char_grams with the rows of each vocabulary entry's character n-grams
+        (char_ngrams; none for special tokens). A model without character n-grams is left as
+        it is. ValueError when the tokenizer's vocabulary is not the model's size."""
+        if not self.char_limit:
+            return
+        vocab_size = self.config.vocab_size
+        if tokenizer.vocab_size != vocab_size:
+            raise ValueError(
+                f"the tokenizer has {tokenizer.vocab_size} entries, the model's vocabulary "
+                f"{vocab_size}: index the run's own tokenizer"
+            )
+        specials = set(tokenizer.special_tokens)
+        table = torch.full((vocab_size, self.char_limit), -1, dtype=torch.long)
+        for token_id in range(vocab_size):
+            token = tokenizer.id_to_token(token_id)
+            if token is None or token in specials:
+                continue
+            grams = char_ngrams(token, self.char_limit)
+            rows = [vocab_size + fnv1a(gram) % self.buckets for gram in grams]
+            table[token_id, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+        self.char_grams.copy_(table)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -108,10 +184,29 @@ class NgramClassifier(nn.Module):
         rows, weights = ngram_rows(
             input_ids, mask, self.config.vocab_size, self.buckets, self.order
         )
-        vectors = self.embedding(rows)  # (B, N, D)
-        counts = weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
-        pooled = torch.bmm((weights / counts)[:, None, :], vectors)[:, 0]  # (B, D)
+        pooled = _masked_mean(self.embedding(rows), weights)  # (B, D)
+        if self.char_limit:
+            grams = self.char_grams[input_ids.long()].flatten(1)  # (B, L * K) rows, -1: none
+            real = (grams >= 0) & mask.repeat_interleave(self.char_limit, dim=1)
+            # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
+            pooled = pooled + _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
         return self.output_projection(self.dropout(pooled))  # (B, C)
 
 
-__all__ = ["NGRAM_BUCKETS", "NGRAM_ORDER", "NgramClassifier", "ngram_rows"]
+def _masked_mean(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) rows and (B, N) weights -> (B, D): their weighted mean, zeros for a row of
+    zero weights."""
+    counts = weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+    return torch.bmm((weights / counts)[:, None, :], vectors)[:, 0]
+
+
+__all__ = [
+    "CHAR_GRAMS",
+    "CHAR_SIZES",
+    "NGRAM_BUCKETS",
+    "NGRAM_ORDER",
+    "NgramClassifier",
+    "char_ngrams",
+    "fnv1a",
+    "ngram_rows",
+]

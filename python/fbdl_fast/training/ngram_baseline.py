@@ -148,6 +148,7 @@ def fit_baseline(
     with torch.random.fork_rng(devices=[]), _quiet_trainer():
         train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
         model = create_model(presets.BASELINE_MODEL, config)
+        model.index_char_ngrams(tokenizer)  # its character n-grams: the run's vocabulary's
         trainer = Trainer(model, config, device=device, label_map=label_map)
         history = trainer.fit(train_loader, val_loader)
     best = (history.best_epoch or history.epochs) - 1

@@ -12,6 +12,7 @@ checkpoint (CHECKPOINT_FIELDS cannot be chosen). Torch-free: the CLI reads it to
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Optional
 
 MODEL_TITLES = {"transformer": "Transformer", "lstm": "LSTM", "cnn": "CNN"}
@@ -66,6 +67,10 @@ NGRAM_DEFAULTS: dict[str, Any] = {
     "patience": 2,
     "scheduler_type": "linear",
     "warmup_fraction": 0.0,
+    "label_smoothing": 0.1,
+    # Character 2-5-grams of each vocabulary entry, at most 48 an entry (models/ngram.py's
+    # CHAR_GRAMS); runs made before them have no such key and load as they were.
+    "extra": {"ngram_char_grams": 48},
 }
 
 
@@ -129,7 +134,7 @@ def config_defaults(model: str) -> dict[str, Any]:
     checkpoint's sizes (checkpoint_sizes' errors when it is not installed)."""
     values = dict(MODEL_DEFAULTS)
     if model == BASELINE_MODEL:
-        values.update(NGRAM_DEFAULTS)
+        values.update(copy.deepcopy(NGRAM_DEFAULTS))  # a run's config.extra is its own dict
     if is_fine_tuned(model):
         sizes = checkpoint_sizes(model)
         values.update(FINE_TUNE_DEFAULTS)

@@ -310,6 +310,8 @@ class _Run:
         distill = request.distillation  # its student may start from the teacher's weights
         pretrained = None if distill is not None and distill.shares_tokenizer else self.pretrained
         model = create_model(architecture(request.model), config, pretrained=pretrained)
+        if hasattr(model, "index_char_ngrams"):  # the n-gram model reads its vocabulary's text
+            model.index_char_ngrams(tokenizer)
         if distill is not None:
             distill.init_student(model, label_map)
         trainer = Trainer(
