@@ -139,6 +139,12 @@ def _char_model(tokenizer: Tokenizer) -> NgramClassifier:
     return model
 
 
+def _entries_with_most_char_ngrams(model: NgramClassifier, n: int) -> list[int]:
+    counts = (model.char_grams >= 0).sum(dim=1)
+    assert int(counts.max()) == model.char_limit
+    return counts.argsort(descending=True)[:n].tolist()
+
+
 def test_char_ngrams_are_indexed_from_the_tokenizer_and_pooled_apart() -> None:
     """index_char_ngrams gives each entry the rows of its character n-grams (none for special
     tokens, -1 past an entry's own); logits = head(mean of the n-grams' rows + mean of the
@@ -169,12 +175,43 @@ def test_char_ngrams_leave_padding_and_empty_posts_alone() -> None:
     model = _char_model(tokenizer)
     ids = torch.tensor([tokenizer.encode("lovely day")])
     base = model(ids, torch.ones_like(ids))
-    filler = torch.tensor([[40, 41, 42]])  # real entries' ids, with character n-grams
+    filler = torch.tensor([_entries_with_most_char_ngrams(model, 3)])  # grams to pool, if real
     padded = torch.cat([ids, filler], dim=1)
     mask = torch.cat([torch.ones_like(ids), torch.zeros_like(filler)], dim=1)
     torch.testing.assert_close(model(padded, mask), base, atol=1e-6, rtol=0)
     empty = model(filler, torch.zeros_like(filler))
     torch.testing.assert_close(empty[0], model.output_projection.bias, atol=0, rtol=0)
+
+
+def test_predicting_with_entry_sums_gives_the_gathered_logits_after_any_change() -> None:
+    """Without gradients, in eval mode, the model pools each entry's cached sum of rows; the
+    logits are those of gathering every character n-gram's row (with gradients), before and
+    after the table changes in place and after load_state_dict: the cache never goes stale."""
+    tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=300)
+    model = _char_model(tokenizer)
+    rich = _entries_with_most_char_ngrams(model, 5)
+    ids = torch.tensor([[2, *rich[:4], 3, 0], [2, rich[4], 3, 0, 0, 0, 0]])
+    mask = ids != 0
+
+    def both() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            cached = model(ids, mask)
+        return cached, model(ids, mask).detach()  # with gradients: every row gathered
+
+    cached, gathered = both()
+    torch.testing.assert_close(cached, gathered, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        model.embedding.weight.add_(torch.randn_like(model.embedding.weight))
+    cached, gathered = both()
+    torch.testing.assert_close(cached, gathered, atol=1e-6, rtol=1e-5)
+    other = _char_model(tokenizer)
+    with torch.no_grad():
+        other.embedding.weight.normal_()
+    model.load_state_dict(other.state_dict())
+    cached, gathered = both()
+    torch.testing.assert_close(cached, gathered, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, mask), other(ids, mask), atol=1e-6, rtol=1e-5)
 
 
 def test_a_model_without_char_ngrams_is_the_one_older_runs_saved() -> None:

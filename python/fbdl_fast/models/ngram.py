@@ -138,6 +138,7 @@ class NgramClassifier(nn.Module):
         if self.char_limit:
             empty = torch.full((config.vocab_size, self.char_limit), -1, dtype=torch.long)
             self.register_buffer("char_grams", empty)
+        self._char_cache: Optional[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = None
         self.embedding = nn.Embedding(config.vocab_size + self.buckets, config.input_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.output_projection = nn.Linear(config.input_dim, config.num_classes)
@@ -186,11 +187,45 @@ class NgramClassifier(nn.Module):
         )
         pooled = _masked_mean(self.embedding(rows), weights)  # (B, D)
         if self.char_limit:
-            grams = self.char_grams[input_ids.long()].flatten(1)  # (B, L * K) rows, -1: none
+            pooled = pooled + self._char_mean(input_ids.long(), mask)
+        return self.output_projection(self.dropout(pooled))  # (B, C)
+
+    def _char_mean(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, L) ids and mask -> (B, D): the mean of the rows of the real tokens' character
+        n-grams. Training (and export, and anything taking gradients) gathers every token's K
+        rows; predicting uses each entry's sum of rows, kept until the weights change: the
+        same mean, with one row a token instead of K, most of them the -1 slots of short
+        entries (Debian's vocabulary: 14 of 48 used on average), which made predict half as
+        fast as the model without character n-grams."""
+        if self.training or torch.is_grad_enabled() or _tracing():
+            grams = self.char_grams[ids].flatten(1)  # (B, L * K) rows, -1: none
             real = (grams >= 0) & mask.repeat_interleave(self.char_limit, dim=1)
             # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
-            pooled = pooled + _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
-        return self.output_projection(self.dropout(pooled))  # (B, C)
+            return _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
+        sums, counts = self._char_sums()
+        real = mask.float()
+        total = (counts[ids] * real).sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+        return torch.bmm((real / total)[:, None, :], sums[ids])[:, 0]
+
+    def _char_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vocab_size, D) sums of each entry's character n-gram rows and (vocab_size,) their
+        counts, computed again whenever the table or char_grams is another tensor or was
+        written in place since (load_state_dict, an optimizer step, .to(), a deep copy)."""
+        weight, grams = self.embedding.weight, self.char_grams
+        key = (weight.data_ptr(), weight._version, grams.data_ptr(), grams._version)
+        if self._char_cache is None or self._char_cache[0] != key:
+            owner, slot = (grams >= 0).nonzero(as_tuple=True)
+            sums = torch.zeros_like(weight[: self.config.vocab_size])
+            sums.index_add_(0, owner, weight[grams[owner, slot]])
+            counts = (grams >= 0).sum(dim=1).to(weight.dtype)
+            self._char_cache = (key, sums, counts)
+        return self._char_cache[1], self._char_cache[2]
+
+
+def _tracing() -> bool:
+    """True while torch.export, torch.compile or TorchScript traces the model: the graph they
+    record must compute everything from the weights, with no cache of Python's."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _masked_mean(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
