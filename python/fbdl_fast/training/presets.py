@@ -71,8 +71,8 @@ MODEL_DEFAULTS: dict[str, Any] = {
 # buckets (0.770 / 0.699 at 4 times the training time), weight decay 0.01 (0.767 / 0.692), lr
 # 5e-3 (0.766 / 0.599), dropping 30% or 50% of a post's n-grams while training (0.758 / 0.685),
 # the character n-grams averaged into each token's row as fastText does (0.735 / 0.685), and a
-# plain linear model (width = classes, no hidden layer) with idf and L2 norm, under AdamW,
-# Adagrad or SGD (0.729-0.753 / 0.671-0.688): it overfits within an epoch or two, or is still
+# plain linear model (width = classes, no hidden layer), idf and L2 norm or not, under AdamW,
+# Adagrad or SGD (0.711-0.755 / 0.652-0.688): it overfits within an epoch or two, or is still
 # learning at 30. What is left looks like the features, not the optimiser: logistic regression
 # fitted to convergence (L-BFGS, idf, L2 norm) on the model's hashed unigram and bigram rows got
 # 0.775 / 0.711 (Debian: one split) where the model had 0.772 / 0.692, and scikit-learn's on the
