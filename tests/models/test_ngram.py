@@ -327,3 +327,40 @@ def test_a_run_holds_its_tokenizers_char_ngrams(ngram_run: Path) -> None:
     fresh.index_char_ngrams(run.tokenizer)
     assert int((fresh.char_grams >= 0).sum()) > 0
     assert torch.equal(run.model.char_grams, fresh.char_grams)
+
+
+def test_a_run_without_char_ngrams_loads_predicts_and_exports(tmp_path: Path) -> None:
+    """A run folder as every n-gram run before character n-grams wrote it (config.json's
+    extra without "ngram_char_grams", best.pt without char_grams) loads, predicts through the
+    library and the CLI alike, and exports to ONNX within its tolerance."""
+    import fbdl_fast
+
+    posts = generate_posts(120, seed=5)
+    run = tmp_path / "old"
+    fbdl_fast.train(
+        texts=posts.texts,
+        labels=posts.labels,
+        model="ngram",
+        output=run,
+        extra={},
+        vocab_size=200,
+        max_seq_length=32,
+        epochs=1,
+    )
+    assert (
+        "ngram_char_grams"
+        not in json.loads((run / "config.json").read_text())["model_config"]["extra"]
+    )
+    assert not any("char_grams" in k for k in torch.load(run / "best.pt")["model"])
+    texts = generate_posts(10, seed=6).texts
+    loaded = load_run(run)
+    assert loaded.model.char_limit == 0
+    out = tmp_path / "p.jsonl"
+    argv = ["predict", "--run", str(run), "--output", str(out), "--quiet"]
+    assert main([*argv, *[a for t in texts for a in ("--text", t)]]) == 0
+    got = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    assert got == [p.label for p in loaded.predict(texts)]
+    assert main(["export", "--run", str(run), "--format", "onnx", "--quiet"]) == 0
+    onnx = load_run(run, checkpoint="onnx").predict(texts)
+    for a, b in zip(onnx, loaded.predict(texts)):
+        assert abs(a.probability - b.probability) <= serving_onnx.ONNX_TOLERANCE
