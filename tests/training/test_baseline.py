@@ -135,6 +135,33 @@ def test_fitting_the_baseline_leaves_the_random_state_alone() -> None:
     assert fit_baseline(train, val, tokenizer, labels, config).val_loss == first.val_loss
 
 
+def test_the_baseline_indexes_the_runs_tokenizer_before_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fit_baseline gives the n-gram model the run's own tokenizer's character n-grams (the
+    default) before its first step: without them it would train without its character
+    features."""
+    from fbdl_fast.models.ngram import NgramClassifier
+
+    posts = generate_posts(60, seed=4)
+    train, val = split_posts(posts, 0.25, 0, stratify=True)
+    tokenizer = Tokenizer.train(train.texts, vocab_size=200)
+    labels = LabelMap.from_labels(posts.labels)
+    config = fbdl_fast.ModelConfig(
+        vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_token_id=0, max_epochs=1
+    )
+    indexed = []
+    original = NgramClassifier.index_char_ngrams
+
+    def spy(model: NgramClassifier, given: Tokenizer) -> None:
+        original(model, given)
+        indexed.append((given, int((model.char_grams >= 0).sum())))
+
+    monkeypatch.setattr(NgramClassifier, "index_char_ngrams", spy)
+    fit_baseline(train, val, tokenizer, labels, config)
+    assert len(indexed) == 1 and indexed[0][0] is tokenizer and indexed[0][1] > 0
+
+
 def test_no_baseline_turns_it_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--no-baseline (baseline=False): no baseline.json, report.md says it was turned off, the
     last line has no comparison; the flag defaults to on."""
