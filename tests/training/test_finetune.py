@@ -67,8 +67,9 @@ def test_minilm_defaults_are_the_fine_tuning_recipe_and_flags_win() -> None:
     """The library's defaults for model="minilm" are the recipe and the checkpoint's sizes;
     keywords (and the CLI's flags, which become them) win; the reference models keep theirs."""
     request, config = train_request("minilm", data="p.csv")
-    assert recipe_of(config) == (5e-5, 0.01, 3, "linear", 128)
+    assert recipe_of(config) == (1e-4, 0.01, 6, "linear", 128)
     assert (config.warmup_fraction, config.decay_biases_and_norms) == (0.06, False)
+    assert (config.monitor, config.patience) == ("val_f1", 3)
     sizes = (config.input_dim, config.hidden_dim, config.num_layers, config.num_heads)
     assert sizes == (384, 1536, 6, 12)  # the checkpoint's config.json
     assert presets.tokenizer_settings("minilm") == ("checkpoint", 30522)  # its vocab.txt
@@ -81,6 +82,7 @@ def test_minilm_defaults_are_the_fine_tuning_recipe_and_flags_win() -> None:
     # The from-scratch models keep theirs.
     request, config = parsed("--model", "cnn")
     assert recipe_of(config) == (1e-3, 1e-5, 5, "cosine", 128)
+    assert config.monitor == "val_loss"
     assert config.input_dim == 128
     assert presets.tokenizer_settings("cnn", request.tokenizer_style, request.vocab_size) == (
         "social",
@@ -102,7 +104,7 @@ def test_minilm_run_folder_records_kind_sizes_and_weights(minilm_run: tuple[Path
     assert sizes == [384, 1536, 6, 12]
     assert (config["vocab_size"], config["max_seq_length"]) == (30522, 16)  # table cut to 16
     assert (config["learning_rate"], config["weight_decay"], config["scheduler_type"]) == (
-        5e-5,
+        1e-4,
         0.01,
         "linear",
     )
