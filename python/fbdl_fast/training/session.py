@@ -115,10 +115,8 @@ def train_run(request: TrainRequest, config: ModelConfig, say: Optional[Say] = N
     Threads: torch's intra-op CPU threads are request.threads for the call (default 1, the CLI's
     --threads) and restored afterwards, also on error. The batches are built in the main process,
     so more threads only split each small matrix product, and on a busy machine they wait on each
-    other. On this project's 2-core machine the README's tour (a CNN trained for 2 epochs on
-    2,000 posts, then predicting) took 1.7x as long with torch's default of 2 threads as with 1
-    while another process kept a core busy (12.1 s against 7.1 s), and 13% less when nothing else
-    ran (6.8 s against 7.8 s): docs/library.md, benches/studies/tour_vs_cli.py.
+    other: 2 threads made the README's tour 1.7x slower with one core busy, 13% faster with both
+    free (docs/library.md, benches/studies/tour_vs_cli.py).
     """
     import torch
 
