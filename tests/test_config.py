@@ -29,7 +29,7 @@ def test_defaults_are_the_designs() -> None:
         "use_mixed_precision": True,
     }
     assert {name: getattr(config, name) for name in design} == design
-    # the design's optimiser (AdamW) and the completions
+    # the design's optimiser (AdamW) and the completions added since
     assert (config.optimizer_type, config.scheduler_type, config.loss) == (
         "adamw",
         "cosine",

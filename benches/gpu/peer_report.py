@@ -134,7 +134,7 @@ def _memory(op_rows: list[Row], **wanted: Any) -> list[tuple[float, str]]:
 
 FWD_BWD = "forward+backward"
 # gpu_report goal name: (peer op, its values against the best peer with that peer's name, sense,
-# threshold). The goals against the peers; where it gives none, the goal's own threshold.
+# threshold). The project's goals against the peers; where it gives none, the goal's own threshold.
 PEER_GOALS: dict[str, tuple[str, Any, str, float]] = {
     "LayerNorm fwd+bwd vs torch, bf16 autocast, N 768/1024": (
         "layer_norm_peers", lambda r: _speedups(r, mode=FWD_BWD, hidden=(768, 1024)), ">=", 1.3,

@@ -11,7 +11,7 @@ On each task folder's train.csv / test.csv (text,label, as datasets.py writes th
   multinomial logistic regression over the two. C is picked from --c on a seeded, stratified 20%
   validation split of train.csv (best validation macro-F1; the smaller C on a tie), then the
   model is refitted on all of train.csv.
-- fastText (supervised, word bigrams, 25 epochs, as the issue's reference figure) when the
+- fastText (supervised, word bigrams, 25 epochs, the usual reference setting) when the
   `fasttext` module imports; otherwise the row says it was not measured and why.
 - the majority class of train.csv: the floor.
 

@@ -161,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--teacher-lr",
         type=float,
         default=1e-4,
-        help="the teacher's --lr (1e-4: the issue's best Debian MiniLM; 0: minilm's default)",
+        help="the teacher's --lr (1e-4: the best Debian MiniLM of the sweep; 0: minilm's default)",
     )
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--augment", type=int, default=2)
