@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -117,16 +118,23 @@ def test_comparison_says_plainly_when_the_baseline_wins() -> None:
     )
 
 
-def test_fitting_the_baseline_leaves_the_random_state_alone() -> None:
-    """fit_baseline draws its weights and order from the run's seed, not torch's global RNG,
-    and leaves that RNG where it was."""
-    posts = generate_posts(80, seed=2)
+def small_split(n: int, seed: int) -> tuple[Any, Any, Tokenizer, LabelMap, fbdl_fast.ModelConfig]:
+    """Synthetic posts split 75/25, a tokenizer trained on the training part, the labels, and a
+    one-epoch config sized to them: what fit_baseline takes."""
+    posts = generate_posts(n, seed=seed)
     train, val = split_posts(posts, 0.25, 0, stratify=True)
     tokenizer = Tokenizer.train(train.texts, vocab_size=200)
     labels = LabelMap.from_labels(posts.labels)
     config = fbdl_fast.ModelConfig(
         vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_token_id=0, max_epochs=1
     )
+    return train, val, tokenizer, labels, config
+
+
+def test_fitting_the_baseline_leaves_the_random_state_alone() -> None:
+    """fit_baseline draws its weights and order from the run's seed, not torch's global RNG,
+    and leaves that RNG where it was."""
+    train, val, tokenizer, labels, config = small_split(80, seed=2)
     torch.manual_seed(123)
     before = torch.get_rng_state()
     first = fit_baseline(train, val, tokenizer, labels, config)
@@ -143,13 +151,7 @@ def test_the_baseline_indexes_the_runs_tokenizer_before_training(
     features."""
     from fbdl_fast.models.ngram import NgramClassifier
 
-    posts = generate_posts(60, seed=4)
-    train, val = split_posts(posts, 0.25, 0, stratify=True)
-    tokenizer = Tokenizer.train(train.texts, vocab_size=200)
-    labels = LabelMap.from_labels(posts.labels)
-    config = fbdl_fast.ModelConfig(
-        vocab_size=tokenizer.vocab_size, num_classes=len(labels), pad_token_id=0, max_epochs=1
-    )
+    train, val, tokenizer, labels, config = small_split(60, seed=4)
     indexed = []
     original = NgramClassifier.index_char_ngrams
 
