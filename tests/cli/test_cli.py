@@ -207,6 +207,25 @@ def test_predict_csv_is_safe_in_spreadsheets_and_keeps_columns(
     assert "column(s) 'user' not found in" in capsys.readouterr().err
 
 
+def test_predict_refuses_a_kept_column_named_as_an_output_column(
+    trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kept input column called label (the posts' own labels, say) would be lost under the
+    predicted label in a JSON line and doubled in a CSV header: refused before predicting."""
+    _, run = trained
+    data = tmp_path / "gold.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("id", "message", "label"), ("1", "so happy today", "positive")])
+    argv = ["predict", "--run", str(run), "--data", str(data), "--text-column", "message"]
+    for out in ("p.jsonl", "p.csv"):
+        argv_out = [*argv, "--keep-columns", "id,label", "--output", str(tmp_path / out)]
+        assert main(argv_out) == 2
+        err = capsys.readouterr().err
+        assert "--keep-columns label: the output has its own column of that name" in err
+        assert "Traceback" not in err and not (tmp_path / out).exists()
+    assert main([*argv, "--keep-columns", "id", "--output", str(tmp_path / "ok.jsonl")]) == 0
+
+
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_interrupted_predict_leaves_no_file(
     trained: tuple[Path, Path],
@@ -222,9 +241,9 @@ def test_interrupted_predict_leaves_no_file(
     from fbdl_fast.training.loading import Run
 
     data, run = trained
-    real, calls = Run.class_probabilities, []
+    real, calls = Run._probabilities, []
 
-    def interrupted(*args: object) -> list[list[float]]:
+    def interrupted(*args: object) -> object:
         calls.append(1)
         if len(calls) == 2:  # the first chunk is written by then
             if how == "sigterm":
@@ -233,7 +252,7 @@ def test_interrupted_predict_leaves_no_file(
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(cli, "PREDICT_CHUNK", 64)
-    monkeypatch.setattr(Run, "class_probabilities", interrupted)
+    monkeypatch.setattr(Run, "_probabilities", interrupted)
     out = tmp_path / "p.csv"
     argv = ["predict", "--run", str(run), "--data", str(data), "--output", str(out), "--quiet"]
     assert main(argv) == (143 if how == "sigterm" else 130)
@@ -287,13 +306,13 @@ def test_commands_run_on_one_thread_unless_told(
 
     _, run = trained
     before, seen = torch.get_num_threads(), []
-    real = Run.class_probabilities
+    real = Run._probabilities
 
-    def recording(*args: object) -> list[list[float]]:
+    def recording(*args: object) -> object:
         seen.append(torch.get_num_threads())
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Run, "class_probabilities", recording)
+    monkeypatch.setattr(Run, "_probabilities", recording)
     assert main(["predict", "--run", str(run), "--text", "hi", "--quiet"]) == 0
     assert main(["predict", "--run", str(run), "--text", "hi", "--quiet", "--threads", "3"]) == 0
     assert seen == [1, 3] and torch.get_num_threads() == before

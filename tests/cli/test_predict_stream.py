@@ -136,7 +136,7 @@ from fbdl_fast.training.loading import Run
 
 page = os.sysconf("SC_PAGE_SIZE")
 rss, read = [], [0]
-original_chunk, original_iter = Run.class_probabilities, data.iter_posts
+original_chunk, original_iter = Run._probabilities, data.iter_posts
 
 def iter_posts(*args, **kwargs):
     for post in original_iter(*args, **kwargs):
@@ -148,7 +148,7 @@ def predict_chunk(run, texts, batch_size=None):
         rss.append((int(f.read().split()[1]) * page / 2**20, read[0]))
     return original_chunk(run, texts, batch_size)
 
-Run.class_probabilities, data.iter_posts = predict_chunk, iter_posts
+Run._probabilities, data.iter_posts = predict_chunk, iter_posts
 code = main(sys.argv[2:])
 with open(sys.argv[1], "w") as f:
     json.dump(rss, f)

@@ -29,7 +29,7 @@ import itertools
 import os
 import reprlib
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
@@ -41,14 +41,14 @@ from fbdl_fast.runs import (
     checkpoint_path,
     read_run_files,
 )
+from fbdl_fast.training.results import MultiLabelEvaluation, Prediction, RunEvaluation
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
     from torch.utils.data import DataLoader
 
-    from fbdl_fast.data import Label, Posts
-    from fbdl_fast.reports.evaluation import Evaluation
-    from fbdl_fast.reports.multilabel_report import MultiLabelDetails
+    from fbdl_fast.data import Posts
     from fbdl_fast.serving.provenance import ServedModel
     from fbdl_fast.training.trainer import Trainer
 
@@ -67,86 +67,6 @@ MAX_BATCH_SIZE = 1 << 24  # posts a batch or chunk: far past any memory, inside 
 PREDICT_CHUNK = 4096
 SERVED_FORMATS = ("int8", "onnx", "onnx-int8")  # checkpoint= values that read an export
 DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (training.multilabel)
-
-
-# ====================
-# Results
-# ====================
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One text's prediction (Run.predict): the most probable class and every class's
-    probability, and for multi-label runs the classes at or above their thresholds.
-
-    Example: Prediction(text='so happy today', label='positive', probability=0.91,
-    probabilities={'negative': 0.03, 'positive': 0.91, ...}, labels=None, ...)."""
-
-    text: str
-    label: Label  # the most probable class
-    probability: float  # its probability
-    probabilities: dict[str, float]  # every class (label as str -> probability), in class order
-    # Multi-label runs: the classes at or above their threshold (possibly none), in class
-    # order, and their probabilities; None for single-label runs.
-    labels: Optional[tuple[Label, ...]] = None
-    label_probabilities: Optional[tuple[float, ...]] = None
-
-
-@dataclass(frozen=True)
-class RunEvaluation:
-    """A single-label run's figures on labelled posts: what `fbdl-fast evaluate --json` prints.
-
-    `details` holds the per-class scores, the confusion matrix, the most confused pairs and the
-    calibration (fbdl_fast.reports.evaluation.Evaluation: `.text()`, `.write(folder)`)."""
-
-    run: Path
-    data: str  # the posts file as given, or the Posts' source
-    checkpoint: str  # the file the weights came from (best.pt, model.onnx, ...)
-    num_samples: int
-    loss: float
-    accuracy: float
-    macro_f1: float
-    ece: float  # expected calibration error of the probabilities predict gives
-    details: Evaluation = field(repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        """The headline figures, as `fbdl-fast evaluate` prints them first."""
-        names = ("run", "data", "checkpoint", "num_samples", "loss", "accuracy", "macro_f1", "ece")
-        values = {name: getattr(self, name) for name in names}
-        return {**values, "run": str(self.run)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-ready: `fbdl-fast evaluate --json`'s object."""
-        return {**self.summary(), **self.details.to_dict()}
-
-
-@dataclass(frozen=True)
-class MultiLabelEvaluation:
-    """A multi-label run's figures on labelled posts at its thresholds: what `fbdl-fast evaluate
-    --json` prints (subset accuracy: the posts whose whole label set is right). `details`: per
-    class (fbdl_fast.reports.multilabel_report.MultiLabelDetails: `.write(folder)`)."""
-
-    run: Path
-    data: str
-    checkpoint: str
-    num_samples: int
-    loss: float
-    subset_accuracy: float
-    micro_f1: float
-    macro_f1: float
-    hamming_loss: float
-    thresholds: dict[str, float]  # label -> threshold used (0.5 where none was tuned)
-    details: MultiLabelDetails = field(repr=False)
-
-    def summary(self) -> dict[str, Any]:
-        """Every figure but the thresholds, as `fbdl-fast evaluate` prints them."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        del values["thresholds"], values["details"]
-        return {**values, "run": str(self.run)}
-
-    def to_dict(self) -> dict[str, Any]:
-        """Everything, JSON-ready: `fbdl-fast evaluate --json`'s object."""
-        return {**self.summary(), "thresholds": dict(self.thresholds), **self.details.to_dict()}
 
 
 # ====================
@@ -225,18 +145,20 @@ class Run(RunFiles):
     ) -> list[list[float]]:
         """Every class's probability for each of `texts`, in their order, in one pass (predict
         splits its input into chunks and calls this once a chunk)."""
+        return self._probabilities(texts, batch_size).tolist() if texts else []
+
+    def _probabilities(self, texts: Sequence[str], batch_size: Optional[int]) -> torch.Tensor:
+        """class_probabilities as a (len(texts), classes) tensor; texts not empty."""
         import torch
 
         from fbdl_fast.data import loader_order
 
-        if not texts:
-            return []
         loader = self.loader(texts, None, batch_size)
         with self._torch_threads():
             _, probs = self.trainer.predict(loader)
         ordered = torch.empty_like(probs)
         ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
-        return ordered.tolist()
+        return ordered
 
     def predict(self, texts: Iterable[str], batch_size: Optional[int] = None) -> list[Prediction]:
         """A Prediction for each text, in input order.
@@ -293,14 +215,20 @@ class Run(RunFiles):
         names, start = self.names, 0
         while block := list(itertools.islice(posts, size)):
             _check_texts(block, start)
-            rows = self.class_probabilities(block, batch_size)
-            yield [self._prediction(t, p, names, thresholds) for t, p in zip(block, rows)]
+            probs = self._probabilities(block, batch_size)
+            # argmax a chunk at once (the first of equal maxima, as max() would take)
+            rows, tops = probs.tolist(), probs.argmax(dim=1).tolist()
+            yield [self._prediction(*row, names, thresholds) for row in zip(block, rows, tops)]
             start += len(block)
 
     def _prediction(
-        self, text: str, probs: list[float], names: list[str], thresholds: Sequence[float]
+        self,
+        text: str,
+        probs: list[float],
+        best: int,
+        names: list[str],
+        thresholds: Sequence[float],
     ) -> Prediction:
-        best = max(range(len(probs)), key=probs.__getitem__)
         probabilities = dict(zip(names, probs))
         top = self.label_map.decode(best)
         if not self.config.multi_label:
