@@ -92,6 +92,8 @@ class Variant(NgramClassifier):
     def forward(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
     ) -> torch.Tensor:
+        if self.word_chars:  # whole-word character n-grams: the model's own forward
+            return super().forward(input_ids, attention_mask)
         mask = attention_mask.bool()
         rows, weights = ngram_rows(input_ids, mask, self.config.vocab_size, self.buckets, 2)
         if "idf" in self.pooling:

@@ -21,6 +21,8 @@ from fbdl_fast.models.ngram import (
     char_ngrams,
     fnv1a,
     ngram_rows,
+    poly_hash,
+    word_char_ngrams,
 )
 from fbdl_fast.serving import onnx as serving_onnx
 from fbdl_fast.tokenizer import Tokenizer
@@ -130,13 +132,67 @@ def test_char_ngrams_of_an_entry_and_their_hash() -> None:
     assert fnv1a("a") == 0xE40C292C and fnv1a("") == 2_166_136_261
 
 
-def _char_model(tokenizer: Tokenizer) -> NgramClassifier:
-    config = _config(
-        vocab_size=tokenizer.vocab_size, extra={"ngram_buckets": BUCKETS, "ngram_char_grams": 6}
-    )
-    model = create_model("ngram", config).eval()
+def _char_model(tokenizer: Tokenizer, word_chars: bool = False, limit: int = 6) -> NgramClassifier:
+    extra = {"ngram_buckets": BUCKETS, "ngram_char_grams": limit, "ngram_word_chars": word_chars}
+    model = create_model("ngram", _config(vocab_size=tokenizer.vocab_size, extra=extra)).eval()
     model.index_char_ngrams(tokenizer)
     return model
+
+
+def test_whole_word_char_ngrams_of_a_word_and_their_hash() -> None:
+    """A word's n-grams: each piece's own, the last piece's 1-4 last characters + ">", and the
+    2-5-grams over each boundary between two pieces; the polynomial hash composes across a
+    boundary, h(x + y) = h(x) * BASE**len(y) + h(y) (mod its prime), which the forward uses."""
+    grams = word_char_ngrams(["wal", "##king"])
+    own = ["<w", "wa", "al", "<wa", "wal", "ki", "in", "ng", "kin", "ing"]
+    ends = ["g>", "ng>", "ing>", "king>"]
+    spans = ["lk", "lki", "lkin", "lking", "alk", "alki", "alkin", "walk", "walki", "<walk"]
+    assert grams == own + ends + spans
+    assert word_char_ngrams(["a"]) == ["a>", "<a>"]
+    assert poly_hash("") == 0 and poly_hash("a") == ord("a")
+    assert poly_hash("lking") == (poly_hash("l") * 1_000_003**4 + poly_hash("king")) % (2**31 - 1)
+
+
+def _words(tokenizer: Tokenizer, ids: list[int]) -> list[list[str]]:
+    """The words of a post's ids as their pieces; special tokens end a word and are none."""
+    words: list[list[str]] = []
+    for token_id in ids:
+        token = tokenizer.id_to_token(token_id)
+        assert token is not None
+        if token in tokenizer.special_tokens:
+            words.append([])
+        elif token.startswith("##") and words and words[-1]:
+            words[-1].append(token)
+        else:
+            words.append([token])
+    return [word for word in words if word]
+
+
+def test_whole_word_char_ngrams_are_pooled_as_the_reference_says() -> None:
+    """With ngram_word_chars, the character n-grams pooled are word_char_ngrams' of each word,
+    hashed with poly_hash: logits checked against a loop over words, on posts whose words are
+    split into pieces; predicting (cached sums) gives the same logits, as padding changes
+    nothing."""
+    tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=120)
+    model = _char_model(tokenizer, word_chars=True, limit=48)
+    vocab, weight = tokenizer.vocab_size, model.embedding.weight
+    texts = ["win a free phone now", "unbelievable customer service today"]
+    for text in texts:
+        ids = tokenizer.encode(text)
+        words = _words(tokenizer, ids)
+        assert any(len(word) > 1 for word in words)  # there are boundaries inside words
+        rows = ids + [vocab + (a * BIGRAM_PRIME + b) % BUCKETS for a, b in zip(ids, ids[1:])]
+        chars = [vocab + poly_hash(g) % BUCKETS for w in words for g in word_char_ngrams(w)]
+        expected = model.output_projection(weight[rows].mean(0) + weight[chars].mean(0))[None]
+        batch = torch.tensor([ids])
+        gathered = model(batch, torch.ones_like(batch))
+        torch.testing.assert_close(gathered, expected, atol=1e-6, rtol=1e-5)
+        padded = torch.tensor([[*ids, 5, 6, 7]])
+        mask = torch.tensor([[1] * len(ids) + [0, 0, 0]])
+        with torch.no_grad():
+            torch.testing.assert_close(model(padded, mask), expected, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"ngram_word_chars needs character n-grams"):
+        create_model("ngram", _config(extra={"ngram_word_chars": True}))
 
 
 def _entries_with_most_char_ngrams(model: NgramClassifier, n: int) -> list[int]:
@@ -168,11 +224,12 @@ def test_char_ngrams_are_indexed_from_the_tokenizer_and_pooled_apart() -> None:
     torch.testing.assert_close(model(ids, torch.ones_like(ids)), expected, atol=1e-6, rtol=1e-5)
 
 
-def test_char_ngrams_leave_padding_and_empty_posts_alone() -> None:
+@pytest.mark.parametrize("word_chars", [False, True], ids=["pieces", "words"])
+def test_char_ngrams_leave_padding_and_empty_posts_alone(word_chars: bool) -> None:
     """With character n-grams, padding (whatever its ids) still changes nothing and a post
     with no real token still gives the head's bias."""
     tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=300)
-    model = _char_model(tokenizer)
+    model = _char_model(tokenizer, word_chars)
     ids = torch.tensor([tokenizer.encode("lovely day")])
     base = model(ids, torch.ones_like(ids))
     filler = torch.tensor([_entries_with_most_char_ngrams(model, 3)])  # grams to pool, if real
@@ -183,14 +240,21 @@ def test_char_ngrams_leave_padding_and_empty_posts_alone() -> None:
     torch.testing.assert_close(empty[0], model.output_projection.bias, atol=0, rtol=0)
 
 
-def test_predicting_with_entry_sums_gives_the_gathered_logits_after_any_change() -> None:
+@pytest.mark.parametrize("word_chars", [False, True], ids=["pieces", "words"])
+def test_predicting_with_entry_sums_gives_the_gathered_logits_after_any_change(
+    word_chars: bool,
+) -> None:
     """Without gradients, in eval mode, the model pools each entry's cached sum of rows; the
     logits are those of gathering every character n-gram's row (with gradients), before and
     after the table changes in place and after load_state_dict: the cache never goes stale."""
     tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=300)
-    model = _char_model(tokenizer)
+    model = _char_model(tokenizer, word_chars)
     rich = _entries_with_most_char_ngrams(model, 5)
-    ids = torch.tensor([[2, *rich[:4], 3, 0], [2, rich[4], 3, 0, 0, 0, 0]])
+    vocab = range(tokenizer.vocab_size)
+    pieces = [i for i in vocab if (tokenizer.id_to_token(i) or "").startswith("##")][:2]
+    ids = torch.tensor(
+        [[2, *rich[:4], 3, 0], [2, rich[4], 3, 0, 0, 0, 0], [2, rich[0], *pieces, rich[1], 3, 0]]
+    )  # the third: a word of three pieces (boundaries inside it)
     mask = ids != 0
 
     def both() -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +268,7 @@ def test_predicting_with_entry_sums_gives_the_gathered_logits_after_any_change()
         model.embedding.weight.add_(torch.randn_like(model.embedding.weight))
     cached, gathered = both()
     torch.testing.assert_close(cached, gathered, atol=1e-6, rtol=1e-5)
-    other = _char_model(tokenizer)
+    other = _char_model(tokenizer, word_chars)
     with torch.no_grad():
         other.embedding.weight.normal_()
     model.load_state_dict(other.state_dict())
@@ -364,3 +428,26 @@ def test_a_run_without_char_ngrams_loads_predicts_and_exports(tmp_path: Path) ->
     onnx = load_run(run, checkpoint="onnx").predict(texts)
     for a, b in zip(onnx, loaded.predict(texts)):
         assert abs(a.probability - b.probability) <= serving_onnx.ONNX_TOLERANCE
+
+
+def test_whole_word_char_ngrams_export_to_onnx() -> None:
+    """The n-grams across pieces are integer arithmetic on the ids: export's own exporters and
+    onnxruntime check pass, and the file gives torch's logits on padded batches of real posts
+    of other shapes than the traced one."""
+    from types import SimpleNamespace
+
+    pytest.importorskip("onnxruntime")
+    tokenizer = Tokenizer.train(generate_posts(200, seed=2).texts, vocab_size=120)
+    model = _char_model(tokenizer, word_chars=True, limit=48)
+    run = SimpleNamespace(model=model, config=model.config, meta={"model": "ngram"}, path="-")
+    data, done, _, _ = serving_onnx._checked_fp32(run, lambda message: None)  # type: ignore[arg-type]
+    assert done["max_abs_diff"] <= serving_onnx.ONNX_TOLERANCE
+    texts = generate_posts(12, seed=9).texts
+    for batch in (texts[:4], texts[4:]):
+        encoded = tokenizer.encode_batch(batch)
+        ids = torch.as_tensor(encoded["input_ids"]).long()
+        mask = torch.as_tensor(encoded["attention_mask"]).long()
+        with torch.no_grad():
+            expected = model(ids, mask)
+        got = serving_onnx.onnx_logits(data, ids, mask)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)

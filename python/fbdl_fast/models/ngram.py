@@ -31,6 +31,17 @@ each token's row instead (fastText's word vectors) lost 3 points of validation m
 Debian. Runs made before them have no "ngram_char_grams": no buffer, and they load as they
 were.
 
+Whole-word character n-grams (config.extra["ngram_word_chars"] = True; off by default): besides
+each piece's own n-grams, those that span the boundary between two pieces of a word ("lki" of
+"wal ##king") and those that end the word ("ing>"), as TF-IDF's char_wb sees whole words
+(word_char_ngrams says which). Every character n-gram is then hashed with a polynomial hash,
+which composes across a boundary, so the forward builds the spanning ones from per-entry
+buffers of the pieces' first and last 1-4 characters' hashes (char_heads, char_tails), with
+integer arithmetic that exports to ONNX like the rest. With scikit-learn's logistic regression
+they were the missing features (Debian's validation macro-F1 0.776 -> 0.781, man pages' 0.710 ->
+0.731); in this model they moved neither task beyond its splits' noise (+0.2 points on both,
+over five splits: docs/training.md), so the defaults leave them off.
+
 Measured (validation macro-F1 of seeded splits, benches/studies/ngram_levers.py; the figures in
 training.presets.NGRAM_DEFAULTS and docs/training.md): the character n-grams and label smoothing
 0.1 took the test macro-F1 from 0.746 to 0.765 on Debian and from 0.717 to 0.748 on man pages,
@@ -56,6 +67,7 @@ Weinberger et al. 2009, "Feature Hashing for Large Scale Multitask Learning".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Optional
 
 import torch
@@ -82,7 +94,17 @@ TRIGRAM_PRIME = 1_048_571
 CHAR_SIZES = (2, 3, 4, 5)
 CHAR_GRAMS = 48
 WORD_START = "<"  # marks the n-grams at the start of a word, as fastText's "<"
+WORD_END = ">"  # and at its end (whole-word character n-grams only)
 FNV_OFFSET, FNV_PRIME = 2_166_136_261, 16_777_619  # FNV-1a, 32 bits
+# Whole-word character n-grams hash with a polynomial hash, h(s) = sum of ord(c) * BASE**k mod
+# MODULUS, because it composes across a piece boundary: h(x + y) = h(x) * BASE**len(y) + h(y).
+# Values stay below 2**31, so h(x) * BASE**len(y) mod MODULUS (< 2**31) + h(y) < 2**63: int64.
+HASH_MODULUS = 2_147_483_647  # 2**31 - 1, a prime
+HASH_BASE = 1_000_003
+EDGE = max(CHAR_SIZES) - 1  # a piece's first and last characters kept: 4
+# (characters from the end of one piece, from the start of the next) of an n-gram that spans
+# the boundary between two pieces of a word: every split of 2 to 5 characters.
+SPANS = tuple((a, b) for a in range(1, EDGE + 1) for b in range(1, EDGE + 1) if a + b <= EDGE + 1)
 
 
 def fnv1a(text: str) -> int:
@@ -92,6 +114,30 @@ def fnv1a(text: str) -> int:
     for byte in text.encode("utf-8"):
         value = ((value ^ byte) * FNV_PRIME) & 0xFFFFFFFF
     return value
+
+
+def poly_hash(text: str) -> int:
+    """The polynomial hash of `text`'s code points (HASH_BASE, HASH_MODULUS): what the
+    whole-word character n-grams hash with, in Python here and from pieces in the forward."""
+    value = 0
+    for char in text:
+        value = (value * HASH_BASE + ord(char)) % HASH_MODULUS
+    return value
+
+
+def word_char_ngrams(pieces: Sequence[str]) -> list[str]:
+    """The character n-grams the model pools for one word given as its WordPiece pieces
+    ("wal", "##king"): each piece's own (char_ngrams, no limit), those ending at the word's end
+    (the last piece's 1-4 last characters + WORD_END) and those spanning one boundary between
+    two pieces (SPANS: "l" + "k", "al" + "ki", ...). An n-gram over three pieces (a short piece
+    between two others) is left out: the forward builds n-grams from two pieces at most."""
+    marked = [WORD_START + pieces[0], *(piece[2:] for piece in pieces[1:])]
+    grams = [gram for piece in pieces for gram in char_ngrams(piece, 1 << 30)]
+    last = marked[-1]
+    grams += [last[-a:] + WORD_END for a in range(1, EDGE + 1) if a <= len(last)]
+    for x, y in zip(marked, marked[1:]):
+        grams += [x[-a:] + y[:b] for a, b in SPANS if a <= len(x) and b <= len(y)]
+    return grams
 
 
 def char_ngrams(token: str, limit: int) -> list[str]:
@@ -142,10 +188,25 @@ class NgramClassifier(nn.Module):
             raise ValueError(
                 f"ngram_char_grams={self.char_limit} is invalid; accepted: an integer in [0, 1024]"
             )
+        # Whole-word character n-grams (config.extra["ngram_word_chars"]; new runs): also the
+        # n-grams across the pieces of a word and at its end, every character n-gram hashed
+        # with poly_hash; runs made before them (no key) hash their pieces' with FNV-1a.
+        self.word_chars = bool(config.extra.get("ngram_word_chars", False))
+        if self.word_chars and not self.char_limit:
+            raise ValueError(
+                "ngram_word_chars needs character n-grams; accepted: with ngram_char_grams > 0"
+            )
         if self.char_limit:
             empty = torch.full((config.vocab_size, self.char_limit), -1, dtype=torch.long)
             self.register_buffer("char_grams", empty)
-        self._char_cache: Optional[tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = None
+        if self.word_chars:
+            # Per entry: the poly_hash of its first (continuation pieces only) and last 1-4
+            # characters, the rows of its last 1-4 characters + WORD_END, -1 where it has
+            # fewer; and whether it continues the previous piece's word ("##...").
+            for name in ("char_heads", "char_tails", "char_ends"):
+                self.register_buffer(name, torch.full((config.vocab_size, EDGE), -1).long())
+            self.register_buffer("char_continues", torch.zeros(config.vocab_size, dtype=torch.bool))
+        self._char_cache: dict[str, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = {}
         self.embedding = nn.Embedding(config.vocab_size + self.buckets, config.input_dim)
         self.dropout = nn.Dropout(config.dropout)
         self.output_projection = nn.Linear(config.input_dim, config.num_classes)
@@ -171,15 +232,31 @@ class NgramClassifier(nn.Module):
                 f"{vocab_size}: index the run's own tokenizer"
             )
         specials = set(tokenizer.special_tokens)
+        hashed = poly_hash if self.word_chars else fnv1a
         table = torch.full((vocab_size, self.char_limit), -1, dtype=torch.long)
+        edges = torch.full((3, vocab_size, EDGE), -1, dtype=torch.long)  # heads, tails, ends
+        continues = torch.zeros(vocab_size, dtype=torch.bool)
         for token_id in range(vocab_size):
             token = tokenizer.id_to_token(token_id)
             if token is None or token in specials:
                 continue
             grams = char_ngrams(token, self.char_limit)
-            rows = [vocab_size + fnv1a(gram) % self.buckets for gram in grams]
+            rows = [vocab_size + hashed(gram) % self.buckets for gram in grams]
             table[token_id, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+            continues[token_id] = token.startswith("##")
+            marked = token[2:] if continues[token_id] else WORD_START + token
+            for k in range(1, min(EDGE, len(marked)) + 1):
+                if continues[token_id]:
+                    edges[0, token_id, k - 1] = poly_hash(marked[:k])
+                edges[1, token_id, k - 1] = poly_hash(marked[-k:])
+                edges[2, token_id, k - 1] = (
+                    vocab_size + poly_hash(marked[-k:] + WORD_END) % self.buckets
+                )
         self.char_grams.copy_(table)
+        if self.word_chars:
+            for name, values in zip(("char_heads", "char_tails", "char_ends"), edges):
+                getattr(self, name).copy_(values)
+            self.char_continues.copy_(continues)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
@@ -199,34 +276,75 @@ class NgramClassifier(nn.Module):
 
     def _char_mean(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids and mask -> (B, D): the mean of the rows of the real tokens' character
-        n-grams. Training (and export, and anything taking gradients) gathers every token's K
-        rows; predicting uses each entry's sum of rows, kept until the weights change: the
+        n-grams (with word_chars, also those at each word's end and across its pieces'
+        boundaries). Training (and export, and anything taking gradients) gathers every token's
+        K rows; predicting uses each entry's sum of rows, kept until the weights change: the
         same mean, with one row a token instead of K, most of them the -1 slots of short
         entries (Debian's vocabulary: 14 of 48 used on average), which made predict half as
-        fast as the model without character n-grams."""
+        fast as the model without character n-grams. The n-grams across a boundary depend on
+        two pieces, so they are gathered either way."""
+        # Each piece's own n-grams (K slots an entry), gathered or as their entry's sum.
+        parts = [(self.char_grams, mask)]
+        spans: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        if self.word_chars:
+            word_end, spans = self._word_parts(ids, mask)
+            parts.append((self.char_ends, word_end))  # the word's last piece's end n-grams
         if self.training or torch.is_grad_enabled() or _tracing():
-            grams = self.char_grams[ids].flatten(1)  # (B, L * K) rows, -1: none
-            real = (grams >= 0) & mask.repeat_interleave(self.char_limit, dim=1)
+            rows = [table[ids].flatten(1) for table, _ in parts]  # (B, L * K) rows, -1: none
+            weights = [
+                (grams >= 0) & where.repeat_interleave(table.shape[1], dim=1)
+                for grams, (table, where) in zip(rows, parts)
+            ]
+            if spans is not None:
+                rows.append(spans[0])
+                weights.append(spans[1])
             # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
-            return _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
-        sums, counts = self._char_sums()
-        real = mask.float()
-        total = (counts[ids] * real).sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
-        return torch.bmm((real / total)[:, None, :], sums[ids])[:, 0]
+            grams, real = torch.cat(rows, dim=1), torch.cat(weights, dim=1).float()
+            return _masked_mean(self.embedding(grams.clamp(min=0)), real)
+        total = self.embedding.weight.new_zeros(ids.shape[0], self.embedding.embedding_dim)
+        count = total.new_zeros(ids.shape[0], 1)
+        for table, where in parts:
+            sums, counts = self._entry_sums(table)
+            real = where.to(total.dtype)
+            total += torch.bmm(real[:, None, :], sums[ids])[:, 0]
+            count += (counts[ids] * real).sum(dim=1, keepdim=True)
+        if spans is not None:
+            real = spans[1].to(total.dtype)
+            total += torch.bmm(real[:, None, :], self.embedding(spans[0]))[:, 0]
+            count += real.sum(dim=1, keepdim=True)
+        return total / count.clamp(min=1.0)
 
-    def _char_sums(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vocab_size, D) sums of each entry's character n-gram rows and (vocab_size,) their
-        counts, computed again whenever the table or char_grams is another tensor or was
-        written in place since (load_state_dict, an optimizer step, .to(), a deep copy)."""
-        weight, grams = self.embedding.weight, self.char_grams
-        key = (weight.data_ptr(), weight._version, grams.data_ptr(), grams._version)
-        if self._char_cache is None or self._char_cache[0] != key:
-            owner, slot = (grams >= 0).nonzero(as_tuple=True)
+    def _word_parts(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """(B, L) ids and mask -> where a word ends (B, L) bool, and the rows (B, (L-1) * S)
+        and weights (bool) of the n-grams spanning each boundary inside a word (S = SPANS)."""
+        joined = self.char_continues[ids[:, 1:]] & mask[:, 1:] & mask[:, :-1]  # (B, L-1)
+        word_end = mask & ~torch.cat([joined, torch.zeros_like(joined[:, :1])], dim=1)
+        tails, heads = self.char_tails[ids[:, :-1]], self.char_heads[ids[:, 1:]]  # (B, L-1, E)
+        rows, real = [], []
+        for a, b in SPANS:
+            tail, head = tails[..., a - 1], heads[..., b - 1]
+            hashed = (tail * (HASH_BASE**b % HASH_MODULUS) + head) % HASH_MODULUS
+            rows.append(self.config.vocab_size + hashed % self.buckets)
+            real.append(joined & (tail >= 0) & (head >= 0))
+        return word_end, (torch.stack(rows, dim=2).flatten(1), torch.stack(real, 2).flatten(1))
+
+    def _entry_sums(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vocab_size, D) sums of the rows each entry of `table` (char_grams or char_ends)
+        names and (vocab_size,) their counts, computed again whenever the embedding table or
+        `table` is another tensor or was written in place since (load_state_dict, an optimizer
+        step, .to(), a deep copy)."""
+        weight = self.embedding.weight
+        key = (weight.data_ptr(), weight._version, table.data_ptr(), table._version)
+        name = "ends" if table is getattr(self, "char_ends", None) else "grams"
+        if name not in self._char_cache or self._char_cache[name][0] != key:
+            owner, slot = (table >= 0).nonzero(as_tuple=True)
             sums = torch.zeros_like(weight[: self.config.vocab_size])
-            sums.index_add_(0, owner, weight[grams[owner, slot]])
-            counts = (grams >= 0).sum(dim=1).to(weight.dtype)
-            self._char_cache = (key, sums, counts)
-        return self._char_cache[1], self._char_cache[2]
+            sums.index_add_(0, owner, weight[table[owner, slot]])
+            counts = (table >= 0).sum(dim=1).to(weight.dtype)
+            self._char_cache[name] = (key, sums, counts)
+        return self._char_cache[name][1], self._char_cache[name][2]
 
 
 def _tracing() -> bool:
