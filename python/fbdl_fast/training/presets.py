@@ -104,8 +104,9 @@ NGRAM_DEFAULTS: dict[str, Any] = {
 # (benches/studies/minilm_sweep.py, docs/training.md): lr 1e-4 for 6 epochs, best.pt and early
 # stopping (patience 3) on validation macro-F1. Test macro-F1, man pages (2,603 posts): 0.752,
 # the best cell, against run_glue's 5e-5 x 3 epochs' 0.683; Debian (all 10,332 posts): 0.784,
-# the best cell, against 0.740 (on a 3,000-post sample: 0.699 against 0.593). 5e-5 was under-trained on both: at 3 epochs validation macro-F1 was
-# still rising. Values asked for still win.
+# the best cell, against 0.740 (on a 3,000-post sample: 0.699 against 0.593). 5e-5 was
+# under-trained on both: at 3 epochs validation macro-F1 was still rising. Values asked for
+# still win.
 FINE_TUNE_DEFAULTS: dict[str, Any] = {
     "learning_rate": 1e-4,
     "weight_decay": 0.01,
