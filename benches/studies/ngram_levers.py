@@ -185,20 +185,10 @@ def feature_counts(model: NgramClassifier, loader: Any) -> tuple[Any, Any, list[
     for batch in loader:
         ids, mask = batch["input_ids"].long(), batch["attention_mask"].bool()
         rows, weights = ngram_rows(ids, mask, model.config.vocab_size, model.buckets, model.order)
-        parts = [(model.char_grams, mask)]
-        char_rows, char_real = [], []
-        if model.word_chars:
-            word_end, (span_rows, span_real) = model._word_parts(ids, mask)
-            parts.append((model.char_ends, word_end))
-            char_rows.append(span_rows)
-            char_real.append(span_real)
-        for table, where in parts:
-            grams = table[ids].flatten(1)
-            char_rows.append(grams)
-            char_real.append((grams >= 0) & where.repeat_interleave(table.shape[1], dim=1))
+        char_rows, char_real = model.char_rows(ids, mask)
         found = {
             "ngrams": (rows, weights > 0),
-            "chars": (torch.cat(char_rows, 1), torch.cat(char_real, 1)),
+            "chars": (char_rows, char_real),
         }
         for name, (r, real) in found.items():
             post, slot = real.nonzero(as_tuple=True)

@@ -188,9 +188,9 @@ class NgramClassifier(nn.Module):
             raise ValueError(
                 f"ngram_char_grams={self.char_limit} is invalid; accepted: an integer in [0, 1024]"
             )
-        # Whole-word character n-grams (config.extra["ngram_word_chars"]; new runs): also the
+        # Whole-word character n-grams (config.extra["ngram_word_chars"]; off by default): the
         # n-grams across the pieces of a word and at its end, every character n-gram hashed
-        # with poly_hash; runs made before them (no key) hash their pieces' with FNV-1a.
+        # with poly_hash; without it the pieces' n-grams hash with FNV-1a, as in every run before.
         self.word_chars = bool(config.extra.get("ngram_word_chars", False))
         if self.word_chars and not self.char_limit:
             raise ValueError(
@@ -243,6 +243,8 @@ class NgramClassifier(nn.Module):
             grams = char_ngrams(token, self.char_limit)
             rows = [vocab_size + hashed(gram) % self.buckets for gram in grams]
             table[token_id, : len(rows)] = torch.tensor(rows, dtype=torch.long)
+            if not self.word_chars:
+                continue
             continues[token_id] = token.startswith("##")
             marked = token[2:] if continues[token_id] else WORD_START + token
             for k in range(1, min(EDGE, len(marked)) + 1):
@@ -283,36 +285,55 @@ class NgramClassifier(nn.Module):
         entries (Debian's vocabulary: 14 of 48 used on average), which made predict half as
         fast as the model without character n-grams. The n-grams across a boundary depend on
         two pieces, so they are gathered either way."""
-        # Each piece's own n-grams (K slots an entry), gathered or as their entry's sum.
-        parts = [(self.char_grams, mask)]
-        spans: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        if self.word_chars:
-            word_end, spans = self._word_parts(ids, mask)
-            parts.append((self.char_ends, word_end))  # the word's last piece's end n-grams
         if self.training or torch.is_grad_enabled() or _tracing():
-            rows = [table[ids].flatten(1) for table, _ in parts]  # (B, L * K) rows, -1: none
-            weights = [
-                (grams >= 0) & where.repeat_interleave(table.shape[1], dim=1)
-                for grams, (table, where) in zip(rows, parts)
-            ]
-            if spans is not None:
-                rows.append(spans[0])
-                weights.append(spans[1])
+            grams, real = self.char_rows(ids, mask)
             # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
-            grams, real = torch.cat(rows, dim=1), torch.cat(weights, dim=1).float()
-            return _masked_mean(self.embedding(grams.clamp(min=0)), real)
-        total = self.embedding.weight.new_zeros(ids.shape[0], self.embedding.embedding_dim)
-        count = total.new_zeros(ids.shape[0], 1)
-        for table, where in parts:
-            sums, counts = self._entry_sums(table)
-            real = where.to(total.dtype)
-            total += torch.bmm(real[:, None, :], sums[ids])[:, 0]
+            return _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
+        parts, spans = self._char_parts(ids, mask)
+        # (entry sums or the rows themselves (B, N, D), their weights (B, N)), the count first:
+        # each weight is divided before the product, the order of the arithmetic in every
+        # run's predictions since the cached sums came.
+        pooled = []
+        count = self.embedding.weight.new_zeros(ids.shape[0], 1)
+        for name, where in parts:
+            sums, counts = self._entry_sums(name)
+            real = where.to(count.dtype)
+            pooled.append((sums[ids], real))
             count += (counts[ids] * real).sum(dim=1, keepdim=True)
         if spans is not None:
-            real = spans[1].to(total.dtype)
-            total += torch.bmm(real[:, None, :], self.embedding(spans[0]))[:, 0]
+            real = spans[1].to(count.dtype)
+            pooled.append((self.embedding(spans[0]), real))
             count += real.sum(dim=1, keepdim=True)
-        return total / count.clamp(min=1.0)
+        count = count.clamp(min=1.0)
+        mean = torch.bmm((pooled[0][1] / count)[:, None, :], pooled[0][0])[:, 0]
+        for rows, real in pooled[1:]:
+            mean = mean + torch.bmm((real / count)[:, None, :], rows)[:, 0]
+        return mean
+
+    def char_rows(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids and mask -> the rows (B, N) of every character n-gram the model pools and
+        whether each counts (B, N) bool: False for padding and for an entry's unused -1 slots."""
+        parts, spans = self._char_parts(ids, mask)
+        rows = [getattr(self, name)[ids].flatten(1) for name, _ in parts]  # (B, L * K), -1: none
+        real = [
+            (grams >= 0) & where.repeat_interleave(getattr(self, name).shape[1], dim=1)
+            for grams, (name, where) in zip(rows, parts)
+        ]
+        if spans is not None:
+            rows.append(spans[0])
+            real.append(spans[1])
+        return torch.cat(rows, dim=1), torch.cat(real, dim=1)
+
+    def _char_parts(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[list[tuple[str, torch.Tensor]], Optional[tuple[torch.Tensor, torch.Tensor]]]:
+        """The per-entry tables pooled, each with where it counts ((buffer name, (B, L) bool):
+        every piece's own n-grams, and with word_chars the end n-grams at a word's last piece),
+        and with word_chars the rows and weights of the n-grams across boundaries."""
+        if not self.word_chars:
+            return [("char_grams", mask)], None
+        word_end, spans = self._word_parts(ids, mask)
+        return [("char_grams", mask), ("char_ends", word_end)], spans
 
     def _word_parts(
         self, ids: torch.Tensor, mask: torch.Tensor
@@ -330,14 +351,13 @@ class NgramClassifier(nn.Module):
             real.append(joined & (tail >= 0) & (head >= 0))
         return word_end, (torch.stack(rows, dim=2).flatten(1), torch.stack(real, 2).flatten(1))
 
-    def _entry_sums(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vocab_size, D) sums of the rows each entry of `table` (char_grams or char_ends)
-        names and (vocab_size,) their counts, computed again whenever the embedding table or
-        `table` is another tensor or was written in place since (load_state_dict, an optimizer
-        step, .to(), a deep copy)."""
-        weight = self.embedding.weight
+    def _entry_sums(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(vocab_size, D) sums of the rows each entry of the buffer `name` (char_grams or
+        char_ends) names and (vocab_size,) their counts, computed again whenever the embedding
+        table or the buffer is another tensor or was written in place since (load_state_dict,
+        an optimizer step, .to(), a deep copy)."""
+        weight, table = self.embedding.weight, getattr(self, name)
         key = (weight.data_ptr(), weight._version, table.data_ptr(), table._version)
-        name = "ends" if table is getattr(self, "char_ends", None) else "grams"
         if name not in self._char_cache or self._char_cache[name][0] != key:
             owner, slot = (table >= 0).nonzero(as_tuple=True)
             sums = torch.zeros_like(weight[: self.config.vocab_size])
