@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
-import reprlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -41,6 +39,14 @@ from fbdl_fast.runs import (
     checkpoint_path,
     read_run_files,
 )
+from fbdl_fast.training.predictor import (
+    DEFAULT_THRESHOLD,
+    MAX_BATCH_SIZE,
+    PREDICT_CHUNK,
+    PathLike,
+    Predictor,
+    check_positive,
+)
 from fbdl_fast.training.results import MultiLabelEvaluation, Prediction, RunEvaluation
 
 if TYPE_CHECKING:
@@ -52,8 +58,6 @@ if TYPE_CHECKING:
     from fbdl_fast.serving.provenance import ServedModel
     from fbdl_fast.training.trainer import Trainer
 
-PathLike = Union[str, "os.PathLike[str]"]
-
 # torch's intra-op CPU threads while a Run predicts or evaluates (see load_run's `threads`).
 # One: on a shared machine more threads wait on each other. Measured on this project's 2-core
 # machine with the README's tour (benches/studies/tour_vs_cli.py, docs/library.md): torch's
@@ -61,12 +65,7 @@ PathLike = Union[str, "os.PathLike[str]"]
 DEFAULT_THREADS = 1
 # More threads than any machine has cores; torch takes a 32-bit count and fails past it.
 MAX_THREADS = 4096
-MAX_BATCH_SIZE = 1 << 24  # posts a batch or chunk: far past any memory, inside every index type
-# Posts per prediction chunk: tokenised together (one encode_batch), bucketed by length,
-# predicted, then handed on. Memory holds one chunk, whatever the number of texts.
-PREDICT_CHUNK = 4096
 SERVED_FORMATS = ("int8", "onnx", "onnx-int8")  # checkpoint= values that read an export
-DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (training.multilabel)
 
 
 # ====================
@@ -75,9 +74,9 @@ DEFAULT_THRESHOLD = 0.5  # a multi-label class without a tuned threshold (traini
 
 
 @dataclass(repr=False)
-class Run(RunFiles):
+class Run(RunFiles, Predictor):
     """A trained run folder, loaded (`load_run`): its config, tokenizer, label map and a model
-    that predicts (`predict`, `predict_iter`) and evaluates (`evaluate`).
+    that predicts (`predict`, `predict_iter`: training.predictor) and evaluates (`evaluate`).
 
         run = load_run("runs/first", checkpoint="int8")
         [p.label for p in run.predict(["free prize!!!", "lovely day"])]   # ['spam', 'positive']
@@ -113,11 +112,6 @@ class Run(RunFiles):
         """Multi-label runs: the tuned per-class thresholds, None where none were tuned."""
         return self.trainer.thresholds
 
-    @property
-    def names(self) -> list[str]:
-        """The class names (labels as str), in class-id order."""
-        return [str(label) for label in self.label_map.labels]
-
     def loader(
         self,
         texts: Sequence[str],
@@ -133,19 +127,12 @@ class Run(RunFiles):
         size = (
             self.config.batch_size
             if batch_size is None
-            else _positive("batch_size", batch_size, MAX_BATCH_SIZE)
+            else check_positive("batch_size", batch_size, MAX_BATCH_SIZE)
         )
         dataset = PostsDataset.from_texts(
             self.tokenizer, texts, labels, max_length=self.config.max_seq_length
         )
         return make_loader(dataset, size, shuffle=False, pad_token_id=self.config.pad_token_id)
-
-    def class_probabilities(
-        self, texts: Sequence[str], batch_size: Optional[int] = None
-    ) -> list[list[float]]:
-        """Every class's probability for each of `texts`, in their order, in one pass (predict
-        splits its input into chunks and calls this once a chunk)."""
-        return self._probabilities(texts, batch_size).tolist() if texts else []
 
     def _probabilities(self, texts: Sequence[str], batch_size: Optional[int]) -> torch.Tensor:
         """class_probabilities as a (len(texts), classes) tensor; texts not empty."""
@@ -159,89 +146,6 @@ class Run(RunFiles):
         ordered = torch.empty_like(probs)
         ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
         return ordered
-
-    def predict(self, texts: Iterable[str], batch_size: Optional[int] = None) -> list[Prediction]:
-        """A Prediction for each text, in input order.
-
-            run.predict(["so happy today", "@support my order never arrived"])[1].label
-
-        texts: any iterable of str (a post that is empty or only spaces is read as an empty
-        post; one longer than the run's max length is truncated); an empty one gives [].
-        TypeError naming the position of an item that is not a str. For inputs too large to
-        hold their predictions in memory, `predict_iter`."""
-        return list(self.predict_iter(texts, batch_size=batch_size))
-
-    def predict_iter(
-        self,
-        texts: Iterable[str],
-        *,
-        batch_size: Optional[int] = None,
-        chunk: int = PREDICT_CHUNK,
-    ) -> Iterator[Prediction]:
-        """The Predictions of `texts` one at a time, in input order, reading `chunk` texts ahead
-        (at least one batch): memory holds one chunk, however many texts come.
-
-            for p in run.predict_iter(line.rstrip("\\n") for line in open("posts.txt")):
-                print(p.label)"""
-        return itertools.chain.from_iterable(
-            self.predict_chunks(texts, batch_size=batch_size, chunk=chunk)
-        )
-
-    def predict_chunks(
-        self,
-        texts: Iterable[str],
-        *,
-        batch_size: Optional[int] = None,
-        chunk: int = PREDICT_CHUNK,
-    ) -> Iterator[list[Prediction]]:
-        """`predict_iter`'s Predictions, a chunk's list at a time (what `fbdl-fast predict`
-        writes and counts between progress updates)."""
-        if isinstance(texts, (str, bytes)):
-            raise TypeError(
-                f"texts is one {type(texts).__name__} ({reprlib.repr(texts)}); predict takes an "
-                "iterable of str: pass [text] for a single post"
-            )
-        try:
-            posts = iter(texts)
-        except TypeError:
-            raise TypeError(
-                f"texts is a {type(texts).__name__}, not an iterable; predict takes an iterable "
-                "of str"
-            ) from None
-        if batch_size is not None:
-            _positive("batch_size", batch_size, MAX_BATCH_SIZE)
-        size = max(_positive("chunk", chunk, MAX_BATCH_SIZE), batch_size or self.config.batch_size)
-        thresholds = self.thresholds or [DEFAULT_THRESHOLD] * len(self.label_map)
-        names, start = self.names, 0
-        while block := list(itertools.islice(posts, size)):
-            _check_texts(block, start)
-            probs = self._probabilities(block, batch_size)
-            # argmax a chunk at once (the first of equal maxima, as max() would take)
-            rows, tops = probs.tolist(), probs.argmax(dim=1).tolist()
-            yield [self._prediction(*row, names, thresholds) for row in zip(block, rows, tops)]
-            start += len(block)
-
-    def _prediction(
-        self,
-        text: str,
-        probs: list[float],
-        best: int,
-        names: list[str],
-        thresholds: Sequence[float],
-    ) -> Prediction:
-        probabilities = dict(zip(names, probs))
-        top = self.label_map.decode(best)
-        if not self.config.multi_label:
-            return Prediction(text, top, probs[best], probabilities)
-        chosen = [i for i, p in enumerate(probs) if p >= thresholds[i]]
-        return Prediction(
-            text,
-            top,
-            probs[best],
-            probabilities,
-            tuple(self.label_map.decode(i) for i in chosen),
-            tuple(probs[i] for i in chosen),
-        )
 
     def evaluate(
         self,
@@ -276,17 +180,7 @@ class Run(RunFiles):
             logits, ids, loss = self.trainer.outputs(loader)
         assert ids is not None
         details = evaluate_logits(logits, ids, self.names, self.temperature)
-        return RunEvaluation(
-            run=self.path,
-            data=source,
-            checkpoint=self.checkpoint.name,
-            num_samples=len(ids),
-            loss=loss,
-            accuracy=details.accuracy,
-            macro_f1=details.macro_f1,
-            ece=details.ece,
-            details=details,
-        )
+        return RunEvaluation.of(self.path, source, self.checkpoint.name, loss, details)
 
     def _evaluate_multi_label(
         self,
@@ -318,33 +212,6 @@ class Run(RunFiles):
             details=multilabel_details(logits, labels, self.names, thresholds, figures, tuned),
         )
 
-    def _labelled_posts(
-        self,
-        data: Union[PathLike, Posts],
-        text_column: Optional[str],
-        label_column: Optional[str],
-        encoding_errors: str,
-    ) -> tuple[Posts, str]:
-        """(the posts of `data`, how to name them): a file read with the run's columns."""
-        from fbdl_fast.data import Posts, load_posts
-
-        if isinstance(data, Posts):
-            return data, data.source
-        if not isinstance(data, (str, os.PathLike)):
-            raise TypeError(
-                f"evaluate: data is a {type(data).__name__}; accepted: the path of a posts file "
-                "(.csv, .tsv, .jsonl) or fbdl_fast.data.Posts"
-            )
-        settings = self.meta.get("data", {})
-        posts = load_posts(
-            data,
-            text_column or settings.get("text_column", "text"),
-            label_column or settings.get("label_column", "label"),
-            errors=encoding_errors,
-            label_separator=settings.get("label_separator"),  # multi-label runs
-        )
-        return posts, str(data)
-
     @contextlib.contextmanager
     def _torch_threads(self) -> Iterator[None]:
         """torch's intra-op threads at self.threads for the block, then as they were."""
@@ -369,24 +236,6 @@ class Run(RunFiles):
             yield
         finally:
             self.trainer.log_every = before
-
-
-def _positive(name: str, value: Any, most: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} is not accepted; expected an integer >= 1")
-    if most is not None and value > most:
-        raise ValueError(f"{name}={value!r} is not accepted; expected an integer in [1, {most}]")
-    return value
-
-
-def _check_texts(block: list[Any], start: int) -> None:
-    """TypeError naming the first item of `block` (at input position start + i) not a str."""
-    for i, text in enumerate(block):
-        if not isinstance(text, str):
-            raise TypeError(
-                f"texts[{start + i}] is {reprlib.repr(text)} ({type(text).__name__}); predict "
-                "takes an iterable of str"
-            )
 
 
 # ====================
@@ -432,7 +281,7 @@ def load_run(
     again"."""
     folder = Path(path)
     if threads is not None:
-        _positive("threads", threads, MAX_THREADS)
+        check_positive("threads", threads, MAX_THREADS)
     which = os.fspath(checkpoint) if checkpoint is not None else None
     if which in SERVED_FORMATS:
         if device is not None and str(device) != "cpu":

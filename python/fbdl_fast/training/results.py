@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 if TYPE_CHECKING:
     from fbdl_fast.data import Label
@@ -48,6 +48,23 @@ class RunEvaluation:
     macro_f1: float
     ece: float  # expected calibration error of the probabilities predict gives
     details: Evaluation = field(repr=False)
+
+    @classmethod
+    def of(
+        cls, run: Union[Path, str], data: str, checkpoint: str, loss: float, details: Evaluation
+    ) -> RunEvaluation:
+        """The record of `details` (its accuracy, macro-F1 and ECE lifted out) and the loss."""
+        return cls(
+            run=run,  # type: ignore[arg-type]  # an ensemble's: its runs' folders as one str
+            data=data,
+            checkpoint=checkpoint,
+            num_samples=len(details.labels),
+            loss=loss,
+            accuracy=details.accuracy,
+            macro_f1=details.macro_f1,
+            ece=details.ece,
+            details=details,
+        )
 
     def summary(self) -> dict[str, Any]:
         """The headline figures, as `fbdl-fast evaluate` prints them first."""
