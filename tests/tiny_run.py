@@ -53,8 +53,15 @@ def tiny_config(**overrides: Any) -> ModelConfig:
     return ModelConfig(**(values | overrides))
 
 
-def make_run(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
-    """Write a complete run folder for a tiny untrained CNN (columns: text, label)."""
+def make_run(
+    folder: Path,
+    vocab_size: int = 200,
+    seed: int = 0,
+    classes: tuple[str, ...] = CLASSES,
+    **overrides: Any,
+) -> Path:
+    """Write a complete run folder for a tiny untrained CNN (columns: text, label) of `classes`;
+    `overrides`: ModelConfig fields (multi_label=True, say)."""
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.train(generate_posts(300, seed=seed).texts, vocab_size=vocab_size)
     config = tiny_config(
@@ -63,6 +70,8 @@ def make_run(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
         max_seq_length=MAX_LENGTH,
         pad_token_id=tokenizer.pad_token_id,
         seed=seed,
+        num_classes=len(classes),
+        **overrides,
     )
     meta = {
         "model": "cnn",
@@ -71,7 +80,7 @@ def make_run(folder: Path, vocab_size: int = 200, seed: int = 0) -> Path:
     }
     (folder / "config.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
     tokenizer.save(folder / "tokenizer.json")
-    LabelMap(list(CLASSES)).save(folder / "label_map.json")
+    LabelMap(list(classes)).save(folder / "label_map.json")
     Trainer(create_model("cnn", config), config, device="cpu").save_checkpoint(
         folder / BEST_CHECKPOINT
     )

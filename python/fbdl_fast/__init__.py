@@ -28,6 +28,8 @@ _PUBLIC = {
     "History": "fbdl_fast.training.trainer",
     "load_run": "fbdl_fast.training.loading",
     "Run": "fbdl_fast.training.loading",
+    "load_ensemble": "fbdl_fast.training.ensemble",
+    "Ensemble": "fbdl_fast.training.ensemble",
     "WeightInitializer": "fbdl_fast.models.init",
     "NormalizationLayers": "fbdl_fast.models.norms",
     "LossFunctions": "fbdl_fast.training.losses",
@@ -53,6 +55,8 @@ __all__ = [  # noqa: RUF022 (grouped by purpose, not sorted)
     "History",
     "load_run",
     "Run",
+    "load_ensemble",
+    "Ensemble",
     "WeightInitializer",
     "NormalizationLayers",
     "LossFunctions",
@@ -79,6 +83,7 @@ if TYPE_CHECKING:
     from fbdl_fast.nn.patch import patch, unpatch
     from fbdl_fast.ops import backend
     from fbdl_fast.tokenizer import Tokenizer
+    from fbdl_fast.training.ensemble import Ensemble, load_ensemble
     from fbdl_fast.training.loading import Run, load_run
     from fbdl_fast.training.losses import LossFunctions
     from fbdl_fast.training.optim import OptimizerFactory, SchedulerFactory

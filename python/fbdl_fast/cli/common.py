@@ -7,11 +7,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from fbdl_fast.training.loading import DEFAULT_THREADS, MAX_THREADS, SERVED_FORMATS
 
 if TYPE_CHECKING:
+    from fbdl_fast.training.ensemble import Ensemble
     from fbdl_fast.training.loading import Run
 
 
@@ -58,19 +59,58 @@ def plural(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
-def load_for_inference(args: argparse.Namespace) -> Run:
+def load_for_inference(args: argparse.Namespace) -> Union[Run, Ensemble]:
     """fbdl_fast.load_run of --run with --checkpoint (best, last, a path, int8, onnx or
-    onnx-int8; the last three on the CPU only), --device and --threads."""
+    onnx-int8; the last three on the CPU only), --device and --threads; several --run folders
+    are one fbdl_fast.load_ensemble, each with its --checkpoint (one given: every run's) and
+    --weights."""
+    from fbdl_fast.training.ensemble import load_ensemble
     from fbdl_fast.training.loading import load_run
 
-    if args.checkpoint in SERVED_FORMATS and args.device not in (None, "cpu"):
+    runs, checkpoints = args.run, args.checkpoint or [None]
+    if len(checkpoints) not in (1, len(runs)):
         raise UsageError(
-            f"--checkpoint {args.checkpoint} runs on the CPU only; drop --device {args.device} "
-            "or pass --device cpu"
+            f"--checkpoint given {len(checkpoints)} times for {plural(len(runs), 'run')}; "
+            "give it once (every run's) or once a run, in the same order"
         )
-    return load_run(
-        Path(args.run), checkpoint=args.checkpoint, device=args.device, threads=args.threads
+    checkpoints = checkpoints * len(runs) if len(checkpoints) == 1 else checkpoints
+    for which in checkpoints:
+        if which in SERVED_FORMATS and args.device not in (None, "cpu"):
+            raise UsageError(
+                f"--checkpoint {which} runs on the CPU only; drop --device {args.device} or pass "
+                "--device cpu"
+            )
+    if args.weights is not None and len(args.weights) != len(runs):
+        raise UsageError(
+            f"--weights gives {plural(len(args.weights), 'weight')} for "
+            f"{plural(len(runs), 'run')}; give one a run"
+        )
+    if len(runs) == 1:
+        if args.weights is not None:
+            raise UsageError("--weights combines several --run folders; one was given")
+        return load_run(
+            Path(runs[0]), checkpoint=checkpoints[0], device=args.device, threads=args.threads
+        )
+    return load_ensemble(
+        [Path(run) for run in runs],
+        checkpoints=checkpoints,
+        weights=args.weights,
+        device=args.device,
+        threads=args.threads,
     )
+
+
+def weight_list(text: str) -> list[float]:
+    """--weights: comma-separated finite numbers >= 0, not all 0."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = [-1.0]
+    if not all(0 <= v < float("inf") for v in values) or not any(values):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of finite numbers >= 0, not all 0"
+        )
+    return values
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -94,7 +134,13 @@ def add_run_options(p: argparse.ArgumentParser, data_help: str, *, labelled: boo
     first (--data required when the posts must be `labelled`, as evaluate's), then the columns
     (--label-column only for labelled posts: predict reads none), batch size, checkpoint,
     device, encoding, progress and threads."""
-    p.add_argument("--run", required=True, help="run folder written by `fbdl-fast train`")
+    p.add_argument(
+        "--run",
+        required=True,
+        action="append",
+        help="run folder written by `fbdl-fast train`; repeat it to combine several runs of "
+        "the same classes as one ensemble (their probabilities' weighted geometric mean)",
+    )
     p.add_argument("--data", required=labelled, default=None, help=data_help)
     p.add_argument(
         "--text-column",
@@ -116,11 +162,21 @@ def add_run_options(p: argparse.ArgumentParser, data_help: str, *, labelled: boo
     p.add_argument(
         "--checkpoint",
         default=None,
+        action="append",
         metavar="best|last|int8|onnx|onnx-int8|PATH",
         help="weights to use: best.pt or last.pt of the run, int8: its model.int8.pt (`export "
         "--format int8`), onnx: its model.onnx in onnxruntime (`export --format onnx`), "
         "onnx-int8: its model.int8.onnx (`export --format onnx-int8`; these three CPU only), or "
-        "a checkpoint file (default: best, else last)",
+        "a checkpoint file (default: best, else last); with several --run, once for all or "
+        "once a run, in their order",
+    )
+    p.add_argument(
+        "--weights",
+        type=weight_list,
+        default=None,
+        metavar="W1,W2,...",
+        help="with several --run: each run's weight in the ensemble, in their order (default: "
+        "equal)",
     )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     add_encoding_option(p)

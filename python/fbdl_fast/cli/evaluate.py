@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from fbdl_fast.cli.common import (
     HelpFormatter,
@@ -17,6 +17,7 @@ from fbdl_fast.cli.common import (
 )
 
 if TYPE_CHECKING:
+    from fbdl_fast.training.ensemble import Ensemble
     from fbdl_fast.training.loading import Run
 
 
@@ -53,9 +54,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_report(args: argparse.Namespace, run: Run, result: Any) -> None:
+def write_report(args: argparse.Namespace, run: Union[Run, Ensemble], result: Any) -> None:
     """--report DIR: the evaluation's report set (result.details.write), said on stderr."""
-    title = f"Evaluation of {run.path.name} ({run.checkpoint.name}) on {Path(args.data).name}"
+    from fbdl_fast.training.ensemble import Ensemble
+
+    members = run.runs if isinstance(run, Ensemble) else [run]
+    named = " + ".join(f"{member.path.name} ({member.checkpoint.name})" for member in members)
+    title = f"Evaluation of {named} on {Path(args.data).name}"
     folder = report_folder(Path(args.report))
     try:
         written = result.details.write(folder, title)
