@@ -91,7 +91,7 @@ class Ensemble(Predictor):
         for run, weight in zip(self.runs, self.weights):
             if weight == 0:
                 continue
-            probs = run._probabilities(texts, batch_size).double()
+            probs = run._probabilities(texts, batch_size).cpu().double()  # ONNX runs: CPU
             # A probability that underflowed to 0 is the smallest normal one, so that no run
             # can veto a class outright (log 0) and the combination stays finite.
             term = probs.clamp_min(torch.finfo(probs.dtype).tiny).log() * (weight / total)
