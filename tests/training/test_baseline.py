@@ -116,6 +116,8 @@ def test_comparison_says_plainly_when_the_baseline_wins() -> None:
     assert "beats" not in loses.report_line() and "ahead of the n-gram baseline by 0.0500" in (
         loses.report_line()
     )
+    for result in (wins, loses):  # how to serve the two together
+        assert "`fbdl-fast predict --run THIS_RUN --run NGRAM_RUN`" in result.report_line()
 
 
 def small_split(n: int, seed: int) -> tuple[Any, Any, Tokenizer, LabelMap, fbdl_fast.ModelConfig]:

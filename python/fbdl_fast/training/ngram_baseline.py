@@ -91,7 +91,10 @@ class BaselineResult:
             f"Validation macro-F1: {self.model_title} {self.model_macro_f1:.4f}, {TITLE} "
             f"{self.val_macro_f1:.4f} (fastText-style hashed n-grams, `--model "
             f"{presets.BASELINE_MODEL}`'s defaults, same split, tokenizer and seed; best epoch "
-            f"{self.best_epoch} of {self.epochs}, fitted in {self.seconds:.1f}s). {verdict}."
+            f"{self.best_epoch} of {self.epochs}, fitted in {self.seconds:.1f}s). {verdict}. "
+            f"Trained as a run of its own (`fbdl-fast train --model {presets.BASELINE_MODEL}`), "
+            "it can also predict beside this model as one ensemble (`fbdl-fast predict --run "
+            "THIS_RUN --run NGRAM_RUN`), which can score above either."
         )
 
     def to_dict(self) -> dict[str, Any]:
