@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence, Sized
+from typing import TYPE_CHECKING, Any, cast
 
 from fbdl_fast.cli.common import (
     DEVICE_HELP,
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from fbdl_fast.config import ModelConfig
-    from fbdl_fast.data import LabelMap, Posts
+    from fbdl_fast.data import Label, LabelMap, Posts
 
 
 DEMO_TITLES = {"minilm": "MiniLM (fine-tuned)"}
@@ -97,7 +97,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     epochs = args.epochs or preset["epochs"]
     posts = generate_posts(samples, seed=args.seed)
     assert posts.labels is not None
-    label_map = LabelMap.from_labels(posts.labels)
+    label_map = LabelMap.from_labels(cast("list[Label]", posts.labels))  # one label a post
     train, val = split_posts(posts, 0.2, seed=args.seed)
     names = args.models or [*MODEL_TITLES, *(["minilm"] if _minilm_installed() else [])]
     if "minilm" in names:
@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             row_config, train_loader, val_loader = _demo_minilm_setup(
                 preset, train, val, config, label_map
             )
-            say(args, f"fine-tuning MiniLM on {len(train_loader.dataset)} posts ...")
+            say(args, f"fine-tuning MiniLM on {len(cast(Sized, train_loader.dataset))} posts ...")
             model = create_model("bert", row_config, pretrained="all-minilm-l6-v2")
         else:
             row_config, train_loader, val_loader = config, *loaders

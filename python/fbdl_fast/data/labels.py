@@ -17,7 +17,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Union, cast
 
 import numpy as np
 
@@ -93,7 +93,8 @@ class LabelMap:
         ids = []
         for label, line in zip(posts.labels, posts.lines):
             try:
-                ids.append(self.encode(label))
+                # a LabelSet (a multi-label post) is refused: ValueError naming it
+                ids.append(self.encode(cast(Label, label)))
             except ValueError as err:
                 raise ValueError(f"{err} (line {line} of {posts.source})") from None
         return ids
@@ -203,13 +204,13 @@ def read_class_weights(path: Union[str, os.PathLike[str]], label_map: LabelMap) 
     else:
         delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
         rows = [r for r in csv.reader(io.StringIO(text), delimiter=delimiter) if r]
-        for number, row in enumerate(rows, start=1):
+        for line, row in enumerate(rows, start=1):
             if len(row) != 2:
                 raise ValueError(
-                    f"line {number} of class weights file {path} has {len(row)} fields; "
+                    f"line {line} of class weights file {path} has {len(row)} fields; "
                     "expected 2: label, weight"
                 )
-            pairs.append((row[0], row[1].strip(), f"line {number}"))
+            pairs.append((row[0], row[1].strip(), f"line {line}"))
         if pairs and not _is_number(pairs[0][1]):  # a header line
             pairs = pairs[1:]
     weights: dict[Label, float] = {}

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fbdl_fast.data.labels import LabelMap, balanced_sample_weights
-from fbdl_fast.data.readers import Label, Posts
+from fbdl_fast.data.readers import Label, LabelSet, Posts
 
 if TYPE_CHECKING:
     from fbdl_fast.config import ModelConfig
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def train_val_split(
-    labels: Union[int, Sequence[Label]],
+    labels: Union[int, Sequence[Union[Label, LabelSet]]],
     val_fraction: float = 0.1,
     seed: int = 42,
     stratify: bool = True,
@@ -54,7 +54,7 @@ def train_val_split(
         perm = rng.permutation(n)
         n_val = min(max(1, round(n * val_fraction)), n - 1)
         return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
-    groups: dict[Label, list[int]] = {}
+    groups: dict[Union[Label, LabelSet], list[int]] = {}
     for i, label in enumerate(labels):
         groups.setdefault(label, []).append(i)
     keys = sorted(groups, key=lambda v: (isinstance(v, str), v))  # a fixed order: seeded
@@ -84,7 +84,7 @@ def split_posts(
     posts: Posts, val_fraction: float = 0.1, seed: int = 42, stratify: bool = True
 ) -> tuple[Posts, Posts]:
     """`train_val_split` applied to `posts` (stratified by label when it has labels)."""
-    keys: Union[int, list[Label]] = len(posts) if posts.labels is None else posts.labels
+    keys = len(posts) if posts.labels is None else posts.labels
     train, val = train_val_split(keys, val_fraction, seed, stratify)
     return posts.subset(train), posts.subset(val)
 
@@ -203,7 +203,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         pool_batches: int = 50,
         num_replicas: int = 1,
         rank: int = 0,
-        weights: Optional[Sequence[float]] = None,
+        weights: Optional[Union[Sequence[float], np.ndarray]] = None,
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r} is invalid; expected a positive integer")
@@ -321,7 +321,7 @@ def make_loader(
     drop_last: bool = False,
     num_replicas: int = 1,
     rank: int = 0,
-    weights: Optional[Sequence[float]] = None,
+    weights: Optional[Union[Sequence[float], np.ndarray]] = None,
 ) -> DataLoader:
     """A DataLoader over `dataset` with a BucketBatchSampler and padding `collate`.
 

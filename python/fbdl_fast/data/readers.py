@@ -50,7 +50,7 @@ class Posts:
     """Texts with their labels (None when the file has no label column) and source lines."""
 
     texts: list[str]
-    labels: Optional[list[Label]]
+    labels: Optional[list[Union[Label, LabelSet]]]  # LabelSets: multi-label posts
     lines: list[int]  # 1-based line of each post in `source`, for error messages
     source: str = "<memory>"
 
@@ -131,7 +131,7 @@ def load_posts(
             the message names the file, the line and what is accepted.
     """
     texts: list[str] = []
-    labels: list[Label] = []
+    labels: list[Union[Label, LabelSet]] = []
     lines: list[int] = []
     for post in iter_posts(
         path,
