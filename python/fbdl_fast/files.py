@@ -69,7 +69,7 @@ def open_atomic(path: PathLike, mode: str = "w", replace: bool = True) -> Iterat
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         _lock_temp(fd)  # held until the temp file has its name: it is live, not stale
-        text = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
+        text: dict[str, Any] = {"encoding": "utf-8", "newline": ""} if mode == "w" else {}
         with os.fdopen(fd, mode, **text) as f:
             yield f
             f.flush()

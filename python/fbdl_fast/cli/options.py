@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from fbdl_fast.cli.common import (
@@ -41,7 +41,8 @@ class Flag:
     flag: str
     field: str
     help: str
-    options: Mapping[str, Any] = field(default_factory=dict)  # type, choices, metavar, action
+    # type, choices, metavar, action (dataclasses.field: `field` here is the attribute above)
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     # distill offers it too: False for what distill refuses (its students are reference models,
     # trained from scratch on one label a post, drawn with shuffle)
     distill: bool = True
@@ -342,7 +343,7 @@ SWITCHES["focal_alpha_from_weights"] = True
 def _default_help(name: str, student: bool = False) -> str:
     """' (default: X; ngram: Y; minilm: Z)' for a model option whose default is the model's; a
     student (distill) is never ngram or minilm, so its help leaves their defaults out."""
-    value = presets.MODEL_DEFAULTS.get(name, getattr(ModelConfig(), name, None))
+    value: Any = presets.MODEL_DEFAULTS.get(name, getattr(ModelConfig(), name, None))
     if name == "vocab_size":
         value = presets.DEFAULT_VOCAB_SIZE
     elif name == "tokenizer_style":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import cast
 
 
 def check_gamma(value: object, name: str = "gamma") -> float:
@@ -24,7 +25,7 @@ def check_gamma(value: object, name: str = "gamma") -> float:
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
         and math.isfinite(value)
-        and value >= 0
+        and cast(float, value) >= 0  # numbers.Real's stub has < and <= but no >=
     ):
         return float(value)
     raise ValueError(f"{name}={value!r} is invalid; expected a number >= 0 (finite)")

@@ -129,12 +129,12 @@ def write_report(rows: list[Row], machine: dict[str, Any], out_dir: Path) -> lis
     out_dir.mkdir(parents=True, exist_ok=True)
     table = markdown_table(rows, machine)
     document = {"machine": machine, "results": [asdict(row) for row in rows]}
-    ranked = [row for row in rows if row.speedup is not None]
-    labels = [f"{row.group} | {row.variant}" for row in ranked]
+    ranked = [(row, row.speedup) for row in rows if row.speedup is not None]
+    labels = [f"{row.group} | {row.variant}" for row, _ in ranked]
     chart = bar_chart_png(
         f"speedup vs reference ({machine.get('gpu') or 'cpu'})",
         labels,
-        [row.speedup for row in ranked],
+        [speedup for _, speedup in ranked],
     )
     paths = [out_dir / "report.md", out_dir / "report.json", out_dir / "speedups.png"]
     write_atomic(paths[0], table)
