@@ -56,7 +56,7 @@ input_precision="ieee" (exact, like torch's fp32 matmul, not TF32).
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import triton
@@ -611,6 +611,7 @@ def attention_forward(
     out = torch.empty((B, H, Lq, D), device=q.device, dtype=q.dtype)
     lse = torch.empty((B, H, Lq), device=q.device, dtype=torch.float32)
     mask, smb, smn = _mask_args(key_mask, q)
+    cfg: dict[str, Any]  # the launch's keywords: block sizes, warps, stages, fp fusion
     if autotune and tuned_here(q):
         kernel, cfg = _tuned("forward"), {"enable_fp_fusion": FP_FUSION}
     else:

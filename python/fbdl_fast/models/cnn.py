@@ -20,7 +20,7 @@ Szegedy 2015 (batch norm); He et al. 2015 (Kaiming init).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,8 @@ class FacebookPostsCNN(nn.Module):
 
     def _init_weights(self) -> None:
         for conv in self.conv_layers:
-            nn.init.kaiming_normal_(conv.weight, mode="fan_in", nonlinearity="relu")
+            weight = cast(nn.Conv1d, conv).weight
+            nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu")
         nn.init.xavier_uniform_(self.output_projection.weight)
         nn.init.zeros_(self.output_projection.bias)
 
@@ -64,11 +65,12 @@ class FacebookPostsCNN(nn.Module):
         pooled = []
         real = mask[:, None, :]  # (B, 1, L)
         for conv, bn in zip(self.conv_layers, self.batch_norms):
-            k = conv.kernel_size[0]
+            k = cast(nn.Conv1d, conv).kernel_size[0]
             h = conv(F.pad(x, (0, k - 1)))  # (B, H, L): window t covers tokens t .. t+k-1
             # ReLU after the max: the same values (ReLU is monotonic) on a (B, H) tensor, and
             # an empty post's -inf becomes 0.
-            pooled.append(F.relu(masked_batch_norm_max(bn, h, real)))  # (B, H)
+            norm = cast(nn.BatchNorm1d, bn)
+            pooled.append(F.relu(masked_batch_norm_max(norm, h, real)))  # (B, H)
         h = torch.cat(pooled, dim=1)  # (B, H * len(kernel_sizes))
         return self.output_projection(self.dropout(h))  # (B, C)
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 import torch.nn.functional as F
@@ -63,8 +63,8 @@ class FacebookPostsLSTM(nn.Module):
         # The same dict object as the nn.LSTM's parameters (it follows .to(), load_state_dict
         # and deepcopy), not a registered attribute, so the state_dict is unchanged. The
         # compiled path reads the weights here: dynamo breaks the graph on any access to an
-        # nn.LSTM module.
-        self._lstm_parameters = self.lstm._parameters
+        # nn.LSTM module. (None of its values is None: nn.LSTM registers every weight and bias.)
+        self._lstm_parameters = cast(dict[str, torch.Tensor], self.lstm._parameters)
         self.dropout = nn.Dropout(config.dropout)
         self.output_projection = nn.Linear(2 * H, config.num_classes)
         apply_init(self, config.init, self._init_weights)

@@ -171,6 +171,14 @@ def ngram_rows(
 
 
 class NgramClassifier(nn.Module):
+    # Buffers, registered only where the config asks for them: char_grams with character
+    # n-grams, the others with whole-word character n-grams (see __init__).
+    char_grams: torch.Tensor
+    char_heads: torch.Tensor
+    char_tails: torch.Tensor
+    char_ends: torch.Tensor
+    char_continues: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
