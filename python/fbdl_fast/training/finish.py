@@ -15,7 +15,7 @@ and validation loss, or NaN weights in the checkpoint): such a run is never publ
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, cast
 
 from fbdl_fast import runs
 from fbdl_fast.training.request import TrainError
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from fbdl_fast.calibration import TemperatureFit
-    from fbdl_fast.data import Posts
+    from fbdl_fast.data import Posts, PostsDataset
     from fbdl_fast.training.trainer import Trainer
 
 Say = Callable[[str], None]
@@ -99,7 +99,7 @@ def load_for_validation(
     config = trainer.config
     if trainer.world_size > 1:
         val_loader = make_loader(
-            val_loader.dataset,
+            cast("PostsDataset", val_loader.dataset),  # as made by make_loader
             config.batch_size,
             shuffle=False,
             pad_token_id=config.pad_token_id,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, TypedDict, Union
 
 import torch
 import torch.nn.functional as F
@@ -147,9 +147,16 @@ ClassWeights = Union[str, "os.PathLike[str]", Mapping[Any, float]]
 CLASS_WEIGHT_CHOICES = ("balanced", "none")
 
 
+class LossWeights(TypedDict, total=False):
+    """The ModelConfig fields loss_class_weights sets."""
+
+    class_weights: Optional[list[float]]
+    focal_alpha: Optional[list[float]]
+
+
 def loss_class_weights(
     choice: ClassWeights, train: Posts, label_map: LabelMap, *, as_focal_alpha: bool = False
-) -> dict[str, Optional[list[float]]]:
+) -> LossWeights:
     """The class-weights rule of a training run, as the ModelConfig fields it sets.
 
     `choice` is "none" (no weights), "balanced" (balanced_class_weights over the training posts

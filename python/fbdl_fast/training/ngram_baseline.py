@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import write_atomic
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from fbdl_fast.data import LabelMap, Posts
+    from fbdl_fast.models.ngram import NgramClassifier
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.training.request import TrainRequest
     from fbdl_fast.training.trainer import Trainer
@@ -150,7 +151,7 @@ def fit_baseline(
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]), _quiet_trainer():
         train_loader, val_loader = build_dataloaders(train, val, tokenizer, label_map, config)
-        model = create_model(presets.BASELINE_MODEL, config)
+        model = cast("NgramClassifier", create_model(presets.BASELINE_MODEL, config))
         model.index_char_ngrams(tokenizer)  # its character n-grams: the run's vocabulary's
         trainer = Trainer(model, config, device=device, label_map=label_map)
         history = trainer.fit(train_loader, val_loader)

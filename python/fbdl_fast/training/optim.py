@@ -118,10 +118,11 @@ class Lion(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                m = state["exp_avg"]
-                update = torch.lerp(p.grad, m, beta1).sign_()  # beta1 * m + (1 - beta1) * g
+                m, g = state["exp_avg"], p.grad
+                assert g is not None  # _dense_grads yields the parameters with a gradient
+                update = torch.lerp(g, m, beta1).sign_()  # beta1 * m + (1 - beta1) * g
                 p.mul_(1 - lr * wd).add_(update, alpha=-lr)
-                m.lerp_(p.grad, 1 - beta2)  # beta2 * m + (1 - beta2) * g
+                m.lerp_(g, 1 - beta2)  # beta2 * m + (1 - beta2) * g
         return loss
 
 
@@ -294,13 +295,14 @@ def _plateau(
     return lr_scheduler.ReduceLROnPlateau(optimizer, **options)
 
 
-def _require_steps_per_epoch(scheduler: str, steps_per_epoch: Optional[int]) -> None:
-    """Schedulers that step every batch need the number of batches per epoch."""
+def _require_steps_per_epoch(scheduler: str, steps_per_epoch: Optional[int]) -> int:
+    """Schedulers that step every batch need the number of batches per epoch: returned."""
     if not (isinstance(steps_per_epoch, int) and steps_per_epoch >= 1):
         raise ValueError(
             f"scheduler '{scheduler}' steps every batch: steps_per_epoch={steps_per_epoch!r} is "
             "invalid; pass the number of batches per epoch (a positive integer)"
         )
+    return steps_per_epoch
 
 
 def _one_cycle(
@@ -344,8 +346,8 @@ def _linear(
     steps_per_epoch: Optional[int],
     **kwargs: Any,
 ) -> Scheduler:
-    _require_steps_per_epoch("linear", steps_per_epoch)
-    total = kwargs.pop("total_steps", steps_per_epoch * config.max_epochs)
+    steps = _require_steps_per_epoch("linear", steps_per_epoch)
+    total = kwargs.pop("total_steps", steps * config.max_epochs)
     # Warmup rounds up (as HF's warmup_ratio does): a fraction > 0 warms up at least one step.
     warmup = kwargs.pop("warmup_steps", math.ceil(config.warmup_fraction * total))
     return lr_scheduler.LambdaLR(optimizer, LinearWarmupDecay(warmup, total), **kwargs)

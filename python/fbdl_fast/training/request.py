@@ -73,6 +73,11 @@ class TrainRequest:
     threads: int = DEFAULT_THREADS  # torch's intra-op CPU threads during the run (train_run)
     baseline: bool = True  # also fit the n-gram baseline on the same split (ngram_baseline)
 
+    @property
+    def data_file(self) -> Optional[Union[str, os.PathLike[str]]]:
+        """The posts file `data` names; None when `data` is Posts."""
+        return self.data if isinstance(self.data, (str, os.PathLike)) else None
+
     def validate(self, config: ModelConfig) -> ModelConfig:
         """Raise TrainError naming the first field no run can use, before any data is read;
         return `config` with what the request decides (multi_label). The labels of a class

@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union, cast
 
 from fbdl_fast import runs
 from fbdl_fast.config import ModelConfig
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
     from fbdl_fast.calibration import TemperatureFit
-    from fbdl_fast.data import LabelMap, Posts
+    from fbdl_fast.data import Label, LabelMap, LabelSet, Posts
     from fbdl_fast.tokenizer import Tokenizer
     from fbdl_fast.training.distributed import DistContext
     from fbdl_fast.training.trainer import History, Trainer
@@ -285,7 +285,7 @@ class _Run:
 
     def train(self, source: Path, started_all: float) -> TrainResult:
         """Train the run, continuing `source` when resuming; publish it on rank 0."""
-        from fbdl_fast.models import architecture, create_model
+        from fbdl_fast.models import NgramClassifier, architecture, create_model
         from fbdl_fast.training import distributed
         from fbdl_fast.training.trainer import Trainer
 
@@ -309,7 +309,7 @@ class _Run:
         pretrained = None if distill is not None and distill.shares_tokenizer else self.pretrained
         model = create_model(architecture(request.model), config, pretrained=pretrained)
         if hasattr(model, "index_char_ngrams"):  # the n-gram model reads its vocabulary's text
-            model.index_char_ngrams(tokenizer)
+            cast(NgramClassifier, model).index_char_ngrams(tokenizer)
         if distill is not None:
             distill.init_student(model, label_map)
         trainer = Trainer(
@@ -383,9 +383,9 @@ class _Run:
             )
         assert posts.labels is not None
         if request.multi_label:
-            label_map = LabelMap.from_label_sets(posts.labels)  # type: ignore[arg-type]
+            label_map = LabelMap.from_label_sets(cast("list[LabelSet]", posts.labels))
         else:
-            label_map = LabelMap.from_labels(posts.labels)
+            label_map = LabelMap.from_labels(cast("list[Label]", posts.labels))
         if len(label_map) < 2:
             raise TrainError(
                 f"{self.data_name} has a single label ({label_map.labels[0]!r}); a "
@@ -476,7 +476,7 @@ class _Run:
 
         request = self.request
         style, vocab_size = self._tokenizer_settings()
-        choice = request.class_weights
+        choice, data_file = request.class_weights, request.data_file
         return {
             "model": request.model,
             "model_config": config.to_dict(),
@@ -486,7 +486,7 @@ class _Run:
                 "label_column": request.label_column,
                 "val_fraction": request.val_fraction,
                 # --resume refuses other data under the same name
-                "sha256": posts_sha256(posts) if self.in_memory else sha256_of(request.data),
+                "sha256": posts_sha256(posts) if data_file is None else sha256_of(data_file),
                 "tokenizer_style": style,
                 "tokenizer_vocab_size": vocab_size,  # asked for (the trained one may be less)
                 # multi-label runs; None: one label a post

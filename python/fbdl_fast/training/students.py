@@ -25,7 +25,7 @@ The library's default stays "own".
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, cast
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from fbdl_fast.config import ModelConfig
 
 if TYPE_CHECKING:
     from fbdl_fast.data import LabelMap
+    from fbdl_fast.models.bert import BertClassifier
     from fbdl_fast.training.loading import Run
 
 MINILM_STUDENT = "minilm"
@@ -65,7 +66,7 @@ def spread_layers(total: int, keep: int) -> list[int]:
     return [((i + 1) * total + keep // 2) // keep - 1 for i in range(keep)]
 
 
-def teacher_encoder(teacher: Run) -> Optional[nn.Module]:
+def teacher_encoder(teacher: Run) -> Optional[BertClassifier]:
     """The teacher's BertClassifier, or None when it is not a BERT-family run."""
     from fbdl_fast.models.bert import BertClassifier
 
@@ -138,8 +139,8 @@ def student_config(
             extra={**config.extra, "teacher_layers": chosen},
         )
     if embeddings == "teacher":
-        width = teacher.model.embedding.weight.shape[1]
-        return dataclasses.replace(config, input_dim=int(width))
+        embedding = cast(nn.Embedding, teacher.model.embedding)  # checked by check_student
+        return dataclasses.replace(config, input_dim=int(embedding.weight.shape[1]))
     return config
 
 
@@ -159,15 +160,15 @@ def init_student(
         if student == MINILM_STUDENT:
             encoder = teacher_encoder(teacher)
             assert encoder is not None, "check_student refuses a teacher that is not BERT"
-            chosen = model.config.extra["teacher_layers"]  # type: ignore[union-attr]
+            chosen = cast(ModelConfig, model.config).extra["teacher_layers"]
             state = {k: v.cpu() for k, v in layers_state_dict(encoder, chosen).items()}
             rows = [teacher.label_map.encode(label) for label in label_map.labels]
             state["head.weight"] = state["head.weight"][rows].contiguous()
             state["head.bias"] = state["head.bias"][rows].contiguous()
             model.load_state_dict(state, strict=True)
         elif embeddings == "teacher":
-            table = teacher.model.embedding.weight
-            model.embedding.weight.copy_(table.detach().cpu())  # type: ignore[union-attr]
+            table = cast(nn.Embedding, teacher.model.embedding).weight  # checked by check_student
+            cast(nn.Embedding, model.embedding).weight.copy_(table.detach().cpu())
 
 
 __all__ = [

@@ -1079,7 +1079,9 @@ class Trainer:
         # model_only (evaluate, predict): the validated weights, i.e. last.pt's EMA when it has
         # one; to continue training: the trained weights, and the EMA as it was.
         validated = model_only and ema is not None and state.get("weights") != "ema"
-        weights = ema["model"] if validated and ema["n_averaged"] > 0 else state["model"]
+        weights = state["model"]
+        if validated and ema is not None and ema["n_averaged"] > 0:  # validated implies ema
+            weights = ema["model"]
         self._load_weights(self.model, weights, path)
         self.thresholds = state.get("thresholds")  # multilabel.store_thresholds wrote them
         if self.label_map is None:
