@@ -60,6 +60,8 @@ from fbdl_fast.serving.provenance import (
 )
 
 if TYPE_CHECKING:
+    import torch.ao.nn.quantized.dynamic as nnqd
+
     from fbdl_fast.runs import RunFiles
 
 INT8_FORMAT = "int8-dynamic"
@@ -281,7 +283,7 @@ def model_from_int8_state(
     return qmodel.eval()
 
 
-def _set_lstm_weights(module: nn.Module, prefix: str, state: dict[str, torch.Tensor]) -> None:
+def _set_lstm_weights(module: nnqd.LSTM, prefix: str, state: dict[str, torch.Tensor]) -> None:
     """Rebuild a dynamic int8 LSTM's packed cells from saved int8 weights, layer by layer and
     direction by direction, as torch's LSTM.from_float packs them."""
     import torch.ao.nn.quantized.dynamic as nnqd

@@ -135,14 +135,20 @@ def _onnx_bytes(
     model: nn.Module, example: tuple[torch.Tensor, ...], max_length: int, dynamo: bool
 ) -> bytes:
     """The ONNX file of `model` traced on `example`, with dynamic batch and sequence axes."""
-    names = {"input_names": ["input_ids", "attention_mask"], "output_names": ["logits"]}
+    inputs, outputs = ["input_ids", "attention_mask"], ["logits"]
     if dynamo:
         from torch.export import Dim
 
         batch, sequence = Dim("batch"), Dim("sequence", max=max_length)
         axes = {0: batch, 1: sequence}
         program = torch.onnx.export(
-            model, example, dynamo=True, dynamic_shapes=(axes, axes), verbose=False, **names
+            model,
+            example,
+            dynamo=True,
+            dynamic_shapes=(axes, axes),
+            verbose=False,
+            input_names=inputs,
+            output_names=outputs,
         )
         assert program is not None
         return program.model_proto.SerializeToString()
@@ -151,10 +157,11 @@ def _onnx_bytes(
     torch.onnx.export(
         model,
         example,
-        buffer,
+        buffer,  # type: ignore[arg-type]  # the stub says a path; TorchScript writes to files too
         dynamo=False,
         dynamic_axes={"input_ids": axes_ts, "attention_mask": axes_ts, "logits": {0: "batch"}},
-        **names,
+        input_names=inputs,
+        output_names=outputs,
     )
     return buffer.getvalue()
 
@@ -263,7 +270,7 @@ def _checked_fp32(
     example = padded_batch(2, length, config.vocab_size, config.pad_token_id, seed=0)
     check_length = max(1, min(length + 3, config.max_seq_length))
     check = padded_batch(3, check_length, config.vocab_size, config.pad_token_id, seed=1)
-    failures = []
+    failures: list[str] = []
     with reference_ops(), torch.no_grad():
         expected = model(*check).float()
         for exporter, dynamo in (("dynamo", True), ("torchscript", False)):
