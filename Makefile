@@ -58,11 +58,12 @@ demo: $(VENV)/.installed-user  ## Install what the demo needs, train its four mo
 	$(RUN_HINT)
 
 .PHONY: lint
-lint: install  ## ruff, cargo fmt/clippy, stubtest
+lint: install  ## ruff, cargo fmt/clippy, mypy, stubtest
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	cargo fmt $(CARGO_MANIFEST) --check
 	cargo clippy $(CARGO_MANIFEST) --all-targets --quiet -- -D warnings
+	$(PY) -m mypy python/fbdl_fast
 	$(PY) -m mypy.stubtest fbdl_fast._tokenizer
 
 .PHONY: test
