@@ -23,7 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional
 
 from fbdl_fast.training.loading import DEFAULT_THREADS, Run, load_run
 from fbdl_fast.training.predictor import PathLike, Predictor
@@ -99,24 +99,15 @@ class Ensemble(Predictor):
         assert log_p is not None  # _weights refuses all-zero weights
         return log_p.softmax(dim=1).float()
 
-    def evaluate(
-        self,
-        data: Union[PathLike, Posts],
-        *,
-        batch_size: Optional[int] = None,
-        text_column: Optional[str] = None,
-        label_column: Optional[str] = None,
-        encoding_errors: str = "strict",
-        progress_every: Optional[float] = None,
+    def _evaluate_posts(
+        self, posts: Posts, source: str, batch_size: Optional[int], progress_every: Optional[float]
     ) -> RunEvaluation:
-        """The ensemble's figures on labelled posts, as Run.evaluate gives a run's: the loss is
-        the cross-entropy of the combined probabilities. progress_every: each run logs its
-        progress (logger "fbdl_fast") every so many seconds; None: none."""
+        """evaluate's figures of the ensemble: the loss is the cross-entropy of the combined
+        probabilities; each run logs its own progress."""
         import torch
 
         from fbdl_fast.reports.evaluation import evaluate_logits
 
-        posts, source = self._labelled_posts(data, text_column, label_column, encoding_errors)
         labels = torch.tensor(self.label_map.encode_all(posts), dtype=torch.long)
         with contextlib.ExitStack() as stack:
             for run in self.runs:

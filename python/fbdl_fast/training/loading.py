@@ -147,29 +147,10 @@ class Run(RunFiles, Predictor):
         ordered[loader_order(loader)] = probs  # the loader sorts by length; restore input order
         return ordered
 
-    def evaluate(
-        self,
-        data: Union[PathLike, Posts],
-        *,
-        batch_size: Optional[int] = None,
-        text_column: Optional[str] = None,
-        label_column: Optional[str] = None,
-        encoding_errors: str = "strict",
-        progress_every: Optional[float] = None,
+    def _evaluate_posts(
+        self, posts: Posts, source: str, batch_size: Optional[int], progress_every: Optional[float]
     ) -> Union[RunEvaluation, MultiLabelEvaluation]:
-        """The run's figures on labelled posts: a RunEvaluation (loss, accuracy, macro-F1, ECE
-        and the per-class details), or for a multi-label run a MultiLabelEvaluation (loss,
-        subset accuracy, micro/macro-F1, Hamming loss at its thresholds). `.to_dict()` is
-        `fbdl-fast evaluate --json`'s object.
-
-            run.evaluate("test.csv").to_dict()["macro_f1"]
-
-        data: a CSV, TSV or JSON-lines file (read with the run's text and label columns unless
-        text_column / label_column say otherwise; encoding_errors as in
-        fbdl_fast.data.load_posts), or labelled Posts. ValueError naming the label and its
-        line for a label the run has never seen. progress_every: log a progress line every so
-        many seconds (logger "fbdl_fast"); None: none."""
-        posts, source = self._labelled_posts(data, text_column, label_column, encoding_errors)
+        """evaluate's figures of the run on `posts` (named `source`)."""
         if self.config.multi_label:
             return self._evaluate_multi_label(posts, source, batch_size, progress_every)
         from fbdl_fast.reports.evaluation import evaluate_logits

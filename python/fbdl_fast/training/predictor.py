@@ -17,7 +17,7 @@ import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from fbdl_fast.training.results import Prediction
+from fbdl_fast.training.results import MultiLabelEvaluation, Prediction, RunEvaluation
 
 if TYPE_CHECKING:
     import torch
@@ -150,6 +150,37 @@ class Predictor:
             tuple(self.label_map.decode(i) for i in chosen),
             tuple(probs[i] for i in chosen),
         )
+
+    def evaluate(
+        self,
+        data: Union[PathLike, Posts],
+        *,
+        batch_size: Optional[int] = None,
+        text_column: Optional[str] = None,
+        label_column: Optional[str] = None,
+        encoding_errors: str = "strict",
+        progress_every: Optional[float] = None,
+    ) -> Union[RunEvaluation, MultiLabelEvaluation]:
+        """The figures on labelled posts: a RunEvaluation (loss, accuracy, macro-F1, ECE and the
+        per-class details), or for a multi-label run a MultiLabelEvaluation (loss, subset
+        accuracy, micro/macro-F1, Hamming loss at its thresholds). `.to_dict()` is `fbdl-fast
+        evaluate --json`'s object.
+
+            run.evaluate("test.csv").to_dict()["macro_f1"]
+
+        data: a CSV, TSV or JSON-lines file (read with the run's text and label columns unless
+        text_column / label_column say otherwise; encoding_errors as in
+        fbdl_fast.data.load_posts), or labelled Posts. ValueError naming the label and its
+        line for a label never seen in training. progress_every: log a progress line every so
+        many seconds (logger "fbdl_fast"); None: none."""
+        posts, source = self._labelled_posts(data, text_column, label_column, encoding_errors)
+        return self._evaluate_posts(posts, source, batch_size, progress_every)
+
+    def _evaluate_posts(
+        self, posts: Posts, source: str, batch_size: Optional[int], progress_every: Optional[float]
+    ) -> Union[RunEvaluation, MultiLabelEvaluation]:
+        """evaluate's figures on `posts` (named `source`)."""
+        raise NotImplementedError
 
     def _labelled_posts(
         self,
