@@ -101,16 +101,16 @@ def load_for_inference(args: argparse.Namespace) -> Union[Run, Ensemble]:
 
 
 def weight_list(text: str) -> list[float]:
-    """--weights: comma-separated finite numbers >= 0, not all 0."""
+    """--weights: comma-separated numbers, each as fbdl_fast.load_ensemble accepts a weight."""
+    from fbdl_fast.training.ensemble import check_weights
+
     try:
         values = [float(part) for part in text.split(",")]
+        return check_weights(values, len(values))
     except ValueError:
-        values = [-1.0]
-    if not all(0 <= v < float("inf") for v in values) or not any(values):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of finite numbers >= 0, not all 0"
-        )
-    return values
+        ) from None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):

@@ -59,7 +59,7 @@ class Ensemble(Predictor):
                     "an ensemble combines runs of the same classes in the same order"
                 )
         self.runs = runs
-        self.weights = _weights(weights, len(runs))
+        self.weights = check_weights(weights, len(runs))
 
     def __repr__(self) -> str:
         members = ", ".join(f"{str(r.path)!r}: {w:g}" for r, w in zip(self.runs, self.weights))
@@ -84,6 +84,10 @@ class Ensemble(Predictor):
         return " + ".join(str(run.path) for run in self.runs)
 
     def _probabilities(self, texts: Sequence[str], batch_size: Optional[int]) -> torch.Tensor:
+        return self._log_probabilities(texts, batch_size).exp().float()
+
+    def _log_probabilities(self, texts: Sequence[str], batch_size: Optional[int]) -> torch.Tensor:
+        """The combination's log-probabilities (float64, rows normalised), in input order."""
         import torch
 
         total = sum(self.weights)
@@ -96,8 +100,8 @@ class Ensemble(Predictor):
             # can veto a class outright (log 0) and the combination stays finite.
             term = probs.clamp_min(torch.finfo(probs.dtype).tiny).log() * (weight / total)
             log_p = term if log_p is None else log_p + term
-        assert log_p is not None  # _weights refuses all-zero weights
-        return log_p.softmax(dim=1).float()
+        assert log_p is not None  # check_weights refuses all-zero weights
+        return log_p.log_softmax(dim=1)
 
     def _evaluate_posts(
         self, posts: Posts, source: str, batch_size: Optional[int], progress_every: Optional[float]
@@ -112,8 +116,7 @@ class Ensemble(Predictor):
         with contextlib.ExitStack() as stack:
             for run in self.runs:
                 stack.enter_context(run._progress(progress_every))
-            probs = self._probabilities(posts.texts, batch_size)
-        log_p = probs.double().clamp_min(torch.finfo(torch.float64).tiny).log()
+            log_p = self._log_probabilities(posts.texts, batch_size)
         loss = float(torch.nn.functional.nll_loss(log_p, labels))
         details = evaluate_logits(log_p.float(), labels, self.names, 1.0)
         checkpoints = " + ".join(run.checkpoint.name for run in self.runs)
@@ -142,7 +145,7 @@ def load_ensemble(
         raise ValueError(
             f"{len(chosen)} checkpoints for {len(paths)} runs; give one a run, or none"
         )
-    _weights(weights, len(paths))  # refused before any run is loaded
+    check_weights(weights, len(paths))  # refused before any run is loaded
     runs = [
         load_run(Path(path), checkpoint=which, device=device, threads=threads)
         for path, which in zip(paths, chosen)
@@ -150,8 +153,9 @@ def load_ensemble(
     return Ensemble(runs, weights)
 
 
-def _weights(weights: Optional[Sequence[float]], count: int) -> list[float]:
-    """`weights` checked: one finite number >= 0 a run, not all 0 (None: all 1)."""
+def check_weights(weights: Optional[Sequence[float]], count: int) -> list[float]:
+    """`weights` checked: one finite number >= 0 a run, not all 0 (None: all 1); ValueError
+    naming the first that is not."""
     if weights is None:
         return [1.0] * count
     values = list(weights)
