@@ -1,0 +1,208 @@
+"""A lead for the n-gram model (models/ngram.py): its own rows fitted as TF-IDF + logistic
+regression is fitted, convex and on all the training posts, scored on the test set.
+
+    python benches/studies/ngram_convex.py --task data/debian --task data/manpages
+    python benches/studies/ngram_convex.py --task data/debian --buckets 262144 --c 10 30
+    python benches/studies/ngram_convex.py --held-out 0.1     # on the posts `train` trains on
+
+`--model ngram` trains a 32-wide table and a linear head with AdamW, holding 10% of the posts
+out for early stopping. This study keeps the model's features exactly (its tokenizer trained on
+train.csv, the ids' unigrams and hashed bigrams, each vocabulary entry's character n-grams, the
+rows its forward gathers) and changes the rest:
+
+- weights: each row of a post weighted by its inverse document frequency in train.csv
+  (scikit-learn's smoothed idf, 1 + ln((1 + n) / (1 + df))), each of the two groups (n-grams,
+  character n-grams) with its own idf and divided by its own L2 norm, as TfidfVectorizer weighs
+  each of its blocks, with one difference a forward over a post's rows can afford: a row that
+  occurs twice has twice its weight, and adds its weight squared twice to the norm (a
+  scikit-learn one-off on these rows measured the same macro-F1 as TfidfVectorizer's norm);
+- model: a table as wide as the classes, summed (the logits themselves: a linear model over
+  the rows), and a bias;
+- fit: the L2-regularised cross-entropy (scikit-learn's objective: C times the summed loss plus
+  half the squared weights) minimised by torch's L-BFGS to convergence, over all of train.csv,
+  at one thread, with no validation split: a convex fit has no epoch to choose (--held-out
+  leaves out the posts `fbdl-fast train` holds out, to tell the fit's share from the data's).
+
+Prints one JSON line per task and C: test macro-F1 and accuracy, the fit's seconds and
+objective evaluations. The model and its fit are a study, not a library path: the figures say
+whether building it is worth it (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any, Optional
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch
+import torch.nn.functional as F
+
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
+from fbdl_fast.metrics import macro_f1
+from fbdl_fast.models.ngram import NgramClassifier, ngram_rows
+from fbdl_fast.training import presets
+from fbdl_fast.training.session import train_tokenizer
+
+Bags = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # rows, their weights, post offsets
+
+
+@torch.no_grad()
+def post_rows(model: NgramClassifier, loader: Any) -> list[tuple[list[Bags], torch.Tensor]]:
+    """Per batch: the rows of each group its forward pools ((B, N) rows, (B, N) bool real) and
+    the labels, in loader order."""
+    found = []
+    for batch in loader:
+        ids, mask = batch["input_ids"].long(), batch["attention_mask"].bool()
+        rows, weights = ngram_rows(ids, mask, model.config.vocab_size, model.buckets, model.order)
+        groups = [(rows, weights > 0)]
+        if model.char_limit:
+            char_rows, real = model.char_rows(ids, mask)
+            groups.append((char_rows.clamp(min=0), real))
+        found.append((groups, batch["labels"]))
+    return found
+
+
+def inverse_document_frequency(batches: list, table_rows: int) -> list[torch.Tensor]:
+    """Per group, (table_rows,) smoothed idf over the posts of `batches`: a row's df counts the
+    posts whose group has it, each once (TfidfVectorizer's idf of each of its blocks)."""
+    groups = len(batches[0][0])
+    df = [torch.zeros(table_rows, dtype=torch.float64) for _ in range(groups)]
+    posts = 0
+    for found, labels in batches:
+        for counts, (rows, real) in zip(df, found):
+            post = torch.arange(rows.shape[0])[:, None].expand_as(rows)[real]
+            unique = torch.unique(post * table_rows + rows[real])
+            counts += torch.bincount(unique % table_rows, minlength=table_rows).double()
+        posts += labels.shape[0]
+    return [(torch.log((1 + posts) / (1 + counts)) + 1).float() for counts in df]
+
+
+def weighted_bags(batches: list, idf: list[torch.Tensor]) -> Bags:
+    """All posts as one bag of rows for F.embedding_bag: (rows, per-row weights (idf over the
+    group's L2 norm), offsets) and the labels."""
+    rows, weights, offsets, labels = [], [], [], []
+    start = 0
+    for groups, batch_labels in batches:
+        weight_groups = []
+        for group_idf, (group_rows, real) in zip(idf, groups):
+            w = group_idf[group_rows] * real
+            weight_groups.append(w / w.pow(2).sum(1, keepdim=True).sqrt().clamp(min=1e-12))
+        all_rows, all_weights = torch.cat([g[0] for g in groups], 1), torch.cat(weight_groups, 1)
+        keep = all_weights > 0
+        counts = keep.sum(1)
+        offsets.append(start + torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]]))
+        start += int(counts.sum())
+        rows.append(all_rows[keep])
+        weights.append(all_weights[keep])
+        labels.append(batch_labels)
+    return torch.cat(rows), torch.cat(weights), torch.cat(offsets), torch.cat(labels)
+
+
+def scores(bags: Bags, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """(posts, classes) logits: each post's weighted rows of `table` summed, plus `bias`."""
+    rows, weights, offsets = bags
+    return F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=weights) + bias
+
+
+def fit(bags: Bags, labels: torch.Tensor, table_rows: int, classes: int, c: float) -> dict:
+    """L-BFGS to convergence on C * sum of losses + |W|^2 / 2 (scaled by 1 / (C n))."""
+    table = torch.zeros(table_rows, classes, requires_grad=True)
+    bias = torch.zeros(classes, requires_grad=True)
+    optimizer = torch.optim.LBFGS(
+        [table, bias], max_iter=1000, history_size=10, line_search_fn="strong_wolfe",
+        tolerance_grad=1e-6, tolerance_change=1e-9,
+    )  # fmt: skip
+    evaluations = [0]
+    scale = 1.0 / (2.0 * c * labels.shape[0])
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(scores(bags, table, bias), labels) + scale * table.pow(2).sum()
+        loss.backward()
+        evaluations[0] += 1
+        return loss
+
+    started = time.perf_counter()
+    optimizer.step(objective)
+    return {
+        "table": table.detach(),
+        "bias": bias.detach(),
+        "fit_s": round(time.perf_counter() - started, 1),
+        "evaluations": evaluations[0],
+    }
+
+
+def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dict[str, Any]]:
+    """One line per C: the convex fit on `task`'s train.csv (less the share `held_out` that
+    `fbdl-fast train --seed 42` would hold out for validation), scored on its test.csv."""
+    train = load_posts(os.path.join(task, "train.csv"), "text", "label")
+    if held_out:
+        train = split_posts(train, held_out, 42, stratify=True)[0]
+    test = load_posts(os.path.join(task, "test.csv"), "text", "label")
+    label_map = LabelMap.from_labels(train.labels)
+    tokenizer = train_tokenizer(train.texts, presets.DEFAULT_VOCAB_SIZE, "social")
+    values = presets.config_defaults("ngram")
+    values["extra"] = {**values["extra"], "ngram_buckets": buckets}
+    config = ModelConfig(
+        **values,
+        vocab_size=tokenizer.vocab_size,
+        num_classes=len(label_map),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # Validation batches are unshuffled: the test loader is the validation one.
+    train_loader, test_loader = build_dataloaders(train, test, tokenizer, label_map, config)
+    model = NgramClassifier(config)
+    model.index_char_ngrams(tokenizer)
+    table_rows = model.embedding.num_embeddings
+    started = time.perf_counter()
+    train_batches = post_rows(model, train_loader)
+    idf = inverse_document_frequency(train_batches, table_rows)
+    *train_bags, train_labels = weighted_bags(train_batches, idf)
+    features_s = time.perf_counter() - started
+    *test_bags, test_labels = weighted_bags(post_rows(model, test_loader), idf)
+    lines = []
+    for c in cs:
+        fitted = fit(tuple(train_bags), train_labels, table_rows, len(label_map), c)
+        predicted = scores(tuple(test_bags), fitted["table"], fitted["bias"]).argmax(1)
+        lines.append(
+            {
+                "task": os.path.basename(os.path.normpath(task)),
+                "buckets": buckets,
+                "c": c,
+                "test_macro_f1": round(macro_f1(predicted, test_labels, len(label_map)), 4),
+                "test_accuracy": round(float((predicted == test_labels).float().mean()), 4),
+                "train_posts": len(train.texts),
+                "features_s": round(features_s, 1),
+                "fit_s": fitted["fit_s"],
+                "evaluations": fitted["evaluations"],
+            }
+        )
+    return lines
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--task", action="append", help="task folders (train.csv, test.csv)")
+    parser.add_argument("--buckets", type=int, default=1 << 16, help="hashed rows (model's: 2**16)")
+    parser.add_argument("--c", type=float, nargs="+", default=[10.0], help="inverse L2 strength")
+    parser.add_argument(
+        "--held-out", type=float, default=0.0,
+        help="share of train.csv left out, as train's --val-fraction with seed 42 (default: 0)",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    lines = []
+    for task in args.task or ["data/debian", "data/manpages"]:
+        for line in study(task, args.buckets, args.c, args.held_out):
+            print(json.dumps(line), flush=True)
+            lines.append(line)
+    return lines
+
+
+if __name__ == "__main__":
+    main()
