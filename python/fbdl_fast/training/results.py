@@ -39,7 +39,8 @@ class RunEvaluation:
     `details` holds the per-class scores, the confusion matrix, the most confused pairs and the
     calibration (fbdl_fast.reports.evaluation.Evaluation: `.text()`, `.write(folder)`)."""
 
-    run: Path
+    # The run's folder; an ensemble's is its runs' folders joined in one str (Ensemble.path).
+    run: Union[Path, str]
     data: str  # the posts file as given, or the Posts' source
     checkpoint: str  # the file the weights came from (best.pt, model.onnx, ...)
     num_samples: int
@@ -55,7 +56,7 @@ class RunEvaluation:
     ) -> RunEvaluation:
         """The record of `details` (its accuracy, macro-F1 and ECE lifted out) and the loss."""
         return cls(
-            run=run,  # type: ignore[arg-type]  # an ensemble's: its runs' folders as one str
+            run=run,
             data=data,
             checkpoint=checkpoint,
             num_samples=len(details.labels),
