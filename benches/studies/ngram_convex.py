@@ -42,9 +42,10 @@ import torch
 import torch.nn.functional as F
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.data import LabelMap, build_dataloaders, load_posts, split_posts
+from fbdl_fast.data import LabelMap, Posts, build_dataloaders, load_posts, split_posts
 from fbdl_fast.metrics import macro_f1
 from fbdl_fast.models.ngram import NgramClassifier, ngram_rows
+from fbdl_fast.tokenizer import Tokenizer
 from fbdl_fast.training import presets
 from fbdl_fast.training.session import train_tokenizer
 
@@ -137,15 +138,12 @@ def fit(bags: Bags, labels: torch.Tensor, table_rows: int, classes: int, c: floa
     }
 
 
-def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dict[str, Any]]:
-    """One line per C: the convex fit on `task`'s train.csv (less the share `held_out` that
-    `fbdl-fast train --seed 42` would hold out for validation), scored on its test.csv."""
-    train = load_posts(os.path.join(task, "train.csv"), "text", "label")
-    if held_out:
-        train = split_posts(train, held_out, 42, stratify=True)[0]
-    test = load_posts(os.path.join(task, "test.csv"), "text", "label")
-    label_map = LabelMap.from_labels(train.labels)
-    tokenizer = train_tokenizer(train.texts, presets.DEFAULT_VOCAB_SIZE, "social")
+def ngram_model(
+    train: Posts, label_map: LabelMap, buckets: int, vocab_size: int = presets.DEFAULT_VOCAB_SIZE
+) -> tuple[Tokenizer, NgramClassifier]:
+    """`train`'s tokenizer, as `fbdl-fast train` trains it, and the n-gram model of --model
+    ngram's defaults with `buckets` hashed rows, its character n-grams indexed."""
+    tokenizer = train_tokenizer(train.texts, vocab_size, "social")
     values = presets.config_defaults("ngram")
     values["extra"] = {**values["extra"], "ngram_buckets": buckets}
     config = ModelConfig(
@@ -154,10 +152,22 @@ def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dic
         num_classes=len(label_map),
         pad_token_id=tokenizer.pad_token_id,
     )
-    # Validation batches are unshuffled: the test loader is the validation one.
-    train_loader, test_loader = build_dataloaders(train, test, tokenizer, label_map, config)
     model = NgramClassifier(config)
     model.index_char_ngrams(tokenizer)
+    return tokenizer, model
+
+
+def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dict[str, Any]]:
+    """One line per C: the convex fit on `task`'s train.csv (less the share `held_out` that
+    `fbdl-fast train --seed 42` would hold out for validation), scored on its test.csv."""
+    train = load_posts(os.path.join(task, "train.csv"), "text", "label")
+    if held_out:
+        train = split_posts(train, held_out, 42, stratify=True)[0]
+    test = load_posts(os.path.join(task, "test.csv"), "text", "label")
+    label_map = LabelMap.from_labels(train.labels)
+    tokenizer, model = ngram_model(train, label_map, buckets)
+    # Validation batches are unshuffled: the test loader is the validation one.
+    train_loader, test_loader = build_dataloaders(train, test, tokenizer, label_map, model.config)
     table_rows = model.embedding.num_embeddings
     started = time.perf_counter()
     train_batches = post_rows(model, train_loader)

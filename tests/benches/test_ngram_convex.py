@@ -11,12 +11,8 @@ import pytest
 import torch
 from scipy import sparse
 
-from fbdl_fast.config import ModelConfig
 from fbdl_fast.data import LabelMap, build_dataloaders
 from fbdl_fast.data.synthetic import generate_posts
-from fbdl_fast.models.ngram import NgramClassifier
-from fbdl_fast.training import presets
-from fbdl_fast.training.session import train_tokenizer
 from tiny_run import load_bench_script, write_posts_csv
 
 study = load_bench_script("studies/ngram_convex.py")
@@ -26,18 +22,8 @@ def tiny_rows(buckets: int = 512) -> tuple[list, int, int]:
     """The study's per-batch rows of 90 synthetic posts (model with character n-grams)."""
     posts = generate_posts(90, seed=4)
     label_map = LabelMap.from_labels(posts.labels)
-    tokenizer = train_tokenizer(posts.texts, 200, "social")
-    values = presets.config_defaults("ngram")
-    values["extra"] = {**values["extra"], "ngram_buckets": buckets}
-    config = ModelConfig(
-        **values,
-        vocab_size=tokenizer.vocab_size,
-        num_classes=len(label_map),
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    loader = build_dataloaders(posts, posts, tokenizer, label_map, config)[1]
-    model = NgramClassifier(config)
-    model.index_char_ngrams(tokenizer)
+    tokenizer, model = study.ngram_model(posts, label_map, buckets, vocab_size=200)
+    loader = build_dataloaders(posts, posts, tokenizer, label_map, model.config)[1]
     return study.post_rows(model, loader), model.embedding.num_embeddings, len(label_map)
 
 
