@@ -317,6 +317,34 @@ def test_bad_input(single: Path, tmp_path: Path) -> None:
         load_run(single, "cpu")  # type: ignore[misc]
 
 
+def test_class_probabilities_reads_texts_as_predict_does(single: Path) -> None:
+    """class_probabilities takes what predict takes (any iterable of str: a generator, a numpy
+    array) and refuses what it refuses: one str (not its characters as posts), None, a non-str
+    item, a bad batch size; numpy's integers count as integers, here and for predict."""
+    import numpy as np
+
+    run = load_run(single)
+    texts = ["so happy today", "my order never arrived", "ok"]
+    want = [[p.probabilities[name] for name in run.names] for p in run.predict(texts)]
+    for given in (iter(texts), np.array(texts), tuple(texts)):
+        np.testing.assert_allclose(run.class_probabilities(given), want, rtol=1e-6)
+    assert run.class_probabilities(iter(())) == []
+    with pytest.raises(TypeError, match=r"texts is one str \('hello'\); class_probabilities"):
+        run.class_probabilities("hello")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="texts is a NoneType, not an iterable"):
+        run.class_probabilities(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"texts\[1\] is 3 \(int\); class_probabilities"):
+        run.class_probabilities(["a", 3])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match=r"batch_size=0 is not accepted"):
+        run.class_probabilities(["a"], batch_size=0)
+    np.testing.assert_allclose(
+        run.class_probabilities(texts, batch_size=np.int64(2)), want, rtol=1e-5
+    )
+    assert [p.label for p in run.predict(texts, batch_size=np.int64(1))] == [
+        p.label for p in run.predict(texts)
+    ]
+
+
 def test_load_run_and_run_are_public_names() -> None:
     """`fbdl_fast.load_run` and `fbdl_fast.Run` are the library's, listed in __all__."""
     assert fbdl_fast.load_run is load_run and fbdl_fast.Run is Run

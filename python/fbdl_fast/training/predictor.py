@@ -12,6 +12,7 @@ module loads no torch.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import reprlib
 from collections.abc import Iterable, Iterator, Sequence
@@ -63,8 +64,13 @@ class Predictor:
         self, texts: Sequence[str], batch_size: Optional[int] = None
     ) -> list[list[float]]:
         """Every class's probability for each of `texts`, in their order, in one pass (predict
-        splits its input into chunks and calls this once a chunk)."""
-        return self._probabilities(texts, batch_size).tolist() if texts else []
+        splits its input into chunks instead). texts: any iterable of str, checked as predict
+        checks it."""
+        posts = list(_iterate(texts, "class_probabilities"))
+        if batch_size is not None:
+            check_positive("batch_size", batch_size, MAX_BATCH_SIZE)
+        _check_texts(posts, 0, "class_probabilities")
+        return self._probabilities(posts, batch_size).tolist() if posts else []
 
     def predict(self, texts: Iterable[str], batch_size: Optional[int] = None) -> list[Prediction]:
         """A Prediction for each text, in input order.
@@ -102,18 +108,7 @@ class Predictor:
     ) -> Iterator[list[Prediction]]:
         """`predict_iter`'s Predictions, a chunk's list at a time (what `fbdl-fast predict`
         writes and counts between progress updates)."""
-        if isinstance(texts, (str, bytes)):
-            raise TypeError(
-                f"texts is one {type(texts).__name__} ({reprlib.repr(texts)}); predict takes an "
-                "iterable of str: pass [text] for a single post"
-            )
-        try:
-            posts = iter(texts)
-        except TypeError:
-            raise TypeError(
-                f"texts is a {type(texts).__name__}, not an iterable; predict takes an iterable "
-                "of str"
-            ) from None
+        posts = _iterate(texts, "predict")
         if batch_size is not None:
             check_positive("batch_size", batch_size, MAX_BATCH_SIZE)
         size = max(
@@ -122,7 +117,7 @@ class Predictor:
         thresholds = self.thresholds or [DEFAULT_THRESHOLD] * len(self.label_map)
         names, start = self.names, 0
         while block := list(itertools.islice(posts, size)):
-            _check_texts(block, start)
+            _check_texts(block, start, "predict")
             probs = self._probabilities(block, batch_size)
             # argmax a chunk at once (the first of equal maxima, as max() would take)
             rows, tops = probs.tolist(), probs.argmax(dim=1).tolist()
@@ -211,18 +206,41 @@ class Predictor:
 
 
 def check_positive(name: str, value: Any, most: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    """`value` as an int (numpy's integers too) when it is an integer in [1, most]; else
+    ValueError naming `name`."""
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        number = None
+    if number is None or number < 1:
         raise ValueError(f"{name}={value!r} is not accepted; expected an integer >= 1")
-    if most is not None and value > most:
+    if most is not None and number > most:
         raise ValueError(f"{name}={value!r} is not accepted; expected an integer in [1, {most}]")
-    return value
+    return number
 
 
-def _check_texts(block: list[Any], start: int) -> None:
+def _iterate(texts: Any, method: str) -> Iterator[Any]:
+    """An iterator over `texts`; TypeError for one str or bytes (a post, not posts) or for
+    what is not iterable, naming `method`."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(
+            f"texts is one {type(texts).__name__} ({reprlib.repr(texts)}); {method} takes an "
+            "iterable of str: pass [text] for a single post"
+        )
+    try:
+        return iter(texts)
+    except TypeError:
+        raise TypeError(
+            f"texts is a {type(texts).__name__}, not an iterable; {method} takes an iterable "
+            "of str"
+        ) from None
+
+
+def _check_texts(block: list[Any], start: int, method: str) -> None:
     """TypeError naming the first item of `block` (at input position start + i) not a str."""
     for i, text in enumerate(block):
         if not isinstance(text, str):
             raise TypeError(
-                f"texts[{start + i}] is {reprlib.repr(text)} ({type(text).__name__}); predict "
+                f"texts[{start + i}] is {reprlib.repr(text)} ({type(text).__name__}); {method} "
                 "takes an iterable of str"
             )
