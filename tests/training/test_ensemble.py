@@ -69,6 +69,15 @@ def test_a_zero_weight_leaves_the_other_run_alone(runs: tuple[Path, Path]) -> No
     np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-7)
 
 
+def test_weights_are_relative_even_near_floats_largest(runs: tuple[Path, Path]) -> None:
+    """Weights 5e307 and 1.5e308 combine as 1 and 3 (their sum is past float's range), numpy's
+    floats count as numbers, and the folders may come from any iterable."""
+    posts = texts()
+    want = np.array(load_ensemble(runs, weights=[1.0, 3.0]).class_probabilities(posts))
+    huge = load_ensemble(iter(runs), weights=[5e307, np.float64(1.5e308)])
+    np.testing.assert_allclose(huge.class_probabilities(posts), want, rtol=1e-6)
+
+
 def test_evaluate_scores_the_combined_probabilities(
     runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -121,6 +130,8 @@ def test_runs_that_cannot_be_combined_are_refused(runs: tuple[Path, Path], tmp_p
         load_ensemble(str(runs[0]))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="3 checkpoints for 2 runs"):
         load_ensemble(runs, checkpoints=["best", "best", "best"])
+    with pytest.raises(TypeError, match=r"checkpoints is one str \('best'\); .* one a run"):
+        load_ensemble(runs, checkpoints="best")  # type: ignore[arg-type]
 
 
 def test_cli_predict_and_evaluate_with_several_runs(

@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -90,7 +91,9 @@ class Ensemble(Predictor):
         """The combination's log-probabilities (float64, rows normalised), in input order."""
         import torch
 
-        total = sum(self.weights)
+        # Divided by the largest first: weights near float's maximum must not sum to inf.
+        largest = max(self.weights)
+        total = sum(weight / largest for weight in self.weights)
         log_p: Optional[torch.Tensor] = None
         for run, weight in zip(self.runs, self.weights):
             if weight == 0:
@@ -98,7 +101,8 @@ class Ensemble(Predictor):
             probs = run._probabilities(texts, batch_size).cpu().double()  # ONNX runs: CPU
             # A probability that underflowed to 0 is the smallest normal one, so that no run
             # can veto a class outright (log 0) and the combination stays finite.
-            term = probs.clamp_min(torch.finfo(probs.dtype).tiny).log() * (weight / total)
+            share = weight / largest / total
+            term = probs.clamp_min(torch.finfo(probs.dtype).tiny).log() * share
             log_p = term if log_p is None else log_p + term
         assert log_p is not None  # check_weights refuses all-zero weights
         return log_p.log_softmax(dim=1)
@@ -124,7 +128,7 @@ class Ensemble(Predictor):
 
 
 def load_ensemble(
-    paths: Sequence[PathLike],
+    paths: Iterable[PathLike],
     *,
     checkpoints: Optional[Sequence[Optional[PathLike]]] = None,
     weights: Optional[Sequence[float]] = None,
@@ -140,6 +144,12 @@ def load_ensemble(
     device and threads: as load_run's, for every run."""
     if isinstance(paths, (str, bytes, os.PathLike)):
         raise TypeError("paths is one path; load_ensemble takes a list of run folders")
+    if isinstance(checkpoints, (str, bytes, os.PathLike)):
+        raise TypeError(
+            f"checkpoints is one {type(checkpoints).__name__} ({checkpoints!r}); load_ensemble "
+            "takes one a run, as a list: [checkpoint] * number of runs for the same everywhere"
+        )
+    paths = list(paths)  # any iterable of folders, read once
     chosen = list(checkpoints) if checkpoints is not None else [None] * len(paths)
     if len(chosen) != len(paths):
         raise ValueError(
@@ -162,7 +172,7 @@ def check_weights(weights: Optional[Sequence[float]], count: int) -> list[float]
     if len(values) != count:
         raise ValueError(f"{len(values)} weights for {count} runs; give one a run")
     for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"weight {value!r} is not accepted; expected a number >= 0")
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"weight {value!r} is not accepted; expected a finite number >= 0")

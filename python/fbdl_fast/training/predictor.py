@@ -231,8 +231,7 @@ def _iterate(texts: Any, method: str) -> Iterator[Any]:
         return iter(texts)
     except TypeError:
         raise TypeError(
-            f"texts is a {type(texts).__name__}, not an iterable; {method} takes an iterable "
-            "of str"
+            f"texts is a {type(texts).__name__}, not an iterable; {method} takes an iterable of str"
         ) from None
 
 
