@@ -75,20 +75,43 @@ def test_train_says_what_the_temperature_optimises(calibrated: tuple[Path, Path,
 def test_evaluate_labels_each_figure_before_or_after_calibration(
     calibrated: tuple[Path, Path, str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The top block no longer prints the raw logits' loss beside the calibrated ECE unlabelled:
-    the loss says it is before calibration, the ECE shows before -> after the temperature."""
+    """The top block labels each figure: the loss is the cross-entropy of the calibrated
+    probabilities (the NLL after the temperature), the ECE shows before -> after it."""
     data, run, _, _ = calibrated
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--quiet"]) == 0
     top = capsys.readouterr().out.split("\n\n")[0]
-    assert re.search(
-        r"^loss +[\d.]+ \(before calibration: the run's loss on the raw logits\)$", top, re.M
-    ), top
-    assert re.search(
+    loss = re.search(
+        r"^loss +([\d.]+) \(the cross-entropy of the calibrated probabilities\)$", top, re.M
+    )
+    ece = re.search(
         r"^ece +[\d.]+ -> [\d.]+ \(before -> after temperature [\d.]+, which train --calibrate "
-        r"fitted to minimise the validation NLL; NLL here [\d.]+ -> [\d.]+\)$",
+        r"fitted to minimise the validation NLL; NLL here [\d.]+ -> ([\d.]+)\)$",
         top,
         re.M,
-    ), top
+    )
+    assert loss and ece, top
+    assert loss[1] == ece[1]
+
+
+def test_evaluate_loss_is_the_cross_entropy_of_predicts_probabilities(
+    calibrated: tuple[Path, Path, str, str],
+) -> None:
+    """evaluate's loss is the mean -log of the probability predict gives the true class, for a
+    calibrated run (not the raw logits' loss) as for an ensemble of it with itself."""
+    import numpy as np
+
+    from fbdl_fast import load_ensemble, load_run
+    from fbdl_fast.data import load_posts
+
+    data, run, _, _ = calibrated
+    posts = load_posts(data, "text", "label")
+    loaded = load_run(run)
+    picked = [
+        p.probabilities[str(label)] for p, label in zip(loaded.predict(posts.texts), posts.labels)
+    ]
+    want = -np.mean(np.log(picked))
+    assert loaded.evaluate(data).loss == pytest.approx(want, rel=1e-5)
+    assert load_ensemble([run, run]).evaluate(data).loss == pytest.approx(want, rel=1e-5)
 
 
 def test_predict_keeps_the_id_column_by_default(

@@ -75,14 +75,14 @@ def write_report(args: argparse.Namespace, run: Union[Run, Ensemble], result: An
 def summary_lines(result: Any) -> list[str]:
     """evaluate's top block for a single-label run (a RunEvaluation). A calibrated
     checkpoint's figures each say which side of its temperature they are on: the loss is the
-    run's loss on the raw logits (before it), the ECE and NLL are shown before -> after it, with
-    what the temperature was fitted for."""
+    cross-entropy of the probabilities predict gives (after it), the ECE and NLL are shown
+    before -> after it, with what the temperature was fitted for."""
     details = result.details
     lines = []
     for key, value in result.summary().items():
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         if details.calibrated is not None and key == "loss":
-            shown += " (before calibration: the run's loss on the raw logits)"
+            shown += " (the cross-entropy of the calibrated probabilities)"
         elif details.calibrated is not None and key == "ece":
             shown = (
                 f"{details.reliability.ece:.4f} -> {details.calibrated.ece:.4f} (before -> "

@@ -110,8 +110,8 @@ class Ensemble(Predictor):
     def _evaluate_posts(
         self, posts: Posts, source: str, batch_size: Optional[int], progress_every: Optional[float]
     ) -> RunEvaluation:
-        """evaluate's figures of the ensemble: the loss is the cross-entropy of the combined
-        probabilities; each run logs its own progress."""
+        """evaluate's figures of the ensemble (the loss: the cross-entropy of the combined
+        probabilities, as a run's); each run logs its own progress."""
         import torch
 
         from fbdl_fast.reports.evaluation import evaluate_logits
@@ -121,10 +121,11 @@ class Ensemble(Predictor):
             for run in self.runs:
                 stack.enter_context(run._progress(progress_every))
             log_p = self._log_probabilities(posts.texts, batch_size)
-        loss = float(torch.nn.functional.nll_loss(log_p, labels))
-        details = evaluate_logits(log_p.float(), labels, self.names, 1.0)
+        # The float64 log-probabilities themselves: their NLL is the loss, with no float32
+        # rounding in between.
+        details = evaluate_logits(log_p, labels, self.names, 1.0)
         checkpoints = " + ".join(run.checkpoint.name for run in self.runs)
-        return RunEvaluation.of(self.path, source, checkpoints, loss, details)
+        return RunEvaluation.of(self.path, source, checkpoints, details)
 
 
 def load_ensemble(

@@ -158,10 +158,10 @@ class Run(RunFiles, Predictor):
         labels = self.label_map.encode_all(posts)  # an unknown label: error naming its line
         loader = self.loader(posts.texts, labels, batch_size)
         with self._torch_threads(), self._progress(progress_every):
-            logits, ids, loss = self.trainer.outputs(loader)
+            logits, ids, _ = self.trainer.outputs(loader)
         assert ids is not None
         details = evaluate_logits(logits, ids, self.names, self.temperature)
-        return RunEvaluation.of(self.path, source, self.checkpoint.name, loss, details)
+        return RunEvaluation.of(self.path, source, self.checkpoint.name, details)
 
     def _evaluate_multi_label(
         self,

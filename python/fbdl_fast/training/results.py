@@ -44,7 +44,7 @@ class RunEvaluation:
     data: str  # the posts file as given, or the Posts' source
     checkpoint: str  # the file the weights came from (best.pt, model.onnx, ...)
     num_samples: int
-    loss: float
+    loss: float  # mean cross-entropy of predict's probabilities (RunEvaluation.of)
     accuracy: float
     macro_f1: float
     ece: float  # expected calibration error of the probabilities predict gives
@@ -52,9 +52,14 @@ class RunEvaluation:
 
     @classmethod
     def of(
-        cls, run: Union[Path, str], data: str, checkpoint: str, loss: float, details: Evaluation
+        cls, run: Union[Path, str], data: str, checkpoint: str, details: Evaluation
     ) -> RunEvaluation:
-        """The record of `details` (its accuracy, macro-F1 and ECE lifted out) and the loss."""
+        """The record of `details`: its accuracy, macro-F1 and ECE lifted out, and as the loss
+        the cross-entropy of the probabilities predict gives (calibrated where the run is):
+        the same figure for a run and an ensemble, whatever criterion a run trained with
+        (label smoothing, focal loss and class weights are training's choices, not the
+        test's)."""
+        loss = details.nll if details.nll_calibrated is None else details.nll_calibrated
         return cls(
             run=run,
             data=data,
