@@ -292,6 +292,28 @@ def test_cli_multi_label_train_evaluate_predict(
     assert "subset_accuracy" in capsys.readouterr().out
 
 
+def test_the_ngram_model_trains_multi_label_without_its_single_label_smoothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--model ngram's label smoothing (a default of one label a post) does not stand in the way
+    of --multi-label: the run trains with none and learns; asking for it is still refused."""
+    data = multi_label_posts_jsonl(tmp_path / "posts.jsonl")
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(data), "--model", "ngram", "--epochs", "4", "--multi-label"]
+    assert main([*argv, "--output", str(run), "--quiet", "--threads", "1"]) == 0
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["model_config"]["label_smoothing"] == 0.0
+    assert meta["model_config"]["learning_rate"] == 2e-2  # the model's other defaults stay
+    from fbdl_fast.training.loading import load_run
+
+    report = load_run(run).evaluate(data)
+    assert report.micro_f1 > 0.6
+    (tmp_path / "refused").mkdir()
+    options = ["--model", "ngram", "--multi-label", "--label-smoothing", "0.1"]
+    refused = train_refusal(tmp_path / "refused", capsys, options)
+    assert "--label-smoothing 0.1 is a single-label option" in refused
+
+
 @pytest.mark.parametrize(
     ("options", "needle"),
     [

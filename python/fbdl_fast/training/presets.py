@@ -157,13 +157,17 @@ def checkpoint_sizes(model: str) -> dict[str, Any]:
     return bert.read_bert_config(bert.resolve_pretrained(FINE_TUNED[model][1]))
 
 
-def config_defaults(model: str) -> dict[str, Any]:
+def config_defaults(model: str, multi_label: bool = False) -> dict[str, Any]:
     """The ModelConfig values a run of `model` starts from (fields not named keep ModelConfig's
     defaults): MODEL_DEFAULTS, and for a fine-tuned encoder FINE_TUNE_DEFAULTS and its
-    checkpoint's sizes (checkpoint_sizes' errors when it is not installed)."""
+    checkpoint's sizes (checkpoint_sizes' errors when it is not installed). multi_label: the
+    n-gram model's label smoothing, an option of one label a post, is left at ModelConfig's
+    default, as a multi-label run needs it."""
     values = dict(MODEL_DEFAULTS)
     if model == BASELINE_MODEL:
         values.update(copy.deepcopy(NGRAM_DEFAULTS))  # a run's config.extra is its own dict
+        if multi_label:
+            del values["label_smoothing"]
     if is_fine_tuned(model):
         sizes = checkpoint_sizes(model)
         values.update(FINE_TUNE_DEFAULTS)

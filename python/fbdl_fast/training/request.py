@@ -338,8 +338,8 @@ def train_request(model: str = "transformer", **fields: Any) -> tuple[TrainReque
     fixed = (*presets.CHECKPOINT_FIELDS, *presets.CHECKPOINT_TOKENIZER_FIELDS)
     check_not_chosen(model, [name for name in fixed if given.get(name) is not None])
     chosen = {name: value for name, value in given.items() if name in config_names}
-    values = {**_config_defaults(model), **chosen}
-    values["multi_label"] = bool(given.get("multi_label", False))
+    multi_label = bool(given.get("multi_label", False))
+    values = {**_config_defaults(model, multi_label), **chosen, "multi_label": multi_label}
     config = ModelConfig(**values)
     request = TrainRequest(
         model=model, **{name: value for name, value in given.items() if name in request_names}
@@ -364,9 +364,9 @@ def _check_model_name(model: str) -> None:
         )
 
 
-def _config_defaults(model: str) -> dict[str, Any]:
+def _config_defaults(model: str, multi_label: bool) -> dict[str, Any]:
     try:
-        return presets.config_defaults(model)
+        return presets.config_defaults(model, multi_label)
     except (FileNotFoundError, ValueError) as err:
         raise TrainError(f"model={model}: {err}") from None
 
