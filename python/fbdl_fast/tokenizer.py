@@ -29,6 +29,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 
 from fbdl_fast import _tokenizer
+from fbdl_fast.arguments import as_integer
 from fbdl_fast.files import write_atomic
 
 __all__ = [
@@ -46,9 +47,20 @@ Padding = Union[Literal["longest", "max_length"], bool]
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+# Threads a pool may be asked for: far past any machine's cores, under what an OS will start.
+MAX_TOKENIZER_THREADS = 4096
+
+
 def set_num_threads(n: int) -> None:
-    """Set the number of threads batch encoding and training use (1 = no parallelism)."""
-    _tokenizer.set_num_threads(n)
+    """Set the number of threads batch encoding and training use (1 = no parallelism); at most
+    MAX_TOKENIZER_THREADS."""
+    number = as_integer(n)
+    if number is None or not 1 <= number <= MAX_TOKENIZER_THREADS:
+        raise ValueError(
+            f"num_threads={n!r} is not accepted; expected an integer in [1, "
+            f"{MAX_TOKENIZER_THREADS}]"
+        )
+    _tokenizer.set_num_threads(number)
 
 
 def num_threads() -> int:
@@ -91,6 +103,14 @@ _FIELDS = ("input_ids", "attention_mask", "lengths", "offsets")
 def _as_array(buffer: bytearray, shape: tuple[int, ...]) -> np.ndarray:
     # Zero-copy, writable view of the Rust-filled buffer.
     return np.frombuffer(buffer, dtype=np.int64).reshape(shape)
+
+
+def _positive_int(name: str, value: object) -> int:
+    """`value` as an int when it is an integer >= 1; else ValueError naming `name`."""
+    number = as_integer(value)
+    if number is None or number < 1:
+        raise ValueError(f"{name}={value!r} must be a positive int or None")
+    return number
 
 
 def _check_texts(texts: object, what: str) -> None:
@@ -303,8 +323,8 @@ class Tokenizer:
             raise ValueError(
                 f"padding={padding!r} is not supported; use 'longest', 'max_length' or False"
             )
-        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
-            raise ValueError(f"max_length={max_length!r} must be a positive int or None")
+        if max_length is not None:
+            max_length = _positive_int("max_length", max_length)
         rows, cols, ids, mask, lengths, offsets = self._core.encode_batch(
             texts, max_length, pad, truncation, add_special_tokens, return_offsets
         )

@@ -155,9 +155,19 @@ impl Tokenizer {
             }
         };
         let pad = self.pad_id().unwrap_or(0) as i64;
-        let mut input_ids = vec![pad; rows * cols];
-        let mut attention_mask = vec![0i64; rows * cols];
-        let mut offsets = opts.offsets.then(|| vec![0i64; rows * cols * 2]);
+        // Sizes come from the caller (max_length): an allocation that fails is an error to
+        // report, not an abort of the whole process.
+        let cells = rows
+            .checked_mul(cols)
+            .ok_or_else(|| too_large(rows, cols))?;
+        let mut input_ids = filled(pad, cells, rows, cols)?;
+        let mut attention_mask = filled(0, cells, rows, cols)?;
+        let mut offsets = if opts.offsets {
+            let len = cells.checked_mul(2).ok_or_else(|| too_large(rows, cols))?;
+            Some(filled(0, len, rows, cols)?)
+        } else {
+            None
+        };
         let lengths: Vec<i64> = chunks
             .iter()
             .flat_map(|c| c.lens.iter().map(|&l| l as i64))
@@ -284,6 +294,22 @@ pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> Result<T> {
         Some(pool) => Ok(pool.install(f)),
         None => Ok(f()),
     }
+}
+
+/// A vector of `len` copies of `value`, or Error::Memory when it cannot be allocated.
+fn filled(value: i64, len: usize, rows: usize, cols: usize) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(len)
+        .map_err(|_| too_large(rows, cols))?;
+    out.resize(len, value);
+    Ok(out)
+}
+
+fn too_large(rows: usize, cols: usize) -> Error {
+    Error::Memory(format!(
+        "the batch's arrays of {rows} rows x {cols} ids do not fit in memory; lower max_length \
+         (or pad to the longest row) or encode fewer texts at once"
+    ))
 }
 
 #[cfg(test)]

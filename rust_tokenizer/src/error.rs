@@ -14,6 +14,8 @@ pub enum Error {
     Format(String),
     /// A caller passed a value we cannot accept (the message names it and what is accepted).
     Input(String),
+    /// An output too large to allocate (the message says which and what to lower).
+    Memory(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -31,7 +33,7 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::Io { path, source } => write!(f, "{path}: {source}"),
-            Error::Format(msg) | Error::Input(msg) => f.write_str(msg),
+            Error::Format(msg) | Error::Input(msg) | Error::Memory(msg) => f.write_str(msg),
         }
     }
 }

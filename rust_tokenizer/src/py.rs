@@ -4,7 +4,9 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{
+    PyFileNotFoundError, PyMemoryError, PyOSError, PyRuntimeError, PyTypeError, PyValueError,
+};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyByteArray, PyString};
@@ -24,6 +26,7 @@ fn to_py(err: Error) -> PyErr {
         }
         Error::Io { .. } => PyOSError::new_err(err.to_string()),
         Error::Format(msg) | Error::Input(msg) => PyValueError::new_err(msg),
+        Error::Memory(msg) => PyMemoryError::new_err(msg),
     }
 }
 

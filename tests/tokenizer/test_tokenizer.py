@@ -237,6 +237,13 @@ def test_errors_are_clear(tmp_path, tiny):
         tiny.decode([5, 14])
     with pytest.raises(ValueError, match="num_threads=0"):
         set_num_threads(0)
+    for threads in (-1, 10**6, 2.0, "2"):
+        with pytest.raises(ValueError, match=rf"num_threads={threads!r} is not accepted; expected"):
+            set_num_threads(threads)  # type: ignore[arg-type]
+    for length in ("3", 1.5, True, 0):
+        with pytest.raises(ValueError, match=rf"max_length={length!r} must be a positive int"):
+            tiny.encode_batch(["hello"], max_length=length)  # type: ignore[arg-type]
+    assert tiny.encode_batch(["hello"], max_length=np.int64(8)).input_ids.shape[1] <= 8
     with pytest.raises(ValueError, match="vocab_size=3 is too small"):
         Tokenizer.train(["a b"], vocab_size=3)
     with pytest.raises(ValueError, match='pre_tokenizer="tweet" is not supported'):
@@ -245,6 +252,30 @@ def test_errors_are_clear(tmp_path, tiny):
         data = json.loads(tiny.to_str())
         data["pre_tokenizer"] = {"type": "social", "replace_urls": True}
         Tokenizer.from_str(json.dumps(data))
+
+
+def test_a_batch_too_large_to_allocate_is_a_memory_error_not_an_abort() -> None:
+    """max_length=2**45 with padding to it asks for 2**48 bytes, past any address space: the
+    Rust core reports it as a MemoryError naming what to lower, and the process lives on (in a
+    child process, so that an abort fails this test instead of ending the run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from fbdl_fast import Tokenizer\n"
+        "tok = Tokenizer.train(['hello world', 'hello there'], vocab_size=50)\n"
+        "try:\n"
+        "    tok.encode_batch(['hello'], max_length=2**45, padding='max_length')\n"
+        "except MemoryError as err:\n"
+        "    print('MemoryError:', err)\n"
+        "print(tok.encode_batch(['hello']).input_ids.shape)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        "MemoryError: the batch's arrays of 1 rows x 35184372088832 ids do not fit" in done.stdout
+    )
+    assert "lower max_length" in done.stdout and "(1, 3)" in done.stdout
 
 
 def _encode_in_child(tok: Tokenizer, texts: list[str], queue) -> None:

@@ -12,12 +12,12 @@ module loads no torch.
 from __future__ import annotations
 
 import itertools
-import operator
 import os
 import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
+from fbdl_fast.arguments import as_integer
 from fbdl_fast.training.results import MultiLabelEvaluation, Prediction, RunEvaluation
 
 if TYPE_CHECKING:
@@ -208,10 +208,7 @@ class Predictor:
 def check_positive(name: str, value: Any, most: Optional[int] = None) -> int:
     """`value` as an int (numpy's integers too) when it is an integer in [1, most]; else
     ValueError naming `name`."""
-    try:
-        number = None if isinstance(value, bool) else operator.index(value)
-    except TypeError:
-        number = None
+    number = as_integer(value)
     if number is None or number < 1:
         raise ValueError(f"{name}={value!r} is not accepted; expected an integer >= 1")
     if most is not None and number > most:
