@@ -415,9 +415,15 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
         return found
     path = folder / f"{which}.pt" if which in CHECKPOINT_CHOICES else Path(which)
     if not path.is_file():
+        inside = folder / which
+        hint = (
+            f" (a path is read as given, not from the run folder: pass {inside})"
+            if inside.is_file() and not path.is_absolute()
+            else ""
+        )
         raise RunError(
-            f"--checkpoint {which}: {path} does not exist; accepted: best, last or the path "
-            "of a checkpoint file"
+            f"--checkpoint {which}: {path} does not exist; accepted: best, last, int8, onnx, "
+            f"onnx-int8 or the path of a checkpoint file{hint}"
         )
     return path
 

@@ -610,7 +610,13 @@ def test_corrupt_checkpoint_is_a_user_error(
     assert main([*argv, "--checkpoint", str(run / "best.pt")]) == 0  # a path
     assert json.loads(capsys.readouterr().out)["checkpoint"] == "best.pt"
     assert main([*argv, "--checkpoint", "first"]) == 2
-    assert "--checkpoint first: first does not exist; accepted: best, last" in (
+    assert "--checkpoint first: first does not exist; accepted: best, last, int8, onnx, " in (
+        capsys.readouterr().err
+    )
+    # The run's own file named without its folder: read from the working folder, so refused,
+    # with the path that would have worked.
+    assert main([*argv, "--checkpoint", "last.pt"]) == 2
+    assert f"(a path is read as given, not from the run folder: pass {broken / 'last.pt'})" in (
         capsys.readouterr().err
     )
 

@@ -315,6 +315,10 @@ def test_bad_input(single: Path, tmp_path: Path) -> None:
         run.evaluate([("good", "positive")])  # type: ignore[arg-type]
     with pytest.raises(TypeError):  # the old positional (path, device) call
         load_run(single, "cpu")  # type: ignore[misc]
+    with pytest.raises(ValueError, match=r"device='bogus' is not supported; accepted: cpu, cuda"):
+        load_run(single, device="bogus")
+    with pytest.raises(TypeError, match="path is a NoneType; load_run takes a run folder's path"):
+        load_run(None)  # type: ignore[arg-type]
 
 
 def test_class_probabilities_reads_texts_as_predict_does(single: Path) -> None:

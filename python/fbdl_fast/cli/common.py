@@ -46,8 +46,8 @@ def text_column(args: argparse.Namespace, meta: dict[str, Any]) -> str:
 
 def check_device(name: Optional[str]) -> None:
     """UsageError unless `--device name` is a device this machine has (None: the default): the
-    library's check (training.request.check_device), its `device=` said as the flag."""
-    from fbdl_fast.training.request import check_device as check_device_name
+    library's check (training.devices.check_device), its `device=` said as the flag."""
+    from fbdl_fast.training.devices import check_device as check_device_name
 
     try:
         check_device_name(name)

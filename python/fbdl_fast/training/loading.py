@@ -39,6 +39,7 @@ from fbdl_fast.runs import (
     checkpoint_path,
     read_run_files,
 )
+from fbdl_fast.training.devices import check_device
 from fbdl_fast.training.predictor import (
     DEFAULT_THRESHOLD,
     MAX_BATCH_SIZE,
@@ -260,6 +261,8 @@ def load_run(
     ValueError, naming the file); a damaged checkpoint is a CheckpointError naming it; an
     int8/onnx file made from another version of its checkpoint is refused with "export it
     again"."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path is a {type(path).__name__}; load_run takes a run folder's path")
     folder = Path(path)
     if threads is not None:
         check_positive("threads", threads, MAX_THREADS)
@@ -271,6 +274,7 @@ def load_run(
                 "device='cpu' or None"
             )
         return _served_run(folder, which, threads)
+    check_device(device)
     return _checkpoint_run(folder, which, device, threads)
 
 

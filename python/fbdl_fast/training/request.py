@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.training import presets
+from fbdl_fast.training import devices, presets
 from fbdl_fast.training.loading import DEFAULT_THREADS, MAX_THREADS
 
 if TYPE_CHECKING:
@@ -282,28 +282,12 @@ def check_distillable(request: TrainRequest, config: ModelConfig) -> None:
 
 
 def check_device(name: Optional[str]) -> None:
-    """TrainError unless `name` is a device this machine has (None: the default)."""
-    if name is None:
-        return
-    import torch
-
+    """TrainError unless `name` is a device this machine has (None: the default): the rule
+    load_run follows too (training.devices)."""
     try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise TrainError(f"device={name!r} is not supported; accepted: cpu, cuda, cuda:N, mps")
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise TrainError(
-                f"device={name}: CUDA is not available on this machine (torch "
-                f"{torch.__version__}); use device=cpu"
-            )
-        if device.index is not None and device.index >= count:
-            raise TrainError(f"device={name}: this machine has {count} GPU(s), cuda:0 first")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise TrainError(f"device={name}: MPS is not available on this machine; use device=cpu")
+        devices.check_device(name)
+    except ValueError as err:
+        raise TrainError(str(err)) from None
 
 
 # Keyword aliases train_request takes for the ModelConfig fields people name otherwise.
