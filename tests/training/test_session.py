@@ -144,6 +144,8 @@ def test_train_on_texts_in_memory_records_their_digest(tmp_path: Path) -> None:
         ({"vocab_size": 3}, r"^vocab_size=3 is too small"),
         ({"tokenizer_style": "plain"}, r"^tokenizer_style='plain' is not known; accepted: bert"),
         ({"encoding_errors": "skip"}, r"^encoding_errors='skip' is not supported"),
+        ({"max_seq_length": 2}, r"^max_seq_length=2 is too small; expected an integer >= 3"),
+        ({"output": ""}, r"^output is empty; expected the run folder's path"),
     ],
 )
 def test_bad_requests_name_the_field(fields: dict[str, Any], needle: str) -> None:
@@ -153,6 +155,21 @@ def test_bad_requests_name_the_field(fields: dict[str, Any], needle: str) -> Non
     request, config = train_request(model, data="/nonexistent/posts.csv", **fields)
     with pytest.raises(ValueError, match=needle):
         request.validate(config)
+
+
+def test_texts_in_memory_empty_or_with_numpy_labels(tmp_path: Path) -> None:
+    """No texts is refused as such (not as a label map without labels); numpy's integer labels
+    are integers, as Python's are."""
+    import numpy as np
+
+    with pytest.raises(TrainError, match=r"^texts and labels are empty; expected at least one"):
+        fbdl_fast.train(texts=[], labels=[], model="cnn", output=tmp_path / "none")
+    posts = generate_posts(60, seed=3)
+    codes = {label: i for i, label in enumerate(sorted(set(posts.labels or [])))}
+    numbers = np.array([codes[label] for label in posts.labels or []], dtype=np.int64)
+    out = tmp_path / "numbers"
+    fbdl_fast.train(texts=posts.texts, labels=numbers, model="cnn", output=out, epochs=1, **TINY)
+    assert LabelMap.load(out / "label_map.json").labels == sorted(codes.values())
 
 
 def test_the_config_template_leaves_the_class_weights_to_the_request() -> None:

@@ -32,6 +32,8 @@ def posts_from_lists(
     texts, labels = list(texts), list(labels)
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts and {len(labels)} labels; expected one a text")
+    if not texts:
+        raise ValueError("texts and labels are empty; expected at least one labelled post")
     for i, text in enumerate(texts):
         if not isinstance(text, str):
             raise ValueError(f"texts[{i}] is a {type(text).__name__}; expected str")

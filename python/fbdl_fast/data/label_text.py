@@ -17,6 +17,8 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from fbdl_fast.arguments import as_integer
+
 Label = Union[str, int]
 LabelSet = tuple[Label, ...]  # a multi-label post's labels (iter_posts(label_separator=...))
 
@@ -56,10 +58,13 @@ def label_set(value: Any, separator: str = "|") -> LabelSet:
 def canonical_label(value: Any) -> Label:
     """A label as stored: ints stay ints, strings spelling an int become it, others stay str,
     read as `normal_label_text` reads them (NFC, no format characters, no surrounding spaces)."""
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise ValueError(
-            f"label {value!r} is a {type(value).__name__}; labels are strings or integers"
-        )
+    if not isinstance(value, str):
+        number = as_integer(value)  # numpy's integers too (a label array's items)
+        if number is None:
+            raise ValueError(
+                f"label {value!r} is a {type(value).__name__}; labels are strings or integers"
+            )
+        return number
     if isinstance(value, str):
         value = normal_label_text(value)
         if _INT_LABEL.fullmatch(value):

@@ -100,6 +100,16 @@ class TrainRequest:
                 "number of seconds >= 0"
             )
         self._check_data()
+        if self.output is not None and not os.fspath(self.output):
+            raise TrainError(
+                "output is empty; expected the run folder's path, or None for runs/MODEL-TIME"
+            )
+        # A post is [CLS], its tokens and [SEP]: fewer than 3 leaves room for no token.
+        if config.max_seq_length < 3:
+            raise TrainError(
+                f"max_seq_length={config.max_seq_length} is too small; expected an integer >= 3 "
+                "(room for [CLS], [SEP] and one token)"
+            )
         check_device(self.device)
         try:
             config = dataclasses.replace(config, multi_label=self.multi_label)
