@@ -42,6 +42,14 @@ def test_a_label_is_read_in_nfc_without_format_characters() -> None:
     assert label_set(f"spam{ZWSP}|ham") == ("spam", "ham")
 
 
+def test_only_one_spelling_of_each_integer_is_read_as_it() -> None:
+    """"0", "7" and "-7" are integers; "-0", "01" and "+1" are other labels, kept as written,
+    so that no two labels written differently become one class."""
+    assert [canonical_label(v) for v in ("0", "7", "-7", "-0", "01", "+1")] == [
+        0, 7, -7, "-0", "01", "+1",
+    ]  # fmt: skip
+
+
 def test_zero_width_space_labels_merge_with_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -22,7 +22,9 @@ from fbdl_fast.arguments import as_integer
 Label = Union[str, int]
 LabelSet = tuple[Label, ...]  # a multi-label post's labels (iter_posts(label_separator=...))
 
-_INT_LABEL = re.compile(r"-?(0|[1-9][0-9]*)")
+# The spellings read as integers: one per integer, so that no two labels written differently
+# become one ("01" and "-0" stay strings, as "1" and "0" are already taken).
+_INT_LABEL = re.compile(r"0|-?[1-9][0-9]*")
 # The warnings speak for the posts reader: train shows that logger's warnings with its prefix.
 logger = logging.getLogger("fbdl_fast.data.readers")
 
