@@ -123,6 +123,15 @@ def test_load_text_column_missing_lists_columns(tmp_path: Path) -> None:
         load_posts(path)
 
 
+def test_the_text_column_cannot_be_the_label_column(tmp_path: Path) -> None:
+    """Labels read from the text's own column would teach the model its answers: refused
+    before the file is read; a prediction input (labels not required) may name it."""
+    path = write(tmp_path / "p.csv", "text,label\nhello,spam\n")
+    with pytest.raises(ValueError, match=r"^the text column and the label column are both 'label'"):
+        load_posts(path, "label", "label")
+    assert load_posts(path, "label", "label", require_labels=False).texts == ["spam"]
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.csv does not exist"):
         load_posts(tmp_path / "nope.csv")

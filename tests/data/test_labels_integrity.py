@@ -43,7 +43,7 @@ def test_a_label_is_read_in_nfc_without_format_characters() -> None:
 
 
 def test_only_one_spelling_of_each_integer_is_read_as_it() -> None:
-    """"0", "7" and "-7" are integers; "-0", "01" and "+1" are other labels, kept as written,
+    """ "0", "7" and "-7" are integers; "-0", "01" and "+1" are other labels, kept as written,
     so that no two labels written differently become one class."""
     assert [canonical_label(v) for v in ("0", "7", "-7", "-0", "01", "+1")] == [
         0, 7, -7, "-0", "01", "+1",

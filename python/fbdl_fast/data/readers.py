@@ -168,6 +168,12 @@ def iter_posts(
     its line number. `keep` names other columns whose values each Post carries (`Post.kept`).
     """
     path = Path(path)
+    if require_labels and label_column is not None and label_column == text_column:
+        # Each post's label would be its own text: a model scores well on it and learns nothing.
+        raise ValueError(
+            f"the text column and the label column are both {text_column!r}; name two "
+            "different columns"
+        )
     fmt = _checked_format(path, format, errors)
     wanted = [text_column, *([label_column] if label_column and require_labels else [])]
     count = 0
