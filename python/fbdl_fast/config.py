@@ -31,6 +31,10 @@ SIZE_LIMITS = {
     "max_seq_length": 1 << 20,
     "kernel_sizes": 1 << 12,
 }
+# The largest learning rate: far above any that trains (SGD on a linear model uses up to about
+# 10), and low enough that an optimizer's step arithmetic (Adam's lr / (1 - beta1), ...) stays
+# inside float32, where a larger rate is a RuntimeError from torch mid-step, not a divergence.
+MAX_LEARNING_RATE = 1e4
 SEED_MAX = 2**63 - 1  # the largest seed: seed + epoch and seed + rank stay below torch's 2**64
 POOLINGS = ("mean", "cls")
 # Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
@@ -176,8 +180,8 @@ class ModelConfig:
         _require(
             "learning_rate",
             self.learning_rate,
-            _is_number(self.learning_rate) and 0 < self.learning_rate < math.inf,
-            "a positive finite number",
+            _is_number(self.learning_rate) and 0 < self.learning_rate <= MAX_LEARNING_RATE,
+            f"a positive number up to {MAX_LEARNING_RATE:g}",
         )
         for name in ("weight_decay", "gradient_clip"):
             value = getattr(self, name)
