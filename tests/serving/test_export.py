@@ -387,6 +387,9 @@ def test_predict_int8_bad_input(
     int8_file.write_bytes(good[: len(good) // 2])
     assert "model.int8.pt' is truncated or corrupt" in error(predict)
     int8_file.write_bytes(good)
+    # The int8 file named as a torch checkpoint's path: one line saying how to read it.
+    as_path = [*predict[:4], str(int8_file), *predict[5:]]
+    assert "it is an int8 export: load it as the checkpoint int8" in error(as_path)
     run = load_run(folder, device="cpu")
     with torch.no_grad():
         run.trainer.model.output_projection.bias.add_(1.0)

@@ -549,8 +549,9 @@ def test_corrupt_checkpoint_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"last\.pt.*truncated or corrupt"):
         fresh.fit(train_loader, val_loader, resume_from=path)
     other = cpu_trainer(TinyClassifier(dim=6), tiny_config(max_epochs=2))
-    with pytest.raises(CheckpointError, match=r"best\.pt.*does not fit this model"):
+    with pytest.raises(CheckpointError, match=r"best\.pt.*does not fit this model") as caught:
         other.load_checkpoint(tmp_path / BEST_CHECKPOINT, model_only=True)
+    assert "\n" not in str(caught.value) and "size mismatch for" in str(caught.value)
 
 
 def test_best_checkpoint_keeps_only_what_serving_reads(tmp_path: Path) -> None:

@@ -1059,7 +1059,7 @@ class Trainer:
         except RuntimeError as exc:
             raise CheckpointError(
                 f"checkpoint {str(path)!r} does not fit this model "
-                f"({type(self.model).__name__}): {exc}"
+                f"({type(self.model).__name__}): {_misfit(module, weights, exc)}"
             ) from exc
 
     def _restore(self, state: dict[str, Any], path: PathLike, model_only: bool) -> None:
@@ -1121,6 +1121,25 @@ class Trainer:
 
 # The product design's name.
 FacebookPostsTrainer = Trainer
+
+
+def _misfit(module: nn.Module, weights: Mapping[str, Any], error: RuntimeError) -> str:
+    """Why `weights` do not load into `module`, in one line: the names missing and unexpected
+    (torch's own message lists every name, one a line), or torch's first line (a size); an int8
+    export's names (".int8") say which checkpoint reads it."""
+    expected, given = set(module.state_dict()), set(weights)
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if not (missing or unexpected):
+        return " ".join(str(error).split())
+    parts = [
+        f"{len(names)} {what}, {names[0]!r} first"
+        for names, what in ((missing, "weights missing"), (unexpected, "unexpected"))
+        if names
+    ]
+    if any(name.endswith(".int8") for name in unexpected):
+        parts.append("it is an int8 export: load it as the checkpoint int8")
+    return "; ".join(parts)
+
 
 __all__ = [
     "BEST_CHECKPOINT",
