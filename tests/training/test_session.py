@@ -138,6 +138,8 @@ def test_train_on_texts_in_memory_records_their_digest(tmp_path: Path) -> None:
         ({"multi_label": True, "calibrate": True}, r"^calibrate=True fits a softmax"),
         ({"device": "tpu"}, r"^device='tpu' is not supported; accepted: cpu, cuda"),
         ({"focal_alpha": 0.5}, r"^focal_alpha=0\.5 needs loss=focal \(the loss is cross_entropy"),
+        ({"focal_gamma": 5.0}, r"^focal_gamma=5\.0 needs loss=focal \(the loss is cross_entropy"),
+        ({"label_separator": ";"}, r"^label_separator=';' splits the labels of multi_label=True"),
         ({"focal_alpha_from_weights": True, "loss": "focal"}, r"takes alpha from class_weights"),
         ({"kernel_sizes": (2, 3), "model": "lstm"}, r"^kernel_sizes=2,3: .* model=lstm has no"),
         ({"pooling": "cls"}, r"^pooling='cls': only a pretrained encoder"),

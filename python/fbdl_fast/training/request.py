@@ -34,6 +34,13 @@ if TYPE_CHECKING:
 FOCAL_ALPHA_FROM_WEIGHTS = "class-weights"
 
 
+DEFAULT_LABEL_SEPARATOR = "|"
+# ModelConfig's focal_gamma: another value without loss=focal is an option that does nothing.
+DEFAULT_FOCAL_GAMMA = next(
+    f.default for f in dataclasses.fields(ModelConfig) if f.name == "focal_gamma"
+)
+
+
 class TrainError(ValueError):
     """A training request that cannot run as asked: the message names the field and its value."""
 
@@ -49,7 +56,7 @@ class TrainRequest:
     text_column: str = "text"  # column / key of the post text (a file only)
     label_column: str = "label"  # column / key of the label (a file only)
     multi_label: bool = False  # posts carry any number of labels; sets ModelConfig.multi_label
-    label_separator: str = "|"  # multi_label: the character between a post's labels
+    label_separator: str = DEFAULT_LABEL_SEPARATOR  # multi_label: between a post's labels
     tune_thresholds: bool = False  # multi_label: each class's threshold tuned on validation
     val_fraction: float = 0.1  # share of posts held out for validation, in (0, 1)
     overwrite: bool = False  # replace an existing run folder (only once training succeeds)
@@ -217,6 +224,11 @@ class TrainRequest:
             )
         if self.multi_label and not self.label_separator:
             raise TrainError("label_separator is empty; expected a character such as |")
+        if not self.multi_label and self.label_separator != DEFAULT_LABEL_SEPARATOR:
+            raise TrainError(
+                f"label_separator={self.label_separator!r} splits the labels of multi_label=True "
+                "runs; add multi_label=True"
+            )
         if self.multi_label and self.calibrate:
             raise TrainError(
                 "calibrate=True fits a softmax temperature: single-label runs only, not "
@@ -240,6 +252,10 @@ class TrainRequest:
         if config.focal_alpha is not None and loss != "focal":
             raise TrainError(
                 f"focal_alpha={config.focal_alpha!r} needs loss=focal (the loss is {loss})"
+            )
+        if config.focal_gamma != DEFAULT_FOCAL_GAMMA and loss != "focal":
+            raise TrainError(
+                f"focal_gamma={config.focal_gamma!r} needs loss=focal (the loss is {loss})"
             )
         if self.focal_alpha_from_weights:
             if loss != "focal":
