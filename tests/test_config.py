@@ -106,7 +106,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ),
     (
         {"scheduler_type": "warm"},
-        r"ModelConfig\.scheduler_type='warm' .*accepted: cosine, linear, one_cycle, plateau, step",
+        r"ModelConfig\.scheduler_type='warm' .*accepted: cosine, linear, one_cycle, plateau, step "
+        r"or none \(a constant rate\)",
     ),
     ({"loss": "focall"}, r"ModelConfig\.loss='focall' .*accepted: cross_entropy, dice, focal$"),
     # a registered loss that cannot train a classifier (criterion(logits, labels)) is refused too

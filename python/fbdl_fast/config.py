@@ -295,7 +295,9 @@ class ModelConfig:
     def _validate_names(self) -> None:
         _require_name("optimizer_type", self.optimizer_type, OPTIMIZER_NAMES)
         if self.scheduler_type is not None:
-            _require_name("scheduler_type", self.scheduler_type, SCHEDULER_NAMES)
+            _require_name(
+                "scheduler_type", self.scheduler_type, SCHEDULER_NAMES, "or none (a constant rate)"
+            )
         # Only the losses a classifier can train with (criterion(logits, labels)), not all LOSSES.
         _require_name("loss", self.loss, CLASSIFICATION_LOSS_NAMES)
         if self.init is not None:
@@ -334,8 +336,7 @@ def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
         raise ValueError(f"ModelConfig.{name}={value!r} is invalid; expected {accepted}")
 
 
-def _require_name(name: str, value: str, registry: Collection[str]) -> None:
+def _require_name(name: str, value: str, registry: Collection[str], also: str = "") -> None:
     if value not in registry:
-        raise ValueError(
-            f"ModelConfig.{name}={value!r} is not known; accepted: {', '.join(sorted(registry))}"
-        )
+        accepted = ", ".join(sorted(registry)) + (f" {also}" if also else "")
+        raise ValueError(f"ModelConfig.{name}={value!r} is not known; accepted: {accepted}")

@@ -414,6 +414,11 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
             )
         return found
     path = folder / f"{which}.pt" if which in CHECKPOINT_CHOICES else Path(which)
+    if path.is_dir():
+        raise RunError(
+            f"--checkpoint {which}: {path} is a folder, not a checkpoint file; accepted: best, "
+            "last, int8, onnx, onnx-int8 or the path of a checkpoint file"
+        )
     if not path.is_file():
         inside = folder / which
         hint = (
@@ -426,6 +431,12 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
             f"onnx-int8 or the path of a checkpoint file{hint}"
         )
     return path
+
+
+def _first(labels: list[Any], shown: int = 5) -> str:
+    """A label list as a message shows it: its first `shown`, then how many more."""
+    more = f" and {len(labels) - shown} more" if len(labels) > shown else ""
+    return f"{labels[:shown]!r}{more}"
 
 
 def check_sizes(values: dict[str, Any], path: Path) -> None:
@@ -474,6 +485,8 @@ def read_run_config(path: Path) -> tuple[dict[str, Any], ModelConfig]:
     naming the folder or the file when it is missing or damaged. Reads no checkpoint."""
     from fbdl_fast.config import ModelConfig
 
+    if path.is_file():
+        raise RunError(f"{path} is a file, not a run folder; name the folder `{PROG} train` made")
     if not path.is_dir():
         raise RunError(f"run folder {path} does not exist; create one with `{PROG} train`")
     if not (path / RUN_CONFIG).is_file():
@@ -556,8 +569,8 @@ def check_unit(
     if isinstance(labels, dict) and labels.get("labels") != label_map.labels:
         raise RunError(
             f"{path / RUN_LABELS} does not match the checkpoint {chosen.name}: it lists "
-            f"{label_map.labels[:5]!r}{'...' if len(label_map) > 5 else ''}, the model was "
-            f"trained with {labels.get('labels', [])[:5]!r}; restore this run's {RUN_LABELS}"
+            f"{_first(label_map.labels)}, the model was trained with "
+            f"{_first(labels.get('labels', []))}; restore this run's {RUN_LABELS}"
         )
     if tokenizer.vocab_size != config.vocab_size:
         raise RunError(

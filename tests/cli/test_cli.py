@@ -613,6 +613,10 @@ def test_corrupt_checkpoint_is_a_user_error(
     assert "--checkpoint first: first does not exist; accepted: best, last, int8, onnx, " in (
         capsys.readouterr().err
     )
+    assert main([*argv, "--checkpoint", str(broken)]) == 2  # a folder
+    assert f"{broken} is a folder, not a checkpoint file" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(broken / "last.pt"), "--data", str(data)]) == 2
+    assert "last.pt is a file, not a run folder" in capsys.readouterr().err
     # The run's own file named without its folder: read from the working folder, so refused,
     # with the path that would have worked.
     assert main([*argv, "--checkpoint", "last.pt"]) == 2

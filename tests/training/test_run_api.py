@@ -353,3 +353,22 @@ def test_load_run_and_run_are_public_names() -> None:
     """`fbdl_fast.load_run` and `fbdl_fast.Run` are the library's, listed in __all__."""
     assert fbdl_fast.load_run is load_run and fbdl_fast.Run is Run
     assert {"load_run", "Run"} <= set(fbdl_fast.__all__)
+
+
+def test_a_label_map_that_differs_from_the_checkpoints_shows_how_many_labels_it_cut(
+    tmp_path: Path,
+) -> None:
+    """label_map.json edited against best.pt: the refusal shows each list's first five labels
+    and how many more each has, not a list silently cut to five."""
+    from fbdl_fast.data import LabelMap
+    from fbdl_fast.runs import RunError
+    from tiny_run import make_run
+
+    classes = tuple(f"class{i}" for i in range(7))
+    folder = make_run(tmp_path / "run", classes=classes)
+    run = load_run(folder)
+    run.trainer.label_map = LabelMap(list(classes))
+    run.trainer.save_checkpoint(folder / "best.pt")  # best.pt records the labels it learned
+    LabelMap(list(reversed(classes))).save(folder / "label_map.json")
+    with pytest.raises(RunError, match=r"'class2'\] and 2 more, the model was trained with"):
+        load_run(folder)

@@ -252,6 +252,10 @@ def test_students_the_teacher_cannot_start_are_refused(
             ["cnn", "--student-embeddings", "teacher", "--vocab-size", "300"],
             "--vocab-size 300 with --student-embeddings teacher",
         ),
+        (  # the option as the command line spells it
+            ["cnn", "--student-embeddings", "teacher", "--tokenizer", "bert"],
+            "--tokenizer bert with --student-embeddings teacher",
+        ),
         (["cnn", "--augment", "-1"], "--augment -1 is invalid; accepted: an integer >= 0"),
     ]
     out = tmp_path / "student"

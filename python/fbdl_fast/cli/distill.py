@@ -55,7 +55,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 # Options of a student's own tokenizer and embeddings (--student-embeddings own).
 OWN_TOKENIZER_OPTIONS = (
     ("vocab_size", "--vocab-size"),
-    ("tokenizer_style", "--tokenizer-style"),
+    ("tokenizer_style", "--tokenizer"),
     ("input_dim", "--input-dim"),
 )
 
@@ -138,7 +138,7 @@ def add_parser(subparsers: Any) -> None:
         help="cnn, lstm, transformer: own (its own tokenizer and embeddings, drawn at random), "
         "teacher (the teacher's tokenizer and token embeddings, copied; --input-dim is their "
         "width, 384 for MiniLM) or auto: teacher for a MiniLM teacher unless --vocab-size, "
-        "--tokenizer-style or --input-dim is given, else own",
+        "--tokenizer or --input-dim is given, else own",
     )
     g.add_argument(
         "--augment",
