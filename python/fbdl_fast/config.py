@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
@@ -321,6 +322,20 @@ class ModelConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def as_integer(value: Any) -> Optional[int]:
+    """`value` as an int when it is an integer argument of the public API (predict's batch
+    size, the tokenizer's max_length, a label), else None: Python's int and numpy's integers
+    (anything with __index__), never a bool (True is not a batch size) nor a float (1.5 is no
+    length, and 2.0 is a float someone computed). ModelConfig's own fields stay plain ints
+    (_is_int): they are written to config.json."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _is_int(value: Any) -> bool:

@@ -29,7 +29,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 
 from fbdl_fast import _tokenizer
-from fbdl_fast.arguments import as_integer
+from fbdl_fast.config import as_integer
 from fbdl_fast.files import write_atomic
 
 __all__ = [

@@ -17,7 +17,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from fbdl_fast.arguments import as_integer
+from fbdl_fast.config import as_integer
 
 Label = Union[str, int]
 LabelSet = tuple[Label, ...]  # a multi-label post's labels (iter_posts(label_separator=...))

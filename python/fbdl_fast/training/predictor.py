@@ -17,7 +17,7 @@ import reprlib
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from fbdl_fast.arguments import as_integer
+from fbdl_fast.config import as_integer
 from fbdl_fast.training.results import MultiLabelEvaluation, Prediction, RunEvaluation
 
 if TYPE_CHECKING:
