@@ -77,6 +77,17 @@ def test_a_sniffed_delimiter_is_named_when_a_column_is_missing(tmp_path: Path) -
     )
 
 
+def test_a_one_column_header_names_no_delimiter_it_does_not_hold(tmp_path: Path) -> None:
+    """A file of texts alone (header "text"): the missing label column's error lists the one
+    column, with no word of a delimiter the header does not contain."""
+    path = tmp_path / "posts.csv"
+    path.write_text("text\nhello\n", "utf-8")
+    with pytest.raises(ValueError, match="label column 'label' not found") as caught:
+        load_posts(path)
+    assert str(caught.value).endswith("columns are: text")
+    assert load_posts(path, require_labels=False).texts == ["hello"]
+
+
 def test_a_tsv_file_is_read_with_tabs_only(tmp_path: Path) -> None:
     """.tsv keeps its tab: a comma header there is one column, and the error says so."""
     path = tmp_path / "posts.tsv"

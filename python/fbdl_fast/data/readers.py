@@ -348,7 +348,8 @@ def _csv_delimiter(
     # with the delimiter): the sniffed delimiter first.
     tries = [(d, names) for names in (wanted, wanted[:1]) for d in [*sniffed, *DELIMITER_NAMES]]
     for delimiter, names in tries:
-        if delimiter != "," and splits_into(delimiter, names):
+        # Only a delimiter the header holds: a one-column header "splits" on any other.
+        if delimiter != "," and delimiter in header and splits_into(delimiter, names):
             if say:
                 logger.info(
                     "%s: its header splits on %ss (%r), not commas: read with %r as the delimiter",
