@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -252,6 +253,11 @@ def test_bad_input_is_refused_with_its_name(
     err = capsys.readouterr().err
     assert f"--teacher {corrupt}" in err and "truncated or corrupt" in err
     assert not out.exists()
+    # With a last.pt beside it, the way out is named as distill spells it.
+    shutil.copy(make_run(tmp_path / "whole") / "best.pt", corrupt / "last.pt")
+    assert main(distill_argv(data, out, "--teacher", str(corrupt))) == 2
+    err = capsys.readouterr().err
+    assert err.rstrip().endswith("this run also has last.pt: pass --teacher-checkpoint last"), err
 
 
 def test_unlabelled_file_without_its_text_column(

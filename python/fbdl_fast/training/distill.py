@@ -189,7 +189,9 @@ class Distillation:
         try:
             run = load_run(teacher, checkpoint=checkpoint, device=device, threads=None)
         except (ValueError, CheckpointError) as err:
-            raise type(err)(f"--teacher {teacher}: {err}") from None
+            # The teacher's other checkpoint, when load_run names one, is --teacher-checkpoint.
+            said = str(err).replace("pass --checkpoint ", "pass --teacher-checkpoint ")
+            raise type(err)(f"--teacher {teacher}: {said}") from None
         if run.config.multi_label:
             raise RunError(
                 f"--teacher {teacher} is a multi-label run; distillation takes a single-label "
