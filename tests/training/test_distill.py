@@ -210,7 +210,9 @@ def test_bad_input_is_refused_with_its_name(
     out = tmp_path / "student"
     cases = {
         "--teacher": (["--teacher", str(tmp_path / "nowhere")], "the folder does not exist"),
-        "T=0": (["--temperature", "0"], "--temperature 0.0 is invalid; accepted: a number > 0"),
+        "T=0": (["--temperature", "0"], "--temperature 0.0 is invalid; accepted: a number in"),
+        "T huge": (["--temperature", "1e300"], "--temperature 1e+300 is invalid; accepted: a"),
+        "T tiny": (["--temperature", "1e-300"], "--temperature 1e-300 is invalid; accepted: a"),
         "T<0": (["--temperature", "-1"], "--temperature -1.0 is invalid"),
         "T=nan": (["--temperature", "nan"], "--temperature nan is invalid"),
         "alpha<0": (["--alpha", "-0.1"], "--alpha -0.1 is invalid; accepted: a number in [0, 1]"),

@@ -108,7 +108,7 @@ def add_parser(subparsers: Any) -> None:
         help="the teacher's weights (default: best, else last)",
     )
     g.add_argument(
-        "--temperature", type=float, default=2.0, help="softmax temperature T of both, > 0"
+        "--temperature", type=float, default=2.0, help="softmax temperature T of both, 0.01 to 100"
     )
     g.add_argument(
         "--alpha",

@@ -38,7 +38,6 @@ that evaluate, predict, export and --resume take as they are.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,9 +115,19 @@ class DistillationLoss(nn.Module):
         return torch.where(labels == NO_LABEL, target[:, 1:].argmax(dim=-1), labels)
 
 
+# Softening temperatures accepted: Hinton et al. use 1 to 20. Past these bounds the loss (scaled
+# by T**2) or the logits (divided by T) overflow float32, and training would stop as
+# "diverged", blaming the learning rate.
+TEMPERATURE_RANGE = (0.01, 100.0)
+
+
 def check_temperature(value: float) -> None:
-    if not (isinstance(value, (int, float)) and 0 < value < math.inf):
-        raise ValueError(f"--temperature {value!r} is invalid; accepted: a number > 0 (e.g. 2)")
+    low, high = TEMPERATURE_RANGE
+    if not (isinstance(value, (int, float)) and low <= value <= high):
+        raise ValueError(
+            f"--temperature {value!r} is invalid; accepted: a number in [{low:g}, {high:g}] "
+            "(e.g. 2)"
+        )
 
 
 def check_alpha(value: float) -> None:
