@@ -307,6 +307,19 @@ def test_train_reports_invalid_utf8_or_replaces_it(
     assert (tmp_path / "run" / "best.pt").is_file()
 
 
+def test_train_on_too_few_posts_to_split_names_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two posts leave no validation post at the default share: the refusal names
+    --val-fraction, the command line's spelling of the library's val_fraction."""
+    data = tmp_path / "train.csv"
+    data.write_text("text,label\ngood day,positive\nbad day,negative\n", "utf-8")
+    argv = ["train", "--data", str(data), "--output", str(tmp_path / "run"), "--quiet"]
+    err = fails([*argv, "--model", "cnn", "--epochs", "1", "--threads", "1"], capsys)
+    assert "--val-fraction 0.1 leaves an empty part for 2 posts" in err
+    assert "val_fraction" not in err
+
+
 def test_jsonl_unpaired_surrogate_names_the_line_or_is_replaced(
     run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

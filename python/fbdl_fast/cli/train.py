@@ -45,14 +45,13 @@ def build_request(args: argparse.Namespace) -> tuple[TrainRequest, ModelConfig]:
 def run_training(args: argparse.Namespace, request: TrainRequest, config: ModelConfig) -> int:
     """train_run, its progress on stderr unless --quiet, its warnings always; the last line on
     stdout (rank 0 only under torchrun)."""
-    from fbdl_fast.training.request import TrainError
     from fbdl_fast.training.session import train_run
 
     speak = None if args.quiet else lambda message: say(args, message)
     try:
         with _warnings_on_stderr():
             result = train_run(request, config, say=speak)
-    except TrainError as err:
+    except ValueError as err:  # TrainError, or a library check deeper in (the split's)
         raise UsageError(in_flag_terms(str(err))) from None
     except BaseException as exc:  # e.g. Ctrl-C: say where the run was kept to --resume it
         for note in getattr(exc, "__notes__", ()):
