@@ -132,6 +132,17 @@ def test_the_text_column_cannot_be_the_label_column(tmp_path: Path) -> None:
     assert load_posts(path, "label", "label", require_labels=False).texts == ["spam"]
 
 
+def test_an_unknown_extension_or_format_is_named(tmp_path: Path) -> None:
+    """A .txt file: its extension and the accepted ones; format= reads it; a format that is
+    not one is named as such."""
+    path = write(tmp_path / "posts.txt", "text,label\nhello,spam\n")
+    with pytest.raises(ValueError, match=r"format of .*posts\.txt from its extension '\.txt'; "):
+        load_posts(path)
+    assert load_posts(path, format="csv").labels == ["spam"]
+    with pytest.raises(ValueError, match=r"^format='xml' is not supported; accepted: 'csv'"):
+        load_posts(path, format="xml")
+
+
 def test_load_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.csv does not exist"):
         load_posts(tmp_path / "nope.csv")

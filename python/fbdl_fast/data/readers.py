@@ -275,12 +275,14 @@ def file_columns(
 def _checked_format(path: Path, format: Optional[str], errors: str) -> str:
     """The format of the posts file `path` ("csv", "tsv" or "jsonl"); ValueError for an unknown
     format or `errors`, a folder; FileNotFoundError for a missing file."""
+    if format is not None and format not in ("csv", "tsv", "jsonl"):
+        raise ValueError(f"format={format!r} is not supported; accepted: 'csv', 'tsv', 'jsonl'")
     fmt = format or FORMATS.get(path.suffix.lower())
-    if fmt not in ("csv", "tsv", "jsonl"):
+    if fmt is None:
         raise ValueError(
-            f"cannot tell the format of {path}: extension {path.suffix!r} "
-            f"(format={format!r}); accepted: {', '.join(sorted(FORMATS))} "
-            "or format='csv'|'tsv'|'jsonl'"
+            f"cannot tell the format of {path} from its extension {path.suffix!r}; accepted: "
+            f"{', '.join(sorted(FORMATS))} (in Python, format='csv', 'tsv' or 'jsonl' also "
+            "names it)"
         )
     if errors not in ENCODING_ERRORS:
         raise ValueError(
