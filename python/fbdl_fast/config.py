@@ -32,10 +32,10 @@ SIZE_LIMITS = {
     "max_seq_length": 1 << 20,
     "kernel_sizes": 1 << 12,
 }
-# The largest learning rate: far above any that trains (SGD on a linear model uses up to about
-# 10), and low enough that an optimizer's step arithmetic (Adam's lr / (1 - beta1), ...) stays
-# inside float32, where a larger rate is a RuntimeError from torch mid-step, not a divergence.
-MAX_LEARNING_RATE = 1e4
+# The largest learning rate: past any that trains, a rate still diverges in a step (which
+# training reports, with advice); much past this one, an optimizer's step arithmetic (Adam's
+# lr / (1 - beta1), ...) leaves float32 and torch raises mid-step instead.
+MAX_LEARNING_RATE = 1e30
 SEED_MAX = 2**63 - 1  # the largest seed: seed + epoch and seed + rank stay below torch's 2**64
 POOLINGS = ("mean", "cls")
 # Training order: "shuffle" yields every post once an epoch; "balanced" draws posts with
