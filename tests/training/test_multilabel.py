@@ -250,6 +250,11 @@ def test_cli_multi_label_train_evaluate_predict(
     val_set = PostsDataset.from_texts(
         loaded.tokenizer, val.texts, loaded.label_map.multi_hot(val), max_length=32
     )
+    # report.md gives best.pt's figures at those thresholds, as evaluate finds them.
+    on_val = loaded.evaluate(val)
+    report = (run / "report.md").read_text(encoding="utf-8")
+    assert "best.pt on them at its tuned thresholds: subset accuracy " in report
+    assert f"macro-F1 {on_val.macro_f1:.4f}, Hamming loss {on_val.hamming_loss:.4f}" in report
     loaded.trainer.thresholds = None
     logits, labels, _ = loaded.trainer._forward_all(make_loader(val_set, 8, False), "v", True)
     assert best["thresholds"] == tune_thresholds(torch.sigmoid(logits), labels)

@@ -180,9 +180,9 @@ def finish_multi_label(
 ) -> tuple[Optional[list[float]], dict[str, float]]:
     """With `tune`, each class's threshold with the best F1 of the default checkpoint's weights
     on the validation posts (all of them), stored in that checkpoint; the metrics at the
-    thresholds, said; report.md and curves.png as finish_single_label's (the per-epoch figures;
-    no single-label per-class table). Returns (the tuned thresholds or None: 0.5 each, the
-    metrics)."""
+    thresholds, said and written at the top of report.md (with curves.png, as
+    finish_single_label's; no single-label per-class table). Returns (the tuned thresholds or
+    None: 0.5 each, the metrics)."""
     import torch
 
     from fbdl_fast.reports.run_report import write_run_report
@@ -210,13 +210,17 @@ def finish_multi_label(
         f"micro-F1 {found['micro_f1']:.4f}, macro-F1 {found['macro_f1']:.4f}, Hamming loss "
         f"{found['hamming_loss']:.4f}"
     )
+    at = "its tuned thresholds" if tune else "threshold 0.5"
     write_run_report(
         run_dir,
         trainer.history,
         None,
         title=f"Run report: {name}",
         description=f"{trained}, several labels a post ({len(labels)} validation posts, "
-        f"{logits.shape[1]} classes)",
+        f"{logits.shape[1]} classes). {chosen.name} on them at {at}: subset accuracy "
+        f"{found['accuracy']:.4f}, micro-F1 {found['micro_f1']:.4f}, macro-F1 "
+        f"{found['macro_f1']:.4f}, Hamming loss {found['hamming_loss']:.4f} (the per-epoch "
+        "val acc, a subset accuracy, and val F1 are at threshold 0.5)",
         checkpoint=chosen.name,
     )
     thresholds = None if trainer.thresholds is None else list(trainer.thresholds)
