@@ -23,7 +23,7 @@ from fbdl_fast.cli import predict as cli
 from fbdl_fast.data import Post, iter_posts
 from fbdl_fast.data.synthetic import generate_posts
 from fbdl_fast.training.loading import load_run
-from tiny_run import MAX_LENGTH, make_run
+from tiny_run import MAX_LENGTH, make_run, write_posts_csv
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,24 @@ def test_a_reader_that_stops_early_ends_predict_quietly(run: Path, tmp_path: Pat
     assert proc.wait(timeout=120) == 0, err
     assert err == ""
     assert [row["text"] for row in first] == texts[:2]
+
+
+def test_a_reader_gone_before_evaluate_prints_ends_it_quietly(run: Path, tmp_path: Path) -> None:
+    """`fbdl-fast evaluate ... | head -n 3` where head has exited before the report is printed:
+    exit 0 and nothing on stderr, as for predict (not an error of the user's, status 2)."""
+    data = write_posts_csv(tmp_path / "posts.csv", 200, seed=7)
+    argv = ["evaluate", "--run", str(run), "--data", str(data), "--threads", "1", "--quiet"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fbdl_fast", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before a line is written
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert err == ""
 
 
 # Runs `fbdl-fast predict` and records, as each chunk starts (every earlier chunk read, predicted

@@ -5,6 +5,8 @@ the options of commands that read a run folder.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Union
@@ -31,6 +33,14 @@ def user_errors() -> tuple[type[BaseException], ...]:
     if "fbdl_fast.checkpoint" in sys.modules:
         errors.append(sys.modules["fbdl_fast.checkpoint"].CheckpointError)
     return tuple(errors)
+
+
+def quiet_stdout() -> None:
+    """After a BrokenPipeError on stdout (`... | head`: the reader has all it wants), point
+    stdout at the null device, so that Python's flush at exit fails no second time."""
+    # In-process, stdout may be no file (pytest's capture): nothing to redirect then.
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def say(args: argparse.Namespace, message: str) -> None:

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from fbdl_fast.cli.common import HelpFormatter, user_errors
+from fbdl_fast.cli.common import HelpFormatter, quiet_stdout, user_errors
 from fbdl_fast.files import disk_full
 from fbdl_fast.runs import PROG
 
@@ -104,6 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # stdout's reader went away (`| head`): it has all it wants
+        quiet_stdout()
+        return 0
     except user_errors() as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2

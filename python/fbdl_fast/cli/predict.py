@@ -6,7 +6,6 @@ import argparse
 import csv
 import json
 import math
-import os
 import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -19,6 +18,7 @@ from fbdl_fast.cli.common import (
     add_run_options,
     check_device,
     load_for_inference,
+    quiet_stdout,
     say,
     text_column,
 )
@@ -105,9 +105,8 @@ def _predict(args: argparse.Namespace) -> int:
         except BrokenPipeError:
             if out is not None:
                 raise
-            # `predict ... | head`: the reader has all it wants. Stop quietly, as `cat` does;
-            # stdout goes to devnull so the interpreter's final flush does not fail again.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            # `predict ... | head`: the reader has all it wants. Stop quietly, as `cat` does.
+            quiet_stdout()
             return 0
     if out is not None:
         say(args, f"{count} predictions written to {out}")
