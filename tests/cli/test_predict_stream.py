@@ -106,24 +106,31 @@ def test_progress_bar_only_on_a_terminal(
     assert stderr.getvalue() == ""  # --quiet: no bar, no message
 
 
-def test_a_reader_that_stops_early_ends_predict_quietly(run: Path, tmp_path: Path) -> None:
-    """`fbdl-fast predict ... | head -n 2`: exit 0, no error, though stdout closed mid-stream."""
-    texts = generate_posts(3000, seed=7).texts  # ~400 KB of rows: more than a pipe buffer
-    data = write_jsonl(tmp_path / "posts.jsonl", texts)
-    argv = ["predict", "--run", str(run), "--data", str(data), "--threads", "1", "--quiet"]
+def read_then_close(argv: list[str], lines: int) -> tuple[list[str], str]:
+    """`fbdl-fast ARGV | head -n LINES`: its first `lines` lines of stdout, stdout then closed
+    as `head` closes it; asserts that the command exits 0. Returns (the lines, stderr)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "fbdl_fast", *argv],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    first = [json.loads(proc.stdout.readline()) for _ in range(2)]
-    proc.stdout.close()  # what `head` does once it has its lines
+    first = [proc.stdout.readline().decode() for _ in range(lines)]
+    proc.stdout.close()
     with proc.stderr:
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 0, err
+    return first, err
+
+
+def test_a_reader_that_stops_early_ends_predict_quietly(run: Path, tmp_path: Path) -> None:
+    """`fbdl-fast predict ... | head -n 2`: exit 0, no error, though stdout closed mid-stream."""
+    texts = generate_posts(3000, seed=7).texts  # ~400 KB of rows: more than a pipe buffer
+    data = write_jsonl(tmp_path / "posts.jsonl", texts)
+    argv = ["predict", "--run", str(run), "--data", str(data), "--threads", "1", "--quiet"]
+    first, err = read_then_close(argv, 2)
     assert err == ""
-    assert [row["text"] for row in first] == texts[:2]
+    assert [json.loads(row)["text"] for row in first] == texts[:2]
 
 
 def test_a_reader_gone_before_evaluate_prints_ends_it_quietly(run: Path, tmp_path: Path) -> None:
@@ -131,17 +138,7 @@ def test_a_reader_gone_before_evaluate_prints_ends_it_quietly(run: Path, tmp_pat
     exit 0 and nothing on stderr, as for predict (not an error of the user's, status 2)."""
     data = write_posts_csv(tmp_path / "posts.csv", 200, seed=7)
     argv = ["evaluate", "--run", str(run), "--data", str(data), "--threads", "1", "--quiet"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fbdl_fast", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    proc.stdout.close()  # the reader is gone before a line is written
-    with proc.stderr:
-        err = proc.stderr.read().decode()
-    assert proc.wait(timeout=120) == 0, err
-    assert err == ""
+    assert read_then_close(argv, 0) == ([], "")
 
 
 # Runs `fbdl-fast predict` and records, as each chunk starts (every earlier chunk read, predicted
