@@ -60,6 +60,8 @@ BEST_CHECKPOINT = "best.pt"  # written by fbdl_fast.training.trainer.Trainer
 LAST_CHECKPOINT = "last.pt"
 METRICS_LOG = "metrics.jsonl"
 CHECKPOINT_CHOICES = ("best", "last")  # --checkpoint: one of these, or a path
+# Every --checkpoint a run reads, as its refusals list them (the exports: training.loading).
+CHECKPOINTS_ACCEPTED = "best, last, int8, onnx, onnx-int8 or the path of a checkpoint file"
 EVALUATION_DIR = "evaluation"  # evaluate --report RUN writes here, beside training's report.md
 
 
@@ -416,8 +418,8 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
     path = folder / f"{which}.pt" if which in CHECKPOINT_CHOICES else Path(which)
     if path.is_dir():
         raise RunError(
-            f"--checkpoint {which}: {path} is a folder, not a checkpoint file; accepted: best, "
-            "last, int8, onnx, onnx-int8 or the path of a checkpoint file"
+            f"--checkpoint {which}: {path} is a folder, not a checkpoint file; accepted: "
+            f"{CHECKPOINTS_ACCEPTED}"
         )
     if not path.is_file():
         inside = folder / which
@@ -427,8 +429,7 @@ def checkpoint_path(folder: Path, which: Optional[str]) -> Path:
             else ""
         )
         raise RunError(
-            f"--checkpoint {which}: {path} does not exist; accepted: best, last, int8, onnx, "
-            f"onnx-int8 or the path of a checkpoint file{hint}"
+            f"--checkpoint {which}: {path} does not exist; accepted: {CHECKPOINTS_ACCEPTED}{hint}"
         )
     return path
 
