@@ -139,13 +139,17 @@ def fit(bags: Bags, labels: torch.Tensor, table_rows: int, classes: int, c: floa
 
 
 def ngram_model(
-    train: Posts, label_map: LabelMap, buckets: int, vocab_size: int = presets.DEFAULT_VOCAB_SIZE
+    train: Posts,
+    label_map: LabelMap,
+    buckets: int,
+    vocab_size: int = presets.DEFAULT_VOCAB_SIZE,
+    word_chars: bool = False,
 ) -> tuple[Tokenizer, NgramClassifier]:
     """`train`'s tokenizer, as `fbdl-fast train` trains it, and the n-gram model of --model
     ngram's defaults with `buckets` hashed rows, its character n-grams indexed."""
     tokenizer = train_tokenizer(train.texts, vocab_size, "social")
     values = presets.config_defaults("ngram")
-    values["extra"] = {**values["extra"], "ngram_buckets": buckets}
+    values["extra"] = {**values["extra"], "ngram_buckets": buckets, "ngram_word_chars": word_chars}
     config = ModelConfig(
         **values,
         vocab_size=tokenizer.vocab_size,
@@ -157,7 +161,9 @@ def ngram_model(
     return tokenizer, model
 
 
-def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dict[str, Any]]:
+def study(
+    task: str, buckets: int, cs: list[float], held_out: float, word_chars: bool = False
+) -> list[dict[str, Any]]:
     """One line per C: the convex fit on `task`'s train.csv (less the share `held_out` that
     `fbdl-fast train --seed 42` would hold out for validation), scored on its test.csv."""
     train = load_posts(os.path.join(task, "train.csv"), "text", "label")
@@ -165,7 +171,7 @@ def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dic
         train = split_posts(train, held_out, 42, stratify=True)[0]
     test = load_posts(os.path.join(task, "test.csv"), "text", "label")
     label_map = LabelMap.from_labels(train.labels)
-    tokenizer, model = ngram_model(train, label_map, buckets)
+    tokenizer, model = ngram_model(train, label_map, buckets, word_chars=word_chars)
     # Validation batches are unshuffled: the test loader is the validation one.
     train_loader, test_loader = build_dataloaders(train, test, tokenizer, label_map, model.config)
     table_rows = model.embedding.num_embeddings
@@ -183,6 +189,7 @@ def study(task: str, buckets: int, cs: list[float], held_out: float) -> list[dic
             {
                 "task": os.path.basename(os.path.normpath(task)),
                 "buckets": buckets,
+                "word_chars": word_chars,
                 "c": c,
                 "test_macro_f1": round(macro_f1(predicted, test_labels, len(label_map)), 4),
                 "test_accuracy": round(float((predicted == test_labels).float().mean()), 4),
@@ -204,11 +211,15 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         "--held-out", type=float, default=0.0,
         help="share of train.csv left out, as train's --val-fraction with seed 42 (default: 0)",
     )  # fmt: skip
+    parser.add_argument(
+        "--word-chars", action="store_true",
+        help="also the character n-grams across a word's pieces and at its end (ngram_word_chars)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     lines = []
     for task in args.task or ["data/debian", "data/manpages"]:
-        for line in study(task, args.buckets, args.c, args.held_out):
+        for line in study(task, args.buckets, args.c, args.held_out, args.word_chars):
             print(json.dumps(line), flush=True)
             lines.append(line)
     return lines

@@ -18,11 +18,13 @@ from tiny_run import load_bench_script, write_posts_csv
 study = load_bench_script("studies/ngram_convex.py")
 
 
-def tiny_rows(buckets: int = 512) -> tuple[list, int, int]:
+def tiny_rows(buckets: int = 512, word_chars: bool = False) -> tuple[list, int, int]:
     """The study's per-batch rows of 90 synthetic posts (model with character n-grams)."""
     posts = generate_posts(90, seed=4)
     label_map = LabelMap.from_labels(posts.labels)
-    tokenizer, model = study.ngram_model(posts, label_map, buckets, vocab_size=200)
+    tokenizer, model = study.ngram_model(
+        posts, label_map, buckets, vocab_size=200, word_chars=word_chars
+    )
     loader = build_dataloaders(posts, posts, tokenizer, label_map, model.config)[1]
     return study.post_rows(model, loader), model.embedding.num_embeddings, len(label_map)
 
@@ -105,3 +107,13 @@ def test_the_study_prints_a_line_per_task_and_c(
     assert printed == lines and [line["c"] for line in lines] == [1.0, 10.0]
     assert all(0.0 <= line["test_macro_f1"] <= 1.0 for line in lines)
     assert lines[0]["train_posts"] == 108  # 10% of 120 held out, as `train` holds them out
+
+
+def test_word_chars_add_the_whole_word_character_ngrams_to_the_character_group() -> None:
+    """--word-chars: the character group also holds the n-grams across a word's pieces and at
+    its end, so each post has more of them; the n-gram group is the same."""
+    plain, with_words = tiny_rows()[0], tiny_rows(word_chars=True)[0]
+    for (groups, _), (word_groups, _) in zip(plain, with_words):
+        assert torch.equal(groups[0][0], word_groups[0][0])
+        assert (word_groups[1][1].sum(1) > groups[1][1].sum(1)).any()
+        assert (word_groups[1][1].sum(1) >= groups[1][1].sum(1)).all()
