@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -264,15 +266,59 @@ def test_config_init_keeps_the_transformer_position_table() -> None:
 def test_bad_inputs_fail_with_clear_messages() -> None:
     ids, mask = make_batch([3, 2])
     transformer = create_model("transformer", tiny_config(max_seq_length=4))
-    with pytest.raises(AssertionError, match=r"input_ids must be \(batch, length\), got shape"):
+    with pytest.raises(ValueError, match=r"input_ids must be \(batch, length\), got shape"):
         transformer(ids[0])
-    with pytest.raises(AssertionError, match=r"attention_mask shape \(2, 2\) != input_ids"):
+    with pytest.raises(ValueError, match=r"attention_mask shape \(2, 2\) != input_ids"):
         transformer(ids, mask[:, :2])
-    with pytest.raises(AssertionError, match="sequence length 6 exceeds"):
+    with pytest.raises(ValueError, match="sequence length 6 exceeds"):
         transformer(torch.ones(1, 6, dtype=torch.long))
+    with pytest.raises(ValueError, match="input_ids must hold integer token ids"):
+        transformer(ids.float(), mask)
     left_padded = torch.tensor([[False, True, True]])
-    with pytest.raises(AssertionError, match="right-padded"):
+    with pytest.raises(ValueError, match="right-padded"):
         create_model("lstm", tiny_config())(torch.ones(1, 3, dtype=torch.long), left_padded)
+
+
+@pytest.mark.parametrize("name", ["transformer", "lstm", "cnn", "ngram"])
+@pytest.mark.parametrize("bad_id", [-1, 50, 1 << 20])
+def test_an_id_outside_the_vocabulary_is_refused_by_every_model(name: str, bad_id: int) -> None:
+    """An id past the vocabulary is a tokenizer that is not the run's: refused by name. The
+    n-gram model would otherwise read it as one of its hashed bigram rows, silently."""
+    config = tiny_config(vocab_size=50)
+    model = create_model(name, config).eval()
+    ids = torch.tensor([[2, 3, bad_id, 4]])
+    with pytest.raises(ValueError, match=rf"input_ids holds id {bad_id}, outside the model's "):
+        model(ids, torch.ones_like(ids, dtype=torch.bool))
+
+
+def test_models_refuse_bad_inputs_under_python_dash_o() -> None:
+    """`python -O` strips assert statements: the checks are raised, so they hold there too."""
+    script = (
+        "import torch\n"
+        "from fbdl_fast.config import ModelConfig\n"
+        "from fbdl_fast.models import create_model\n"
+        "config = ModelConfig(vocab_size=50, input_dim=8, hidden_dim=8, num_classes=2,"
+        " num_heads=2, num_layers=1, max_seq_length=8)\n"
+        "cases = [('lstm', torch.ones(1, 3, dtype=torch.long), torch.tensor([[0, 1, 1]]).bool()),"
+        " ('ngram', torch.tensor([[2, 60]]), None),"
+        " ('transformer', torch.ones(1, 9, dtype=torch.long), None)]\n"
+        "for name, ids, mask in cases:\n"
+        "    try:\n"
+        "        create_model(name, config).eval()(ids, mask)\n"
+        "    except ValueError as error:\n"
+        "        print(name, 'refused:', error)\n"
+        "    else:\n"
+        "        print(name, 'accepted')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-O", "-c", script], capture_output=True, text=True, check=True
+    )
+    lines = done.stdout.splitlines()
+    assert [line.split(" ", 2)[:2] for line in lines] == [
+        ["lstm", "refused:"],
+        ["ngram", "refused:"],
+        ["transformer", "refused:"],
+    ], done.stdout
 
 
 def test_cnn_trains_on_a_batch_with_a_single_real_token() -> None:

@@ -43,7 +43,7 @@ from torch import nn
 
 import fbdl_fast.nn
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.models._common import apply_init, check_inputs
+from fbdl_fast.models._common import apply_init, check_inputs, check_length
 from fbdl_fast.models.transformer import FeedForward
 
 if TYPE_CHECKING:
@@ -149,13 +149,14 @@ class BertClassifier(nn.Module):
         """
         mask = check_inputs(input_ids, attention_mask, self.config)  # (B, L) bool
         L, max_len = input_ids.shape[1], self.config.max_seq_length
-        assert max_len >= L, f"sequence length {L} exceeds config.max_seq_length={max_len}"
+        check_length(L, max_len)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        assert token_type_ids.shape == input_ids.shape, (
-            f"token_type_ids shape {tuple(token_type_ids.shape)} != input_ids shape "
-            f"{tuple(input_ids.shape)}"
-        )
+        if token_type_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"token_type_ids shape {tuple(token_type_ids.shape)} != input_ids shape "
+                f"{tuple(input_ids.shape)}"
+            )
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, D)
         # A row with no real token would have every key masked, and a softmax over nothing is
         # NaN. Such rows attend to their padding instead; pooling discards the result.

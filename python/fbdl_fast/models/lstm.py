@@ -94,8 +94,8 @@ class FacebookPostsLSTM(nn.Module):
         compiling = torch.compiler.is_compiling()
         if compiling:  # checked by a graph op: no data-dependent branch, no graph break
             torch._assert_async((mask == prefix).all(), RIGHT_PADDED)
-        else:
-            assert torch.equal(mask, prefix), RIGHT_PADDED
+        elif not torch.equal(mask, prefix):
+            raise ValueError(RIGHT_PADDED)
         x = self.dropout(self.embedding(input_ids))  # (B, L, E)
 
         # CPU autocast sends the LSTM to oneDNN in bf16, which fails to build on CPUs without

@@ -74,7 +74,7 @@ import torch
 from torch import nn
 
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.models._common import apply_init, check_inputs
+from fbdl_fast.models._common import apply_init, check_inputs, tracing
 
 if TYPE_CHECKING:
     from fbdl_fast.tokenizer import Tokenizer
@@ -293,7 +293,7 @@ class NgramClassifier(nn.Module):
         entries (Debian's vocabulary: 14 of 48 used on average), which made predict half as
         fast as the model without character n-grams. The n-grams across a boundary depend on
         two pieces, so they are gathered either way."""
-        if self.training or torch.is_grad_enabled() or _tracing():
+        if self.training or torch.is_grad_enabled() or tracing():
             grams, real = self.char_rows(ids, mask)
             # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
             return _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
@@ -373,12 +373,6 @@ class NgramClassifier(nn.Module):
             counts = (table >= 0).sum(dim=1).to(weight.dtype)
             self._char_cache[name] = (key, sums, counts)
         return self._char_cache[name][1], self._char_cache[name][2]
-
-
-def _tracing() -> bool:
-    """True while torch.export, torch.compile or TorchScript traces the model: the graph they
-    record must compute everything from the weights, with no cache of Python's."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
 def _masked_mean(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

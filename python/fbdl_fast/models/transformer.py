@@ -26,7 +26,7 @@ from torch import nn
 
 import fbdl_fast.nn
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.models._common import apply_init, check_inputs
+from fbdl_fast.models._common import apply_init, check_inputs, check_length
 
 
 class FeedForward(nn.Module):
@@ -94,7 +94,7 @@ class FacebookPostsTransformer(nn.Module):
         """
         mask = check_inputs(input_ids, attention_mask, self.config)  # (B, L) bool
         L, max_len = input_ids.shape[1], self.config.max_seq_length
-        assert max_len >= L, f"sequence length {L} exceeds config.max_seq_length={max_len}"
+        check_length(L, max_len)
         x = self.embedding(input_ids) + self.position_encoding[:L]  # (B, L, D)
         x = self.dropout(x)
 
