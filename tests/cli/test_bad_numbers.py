@@ -249,12 +249,12 @@ def test_the_library_refuses_the_same_sizes() -> None:
 def test_a_batch_past_any_memory_is_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
-    """predict/evaluate --batch-size 1e20: one line naming batch_size and its bound (predict
-    used to print islice's own message)."""
+    """predict/evaluate --batch-size 1e20: one line naming the flag and its bound (predict
+    used to print islice's own message, then the library's `batch_size=`)."""
     from tiny_run import make_run
 
     run = make_run(tmp_path / "run")
     data = write_posts_csv(tmp_path / "posts.csv", 8, seed=0)
     argv = [command, "--run", str(run), "--data", str(data), "--batch-size", HUGE, "--quiet"]
     err = cli_refusal(capsys, argv)
-    assert f"batch_size={HUGE} is not accepted; expected an integer in [1, 16777216]" in err
+    assert f"argument --batch-size: {HUGE!r} is more than 16777216 posts a batch" in err

@@ -517,6 +517,36 @@ def test_bench_dry_run_prints_the_pytest_command(capsys: pytest.CaptureFixture[s
     ]
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["train", "--data", "x.csv", "--epochs", "abc"],
+            "fbdl-fast train: error: argument --epochs: 'abc' is not an integer",
+        ),
+        (
+            ["train", "--data", "x.csv", "--lr", "1e"],
+            "fbdl-fast train: error: argument --lr: '1e' is not a number",
+        ),
+        (["train"], "fbdl-fast train: error: the following arguments are required: --data"),
+        (
+            ["predict", "--run", "r", "--threads", "0"],
+            "fbdl-fast predict: error: argument --threads: '0' is not a positive integer",
+        ),
+        ([], "fbdl-fast: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_option_and_what_it_accepts(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not argparse's usage block (thirty lines for train) before the line that matters."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    command = f"fbdl-fast {argv[0]}" if argv else "fbdl-fast"
+    assert captured.err == f"{line} (`{command} --help` lists the options)\n"
+    assert captured.out == ""
+
+
 def test_python_m_fbdl_fast() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fbdl_fast", "nope"], capture_output=True, text=True, timeout=120

@@ -7,11 +7,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, NoReturn, Optional, Union
 
 from fbdl_fast.training.loading import DEFAULT_THREADS, MAX_THREADS, SERVED_FORMATS
+from fbdl_fast.training.predictor import MAX_BATCH_SIZE
 
 if TYPE_CHECKING:
     from fbdl_fast.training.ensemble import Ensemble
@@ -123,6 +125,23 @@ def weight_list(text: str) -> list[float]:
         ) from None
 
 
+# argparse's wording for its built-in option types, and what each accepts.
+BUILT_IN_TYPES = {"int": "an integer", "float": "a number"}
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr, status 2, as every other
+    user error: the option, the value and what is accepted, then where the usage is. argparse's
+    own prints the whole usage block (thirty lines for train) before the line that matters."""
+
+    def error(self, message: str) -> NoReturn:
+        match = re.fullmatch(r"(argument \S+: )invalid (\w+) value: (.*)", message)
+        if match and match.group(2) in BUILT_IN_TYPES:
+            head, kind, value = match.groups()
+            message = f"{head}{value} is not {BUILT_IN_TYPES[kind]}"
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """Keep the examples' line breaks; append a default unless the help already says it, or the
     option is a switch (--quiet, --no-spell-emoji: its help says what it does, and "(default:
@@ -165,7 +184,7 @@ def add_run_options(p: argparse.ArgumentParser, data_help: str, *, labelled: boo
         )
     p.add_argument(
         "--batch-size",
-        type=positive_int,
+        type=batch_size,
         default=None,
         help="posts per batch (default: the run's batch size)",
     )
@@ -232,6 +251,15 @@ def positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def batch_size(text: str) -> int:
+    """--batch-size of the commands that read a run: a positive integer up to the library's
+    MAX_BATCH_SIZE, refused here so that the message names the flag, not `batch_size=`."""
+    value = positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than {MAX_BATCH_SIZE} posts a batch")
     return value
 
 

@@ -36,7 +36,7 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Optional
 
-from fbdl_fast.cli.common import HelpFormatter, quiet_stdout, user_errors
+from fbdl_fast.cli.common import HelpFormatter, OneLineErrorParser, quiet_stdout, user_errors
 from fbdl_fast.files import disk_full
 from fbdl_fast.runs import PROG
 
@@ -47,7 +47,7 @@ from fbdl_fast.cli import bench, demo, distill, evaluate, export, predict, train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog=PROG,
         formatter_class=HelpFormatter,
         description="Train, evaluate and use text classifiers for social-media posts.",
