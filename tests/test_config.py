@@ -73,6 +73,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
         r"ModelConfig\.dropout=-0\.1 is invalid; expected a probability in \[0, 1\)",
     ),
     ({"dropout": 1.0}, r"ModelConfig\.dropout=1\.0 is invalid"),
+    # a number written as text (a config read by hand) is named, not a comparison's TypeError
+    ({"dropout": "0.1"}, r"ModelConfig\.dropout='0\.1' is invalid; expected a probability"),
+    ({"label_smoothing": "0.1"}, r"ModelConfig\.label_smoothing='0\.1' is invalid"),
     (
         {"learning_rate": -1e-3},
         r"ModelConfig\.learning_rate=-0\.001 is invalid; expected a positive",

@@ -170,11 +170,16 @@ class ModelConfig:
                 f"input_dim={self.input_dim} is not divisible by "
                 f"num_heads={self.num_heads}; pick input_dim a multiple of num_heads"
             )
-        _require("dropout", self.dropout, 0.0 <= self.dropout < 1.0, "a probability in [0, 1)")
+        _require(
+            "dropout",
+            self.dropout,
+            _is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+            "a probability in [0, 1)",
+        )
         _require(
             "label_smoothing",
             self.label_smoothing,
-            0.0 <= self.label_smoothing < 1.0,
+            _is_number(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
             "a value in [0, 1)",
         )
         # inf as well as nan: an infinite step or decay gives NaN weights at the first step
@@ -211,17 +216,13 @@ class ModelConfig:
         _require(
             "layer_norm_eps",
             self.layer_norm_eps,
-            isinstance(self.layer_norm_eps, (int, float))
-            and not isinstance(self.layer_norm_eps, bool)
-            and 0 < self.layer_norm_eps < 1,
+            _is_number(self.layer_norm_eps) and 0 < self.layer_norm_eps < 1,
             "a number in (0, 1)",
         )
         _require(
             "warmup_fraction",
             self.warmup_fraction,
-            isinstance(self.warmup_fraction, (int, float))
-            and not isinstance(self.warmup_fraction, bool)
-            and 0 <= self.warmup_fraction < 1,
+            _is_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
             "a number in [0, 1)",
         )
         _require(
