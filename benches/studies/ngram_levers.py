@@ -90,7 +90,9 @@ class Variant(NgramClassifier):
         posts = 0
         for batch in loader:
             ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-            rows, weights = ngram_rows(ids, mask, self.config.vocab_size, self.buckets, 2)
+            rows, weights = ngram_rows(
+                ids, mask, self.config.vocab_size, self.buckets, 2, self.hashing
+            )
             for row, weight in zip(rows, weights):
                 seen[torch.unique(row[weight > 0])] += 1
             posts += len(ids)
@@ -102,7 +104,9 @@ class Variant(NgramClassifier):
         if self.word_chars:  # whole-word character n-grams: the model's own forward
             return super().forward(input_ids, attention_mask)
         mask = attention_mask.bool()
-        rows, weights = ngram_rows(input_ids, mask, self.config.vocab_size, self.buckets, 2)
+        rows, weights = ngram_rows(
+            input_ids, mask, self.config.vocab_size, self.buckets, 2, self.hashing
+        )
         if "idf" in self.pooling:
             weights = weights * self.idf[rows]
         if self.training and self.drop:
@@ -184,7 +188,9 @@ def feature_counts(model: NgramClassifier, loader: Any) -> tuple[Any, Any, list[
     width = model.embedding.num_embeddings
     for batch in loader:
         ids, mask = batch["input_ids"].long(), batch["attention_mask"].bool()
-        rows, weights = ngram_rows(ids, mask, model.config.vocab_size, model.buckets, model.order)
+        rows, weights = ngram_rows(
+            ids, mask, model.config.vocab_size, model.buckets, model.order, model.hashing
+        )
         char_rows, char_real = model.char_rows(ids, mask)
         found = {
             "ngrams": (rows, weights > 0),

@@ -16,6 +16,8 @@ from fbdl_fast.models import MODELS, create_model, model_name
 from fbdl_fast.models.ngram import (
     BIGRAM_PRIME,
     CHAR_GRAMS,
+    HASH_MODULUS,
+    PAIR_MULTIPLIER,
     TRIGRAM_PRIME,
     NgramClassifier,
     char_ngrams,
@@ -38,52 +40,104 @@ def _config(**overrides: object) -> ModelConfig:
         "vocab_size": VOCAB,
         "num_classes": 3,
         "dropout": 0.0,
-        "extra": {"ngram_buckets": BUCKETS},
+        "extra": {"ngram_buckets": BUCKETS, "ngram_hash": 2},
     }
     return ModelConfig(**(values | overrides))
 
 
-def test_ngram_rows_are_the_hashes_of_consecutive_real_ids() -> None:
+def pair(a: int, b: int, hashing: int = 2, prime: int = BIGRAM_PRIME) -> int:
+    """The documented pair hash, with Python's integers: version 2's g(a, b) before the bucket,
+    version 1's bucket itself."""
+    if hashing == 1:
+        return (a * prime + b) % BUCKETS
+    return (a * PAIR_MULTIPLIER + b) % HASH_MODULUS
+
+
+def bigram_row(vocab: int, a: int, b: int, hashing: int = 2) -> int:
+    return vocab + pair(a, b, hashing) % BUCKETS
+
+
+def trigram_row(vocab: int, a: int, b: int, c: int, hashing: int = 2) -> int:
+    return vocab + pair(pair(a, b, hashing), c, hashing, TRIGRAM_PRIME) % BUCKETS
+
+
+@pytest.mark.parametrize("hashing", [1, 2], ids=["legacy-hash", "pair-hash"])
+def test_ngram_rows_are_the_hashes_of_consecutive_real_ids(hashing: int) -> None:
     """Unigrams are the ids; bigram and trigram rows follow the documented hashes, computed
     here with Python integers; an n-gram touching padding weighs 0."""
     ids = torch.tensor([[5, 7, 9, 3]])
     mask = torch.tensor([[True, True, True, False]])
-    rows, weights = ngram_rows(ids, mask, VOCAB, BUCKETS, order=3)
-
-    def pair(a: int, b: int) -> int:
-        return (a * BIGRAM_PRIME + b) % BUCKETS
-
-    bigrams = [VOCAB + pair(a, b) for a, b in ((5, 7), (7, 9), (9, 3))]
-    trigrams = [
-        VOCAB + (pair(a, b) * TRIGRAM_PRIME + c) % BUCKETS for a, b, c in ((5, 7, 9), (7, 9, 3))
-    ]
+    rows, weights = ngram_rows(ids, mask, VOCAB, BUCKETS, order=3, hashing=hashing)
+    bigrams = [bigram_row(VOCAB, a, b, hashing) for a, b in ((5, 7), (7, 9), (9, 3))]
+    trigrams = [trigram_row(VOCAB, *abc, hashing) for abc in ((5, 7, 9), (7, 9, 3))]
     assert rows.tolist() == [[5, 7, 9, 3, *bigrams, *trigrams]]
     assert weights.tolist() == [[1, 1, 1, 0, 1, 1, 0, 1, 0]]
     assert all(VOCAB <= r < VOCAB + BUCKETS for r in bigrams + trigrams)
 
 
-def test_largest_ids_do_not_overflow_the_hash() -> None:
-    """Ids and buckets at config's limits (2**24) still give rows inside the table."""
-    big = (1 << 24) - 1
+@pytest.mark.parametrize("hashing", [1, 2], ids=["legacy-hash", "pair-hash"])
+def test_largest_ids_do_not_overflow_the_hash(hashing: int) -> None:
+    """Ids and buckets at config's limits (2**24) still give rows inside the table, the ones
+    Python's unbounded integers give."""
+    big, most = (1 << 24) - 1, 1 << 24
     ids = torch.tensor([[big, big - 1, big - 2]])
-    rows, _ = ngram_rows(ids, torch.ones_like(ids, dtype=torch.bool), 1 << 24, 1 << 24, order=3)
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    rows, _ = ngram_rows(ids, mask, most, most, order=3, hashing=hashing)
     assert int(rows.min()) >= 0 and int(rows.max()) < (1 << 25)
-    assert rows[0, 3].item() == (1 << 24) + (big * BIGRAM_PRIME + big - 1) % (1 << 24)
+    if hashing == 1:
+        first = (big * BIGRAM_PRIME + big - 1) % most
+        second = ((first * TRIGRAM_PRIME) + big - 2) % most
+    else:
+        g = (big * PAIR_MULTIPLIER + big - 1) % HASH_MODULUS
+        first, second = g % most, ((g * PAIR_MULTIPLIER + big - 2) % HASH_MODULUS) % most
+    assert rows[0, 3].item() == most + first and rows[0, 5].item() == most + second
+
+
+def test_the_default_models_bigrams_spread_over_the_buckets_as_a_random_hash_would() -> None:
+    """--model ngram's defaults (presets) hash 20,000 distinct bigrams of a 3,000-entry
+    vocabulary into about as many of the 65,536 rows as random rows would fill (within 2%),
+    and every row number alike. The hash of earlier runs, (a * (2**20 - 3) + b) % 2**16 =
+    (b - 3a) % 2**16, reached only the rows within 3 * 3,000 + 3,000 of each other."""
+    from fbdl_fast.training import presets
+
+    extra = presets.config_defaults("ngram")["extra"]
+    model = create_model("ngram", _config(vocab_size=3000, extra=extra))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.unique(torch.randint(0, 3000, (21000, 2), generator=generator), dim=0)[:20000]
+    assert len(ids) == 20000
+    rows, _ = ngram_rows(ids, torch.ones_like(ids, dtype=torch.bool), 3000, model.buckets, 2,
+                         model.hashing)  # fmt: skip
+    used = torch.unique(rows[:, 2] - 3000)
+    buckets = model.buckets
+    expected = buckets * (1 - (1 - 1 / buckets) ** 20000)  # rows filled by random rows
+    assert abs(len(used) - expected) < 0.02 * expected, (len(used), expected)
+    low, high = int(used.min()), int(used.max())
+    assert low < 0.01 * buckets and high > 0.99 * buckets
+
+
+def test_a_config_without_ngram_hash_keeps_the_hash_its_run_was_trained_with() -> None:
+    """Runs made before the pair hash have no "ngram_hash" in config.json: they hash as they
+    did (version 1), or their trained rows would be read for other bigrams; a bad version is
+    refused by name."""
+    legacy = create_model("ngram", _config(extra={"ngram_buckets": BUCKETS}))
+    assert legacy.hashing == 1
+    assert create_model("ngram", _config()).hashing == 2
+    for bad in (3, True, "2"):
+        with pytest.raises(ValueError, match=r"ngram_hash=.* is invalid; accepted: 1 or 2"):
+            create_model("ngram", _config(extra={"ngram_hash": bad}))
 
 
 def test_forward_is_the_mean_of_the_ngram_embeddings_through_the_head() -> None:
     """Logits = head(mean of the real n-grams' rows), checked against a loop over one post
     (with trigrams: order 3)."""
-    model = create_model("ngram", _config(extra={"ngram_buckets": BUCKETS, "ngram_order": 3}))
+    extra = {"ngram_buckets": BUCKETS, "ngram_order": 3, "ngram_hash": 2}
+    model = create_model("ngram", _config(extra=extra))
     model.eval()
     ids = torch.tensor([[4, 8, 15, 16, 0, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
     real = [4, 8, 15, 16]
-    rows = real + [VOCAB + (a * BIGRAM_PRIME + b) % BUCKETS for a, b in zip(real, real[1:])]
-    rows += [
-        VOCAB + (((a * BIGRAM_PRIME + b) % BUCKETS) * TRIGRAM_PRIME + c) % BUCKETS
-        for a, b, c in zip(real, real[1:], real[2:])
-    ]
+    rows = real + [bigram_row(VOCAB, a, b) for a, b in zip(real, real[1:])]
+    rows += [trigram_row(VOCAB, *abc) for abc in zip(real, real[1:], real[2:])]
     mean = model.embedding.weight[rows].mean(0)
     expected = model.output_projection(mean)[None]
     torch.testing.assert_close(model(ids, mask), expected, atol=1e-6, rtol=1e-5)
@@ -133,7 +187,12 @@ def test_char_ngrams_of_an_entry_and_their_hash() -> None:
 
 
 def _char_model(tokenizer: Tokenizer, word_chars: bool = False, limit: int = 6) -> NgramClassifier:
-    extra = {"ngram_buckets": BUCKETS, "ngram_char_grams": limit, "ngram_word_chars": word_chars}
+    extra = {
+        "ngram_buckets": BUCKETS,
+        "ngram_char_grams": limit,
+        "ngram_word_chars": word_chars,
+        "ngram_hash": 2,
+    }
     model = create_model("ngram", _config(vocab_size=tokenizer.vocab_size, extra=extra)).eval()
     model.index_char_ngrams(tokenizer)
     return model
@@ -181,7 +240,7 @@ def test_whole_word_char_ngrams_are_pooled_as_the_reference_says() -> None:
         ids = tokenizer.encode(text)
         words = _words(tokenizer, ids)
         assert any(len(word) > 1 for word in words)  # there are boundaries inside words
-        rows = ids + [vocab + (a * BIGRAM_PRIME + b) % BUCKETS for a, b in zip(ids, ids[1:])]
+        rows = ids + [bigram_row(vocab, a, b) for a, b in zip(ids, ids[1:])]
         chars = [vocab + poly_hash(g) % BUCKETS for w in words for g in word_char_ngrams(w)]
         expected = model.output_projection(weight[rows].mean(0) + weight[chars].mean(0))[None]
         batch = torch.tensor([ids])
@@ -215,7 +274,7 @@ def test_char_ngrams_are_indexed_from_the_tokenizer_and_pooled_apart() -> None:
         assert model.char_grams[token_id].tolist() == expected, token
     ids = torch.tensor([tokenizer.encode("win a free phone now")])
     real = ids[0].tolist()
-    rows = real + [vocab + (a * BIGRAM_PRIME + b) % BUCKETS for a, b in zip(real, real[1:])]
+    rows = real + [bigram_row(vocab, a, b) for a, b in zip(real, real[1:])]
     chars = [r for i in real for r in model.char_grams[i].tolist() if r >= 0]
     assert chars  # the post has character n-grams to pool
     weight = model.embedding.weight
