@@ -11,7 +11,8 @@ train.csv, the ids' unigrams and hashed bigrams, each vocabulary entry's charact
 rows its forward gathers) and changes the rest:
 
 - weights: each row of a post weighted by its inverse document frequency in train.csv
-  (scikit-learn's smoothed idf, 1 + ln((1 + n) / (1 + df))), each of the two groups (n-grams,
+  (scikit-learn's smoothed idf, 1 + ln((1 + n) / (1 + df)); 0 for a row no training post has,
+  as TfidfVectorizer drops what it never saw), each of the two groups (n-grams,
   character n-grams) with its own idf and divided by its own L2 norm, as TfidfVectorizer weighs
   each of its blocks, with one difference a forward over a post's rows can afford: a row that
   occurs twice has twice its weight, and adds its weight squared twice to the norm (a
@@ -59,7 +60,9 @@ def post_rows(model: NgramClassifier, loader: Any) -> list[tuple[list[Bags], tor
     found = []
     for batch in loader:
         ids, mask = batch["input_ids"].long(), batch["attention_mask"].bool()
-        rows, weights = ngram_rows(ids, mask, model.config.vocab_size, model.buckets, model.order)
+        rows, weights = ngram_rows(
+            ids, mask, model.config.vocab_size, model.buckets, model.order, model.hashing
+        )
         groups = [(rows, weights > 0)]
         if model.char_limit:
             char_rows, real = model.char_rows(ids, mask)
@@ -70,7 +73,8 @@ def post_rows(model: NgramClassifier, loader: Any) -> list[tuple[list[Bags], tor
 
 def inverse_document_frequency(batches: list, table_rows: int) -> list[torch.Tensor]:
     """Per group, (table_rows,) smoothed idf over the posts of `batches`: a row's df counts the
-    posts whose group has it, each once (TfidfVectorizer's idf of each of its blocks)."""
+    posts whose group has it, each once (TfidfVectorizer's idf of each of its blocks); 0 for a
+    row none has."""
     groups = len(batches[0][0])
     df = [torch.zeros(table_rows, dtype=torch.float64) for _ in range(groups)]
     posts = 0
@@ -80,7 +84,13 @@ def inverse_document_frequency(batches: list, table_rows: int) -> list[torch.Ten
             unique = torch.unique(post * table_rows + rows[real])
             counts += torch.bincount(unique % table_rows, minlength=table_rows).double()
         posts += labels.shape[0]
-    return [(torch.log((1 + posts) / (1 + counts)) + 1).float() for counts in df]
+    # A row no training post has gets no weight: TfidfVectorizer's vocabulary leaves out what
+    # it never saw, and its smoothed idf (the largest) would only shrink a test post's other
+    # weights through the norm.
+    return [
+        torch.where(counts > 0, torch.log((1 + posts) / (1 + counts)) + 1, 0.0).float()
+        for counts in df
+    ]
 
 
 def weighted_bags(batches: list, idf: list[torch.Tensor]) -> Bags:

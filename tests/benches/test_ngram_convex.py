@@ -42,8 +42,9 @@ def group_counts(batches: list, group: int, width: int) -> sparse.csr_matrix:
 
 
 def test_weights_are_tfidf_of_each_group_over_its_l2_norm() -> None:
-    """idf is TfidfTransformer's (smoothed), per group; a post's weights in each group are the
-    row counts times idf, over the L2 norm of its occurrences' weights."""
+    """idf is TfidfTransformer's (smoothed), per group, and 0 for a row no post has; a post's
+    weights in each group are the row counts times idf, over the L2 norm of its occurrences'
+    weights."""
     from sklearn.feature_extraction.text import TfidfTransformer
 
     batches, width, _ = tiny_rows()
@@ -53,6 +54,7 @@ def test_weights_are_tfidf_of_each_group_over_its_l2_norm() -> None:
         reference = TfidfTransformer(smooth_idf=True).fit(group)
         seen = np.asarray(group.sum(0)).ravel() > 0
         assert np.allclose(group_idf.numpy()[seen], reference.idf_[seen], atol=1e-5)
+        assert (group_idf.numpy()[~seen] == 0).all()  # never seen: no weight, as if dropped
     rows, weights, offsets, _ = study.weighted_bags(batches, idf)
     posts = counts[0].shape[0]
     dense = torch.zeros(posts, width, dtype=torch.float64)
