@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import time
+import warnings
 from typing import Any, Optional
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -120,29 +121,55 @@ def scores(bags: Bags, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return F.embedding_bag(rows, table, offsets, mode="sum", per_sample_weights=weights) + bias
 
 
+def posts_matrix(bags: Bags) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The bags as a sparse (posts, rows used) matrix in CSR, its transpose, and which table
+    row each column is: a row no post has stays 0 at the optimum, so it is left out."""
+    rows, weights, offsets = bags
+    ends = torch.cat([offsets[1:], torch.tensor([rows.shape[0]])])
+    post = torch.repeat_interleave(torch.arange(len(offsets)), ends - offsets)
+    used, column = torch.unique(rows, return_inverse=True)
+    shape = (len(offsets), len(used))
+    coo = torch.sparse_coo_tensor(
+        torch.stack([post, column]), weights, shape, check_invariants=True
+    ).coalesce()
+    with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state": products only
+        warnings.simplefilter("ignore", UserWarning)
+        return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr(), used
+
+
 def fit(bags: Bags, labels: torch.Tensor, table_rows: int, classes: int, c: float) -> dict:
-    """L-BFGS to convergence on C * sum of losses + |W|^2 / 2 (scaled by 1 / (C n))."""
-    table = torch.zeros(table_rows, classes, requires_grad=True)
-    bias = torch.zeros(classes, requires_grad=True)
+    """L-BFGS to convergence on C * sum of losses + |W|^2 / 2 (scaled by 1 / (C n)), over the
+    posts as a sparse matrix, its gradient written out: X^T (softmax - onehot) / n + W / (C n).
+    An embedding bag with autograd computes the same in 4-5 times the time."""
+    posts, posts_t, used = posts_matrix(bags)
+    table = torch.zeros(len(used), classes)
+    bias = torch.zeros(classes)
     optimizer = torch.optim.LBFGS(
         [table, bias], max_iter=1000, history_size=10, line_search_fn="strong_wolfe",
         tolerance_grad=1e-6, tolerance_change=1e-9,
     )  # fmt: skip
     evaluations = [0]
-    scale = 1.0 / (2.0 * c * labels.shape[0])
+    n = labels.shape[0]
+    scale = 1.0 / (2.0 * c * n)
+    onehot = F.one_hot(labels, classes).float()
 
+    @torch.no_grad()
     def objective() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(scores(bags, table, bias), labels) + scale * table.pow(2).sum()
-        loss.backward()
+        log_p = torch.log_softmax(posts @ table + bias, dim=1)
+        loss = -log_p.gather(1, labels[:, None]).mean() + scale * table.pow(2).sum()
+        residual = (log_p.exp() - onehot) / n
+        table.grad = posts_t @ residual + 2 * scale * table
+        bias.grad = residual.sum(0)
         evaluations[0] += 1
         return loss
 
     started = time.perf_counter()
     optimizer.step(objective)
+    full = torch.zeros(table_rows, classes)
+    full[used] = table
     return {
-        "table": table.detach(),
-        "bias": bias.detach(),
+        "table": full,
+        "bias": bias.clone(),
         "fit_s": round(time.perf_counter() - started, 1),
         "evaluations": evaluations[0],
     }
