@@ -275,6 +275,22 @@ def test_random_init_from_config_alone_and_seeded() -> None:
     assert not torch.equal(a.head.weight, c.head.weight)
 
 
+def test_a_token_type_outside_the_segment_table_is_refused_by_name() -> None:
+    """token_type_ids index a table of type_vocab_size rows: an id past it is named, not
+    torch's IndexError; the encoder and the classifier alike."""
+    config = ModelConfig(
+        input_dim=32, hidden_dim=64, num_layers=1, num_heads=2, vocab_size=50, max_seq_length=16
+    )
+    model = create_model("bert", config).eval()
+    ids = torch.tensor([[2, 7, 9, 3]])
+    types = torch.tensor([[0, 0, 2, 0]])
+    with pytest.raises(ValueError, match=r"token_type_ids holds id 2, outside \[0, 2\)"):
+        model(ids, torch.ones_like(ids), types)
+    with pytest.raises(ValueError, match=r"token_type_ids holds id -1, outside \[0, 2\)"):
+        model.encode(ids, torch.ones_like(ids), -types.clamp(max=1))
+    assert model(ids, torch.ones_like(ids), types.clamp(max=1)).shape == (1, 2)
+
+
 # --- loading errors ------------------------------------------------------------------------------
 
 

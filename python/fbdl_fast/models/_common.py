@@ -39,8 +39,13 @@ def check_inputs(
     return attention_mask.bool()
 
 
-def check_id_range(input_ids: torch.Tensor, vocab_size: int) -> None:
-    """ValueError when an id is outside [0, vocab_size), naming the first such id.
+def check_id_range(
+    input_ids: torch.Tensor,
+    vocab_size: int,
+    name: str = "input_ids",
+    hint: str = "encode the posts with the run's own tokenizer",
+) -> None:
+    """ValueError when an id of `name` is outside [0, vocab_size), naming the first such id.
 
     A check of the values, so not while a graph is traced (torch.compile, torch.export,
     TorchScript: the graph must not branch on data). On a GPU it is an asynchronous device
@@ -50,16 +55,13 @@ def check_id_range(input_ids: torch.Tensor, vocab_size: int) -> None:
         return
     if input_ids.is_cuda:
         torch._assert_async(
-            ((input_ids >= 0) & (input_ids < vocab_size)).all(), "input_ids outside the vocabulary"
+            ((input_ids >= 0) & (input_ids < vocab_size)).all(), f"{name} outside [0, {vocab_size})"
         )
         return
     outside = (input_ids < 0) | (input_ids >= vocab_size)
     if bool(outside.any()):
         first = int(input_ids[outside][0])
-        raise ValueError(
-            f"input_ids holds id {first}, outside the model's vocabulary [0, {vocab_size}): "
-            "encode the posts with the run's own tokenizer"
-        )
+        raise ValueError(f"{name} holds id {first}, outside [0, {vocab_size}): {hint}")
 
 
 def check_length(length: int, max_seq_length: int) -> None:

@@ -43,7 +43,7 @@ from torch import nn
 
 import fbdl_fast.nn
 from fbdl_fast.config import ModelConfig
-from fbdl_fast.models._common import apply_init, check_inputs, check_length
+from fbdl_fast.models._common import apply_init, check_id_range, check_inputs, check_length
 from fbdl_fast.models.transformer import FeedForward
 
 if TYPE_CHECKING:
@@ -157,6 +157,9 @@ class BertClassifier(nn.Module):
                 f"token_type_ids shape {tuple(token_type_ids.shape)} != input_ids shape "
                 f"{tuple(input_ids.shape)}"
             )
+        check_id_range(
+            token_type_ids, self.config.type_vocab_size, "token_type_ids", "0 for one segment"
+        )
         x = self.embeddings(input_ids, token_type_ids)  # (B, L, D)
         # A row with no real token would have every key masked, and a softmax over nothing is
         # NaN. Such rows attend to their padding instead; pooling discards the result.
