@@ -148,8 +148,14 @@ class BertClassifier(nn.Module):
         other than config.pad_token_id; token_type_ids (B, L), by default all 0.
         """
         mask = check_inputs(input_ids, attention_mask, self.config)  # (B, L) bool
-        L, max_len = input_ids.shape[1], self.config.max_seq_length
-        check_length(L, max_len)
+        return self._encode(input_ids, mask, token_type_ids)
+
+    def _encode(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, token_type_ids: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        """encode() once check_inputs has given the (B, L) bool mask: forward checks the batch
+        once for the encoder and the pooling."""
+        check_length(input_ids.shape[1], self.config.max_seq_length)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         if token_type_ids.shape != input_ids.shape:
@@ -188,8 +194,8 @@ class BertClassifier(nn.Module):
         token_type_ids: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """input_ids (B, L) and attention_mask (B, L), True on real tokens -> logits (B, C)."""
-        hidden = self.encode(input_ids, attention_mask, token_type_ids)  # (B, L, D)
         mask = check_inputs(input_ids, attention_mask, self.config)  # (B, L) bool
+        hidden = self._encode(input_ids, mask, token_type_ids)  # (B, L, D)
         return self.head(self.dropout(self.pool(hidden, mask)))  # (B, C)
 
 

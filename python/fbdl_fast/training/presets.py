@@ -92,8 +92,9 @@ NGRAM_DEFAULTS: dict[str, Any] = {
     "warmup_fraction": 0.0,
     "label_smoothing": 0.1,  # see above: part of the gain on both tasks
     # Character 2-5-grams of each vocabulary entry, at most 48 an entry (models/ngram.py's
-    # CHAR_GRAMS), and the pair hash of the bigrams (version 2, models/ngram.py: 0.7-1.4 points
-    # of test macro-F1 over version 1's near-linear hash, docs/training.md); runs made before
+    # CHAR_GRAMS), and the pair hash of the bigrams (version 2, models/ngram.py: +0.5 / +1.1
+    # points of test macro-F1 on Debian / man pages, three seeds' means, over version 1's
+    # near-linear hash, docs/training.md); runs made before
     # either have no such key and load as they were.
     "extra": {"ngram_char_grams": 48, "ngram_hash": 2},
 }
