@@ -7,9 +7,9 @@ variants of it, each the mean over seeded validation splits, never the test set.
 
 Each argument is one variant, a JSON object of:
 
-- ModelConfig fields over `--model ngram`'s defaults (presets.NGRAM_DEFAULTS): "learning_rate",
-  "label_smoothing", "input_dim", "extra" ({"ngram_buckets": ..., "ngram_char_grams": 48}, {} for
-  no character n-grams), "optimizer_type", ...;
+- ModelConfig fields over the defaults of the fit over epochs (presets.NGRAM_DEFAULTS):
+  "learning_rate", "label_smoothing", "input_dim", "extra" ({"ngram_buckets": ...,
+  "ngram_char_grams": 48}, {} for no character n-grams), "optimizer_type", ...;
 - "vocab" and "style": the tokenizer trained on the split's training posts (8000, "social");
 - "pooling": "mean" (the model's), "idf" (rows weighted by their inverse document frequency in
   the training posts, as TF-IDF), "l2" (sum over the L2 norm of the weights instead of their
@@ -150,7 +150,7 @@ def fit(task: str, seed: int, spec: dict[str, Any], tokenizers: dict) -> dict[st
     if key not in tokenizers:
         tokenizers[key] = train_tokenizer(train.texts, vocab, style)
     tokenizer = tokenizers[key]
-    values = {**presets.config_defaults("ngram"), **spec}
+    values = {**presets.ngram_gradient_defaults(), **spec}  # the fit over epochs: its levers
     config = ModelConfig(
         **values,
         vocab_size=tokenizer.vocab_size,

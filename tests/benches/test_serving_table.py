@@ -51,7 +51,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = root / "out"
     argv = ["--data", str(data), "--minilm", str(teacher), "--out", str(out), "--threads", "1"]
     argv += ["--posts", "70", "--minilm-posts", "30", "--train-args", TINY]
-    argv += ["--ngram-args", "--epochs 2"]
+    argv += ["--ngram-args", "--batch-size 64"]
     argv += ["--minilm-keep-fp32", "output_projection"]
     assert serving.main(argv) == 0
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))

@@ -44,7 +44,7 @@ def test_help_shows_the_new_flags_with_the_library_defaults(
     assert "--focal-gamma FOCAL_GAMMA --loss focal: the focusing parameter gamma" in text
     assert "--gradient-clip GRADIENT_CLIP largest global gradient norm" in text
     assert "(default: 2.0)" in text and "--kernel-sizes K,K,..." in text
-    assert "--lr LR peak learning rate (default: 0.001; ngram: 0.02; minilm: 0.0001)" in text
+    assert "--lr LR peak learning rate (default: 0.001; ngram: not used; minilm: 0.0001)" in text
     assert "--pooling {mean,cls}" in text and "--label-smoothing LABEL_SMOOTHING" in text
     assert main(["distill", "--help"]) == 0
     text = capsys.readouterr().out

@@ -28,6 +28,7 @@ from fbdl_fast.models.ngram import (
 )
 from fbdl_fast.serving import onnx as serving_onnx
 from fbdl_fast.tokenizer import Tokenizer
+from fbdl_fast.training import presets
 from fbdl_fast.training.loading import load_run
 from tiny_run import write_posts_csv
 
@@ -361,7 +362,7 @@ def ngram_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = write_posts_csv(root / "posts.csv", 200, seed=1)
     run = root / "run"
     argv = ["train", "--data", str(data), "--output", str(run), "--model", "ngram", "--quiet"]
-    assert main([*argv, "--vocab-size", "200", "--max-length", "32", "--epochs", "3"]) == 0
+    assert main([*argv, "--vocab-size", "200", "--max-length", "32"]) == 0
     return run
 
 
@@ -419,7 +420,8 @@ def test_export_and_serve_ngram_like_the_others(
 
 def test_ngram_defaults_in_train_help_are_the_ones_used() -> None:
     """train --help's "ngram: X" is what `train --model ngram` uses, for every option that
-    states one (lr, batch size, epochs, width among them)."""
+    states one (batch size and label smoothing among them); "ngram: not used" is said of the
+    settings the convex fit does not read (lr, epochs, width among them)."""
     import argparse
     import re
 
@@ -433,13 +435,17 @@ def test_ngram_defaults_in_train_help_are_the_ones_used() -> None:
     train = next(
         action for action in parser._actions if isinstance(action, argparse._SubParsersAction)
     ).choices["train"]
-    checked = set()
+    checked, unused = set(), set()
     for action in train._actions:
         found = re.search(r"\(default: [^;)]+; ngram: ([^;)]+)", action.help or "")
-        if found:
+        if found and found[1] == "not used":  # by the convex fit: asking for it is refused
+            assert action.dest in presets.NGRAM_CONVEX_UNUSED, action.dest
+            unused.add(action.dest)
+        elif found:
             assert found[1] == str(used[action.dest]), action.dest
             checked.add(action.dest)
-    assert {"learning_rate", "batch_size", "max_epochs", "input_dim"} <= checked
+    assert {"batch_size", "label_smoothing"} <= checked
+    assert {"learning_rate", "max_epochs", "input_dim"} <= unused
 
 
 def test_a_run_holds_its_tokenizers_char_ngrams(ngram_run: Path) -> None:

@@ -354,6 +354,10 @@ def _default_help(name: str, student: bool = False) -> str:
         return ""
     tuned = None if student else presets.FINE_TUNE_DEFAULTS.get(name)
     ngram = None if student else presets.NGRAM_DEFAULTS.get(name)  # --model ngram's own
+    if ngram is not None and name in presets.NGRAM_CONVEX_UNUSED:
+        ngram = "not used"  # its convex fit has no epochs, learning rate or width
+    elif name == "label_smoothing" and not student:
+        ngram = presets.config_defaults(presets.BASELINE_MODEL)[name]
     return (
         f" (default: {value}"
         + (f"; ngram: {ngram}" if ngram is not None else "")

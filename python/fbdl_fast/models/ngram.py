@@ -99,6 +99,11 @@ NGRAM_ORDER = 2
 # multiplied by these primes modulo the bucket count itself, which, 2**20 - 3 and 2**20 - 5
 # being -3 and -5 modulo every power of two up to 2**20, made the hash nearly linear in the ids.
 NGRAM_HASHES = (1, 2)
+# How the model is weighted and fitted (config.extra["ngram_fit"]): "gradient", the fastText-style
+# model above, trained by the trainer's optimizer over epochs (runs made before the key: none
+# means "gradient"); "convex", a linear model over TF-IDF-weighted rows fitted to convergence
+# (training.ngram_fit).
+NGRAM_FITS = ("gradient", "convex")
 LEGACY_NGRAM_HASH = 1  # a config without "ngram_hash": a run made before version 2
 PAIR_MULTIPLIER = 1_234_567_891  # below HASH_MODULUS, far from any power of two
 BIGRAM_PRIME = 1_048_573
@@ -215,6 +220,7 @@ class NgramClassifier(nn.Module):
     char_tails: torch.Tensor
     char_ends: torch.Tensor
     char_continues: torch.Tensor
+    row_idf: torch.Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -254,13 +260,33 @@ class NgramClassifier(nn.Module):
             for name in ("char_heads", "char_tails", "char_ends"):
                 self.register_buffer(name, torch.full((config.vocab_size, EDGE), -1).long())
             self.register_buffer("char_continues", torch.zeros(config.vocab_size, dtype=torch.bool))
+        self.fit_kind = config.extra.get("ngram_fit", "gradient")
+        if self.fit_kind not in NGRAM_FITS:
+            raise ValueError(
+                f"ngram_fit={self.fit_kind!r} is invalid; accepted: 'gradient' or 'convex'"
+            )
+        self.convex = self.fit_kind == "convex"
+        rows = config.vocab_size + self.buckets
+        if self.convex:
+            # Each row's inverse document frequency over the training posts, among the n-grams
+            # (0) and among the character n-grams (1), which share the hashed rows; 0 for a row
+            # no training post has. Zeros until fitted: training.ngram_fit writes them.
+            self.register_buffer("row_idf", torch.zeros(2, rows))
         self._char_cache: dict[str, tuple[tuple[int, ...], torch.Tensor, torch.Tensor]] = {}
-        self.embedding = nn.Embedding(config.vocab_size + self.buckets, config.input_dim)
+        # A convex model's rows are its logits (a linear model); the head is the identity and
+        # carries the bias, so that export and int8 treat it as every model's head.
+        width = config.num_classes if self.convex else config.input_dim
+        self.embedding = nn.Embedding(rows, width)
         self.dropout = nn.Dropout(config.dropout)
-        self.output_projection = nn.Linear(config.input_dim, config.num_classes)
+        self.output_projection = nn.Linear(width, config.num_classes)
         apply_init(self, config.init, self._init_weights)
 
     def _init_weights(self) -> None:
+        if self.convex:  # the convex fit's starting point: every post at the bias, zero
+            nn.init.zeros_(self.embedding.weight)
+            nn.init.eye_(self.output_projection.weight)
+            nn.init.zeros_(self.output_projection.bias)
+            return
         bound = 1.0 / self.config.input_dim
         nn.init.uniform_(self.embedding.weight, -bound, bound)
         nn.init.xavier_uniform_(self.output_projection.weight)
@@ -319,28 +345,41 @@ class NgramClassifier(nn.Module):
         rows, weights = ngram_rows(
             input_ids, mask, self.config.vocab_size, self.buckets, self.order, self.hashing
         )
-        pooled = _masked_mean(self.embedding(rows), weights)  # (B, D)
+        pooled = self._pool(self.embedding(rows), weights, rows, group=0)  # (B, D)
         if self.char_limit:
-            pooled = pooled + self._char_mean(input_ids.long(), mask)
+            pooled = pooled + self._char_pool(input_ids.long(), mask)
         return self.output_projection(self.dropout(pooled))  # (B, C)
 
-    def _char_mean(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _pool(
+        self, vectors: torch.Tensor, weights: torch.Tensor, rows: torch.Tensor, group: int
+    ) -> torch.Tensor:
+        """(B, N, D) rows' vectors, (B, N) weights (1.0 real, 0.0 not) and the rows (B, N) ->
+        (B, D): their mean, or (convex) their sum weighted by the rows' idf of `group` over
+        the weights' L2 norm, as TF-IDF weighs each block of its features."""
+        if not self.convex:
+            return _masked_mean(vectors, weights)
+        weights = weights * self.row_idf[group][rows]
+        return _scaled_sum(vectors, weights, _norm(weights.pow(2).sum(dim=1, keepdim=True)))
+
+    def _char_pool(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) ids and mask -> (B, D): the mean of the rows of the real tokens' character
         n-grams (with word_chars, also those at each word's end and across its pieces'
-        boundaries). Training (and export, and anything taking gradients) gathers every token's
-        K rows; predicting uses each entry's sum of rows, kept until the weights change: the
-        same mean, with one row a token instead of K, most of them the -1 slots of short
-        entries (Debian's vocabulary: 14 of 48 used on average), which made predict half as
-        fast as the model without character n-grams. The n-grams across a boundary depend on
+        boundaries), or (convex) their idf-weighted sum over its L2 norm. Training (and
+        export, and anything taking gradients) gathers every token's K rows; predicting uses
+        each entry's sum of rows, kept until the weights change: the same result, with one row
+        a token instead of K, most of them the -1 slots of short entries (Debian's vocabulary:
+        14 of 48 used on average), which made predict half as fast as the model without
+        character n-grams. The n-grams across a boundary depend on
         two pieces, so they are gathered either way."""
         if self.training or torch.is_grad_enabled() or tracing():
             grams, real = self.char_rows(ids, mask)
             # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
-            return _masked_mean(self.embedding(grams.clamp(min=0)), real.float())
+            rows = grams.clamp(min=0)
+            return self._pool(self.embedding(rows), real.float(), rows, group=1)
         parts, spans = self._char_parts(ids, mask)
-        # (entry sums or the rows themselves (B, N, D), their weights (B, N)), the count first:
-        # each weight is divided before the product, the order of the arithmetic in every
-        # run's predictions since the cached sums came.
+        # (entry sums or the rows themselves (B, N, D), their weights (B, N)), the count (of a
+        # convex model: the squared weights) first: each weight is divided before the product,
+        # the order of the arithmetic in every run's predictions since the cached sums came.
         pooled = []
         count = self.embedding.weight.new_zeros(ids.shape[0], 1)
         for name, where in parts:
@@ -349,14 +388,16 @@ class NgramClassifier(nn.Module):
             pooled.append((sums[ids], real))
             count += (counts[ids] * real).sum(dim=1, keepdim=True)
         if spans is not None:
-            real = spans[1].to(count.dtype)
-            pooled.append((self.embedding(spans[0]), real))
-            count += real.sum(dim=1, keepdim=True)
-        count = count.clamp(min=1.0)
-        mean = torch.bmm((pooled[0][1] / count)[:, None, :], pooled[0][0])[:, 0]
-        for rows, real in pooled[1:]:
-            mean = mean + torch.bmm((real / count)[:, None, :], rows)[:, 0]
-        return mean
+            weights = spans[1].to(count.dtype)
+            if self.convex:
+                weights = weights * self.row_idf[1][spans[0]]
+            pooled.append((self.embedding(spans[0]), weights))
+            count += (weights.pow(2) if self.convex else weights).sum(dim=1, keepdim=True)
+        scale = _norm(count) if self.convex else count.clamp(min=1.0)
+        pooled_sum = _scaled_sum(pooled[0][0], pooled[0][1], scale)
+        for rows, weights in pooled[1:]:
+            pooled_sum = pooled_sum + _scaled_sum(rows, weights, scale)
+        return pooled_sum
 
     def char_rows(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) ids and mask -> the rows (B, N) of every character n-gram the model pools and
@@ -401,16 +442,25 @@ class NgramClassifier(nn.Module):
 
     def _entry_sums(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(vocab_size, D) sums of the rows each entry of the buffer `name` (char_grams or
-        char_ends) names and (vocab_size,) their counts, computed again whenever the embedding
-        table or the buffer is another tensor or was written in place since (load_state_dict,
-        an optimizer step, .to(), a deep copy)."""
+        char_ends) names and (vocab_size,) their counts (of a convex model: the sums weighted
+        by the rows' idf, and the sums of the squared idfs), computed again whenever the
+        embedding table, the buffer or the idf is another tensor or was written in place since
+        (load_state_dict, an optimizer step, a fit, .to(), a deep copy)."""
         weight, table = self.embedding.weight, getattr(self, name)
-        key = (weight.data_ptr(), weight._version, table.data_ptr(), table._version)
+        key: tuple[int, ...] = (weight.data_ptr(), weight._version, table.data_ptr())
+        key += (table._version,)
+        if self.convex:
+            key += (self.row_idf.data_ptr(), self.row_idf._version)
         if name not in self._char_cache or self._char_cache[name][0] != key:
             owner, slot = (table >= 0).nonzero(as_tuple=True)
+            rows = table[owner, slot]
+            scale = (
+                self.row_idf[1][rows] if self.convex else torch.ones_like(rows, dtype=weight.dtype)
+            )
             sums = torch.zeros_like(weight[: self.config.vocab_size])
-            sums.index_add_(0, owner, weight[table[owner, slot]])
-            counts = (table >= 0).sum(dim=1).to(weight.dtype)
+            sums.index_add_(0, owner, weight[rows] * scale[:, None])
+            counts = torch.zeros(self.config.vocab_size, dtype=weight.dtype, device=weight.device)
+            counts.index_add_(0, owner, scale.pow(2) if self.convex else scale)
             self._char_cache[name] = (key, sums, counts)
         return self._char_cache[name][1], self._char_cache[name][2]
 
@@ -418,14 +468,26 @@ class NgramClassifier(nn.Module):
 def _masked_mean(vectors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(B, N, D) rows and (B, N) weights -> (B, D): their weighted mean, zeros for a row of
     zero weights."""
-    counts = weights.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
-    return torch.bmm((weights / counts)[:, None, :], vectors)[:, 0]
+    return _scaled_sum(vectors, weights, weights.sum(dim=1, keepdim=True).clamp(min=1.0))
+
+
+def _scaled_sum(vectors: torch.Tensor, weights: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) rows, (B, N) weights and (B, 1) scale -> (B, D): sum of weight / scale * row,
+    written as a batched matrix product (plain ops that export to ONNX as they run)."""
+    return torch.bmm((weights / scale)[:, None, :], vectors)[:, 0]
+
+
+def _norm(squares: torch.Tensor) -> torch.Tensor:
+    """(B, 1) sums of squared weights -> their L2 norm, 1e-12 at least (TfidfVectorizer's
+    floor): a post with no weighted row pools to zeros."""
+    return squares.sqrt().clamp(min=1e-12)
 
 
 __all__ = [
     "CHAR_GRAMS",
     "CHAR_SIZES",
     "NGRAM_BUCKETS",
+    "NGRAM_FITS",
     "NGRAM_HASHES",
     "NGRAM_ORDER",
     "NgramClassifier",

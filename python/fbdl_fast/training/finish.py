@@ -134,10 +134,12 @@ def finish_single_label(
     range. Returns the TemperatureFit."""
     from fbdl_fast import calibration, checkpoint
     from fbdl_fast.reports.evaluation import evaluate_logits
-    from fbdl_fast.reports.run_report import write_run_report
+    from fbdl_fast.reports.run_report import add_report_line, write_run_report
 
     chosen, val_loader = load_for_validation(trainer, val_loader, run_dir)
-    logits, labels, _ = trainer.outputs(val_loader)
+    # A model refitted on the validation posts too (the convex n-gram model) is judged and
+    # calibrated by the fit that never saw them.
+    logits, labels, _ = trainer.held_out_outputs or trainer.outputs(val_loader)
     assert labels is not None
     fit, evaluation = None, None
     if bool(logits.isfinite().all()):
@@ -165,6 +167,8 @@ def finish_single_label(
         f"{logits.shape[1]} classes)",
         checkpoint=chosen.name,
     )
+    if trainer.convex_fit is not None:  # the C it chose and the refit, below the summary
+        add_report_line(run_dir, trainer.convex_fit.summary())
     return fit
 
 

@@ -118,9 +118,16 @@ def baseline_skip_reason(
 
 
 def baseline_config(run_config: ModelConfig) -> ModelConfig:
-    """The n-gram model's config beside a run: NGRAM_DEFAULTS, with the run's vocabulary,
-    classes, padding id, seed, class weights, sampler and max_seq_length."""
-    values = presets.config_defaults(presets.BASELINE_MODEL)
+    """The n-gram model's config beside a run: `--model ngram`'s defaults, not refitted on the
+    validation posts (the baseline is judged on them), or beside a run with a balanced sampler
+    the fit over epochs (presets.ngram_gradient_defaults), with the run's vocabulary, classes,
+    padding id, seed, class weights, sampler and max_seq_length."""
+    # The convex fit has no sampler: beside a run with one, the fit over epochs.
+    if run_config.sampler != "shuffle":
+        values = presets.ngram_gradient_defaults()
+    else:
+        values = presets.config_defaults(presets.BASELINE_MODEL)
+        values["extra"]["ngram_refit"] = False  # only its validation figures are wanted
     shared = ("vocab_size", "num_classes", "pad_token_id", "seed", "max_seq_length")
     values.update({name: getattr(run_config, name) for name in shared})
     values.update(class_weights=run_config.class_weights, sampler=run_config.sampler)

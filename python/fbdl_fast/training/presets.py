@@ -98,6 +98,34 @@ NGRAM_DEFAULTS: dict[str, Any] = {
     # either have no such key and load as they were.
     "extra": {"ngram_char_grams": 48, "ngram_hash": 2},
 }
+# What was left was the fit. The same rows weighted by idf and L2-normed, fitted to convergence
+# as TF-IDF + LR is (training.ngram_fit: C chosen on validation among TF-IDF + LR's grid, then
+# refitted on all posts), with whole-word character n-grams and 2**18 buckets, which the
+# gradient fit could not use (docs/training.md): new runs. The fields above stay the gradient
+# fit's (extra ngram_fit="gradient", and multi-label runs, which the convex fit does not do);
+# the convex fit reads none of them but the class weights, and label smoothing, which it would
+# apply to its targets: 0, as TF-IDF + LR has none.
+NGRAM_CONVEX_EXTRA: dict[str, Any] = {
+    "ngram_fit": "convex",
+    "ngram_word_chars": True,
+    "ngram_buckets": 1 << 18,
+}
+# The gradient fit's settings that the convex fit does not read: asking for one is refused
+# (request.train_request), so that a sweep over them cannot silently give one figure.
+NGRAM_CONVEX_UNUSED = (
+    "input_dim", "dropout", "learning_rate", "weight_decay", "max_epochs", "patience",
+    "scheduler_type", "warmup_fraction",
+)  # fmt: skip
+
+
+def is_convex_ngram(model: str, extra: Optional[dict[str, Any]], multi_label: bool) -> bool:
+    """True when a run of `model` with config.extra `extra` (None: the defaults') fits the
+    convex n-gram model."""
+    if model != BASELINE_MODEL:
+        return False
+    if extra is None:
+        return not multi_label
+    return extra.get("ngram_fit") == "convex"
 
 
 # Fine-tuning a pretrained encoder: BERT's recipe as Hugging Face's run_glue runs it (AdamW, linear
@@ -168,13 +196,24 @@ def config_defaults(model: str, multi_label: bool = False) -> dict[str, Any]:
     default, as a multi-label run needs it."""
     values = dict(MODEL_DEFAULTS)
     if model == BASELINE_MODEL:
-        values.update(copy.deepcopy(NGRAM_DEFAULTS))  # a run's config.extra is its own dict
+        values = ngram_gradient_defaults()
         if multi_label:
             del values["label_smoothing"]
+        else:
+            values["extra"].update(NGRAM_CONVEX_EXTRA)
+            values["label_smoothing"] = 0.0
     if is_fine_tuned(model):
         sizes = checkpoint_sizes(model)
         values.update(FINE_TUNE_DEFAULTS)
         values.update({name: sizes[name] for name in CHECKPOINT_FIELDS})
+    return values
+
+
+def ngram_gradient_defaults() -> dict[str, Any]:
+    """The ModelConfig values of the n-gram model fitted over epochs by the trainer's optimizer
+    (extra ngram_fit="gradient"): NGRAM_DEFAULTS, each call its own copy."""
+    values = {**MODEL_DEFAULTS, **copy.deepcopy(NGRAM_DEFAULTS)}
+    values["extra"]["ngram_fit"] = "gradient"
     return values
 
 
@@ -204,11 +243,15 @@ __all__ = [
     "FINE_TUNE_DEFAULTS",
     "MODEL_DEFAULTS",
     "MODEL_TITLES",
+    "NGRAM_CONVEX_EXTRA",
+    "NGRAM_CONVEX_UNUSED",
     "NGRAM_DEFAULTS",
     "TITLES",
     "TOKENIZER_STYLES",
     "checkpoint_sizes",
     "config_defaults",
+    "is_convex_ngram",
     "is_fine_tuned",
+    "ngram_gradient_defaults",
     "tokenizer_settings",
 ]

@@ -349,6 +349,14 @@ def train_request(model: str = "transformer", **fields: Any) -> tuple[TrainReque
     check_not_chosen(model, [name for name in fixed if given.get(name) is not None])
     chosen = {name: value for name, value in given.items() if name in config_names}
     multi_label = bool(given.get("multi_label", False))
+    if presets.is_convex_ngram(model, chosen.get("extra"), multi_label):
+        unused = [name for name in presets.NGRAM_CONVEX_UNUSED if chosen.get(name) is not None]
+        if unused:
+            raise TrainError(
+                f"{', '.join(unused)}: not used by the n-gram model's convex fit (C is chosen "
+                "on validation); leave them out, or fit it over epochs from Python with "
+                "extra={'ngram_fit': 'gradient', ...}"
+            )
     values = {**_config_defaults(model, multi_label), **chosen, "multi_label": multi_label}
     config = ModelConfig(**values)
     request = TrainRequest(

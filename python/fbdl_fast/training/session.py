@@ -331,7 +331,7 @@ class _Run:
             f"{'resuming' if resume_from else 'training'} {presets.TITLES[request.model]} "
             f"({sum(p.numel() for p in model.parameters()):,} parameters) on {trainer.device}"
             + (f" x {ctx.world_size} processes" if ctx.world_size > 1 else "")
-            + f" for up to {config.max_epochs} epoch{'s' if config.max_epochs != 1 else ''}",
+            + f" {trainer.plan}",
         )
         started = time.perf_counter()
         history = self._fit(trainer, train_loader, val_loader, resume_from)

@@ -66,7 +66,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union, cast
+from typing import TYPE_CHECKING, Any, Optional, Union, cast
 
 import torch
 from torch import nn
@@ -86,6 +86,10 @@ from fbdl_fast.config import ModelConfig
 from fbdl_fast.files import append_line, write_atomic
 from fbdl_fast.runs import BEST_CHECKPOINT, LAST_CHECKPOINT, METRICS_LOG
 from fbdl_fast.training import distributed, finite, losses, optim
+
+if TYPE_CHECKING:
+    from fbdl_fast.models.ngram import NgramClassifier
+    from fbdl_fast.training.ngram_fit import ConvexFit
 
 logger = logging.getLogger(__name__)
 
@@ -438,8 +442,24 @@ class Trainer:
         self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # current step's
         # predict()'s softmax(logits / T): a calibrated checkpoint's (fbdl_fast.calibration)
         self.temperature = 1.0
+        # A convex n-gram model's fit (training.ngram_fit), and outputs()'s answer on the
+        # validation posts from the fit that never saw them: the served weights were refitted
+        # on those posts too, so the run's report and calibration use these.
+        self.convex_fit: Optional[ConvexFit] = None
+        self.held_out_outputs: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None
 
     # ----------------------------------------------------------------------------- set-up
+    @property
+    def plan(self) -> str:
+        """How fit() trains, as the run's first line ends: "for up to 5 epochs", or how the
+        convex n-gram model is fitted."""
+        if getattr(self.model, "convex", False):
+            refit = self.config.extra.get("ngram_refit", True)
+            refit = ", then refitted on all posts" if refit else ""
+            return f"to convergence (convex fit: C chosen on validation{refit})"
+        epochs = self.config.max_epochs
+        return f"for up to {epochs} epoch{'s' if epochs != 1 else ''}"
+
     @property
     def optimizer(self) -> torch.optim.Optimizer:
         """The optimizer given, else the config's over the model's parameters (built once, on
@@ -717,9 +737,13 @@ class Trainer:
             return self._evaluate_distributed(loader)
         logits, labels, loss_sum = self._forward_all(loader, "evaluate", need_labels=True)
         assert labels is not None
+        return self._metrics(logits, labels, loss_sum / labels.numel())
+
+    def _metrics(self, logits: torch.Tensor, labels: torch.Tensor, loss: float) -> dict[str, float]:
+        """evaluate()'s figures of one label a post, from the logits (N, C) and labels (N,)."""
         preds = logits.argmax(dim=-1)
         return {
-            "loss": loss_sum / labels.numel(),
+            "loss": loss,
             "accuracy": metrics.accuracy(preds, labels),
             "macro_f1": metrics.macro_f1(preds, labels, self.config.num_classes),
             "num_samples": float(labels.numel()),
@@ -821,6 +845,8 @@ class Trainer:
         written (a run that stopped early stays stopped). A fresh run (nothing trained yet, no
         resume) first seeds torch with config.seed, so dropout draws are reproducible.
         """
+        if getattr(self.model, "convex", False):  # the n-gram model fitted to convergence
+            return self._fit_convex(train_loader, val_loader, resume_from)
         self._ensure_scheduler(train_loader)
         if resume_from is not None:
             self.load_checkpoint(resume_from)
@@ -859,6 +885,42 @@ class Trainer:
                 val["accuracy"],
                 val["macro_f1"],
             )
+        return self.history
+
+    def _fit_convex(
+        self,
+        train_loader: Iterable[Any],
+        val_loader: Iterable[Any],
+        resume_from: Optional[PathLike],
+    ) -> History:
+        """The convex n-gram model's fit (training.ngram_fit), recorded as one epoch: its
+        training figures, the validation figures of the chosen C's fit on the training posts
+        alone (held_out_outputs keeps those logits for the run's report and calibration), and
+        the checkpoints of the served, refitted weights. A finished fit, resumed, is kept."""
+        from fbdl_fast.training import ngram_fit
+
+        if resume_from is not None:
+            self.load_checkpoint(resume_from)
+            self._trim_metrics_log()
+        if self.epoch >= 1:
+            return self.history
+        started = time.perf_counter()
+        fit = ngram_fit.fit_convex(
+            cast("NgramClassifier", self.model), train_loader, val_loader, self.config,
+            world_size=self.world_size,
+        )  # fmt: skip
+        self.convex_fit = fit
+        labels = fit.val_labels.to(self.device)
+        val_loss = self.criterion(fit.val_logits.to(self.device), labels).item()
+        val = self._metrics(fit.val_logits, fit.val_labels, val_loss)
+        self.held_out_outputs = (fit.val_logits, fit.val_labels, val_loss)
+        train = self.evaluate(train_loader)  # the served weights on the training posts
+        self.epoch = 1
+        self._finite_epoch = self.epoch
+        seconds = time.perf_counter() - started
+        improved = self._record_epoch(train["loss"], train["accuracy"], val, math.nan, seconds)
+        self._end_of_epoch(improved)
+        logger.info("%s val_loss %.4f val_f1 %.4f", fit.summary(), val["loss"], val["macro_f1"])
         return self.history
 
     def _record_epoch(

@@ -1,0 +1,344 @@
+"""The n-gram model's convex fit: its rows fitted as TF-IDF + logistic regression is fitted.
+
+    fit = fit_convex(model, train_loader, val_loader, config)   # C chosen, model refitted
+    fit.c, fit.val_macro_f1                                     # {C: held-out macro-F1}
+
+A model with config.extra["ngram_fit"] = "convex" (models/ngram.py, the default of new
+`--model ngram` runs: training.presets.NGRAM_DEFAULTS) is a linear model over its hashed rows:
+each row of a post weighted by its inverse document frequency among the training posts
+(scikit-learn's smoothed idf, 1 + ln((1 + n) / (1 + df)); 0 for a row no training post has, as
+TfidfVectorizer drops what it never saw), the n-grams and the character n-grams each divided by
+their own L2 norm, the table as wide as the classes. Its weights minimise the L2-regularised
+cross-entropy (scikit-learn's objective, C times the summed loss plus half the squared
+weights), convex, so fitted to convergence by torch's L-BFGS rather than over epochs:
+
+1. the rows of every post are gathered once, through the model's own forward pieces
+   (ngram_rows, char_rows), and the posts become one sparse matrix (CSR), its gradient
+   written out (an embedding bag with autograd took 4-5 times as long);
+2. C is chosen among config.extra["ngram_c"] (C_GRID, TF-IDF + LR's grid in
+   benches/studies/baselines.py) by macro-F1 on the validation posts, fitted on the training
+   posts only, each C starting from the previous one's solution (smaller C first);
+3. with config.extra["ngram_refit"] (True by default), refitted with that C on the training
+   and validation posts together, idf included, as TF-IDF + LR is refitted on all its posts:
+   on Debian the held-out 10% is worth 0.9 points of test macro-F1 (docs/training.md).
+
+What the run reports as validation figures is the fit of step 2, which never saw those posts
+(ConvexFit.val_logits); the served weights are step 3's. Class weights weigh each post's loss,
+label smoothing its target. Not for a multi-label run, a balanced sampler (a full-batch fit
+has no order to balance: use class weights) or several processes: ValueError saying so.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from fbdl_fast import metrics
+from fbdl_fast.config import ModelConfig
+from fbdl_fast.models.ngram import ngram_rows
+
+if TYPE_CHECKING:
+    from fbdl_fast.models.ngram import NgramClassifier
+
+C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)  # inverse L2 strengths tried (config.extra["ngram_c"])
+# L-BFGS: scikit-learn's lbfgs solver stops at a gradient of 1e-4 (max abs); these, on the mean
+# loss, reach the same macro-F1 to the fourth digit (benches/studies/ngram_convex.py).
+MAX_ITERATIONS = 1000
+TOLERANCE_GRAD = 1e-6
+TOLERANCE_CHANGE = 1e-9
+GROUPS = 2  # the n-grams and the character n-grams: each its own idf and norm
+
+
+@dataclass
+class PostRows:
+    """Every post's rows, per group: (post index, table row) of each occurrence (an n-gram
+    that occurs twice is there twice), and the posts' labels."""
+
+    groups: list[tuple[torch.Tensor, torch.Tensor]]
+    labels: torch.Tensor
+
+    @property
+    def posts(self) -> int:
+        return int(self.labels.shape[0])
+
+    def __add__(self, other: PostRows) -> PostRows:
+        shift = self.posts
+        groups = [
+            (torch.cat([post, other_post + shift]), torch.cat([row, other_row]))
+            for (post, row), (other_post, other_row) in zip(self.groups, other.groups)
+        ]
+        return PostRows(groups, torch.cat([self.labels, other.labels]))
+
+
+@dataclass
+class ConvexFit:
+    """What the convex fit chose and how long it took."""
+
+    c: float  # the C chosen on validation macro-F1
+    val_macro_f1: dict[float, float]  # every C tried: macro-F1 on the validation posts
+    val_logits: torch.Tensor  # (validation posts, classes): the chosen C's fit before the refit
+    val_labels: torch.Tensor
+    refit_posts: int  # posts of the refit (training + validation); 0: not refitted
+    seconds: float
+    evaluations: int  # objective and gradient evaluations, every fit together
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One sentence for report.md: the C chosen among which, and the refit."""
+        tried = ", ".join(f"{c:g}: {f1:.4f}" for c, f1 in self.val_macro_f1.items())
+        refit = (
+            f", then refitted with it on all {self.refit_posts} posts (training and "
+            "validation; the validation figures above are the fit on the training posts alone)"
+            if self.refit_posts
+            else ""
+        )
+        return (
+            f"Convex fit (TF-IDF-weighted rows, L-BFGS to convergence): C = {self.c:g} chosen "
+            f"by validation macro-F1 ({tried}){refit}; {self.seconds:.1f}s."
+        )
+
+
+def check_convex(config: ModelConfig, world_size: int = 1) -> None:
+    """ValueError, saying what is accepted, for what the convex fit cannot do."""
+    if config.multi_label:
+        raise ValueError(
+            "the n-gram model's convex fit is for one label a post; accepted for a multi-label "
+            "run: extra ngram_fit='gradient'"
+        )
+    if config.sampler != "shuffle":
+        raise ValueError(
+            f"sampler={config.sampler!r} has no effect on the n-gram model's convex fit (one "
+            "batch of every post); accepted: 'shuffle', with class_weights to weigh the classes"
+        )
+    if world_size > 1:
+        raise ValueError(
+            f"the n-gram model's convex fit runs in one process, not {world_size}; accepted: "
+            "one process, or extra ngram_fit='gradient'"
+        )
+    grid = c_grid(config)
+    if not grid or not all(isinstance(c, (int, float)) and 0 < c < float("inf") for c in grid):
+        raise ValueError(
+            f"ngram_c={config.extra.get('ngram_c')!r} is invalid; accepted: a list of positive "
+            "numbers"
+        )
+
+
+def c_grid(config: ModelConfig) -> list[float]:
+    """The Cs to choose among, smallest first."""
+    values = config.extra.get("ngram_c", C_GRID)
+    if isinstance(values, (int, float)):
+        values = [values]
+    return sorted(values) if isinstance(values, (list, tuple)) else []
+
+
+@torch.no_grad()
+def post_rows(model: NgramClassifier, loader: Iterable[Any]) -> PostRows:
+    """The rows `model`'s forward pools for each post of `loader` (batches with input_ids,
+    attention_mask and labels), in the loader's order."""
+    vocab_size, device = model.config.vocab_size, model.embedding.weight.device
+    found: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(GROUPS)]
+    labels, start = [], 0
+    for batch in loader:
+        ids, mask = batch["input_ids"].long().cpu(), batch["attention_mask"].bool().cpu()
+        rows, weights = ngram_rows(ids, mask, vocab_size, model.buckets, model.order, model.hashing)
+        groups = [(rows, weights > 0)]
+        if model.char_limit:  # gathered from the model's buffers, where they are
+            char_rows, real = model.char_rows(ids.to(device), mask.to(device))
+            groups.append((char_rows.cpu(), real.cpu()))
+        for kept, (group_rows, real) in zip(found, groups):
+            post = torch.arange(start, start + ids.shape[0])[:, None].expand_as(group_rows)
+            kept.append((post[real], group_rows[real]))
+        labels.append(batch["labels"].cpu())
+        start += ids.shape[0]
+    empty = (torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    groups = [
+        (torch.cat([p for p, _ in kept]), torch.cat([r for _, r in kept])) if kept else empty
+        for kept in found
+    ]
+    return PostRows(groups, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long))
+
+
+def inverse_document_frequency(posts: PostRows, table_rows: int) -> torch.Tensor:
+    """(GROUPS, table_rows): per group, each row's smoothed idf over `posts` (its df counts
+    the posts having it, each once); 0 for a row none has."""
+    idf = torch.zeros(GROUPS, table_rows)
+    for group, (post, row) in enumerate(posts.groups):
+        unique = torch.unique(post * table_rows + row)
+        df = torch.bincount(unique % table_rows, minlength=table_rows).double()
+        smoothed = torch.log((1 + posts.posts) / (1 + df)) + 1
+        idf[group] = torch.where(df > 0, smoothed, 0.0).float()
+    return idf
+
+
+def weighted_matrix(posts: PostRows, idf: torch.Tensor, table_rows: int) -> torch.Tensor:
+    """The posts as a sparse (posts, table_rows) COO matrix, coalesced: each occurrence of a
+    row weighs its group's idf over the norm of the post's weights in that group (as the
+    model's forward pools them), occurrences and groups of one row summed."""
+    indices, values = [], []
+    for group, (post, row) in enumerate(posts.groups):
+        weight = idf[group][row]
+        squares = torch.zeros(posts.posts).index_add_(0, post, weight.pow(2))
+        norm = squares.sqrt().clamp(min=1e-12)
+        keep = weight > 0
+        indices.append(torch.stack([post[keep], row[keep]]))
+        values.append((weight / norm[post])[keep])
+    return torch.sparse_coo_tensor(
+        torch.cat(indices, 1), torch.cat(values), (posts.posts, table_rows), check_invariants=True
+    ).coalesce()
+
+
+class _Problem:
+    """One L2-regularised softmax regression over a sparse matrix's used columns."""
+
+    def __init__(
+        self,
+        matrix: torch.Tensor,
+        labels: torch.Tensor,
+        classes: int,
+        sample_weights: torch.Tensor,
+        label_smoothing: float,
+    ) -> None:
+        rows, columns = matrix.indices()
+        self.used, column = torch.unique(columns, return_inverse=True)
+        shape = (matrix.shape[0], len(self.used))
+        compact = torch.sparse_coo_tensor(
+            torch.stack([rows, column]), matrix.values(), shape, check_invariants=True
+        )
+        with warnings.catch_warnings():  # "Sparse CSR tensor support is in beta state"
+            warnings.simplefilter("ignore", UserWarning)
+            self.x = compact.coalesce().to_sparse_csr()
+            self.x_t = compact.t().coalesce().to_sparse_csr()
+        self.labels, self.classes = labels, classes
+        target = F.one_hot(labels, classes).float()
+        self.target = target * (1 - label_smoothing) + label_smoothing / classes
+        self.sample_weights = sample_weights[:, None]
+
+    def solve(self, c: float, start: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Minimise mean(s * loss) + |W|^2 / (2 C n) from `start` (table_rows, classes) and
+        `bias` (updated in place); returns the full table and the evaluations made."""
+        table = start[self.used].clone()
+        n = self.x.shape[0]
+        scale = 1.0 / (2.0 * c * n)
+        evaluations = [0]
+        optimizer = torch.optim.LBFGS(
+            [table, bias], max_iter=MAX_ITERATIONS, history_size=10,
+            line_search_fn="strong_wolfe", tolerance_grad=TOLERANCE_GRAD,
+            tolerance_change=TOLERANCE_CHANGE,
+        )  # fmt: skip
+
+        @torch.no_grad()
+        def objective() -> torch.Tensor:
+            log_p = torch.log_softmax(self.x @ table + bias, dim=1)
+            losses = -(self.target * log_p).sum(1, keepdim=True) * self.sample_weights
+            residual = (log_p.exp() - self.target) * self.sample_weights / n
+            table.grad = self.x_t @ residual + 2 * scale * table
+            bias.grad = residual.sum(0)
+            evaluations[0] += 1
+            return losses.sum() / n + scale * table.pow(2).sum()
+
+        optimizer.step(objective)
+        full = torch.zeros_like(start)
+        full[self.used] = table
+        return full, evaluations[0]
+
+
+def _problem(posts: PostRows, idf: torch.Tensor, table_rows: int, config: ModelConfig) -> _Problem:
+    weights = torch.ones(config.num_classes)
+    if config.class_weights is not None:
+        weights = torch.tensor(config.class_weights, dtype=torch.float32)
+    return _Problem(
+        weighted_matrix(posts, idf, table_rows),
+        posts.labels,
+        config.num_classes,
+        weights[posts.labels],
+        float(config.label_smoothing),
+    )
+
+
+def _logits(matrix: torch.Tensor, table: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return torch.sparse.mm(matrix, table) + bias
+
+
+@torch.no_grad()
+def load_weights(
+    model: NgramClassifier, idf: torch.Tensor, table: torch.Tensor, bias: torch.Tensor
+) -> None:
+    """Write a fit into the model: the rows' idf, the table, an identity head with the bias."""
+    device = model.embedding.weight.device
+    model.row_idf.copy_(idf.to(device))
+    model.embedding.weight.copy_(table.to(device))
+    model.output_projection.weight.copy_(torch.eye(table.shape[1], device=device))
+    model.output_projection.bias.copy_(bias.to(device))
+
+
+def fit_convex(
+    model: NgramClassifier,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any],
+    config: Optional[ModelConfig] = None,
+    world_size: int = 1,
+) -> ConvexFit:
+    """Fit the convex n-gram `model` in place (see the module's docstring): C chosen on
+    `val_loader`'s posts, then (config.extra["ngram_refit"], default True) refitted on both
+    loaders' posts. The loaders' order does not matter."""
+    config = model.config if config is None else config
+    if not model.convex:
+        raise ValueError("fit_convex fits a model with extra ngram_fit='convex'")
+    check_convex(config, world_size)
+    started = time.perf_counter()
+    table_rows = model.embedding.num_embeddings
+    train, val = post_rows(model, train_loader), post_rows(model, val_loader)
+    if not train.posts or not val.posts:
+        raise ValueError("the convex fit needs training and validation posts; got none")
+    gathered = time.perf_counter()
+    idf = inverse_document_frequency(train, table_rows)
+    problem = _problem(train, idf, table_rows, config)
+    val_matrix = weighted_matrix(val, idf, table_rows)
+    table = torch.zeros(table_rows, config.num_classes)
+    bias = torch.zeros(config.num_classes)
+    scores: dict[float, float] = {}
+    best: Optional[tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]] = None
+    evaluations = 0
+    for c in c_grid(config):  # smallest first, each from the previous solution
+        table, used = problem.solve(c, table, bias)
+        evaluations += used
+        logits = _logits(val_matrix, table, bias)
+        scores[c] = metrics.macro_f1(logits.argmax(1), val.labels, config.num_classes)
+        if best is None or scores[c] > scores[best[0]]:  # a tie keeps the smaller C
+            best = (c, table.clone(), bias.clone(), logits)
+    assert best is not None  # check_convex: a non-empty grid
+    chosen, table, bias, val_logits = best
+    searched = time.perf_counter()
+    refit_posts = 0
+    if config.extra.get("ngram_refit", True):
+        everything = train + val
+        idf = inverse_document_frequency(everything, table_rows)
+        refit = _problem(everything, idf, table_rows, config)
+        table, used = refit.solve(chosen, table, bias)
+        evaluations += used
+        refit_posts = everything.posts
+    load_weights(model, idf, table, bias)
+    finished = time.perf_counter()
+    return ConvexFit(
+        c=chosen,
+        val_macro_f1=scores,
+        val_logits=val_logits,
+        val_labels=val.labels,
+        refit_posts=refit_posts,
+        seconds=finished - started,
+        evaluations=evaluations,
+        timings={
+            "rows_s": gathered - started,
+            "search_s": searched - gathered,
+            "refit_s": finished - searched,
+        },
+    )
+
+
+__all__ = ["C_GRID", "ConvexFit", "PostRows", "check_convex", "fit_convex", "post_rows"]
