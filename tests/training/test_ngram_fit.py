@@ -154,8 +154,12 @@ def test_class_weights_and_label_smoothing_change_the_objective() -> None:
     [
         ({"sampler": "balanced"}, 1, "sampler='balanced' has no effect"),
         ({}, 2, "runs in one process, not 2"),
+        ({"loss": "focal"}, 1, "loss='focal': the n-gram model's convex fit minimises"),
+        ({"ema_decay": 0.9}, 1, "ema_decay: the n-gram model's convex fit takes no optimizer"),
+        ({"multi_label": True}, 1, "convex fit is for one label a post"),
         ({"extra": {"ngram_c": []}}, 1, "ngram_c=[] is invalid"),
         ({"extra": {"ngram_c": [1.0, -2.0]}}, 1, "ngram_c=[1.0, -2.0] is invalid"),
+        ({"extra": {"ngram_c": "10"}}, 1, "ngram_c='10' is invalid"),
     ],
 )
 def test_what_the_convex_fit_cannot_do_is_refused(change, world_size, message) -> None:
@@ -170,6 +174,8 @@ def test_settings_the_convex_fit_does_not_read_are_refused_by_name() -> None:
     them."""
     with pytest.raises(TrainError, match=r"^learning_rate, max_epochs: not used by the n-gram"):
         train_request("ngram", data="p.csv", lr=0.1, epochs=3)
+    with pytest.raises(TrainError, match=r"^sampler='balanced' has no effect on the n-gram"):
+        train_request("ngram", data="p.csv", sampler="balanced")  # before any data is read
     _, config = train_request("ngram", data="p.csv", lr=0.1, extra={"ngram_fit": "gradient"})
     assert config.learning_rate == 0.1
     _, config = train_request("ngram", data="p.csv", epochs=3, multi_label=True)

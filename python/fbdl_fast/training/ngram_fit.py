@@ -25,7 +25,9 @@ weights), convex, so fitted to convergence by torch's L-BFGS rather than over ep
 What the run reports as validation figures is the fit of step 2, which never saw those posts
 (ConvexFit.val_logits); the served weights are step 3's. Class weights weigh each post's loss,
 label smoothing its target. Not for a multi-label run, a balanced sampler (a full-batch fit
-has no order to balance: use class weights) or several processes: ValueError saying so.
+has no order to balance: use class weights), another loss, an EMA of the weights or several
+processes: ValueError saying so (presets.convex_ngram_problem). The last digits of its figures
+depend on the number of threads, which split its sums.
 """
 
 from __future__ import annotations
@@ -42,11 +44,12 @@ import torch.nn.functional as F
 from fbdl_fast import metrics
 from fbdl_fast.config import ModelConfig
 from fbdl_fast.models.ngram import ngram_rows
+from fbdl_fast.training import presets
 
 if TYPE_CHECKING:
     from fbdl_fast.models.ngram import NgramClassifier
 
-C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)  # inverse L2 strengths tried (config.extra["ngram_c"])
+C_GRID = presets.NGRAM_C_GRID  # inverse L2 strengths tried (config.extra["ngram_c"])
 # L-BFGS: scikit-learn's lbfgs solver stops at a gradient of 1e-4 (max abs); these, on the mean
 # loss, reach the same macro-F1 to the fourth digit (benches/studies/ngram_convex.py).
 MAX_ITERATIONS = 1000
@@ -105,36 +108,11 @@ class ConvexFit:
 
 
 def check_convex(config: ModelConfig, world_size: int = 1) -> None:
-    """ValueError, saying what is accepted, for what the convex fit cannot do."""
-    if config.multi_label:
-        raise ValueError(
-            "the n-gram model's convex fit is for one label a post; accepted for a multi-label "
-            "run: extra ngram_fit='gradient'"
-        )
-    if config.sampler != "shuffle":
-        raise ValueError(
-            f"sampler={config.sampler!r} has no effect on the n-gram model's convex fit (one "
-            "batch of every post); accepted: 'shuffle', with class_weights to weigh the classes"
-        )
-    if world_size > 1:
-        raise ValueError(
-            f"the n-gram model's convex fit runs in one process, not {world_size}; accepted: "
-            "one process, or extra ngram_fit='gradient'"
-        )
-    grid = c_grid(config)
-    if not grid or not all(isinstance(c, (int, float)) and 0 < c < float("inf") for c in grid):
-        raise ValueError(
-            f"ngram_c={config.extra.get('ngram_c')!r} is invalid; accepted: a list of positive "
-            "numbers"
-        )
-
-
-def c_grid(config: ModelConfig) -> list[float]:
-    """The Cs to choose among, smallest first."""
-    values = config.extra.get("ngram_c", C_GRID)
-    if isinstance(values, (int, float)):
-        values = [values]
-    return sorted(values) if isinstance(values, (list, tuple)) else []
+    """ValueError, saying what is accepted, for what the convex fit cannot do
+    (presets.convex_ngram_problem)."""
+    problem = presets.convex_ngram_problem(config, world_size)
+    if problem is not None:
+        raise ValueError(problem)
 
 
 @torch.no_grad()
@@ -305,7 +283,7 @@ def fit_convex(
     scores: dict[float, float] = {}
     best: Optional[tuple[float, torch.Tensor, torch.Tensor, torch.Tensor]] = None
     evaluations = 0
-    for c in c_grid(config):  # smallest first, each from the previous solution
+    for c in presets.ngram_c_grid(config.extra):  # smallest first, each from the previous solution
         table, used = problem.solve(c, table, bias)
         evaluations += used
         logits = _logits(val_matrix, table, bias)

@@ -118,6 +118,56 @@ NGRAM_CONVEX_UNUSED = (
 )  # fmt: skip
 
 
+# The Cs the convex fit chooses among on validation (config.extra["ngram_c"]): TF-IDF + LR's grid
+# in benches/studies/baselines.py.
+NGRAM_C_GRID = (1.0, 3.0, 10.0, 30.0, 100.0)
+
+
+def ngram_c_grid(extra: dict[str, Any]) -> list[float]:
+    """The Cs of config.extra `extra` (NGRAM_C_GRID unless "ngram_c"), smallest first; [] when
+    "ngram_c" is not a number or a list of them."""
+    values = extra.get("ngram_c", NGRAM_C_GRID)
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)):
+        return []
+    if not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in values):
+        return []
+    return sorted(values)
+
+
+def convex_ngram_problem(config: Any, world_size: int = 1) -> Optional[str]:
+    """Why the convex n-gram fit cannot fit a model of ModelConfig `config` in `world_size`
+    processes, saying what is accepted; None when it can."""
+    gradient = "or fit it over epochs with extra ngram_fit='gradient'"
+    if config.multi_label:
+        return f"the n-gram model's convex fit is for one label a post; {gradient}"
+    if config.sampler != "shuffle":
+        return (
+            f"sampler={config.sampler!r} has no effect on the n-gram model's convex fit (one "
+            "batch of every post); accepted: 'shuffle', with class_weights to weigh the classes"
+        )
+    if config.loss != "cross_entropy" or config.use_focal_loss:
+        return (
+            f"loss={config.loss!r}: the n-gram model's convex fit minimises the cross-entropy; "
+            f"accepted: 'cross_entropy', {gradient}"
+        )
+    if config.ema_decay is not None:
+        return (
+            "ema_decay: the n-gram model's convex fit takes no optimizer steps to average; "
+            f"accepted: None, {gradient}"
+        )
+    if world_size > 1:
+        return f"the n-gram model's convex fit runs in one process, not {world_size}; {gradient}"
+    grid = ngram_c_grid(config.extra)
+    if not grid or not all(0 < c < float("inf") for c in grid):
+        return (
+            f"ngram_c={config.extra.get('ngram_c')!r} is invalid; accepted: a positive number or "
+            "a list of them"
+        )
+    return None
+
+
 def is_convex_ngram(model: str, extra: Optional[dict[str, Any]], multi_label: bool) -> bool:
     """True when a run of `model` with config.extra `extra` (None: the defaults') fits the
     convex n-gram model."""
@@ -245,13 +295,16 @@ __all__ = [
     "MODEL_TITLES",
     "NGRAM_CONVEX_EXTRA",
     "NGRAM_CONVEX_UNUSED",
+    "NGRAM_C_GRID",
     "NGRAM_DEFAULTS",
     "TITLES",
     "TOKENIZER_STYLES",
     "checkpoint_sizes",
     "config_defaults",
+    "convex_ngram_problem",
     "is_convex_ngram",
     "is_fine_tuned",
+    "ngram_c_grid",
     "ngram_gradient_defaults",
     "tokenizer_settings",
 ]

@@ -359,6 +359,10 @@ def train_request(model: str = "transformer", **fields: Any) -> tuple[TrainReque
             )
     values = {**_config_defaults(model, multi_label), **chosen, "multi_label": multi_label}
     config = ModelConfig(**values)
+    if presets.is_convex_ngram(model, config.extra, multi_label):
+        problem = presets.convex_ngram_problem(config)
+        if problem is not None:
+            raise TrainError(problem)
     request = TrainRequest(
         model=model, **{name: value for name, value in given.items() if name in request_names}
     )
