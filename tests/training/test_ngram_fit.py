@@ -176,8 +176,11 @@ def test_settings_the_convex_fit_does_not_read_are_refused_by_name() -> None:
         train_request("ngram", data="p.csv", lr=0.1, epochs=3)
     with pytest.raises(TrainError, match=r"^sampler='balanced' has no effect on the n-gram"):
         train_request("ngram", data="p.csv", sampler="balanced")  # before any data is read
-    _, config = train_request("ngram", data="p.csv", lr=0.1, extra={"ngram_fit": "gradient"})
-    assert config.learning_rate == 0.1
+    gradient = {**presets.NGRAM_DEFAULTS["extra"], "ngram_fit": "gradient"}
+    _, config = train_request("ngram", data="p.csv", lr=0.1, extra=gradient)
+    assert config.learning_rate == 0.1  # and the rest is that fit's defaults, not the convex's
+    assert config.label_smoothing == presets.NGRAM_DEFAULTS["label_smoothing"] > 0
+    assert config.extra == gradient
     _, config = train_request("ngram", data="p.csv", epochs=3, multi_label=True)
     assert config.extra["ngram_fit"] == "gradient" and config.max_epochs == 3
 
@@ -210,3 +213,5 @@ def test_a_convex_run_reports_the_held_out_fit_and_serves_the_refit(tmp_path: Pa
     report = (result.run_dir / "report.md").read_text()
     assert f"C = {fit.c:g} chosen by validation macro-F1" in report
     assert f"refitted with it on all {len(posts)} posts" in report
+    assert "## Validation posts, the fit without them (best.pt: refitted with them)" in report
+    assert "| 1 (best) |" in report and "| — |" in report  # no learning rate to show

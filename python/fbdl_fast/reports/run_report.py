@@ -6,6 +6,7 @@ chosen checkpoint on the validation posts.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -22,6 +23,12 @@ from fbdl_fast.reports.evaluation import Evaluation, markdown_table_lines
 # ====================
 
 RUN_REPORT, RUN_CURVES = "report.md", "curves.png"
+
+
+def _learning_rate(value: float) -> str:
+    """A learning rate as the table shows it; NaN, no learning rate (the convex n-gram fit's
+    one epoch), as a dash."""
+    return "—" if math.isnan(value) else f"{value:.3g}"
 
 
 def run_markdown(
@@ -51,7 +58,7 @@ def run_markdown(
                 f"{history.train_accs[i]:.4f}",
                 f"{history.val_accs[i]:.4f}",
                 f"{history.val_f1s[i]:.4f}",
-                f"{history.learning_rates[i]:.3g}",
+                _learning_rate(history.learning_rates[i]),
                 f"{history.epoch_times[i]:.1f}",
             ]
         )

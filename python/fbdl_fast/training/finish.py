@@ -165,7 +165,9 @@ def finish_single_label(
         title=f"Run report: {name}",
         description=f"{trained} ({train_posts} training / {len(labels)} validation posts, "
         f"{logits.shape[1]} classes)",
-        checkpoint=chosen.name,
+        checkpoint=chosen.name
+        if trainer.held_out_outputs is None
+        else f"the fit without them ({chosen.name}: refitted with them)",
     )
     if trainer.convex_fit is not None:  # the C it chose and the refit, below the summary
         add_report_line(run_dir, trainer.convex_fit.summary())

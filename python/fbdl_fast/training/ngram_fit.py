@@ -35,7 +35,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
 import torch
@@ -90,14 +90,14 @@ class ConvexFit:
     refit_posts: int  # posts of the refit (training + validation); 0: not refitted
     seconds: float
     evaluations: int  # objective and gradient evaluations, every fit together
-    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One sentence for report.md: the C chosen among which, and the refit."""
         tried = ", ".join(f"{c:g}: {f1:.4f}" for c, f1 in self.val_macro_f1.items())
         refit = (
             f", then refitted with it on all {self.refit_posts} posts (training and "
-            "validation; the validation figures above are the fit on the training posts alone)"
+            "validation; this report's validation figures are the fit on the training posts "
+            "alone)"
             if self.refit_posts
             else ""
         )
@@ -274,7 +274,6 @@ def fit_convex(
     train, val = post_rows(model, train_loader), post_rows(model, val_loader)
     if not train.posts or not val.posts:
         raise ValueError("the convex fit needs training and validation posts; got none")
-    gathered = time.perf_counter()
     idf = inverse_document_frequency(train, table_rows)
     problem = _problem(train, idf, table_rows, config)
     val_matrix = weighted_matrix(val, idf, table_rows)
@@ -292,7 +291,6 @@ def fit_convex(
             best = (c, table.clone(), bias.clone(), logits)
     assert best is not None  # check_convex: a non-empty grid
     chosen, table, bias, val_logits = best
-    searched = time.perf_counter()
     refit_posts = 0
     if config.extra.get("ngram_refit", True):
         everything = train + val
@@ -302,20 +300,14 @@ def fit_convex(
         evaluations += used
         refit_posts = everything.posts
     load_weights(model, idf, table, bias)
-    finished = time.perf_counter()
     return ConvexFit(
         c=chosen,
         val_macro_f1=scores,
         val_logits=val_logits,
         val_labels=val.labels,
         refit_posts=refit_posts,
-        seconds=finished - started,
+        seconds=time.perf_counter() - started,
         evaluations=evaluations,
-        timings={
-            "rows_s": gathered - started,
-            "search_s": searched - gathered,
-            "refit_s": finished - searched,
-        },
     )
 
 

@@ -238,20 +238,23 @@ def checkpoint_sizes(model: str) -> dict[str, Any]:
     return bert.read_bert_config(bert.resolve_pretrained(FINE_TUNED[model][1]))
 
 
-def config_defaults(model: str, multi_label: bool = False) -> dict[str, Any]:
+def config_defaults(
+    model: str, multi_label: bool = False, extra: Optional[dict[str, Any]] = None
+) -> dict[str, Any]:
     """The ModelConfig values a run of `model` starts from (fields not named keep ModelConfig's
     defaults): MODEL_DEFAULTS, and for a fine-tuned encoder FINE_TUNE_DEFAULTS and its
-    checkpoint's sizes (checkpoint_sizes' errors when it is not installed). multi_label: the
-    n-gram model's label smoothing, an option of one label a post, is left at ModelConfig's
-    default, as a multi-label run needs it."""
+    checkpoint's sizes (checkpoint_sizes' errors when it is not installed). The n-gram model:
+    the convex fit's (NGRAM_CONVEX_EXTRA, no label smoothing), or where `extra` (the run's own
+    config.extra, which replaces the defaults') or multi_label says it is fitted over epochs,
+    NGRAM_DEFAULTS, less the label smoothing (an option of one label a post) for multi_label."""
     values = dict(MODEL_DEFAULTS)
     if model == BASELINE_MODEL:
         values = ngram_gradient_defaults()
-        if multi_label:
-            del values["label_smoothing"]
-        else:
+        if is_convex_ngram(model, extra, multi_label):
             values["extra"].update(NGRAM_CONVEX_EXTRA)
             values["label_smoothing"] = 0.0
+        elif multi_label:
+            del values["label_smoothing"]
     if is_fine_tuned(model):
         sizes = checkpoint_sizes(model)
         values.update(FINE_TUNE_DEFAULTS)

@@ -357,7 +357,8 @@ def train_request(model: str = "transformer", **fields: Any) -> tuple[TrainReque
                 "on validation); leave them out, or fit it over epochs from Python with "
                 "extra={'ngram_fit': 'gradient', ...}"
             )
-    values = {**_config_defaults(model, multi_label), **chosen, "multi_label": multi_label}
+    defaults = _config_defaults(model, multi_label, chosen.get("extra"))
+    values = {**defaults, **chosen, "multi_label": multi_label}
     config = ModelConfig(**values)
     if presets.is_convex_ngram(model, config.extra, multi_label):
         problem = presets.convex_ngram_problem(config)
@@ -386,9 +387,9 @@ def _check_model_name(model: str) -> None:
         )
 
 
-def _config_defaults(model: str, multi_label: bool) -> dict[str, Any]:
+def _config_defaults(model: str, multi_label: bool, extra: Optional[dict]) -> dict[str, Any]:
     try:
-        return presets.config_defaults(model, multi_label)
+        return presets.config_defaults(model, multi_label, extra)
     except (FileNotFoundError, ValueError) as err:
         raise TrainError(f"model={model}: {err}") from None
 
