@@ -215,3 +215,16 @@ def test_a_convex_run_reports_the_held_out_fit_and_serves_the_refit(tmp_path: Pa
     assert f"refitted with it on all {len(posts)} posts" in report
     assert "## Validation posts, the fit without them (best.pt: refitted with them)" in report
     assert "| 1 (best) |" in report and "| — |" in report  # no learning rate to show
+
+
+def test_resuming_a_finished_convex_run_keeps_its_held_out_report(tmp_path: Path) -> None:
+    """Resuming a finished run writes its report again: a convex run's must still judge the
+    fit that never saw the validation posts (from last.pt), not best.pt's refit, which did."""
+    posts = generate_posts(160, seed=2)
+    fields = {"texts": posts.texts, "labels": posts.labels, "model": "ngram"}
+    fields |= {"output": tmp_path / "run", "vocab_size": 200, "max_seq_length": 32}
+    first = fbdl_fast.train(**fields)
+    report = (first.run_dir / "report.md").read_text()
+    again = fbdl_fast.train(**fields, resume=True)
+    assert again.best == first.best
+    assert (again.run_dir / "report.md").read_text() == report

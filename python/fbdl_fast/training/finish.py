@@ -169,8 +169,8 @@ def finish_single_label(
         if trainer.held_out_outputs is None
         else f"the fit without them ({chosen.name}: refitted with them)",
     )
-    if trainer.convex_fit is not None:  # the C it chose and the refit, below the summary
-        add_report_line(run_dir, trainer.convex_fit.summary())
+    if trainer.fit_summary is not None:  # the C the convex fit chose, below the summary
+        add_report_line(run_dir, trainer.fit_summary)
     return fit
 
 

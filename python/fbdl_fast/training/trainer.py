@@ -89,7 +89,6 @@ from fbdl_fast.training import distributed, finite, losses, optim
 
 if TYPE_CHECKING:
     from fbdl_fast.models.ngram import NgramClassifier
-    from fbdl_fast.training.ngram_fit import ConvexFit
 
 logger = logging.getLogger(__name__)
 
@@ -442,11 +441,12 @@ class Trainer:
         self._seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # current step's
         # predict()'s softmax(logits / T): a calibrated checkpoint's (fbdl_fast.calibration)
         self.temperature = 1.0
-        # A convex n-gram model's fit (training.ngram_fit), and outputs()'s answer on the
-        # validation posts from the fit that never saw them: the served weights were refitted
-        # on those posts too, so the run's report and calibration use these.
-        self.convex_fit: Optional[ConvexFit] = None
+        # A convex n-gram model's fit (training.ngram_fit): outputs()'s answer on the validation
+        # posts from the fit that never saw them (the served weights were refitted on those
+        # posts too, so the run's report and calibration use these), and its one-line summary.
+        # Saved in the checkpoints, so that a resumed run reports them again.
         self.held_out_outputs: Optional[tuple[torch.Tensor, torch.Tensor, float]] = None
+        self.fit_summary: Optional[str] = None
 
     # ----------------------------------------------------------------------------- set-up
     @property
@@ -909,7 +909,7 @@ class Trainer:
             cast("NgramClassifier", self.model), train_loader, val_loader, self.config,
             world_size=self.world_size,
         )  # fmt: skip
-        self.convex_fit = fit
+        self.fit_summary = fit.summary()
         labels = fit.val_labels.to(self.device)
         val_loss = self.criterion(fit.val_logits.to(self.device), labels).item()
         val = self._metrics(fit.val_logits, fit.val_labels, val_loss)
@@ -1050,7 +1050,13 @@ class Trainer:
             "accumulate_steps": self.accumulate_steps,
             "world_size": self.world_size,
             "ema": None if self.ema is None else self._ema_state(self.ema),
+            "held_out": None if self.held_out_outputs is None else self._held_out_state(),
         }
+
+    def _held_out_state(self) -> dict[str, Any]:
+        assert self.held_out_outputs is not None
+        logits, labels, loss = self.held_out_outputs
+        return {"logits": logits, "labels": labels, "loss": loss, "summary": self.fit_summary}
 
     @staticmethod
     def _ema_state(ema: AveragedModel) -> dict[str, Any]:
@@ -1179,6 +1185,10 @@ class Trainer:
         self.history = History.from_dict(state["history"])
         self._bad_epochs = int(state.get("early_stopping", {}).get("bad_epochs", 0))
         self._nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        held_out = state.get("held_out")  # a convex n-gram fit's (checkpoints before it: none)
+        if held_out is not None:
+            self.held_out_outputs = (held_out["logits"], held_out["labels"], held_out["loss"])
+            self.fit_summary = held_out["summary"]
 
 
 # The product design's name.
