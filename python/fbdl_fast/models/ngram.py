@@ -135,6 +135,11 @@ EDGE = max(CHAR_SIZES) - 1  # a piece's first and last characters kept: 4
 # (characters from the end of one piece, from the start of the next) of an n-gram that spans
 # the boundary between two pieces of a word: every split of 2 to 5 characters.
 SPANS = tuple((a, b) for a in range(1, EDGE + 1) for b in range(1, EDGE + 1) if a + b <= EDGE + 1)
+# Per span, the slot of the tail and head buffers it reads and the factor that shifts the tail's
+# hash past the head's b characters: every span's hash in one vectorised step (_word_parts).
+SPAN_TAIL_SLOTS = [a - 1 for a, _ in SPANS]
+SPAN_HEAD_SLOTS = [b - 1 for _, b in SPANS]
+SPAN_SHIFTS = [HASH_BASE**b % HASH_MODULUS for _, b in SPANS]
 
 
 def fnv1a(text: str) -> int:
@@ -379,17 +384,24 @@ class NgramClassifier(nn.Module):
         each entry's sum of rows, kept until the weights change: the same result, with one row
         a token instead of K, most of them the -1 slots of short entries (Debian's vocabulary:
         14 of 48 used on average), which made predict half as fast as the model without
-        character n-grams. The n-grams across a boundary depend on
-        two pieces, so they are gathered either way."""
+        character n-grams. The n-grams across a boundary depend on two pieces, so they are
+        gathered either way: predicting, only those inside a word."""
         if self.training or torch.is_grad_enabled() or tracing():
             grams, real = self.char_rows(ids, mask)
             # The padding's ids and the -1 slots read row 0 (clamp) at weight 0: no effect.
             rows = grams.clamp(min=0)
             return self._pool(self.embedding(rows), real.float(), rows, group=1)
-        parts, spans = self._char_parts(ids, mask)
-        # (entry sums or the rows themselves (B, N, D), their weights (B, N)), the count (of a
-        # convex model: the squared weights) first: each weight is divided before the product,
-        # the order of the arithmetic in every run's predictions since the cached sums came.
+        parts: list[tuple[str, torch.Tensor]] = [("char_grams", mask)]
+        if self.word_chars:
+            # Only the boundaries inside a word have span n-grams: those few gathered alone.
+            joined, word_end = self._word_joins(ids, mask)
+            parts.append(("char_ends", word_end))
+            at, gap = joined.nonzero(as_tuple=True)  # J boundaries inside a word
+            span_rows, long_enough = self._span_rows(ids[at, gap], ids[at, gap + 1])  # (J, S)
+            post, rows = at[:, None].expand_as(span_rows)[long_enough], span_rows[long_enough]
+        # (entry sums (B, L, D), their weights (B, L)), the count (of a convex model: the
+        # squared weights) first: each weight is divided before the product, the order of the
+        # arithmetic in every run's predictions since the cached sums came.
         pooled = []
         count = self.embedding.weight.new_zeros(ids.shape[0], 1)
         for name, where in parts:
@@ -397,16 +409,18 @@ class NgramClassifier(nn.Module):
             real = where.to(count.dtype)
             pooled.append((sums[ids], real))
             count += (counts[ids] * real).sum(dim=1, keepdim=True)
-        if spans is not None:
-            weights = spans[1].to(count.dtype)
-            if self.convex:
-                weights = weights * self.row_idf[1][spans[0]]
-            pooled.append((self.embedding(spans[0]), weights))
-            count += (weights.pow(2) if self.convex else weights).sum(dim=1, keepdim=True)
+        if self.word_chars:  # the spans' rows, each added to its post
+            weights = (
+                self.row_idf[1][rows] if self.convex else torch.ones_like(rows, dtype=count.dtype)
+            )
+            count.index_add_(0, post, (weights.pow(2) if self.convex else weights)[:, None])
         scale = _norm(count) if self.convex else count.clamp(min=1.0)
         pooled_sum = _scaled_sum(pooled[0][0], pooled[0][1], scale)
-        for rows, weights in pooled[1:]:
-            pooled_sum = pooled_sum + _scaled_sum(rows, weights, scale)
+        for vectors, real in pooled[1:]:
+            pooled_sum = pooled_sum + _scaled_sum(vectors, real, scale)
+        if self.word_chars:
+            spread = self.embedding.weight[rows] * (weights / scale[post, 0])[:, None]
+            pooled_sum = pooled_sum.index_add(0, post, spread)
         return pooled_sum
 
     def char_rows(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -439,16 +453,29 @@ class NgramClassifier(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """(B, L) ids and mask -> where a word ends (B, L) bool, and the rows (B, (L-1) * S)
         and weights (bool) of the n-grams spanning each boundary inside a word (S = SPANS)."""
-        joined = self.char_continues[ids[:, 1:]] & mask[:, 1:] & mask[:, :-1]  # (B, L-1)
+        joined, word_end = self._word_joins(ids, mask)
+        rows, real = self._span_rows(ids[:, :-1], ids[:, 1:])  # (B, L-1, S)
+        real = real & joined[..., None]
+        return word_end, (rows.flatten(1), real.flatten(1))
+
+    def _word_joins(
+        self, ids: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) ids and mask -> (B, L-1) whether each boundary is inside a word (the next
+        piece continues it), and (B, L) whether each token ends a word."""
+        joined = self.char_continues[ids[:, 1:]] & mask[:, 1:] & mask[:, :-1]
         word_end = mask & ~torch.cat([joined, torch.zeros_like(joined[:, :1])], dim=1)
-        tails, heads = self.char_tails[ids[:, :-1]], self.char_heads[ids[:, 1:]]  # (B, L-1, E)
-        rows, real = [], []
-        for a, b in SPANS:
-            tail, head = tails[..., a - 1], heads[..., b - 1]
-            hashed = (tail * (HASH_BASE**b % HASH_MODULUS) + head) % HASH_MODULUS
-            rows.append(self.config.vocab_size + hashed % self.buckets)
-            real.append(joined & (tail >= 0) & (head >= 0))
-        return word_end, (torch.stack(rows, dim=2).flatten(1), torch.stack(real, 2).flatten(1))
+        return joined, word_end
+
+    def _span_rows(
+        self, left: torch.Tensor, right: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ids of the pieces on each side of boundaries (any shape (...)) -> the rows (..., S)
+        of every span's n-gram, in SPANS' order, and whether both pieces are long enough."""
+        tail = self.char_tails[left][..., SPAN_TAIL_SLOTS]
+        head = self.char_heads[right][..., SPAN_HEAD_SLOTS]
+        hashed = (tail * left.new_tensor(SPAN_SHIFTS) + head) % HASH_MODULUS
+        return self.config.vocab_size + hashed % self.buckets, (tail >= 0) & (head >= 0)
 
     def _entry_sums(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(vocab_size, D) sums of the rows each entry of the buffer `name` (char_grams or
