@@ -81,7 +81,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
         help="hashed rows (default: the model's, 2**18)",
     )  # fmt: skip
     parser.add_argument(
-        "--c", type=float, nargs="+", default=list(ngram_fit.C_GRID), help="inverse L2 strengths"
+        "--c", type=float, nargs="+", default=list(presets.NGRAM_C_GRID), help="inverse L2 strength"
     )
     parser.add_argument(
         "--held-out", type=float, default=0.0,

@@ -174,6 +174,8 @@ def test_settings_the_convex_fit_does_not_read_are_refused_by_name() -> None:
     them."""
     with pytest.raises(TrainError, match=r"^learning_rate, max_epochs: not used by the n-gram"):
         train_request("ngram", data="p.csv", lr=0.1, epochs=3)
+    with pytest.raises(TrainError, match=r"^optimizer_type, gradient_clip: not used by the"):
+        train_request("ngram", data="p.csv", optimizer_type="sgd", gradient_clip=0.5)
     with pytest.raises(TrainError, match=r"^sampler='balanced' has no effect on the n-gram"):
         train_request("ngram", data="p.csv", sampler="balanced")  # before any data is read
     gradient = {**presets.NGRAM_DEFAULTS["extra"], "ngram_fit": "gradient"}

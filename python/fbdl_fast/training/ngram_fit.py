@@ -15,7 +15,7 @@ weights), convex, so fitted to convergence by torch's L-BFGS rather than over ep
 1. the rows of every post are gathered once, through the model's own forward pieces
    (ngram_rows, char_rows), and the posts become one sparse matrix (CSR), its gradient
    written out (an embedding bag with autograd took 4-5 times as long);
-2. C is chosen among config.extra["ngram_c"] (C_GRID, TF-IDF + LR's grid in
+2. C is chosen among config.extra["ngram_c"] (presets.NGRAM_C_GRID, TF-IDF + LR's grid in
    benches/studies/baselines.py) by macro-F1 on the validation posts, fitted on the training
    posts only, each C starting from the previous one's solution (smaller C first);
 3. with config.extra["ngram_refit"] (True by default), refitted with that C on the training
@@ -49,7 +49,6 @@ from fbdl_fast.training import presets
 if TYPE_CHECKING:
     from fbdl_fast.models.ngram import NgramClassifier
 
-C_GRID = presets.NGRAM_C_GRID  # inverse L2 strengths tried (config.extra["ngram_c"])
 # L-BFGS: scikit-learn's lbfgs solver stops at a gradient of 1e-4 (max abs); these, on the mean
 # loss, reach the same macro-F1 to the fourth digit (benches/studies/ngram_convex.py).
 MAX_ITERATIONS = 1000
@@ -311,4 +310,4 @@ def fit_convex(
     )
 
 
-__all__ = ["C_GRID", "ConvexFit", "PostRows", "check_convex", "fit_convex", "post_rows"]
+__all__ = ["ConvexFit", "PostRows", "check_convex", "fit_convex", "post_rows"]

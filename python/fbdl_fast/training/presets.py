@@ -114,7 +114,7 @@ NGRAM_CONVEX_EXTRA: dict[str, Any] = {
 # (request.train_request), so that a sweep over them cannot silently give one figure.
 NGRAM_CONVEX_UNUSED = (
     "input_dim", "dropout", "learning_rate", "weight_decay", "max_epochs", "patience",
-    "scheduler_type", "warmup_fraction",
+    "scheduler_type", "warmup_fraction", "optimizer_type", "gradient_clip",
 )  # fmt: skip
 
 
